@@ -1,0 +1,63 @@
+//! Shared vocabulary of cutover: the spec, strategies and plans, journal events, releases,
+//! routes, provider traits and error classes. No I/O lives here.
+
+pub mod error;
+pub mod journal;
+pub mod plan;
+pub mod provider;
+pub mod release;
+pub mod spec;
+
+pub use error::{ErrorClass, ProviderError};
+pub use journal::{JournalEntry, JournalEvent};
+pub use plan::{
+    Action, DeploymentKind, ImageSource, InstanceSpec, Plan, Step, StepKind, StepOutput, Strategy,
+    StrategyStep, PLAN_FORMAT,
+};
+pub use provider::{Compute, DrainReport, HealthProbe, ImageBuilder, Probe, Providers, Traffic};
+pub use release::{
+    Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route,
+};
+pub use spec::{BuildSpec, ContainerSpec, EnvironmentSpec, HealthSpec, Spec};
+
+use sha2::{Digest, Sha256};
+
+/// Label keys put on everything cutover creates.
+pub mod labels {
+    pub const MANAGED: &str = "cutover.managed";
+    pub const APP: &str = "cutover.app";
+    pub const ENV: &str = "cutover.env";
+    pub const RELEASE: &str = "cutover.release";
+    pub const DEPLOYMENT: &str = "cutover.deployment";
+    pub const STEP: &str = "cutover.step";
+    pub const REPLICA: &str = "cutover.replica";
+}
+
+/// The response header naming the release that served a request.
+pub const RELEASE_HEADER: &str = "x-cutover-release";
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// `sha256:<hex>` of the JSON encoding of `value`. Deterministic for cutover's types: structs
+/// serialize fields in declaration order and every map is a `BTreeMap`.
+pub fn json_digest<T: serde::Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).expect("cutover types serialize to json");
+    sha256_digest(&bytes)
+}
+
+/// Milliseconds since the unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 rendering of a unix-ms timestamp, for people.
+pub fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}

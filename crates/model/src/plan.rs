@@ -1,0 +1,243 @@
+//! Strategies (data from `plans/*.toml`), the immutable plan the planner produces, and the
+//! concrete actions of its steps.
+//!
+//! A [`Plan`] leaves no choice to execution time: every container name, image tag, label,
+//! address and idempotency key is decided by the planner and recorded here. The executor
+//! only adds what the world tells it (image ids, container ids, host ports) as step outputs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::release::Instance;
+use crate::spec::{duration_ms, BuildSpec, ContainerSpec, HealthSpec};
+
+/// Version of the plan format; part of the digest.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// The kinds of step a strategy may use. The planner expands each into one or more
+/// [`Step`]s with a concrete [`Action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Build,
+    // Slots for the supply chain (scan, sign, verify) and approval gates go here.
+    Provision,
+    /// Adopt an instance that is still running (warm rollback) instead of provisioning one.
+    Adopt,
+    HealthCheck,
+    ShiftTraffic,
+    Drain,
+    Retire,
+    Record,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Build => "build",
+            StepKind::Provision => "provision",
+            StepKind::Adopt => "adopt",
+            StepKind::HealthCheck => "health-check",
+            StepKind::ShiftTraffic => "shift-traffic",
+            StepKind::Drain => "drain",
+            StepKind::Retire => "retire",
+            StepKind::Record => "record",
+        }
+    }
+}
+
+/// A deployment strategy as written in `plans/<name>.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Strategy {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "step")]
+    pub steps: Vec<StrategyStep>,
+}
+
+/// One step template of a strategy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyStep {
+    /// Template id, unique in the strategy (e.g. `provision`). Expanded ids add `-<replica>`.
+    pub id: String,
+    pub kind: StepKind,
+    /// Template ids this step runs after. Between two per-replica templates the dependency
+    /// is pairwise (health-check-1 after provision-1); otherwise it is on every expansion.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Expand once per replica.
+    #[serde(default)]
+    pub per_replica: bool,
+    /// Traffic weight (percent) for `shift-traffic`, default 100. Canary strategies use
+    /// several shift steps with increasing weights.
+    #[serde(default)]
+    pub weight: Option<u8>,
+}
+
+/// What a deployment does: roll out a new release, or go back to an earlier one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DeploymentKind {
+    Deploy,
+    Rollback {
+        /// The release traffic returns to.
+        target: String,
+        /// True when the target's instances were still running at plan time.
+        warm: bool,
+    },
+}
+
+/// An immutable, digested plan: a DAG of steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: u32,
+    pub deployment_id: String,
+    pub app: String,
+    pub env: String,
+    pub kind: DeploymentKind,
+    /// The release this deployment makes current (new for deploy, the target for rollback).
+    pub release_id: String,
+    /// The release that was current when planning (blue), if any.
+    pub previous_release: Option<String>,
+    pub strategy: String,
+    pub spec_digest: String,
+    pub requested_by: String,
+    pub created_at_ms: u64,
+    /// Steps in a topological order; `depends_on` gives the DAG edges.
+    pub steps: Vec<Step>,
+    /// `sha256:<hex>` of the canonical JSON of this plan with `digest` empty.
+    pub digest: String,
+}
+
+impl Plan {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+/// One node of the plan's DAG.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Unique in the plan, e.g. `provision-0`.
+    pub id: String,
+    pub kind: StepKind,
+    pub depends_on: Vec<String>,
+    /// `<deployment_id>/<step_id>`: carried by every provider call of this step.
+    pub idempotency_key: String,
+    pub action: Action,
+}
+
+/// Where a provisioned instance's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ImageSource {
+    /// The image built by that step of this plan.
+    Step { step: String },
+    /// A pinned image of an earlier release (rollback never rebuilds).
+    Pinned { id: String, tag: String },
+}
+
+/// Everything needed to start one instance. Decided by the planner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// Container name, e.g. `cutover-hello-production-3-0`.
+    pub name: String,
+    pub app: String,
+    pub env: String,
+    pub release: String,
+    pub deployment_id: String,
+    pub replica: u32,
+    pub image: ImageSource,
+    pub container: ContainerSpec,
+    /// Labels put on the instance (`cutover.app`, `cutover.env`, `cutover.release`,
+    /// `cutover.deployment`, `cutover.step`, `cutover.replica`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The concrete work of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Action {
+    Build {
+        /// Tag given to the image, e.g. `cutover/hello:production-3`.
+        tag: String,
+        source: BuildSpec,
+        labels: BTreeMap<String, String>,
+    },
+    Provision {
+        instance: InstanceSpec,
+    },
+    Adopt {
+        /// Name of the running instance to take over.
+        name: String,
+        release: String,
+    },
+    HealthCheck {
+        /// Step whose output is the instance to probe (provision or adopt).
+        instance_step: String,
+        health: HealthSpec,
+    },
+    ShiftTraffic {
+        listen: String,
+        release: String,
+        /// Steps whose outputs are the instances of `release`.
+        instance_steps: Vec<String>,
+        /// Percent of traffic for `release`; the rest stays on the previous release.
+        weight: u8,
+    },
+    Drain {
+        listen: String,
+        /// The release whose in-flight requests are waited for (blue); none on a first deploy.
+        release: Option<String>,
+        #[serde(with = "duration_ms")]
+        timeout: Duration,
+    },
+    Retire {
+        /// The release to retire (blue); none on a first deploy.
+        release: Option<String>,
+        /// Its instance names.
+        instances: Vec<String>,
+        /// Keep it warm this long after the cutover, then remove its instances.
+        #[serde(with = "duration_ms")]
+        after: Duration,
+    },
+    Record {
+        /// The release made current: created from this plan on deploy, an existing one on
+        /// rollback. The executor fills the image and instances from step outputs.
+        release: String,
+        image: ImageSource,
+        instance_steps: Vec<String>,
+        /// What a cold rollback to this release needs to re-provision it.
+        container: ContainerSpec,
+        health: HealthSpec,
+        replicas: u32,
+    },
+}
+
+/// What a succeeded step produced; journaled with `StepSucceeded` and given to later steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum StepOutput {
+    None,
+    Image(crate::release::ImageInfo),
+    Instance(Instance),
+    Healthy {
+        probes: u32,
+    },
+    /// The route before the shift, so undo can put it back.
+    Shifted {
+        previous: Option<crate::release::Route>,
+    },
+    Drained {
+        in_flight_left: u64,
+    },
+    /// Retirement scheduled at this time (unix ms).
+    RetireScheduled {
+        at_ms: u64,
+    },
+    Recorded,
+}

@@ -1,0 +1,172 @@
+//! The validated deployment spec (`deploy.toml`), as the rest of cutover sees it.
+//!
+//! Reading the file (with line/column errors) and validating values is the job of the
+//! `cutover-spec` crate; these types carry no spans and no I/O. Every field that a user
+//! may omit has the default documented next to it; `Default` impls hold those defaults so
+//! the spec crate and tests share one source of truth.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole, validated `deploy.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    /// Application name: `[a-z0-9][a-z0-9-]{0,30}`; part of every container and image name.
+    pub app: String,
+    /// Name of a strategy file in `plans/` (without `.toml`), default `blue-green`.
+    pub strategy: String,
+    /// Directory that relative paths in the spec are resolved against (the directory of
+    /// `deploy.toml`). Absolute after validation.
+    pub base_dir: PathBuf,
+    pub build: BuildSpec,
+    pub container: ContainerSpec,
+    pub health: HealthSpec,
+    /// Environments by name (`[environments.<name>]`), at least one.
+    pub environments: BTreeMap<String, EnvironmentSpec>,
+}
+
+/// How the golden image is produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BuildSpec {
+    /// `docker build` of a context directory with a Dockerfile in it.
+    Dockerfile {
+        /// Absolute context directory.
+        context: PathBuf,
+        /// Dockerfile path relative to the context, default `Dockerfile`.
+        dockerfile: String,
+        /// `--build-arg`s.
+        args: BTreeMap<String, String>,
+    },
+    /// A cargo binary built statically (`+crt-static`) and wrapped in a `FROM scratch` image.
+    Cargo {
+        /// Absolute path of the package's `Cargo.toml`.
+        manifest: PathBuf,
+        /// Binary target name.
+        bin: String,
+        /// Cargo profile, default `release`.
+        profile: String,
+    },
+}
+
+/// Settings of every instance of the app. Hardened defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Port the app listens on inside the container, default 8080.
+    pub port: u16,
+    /// Command (entrypoint + args); empty means the image's default.
+    pub command: Vec<String>,
+    /// Plain environment variables (secrets come later through a separate, redacted path).
+    pub env: BTreeMap<String, String>,
+    /// Memory limit in bytes, default 128 MiB.
+    pub memory_bytes: u64,
+    /// CPU limit in CPUs (e.g. 0.5), default 1.0.
+    pub cpus: f64,
+    /// Max number of processes/threads, default 128.
+    pub pids_limit: i64,
+    /// `uid[:gid]`, default `65534:65534` (nobody). Root (`0`) is refused by validation.
+    pub user: String,
+    /// Read-only root filesystem, default true.
+    pub read_only: bool,
+    /// Writable tmpfs mounts (paths) when the root filesystem is read-only, default `["/tmp"]`.
+    pub tmpfs: Vec<String>,
+}
+
+impl Default for ContainerSpec {
+    fn default() -> Self {
+        ContainerSpec {
+            port: 8080,
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            memory_bytes: 128 * 1024 * 1024,
+            cpus: 1.0,
+            pids_limit: 128,
+            user: "65534:65534".to_string(),
+            read_only: true,
+            tmpfs: vec!["/tmp".to_string()],
+        }
+    }
+}
+
+/// HTTP health check of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    /// Path requested with GET, default `/healthz`; 2xx is healthy.
+    pub path: String,
+    /// Between probes, default 200ms.
+    #[serde(with = "duration_ms")]
+    pub interval: Duration,
+    /// Per probe, default 1s.
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// Consecutive successes to call an instance healthy, default 2.
+    pub healthy_threshold: u32,
+    /// Consecutive failures to call it unhealthy (fail the step), default 3.
+    pub unhealthy_threshold: u32,
+    /// Give up after this long without becoming healthy, default 30s.
+    #[serde(with = "duration_ms")]
+    pub deadline: Duration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: "/healthz".to_string(),
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One environment (`[environments.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentSpec {
+    /// Address the proxy listens on for this environment, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    /// Number of instances, default 2.
+    pub replicas: u32,
+    /// How long the previous release stays warm after a cutover, default 5m.
+    #[serde(with = "duration_ms")]
+    pub retire_after: Duration,
+    /// How long in-flight requests on the old set may take to finish, default 10s.
+    #[serde(with = "duration_ms")]
+    pub drain_timeout: Duration,
+    /// Whether a human approval gate is required, default false (true when `protected`).
+    pub approval: bool,
+    /// Protected environments require approval and (later) stricter policy, default false.
+    pub protected: bool,
+}
+
+impl EnvironmentSpec {
+    /// An environment with the documented defaults, listening on `listen`.
+    pub fn with_listen(listen: impl Into<String>) -> Self {
+        EnvironmentSpec {
+            listen: listen.into(),
+            replicas: 2,
+            retire_after: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(10),
+            approval: false,
+            protected: false,
+        }
+    }
+}
+
+/// Serde helper: durations as whole milliseconds (stable, digest-friendly).
+pub mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
