@@ -1,0 +1,1 @@
+//! Docker provider over bollard: golden images, hardened containers, health probes

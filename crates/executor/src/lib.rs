@@ -1,0 +1,1 @@
+//! Runs saved plans: journaling, concurrency, retries, recovery, unwind

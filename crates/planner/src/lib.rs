@@ -1,0 +1,1 @@
+//! The pure planner: spec + strategy + current release -> immutable, digested plan DAG

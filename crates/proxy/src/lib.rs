@@ -1,0 +1,1 @@
+//! The data-plane proxy: atomic upstream swap, keep-alive, drain, persisted routes

@@ -1,0 +1,1 @@
+//! Keys, DSSE/in-toto attestations (SLSA provenance, SBOM, scan verdict), verification

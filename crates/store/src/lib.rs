@@ -1,0 +1,1 @@
+//! sled-backed state store: plans, journal, releases, leases, retirements

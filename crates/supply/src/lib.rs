@@ -1,0 +1,1 @@
+//! Image scanning: inventory, SBOM, OSV vulnerability matching, secret detection, gate
