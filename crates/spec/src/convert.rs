@@ -1,0 +1,654 @@
+//! Validation of the raw file and conversion into the model's [`Spec`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use cutover_model::{BuildSpec, ContainerSpec, EnvironmentSpec, HealthSpec, Spec};
+
+use crate::raw::{RawBuild, RawContainer, RawEnvironment, RawHealth, RawSize, RawSpec, S};
+use crate::Errors;
+
+const DEFAULT_STRATEGY: &str = "blue-green";
+const MAX_REPLICAS: i64 = 64;
+const MIN_MEMORY: u64 = 4 * 1024 * 1024;
+
+/// Validate `raw`, recording every problem in `errors`. Returns the spec when the parts
+/// needed to build it are present (callers still check `errors`).
+pub(crate) fn convert(raw: RawSpec, base_dir: PathBuf, errors: &mut Errors) -> Option<Spec> {
+    let app = match &raw.app {
+        Some(app) => {
+            if !is_app_name(app.get_ref()) {
+                errors.at(
+                    app.span(),
+                    "app",
+                    format!(
+                        "must be 1 to 31 characters of lowercase letters, digits and '-', starting with a letter or digit, got {:?}",
+                        app.get_ref()
+                    ),
+                );
+            }
+            Some(app.get_ref().clone())
+        }
+        None => {
+            errors.at(0..0, "app", "is required: add `app = \"<name>\"` at the top of the file");
+            None
+        }
+    };
+
+    let strategy = match &raw.strategy {
+        Some(s) => {
+            if !is_dns_label(s.get_ref()) {
+                errors.at(
+                    s.span(),
+                    "strategy",
+                    format!(
+                        "must name a file in plans/ without .toml (lowercase letters, digits and '-'), got {:?}",
+                        s.get_ref()
+                    ),
+                );
+            }
+            s.get_ref().clone()
+        }
+        None => DEFAULT_STRATEGY.to_string(),
+    };
+
+    let build = match &raw.build {
+        Some(build) => convert_build(build, app.as_deref(), &base_dir, errors),
+        None => {
+            errors.at(
+                0..0,
+                "build",
+                "is required: add a [build] table with `cargo = { manifest = \"…\" }` or `context = \"<dir>\"`",
+            );
+            None
+        }
+    };
+
+    let container = convert_container(raw.container.unwrap_or_default(), errors);
+    let health = convert_health(raw.health.unwrap_or_default(), errors);
+    let environments = convert_environments(raw.environments.as_ref(), errors);
+
+    Some(Spec {
+        app: app?,
+        strategy,
+        base_dir,
+        build: build?,
+        container,
+        health,
+        environments,
+    })
+}
+
+fn convert_build(
+    build: &S<RawBuild>,
+    app: Option<&str>,
+    base_dir: &Path,
+    errors: &mut Errors,
+) -> Option<BuildSpec> {
+    let raw = build.get_ref();
+    match (&raw.cargo, &raw.context) {
+        (Some(_), Some(context)) => {
+            errors.at(
+                context.span(),
+                "build.context",
+                "cannot be used together with build.cargo: keep exactly one of them",
+            );
+            None
+        }
+        (None, None) => {
+            errors.at(
+                build.span(),
+                "build",
+                "needs exactly one of `cargo = { manifest = \"…\" }` or `context = \"<dir>\"`",
+            );
+            None
+        }
+        (Some(cargo), None) => {
+            for (value, name) in [(&raw.dockerfile, "dockerfile")] {
+                if let Some(v) = value {
+                    errors.at(
+                        v.span(),
+                        &format!("build.{name}"),
+                        "only applies to `context` builds: remove it or build from a context",
+                    );
+                }
+            }
+            if let Some(args) = &raw.args {
+                errors.at(
+                    args.span(),
+                    "build.args",
+                    "only applies to `context` builds: remove it or build from a context",
+                );
+            }
+            let cargo_raw = cargo.get_ref();
+            let manifest = match &cargo_raw.manifest {
+                Some(m) => {
+                    let path = resolve(base_dir, m.get_ref());
+                    if !path.is_file() {
+                        errors.at(
+                            m.span(),
+                            "build.cargo.manifest",
+                            format!(
+                                "{} does not exist or is not a file: point it at the package's Cargo.toml, relative to deploy.toml",
+                                path.display()
+                            ),
+                        );
+                    }
+                    Some(path)
+                }
+                None => {
+                    errors.at(
+                        cargo.span(),
+                        "build.cargo.manifest",
+                        "is required: the path of the package's Cargo.toml, relative to deploy.toml",
+                    );
+                    None
+                }
+            };
+            let bin = match &cargo_raw.bin {
+                Some(bin) => {
+                    if !is_cargo_name(bin.get_ref()) {
+                        errors.at(
+                            bin.span(),
+                            "build.cargo.bin",
+                            format!("is not a valid binary target name: {:?}", bin.get_ref()),
+                        );
+                    }
+                    Some(bin.get_ref().clone())
+                }
+                None => app.map(str::to_string),
+            };
+            let profile = match &cargo_raw.profile {
+                Some(p) => {
+                    if !is_cargo_name(p.get_ref()) {
+                        errors.at(
+                            p.span(),
+                            "build.cargo.profile",
+                            format!("is not a valid cargo profile name: {:?}", p.get_ref()),
+                        );
+                    }
+                    p.get_ref().clone()
+                }
+                None => "release".to_string(),
+            };
+            Some(BuildSpec::Cargo {
+                manifest: manifest?,
+                bin: bin?,
+                profile,
+            })
+        }
+        (None, Some(context)) => {
+            let dir = resolve(base_dir, context.get_ref());
+            let dir_ok = dir.is_dir();
+            if !dir_ok {
+                errors.at(
+                    context.span(),
+                    "build.context",
+                    format!(
+                        "{} does not exist or is not a directory: point it at the build context, relative to deploy.toml",
+                        dir.display()
+                    ),
+                );
+            }
+            let dockerfile = match &raw.dockerfile {
+                Some(d) => {
+                    if d.get_ref().is_empty() || Path::new(d.get_ref()).is_absolute() {
+                        errors.at(
+                            d.span(),
+                            "build.dockerfile",
+                            "must be a path relative to the build context",
+                        );
+                    }
+                    d.get_ref().clone()
+                }
+                None => "Dockerfile".to_string(),
+            };
+            if dir_ok && !dir.join(&dockerfile).is_file() {
+                let span = raw
+                    .dockerfile
+                    .as_ref()
+                    .map(|d| d.span())
+                    .unwrap_or_else(|| context.span());
+                errors.at(
+                    span,
+                    "build.dockerfile",
+                    format!(
+                        "{} does not exist: add it or set `dockerfile` to its path inside the context",
+                        dir.join(&dockerfile).display()
+                    ),
+                );
+            }
+            let mut args = BTreeMap::new();
+            if let Some(raw_args) = &raw.args {
+                for (key, value) in raw_args.get_ref() {
+                    if !is_env_name(key.get_ref()) {
+                        errors.at(
+                            key.span(),
+                            &format!("build.args.{}", key.get_ref()),
+                            "is not a valid build argument name: use letters, digits and '_', not starting with a digit",
+                        );
+                    }
+                    args.insert(key.get_ref().clone(), value.get_ref().clone());
+                }
+            }
+            Some(BuildSpec::Dockerfile {
+                context: dir,
+                dockerfile,
+                args,
+            })
+        }
+    }
+}
+
+fn convert_container(raw: RawContainer, errors: &mut Errors) -> ContainerSpec {
+    let mut c = ContainerSpec::default();
+    if let Some(port) = raw.port {
+        match u16::try_from(*port.get_ref()) {
+            Ok(p) if p >= 1 => c.port = p,
+            _ => errors.at(
+                port.span(),
+                "container.port",
+                format!("must be between 1 and 65535, got {}", port.get_ref()),
+            ),
+        }
+    }
+    if let Some(command) = raw.command {
+        c.command = command.into_inner().into_iter().map(|s| s.into_inner()).collect();
+    }
+    if let Some(env) = raw.env {
+        for (key, value) in env {
+            if !is_env_name(key.get_ref()) {
+                errors.at(
+                    key.span(),
+                    &format!("container.env.{}", key.get_ref()),
+                    "is not a valid environment variable name: use letters, digits and '_', not starting with a digit",
+                );
+            }
+            c.env.insert(key.into_inner(), value.into_inner());
+        }
+    }
+    if let Some(memory) = raw.memory {
+        match parse_size(memory.get_ref()) {
+            Ok(bytes) if bytes >= MIN_MEMORY => c.memory_bytes = bytes,
+            Ok(bytes) => errors.at(
+                memory.span(),
+                "container.memory",
+                format!("must be at least 4MiB, got {bytes} bytes"),
+            ),
+            Err(message) => errors.at(memory.span(), "container.memory", message),
+        }
+    }
+    if let Some(cpus) = raw.cpus {
+        let v = *cpus.get_ref();
+        if v.is_finite() && v > 0.0 && v <= 1024.0 {
+            c.cpus = v;
+        } else {
+            errors.at(
+                cpus.span(),
+                "container.cpus",
+                format!("must be greater than 0 (e.g. 0.5), got {v}"),
+            );
+        }
+    }
+    if let Some(pids) = raw.pids_limit {
+        if *pids.get_ref() >= 1 {
+            c.pids_limit = *pids.get_ref();
+        } else {
+            errors.at(
+                pids.span(),
+                "container.pids_limit",
+                format!("must be at least 1, got {}", pids.get_ref()),
+            );
+        }
+    }
+    if let Some(user) = raw.user {
+        match check_user(user.get_ref()) {
+            Ok(()) => c.user = user.get_ref().clone(),
+            Err(message) => errors.at(user.span(), "container.user", message),
+        }
+    }
+    if let Some(read_only) = raw.read_only {
+        c.read_only = *read_only.get_ref();
+    }
+    if let Some(tmpfs) = raw.tmpfs {
+        let mut paths = Vec::new();
+        for (index, path) in tmpfs.into_inner().into_iter().enumerate() {
+            if !path.get_ref().starts_with('/') {
+                errors.at(
+                    path.span(),
+                    &format!("container.tmpfs[{index}]"),
+                    format!("must be an absolute path, got {:?}", path.get_ref()),
+                );
+            }
+            paths.push(path.into_inner());
+        }
+        c.tmpfs = paths;
+    }
+    c
+}
+
+fn convert_health(raw: RawHealth, errors: &mut Errors) -> HealthSpec {
+    let mut h = HealthSpec::default();
+    if let Some(path) = &raw.path {
+        if path.get_ref().starts_with('/') && !path.get_ref().chars().any(char::is_whitespace) {
+            h.path = path.get_ref().clone();
+        } else {
+            errors.at(
+                path.span(),
+                "health.path",
+                format!("must start with '/' and contain no spaces, got {:?}", path.get_ref()),
+            );
+        }
+    }
+    if let Some(d) = positive_duration(raw.interval.as_ref(), "health.interval", errors) {
+        h.interval = d;
+    }
+    if let Some(d) = positive_duration(raw.timeout.as_ref(), "health.timeout", errors) {
+        h.timeout = d;
+    }
+    if let Some(d) = positive_duration(raw.deadline.as_ref(), "health.deadline", errors) {
+        h.deadline = d;
+    }
+    for (value, name, target) in [
+        (&raw.healthy_threshold, "health.healthy_threshold", &mut h.healthy_threshold),
+        (&raw.unhealthy_threshold, "health.unhealthy_threshold", &mut h.unhealthy_threshold),
+    ] {
+        if let Some(v) = value {
+            match u32::try_from(*v.get_ref()) {
+                Ok(n) if (1..=1000).contains(&n) => *target = n,
+                _ => errors.at(
+                    v.span(),
+                    name,
+                    format!("must be between 1 and 1000, got {}", v.get_ref()),
+                ),
+            }
+        }
+    }
+    if h.interval >= h.deadline {
+        let span = span_of(&raw.interval)
+            .or_else(|| span_of(&raw.deadline))
+            .unwrap_or(0..0);
+        errors.at(
+            span,
+            "health.interval",
+            format!(
+                "must be shorter than health.deadline ({} >= {})",
+                humantime::format_duration(h.interval),
+                humantime::format_duration(h.deadline)
+            ),
+        );
+    }
+    if h.timeout > h.deadline {
+        let span = span_of(&raw.timeout)
+            .or_else(|| span_of(&raw.deadline))
+            .unwrap_or(0..0);
+        errors.at(
+            span,
+            "health.timeout",
+            format!(
+                "must not be longer than health.deadline ({} > {})",
+                humantime::format_duration(h.timeout),
+                humantime::format_duration(h.deadline)
+            ),
+        );
+    }
+    h
+}
+
+fn convert_environments(
+    raw: Option<&S<BTreeMap<S<String>, S<RawEnvironment>>>>,
+    errors: &mut Errors,
+) -> BTreeMap<String, EnvironmentSpec> {
+    let mut out = BTreeMap::new();
+    let Some(raw) = raw else {
+        errors.at(
+            0..0,
+            "environments",
+            "at least one environment is required: add e.g. [environments.production] with `listen = \"127.0.0.1:8080\"`",
+        );
+        return out;
+    };
+    if raw.get_ref().is_empty() {
+        errors.at(
+            raw.span(),
+            "environments",
+            "at least one environment is required: add e.g. [environments.production] with `listen = \"127.0.0.1:8080\"`",
+        );
+    }
+    // Listen addresses seen so far, to refuse two environments on one address.
+    let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    // Visit environments in file order so "first" and "second" mean what the reader sees.
+    let mut entries: Vec<_> = raw.get_ref().iter().collect();
+    entries.sort_by_key(|(name, _)| name.span().start);
+    for (name, env) in entries {
+        let name_str = name.get_ref();
+        let field = |key: &str| format!("environments.{name_str}.{key}");
+        if !is_dns_label(name_str) {
+            errors.at(
+                name.span(),
+                &format!("environments.{name_str}"),
+                "environment names must be lowercase letters, digits and '-', starting with a letter or digit",
+            );
+        }
+        let raw_env = env.get_ref();
+        let mut spec = EnvironmentSpec::with_listen("");
+        match &raw_env.listen {
+            Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if let Some(other) = listens.get(&addr) {
+                        errors.at(
+                            listen.span(),
+                            &field("listen"),
+                            format!(
+                                "{addr} is already the listen address of environment {other}: give each environment its own address"
+                            ),
+                        );
+                    } else {
+                        listens.insert(addr, name_str.clone());
+                    }
+                    spec.listen = listen.get_ref().clone();
+                }
+                Err(_) => errors.at(
+                    listen.span(),
+                    &field("listen"),
+                    format!(
+                        "must be a socket address like \"127.0.0.1:8080\" or \"[::1]:8080\", got {:?}",
+                        listen.get_ref()
+                    ),
+                ),
+            },
+            None => errors.at(
+                env.span(),
+                &field("listen"),
+                "is required: the address the proxy serves this environment on, e.g. \"127.0.0.1:8080\"",
+            ),
+        }
+        if let Some(replicas) = &raw_env.replicas {
+            let n = *replicas.get_ref();
+            if (1..=MAX_REPLICAS).contains(&n) {
+                spec.replicas = n as u32;
+            } else {
+                errors.at(
+                    replicas.span(),
+                    &field("replicas"),
+                    format!("must be between 1 and {MAX_REPLICAS}, got {n}"),
+                );
+            }
+        }
+        if let Some(d) = duration(raw_env.retire_after.as_ref(), &field("retire_after"), errors) {
+            spec.retire_after = d;
+        }
+        if let Some(d) =
+            positive_duration(raw_env.drain_timeout.as_ref(), &field("drain_timeout"), errors)
+        {
+            spec.drain_timeout = d;
+        }
+        spec.protected = raw_env.protected.as_ref().map(|p| *p.get_ref()).unwrap_or(false);
+        spec.approval = match &raw_env.approval {
+            Some(a) if !*a.get_ref() && spec.protected => {
+                errors.at(
+                    a.span(),
+                    &field("approval"),
+                    "cannot be false in a protected environment: remove it or set protected = false",
+                );
+                true
+            }
+            Some(a) => *a.get_ref(),
+            None => spec.protected,
+        };
+        out.insert(name_str.clone(), spec);
+    }
+    out
+}
+
+fn span_of<T>(value: &Option<S<T>>) -> Option<std::ops::Range<usize>> {
+    value.as_ref().map(|v| v.span())
+}
+
+fn duration(value: Option<&S<String>>, field: &str, errors: &mut Errors) -> Option<Duration> {
+    let value = value?;
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.at(
+                value.span(),
+                field,
+                format!(
+                    "is not a duration ({}): write e.g. \"200ms\", \"10s\" or \"5m\", got {:?}",
+                    lower(&e.to_string()),
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn positive_duration(
+    value: Option<&S<String>>,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<Duration> {
+    let d = duration(value, field, errors)?;
+    if d.is_zero() {
+        if let Some(v) = value {
+            errors.at(v.span(), field, "must be longer than 0");
+        }
+        return None;
+    }
+    Some(d)
+}
+
+fn lower(message: &str) -> String {
+    message.trim_end_matches('.').to_lowercase()
+}
+
+/// Bytes of a size written as an integer or a string with an optional binary unit
+/// (`k`, `m`, `g`, with or without `b`/`ib`, any case). Units are powers of 1024, as Docker
+/// reads `--memory`.
+pub(crate) fn parse_size(raw: &RawSize) -> Result<u64, String> {
+    let text = match raw {
+        RawSize::Bytes(n) => {
+            return u64::try_from(*n).map_err(|_| format!("must not be negative, got {n}"));
+        }
+        RawSize::Text(text) => text.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        format!(
+            "is not a size: write e.g. \"64MiB\", \"128m\", \"1g\" or a number of bytes, got {text:?}"
+        )
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" | "ki" => 1 << 10,
+        "m" | "mb" | "mib" | "mi" => 1 << 20,
+        "g" | "gb" | "gib" | "gi" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("is too large, got {text:?}"))
+}
+
+/// `uid[:gid]` or `name[:group]`, never root.
+fn check_user(user: &str) -> Result<(), String> {
+    let (uid, gid) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let valid_part = |part: &str| {
+        !part.is_empty()
+            && (part.chars().all(|c| c.is_ascii_digit())
+                || (part.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')))
+    };
+    if !valid_part(uid) || gid.is_some_and(|g| !valid_part(g)) {
+        return Err(format!(
+            "must be `uid[:gid]` (e.g. \"65534:65534\") or `name[:group]`, got {user:?}"
+        ));
+    }
+    let is_root = uid == "root" || (uid.chars().all(|c| c.is_ascii_digit()) && uid.parse::<u64>() == Ok(0));
+    if is_root {
+        return Err(format!(
+            "containers never run as root, got {user:?}: use an unprivileged user such as \"65534:65534\""
+        ));
+    }
+    Ok(())
+}
+
+fn is_app_name(name: &str) -> bool {
+    is_dns_label(name) && name.len() <= 31
+}
+
+/// `[a-z0-9][a-z0-9-]*`
+fn is_dns_label(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Cargo target and profile names: letters, digits, `-` and `_`.
+fn is_cargo_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// `base.join(relative)`, lexically normalized (no `.` or `..` left), without touching the
+/// file system.
+fn resolve(base: &Path, relative: &str) -> PathBuf {
+    normalize(&base.join(relative))
+}
+
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
