@@ -1,1 +1,761 @@
-//! sled-backed state store: plans, journal, releases, leases, retirements
+//! sled-backed state store: plans, deployment records, journals, releases, leases,
+//! retirements and small settings.
+//!
+//! Every tree holds JSON values under string keys (compound keys join their parts with a
+//! NUL byte). Every write that may precede a side effect is flushed to disk before the
+//! call returns, so the journal discipline of the executor holds across crashes. One
+//! process owns a store at a time: sled locks the database file, and a second opener gets
+//! [`StoreError::InUse`] naming the owner's pid.
+//!
+//! New typed trees (approvals, tokens, audit chain) are one call away: see
+//! [`Store::typed_tree`].
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cutover_model::{
+    format_ms, now_ms, DeploymentKind, DeploymentStatus, JournalEntry, JournalEvent, Plan, Release,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Name of the file holding the pid of the process that owns the store.
+const PID_FILE: &str = "cutover.pid";
+
+/// Errors of the state store. Messages say what failed and what to do.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(
+        "the state store at {} is in use by another cutover process (pid {}); stop it with `cutover serve --stop` or wait",
+        dir.display(),
+        pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".to_string())
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
+
+    #[error("could not open the state store at {}; check that the directory is writable", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+
+    #[error("state store operation failed: {context}; check disk space and permissions")]
+    Db {
+        context: String,
+        #[source]
+        source: sled::Error,
+    },
+
+    #[error("the state store entry {tree}/{key} is not valid; restore the store from a backup")]
+    Corrupt {
+        tree: String,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("plan {id} already exists with digest {existing}, not {new}; plans are immutable, plan a new deployment instead")]
+    PlanExists {
+        id: String,
+        existing: String,
+        new: String,
+    },
+
+    #[error("release {id} of environment {env} already exists with different content; releases are immutable, use a new release id")]
+    ReleaseExists { env: String, id: String },
+
+    #[error(
+        "environment {env} is locked by deployment {} started by {} at {}; wait for it to finish or inspect it with `cutover status {}`",
+        holder.deployment_id,
+        holder.holder,
+        format_ms(holder.acquired_at_ms),
+        holder.deployment_id
+    )]
+    LeaseHeld { env: String, holder: Lease },
+
+    #[error("no {what} {id} in the state store; check the id with `cutover history`")]
+    NotFound { what: &'static str, id: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn db_err(context: impl Into<String>) -> impl FnOnce(sled::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Db { context, source }
+}
+
+/// The durable record of one deployment, kept beside its plan and journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub app: String,
+    pub env: String,
+    pub kind: DeploymentKind,
+    pub plan_digest: String,
+    pub release_id: String,
+    pub previous_release: Option<String>,
+    pub requested_by: String,
+    pub created_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub status: DeploymentStatus,
+}
+
+impl DeploymentRecord {
+    /// A `Planned` record describing `plan`.
+    pub fn from_plan(plan: &Plan) -> Self {
+        DeploymentRecord {
+            id: plan.deployment_id.clone(),
+            app: plan.app.clone(),
+            env: plan.env.clone(),
+            kind: plan.kind.clone(),
+            plan_digest: plan.digest.clone(),
+            release_id: plan.release_id.clone(),
+            previous_release: plan.previous_release.clone(),
+            requested_by: plan.requested_by.clone(),
+            created_at_ms: plan.created_at_ms,
+            finished_at_ms: None,
+            status: DeploymentStatus::Planned,
+        }
+    }
+}
+
+/// One line of an environment's release history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub release_id: String,
+    pub deployment_id: String,
+    pub kind: DeploymentKind,
+    /// `recorded` when the release became current, then the deployment's final status label
+    /// (`succeeded`, `rolled_back`, `stuck`).
+    pub outcome: String,
+    pub at_ms: u64,
+    pub by: String,
+}
+
+/// The lock one deployment holds on an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub deployment_id: String,
+    /// Who started the deployment.
+    pub holder: String,
+    pub acquired_at_ms: u64,
+}
+
+/// Instances of a replaced release, kept warm until `due_at_ms`, then removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retirement {
+    pub env: String,
+    pub release: String,
+    pub instances: Vec<String>,
+    pub due_at_ms: u64,
+    /// The deployment that scheduled it.
+    pub deployment_id: String,
+}
+
+/// A sled tree whose values are JSON-encoded `T` under string keys.
+pub struct TypedTree<T> {
+    name: String,
+    tree: sled::Tree,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for TypedTree<T> {
+    fn clone(&self) -> Self {
+        TypedTree {
+            name: self.name.clone(),
+            tree: self.tree.clone(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> TypedTree<T> {
+    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+            tree: self.name.clone(),
+            key: printable_key(key),
+            source,
+        })
+    }
+
+    fn encode(value: &T) -> Vec<u8> {
+        serde_json::to_vec(value).expect("store values serialize to json")
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<T>> {
+        match self
+            .tree
+            .get(key.as_bytes())
+            .map_err(db_err(format!("read {}/{key}", self.name)))?
+        {
+            Some(bytes) => Ok(Some(self.decode(key.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Insert or replace. Not flushed: call [`Store::flush`] before a side effect.
+    pub fn insert(&self, key: &str, value: &T) -> Result<()> {
+        self.tree
+            .insert(key.as_bytes(), Self::encode(value))
+            .map_err(db_err(format!("write {}/{key}", self.name)))?;
+        Ok(())
+    }
+
+    /// Insert `value` unless the key exists; returns the value now stored (atomic).
+    pub fn insert_if_absent(&self, key: &str, value: &T) -> Result<T> {
+        let bytes = Self::encode(value);
+        match self
+            .tree
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(bytes))
+            .map_err(db_err(format!("write {}/{key}", self.name)))?
+        {
+            Ok(()) => Ok(self.decode(key.as_bytes(), &Self::encode(value))?),
+            Err(cas) => match cas.current {
+                Some(current) => self.decode(key.as_bytes(), &current),
+                // Raced with a removal: try once more.
+                None => self.insert_if_absent(key, value),
+            },
+        }
+    }
+
+    pub fn remove(&self, key: &str) -> Result<Option<T>> {
+        match self
+            .tree
+            .remove(key.as_bytes())
+            .map_err(db_err(format!("remove {}/{key}", self.name)))?
+        {
+            Some(bytes) => Ok(Some(self.decode(key.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()) {
+            let (key, bytes) = item.map_err(db_err(format!("scan {}", self.name)))?;
+            let value = self.decode(&key, &bytes)?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), value));
+        }
+        Ok(out)
+    }
+
+    /// Every value in key order.
+    pub fn values(&self) -> Result<Vec<T>> {
+        Ok(self.scan_prefix("")?.into_iter().map(|(_, v)| v).collect())
+    }
+}
+
+fn printable_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).replace('\0', "/")
+}
+
+/// Compound key: parts joined by NUL (ids and names never contain it).
+fn key(parts: &[&str]) -> String {
+    parts.join("\0")
+}
+
+fn journal_key(deployment_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(deployment_id.len() + 9);
+    k.extend_from_slice(deployment_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Handle on the state store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    plans: TypedTree<Plan>,
+    deployments: TypedTree<DeploymentRecord>,
+    journal: sled::Tree,
+    releases: TypedTree<Release>,
+    current: TypedTree<String>,
+    history: TypedTree<HistoryEntry>,
+    leases: TypedTree<Lease>,
+    sequences: sled::Tree,
+    retirements: TypedTree<Retirement>,
+    kv: TypedTree<serde_json::Value>,
+    /// Serializes journal appends so sequence numbers are dense.
+    journal_lock: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`. Fails with [`StoreError::InUse`] when another
+    /// process (or another handle in this one) holds it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            dir: dir.to_path_buf(),
+            source: sled::Error::Io(e),
+        })?;
+        let db = match sled::Config::new().path(dir).open() {
+            Ok(db) => db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                let pid = std::fs::read_to_string(dir.join(PID_FILE))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(StoreError::InUse {
+                    dir: dir.to_path_buf(),
+                    pid,
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    dir: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        // Best effort: only used to name the owner in `InUse` errors.
+        let _ = std::fs::write(dir.join(PID_FILE), std::process::id().to_string());
+        Self::from_db(dir.to_path_buf(), db)
+    }
+
+    /// A store that lives in memory/temporary files and vanishes on drop (tests).
+    pub fn temporary() -> Result<Store> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(|source| StoreError::Open {
+                dir: PathBuf::from("<temporary>"),
+                source,
+            })?;
+        Self::from_db(PathBuf::from("<temporary>"), db)
+    }
+
+    fn from_db(dir: PathBuf, db: sled::Db) -> Result<Store> {
+        let raw = |name: &str| {
+            db.open_tree(name)
+                .map_err(db_err(format!("open tree {name}")))
+        };
+        let journal = raw("journal")?;
+        let sequences = raw("sequences")?;
+        Ok(Store {
+            plans: typed(&db, "plans")?,
+            deployments: typed(&db, "deployments")?,
+            journal,
+            releases: typed(&db, "releases")?,
+            current: typed(&db, "current")?,
+            history: typed(&db, "history")?,
+            leases: typed(&db, "leases")?,
+            sequences,
+            retirements: typed(&db, "retirements")?,
+            kv: typed(&db, "kv")?,
+            journal_lock: Arc::new(Mutex::new(())),
+            dir,
+            db,
+        })
+    }
+
+    /// Directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A typed tree named `name` (created when missing). Trees used by this crate are named
+    /// `plans`, `deployments`, `journal`, `releases`, `current`, `history`, `leases`,
+    /// `sequences`, `retirements` and `kv`; pick another name.
+    pub fn typed_tree<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<TypedTree<T>> {
+        typed(&self.db, name)
+    }
+
+    /// Make every write so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(db_err("flush to disk"))?;
+        Ok(())
+    }
+
+    // ----- plans and deployment records -----
+
+    /// Save a plan and its deployment record. Saving the same plan again is a no-op (the
+    /// record is kept); a different plan under the same id is refused.
+    pub fn save_plan(&self, plan: &Plan, record: &DeploymentRecord) -> Result<()> {
+        let stored = self.plans.insert_if_absent(&plan.deployment_id, plan)?;
+        if stored.digest != plan.digest || stored != *plan {
+            return Err(StoreError::PlanExists {
+                id: plan.deployment_id.clone(),
+                existing: stored.digest,
+                new: plan.digest.clone(),
+            });
+        }
+        self.deployments.insert_if_absent(&record.id, record)?;
+        self.flush()
+    }
+
+    pub fn plan(&self, id: &str) -> Result<Option<Plan>> {
+        self.plans.get(id)
+    }
+
+    pub fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>> {
+        self.deployments.get(id)
+    }
+
+    /// Deployments (of `env`, when given), newest first, at most `limit`.
+    pub fn deployments(&self, env: Option<&str>, limit: usize) -> Result<Vec<DeploymentRecord>> {
+        let mut all: Vec<DeploymentRecord> = self
+            .deployments
+            .values()?
+            .into_iter()
+            .filter(|r| env.is_none_or(|e| r.env == e))
+            .collect();
+        all.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Set a deployment's status (and its finish time when the status is final). Flushed.
+    pub fn set_status(&self, id: &str, status: DeploymentStatus) -> Result<DeploymentRecord> {
+        let mut record = self.deployment(id)?.ok_or_else(|| StoreError::NotFound {
+            what: "deployment",
+            id: id.to_string(),
+        })?;
+        record.finished_at_ms = if status.is_finished() {
+            Some(record.finished_at_ms.unwrap_or_else(now_ms))
+        } else {
+            None
+        };
+        record.status = status;
+        self.deployments.insert(id, &record)?;
+        self.flush()?;
+        Ok(record)
+    }
+
+    /// Deployments that started and did not finish (`running` or `unwinding`): the ones a
+    /// restarted control plane resumes. `planned` ones are not included.
+    pub fn unfinished(&self) -> Result<Vec<DeploymentRecord>> {
+        let mut out: Vec<DeploymentRecord> = self
+            .deployments
+            .values()?
+            .into_iter()
+            .filter(|r| {
+                matches!(
+                    r.status,
+                    DeploymentStatus::Running | DeploymentStatus::Unwinding { .. }
+                )
+            })
+            .collect();
+        out.sort_by_key(|r| r.created_at_ms);
+        Ok(out)
+    }
+
+    // ----- journal -----
+
+    /// Append an event to a deployment's journal; assigns the next sequence number and the
+    /// time. Flushed before returning.
+    pub fn append(&self, deployment_id: &str, event: JournalEvent) -> Result<JournalEntry> {
+        let _guard = self
+            .journal_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut prefix = deployment_id.as_bytes().to_vec();
+        prefix.push(0);
+        let seq = match self.journal.scan_prefix(&prefix).next_back() {
+            Some(item) => {
+                let (k, _) = item.map_err(db_err(format!("read journal of {deployment_id}")))?;
+                let tail: [u8; 8] = k[k.len() - 8..]
+                    .try_into()
+                    .expect("journal key ends in seq");
+                u64::from_be_bytes(tail) + 1
+            }
+            None => 0,
+        };
+        let entry = JournalEntry {
+            seq,
+            at_ms: now_ms(),
+            event,
+        };
+        let bytes = serde_json::to_vec(&entry).expect("journal entries serialize to json");
+        self.journal
+            .insert(journal_key(deployment_id, seq), bytes)
+            .map_err(db_err(format!("append to journal of {deployment_id}")))?;
+        self.flush()?;
+        Ok(entry)
+    }
+
+    /// The whole journal of a deployment, in order.
+    pub fn journal(&self, deployment_id: &str) -> Result<Vec<JournalEntry>> {
+        let mut prefix = deployment_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.journal.scan_prefix(&prefix) {
+            let (k, bytes) = item.map_err(db_err(format!("read journal of {deployment_id}")))?;
+            if k.len() != prefix.len() + 8 {
+                continue;
+            }
+            let entry = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                tree: "journal".to_string(),
+                key: printable_key(&k[..prefix.len()]),
+                source,
+            })?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    // ----- releases -----
+
+    /// Store a release. Storing the same release again is a no-op; different content under
+    /// an existing id is refused.
+    pub fn put_release(&self, release: &Release) -> Result<()> {
+        let stored = self
+            .releases
+            .insert_if_absent(&key(&[&release.env, &release.id]), release)?;
+        if stored != *release {
+            return Err(StoreError::ReleaseExists {
+                env: release.env.clone(),
+                id: release.id.clone(),
+            });
+        }
+        self.flush()
+    }
+
+    /// Remove a release that never became current (undo of a failed deployment's record).
+    pub fn remove_release(&self, env: &str, id: &str) -> Result<()> {
+        self.releases.remove(&key(&[env, id]))?;
+        self.flush()
+    }
+
+    pub fn release(&self, env: &str, id: &str) -> Result<Option<Release>> {
+        self.releases.get(&key(&[env, id]))
+    }
+
+    /// Releases of `env`, newest first.
+    pub fn releases(&self, env: &str) -> Result<Vec<Release>> {
+        let mut out: Vec<Release> = self
+            .releases
+            .scan_prefix(&format!("{env}\0"))?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        out.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        Ok(out)
+    }
+
+    /// The release currently serving `env`, if any.
+    pub fn current_release(&self, env: &str) -> Result<Option<Release>> {
+        match self.current.get(env)? {
+            Some(id) => self.release(env, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Id of the current release of `env` (even if its record is missing).
+    pub fn current_release_id(&self, env: &str) -> Result<Option<String>> {
+        self.current.get(env)
+    }
+
+    /// Make `release_id` current for `env`. Flushed.
+    pub fn set_current(&self, env: &str, release_id: &str) -> Result<()> {
+        self.current.insert(env, &release_id.to_string())?;
+        self.flush()
+    }
+
+    /// Forget the current release of `env` (undo of a first deployment). Flushed.
+    pub fn clear_current(&self, env: &str) -> Result<()> {
+        self.current.remove(env)?;
+        self.flush()
+    }
+
+    /// Insert or update the history line of `entry.deployment_id` in `env`. Flushed.
+    pub fn record_history(&self, env: &str, entry: &HistoryEntry) -> Result<()> {
+        self.history
+            .insert(&key(&[env, &entry.deployment_id]), entry)?;
+        self.flush()
+    }
+
+    /// History of `env`, newest first.
+    pub fn history(&self, env: &str) -> Result<Vec<HistoryEntry>> {
+        let mut out: Vec<HistoryEntry> = self
+            .history
+            .scan_prefix(&format!("{env}\0"))?
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect();
+        out.sort_by(|a, b| {
+            b.at_ms
+                .cmp(&a.at_ms)
+                .then_with(|| b.deployment_id.cmp(&a.deployment_id))
+        });
+        Ok(out)
+    }
+
+    // ----- leases -----
+
+    /// Take the lease of `env` for `lease.deployment_id`, atomically. Taking it again for
+    /// the same deployment returns the existing lease (resume after a crash).
+    pub fn acquire_lease(&self, env: &str, lease: Lease) -> Result<Lease> {
+        let held = self.leases.insert_if_absent(env, &lease)?;
+        if held.deployment_id != lease.deployment_id {
+            return Err(StoreError::LeaseHeld {
+                env: env.to_string(),
+                holder: held,
+            });
+        }
+        self.flush()?;
+        Ok(held)
+    }
+
+    /// Give the lease of `env` back if `deployment_id` holds it; returns whether it did.
+    pub fn release_lease(&self, env: &str, deployment_id: &str) -> Result<bool> {
+        loop {
+            let Some(current) = self
+                .leases
+                .tree
+                .get(env.as_bytes())
+                .map_err(db_err(format!("read lease of {env}")))?
+            else {
+                return Ok(false);
+            };
+            let lease = self.leases.decode(env.as_bytes(), &current)?;
+            if lease.deployment_id != deployment_id {
+                return Ok(false);
+            }
+            let swapped = self
+                .leases
+                .tree
+                .compare_and_swap(env.as_bytes(), Some(current), None as Option<&[u8]>)
+                .map_err(db_err(format!("release lease of {env}")))?;
+            if swapped.is_ok() {
+                self.flush()?;
+                return Ok(true);
+            }
+        }
+    }
+
+    pub fn lease(&self, env: &str) -> Result<Option<Lease>> {
+        self.leases.get(env)
+    }
+
+    // ----- sequences -----
+
+    /// Next deployment number of `env`: 1, 2, 3, … Durable and monotonic.
+    pub fn next_deployment_seq(&self, env: &str) -> Result<u64> {
+        let new = self
+            .sequences
+            .update_and_fetch(env.as_bytes(), |old| {
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(db_err(format!("bump deployment sequence of {env}")))?
+            .expect("update_and_fetch always stores a value");
+        self.flush()?;
+        let bytes: [u8; 8] = new.as_ref().try_into().map_err(|_| StoreError::Db {
+            context: format!("deployment sequence of {env} has a bad encoding"),
+            source: sled::Error::Unsupported("sequence value is not 8 bytes".to_string()),
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    // ----- retirements -----
+
+    /// Schedule (or reschedule) the retirement of `retirement.release`. Flushed.
+    pub fn schedule_retirement(&self, retirement: &Retirement) -> Result<()> {
+        self.retirements
+            .insert(&key(&[&retirement.env, &retirement.release]), retirement)?;
+        self.flush()
+    }
+
+    /// Drop a pending retirement; returns it if there was one. Flushed.
+    pub fn cancel_retirement(&self, env: &str, release: &str) -> Result<Option<Retirement>> {
+        let removed = self.retirements.remove(&key(&[env, release]))?;
+        self.flush()?;
+        Ok(removed)
+    }
+
+    /// Mark a retirement done (its instances are gone). Flushed.
+    pub fn complete_retirement(&self, env: &str, release: &str) -> Result<()> {
+        self.retirements.remove(&key(&[env, release]))?;
+        self.flush()
+    }
+
+    pub fn retirement(&self, env: &str, release: &str) -> Result<Option<Retirement>> {
+        self.retirements.get(&key(&[env, release]))
+    }
+
+    /// Pending retirements due at or before `now_ms`, earliest first.
+    pub fn due_retirements(&self, now_ms: u64) -> Result<Vec<Retirement>> {
+        let mut out: Vec<Retirement> = self
+            .retirements
+            .values()?
+            .into_iter()
+            .filter(|r| r.due_at_ms <= now_ms)
+            .collect();
+        out.sort_by_key(|r| r.due_at_ms);
+        Ok(out)
+    }
+
+    /// Pending retirements of `env`, earliest first.
+    pub fn retirements(&self, env: &str) -> Result<Vec<Retirement>> {
+        let mut out: Vec<Retirement> = self
+            .retirements
+            .scan_prefix(&format!("{env}\0"))?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        out.sort_by_key(|r| r.due_at_ms);
+        Ok(out)
+    }
+
+    // ----- small settings -----
+
+    pub fn kv_get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        match self.kv.get(name)? {
+            Some(value) => {
+                serde_json::from_value(value)
+                    .map(Some)
+                    .map_err(|source| StoreError::Corrupt {
+                        tree: "kv".to_string(),
+                        key: name.to_string(),
+                        source,
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Set a setting. Flushed.
+    pub fn kv_set<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let value = serde_json::to_value(value).expect("settings serialize to json");
+        self.kv.insert(name, &value)?;
+        self.flush()
+    }
+
+    pub fn kv_remove(&self, name: &str) -> Result<()> {
+        self.kv.remove(name)?;
+        self.flush()
+    }
+}
+
+fn typed<T: Serialize + DeserializeOwned>(db: &sled::Db, name: &str) -> Result<TypedTree<T>> {
+    let tree = db
+        .open_tree(name)
+        .map_err(db_err(format!("open tree {name}")))?;
+    Ok(TypedTree {
+        name: name.to_string(),
+        tree,
+        _value: PhantomData,
+    })
+}
+
+#[cfg(test)]
+mod tests;
