@@ -1,1 +1,374 @@
-fn main() {}
+//! `cutover`: immutable blue/green deployments.
+//!
+//! Glue only: parses the command line, talks to the control plane (starting it when
+//! needed), renders answers. The control plane (`cutover serve`) and the proxy
+//! (`cutover proxy`) are entry points of the same binary.
+
+mod client;
+mod daemon;
+mod follow;
+mod render;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use cutover_model::Plan;
+use cutover_server::api::{DeployRequest, EnvStatus, HistoryLine, Resumed, RollbackTarget, Started};
+
+use client::{connect_or_start, CallError, Client, StateDir};
+
+const EXIT_HELP: &str = "\
+Exit codes:
+  0  success
+  1  error (control plane unreachable, I/O, internal)
+  2  bad input: invalid deploy.toml, unknown environment or release, bad arguments
+  3  the deployment failed and was rolled back (traffic stayed on or returned to the previous release)
+  4  the deployment is stuck: an undo failed and needs a human (see `cutover status`)
+  5  refused: another deployment holds the environment";
+
+#[derive(Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Immutable blue/green deployments: build, verify, provision green, health-check, cut over, roll back in under a second",
+    after_help = EXIT_HELP
+)]
+struct Cli {
+    /// The deployment spec.
+    #[arg(short = 'f', long = "file", global = true, default_value = "deploy.toml", env = "CUTOVER_FILE")]
+    file: PathBuf,
+    /// Where the store, logs and sockets live (default: .cutover/ next to the spec).
+    #[arg(long, global = true, env = "CUTOVER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+    /// Graphviz (plan only).
+    Dot,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the plan (DAG) a deploy would run, without changing anything.
+    Plan {
+        #[arg(short, long)]
+        env: Option<String>,
+        /// Plan a rollback instead (to --to, or the previous release).
+        #[arg(long)]
+        rollback: bool,
+        #[arg(long, requires = "rollback")]
+        to: Option<String>,
+    },
+    /// Build, provision green, health-check, shift traffic, retire blue.
+    Deploy {
+        #[arg(short, long)]
+        env: Option<String>,
+        /// Return once the deployment started instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Current release, traffic, instances and the latest deployment per environment.
+    Status {
+        #[arg(short, long)]
+        env: Option<String>,
+        /// Show one deployment in detail.
+        #[arg(long)]
+        deployment: Option<String>,
+    },
+    /// Deployments and releases, newest first.
+    History {
+        #[arg(short, long)]
+        env: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Return traffic to the previous release (or --to RELEASE). Never rebuilds.
+    Rollback {
+        #[arg(short, long)]
+        env: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Finish or unwind deployments interrupted by a crash, and follow them.
+    Resume,
+    /// Run the control plane in the foreground (the CLI starts it in the background itself).
+    Serve {
+        /// Stop the running control plane and the proxy (traffic stops).
+        #[arg(long)]
+        stop: bool,
+        /// With --stop: leave the proxy running so traffic keeps flowing.
+        #[arg(long, requires = "stop")]
+        keep_proxy: bool,
+    },
+    /// Run the data-plane proxy in the foreground (started by the control plane).
+    #[command(hide = true)]
+    Proxy,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve { stop: false, .. } | Command::Proxy));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {}", render::error_chain(&e));
+            ExitCode::from(exit_code_of(&e))
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if daemon {
+        builder.json().init();
+    } else {
+        builder.without_time().with_target(false).init();
+    }
+}
+
+/// Map an error to an exit code: bad input 2, busy 5, everything else 1.
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<cutover_spec::SpecError>().is_some() {
+            return 2;
+        }
+        if let Some(CallError::Api { status, .. }) = cause.downcast_ref::<CallError>() {
+            return match status {
+                400 | 404 => 2,
+                409 => 5,
+                _ => 1,
+            };
+        }
+    }
+    1
+}
+
+struct Context_ {
+    spec: PathBuf,
+    state: StateDir,
+    output: Output,
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    let spec = client::absolute(&cli.file);
+    let state = StateDir(match &cli.state_dir {
+        Some(dir) => client::absolute(dir),
+        None => spec.parent().unwrap_or(Path::new(".")).join(".cutover"),
+    });
+    let ctx = Context_ {
+        spec,
+        state,
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Plan { env, rollback, to } => plan(&ctx, env, rollback.then_some(RollbackTarget { release: to })).await,
+        Command::Deploy { env, detach } => start(&ctx, env, None, detach).await,
+        Command::Rollback { env, to, detach } => {
+            start(&ctx, env, Some(RollbackTarget { release: to }), detach).await
+        }
+        Command::Status { env, deployment } => status(&ctx, env, deployment).await,
+        Command::History { env, limit } => history(&ctx, env, limit).await,
+        Command::Resume => resume(&ctx).await,
+        Command::Serve { stop: false, .. } => {
+            serve::run(ctx.state).await?;
+            Ok(0)
+        }
+        Command::Serve { stop: true, keep_proxy } => stop(&ctx, keep_proxy).await,
+        Command::Proxy => {
+            cutover_proxy::run(cutover_proxy::ProxyConfig {
+                state_dir: ctx.state.0.clone(),
+            })
+            .await?;
+            Ok(0)
+        }
+    }
+}
+
+fn user() -> String {
+    std::env::var("CUTOVER_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid-{}", unsafe { libc::getuid() }))
+}
+
+/// Validate the spec here first, so bad input fails fast and starts nothing.
+fn check_spec(ctx: &Context_) -> Result<()> {
+    cutover_spec::load(&ctx.spec)?;
+    Ok(())
+}
+
+/// Connect, and say so when starting the control plane resumed interrupted work.
+async fn connect(ctx: &Context_) -> Result<Client> {
+    let (client, started) = connect_or_start(&ctx.state).await?;
+    if started {
+        let resumed: Resumed = client.post("/v1/resume", &()).await?;
+        for id in &resumed.deployments {
+            eprintln!("note: resuming interrupted deployment {id} (follow it with `cutover resume`)");
+        }
+    }
+    Ok(client)
+}
+
+fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTarget>) -> DeployRequest {
+    DeployRequest {
+        spec_path: ctx.spec.to_string_lossy().into_owned(),
+        env,
+        requested_by: user(),
+        rollback,
+    }
+}
+
+async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTarget>) -> Result<u8> {
+    check_spec(ctx)?;
+    let client = connect(ctx).await?;
+    let plan: Plan = client.post("/v1/plan", &request(ctx, env, rollback)).await?;
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        Output::Dot => print!("{}", cutover_planner::render_dot(&plan)),
+        Output::Text => print!("{}", cutover_planner::render_text(&plan)),
+    }
+    Ok(0)
+}
+
+async fn start(
+    ctx: &Context_,
+    env: Option<String>,
+    rollback: Option<RollbackTarget>,
+    detach: bool,
+) -> Result<u8> {
+    check_spec(ctx)?;
+    let client = connect(ctx).await?;
+    let started: Started = client
+        .post("/v1/deployments", &request(ctx, env, rollback))
+        .await?;
+    if detach {
+        match ctx.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&started)?),
+            _ => println!("{}", started.deployment_id),
+        }
+        return Ok(0);
+    }
+    follow::follow(&ctx.state, &started.deployment_id, ctx.output == Output::Json).await
+}
+
+async fn resume(ctx: &Context_) -> Result<u8> {
+    let client = connect(ctx).await?;
+    let resumed: Resumed = client.post("/v1/resume", &()).await?;
+    if resumed.deployments.is_empty() {
+        if ctx.output == Output::Json {
+            println!("[]");
+        } else {
+            println!("nothing to resume: no deployment was interrupted");
+        }
+        return Ok(0);
+    }
+    let mut worst = 0;
+    for id in &resumed.deployments {
+        worst = worst.max(follow::follow(&ctx.state, id, ctx.output == Output::Json).await?);
+    }
+    Ok(worst)
+}
+
+async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>) -> Result<u8> {
+    let client = connect(ctx).await?;
+    if let Some(id) = deployment {
+        let detail: cutover_server::api::DeploymentDetail =
+            client.get(&format!("/v1/deployments/{}", encode(&id))).await?;
+        match ctx.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&detail)?),
+            _ => print!("{}", render::deployment(&detail)),
+        }
+        return Ok(0);
+    }
+    let mut path = format!("/v1/status?spec_path={}", encode(&ctx.spec.to_string_lossy()));
+    if let Some(env) = &env {
+        path.push_str(&format!("&env={}", encode(env)));
+    }
+    let envs: Vec<EnvStatus> = client.get(&path).await?;
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&envs)?),
+        _ => print!("{}", render::status(&envs)),
+    }
+    Ok(if envs.iter().any(|e| e.latest.as_ref().is_some_and(|d| d.status == "stuck")) {
+        4
+    } else {
+        0
+    })
+}
+
+async fn history(ctx: &Context_, env: Option<String>, limit: usize) -> Result<u8> {
+    let client = connect(ctx).await?;
+    let mut path = format!("/v1/history?limit={limit}");
+    if let Some(env) = &env {
+        path.push_str(&format!("&env={}", encode(env)));
+    }
+    let lines: Vec<HistoryLine> = client.get(&path).await?;
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&lines)?),
+        _ => print!("{}", render::history(&lines)),
+    }
+    Ok(0)
+}
+
+async fn stop(ctx: &Context_, keep_proxy: bool) -> Result<u8> {
+    let client = Client::new(ctx.state.control_socket());
+    let stopped_cp = match client.post::<_, cutover_server::api::Health>("/v1/shutdown", &()).await {
+        Ok(health) => {
+            let start = std::time::Instant::now();
+            while daemon::alive(health.pid) && start.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            true
+        }
+        Err(_) => daemon::terminate(&ctx.state.serve_pid(), Duration::from_secs(5)),
+    };
+    let stopped_proxy = !keep_proxy
+        && daemon::terminate(&ctx.state.proxy_dir().join("proxy.pid"), Duration::from_secs(15));
+    if ctx.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({"control_plane_stopped": stopped_cp, "proxy_stopped": stopped_proxy})
+        );
+    } else {
+        println!(
+            "control plane: {}; proxy: {}",
+            if stopped_cp { "stopped" } else { "was not running" },
+            if keep_proxy {
+                "left running"
+            } else if stopped_proxy {
+                "stopped"
+            } else {
+                "was not running"
+            }
+        );
+    }
+    Ok(0)
+}
+
+/// Percent-encode a query or path value.
+fn encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

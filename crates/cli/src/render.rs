@@ -1,0 +1,206 @@
+//! Text renderings for people. JSON output is serde's, straight from the API types.
+
+use std::fmt::Write;
+
+use cutover_model::{format_ms, JournalEntry, JournalEvent};
+use cutover_server::api::{DeploymentDetail, EnvStatus, HistoryLine};
+
+/// `error: a: b: c` from an error and its causes, without repeating a cause that the
+/// message already contains.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.2}s", ms as f64 / 1000.0)
+}
+
+/// One progress line for a journal entry, timed from the deployment's start.
+pub fn journal_line(entry: &JournalEntry, start_ms: u64) -> String {
+    let at = format!("+{}", seconds(entry.at_ms.saturating_sub(start_ms)));
+    let what = match &entry.event {
+        JournalEvent::DeploymentStarted { resumed: 0 } => "deployment started".to_string(),
+        JournalEvent::DeploymentStarted { resumed } => format!("deployment resumed (restart {resumed})"),
+        JournalEvent::StepStarted { step, attempt: 1 } => format!("{step:<16} started"),
+        JournalEvent::StepStarted { step, attempt } => format!("{step:<16} started (attempt {attempt})"),
+        JournalEvent::StepSucceeded { step, duration_ms, .. } => {
+            format!("{step:<16} succeeded in {}", seconds(*duration_ms))
+        }
+        JournalEvent::StepFailed { step, error, transient: true, .. } => {
+            format!("{step:<16} failed, will retry: {error}")
+        }
+        JournalEvent::StepFailed { step, error, .. } => format!("{step:<16} failed: {error}"),
+        JournalEvent::UnwindStarted { reason } => format!("rolling back: {reason}"),
+        JournalEvent::UndoStarted { step } => format!("{step:<16} undoing"),
+        JournalEvent::UndoSucceeded { step } => format!("{step:<16} undone"),
+        JournalEvent::UndoFailed { step, error } => format!("{step:<16} UNDO FAILED: {error}"),
+        JournalEvent::DeploymentFinished { status } => format!("deployment {}", status.label()),
+    };
+    format!("{at:>9}  {what}")
+}
+
+/// The closing line of `cutover deploy` / `rollback`.
+pub fn outcome(d: &DeploymentDetail) -> String {
+    let took = d
+        .finished_at_ms
+        .map(|f| format!(" in {}", seconds(f.saturating_sub(d.created_at_ms))))
+        .unwrap_or_default();
+    match d.status.as_str() {
+        "succeeded" => format!(
+            "{} {} succeeded{took}: release {} is live in {}",
+            d.kind, d.id, d.release_id, d.env
+        ),
+        "rolled_back" => format!(
+            "{} {} failed and was rolled back{took}: {}; traffic is on {}",
+            d.kind,
+            d.id,
+            d.reason.as_deref().unwrap_or("no reason recorded"),
+            d.previous_release.as_deref().unwrap_or("no release (none was live before)")
+        ),
+        "stuck" => format!(
+            "{} {} is STUCK: {}; fix the cause, then run `cutover resume` to finish undoing it",
+            d.kind,
+            d.id,
+            d.reason.as_deref().unwrap_or("an undo failed")
+        ),
+        other => format!("{} {} is {other}", d.kind, d.id),
+    }
+}
+
+/// `cutover status --deployment ID`.
+pub fn deployment(d: &DeploymentDetail) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "deployment {} ({}) of {}: {}", d.id, d.kind, d.env, d.status);
+    if let Some(reason) = &d.reason {
+        let _ = writeln!(out, "  reason    {reason}");
+    }
+    let _ = writeln!(out, "  release   {}", d.release_id);
+    if let Some(prev) = &d.previous_release {
+        let _ = writeln!(out, "  previous  {prev}");
+    }
+    let _ = writeln!(out, "  plan      {}", d.plan_digest);
+    let _ = writeln!(out, "  by        {} at {}", d.requested_by, format_ms(d.created_at_ms));
+    if let Some(f) = d.finished_at_ms {
+        let _ = writeln!(out, "  took      {}", seconds(f.saturating_sub(d.created_at_ms)));
+    }
+    let _ = writeln!(out, "  steps");
+    for s in &d.steps {
+        let took = s.duration_ms.map(seconds).unwrap_or_default();
+        let attempts = if s.attempts > 1 {
+            format!(" ({} attempts)", s.attempts)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "    {:<16} {:<12} {:>8}{attempts}", s.id, s.state, took);
+        if let Some(e) = &s.error {
+            let _ = writeln!(out, "      error: {e}");
+        }
+    }
+    out
+}
+
+/// `cutover status`.
+pub fn status(envs: &[EnvStatus]) -> String {
+    let mut out = String::new();
+    if envs.is_empty() {
+        out.push_str("no environments yet: run `cutover deploy`\n");
+    }
+    for e in envs {
+        match &e.current {
+            Some(r) => {
+                let _ = writeln!(
+                    out,
+                    "{}: release {} (image {}, by {} at {})",
+                    e.env,
+                    r.id,
+                    short(&r.image.id),
+                    r.created_by,
+                    format_ms(r.created_at_ms)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{}: no release yet", e.env);
+            }
+        }
+        match &e.route {
+            Some(route) => {
+                let backends: Vec<String> = route
+                    .backends
+                    .iter()
+                    .map(|b| format!("{} ({}%, {} upstreams)", b.release, b.weight, b.addrs.len()))
+                    .collect();
+                let _ = writeln!(out, "  traffic    {} -> {}", route.listen, backends.join(", "));
+            }
+            None => {
+                let _ = writeln!(out, "  traffic    not served");
+            }
+        }
+        if let Some(active) = &e.active {
+            let _ = writeln!(out, "  active     deployment {active} in progress");
+        }
+        for i in &e.instances {
+            let _ = writeln!(out, "  instance   {:<36} {:<16} {:<10} {}", i.name, i.release, i.state, i.addr);
+        }
+        for w in &e.warm {
+            let _ = writeln!(out, "  warm       {} until {}", w.release, format_ms(w.retire_at_ms));
+        }
+        if let Some(d) = &e.latest {
+            let _ = writeln!(out, "  latest     {}", outcome(d));
+            for s in &d.steps {
+                let took = s.duration_ms.map(seconds).unwrap_or_default();
+                let _ = writeln!(out, "    {:<16} {:<12} {:>8}", s.id, s.state, took);
+            }
+        }
+    }
+    out
+}
+
+/// `cutover history`.
+pub fn history(lines: &[HistoryLine]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<9} {:<20} {:<20} {:<12} {:<20} {:>8}  {}",
+        "DEPLOYMENT", "KIND", "RELEASE", "IMAGE", "BY", "WHEN", "TOOK", "OUTCOME"
+    );
+    for l in lines {
+        let took = l
+            .finished_at_ms
+            .map(|f| seconds(f.saturating_sub(l.created_at_ms)))
+            .unwrap_or_else(|| "-".to_string());
+        let outcome = match &l.reason {
+            Some(r) => format!("{}: {r}", l.status),
+            None => l.status.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<9} {:<20} {:<20} {:<12} {:<20} {:>8}  {}",
+            l.deployment_id,
+            l.kind,
+            l.release_id,
+            l.image_id.as_deref().map(short).unwrap_or("-"),
+            l.requested_by,
+            format_ms(l.created_at_ms),
+            took,
+            outcome
+        );
+    }
+    out
+}
+
+/// `sha256:0123456789ab` (12 hex digits).
+fn short(id: &str) -> &str {
+    let end = id.find(':').map(|i| i + 13).unwrap_or(12).min(id.len());
+    &id[..end]
+}

@@ -1,0 +1,103 @@
+//! `cutover serve`: the control plane process, wired to the embedded default target (the
+//! local Docker Engine and the cutover proxy), and the supervisor that keeps the proxy up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use cutover_docker::DockerProvider;
+use cutover_executor::ExecutorConfig;
+use cutover_model::Providers;
+use cutover_proxy::{AdminClient, ProxyTraffic};
+use cutover_server::ControlPlane;
+use cutover_store::Store;
+
+use crate::client::StateDir;
+use crate::daemon;
+
+/// Run the control plane in the foreground until `cutover serve --stop` or a signal.
+pub async fn run(state: StateDir) -> Result<()> {
+    std::fs::create_dir_all(&state.0)
+        .with_context(|| format!("cannot create the state directory {}", state.0.display()))?;
+    let store = Store::open(&state.db())?;
+    std::fs::write(state.serve_pid(), std::process::id().to_string())
+        .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
+
+    let admin = AdminClient::new(state.proxy_dir().join("proxy.sock"));
+    ensure_proxy(&state, &admin).await?;
+    let supervisor = tokio::spawn(supervise_proxy(state.clone(), admin.clone()));
+
+    let docker = Arc::new(DockerProvider::connect().await?);
+    let providers = Providers {
+        images: docker.clone(),
+        compute: docker.clone(),
+        health: docker,
+        traffic: Arc::new(ProxyTraffic::new(admin)),
+    };
+    let cp = ControlPlane::new(store, providers, ExecutorConfig::default());
+    let signals = {
+        let cp = cp.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            cp.request_shutdown();
+        })
+    };
+    tracing::info!(state_dir = %state.0.display(), pid = std::process::id(), "control plane listening");
+    let result = cutover_server::serve_unix(cp, &state.control_socket()).await;
+    supervisor.abort();
+    signals.abort();
+    let _ = std::fs::remove_file(state.serve_pid());
+    Ok(result?)
+}
+
+/// Make sure a proxy answers on the admin socket, starting one if needed.
+async fn ensure_proxy(state: &StateDir, admin: &AdminClient) -> Result<()> {
+    if admin.health().await.is_ok() {
+        return Ok(());
+    }
+    start_proxy(state, admin).await
+}
+
+async fn start_proxy(state: &StateDir, admin: &AdminClient) -> Result<()> {
+    let dir = state.proxy_dir();
+    // A proxy that lives but does not answer is killed before a new one takes its socket.
+    daemon::terminate(&dir.join("proxy.pid"), Duration::from_secs(2));
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let pid = daemon::spawn_detached(&["proxy", "--state-dir", &dir_arg], &dir.join("proxy.log"))?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if admin.health().await.is_ok() {
+            tracing::info!(pid, "proxy started");
+            return Ok(());
+        }
+        if !daemon::alive(pid) {
+            anyhow::bail!(
+                "the proxy exited at start; its log {} ends with:\n{}",
+                dir.join("proxy.log").display(),
+                daemon::log_tail(&dir.join("proxy.log"), 10)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the proxy did not answer within 10s; see {}", dir.join("proxy.log").display())
+}
+
+/// Check the proxy often; restart it (it restores its routes from disk) when it is gone.
+async fn supervise_proxy(state: StateDir, admin: AdminClient) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if admin.health().await.is_ok() {
+            continue;
+        }
+        tracing::warn!("the proxy does not answer; restarting it");
+        if let Err(e) = start_proxy(&state, &admin).await {
+            tracing::error!(error = %e, "restarting the proxy failed; retrying");
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Harness for end-to-end tests: a throw-away project (deploy.toml + state dir) that deploys
+//! the example app with the real `cutover` binary to the local Docker Engine, a bounded load
+//! generator that counts failed requests and the releases that served them, and cleanup of
+//! every container, image, process and file a test made.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of the `cutover` binary: `CUTOVER_BIN`, else the workspace's debug build (built on
+/// first use).
+pub fn cutover_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("CUTOVER_BIN") {
+            return PathBuf::from(bin);
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target"));
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "cutover-cli", "--bin", "cutover"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build for the cutover binary");
+        assert!(status.success(), "building the cutover binary failed");
+        target.join("debug").join("cutover")
+    })
+    .clone()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// What the example app's spec says; tests change it between deploys.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub version: String,
+    pub replicas: u32,
+    pub fail_health: bool,
+    pub crash: bool,
+    pub delay_ms: u64,
+    pub retire_after: String,
+    pub deadline: String,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            version: "v1".into(),
+            replicas: 2,
+            fail_health: false,
+            crash: false,
+            delay_ms: 0,
+            retire_after: "5m".into(),
+            deadline: "20s".into(),
+        }
+    }
+}
+
+/// The result of one `cutover` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not json ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A temporary project: its own app name, listen port, spec and state dir. Dropping it
+/// stops its control plane and proxy and removes its containers and images.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub app: String,
+    pub port: u16,
+}
+
+impl Project {
+    pub fn new(name: &str) -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("cutover-it-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let app = format!("it-{name}-{}", std::process::id() % 100_000);
+        let project = Project {
+            dir,
+            app,
+            port: free_port(),
+        };
+        project.cleanup_docker();
+        project
+    }
+
+    pub fn spec_path(&self) -> PathBuf {
+        self.dir.path().join("deploy.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".cutover")
+    }
+
+    pub fn listen(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Write deploy.toml for `config`.
+    pub fn write_spec(&self, config: &AppConfig) {
+        let manifest = repo_root().join("examples/hello/Cargo.toml");
+        let mut env = format!("VERSION = \"{}\"", config.version);
+        if config.fail_health {
+            env.push_str(", FAIL_HEALTH = \"1\"");
+        }
+        if config.crash {
+            env.push_str(", CRASH = \"1\"");
+        }
+        if config.delay_ms > 0 {
+            env.push_str(&format!(", DELAY_MS = \"{}\"", config.delay_ms));
+        }
+        let text = format!(
+            r#"app = "{app}"
+
+[build]
+cargo = {{ manifest = "{manifest}", bin = "hello", profile = "release" }}
+
+[container]
+port = 8080
+env = {{ {env} }}
+memory = "64MiB"
+cpus = 0.5
+pids_limit = 64
+
+[health]
+path = "/healthz"
+interval = "100ms"
+timeout = "1s"
+healthy_threshold = 2
+unhealthy_threshold = 3
+deadline = "{deadline}"
+
+[environments.production]
+listen = "{listen}"
+replicas = {replicas}
+retire_after = "{retire_after}"
+drain_timeout = "5s"
+"#,
+            app = self.app,
+            manifest = manifest.display(),
+            listen = self.listen(),
+            replicas = config.replicas,
+            retire_after = config.retire_after,
+            deadline = config.deadline,
+        );
+        std::fs::write(self.spec_path(), text).expect("write deploy.toml");
+    }
+
+    /// Run `cutover <args> -f <spec>` and wait for it.
+    pub fn cutover(&self, args: &[&str]) -> Run {
+        let out = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cutover {args:?}: {e}"));
+        Run::from(out)
+    }
+
+    /// A `cutover` command for this project, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(cutover_bin());
+        cmd.args(args)
+            .arg("-f")
+            .arg(self.spec_path())
+            .env("CUTOVER_USER", "tester")
+            .env("NO_COLOR", "1")
+            .env_remove("CUTOVER_STATE_DIR")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    pub fn serve_pid(&self) -> Option<u32> {
+        read_pid(&self.state_dir().join("serve.pid"))
+    }
+
+    pub fn proxy_pid(&self) -> Option<u32> {
+        read_pid(&self.state_dir().join("proxy").join("proxy.pid"))
+    }
+
+    /// The project's containers: (name, release label, running).
+    pub fn containers(&self) -> Vec<(String, String, bool)> {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=cutover.app={}", self.app),
+                "--format",
+                "{{.Names}}\t{{.Label \"cutover.release\"}}\t{{.State}}",
+            ])
+            .output()
+            .expect("docker ps");
+        let mut list: Vec<(String, String, bool)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split('\t');
+                Some((
+                    parts.next()?.to_string(),
+                    parts.next()?.to_string(),
+                    parts.next()? == "running",
+                ))
+            })
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Releases of the running containers, sorted, with multiplicity.
+    pub fn running_releases(&self) -> Vec<String> {
+        let mut r: Vec<String> = self
+            .containers()
+            .into_iter()
+            .filter(|c| c.2)
+            .map(|c| c.1)
+            .collect();
+        r.sort();
+        r
+    }
+
+    /// GET / through the proxy: (status, release header, body).
+    pub fn get(&self) -> Result<(u16, String, String), String> {
+        get(&self.url())
+    }
+
+    fn cleanup_docker(&self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=cutover.app={}", self.app)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        }
+        let images = Command::new("docker")
+            .args(["images", "-q", &format!("cutover/{}", self.app)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !images.is_empty() {
+            let _ = Command::new("docker").args(["rmi", "-f"]).args(&images).output();
+        }
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.command(&["serve", "--stop"]).output();
+        for pid in [self.serve_pid(), self.proxy_pid()].into_iter().flatten() {
+            kill(pid, libc::SIGKILL);
+        }
+        self.cleanup_docker();
+    }
+}
+
+pub fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: plain kill(2) on a pid the test started.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// One GET: (status, x-cutover-release, body).
+pub fn get(url: &str) -> Result<(u16, String, String), String> {
+    get_with(&agent(), url)
+}
+
+fn get_with(agent: &ureq::Agent, url: &str) -> Result<(u16, String, String), String> {
+    let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let release = resp
+        .headers()
+        .get("x-cutover-release")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, release, body))
+}
+
+/// Wait until `f` holds, polling every 50ms, or panic after `timeout` with `what`.
+#[track_caller]
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// What a load run saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    /// The first few failures, for the assertion message.
+    pub failures: Vec<String>,
+    /// Releases in the order they first served a request.
+    pub releases: Vec<String>,
+}
+
+/// A bounded, continuous load on one URL from a few threads with keep-alive connections.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    releases: Arc<Mutex<Vec<String>>>,
+}
+
+impl Load {
+    /// Start `threads` clients; each stops by itself after `max` even if never stopped.
+    pub fn start(url: &str, threads: usize, max: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let releases = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed, failures, releases) =
+                    (stop.clone(), ok.clone(), failed.clone(), failures.clone(), releases.clone());
+                let url = url.to_string();
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    let start = Instant::now();
+                    while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
+                        match get_with(&agent, &url) {
+                            Ok((status, release, _)) if (200..300).contains(&status) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                let mut seen = releases.lock().expect("lock");
+                                if !seen.contains(&release) {
+                                    seen.push(release);
+                                }
+                            }
+                            other => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                let mut f = failures.lock().expect("lock");
+                                if f.len() < 10 {
+                                    f.push(format!("{:?} at {:?}", other, start.elapsed()));
+                                }
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads: handles,
+            ok,
+            failed,
+            failures,
+            releases,
+        }
+    }
+
+    pub fn ok_so_far(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        LoadReport {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            failures: self.failures.lock().expect("lock").clone(),
+            releases: self.releases.lock().expect("lock").clone(),
+        }
+    }
+}
