@@ -1,1 +1,92 @@
-//! Docker provider over bollard: golden images, hardened containers, health probes
+//! Docker provider over bollard: golden images, hardened containers, health probes.
+//!
+//! [`DockerProvider`] implements the model's [`ImageBuilder`](cutover_model::ImageBuilder),
+//! [`Compute`](cutover_model::Compute) and [`HealthProbe`](cutover_model::HealthProbe) for a
+//! local Docker Engine, or a remote one named by `DOCKER_HOST`.
+//!
+//! Every call is idempotent and keyed by names and labels the planner chose: `build` returns
+//! an existing image whose tag and `cutover.deployment` label match, `provision` adopts an
+//! existing container of the same deployment, and removing what is gone succeeds.
+//!
+//! This is the only crate of cutover that knows bollard; nothing of bollard leaks from its
+//! public API.
+
+mod container;
+mod context;
+mod elf;
+mod engine_error;
+mod image;
+mod probe;
+
+use bollard::Docker;
+use cutover_model::ProviderError;
+use thiserror::Error;
+
+/// Error connecting to the Docker Engine.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DockerError {
+    /// The Engine did not answer the version handshake.
+    #[error("cannot reach the docker engine at {addr}: {reason}; is dockerd running?")]
+    Unreachable { addr: String, reason: String },
+    /// `DOCKER_HOST` names something bollard cannot connect to.
+    #[error("cannot use the docker engine address {addr}: {reason}; set DOCKER_HOST to unix:///path/to/docker.sock or tcp://host:port")]
+    BadAddress { addr: String, reason: String },
+}
+
+impl From<DockerError> for ProviderError {
+    fn from(err: DockerError) -> Self {
+        match err {
+            DockerError::Unreachable { .. } => ProviderError::transient(err.to_string()),
+            DockerError::BadAddress { .. } => ProviderError::permanent(err.to_string()),
+        }
+    }
+}
+
+/// Talks to one Docker Engine. Cheap to clone (the connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct DockerProvider {
+    docker: Docker,
+    addr: String,
+}
+
+/// Default socket when `DOCKER_HOST` is unset.
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+
+impl DockerProvider {
+    /// Connect to the Engine named by `DOCKER_HOST` (default the local unix socket) and
+    /// negotiate the API version down to what the Engine speaks.
+    pub async fn connect() -> Result<DockerProvider, DockerError> {
+        let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let addr = host.clone().unwrap_or_else(|| DEFAULT_SOCKET.to_string());
+        let docker = match &host {
+            Some(_) => Docker::connect_with_defaults(),
+            None => Docker::connect_with_local_defaults(),
+        };
+        let docker = docker.map_err(|e| match e {
+            bollard::errors::Error::UnsupportedURISchemeError { .. } => DockerError::BadAddress {
+                addr: addr.clone(),
+                reason: engine_error::describe(&e),
+            },
+            other => DockerError::Unreachable {
+                addr: addr.clone(),
+                reason: engine_error::describe(&other),
+            },
+        })?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::Unreachable {
+                addr: addr.clone(),
+                reason: engine_error::describe(&e),
+            })?;
+        Ok(DockerProvider { docker, addr })
+    }
+
+    /// The Engine address this provider talks to (`unix://…` or `tcp://…`).
+    pub fn engine_addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+pub use image::STATIC_RUSTFLAG;
+pub use probe::probe_http;

@@ -1,0 +1,471 @@
+//! Golden images: `ImageBuilder` over the Engine's classic build API, plus export and
+//! removal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptionsBuilder};
+use cutover_model::{labels, BuildSpec, ImageBuilder, ImageInfo, ProviderError};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::engine_error::{describe, is_not_found, provider_error, status};
+use crate::{context, elf, DockerProvider};
+
+/// The flag appended to `RUSTFLAGS` for cargo builds: a static binary for `FROM scratch`.
+pub const STATIC_RUSTFLAG: &str = "-C target-feature=+crt-static";
+
+/// Target triple of cargo builds (the Engine runs linux/amd64 containers).
+const CARGO_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Dockerfile wrapped around a static binary.
+const BINARY_DOCKERFILE: &str =
+    "FROM scratch\nCOPY app /app\nUSER 65534:65534\nENTRYPOINT [\"/app\"]\n";
+
+/// How many trailing lines of build output an error message quotes.
+const TAIL_LINES: usize = 15;
+
+#[async_trait]
+impl ImageBuilder for DockerProvider {
+    async fn build(
+        &self,
+        tag: &str,
+        source: &BuildSpec,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<ImageInfo, ProviderError> {
+        if let Some(existing) = self.existing_build(tag, labels).await? {
+            tracing::debug!(tag, id = %existing.id, "image already built for this deployment");
+            return Ok(existing);
+        }
+        let mut labels = labels.clone();
+        labels.insert(labels::MANAGED.to_string(), "true".to_string());
+        let (archive, dockerfile) = match source {
+            BuildSpec::Dockerfile {
+                context,
+                dockerfile,
+                ..
+            } => (
+                directory_context(context, dockerfile).await?,
+                dockerfile.clone(),
+            ),
+            BuildSpec::Cargo {
+                manifest,
+                bin,
+                profile,
+            } => {
+                let binary = cargo_build_static(manifest, bin, profile).await?;
+                let archive = context::tar_binary_image(&binary, BINARY_DOCKERFILE).map_err(|e| {
+                    ProviderError::permanent(format!(
+                        "packing the binary {bin} into a build context failed: {e}; check free memory and disk space"
+                    ))
+                })?;
+                (archive, "Dockerfile".to_string())
+            }
+        };
+        let args = match source {
+            BuildSpec::Dockerfile { args, .. } => args.clone(),
+            BuildSpec::Cargo { .. } => BTreeMap::new(),
+        };
+        self.build_archive(tag, archive, &dockerfile, &args, &labels)
+            .await?;
+        self.inspect_image(tag).await?.ok_or_else(|| {
+            ProviderError::transient(format!(
+                "image {tag} was built but the engine does not list it; retry the build"
+            ))
+        })
+    }
+
+    async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, ProviderError> {
+        Ok(self
+            .inspect_image_labels(reference)
+            .await?
+            .map(|(info, _)| info))
+    }
+}
+
+impl DockerProvider {
+    /// Write the image `reference` (id or tag) as a `docker save` tarball to `dest`.
+    /// The file appears complete or not at all (written beside `dest`, then renamed).
+    pub async fn export_image(&self, reference: &str, dest: &Path) -> Result<(), ProviderError> {
+        if self.inspect_image(reference).await?.is_none() {
+            return Err(ProviderError::permanent(format!(
+                "cannot export image {reference}: it does not exist; build it first"
+            )));
+        }
+        let partial = partial_path(dest);
+        let result = self.write_export(reference, &partial).await;
+        match result {
+            Ok(()) => tokio::fs::rename(&partial, dest).await.map_err(|e| {
+                ProviderError::permanent(format!(
+                    "moving the exported image to {} failed: {e}; check the directory",
+                    dest.display()
+                ))
+            }),
+            Err(err) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Remove the image `reference` (id or tag). A missing image is fine.
+    pub async fn remove_image(&self, reference: &str) -> Result<(), ProviderError> {
+        let options = RemoveImageOptionsBuilder::default().build();
+        match self
+            .docker
+            .remove_image(reference, Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) if status(&e) == Some(409) => Err(ProviderError::permanent(format!(
+                "cannot remove image {reference}: {}; remove the containers using it first",
+                describe(&e)
+            ))),
+            Err(e) => Err(provider_error(&format!("removing image {reference}"), &e)),
+        }
+    }
+
+    async fn write_export(&self, reference: &str, path: &Path) -> Result<(), ProviderError> {
+        let write_failed = |e: std::io::Error| {
+            ProviderError::permanent(format!(
+                "writing the exported image to {} failed: {e}; check the path and free space",
+                path.display()
+            ))
+        };
+        let mut file = tokio::fs::File::create(path).await.map_err(write_failed)?;
+        let mut stream = self.docker.export_image(reference);
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| provider_error(&format!("exporting image {reference}"), &e))?;
+            file.write_all(&chunk).await.map_err(write_failed)?;
+        }
+        file.flush().await.map_err(write_failed)?;
+        file.sync_all().await.map_err(write_failed)?;
+        Ok(())
+    }
+
+    /// The image and its labels, `None` when it does not exist.
+    pub(crate) async fn inspect_image_labels(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(ImageInfo, HashMap<String, String>)>, ProviderError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => {
+                let Some(id) = image.id else {
+                    return Err(ProviderError::transient(format!(
+                        "the engine described image {reference} without an id; retry"
+                    )));
+                };
+                let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+                Ok(Some((
+                    ImageInfo {
+                        id,
+                        tag: reference.to_string(),
+                    },
+                    labels,
+                )))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(provider_error(&format!("inspecting image {reference}"), &e)),
+        }
+    }
+
+    /// An image tagged `tag` built earlier for the same deployment, if any.
+    async fn existing_build(
+        &self,
+        tag: &str,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<Option<ImageInfo>, ProviderError> {
+        let Some(deployment) = wanted.get(labels::DEPLOYMENT) else {
+            return Ok(None);
+        };
+        let found = self.inspect_image_labels(tag).await?;
+        Ok(found.and_then(|(info, have)| {
+            (have.get(labels::DEPLOYMENT) == Some(deployment)).then_some(info)
+        }))
+    }
+
+    async fn build_archive(
+        &self,
+        tag: &str,
+        archive: Vec<u8>,
+        dockerfile: &str,
+        args: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        let labels: HashMap<String, String> = labels.clone().into_iter().collect();
+        let args: HashMap<String, String> = args.clone().into_iter().collect();
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(dockerfile)
+            .t(tag)
+            .labels(&labels)
+            .buildargs(&args)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let body = bollard::body_full(archive.into());
+        let mut stream = self.docker.build_image(options, None, Some(body));
+        let mut tail: Vec<String> = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream.as_deref() {
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            tracing::debug!(tag, "build: {line}");
+                            tail.push(line.to_string());
+                            if tail.len() > TAIL_LINES {
+                                tail.remove(0);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The Engine reports build failures (bad Dockerfile, failing RUN) in the
+                    // stream or as an answer to the request: both are the user's to fix.
+                    let is_build_failure =
+                        matches!(e, bollard::errors::Error::DockerStreamError { .. })
+                            || status(&e).is_some_and(|s| (400..500).contains(&s));
+                    if is_build_failure {
+                        let last = tail
+                            .last()
+                            .map(|l| format!(" (last output: {l})"))
+                            .unwrap_or_default();
+                        return Err(ProviderError::permanent(format!(
+                            "building image {tag} failed: {}{last}; fix the dockerfile or build context and try again",
+                            describe(&e)
+                        )));
+                    }
+                    return Err(provider_error(&format!("building image {tag}"), &e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "image.tar".into());
+    name.push(".partial");
+    dest.with_file_name(name)
+}
+
+async fn directory_context(context: &Path, dockerfile: &str) -> Result<Vec<u8>, ProviderError> {
+    context::check_relative(dockerfile).map_err(|e| {
+        ProviderError::permanent(format!("{e}; fix build.dockerfile in deploy.toml"))
+    })?;
+    if !context.is_dir() {
+        return Err(ProviderError::permanent(format!(
+            "the build context {} is not a directory; fix build.context in deploy.toml",
+            context.display()
+        )));
+    }
+    if !context.join(dockerfile).is_file() {
+        return Err(ProviderError::permanent(format!(
+            "there is no dockerfile at {}; create it or fix build.dockerfile in deploy.toml",
+            context.join(dockerfile).display()
+        )));
+    }
+    let dir = context.to_path_buf();
+    let dockerfile = dockerfile.to_string();
+    tokio::task::spawn_blocking(move || context::tar_directory(&dir, &dockerfile))
+        .await
+        .map_err(|e| {
+            ProviderError::transient(format!(
+                "packing the build context was interrupted: {e}; retry"
+            ))
+        })?
+        .map_err(|e| {
+            ProviderError::permanent(format!(
+                "packing the build context {} failed: {e}; check file permissions",
+                context.display()
+            ))
+        })
+}
+
+/// The directory cargo puts a profile's artifacts in.
+pub(crate) fn profile_dir(profile: &str) -> &str {
+    match profile {
+        "dev" | "test" => "debug",
+        "bench" => "release",
+        other => other,
+    }
+}
+
+/// `RUSTFLAGS` for a static build, keeping flags the caller already set.
+pub(crate) fn static_rustflags(existing: Option<&str>, encoded: Option<&str>) -> String {
+    let mut flags: Vec<String> = Vec::new();
+    if let Some(encoded) = encoded.filter(|e| !e.is_empty()) {
+        flags.extend(encoded.split('\u{1f}').map(str::to_string));
+    } else if let Some(existing) = existing.filter(|e| !e.trim().is_empty()) {
+        flags.push(existing.trim().to_string());
+    }
+    flags.push(STATIC_RUSTFLAG.to_string());
+    flags.join(" ")
+}
+
+fn cargo_program() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn tail_of(text: &[u8]) -> String {
+    let text = String::from_utf8_lossy(text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(TAIL_LINES);
+    lines[start..].join("\n")
+}
+
+/// Build `bin` statically and return the bytes of the binary.
+async fn cargo_build_static(
+    manifest: &Path,
+    bin: &str,
+    profile: &str,
+) -> Result<Vec<u8>, ProviderError> {
+    if !manifest.is_file() {
+        return Err(ProviderError::permanent(format!(
+            "there is no cargo manifest at {}; fix build.manifest in deploy.toml",
+            manifest.display()
+        )));
+    }
+    let rustflags = static_rustflags(
+        std::env::var("RUSTFLAGS").ok().as_deref(),
+        std::env::var("CARGO_ENCODED_RUSTFLAGS").ok().as_deref(),
+    );
+    tracing::info!(bin, profile, manifest = %manifest.display(), "cargo build (static)");
+    let output = tokio::process::Command::new(cargo_program())
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .args(["--bin", bin, "--profile", profile, "--target", CARGO_TARGET])
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| {
+            ProviderError::permanent(format!(
+                "running cargo to build {bin} failed: {e}; install rust (cargo) or put it on PATH"
+            ))
+        })?;
+    if !output.status.success() {
+        return Err(ProviderError::permanent(format!(
+            "cargo build of {bin} (profile {profile}) failed with {}:\n{}\nfix the build error and try again",
+            output.status,
+            tail_of(&output.stderr)
+        )));
+    }
+    let target_dir = cargo_target_dir(manifest).await?;
+    let binary_path = target_dir
+        .join(CARGO_TARGET)
+        .join(profile_dir(profile))
+        .join(bin);
+    let binary = tokio::fs::read(&binary_path).await.map_err(|e| {
+        ProviderError::permanent(format!(
+            "cargo built {bin} but reading {} failed: {e}; check build.bin names a binary target",
+            binary_path.display()
+        ))
+    })?;
+    match elf::check_static(&binary) {
+        Ok(()) => Ok(binary),
+        Err(elf::NotStatic::Dynamic { interpreter }) => Err(ProviderError::permanent(format!(
+            "{} is dynamically linked (needs {interpreter}) and cannot run in a scratch image; make sure RUSTFLAGS keeps {STATIC_RUSTFLAG} and no dependency forces dynamic linking",
+            binary_path.display()
+        ))),
+        Err(elf::NotStatic::NotElf(why)) => Err(ProviderError::permanent(format!(
+            "{} is not a linux executable ({why}); check build.bin",
+            binary_path.display()
+        ))),
+    }
+}
+
+/// The target directory cargo uses for `manifest`.
+async fn cargo_target_dir(manifest: &Path) -> Result<PathBuf, ProviderError> {
+    let output = tokio::process::Command::new(cargo_program())
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
+        .arg(manifest)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| {
+            ProviderError::permanent(format!(
+                "running cargo metadata failed: {e}; install rust (cargo) or put it on PATH"
+            ))
+        })?;
+    if !output.status.success() {
+        return Err(ProviderError::permanent(format!(
+            "cargo metadata for {} failed:\n{}\nfix the manifest and try again",
+            manifest.display(),
+            tail_of(&output.stderr)
+        )));
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        ProviderError::permanent(format!(
+            "cargo metadata printed something that is not json ({e}); check the cargo version"
+        ))
+    })?;
+    metadata
+        .get("target_directory")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            ProviderError::permanent(
+                "cargo metadata did not name a target directory; check the cargo version",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_dirs_follow_cargo() {
+        assert_eq!(profile_dir("dev"), "debug");
+        assert_eq!(profile_dir("test"), "debug");
+        assert_eq!(profile_dir("release"), "release");
+        assert_eq!(profile_dir("bench"), "release");
+        assert_eq!(profile_dir("dist"), "dist");
+    }
+
+    #[test]
+    fn static_flag_is_appended_to_existing_flags() {
+        assert_eq!(static_rustflags(None, None), STATIC_RUSTFLAG);
+        assert_eq!(
+            static_rustflags(Some("-C opt-level=2"), None),
+            format!("-C opt-level=2 {STATIC_RUSTFLAG}")
+        );
+        assert_eq!(
+            static_rustflags(Some("ignored"), Some("-C\u{1f}debuginfo=0")),
+            format!("-C debuginfo=0 {STATIC_RUSTFLAG}")
+        );
+        assert_eq!(static_rustflags(Some("  "), Some("")), STATIC_RUSTFLAG);
+    }
+
+    #[test]
+    fn partial_exports_sit_beside_the_destination() {
+        assert_eq!(
+            partial_path(Path::new("/tmp/x/image.tar")),
+            PathBuf::from("/tmp/x/image.tar.partial")
+        );
+    }
+
+    #[test]
+    fn output_tails_keep_the_last_lines() {
+        let text: String = (0..40).map(|i| format!("line {i}\n")).collect();
+        let tail = tail_of(text.as_bytes());
+        assert!(tail.starts_with("line 25"));
+        assert!(tail.ends_with("line 39"));
+    }
+}
