@@ -1,1 +1,30 @@
-//! The data-plane proxy: atomic upstream swap, keep-alive, drain, persisted routes
+//! The data-plane proxy of cutover: a long-lived process that serves each environment's listen
+//! address, spreads requests over the current release's upstreams, swaps releases atomically,
+//! drains the old one, and keeps its routing table on disk so it outlives the control plane.
+//!
+//! - [`run`] is the process (`cutover proxy --state-dir DIR`).
+//! - [`AdminClient`] and [`ProxyTraffic`] are what the control plane uses to steer it.
+//!
+//! Map of the crate: `upstream` (weighted choice, round-robin, passive health), `forward`
+//! (the request path and retries), `stats` (in-flight counters and drain), `table` (the
+//! persisted routing table), `server` (listeners, startup, shutdown), `admin` (the admin API
+//! on the Unix socket), `client` (its client side).
+//!
+//! Deliberately absent: TLS, HTTP/2, websocket upgrades, request buffering for retries of
+//! requests with a body.
+
+mod admin;
+pub mod api;
+mod client;
+mod error;
+mod forward;
+mod server;
+mod stats;
+pub mod table;
+mod upstream;
+
+pub use api::{DrainRequest, DrainResponse, Health, RouteChange, StatsEntry};
+pub use client::{AdminClient, AdminError, ProxyTraffic};
+pub use error::ProxyError;
+pub use server::{run, run_until, ProxyConfig, PID_FILE, SOCKET_FILE};
+pub use table::ROUTES_FILE;

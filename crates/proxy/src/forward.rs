@@ -1,0 +1,332 @@
+//! The request path: pick an upstream from the current set, forward over a pooled keep-alive
+//! connection, tag the response with the release that served it, retry what is safe to retry.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::stats::{InFlight, Stats};
+use crate::upstream::{Choice, UpstreamSet};
+
+/// Body sent upstream: the client's own body, or nothing (replayable).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// The shared pool of upstream connections.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Retries after the first attempt, at most.
+pub const MAX_RETRIES: usize = 2;
+
+/// How long pooled idle upstream connections are kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+static RELEASE_HEADER: HeaderName = HeaderName::from_static(cutover_model::RELEASE_HEADER);
+static NO_RELEASE: HeaderValue = HeaderValue::from_static("none");
+
+/// Build the upstream client: HTTP/1.1, keep-alive pool, no Nagle.
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+    connector.set_reuse_address(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(512)
+        .retry_canceled_requests(true)
+        .set_host(false)
+        .build(connector)
+}
+
+/// What one listen address needs to serve requests.
+pub struct ListenerShared {
+    /// Canonical listen address.
+    pub listen: String,
+    pub set: ArcSwapOption<UpstreamSet>,
+    pub client: UpstreamClient,
+    pub stats: Arc<Stats>,
+}
+
+/// Body returned to clients: the upstream's streamed body, or a short proxy message. Holds the
+/// in-flight guard so drain waits until the body has been sent.
+pub struct ProxyBody {
+    kind: Kind,
+    in_flight: Option<InFlight>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    fn full(text: impl Into<Bytes>) -> Self {
+        ProxyBody {
+            kind: Kind::Full(Some(text.into())),
+            in_flight: None,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let Poll::Ready(None) = polled {
+            this.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream(body) => body.size_hint(),
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        // Headers named in `Connection` are hop-by-hop too.
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|h| HeaderName::from_bytes(h.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if headers.contains_key("proxy-connection") {
+        headers.remove("proxy-connection");
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn proxy_response(status: StatusCode, release: HeaderValue, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(RELEASE_HEADER.clone(), release);
+    response
+}
+
+fn upstream_uri(set: &UpstreamSet, (b, a): Choice, original: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(set.backends[b].addrs[a].authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    // Scheme, authority and path are all present and valid, so this cannot fail.
+    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// Serve one client request on the listen address described by `shared`.
+pub async fn forward(
+    shared: Arc<ListenerShared>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let Some(set) = shared.set.load_full() else {
+        return Ok(no_route(&shared));
+    };
+    let Some(mut choice) = set.pick() else {
+        return Ok(no_route(&shared));
+    };
+
+    let (parts, body) = request.into_parts();
+    let method = parts.method;
+    let original_uri = parts.uri;
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    // A request without a body can be replayed on another upstream.
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    let mut tried: [Choice; MAX_RETRIES + 1] = [(usize::MAX, usize::MAX); MAX_RETRIES + 1];
+
+    for attempt in 0..=MAX_RETRIES {
+        tried[attempt] = choice;
+        let backend = &set.backends[choice.0];
+        let in_flight = backend.counters.enter();
+        let last = !replayable || attempt == MAX_RETRIES;
+
+        let mut upstream_request = Request::new(match body.take() {
+            Some(incoming) if !replayable => Either::Left(incoming),
+            _ => Either::Right(Empty::new()),
+        });
+        *upstream_request.method_mut() = method.clone();
+        *upstream_request.uri_mut() = upstream_uri(&set, choice, &original_uri);
+        *upstream_request.version_mut() = Version::HTTP_11;
+        *upstream_request.headers_mut() = if last {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+
+        match shared.client.request(upstream_request).await {
+            Ok(response) => {
+                backend.counters.count_request();
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(RELEASE_HEADER.clone(), backend.release.clone());
+                return Ok(Response::from_parts(
+                    parts,
+                    ProxyBody {
+                        kind: Kind::Upstream(body),
+                        in_flight: Some(in_flight),
+                    },
+                ));
+            }
+            Err(err) => {
+                let upstream = &backend.addrs[choice.1];
+                let not_sent = err.is_connect();
+                if not_sent {
+                    upstream.mark_down();
+                }
+                let retry_allowed = !last && (not_sent || is_idempotent(&method));
+                let next = if retry_allowed {
+                    set.retry_choice(&tried[..=attempt])
+                } else {
+                    None
+                };
+                tracing::warn!(
+                    listen = %shared.listen,
+                    release = backend.release_str(),
+                    upstream = %upstream.authority,
+                    error = %error_chain(&err),
+                    retrying = next.is_some(),
+                    "upstream request failed"
+                );
+                match next {
+                    Some(next) => choice = next,
+                    None => {
+                        let counters = in_flight.counters();
+                        counters.count_request();
+                        counters.count_error();
+                        return Ok(proxy_response(
+                            StatusCode::BAD_GATEWAY,
+                            backend.release.clone(),
+                            "bad gateway: the upstream of this release did not answer\n",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // The loop returns on its last attempt; this is only reached if MAX_RETRIES changes shape.
+    Ok(proxy_response(
+        StatusCode::BAD_GATEWAY,
+        NO_RELEASE.clone(),
+        "bad gateway: no upstream answered\n",
+    ))
+}
+
+fn no_route(shared: &ListenerShared) -> Response<ProxyBody> {
+    let counters = shared.stats.counters(&shared.listen, "none");
+    counters.count_request();
+    counters.count_error();
+    proxy_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        NO_RELEASE.clone(),
+        "service unavailable: no release is routed on this address\n",
+    )
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_others_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::HOST, HeaderValue::from_static("example.test"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, vec!["accept", "host"]);
+    }
+
+    #[test]
+    fn only_safe_methods_are_retried_after_sending() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}
