@@ -32,7 +32,11 @@ pub(crate) fn convert(raw: RawSpec, base_dir: PathBuf, errors: &mut Errors) -> O
             Some(app.get_ref().clone())
         }
         None => {
-            errors.at(0..0, "app", "is required: add `app = \"<name>\"` at the top of the file");
+            errors.at(
+                0..0,
+                "app",
+                "is required: add `app = \"<name>\"` at the top of the file",
+            );
             None
         }
     };
@@ -255,7 +259,11 @@ fn convert_container(raw: RawContainer, errors: &mut Errors) -> ContainerSpec {
         }
     }
     if let Some(command) = raw.command {
-        c.command = command.into_inner().into_iter().map(|s| s.into_inner()).collect();
+        c.command = command
+            .into_inner()
+            .into_iter()
+            .map(|s| s.into_inner())
+            .collect();
     }
     if let Some(env) = raw.env {
         for (key, value) in env {
@@ -338,7 +346,10 @@ fn convert_health(raw: RawHealth, errors: &mut Errors) -> HealthSpec {
             errors.at(
                 path.span(),
                 "health.path",
-                format!("must start with '/' and contain no spaces, got {:?}", path.get_ref()),
+                format!(
+                    "must start with '/' and contain no spaces, got {:?}",
+                    path.get_ref()
+                ),
             );
         }
     }
@@ -352,8 +363,16 @@ fn convert_health(raw: RawHealth, errors: &mut Errors) -> HealthSpec {
         h.deadline = d;
     }
     for (value, name, target) in [
-        (&raw.healthy_threshold, "health.healthy_threshold", &mut h.healthy_threshold),
-        (&raw.unhealthy_threshold, "health.unhealthy_threshold", &mut h.unhealthy_threshold),
+        (
+            &raw.healthy_threshold,
+            "health.healthy_threshold",
+            &mut h.healthy_threshold,
+        ),
+        (
+            &raw.unhealthy_threshold,
+            "health.unhealthy_threshold",
+            &mut h.unhealthy_threshold,
+        ),
     ] {
         if let Some(v) = value {
             match u32::try_from(*v.get_ref()) {
@@ -477,15 +496,25 @@ fn convert_environments(
                 );
             }
         }
-        if let Some(d) = duration(raw_env.retire_after.as_ref(), &field("retire_after"), errors) {
+        if let Some(d) = duration(
+            raw_env.retire_after.as_ref(),
+            &field("retire_after"),
+            errors,
+        ) {
             spec.retire_after = d;
         }
-        if let Some(d) =
-            positive_duration(raw_env.drain_timeout.as_ref(), &field("drain_timeout"), errors)
-        {
+        if let Some(d) = positive_duration(
+            raw_env.drain_timeout.as_ref(),
+            &field("drain_timeout"),
+            errors,
+        ) {
             spec.drain_timeout = d;
         }
-        spec.protected = raw_env.protected.as_ref().map(|p| *p.get_ref()).unwrap_or(false);
+        spec.protected = raw_env
+            .protected
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .unwrap_or(false);
         spec.approval = match &raw_env.approval {
             Some(a) if !*a.get_ref() && spec.protected => {
                 errors.at(
@@ -587,16 +616,17 @@ fn check_user(user: &str) -> Result<(), String> {
         !part.is_empty()
             && (part.chars().all(|c| c.is_ascii_digit())
                 || (part.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')))
+                    && part.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+                    })))
     };
     if !valid_part(uid) || gid.is_some_and(|g| !valid_part(g)) {
         return Err(format!(
             "must be `uid[:gid]` (e.g. \"65534:65534\") or `name[:group]`, got {user:?}"
         ));
     }
-    let is_root = uid == "root" || (uid.chars().all(|c| c.is_ascii_digit()) && uid.parse::<u64>() == Ok(0));
+    let is_root =
+        uid == "root" || (uid.chars().all(|c| c.is_ascii_digit()) && uid.parse::<u64>() == Ok(0));
     if is_root {
         return Err(format!(
             "containers never run as root, got {user:?}: use an unprivileged user such as \"65534:65534\""

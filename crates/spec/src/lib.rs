@@ -294,11 +294,7 @@ fn find_in_value(
     path: &mut Vec<String>,
 ) -> bool {
     match value.get_ref() {
-        toml::de::DeValue::Table(table) => {
-            if find_in_table(table, offset, path) {
-                return true;
-            }
-        }
+        toml::de::DeValue::Table(table) if find_in_table(table, offset, path) => return true,
         toml::de::DeValue::Array(items) => {
             for (index, item) in items.iter().enumerate() {
                 let last = path.pop().unwrap_or_default();

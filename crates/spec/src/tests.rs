@@ -1,1 +1,560 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use cutover_model::{BuildSpec, ContainerSpec, EnvironmentSpec, HealthSpec};
+
+use super::*;
+
+/// A directory with a cargo package (`app/Cargo.toml`) and a build context
+/// (`ctx/Dockerfile`), removed when dropped.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        std::fs::create_dir_all(dir.path().join("app")).expect("create app dir");
+        std::fs::write(
+            dir.path().join("app/Cargo.toml"),
+            "[package]\nname = \"hello\"\n",
+        )
+        .expect("write manifest");
+        std::fs::create_dir_all(dir.path().join("ctx")).expect("create ctx dir");
+        std::fs::write(dir.path().join("ctx/Dockerfile"), "FROM scratch\n")
+            .expect("write dockerfile");
+        Fixture { dir }
+    }
+
+    fn spec_path(&self) -> PathBuf {
+        self.dir.path().join("deploy.toml")
+    }
+
+    fn parse(&self, text: &str) -> Result<Spec, SpecError> {
+        parse(text, &self.spec_path())
+    }
+}
+
+const MINIMAL: &str = r#"app = "hello"
+[build]
+cargo = { manifest = "app/Cargo.toml" }
+[environments.production]
+listen = "127.0.0.1:8080"
+"#;
+
+/// (name, text, line, column, field, message fragment)
+const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
+    (
+        "syntax error",
+        "app = \"hello\n[build]\n",
+        1,
+        13,
+        "",
+        "invalid basic string",
+    ),
+    (
+        "unknown key at top level",
+        "app = \"hello\"\napps = 2\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        2,
+        1,
+        "apps",
+        "unknown field `apps`",
+    ),
+    (
+        "unknown key nested",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nreplica = 3\n",
+        6,
+        1,
+        "environments.production.replica",
+        "unknown field `replica`",
+    ),
+    (
+        "unknown key in inline table",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\", binary = \"x\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        3,
+        40,
+        "build.cargo.binary",
+        "unknown field `binary`",
+    ),
+    (
+        "wrong type",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nport = \"8080\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        8,
+        "container.port",
+        "invalid type: string \"8080\", expected i64",
+    ),
+    (
+        "replicas = 0",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nreplicas = 0\n",
+        6,
+        12,
+        "environments.production.replicas",
+        "must be between 1 and 64, got 0",
+    ),
+    (
+        "bad listen",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"localhost\"\n",
+        5,
+        10,
+        "environments.production.listen",
+        "must be a socket address",
+    ),
+    (
+        "missing listen",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nreplicas = 2\n",
+        4,
+        1,
+        "environments.production.listen",
+        "is required",
+    ),
+    (
+        "root user by name",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nuser = \"root\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        8,
+        "container.user",
+        "containers never run as root",
+    ),
+    (
+        "root user by id",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nuser = \"0:1000\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        8,
+        "container.user",
+        "containers never run as root",
+    ),
+    (
+        "duplicate listen",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.staging]\nlisten = \"127.0.0.1:8080\"\n",
+        7,
+        10,
+        "environments.staging.listen",
+        "already the listen address of environment production",
+    ),
+    (
+        "missing build",
+        "app = \"hello\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        1,
+        1,
+        "build",
+        "is required",
+    ),
+    (
+        "both cargo and context",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\ncontext = \"ctx\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        4,
+        11,
+        "build.context",
+        "cannot be used together with build.cargo",
+    ),
+    (
+        "bad duration",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[health]\ninterval = \"fast\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        12,
+        "health.interval",
+        "is not a duration",
+    ),
+    (
+        "zero duration",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[health]\ntimeout = \"0s\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        11,
+        "health.timeout",
+        "must be longer than 0",
+    ),
+    (
+        "interval not below deadline",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[health]\ninterval = \"5s\"\ntimeout = \"1s\"\ndeadline = \"5s\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        12,
+        "health.interval",
+        "must be shorter than health.deadline",
+    ),
+    (
+        "bad memory",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nmemory = \"64 parsecs\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        10,
+        "container.memory",
+        "is not a size",
+    ),
+    (
+        "memory too small",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nmemory = \"1m\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        10,
+        "container.memory",
+        "must be at least 4MiB",
+    ),
+    (
+        "bad app name",
+        "app = \"Hello_World\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        1,
+        7,
+        "app",
+        "lowercase letters, digits and '-'",
+    ),
+    (
+        "no environments",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n",
+        1,
+        1,
+        "environments",
+        "at least one environment is required",
+    ),
+    (
+        "bad environment name",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.Prod]\nlisten = \"127.0.0.1:8080\"\n",
+        4,
+        15,
+        "environments.Prod",
+        "environment names must be lowercase",
+    ),
+    (
+        "bad env var name",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nenv = { \"1X\" = \"v\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        9,
+        "container.env.1X",
+        "is not a valid environment variable name",
+    ),
+    (
+        "port out of range",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nport = 0\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        8,
+        "container.port",
+        "must be between 1 and 65535, got 0",
+    ),
+    (
+        "cpus zero",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\ncpus = 0\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        8,
+        "container.cpus",
+        "must be greater than 0",
+    ),
+    (
+        "health path without slash",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[health]\npath = \"healthz\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        8,
+        "health.path",
+        "must start with '/'",
+    ),
+    (
+        "threshold zero",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[health]\nhealthy_threshold = 0\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        21,
+        "health.healthy_threshold",
+        "must be between 1 and 1000, got 0",
+    ),
+    (
+        "missing manifest file",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"nope/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        3,
+        22,
+        "build.cargo.manifest",
+        "does not exist or is not a file",
+    ),
+    (
+        "missing context dir",
+        "app = \"hello\"\n[build]\ncontext = \"nope\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        3,
+        11,
+        "build.context",
+        "does not exist or is not a directory",
+    ),
+    (
+        "protected without approval",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nprotected = true\napproval = false\n",
+        7,
+        12,
+        "environments.production.approval",
+        "cannot be false in a protected environment",
+    ),
+];
+
+#[test]
+fn malformed_specs_name_line_column_field_and_problem() {
+    let fixture = Fixture::new();
+    let mut failures = Vec::new();
+    for (name, text, line, column, field, fragment) in MALFORMED {
+        let error = match fixture.parse(text) {
+            Ok(_) => {
+                failures.push(format!("{name}: parsed but should fail"));
+                continue;
+            }
+            Err(e) => e,
+        };
+        let got = (error.line, error.column, error.field.as_str());
+        if got != (*line, *column, *field) || !error.message.contains(fragment) {
+            failures.push(format!(
+                "{name}: expected {line}:{column} {field:?} containing {fragment:?}, got {}:{} {:?} {:?}",
+                error.line, error.column, error.field, error.message
+            ));
+        }
+        if !error.others.is_empty() {
+            failures.push(format!("{name}: expected one problem, got:\n{error}"));
+        }
+        let first_char = error.message.chars().next().unwrap_or('x');
+        if first_char.is_uppercase() || error.message.ends_with('.') {
+            failures.push(format!(
+                "{name}: message not lowercase without period: {error}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn display_is_file_line_column_field_message() {
+    let fixture = Fixture::new();
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"\n",
+        "listen = \"127.0.0.1:8080\"\nreplicas = 0\n",
+    );
+    let error = parse(&text, Path::new("deploy.toml")).unwrap_err();
+    // The manifest is relative to the current directory here, so only look at the replicas line.
+    let line = error
+        .to_string()
+        .lines()
+        .find(|l| l.contains("replicas"))
+        .map(str::to_string);
+    assert_eq!(
+        line.as_deref(),
+        Some("deploy.toml:6:12: environments.production.replicas: must be between 1 and 64, got 0")
+    );
+    drop(fixture);
+}
+
+#[test]
+fn several_problems_are_reported_in_file_order() {
+    let fixture = Fixture::new();
+    let text = "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nport = 0\nuser = \"root\"\n[environments.production]\nlisten = \"nowhere\"\nreplicas = 100\n";
+    let error = fixture.parse(text).unwrap_err();
+    let fields: Vec<&str> = error.all().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "container.port",
+            "container.user",
+            "environments.production.listen",
+            "environments.production.replicas"
+        ]
+    );
+    assert_eq!(error.to_string().lines().count(), 4);
+}
+
+#[test]
+fn minimal_file_gets_documented_defaults() {
+    let fixture = Fixture::new();
+    let spec = fixture.parse(MINIMAL).expect("minimal spec parses");
+    assert_eq!(spec.app, "hello");
+    assert_eq!(spec.strategy, "blue-green");
+    assert_eq!(spec.base_dir, fixture.dir.path());
+    assert_eq!(
+        spec.build,
+        BuildSpec::Cargo {
+            manifest: fixture.dir.path().join("app/Cargo.toml"),
+            bin: "hello".to_string(),
+            profile: "release".to_string(),
+        }
+    );
+    assert_eq!(spec.container, ContainerSpec::default());
+    assert_eq!(spec.health, HealthSpec::default());
+    assert_eq!(
+        spec.environments.get("production"),
+        Some(&EnvironmentSpec::with_listen("127.0.0.1:8080"))
+    );
+}
+
+#[test]
+fn full_file_round_trips_every_key() {
+    let fixture = Fixture::new();
+    let text = r#"
+app = "shop-api"
+strategy = "canary"
+
+[build]
+context = "ctx"
+dockerfile = "Dockerfile"
+args = { RUST_VERSION = "1.85" }
+
+[container]
+port = 9000
+command = ["/shop", "--serve"]
+env = { VERSION = "v2", RUST_LOG = "info" }
+memory = "1g"
+cpus = 2
+pids_limit = 64
+user = "1000:1000"
+read_only = false
+tmpfs = ["/tmp", "/run"]
+
+[health]
+path = "/ready"
+interval = "500ms"
+timeout = "2s"
+healthy_threshold = 3
+unhealthy_threshold = 5
+deadline = "1m"
+
+[environments.production]
+listen = "0.0.0.0:80"
+replicas = 4
+retire_after = "1h"
+drain_timeout = "30s"
+protected = true
+
+[environments.staging]
+listen = "[::1]:8081"
+replicas = 1
+retire_after = "0s"
+drain_timeout = "1s"
+approval = true
+"#;
+    let spec = fixture.parse(text).expect("full spec parses");
+    assert_eq!(spec.app, "shop-api");
+    assert_eq!(spec.strategy, "canary");
+    assert_eq!(
+        spec.build,
+        BuildSpec::Dockerfile {
+            context: fixture.dir.path().join("ctx"),
+            dockerfile: "Dockerfile".to_string(),
+            args: [("RUST_VERSION".to_string(), "1.85".to_string())].into(),
+        }
+    );
+    assert_eq!(
+        spec.container,
+        ContainerSpec {
+            port: 9000,
+            command: vec!["/shop".to_string(), "--serve".to_string()],
+            env: [
+                ("RUST_LOG".to_string(), "info".to_string()),
+                ("VERSION".to_string(), "v2".to_string()),
+            ]
+            .into(),
+            memory_bytes: 1 << 30,
+            cpus: 2.0,
+            pids_limit: 64,
+            user: "1000:1000".to_string(),
+            read_only: false,
+            tmpfs: vec!["/tmp".to_string(), "/run".to_string()],
+        }
+    );
+    assert_eq!(
+        spec.health,
+        HealthSpec {
+            path: "/ready".to_string(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 3,
+            unhealthy_threshold: 5,
+            deadline: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(
+        spec.environments.get("production"),
+        Some(&EnvironmentSpec {
+            listen: "0.0.0.0:80".to_string(),
+            replicas: 4,
+            retire_after: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
+            approval: true,
+            protected: true,
+        })
+    );
+    assert_eq!(
+        spec.environments.get("staging"),
+        Some(&EnvironmentSpec {
+            listen: "[::1]:8081".to_string(),
+            replicas: 1,
+            retire_after: Duration::ZERO,
+            drain_timeout: Duration::from_secs(1),
+            approval: true,
+            protected: false,
+        })
+    );
+    // The model's serialized form reads back to the same spec, and the digest is stable.
+    let json = toml_roundtrip(&spec);
+    assert_eq!(json, spec);
+    assert_eq!(spec_digest(&spec), spec_digest(&json));
+    assert!(spec_digest(&spec).starts_with("sha256:"));
+}
+
+fn toml_roundtrip(spec: &Spec) -> Spec {
+    let text = toml::to_string(spec).expect("spec serializes");
+    toml::from_str(&text).expect("spec deserializes")
+}
+
+#[test]
+fn memory_sizes_accept_units_and_bytes() {
+    use crate::raw::RawSize;
+    let cases = [
+        (RawSize::Text("64MiB".into()), Some(64 << 20)),
+        (RawSize::Text("128m".into()), Some(128 << 20)),
+        (RawSize::Text("1g".into()), Some(1 << 30)),
+        (RawSize::Text("512K".into()), Some(512 << 10)),
+        (RawSize::Text("4194304".into()), Some(4 << 20)),
+        (RawSize::Bytes(8 << 20), Some(8 << 20)),
+        (RawSize::Bytes(-1), None),
+        (RawSize::Text("1.5g".into()), None),
+        (RawSize::Text("lots".into()), None),
+        (RawSize::Text("99999999999999g".into()), None),
+    ];
+    for (raw, expected) in cases {
+        assert_eq!(convert::parse_size(&raw).ok(), expected, "{raw:?}");
+    }
+}
+
+#[test]
+fn relative_spec_path_gets_an_absolute_base_dir() {
+    let fixture = Fixture::new();
+    let error = parse(MINIMAL, Path::new("deploy.toml")).unwrap_err();
+    // Resolved against the current directory, where app/Cargo.toml does not exist.
+    assert_eq!(error.field, "build.cargo.manifest");
+    assert!(error.message.starts_with('/'), "{error}");
+    let spec = fixture.parse(MINIMAL).expect("parses");
+    assert!(spec.base_dir.is_absolute());
+}
+
+#[test]
+fn load_reports_a_missing_file() {
+    let fixture = Fixture::new();
+    let error = load(&fixture.dir.path().join("missing.toml")).unwrap_err();
+    assert!(
+        error.message.starts_with("cannot read the spec file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_repository_example_spec_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let spec = load(&root.join("deploy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.app, "hello");
+    let production = &spec.environments["production"];
+    assert_eq!(production.listen, "127.0.0.1:8080");
+    assert_eq!(production.replicas, 2);
+    assert_eq!(production.retire_after, Duration::from_secs(300));
+    assert_eq!(
+        spec.container.env.get("VERSION").map(String::as_str),
+        Some("v1")
+    );
+    match &spec.build {
+        BuildSpec::Cargo { manifest, bin, .. } => {
+            assert!(manifest.ends_with("examples/hello/Cargo.toml"));
+            assert!(!manifest.to_string_lossy().contains(".."));
+            assert_eq!(bin, "hello");
+        }
+        other => panic!("expected a cargo build, got {other:?}"),
+    }
+    assert_eq!(
+        strategy_path(&spec),
+        spec.base_dir.join("plans/blue-green.toml")
+    );
+}
