@@ -403,4 +403,84 @@ mod tests {
             assert!(verify(&tampered, &TrustRoot::new(vec![public.clone()])).is_err());
         }
     }
+
+    /// Interop the other way: `openssl` verifies what cutover signs (P-256, DER over SHA-256),
+    /// and cutover verifies Ed25519 signatures made by `openssl pkeyutl`.
+    #[test]
+    fn openssl_verifies_our_signatures_and_signs_ed25519() {
+        use std::process::Command;
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("skipping openssl interop test: `openssl` is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        let openssl = |args: &[&str]| Command::new("openssl").args(args).output().unwrap();
+
+        // cutover signs, openssl verifies.
+        let key = KeyPair::generate(Algorithm::EcdsaP256);
+        std::fs::write(p("ours.pub"), key.public().to_pem()).unwrap();
+        let envelope = sign(PAYLOAD, b"{\"from\":\"cutover\"}", &key);
+        let payload = envelope.decoded_payload().unwrap();
+        std::fs::write(p("pae.bin"), pae(&envelope.payload_type, &payload)).unwrap();
+        let sig = decode_base64(&envelope.signatures[0].sig).unwrap();
+        std::fs::write(p("sig.der"), sig).unwrap();
+        let out = openssl(&[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &p("ours.pub"),
+            "-signature",
+            &p("sig.der"),
+            &p("pae.bin"),
+        ]);
+        assert!(
+            out.status.success(),
+            "openssl rejected our signature: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // openssl signs with Ed25519, cutover verifies.
+        let steps: [&[&str]; 2] = [
+            &["genpkey", "-algorithm", "ed25519", "-out", &p("ed.pem")],
+            &["pkey", "-in", &p("ed.pem"), "-pubout", "-out", &p("ed.pub")],
+        ];
+        for args in steps {
+            let out = openssl(args);
+            assert!(out.status.success(), "openssl {args:?} failed");
+        }
+        let public = PublicKey::from_pem_file(dir.path().join("ed.pub").as_path()).unwrap();
+        assert_eq!(public.algorithm(), Algorithm::Ed25519);
+        let body = b"{\"from\":\"openssl\"}";
+        std::fs::write(p("pae.bin"), pae(PAYLOAD, body)).unwrap();
+        let out = openssl(&[
+            "pkeyutl",
+            "-sign",
+            "-rawin",
+            "-inkey",
+            &p("ed.pem"),
+            "-in",
+            &p("pae.bin"),
+            "-out",
+            &p("ed.sig"),
+        ]);
+        assert!(
+            out.status.success(),
+            "openssl pkeyutl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let envelope = Envelope {
+            payload: STANDARD.encode(body),
+            payload_type: PAYLOAD.to_string(),
+            signatures: vec![Signature {
+                keyid: String::new(),
+                sig: STANDARD.encode(std::fs::read(p("ed.sig")).unwrap()),
+            }],
+        };
+        let verified = verify(&envelope, &TrustRoot::new(vec![public])).unwrap();
+        assert_eq!(verified.payload, body);
+    }
+
+    const PAYLOAD: &str = "application/vnd.in-toto+json";
 }

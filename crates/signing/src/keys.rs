@@ -84,6 +84,8 @@ pub enum KeyError {
     BadPrivateKeyFile { path: PathBuf, detail: String },
     #[error("cannot decrypt the signing key at {path}: wrong passphrase or corrupted file")]
     WrongPassphrase { path: PathBuf },
+    #[error("signing key file {path} can be read or written by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    TooOpen { path: PathBuf, mode: u32 },
     #[error("the passphrase for the signing key is empty; set CUTOVER_KEY_PASSPHRASE to a non-empty passphrase")]
     EmptyPassphrase,
     #[error("cannot derive the key-encryption key: {0}")]
@@ -306,11 +308,20 @@ impl KeyPair {
     }
 
     /// Reads and decrypts a private key written by [`KeyPair::save_private`].
+    /// Refuses a file that other users can read or write (like ssh does).
     pub fn load_private(path: &Path, passphrase: &str) -> Result<Self, KeyError> {
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
+        let read_err = |source| KeyError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mode = fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let text = fs::read_to_string(path).map_err(read_err)?;
         let bad = |detail: &str| KeyError::BadPrivateKeyFile {
             path: path.to_path_buf(),
             detail: detail.to_string(),
@@ -499,6 +510,14 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> 
     Ok(())
 }
 
+/// Reads the signing key passphrase from `CUTOVER_KEY_PASSPHRASE`.
+pub fn passphrase_from_env() -> Result<Zeroizing<String>, KeyError> {
+    match std::env::var(crate::PASSPHRASE_ENV) {
+        Ok(value) if !value.is_empty() => Ok(Zeroizing::new(value)),
+        _ => Err(KeyError::EmptyPassphrase),
+    }
+}
+
 /// Generates a key pair and writes `<dir>/<name>.key` (encrypted, 0600) and
 /// `<dir>/<name>.pub` (PEM). Returns the two paths and the key id. Refuses to overwrite.
 pub fn generate_to_files(
@@ -607,8 +626,22 @@ mod tests {
         file.key_id = "0".repeat(64);
         let edited = dir.path().join("edited.key");
         fs::write(&edited, serde_json::to_string(&file).unwrap()).unwrap();
+        fs::set_permissions(&edited, fs::Permissions::from_mode(0o600)).unwrap();
         let err = KeyPair::load_private(&edited, "pw").unwrap_err();
         assert!(matches!(err, KeyError::WrongPassphrase { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn group_readable_private_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, _, _) = generate_to_files(dir.path(), "k", Algorithm::Ed25519, "pw").unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = KeyPair::load_private(&private, "pw").unwrap_err();
+        assert!(
+            matches!(err, KeyError::TooOpen { mode: 0o640, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 
     #[test]

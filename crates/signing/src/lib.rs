@@ -24,7 +24,7 @@ pub use intoto::{
     BUILD_TYPE, DEFAULT_BUILDER_ID, PAYLOAD_TYPE, PROVENANCE_PREDICATE, SBOM_PREDICATE,
     SCAN_VERDICT_PREDICATE, STATEMENT_TYPE,
 };
-pub use keys::{generate_to_files, Algorithm, KeyError, KeyPair, PublicKey};
+pub use keys::{generate_to_files, passphrase_from_env, Algorithm, KeyError, KeyPair, PublicKey};
 pub use policy::{
     verify_bundle, VerifiedAttestations, VerifiedStatement, VerifyError, VerifyPolicy,
 };

@@ -463,6 +463,40 @@ mod tests {
     }
 
     #[test]
+    fn untrusted_signer_claiming_a_trusted_key_id_is_refused() {
+        let (key, _, policy) = setup();
+        let impostor = KeyPair::generate(Algorithm::EcdsaP256);
+        let mut bundle = attest(DIGEST, inputs(), &impostor).unwrap();
+        for envelope in &mut bundle.envelopes {
+            envelope.signatures[0].keyid = key.key_id().to_string();
+        }
+        let err = verify_bundle(&bundle, DIGEST, &policy).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::BadSignature { index: 0, .. }),
+            "{err:?}"
+        );
+    }
+
+    /// The whole path the CLI takes: key files on disk, a bundle file, a policy from PEMs.
+    #[test]
+    fn end_to_end_through_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public, _) =
+            crate::keys::generate_to_files(dir.path(), "release", Algorithm::EcdsaP256, "s3cret")
+                .unwrap();
+        let key = KeyPair::load_private(&private, "s3cret").unwrap();
+        let bundle_path = dir.path().join("bundle.json");
+        attest(DIGEST, inputs(), &key)
+            .unwrap()
+            .save(&bundle_path)
+            .unwrap();
+        let bundle = AttestationBundle::load(&bundle_path).unwrap();
+        let policy = VerifyPolicy::from_key_files("production", &[public]).unwrap();
+        let verified = verify_bundle(&bundle, DIGEST, &policy).unwrap();
+        assert_eq!(verified.signer_key_ids(), vec![key.key_id().to_string()]);
+    }
+
+    #[test]
     fn policy_from_key_files() {
         let dir = tempfile::tempdir().unwrap();
         let (_, public, key_id) =
