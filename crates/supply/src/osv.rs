@@ -1,0 +1,776 @@
+//! OSV advisories: import from a directory or zip of OSV JSON files, a single-file database,
+//! and matching of installed packages with OSV range semantics.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{Distro, Package};
+use crate::version::{compare_semver, Ecosystem};
+use crate::{Result, SupplyError};
+
+/// Severity of a vulnerability. `Unknown` sorts lowest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Unknown,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Unknown,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    /// CVSS score bands; a score of 0 has no severity.
+    pub fn from_score(score: f64) -> Severity {
+        match score {
+            s if s >= 9.0 => Severity::Critical,
+            s if s >= 7.0 => Severity::High,
+            s if s >= 4.0 => Severity::Medium,
+            s if s > 0.0 => Severity::Low,
+            _ => Severity::Unknown,
+        }
+    }
+
+    /// Reads words used by advisory databases (`HIGH`, `moderate`, `important`, …).
+    pub fn from_word(s: &str) -> Option<Severity> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "critical" => Severity::Critical,
+            "high" | "important" => Severity::High,
+            "medium" | "moderate" => Severity::Medium,
+            "low" | "negligible" | "unimportant" => Severity::Low,
+            "unknown" | "" => Severity::Unknown,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Unknown => "unknown",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Severity::from_word(s).ok_or_else(|| {
+            format!("unknown severity {s:?}: use unknown, low, medium, high or critical")
+        })
+    }
+}
+
+// ---------------------------------------------------------------- OSV schema (the parts used)
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Advisory {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub severity: Vec<OsvSeverity>,
+    #[serde(default)]
+    pub affected: Vec<Affected>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_specific: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OsvSeverity {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub score: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Affected {
+    #[serde(default)]
+    pub package: AffectedPackage,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<Range>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub severity: Vec<OsvSeverity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecosystem_specific: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_specific: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AffectedPackage {
+    #[serde(default)]
+    pub ecosystem: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Range {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introduced: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_affected: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
+// ---------------------------------------------------------------- matching
+
+/// How one package is affected, if it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// The first fixed version above the installed one, when a range names one.
+    pub fixed: Option<String>,
+}
+
+/// Whether `version` of `ecosystem` is affected according to one `affected[]` entry.
+/// Returns `None` when the versions cannot be compared (then only the explicit `versions`
+/// list decides).
+pub fn affected_by(ecosystem: Ecosystem, version: &str, affected: &Affected) -> Option<Hit> {
+    for range in &affected.ranges {
+        let cmp: fn(Ecosystem, &str, &str) -> Option<Ordering> = match range.kind.as_str() {
+            "SEMVER" => |_, a, b| compare_semver(a, b),
+            "ECOSYSTEM" => |e, a, b| e.compare(a, b),
+            _ => continue,
+        };
+        if let Some(hit) = range_affects(&|a, b| cmp(ecosystem, a, b), version, &range.events) {
+            return Some(hit);
+        }
+    }
+    if affected.versions.iter().any(|v| {
+        v == version || ecosystem.compare(v, version) == Some(Ordering::Equal)
+    }) {
+        return Some(Hit { fixed: None });
+    }
+    None
+}
+
+type Cmp<'a> = &'a dyn Fn(&str, &str) -> Option<Ordering>;
+
+/// OSV range evaluation: walk the events in version order; `introduced` opens, `fixed` and
+/// `last_affected` close; `limit` caps the range from above.
+fn range_affects(cmp: Cmp<'_>, version: &str, events: &[Event]) -> Option<Hit> {
+    // (version, kind) with kind 0=introduced 1=fixed 2=last_affected 3=limit.
+    let mut evs: Vec<(&str, u8)> = Vec::new();
+    for e in events {
+        if let Some(v) = &e.introduced {
+            evs.push((v, 0));
+        }
+        if let Some(v) = &e.fixed {
+            evs.push((v, 1));
+        }
+        if let Some(v) = &e.last_affected {
+            evs.push((v, 2));
+        }
+        if let Some(v) = &e.limit {
+            evs.push((v, 3));
+        }
+    }
+    let is_zero = |v: &str| v == "0";
+    // Events that do not parse are dropped rather than guessed at.
+    evs.retain(|(v, _)| is_zero(v) || cmp(v, v).is_some());
+    evs.sort_by(|a, b| match (is_zero(a.0), is_zero(b.0)) {
+        (true, true) => a.1.cmp(&b.1),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => cmp(a.0, b.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1)),
+    });
+    cmp(version, version)?;
+    let limits: Vec<&str> = evs.iter().filter(|e| e.1 == 3).map(|e| e.0).collect();
+    if !limits.is_empty()
+        && !limits
+            .iter()
+            .any(|l| is_zero(l) || cmp(version, l) == Some(Ordering::Less))
+    {
+        return None;
+    }
+    let mut affected = false;
+    for (v, kind) in &evs {
+        let ord = if is_zero(v) {
+            Ordering::Greater
+        } else {
+            cmp(version, v)?
+        };
+        match kind {
+            0 if ord != Ordering::Less => affected = true,
+            1 if ord != Ordering::Less => affected = false,
+            2 if ord == Ordering::Greater => affected = false,
+            _ => {}
+        }
+    }
+    if !affected {
+        return None;
+    }
+    // The fix that closes the range containing `version` is the first fixed event above it.
+    let fixed = evs
+        .iter()
+        .filter(|(v, k)| *k == 1 && cmp(version, v) == Some(Ordering::Less))
+        .map(|(v, _)| v.to_string())
+        .next();
+    Some(Hit { fixed })
+}
+
+/// Severity and best CVSS score of an advisory as it applies to one affected entry.
+pub fn severity_of(adv: &Advisory, affected: Option<&Affected>) -> (Severity, Option<f64>) {
+    let mut best: Option<f64> = None;
+    let scores = affected
+        .map(|a| a.severity.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .chain(&adv.severity);
+    for s in scores {
+        let score = if s.kind.starts_with("CVSS_") {
+            s.score
+                .parse::<cvss::Cvss>()
+                .ok()
+                .map(|c| c.score())
+                .or_else(|| s.score.parse::<f64>().ok())
+        } else {
+            None
+        };
+        if let Some(score) = score {
+            best = Some(best.map_or(score, |b: f64| b.max(score)));
+        }
+    }
+    if let Some(score) = best {
+        return (Severity::from_score(score), Some(score));
+    }
+    let words = [
+        affected.and_then(|a| a.database_specific.as_ref()),
+        affected.and_then(|a| a.ecosystem_specific.as_ref()),
+        adv.database_specific.as_ref(),
+    ];
+    for w in words.into_iter().flatten() {
+        for key in ["severity", "urgency"] {
+            if let Some(sev) = w[key].as_str().and_then(Severity::from_word) {
+                if sev != Severity::Unknown {
+                    return (sev, None);
+                }
+            }
+        }
+    }
+    (Severity::Unknown, None)
+}
+
+/// A package matched by an advisory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VulnFinding {
+    /// Advisory id (`CVE-…`, `GHSA-…`, `RUSTSEC-…`, `DSA-…`).
+    pub id: String,
+    /// Every other id known for the same vulnerability, sorted.
+    pub aliases: Vec<String>,
+    pub summary: String,
+    pub severity: Severity,
+    pub score: Option<f64>,
+    pub ecosystem: Ecosystem,
+    pub package: String,
+    pub version: String,
+    pub source_name: Option<String>,
+    pub fixed: Option<String>,
+    pub purl: String,
+    pub locations: Vec<String>,
+    pub layer: String,
+}
+
+impl VulnFinding {
+    /// The id and all aliases.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+}
+
+impl std::fmt::Display for VulnFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}) in {} {} {}",
+            self.id, self.severity, self.ecosystem, self.package, self.version
+        )?;
+        match &self.fixed {
+            Some(v) => write!(f, ", fixed in {v}"),
+            None => write!(f, ", no fix yet"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- database
+
+/// What an import read and what it skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub files: usize,
+    pub imported: usize,
+    pub withdrawn: usize,
+    /// One line per skipped file, naming it and the reason.
+    pub warnings: Vec<String>,
+}
+
+/// Bounds for importing a zip of advisories.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportLimits {
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+    pub max_files: usize,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits {
+            max_file_bytes: 16 << 20,
+            max_total_bytes: 8 << 30,
+            max_files: 2_000_000,
+        }
+    }
+}
+
+const DB_FORMAT: &str = "cutover-osv-db/1";
+
+#[derive(Serialize, Deserialize)]
+struct DbFile {
+    format: String,
+    advisories: Vec<Advisory>,
+}
+
+/// Advisories indexed by (ecosystem, package name).
+#[derive(Debug, Default)]
+pub struct AdvisoryDb {
+    advisories: Vec<Advisory>,
+    index: HashMap<(Ecosystem, String), Vec<(usize, usize)>>,
+    /// Alias group of every id (ids linked through `aliases`, transitively).
+    group_of: HashMap<String, usize>,
+    groups: Vec<BTreeSet<String>>,
+}
+
+impl AdvisoryDb {
+    /// Builds a database from advisories (withdrawn ones are dropped).
+    pub fn from_advisories(advisories: Vec<Advisory>) -> AdvisoryDb {
+        let mut db = AdvisoryDb {
+            advisories: advisories
+                .into_iter()
+                .filter(|a| a.withdrawn.is_none())
+                .collect(),
+            ..AdvisoryDb::default()
+        };
+        db.advisories.sort_by(|a, b| a.id.cmp(&b.id));
+        db.advisories.dedup_by(|a, b| a.id == b.id);
+        db.reindex();
+        db
+    }
+
+    pub fn len(&self) -> usize {
+        self.advisories.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.advisories.is_empty()
+    }
+
+    pub fn advisories(&self) -> &[Advisory] {
+        &self.advisories
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (ai, adv) in self.advisories.iter().enumerate() {
+            for (fi, aff) in adv.affected.iter().enumerate() {
+                if let Some((eco, _)) = Ecosystem::from_osv(&aff.package.ecosystem) {
+                    self.index
+                        .entry((eco, eco.normalize_name(&aff.package.name)))
+                        .or_default()
+                        .push((ai, fi));
+                }
+            }
+        }
+        // Union-find over ids and aliases.
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut parent: Vec<usize> = Vec::new();
+        fn find(p: &mut [usize], mut x: usize) -> usize {
+            while p[x] != x {
+                p[x] = p[p[x]];
+                x = p[x];
+            }
+            x
+        }
+        let mut id_of = |s: &str, parent: &mut Vec<usize>| -> usize {
+            *ids.entry(s.to_string()).or_insert_with(|| {
+                parent.push(parent.len());
+                parent.len() - 1
+            })
+        };
+        for adv in &self.advisories {
+            let a = id_of(&adv.id, &mut parent);
+            for alias in &adv.aliases {
+                let b = id_of(alias, &mut parent);
+                let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+                if ra != rb {
+                    parent[ra] = rb;
+                }
+            }
+        }
+        let mut root_group: HashMap<usize, usize> = HashMap::new();
+        self.groups.clear();
+        self.group_of.clear();
+        let mut entries: Vec<(String, usize)> = ids.into_iter().collect();
+        entries.sort();
+        for (id, n) in entries {
+            let root = find(&mut parent, n);
+            let g = *root_group.entry(root).or_insert_with(|| {
+                self.groups.push(BTreeSet::new());
+                self.groups.len() - 1
+            });
+            self.groups[g].insert(id.clone());
+            self.group_of.insert(id, g);
+        }
+    }
+
+    /// All ids known to name the same vulnerability as `id`, excluding `id` itself.
+    pub fn aliases_of(&self, id: &str) -> Vec<String> {
+        self.group_of
+            .get(id)
+            .map(|g| self.groups[*g].iter().filter(|s| *s != id).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Imports every `*.json` under a directory (recursively) or inside a zip file.
+    /// Malformed files are skipped with a warning naming the file and the error.
+    pub fn import(source: impl AsRef<Path>) -> Result<(AdvisoryDb, ImportReport)> {
+        Self::import_with_limits(source, ImportLimits::default())
+    }
+
+    pub fn import_with_limits(
+        source: impl AsRef<Path>,
+        limits: ImportLimits,
+    ) -> Result<(AdvisoryDb, ImportReport)> {
+        let source = source.as_ref();
+        let mut report = ImportReport::default();
+        let mut advisories = Vec::new();
+        let meta = std::fs::metadata(source).map_err(|e| SupplyError::io(source, e))?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            walk_json(source, &mut files)?;
+            files.sort();
+            for f in files {
+                if report.files >= limits.max_files {
+                    report
+                        .warnings
+                        .push(format!("stopped after {} files", limits.max_files));
+                    break;
+                }
+                report.files += 1;
+                let bytes = match read_bounded(&f, limits.max_file_bytes) {
+                    Ok(b) => b,
+                    Err(w) => {
+                        report.warnings.push(w);
+                        continue;
+                    }
+                };
+                parse_into(&f.display().to_string(), &bytes, &mut advisories, &mut report);
+            }
+        } else {
+            import_zip(source, limits, &mut advisories, &mut report)?;
+        }
+        report.withdrawn = advisories.iter().filter(|a| a.withdrawn.is_some()).count();
+        let db = AdvisoryDb::from_advisories(advisories);
+        report.imported = db.len();
+        Ok((db, report))
+    }
+
+    /// Writes the database to one file (atomically: a temporary file renamed into place).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let tmp = tmp_path(path);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            serde_json::to_writer(
+                &mut f,
+                &DbFileRef {
+                    format: DB_FORMAT,
+                    advisories: &self.advisories,
+                },
+            )?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            SupplyError::io(path, e)
+        })
+    }
+
+    /// Reads a database written by [`AdvisoryDb::save`].
+    pub fn load(path: impl AsRef<Path>) -> Result<AdvisoryDb> {
+        let path = path.as_ref();
+        let f = std::fs::File::open(path).map_err(|e| SupplyError::io(path, e))?;
+        let file: DbFile = serde_json::from_reader(std::io::BufReader::new(f)).map_err(|e| {
+            SupplyError::AdvisoryDb {
+                path: path.to_path_buf(),
+                detail: format!("not a saved advisory database ({e}); import the advisories again"),
+            }
+        })?;
+        if file.format != DB_FORMAT {
+            return Err(SupplyError::AdvisoryDb {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "format {:?} is not {DB_FORMAT}; import the advisories again",
+                    file.format
+                ),
+            });
+        }
+        Ok(AdvisoryDb::from_advisories(file.advisories))
+    }
+
+    /// Matches packages against the database. `distro` restricts `Debian:N`/`Alpine:vX.Y`
+    /// advisories to the image's release when it is known.
+    pub fn match_packages(&self, packages: &[Package], distro: Option<&Distro>) -> Vec<VulnFinding> {
+        let mut out: BTreeMap<(String, String, String, Ecosystem), VulnFinding> = BTreeMap::new();
+        for p in packages {
+            let key = (p.ecosystem, p.advisory_name());
+            let Some(hits) = self.index.get(&key) else {
+                continue;
+            };
+            for &(ai, fi) in hits {
+                let adv = &self.advisories[ai];
+                let aff = &adv.affected[fi];
+                if !release_applies(&aff.package.ecosystem, distro) {
+                    continue;
+                }
+                let Some(hit) = affected_by(p.ecosystem, p.advisory_version(), aff) else {
+                    continue;
+                };
+                let (severity, score) = severity_of(adv, Some(aff));
+                let k = (adv.id.clone(), p.name.clone(), p.version.clone(), p.ecosystem);
+                out.entry(k).or_insert_with(|| VulnFinding {
+                    id: adv.id.clone(),
+                    aliases: self.aliases_of(&adv.id),
+                    summary: adv.summary.clone(),
+                    severity,
+                    score,
+                    ecosystem: p.ecosystem,
+                    package: p.name.clone(),
+                    version: p.version.clone(),
+                    source_name: p.source_name.clone(),
+                    fixed: hit.fixed,
+                    purl: p.purl.clone(),
+                    locations: p.locations.clone(),
+                    layer: p.layer.clone(),
+                });
+            }
+        }
+        let mut v: Vec<VulnFinding> = out.into_values().collect();
+        v.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then_with(|| a.id.cmp(&b.id))
+                .then_with(|| a.package.cmp(&b.package))
+                .then_with(|| a.version.cmp(&b.version))
+        });
+        v
+    }
+}
+
+#[derive(Serialize)]
+struct DbFileRef<'a> {
+    format: &'a str,
+    advisories: &'a [Advisory],
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Whether an advisory for `osv_ecosystem` (e.g. `Debian:12`) applies to the image's distro.
+fn release_applies(osv_ecosystem: &str, distro: Option<&Distro>) -> bool {
+    let Some((eco, Some(release))) = Ecosystem::from_osv(osv_ecosystem) else {
+        return true;
+    };
+    let Some(d) = distro.filter(|d| !d.version_id.is_empty()) else {
+        return true;
+    };
+    match eco {
+        Ecosystem::Debian => {
+            d.id != "debian" || d.version_id.split('.').next() == Some(release)
+        }
+        Ecosystem::Alpine => {
+            let mut parts = d.version_id.split('.');
+            let mm = format!(
+                "v{}.{}",
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or("")
+            );
+            d.id != "alpine" || release == mm || release == "edge"
+        }
+        _ => true,
+    }
+}
+
+fn walk_json(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| SupplyError::io(dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| SupplyError::io(dir, e))?;
+        let ty = entry.file_type().map_err(|e| SupplyError::io(entry.path(), e))?;
+        let p = entry.path();
+        if ty.is_dir() {
+            walk_json(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "json") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn read_bounded(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("skipped {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("skipped {}: {e}", path.display()))?;
+    if buf.len() as u64 > limit {
+        return Err(format!(
+            "skipped {}: larger than {limit} bytes",
+            path.display()
+        ));
+    }
+    Ok(buf)
+}
+
+fn parse_into(name: &str, bytes: &[u8], out: &mut Vec<Advisory>, report: &mut ImportReport) {
+    // A file holds one advisory or an array of them.
+    let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            report.warnings.push(format!("skipped {name}: {e}"));
+            return;
+        }
+    };
+    let items = match value {
+        serde_json::Value::Array(a) => a,
+        v => vec![v],
+    };
+    for item in items {
+        match serde_json::from_value::<Advisory>(item) {
+            Ok(a) if !a.id.is_empty() => out.push(a),
+            Ok(_) => report
+                .warnings
+                .push(format!("skipped {name}: advisory has an empty id")),
+            Err(e) => report.warnings.push(format!("skipped {name}: {e}")),
+        }
+    }
+}
+
+fn import_zip(
+    path: &Path,
+    limits: ImportLimits,
+    out: &mut Vec<Advisory>,
+    report: &mut ImportReport,
+) -> Result<()> {
+    let f = std::fs::File::open(path).map_err(|e| SupplyError::io(path, e))?;
+    let bad = |detail: String| SupplyError::AdvisoryDb {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f))
+        .map_err(|e| bad(format!("not a directory or a zip of OSV json files ({e})")))?;
+    let mut total: u64 = 0;
+    let mut buf = Vec::new();
+    for i in 0..zip.len() {
+        if report.files >= limits.max_files {
+            report
+                .warnings
+                .push(format!("stopped after {} files", limits.max_files));
+            break;
+        }
+        let mut entry = match zip.by_index(i) {
+            Ok(e) => e,
+            Err(e) => {
+                report.warnings.push(format!("skipped zip entry {i}: {e}"));
+                continue;
+            }
+        };
+        let name = entry.name().to_string();
+        if !entry.is_file() || !name.ends_with(".json") {
+            continue;
+        }
+        report.files += 1;
+        buf.clear();
+        let read = (&mut entry)
+            .take(limits.max_file_bytes + 1)
+            .read_to_end(&mut buf);
+        if let Err(e) = read {
+            report.warnings.push(format!("skipped {name}: {e}"));
+            continue;
+        }
+        if buf.len() as u64 > limits.max_file_bytes {
+            report.warnings.push(format!(
+                "skipped {name}: decompresses past {} bytes",
+                limits.max_file_bytes
+            ));
+            continue;
+        }
+        total += buf.len() as u64;
+        if total > limits.max_total_bytes {
+            return Err(bad(format!(
+                "zip decompresses past {} bytes in total (possible zip bomb)",
+                limits.max_total_bytes
+            )));
+        }
+        parse_into(&name, &buf, out, report);
+    }
+    Ok(())
+}
+
+/// Writes advisories as a zip of `<id>.json` files (used by tests and the benchmark).
+pub fn write_zip(path: &Path, advisories: &[serde_json::Value]) -> std::io::Result<()> {
+    let f = std::fs::File::create(path)?;
+    let mut zip = zip::ZipWriter::new(f);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (i, a) in advisories.iter().enumerate() {
+        let id = a["id"].as_str().map(str::to_string).unwrap_or(format!("adv-{i}"));
+        zip.start_file(format!("{id}.json"), opts)
+            .map_err(std::io::Error::other)?;
+        zip.write_all(&serde_json::to_vec(a)?)?;
+    }
+    zip.finish().map_err(std::io::Error::other)?;
+    Ok(())
+}
