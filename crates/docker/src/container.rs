@@ -60,10 +60,12 @@ impl Compute for DockerProvider {
                 })?;
                 return self.adopt(spec, &deployment, existing).await;
             }
-            Err(e) if is_not_found(&e) => return Err(ProviderError::permanent(format!(
+            Err(e) if is_not_found(&e) => {
+                return Err(ProviderError::permanent(format!(
                 "creating container {} failed: image {} ({}) does not exist; build the image again",
                 spec.name, image.tag, image.id
-            ))),
+            )))
+            }
             Err(e) => {
                 return Err(provider_error(
                     &format!("creating container {}", spec.name),

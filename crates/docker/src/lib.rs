@@ -57,18 +57,18 @@ impl DockerProvider {
     /// negotiate the API version down to what the Engine speaks.
     pub async fn connect() -> Result<DockerProvider, DockerError> {
         let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-        let addr = host.clone().unwrap_or_else(|| DEFAULT_SOCKET.to_string());
-        let docker = match &host {
-            Some(_) => Docker::connect_with_defaults(),
-            None => Docker::connect_with_local_defaults(),
-        };
-        let docker = docker.map_err(|e| match e {
+        DockerProvider::connect_to(host.as_deref().unwrap_or(DEFAULT_SOCKET)).await
+    }
+
+    /// Connect to the Engine at `addr` (`unix:///path`, `tcp://host:port`, `http://…`).
+    pub async fn connect_to(addr: &str) -> Result<DockerProvider, DockerError> {
+        let docker = Docker::connect_with_host(addr).map_err(|e| match e {
             bollard::errors::Error::UnsupportedURISchemeError { .. } => DockerError::BadAddress {
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 reason: engine_error::describe(&e),
             },
             other => DockerError::Unreachable {
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 reason: engine_error::describe(&other),
             },
         })?;
@@ -76,10 +76,13 @@ impl DockerProvider {
             .negotiate_version()
             .await
             .map_err(|e| DockerError::Unreachable {
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 reason: engine_error::describe(&e),
             })?;
-        Ok(DockerProvider { docker, addr })
+        Ok(DockerProvider {
+            docker,
+            addr: addr.to_string(),
+        })
     }
 
     /// The Engine address this provider talks to (`unix://…` or `tcp://…`).
@@ -90,3 +93,33 @@ impl DockerProvider {
 
 pub use image::STATIC_RUSTFLAG;
 pub use probe::probe_http;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_absent_socket_is_reported_as_unreachable() {
+        let err = DockerProvider::connect_to("unix:///nonexistent/cutover-test.sock")
+            .await
+            .expect_err("no engine listens there");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(
+                "cannot reach the docker engine at unix:///nonexistent/cutover-test.sock: "
+            ),
+            "{message}"
+        );
+        assert!(message.ends_with("is dockerd running?"), "{message}");
+        assert!(ProviderError::from(err).is_transient());
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_bad_addresses() {
+        let err = DockerProvider::connect_to("ftp://example")
+            .await
+            .expect_err("ftp is no engine address");
+        assert!(matches!(err, DockerError::BadAddress { .. }), "{err}");
+        assert!(!ProviderError::from(err).is_transient());
+    }
+}

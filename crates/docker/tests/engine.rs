@@ -1,0 +1,644 @@
+//! Tests against the real Docker Engine.
+//!
+//! Everything they create carries the label `cutover.test=cutover-docker` and the id of this
+//! run (`cutover.test.run`, with the pid in it). Each test removes its own containers with a
+//! guard (also on panic); the shared hello image and anything a crashed test left behind are
+//! removed when the test binary exits; and each run first sweeps what runs whose process is
+//! gone left behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+use cutover_docker::DockerProvider;
+use cutover_model::{
+    labels, BuildSpec, Compute, ContainerSpec, ErrorClass, HealthProbe, ImageBuilder, ImageInfo,
+    ImageSource, Instance, InstanceSpec, InstanceState, Probe,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+const TEST_LABEL: &str = "cutover.test";
+const TEST_VALUE: &str = "cutover-docker";
+const RUN_LABEL: &str = "cutover.test.run";
+
+/// `<pid>-<start nanos>`: unique per test binary run; the pid tells later runs whether the
+/// owner is still alive.
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{}-{nanos}", std::process::id())
+    })
+}
+
+fn test_labels(deployment: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (TEST_LABEL.to_string(), TEST_VALUE.to_string()),
+        (RUN_LABEL.to_string(), run_id().to_string()),
+        (labels::DEPLOYMENT.to_string(), deployment.to_string()),
+    ])
+}
+
+/// A unique, container-name-safe name for one test case.
+fn unique(case: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "cutover-test-{}-{case}-{}",
+        run_id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+async fn provider() -> DockerProvider {
+    DockerProvider::connect()
+        .await
+        .expect("these tests need a running docker engine")
+}
+
+/// Remove everything of this run (`Some(run)`) or of runs whose process is gone (`None`).
+async fn sweep(only_run: Option<&str>) {
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .expect("docker client")
+        .negotiate_version()
+        .await
+        .expect("docker engine");
+    let label = match only_run {
+        Some(run) => format!("{RUN_LABEL}={run}"),
+        None => format!("{TEST_LABEL}={TEST_VALUE}"),
+    };
+    let filters = HashMap::from([("label".to_string(), vec![label])]);
+    let owner_gone = |labels: Option<&HashMap<String, String>>| {
+        let run = labels
+            .and_then(|l| l.get(RUN_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        if only_run.is_some() {
+            return true;
+        }
+        let pid = run.split('-').next().unwrap_or("");
+        pid.is_empty() || !Path::new("/proc").join(pid).exists()
+    };
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap_or_default();
+    for container in containers {
+        if let Some(id) = container
+            .id
+            .as_deref()
+            .filter(|_| owner_gone(container.labels.as_ref()))
+        {
+            let options = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            let _ = docker.remove_container(id, Some(options)).await;
+        }
+    }
+    let images = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap_or_default();
+    for image in images {
+        if owner_gone(Some(&image.labels)) {
+            let options = RemoveImageOptionsBuilder::default().force(true).build();
+            let _ = docker.remove_image(&image.id, Some(options), None).await;
+        }
+    }
+}
+
+/// Run `sweep` from a synchronous context (drop guards, exit handler).
+fn sweep_blocking(only_run: Option<String>) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(sweep(only_run.as_deref()));
+        }
+    })
+    .join();
+}
+
+extern "C" fn remove_this_runs_leftovers() {
+    sweep_blocking(Some(run_id().to_string()));
+}
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> i32;
+}
+
+/// The hello image, built once per test binary through `BuildSpec::Cargo`.
+async fn hello_image() -> &'static (ImageInfo, BuildSpec, BTreeMap<String, String>) {
+    static IMAGE: OnceCell<(ImageInfo, BuildSpec, BTreeMap<String, String>)> =
+        OnceCell::const_new();
+    IMAGE
+        .get_or_init(|| async {
+            sweep(None).await;
+            // SAFETY: registers a plain function that only talks to the engine.
+            unsafe {
+                atexit(remove_this_runs_leftovers);
+            }
+            let source = BuildSpec::Cargo {
+                manifest: repo_root().join("examples/hello/Cargo.toml"),
+                bin: "hello".to_string(),
+                profile: "release".to_string(),
+            };
+            let labels = test_labels("d-hello");
+            let tag = format!("cutover-test/hello:{}", run_id());
+            let started = Instant::now();
+            let image = provider()
+                .await
+                .build(&tag, &source, &labels)
+                .await
+                .expect("build the hello image");
+            eprintln!("hello image built in {:?}", started.elapsed());
+            (image, source, labels)
+        })
+        .await
+}
+
+/// Removes the named containers when dropped, also when the test panics.
+struct ContainerGuard(Vec<String>);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let docker = provider().await;
+                for name in names {
+                    let _ = docker.remove(&name).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn instance_spec(name: &str, app: &str, env: &[(&str, &str)]) -> InstanceSpec {
+    let mut container = ContainerSpec::default();
+    container.port = 8080;
+    container.memory_bytes = 64 * 1024 * 1024;
+    container.pids_limit = 64;
+    container.cpus = 0.5;
+    for (k, v) in env {
+        container.env.insert(k.to_string(), v.to_string());
+    }
+    let mut labels = test_labels("d-1");
+    labels.insert(labels::APP.to_string(), app.to_string());
+    labels.insert(labels::ENV.to_string(), "staging".to_string());
+    labels.insert(labels::RELEASE.to_string(), "staging-1".to_string());
+    labels.insert(labels::REPLICA.to_string(), "0".to_string());
+    InstanceSpec {
+        name: name.to_string(),
+        app: app.to_string(),
+        env: "staging".to_string(),
+        release: "staging-1".to_string(),
+        deployment_id: "d-1".to_string(),
+        replica: 0,
+        image: ImageSource::Step {
+            step: "build".to_string(),
+        },
+        container,
+        labels,
+    }
+}
+
+/// Probe until the answer is not a refused connection (the app is still starting).
+async fn probe_settled(docker: &DockerProvider, instance: &Instance, path: &str) -> Probe {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = docker.probe(instance, path, Duration::from_secs(1)).await;
+        let starting = matches!(&probe, Probe::Unhealthy(why) if why.starts_with("connection refused") || why.contains("malformed"));
+        if !starting || Instant::now() > deadline {
+            return probe;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+}
+
+#[tokio::test]
+async fn cargo_builds_are_static_idempotent_and_exportable() {
+    let (image, source, labels) = hello_image().await;
+    assert!(image.id.starts_with("sha256:"), "{image:?}");
+    let docker = provider().await;
+
+    let started = Instant::now();
+    let again = docker
+        .build(&image.tag, source, labels)
+        .await
+        .expect("second build");
+    assert_eq!(&again, image);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a repeated build must not rebuild (took {:?})",
+        started.elapsed()
+    );
+    assert_eq!(
+        docker.inspect_image(&image.tag).await.expect("inspect"),
+        Some(image.clone())
+    );
+    assert_eq!(
+        docker
+            .inspect_image("cutover-test/absent:nope")
+            .await
+            .expect("inspect"),
+        None
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dest = dir.path().join("hello.tar");
+    docker.export_image(&image.id, &dest).await.expect("export");
+    let file = std::fs::File::open(&dest).expect("exported file");
+    let mut archive = tar::Archive::new(file);
+    let names: Vec<String> = archive
+        .entries()
+        .expect("tar entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    assert!(names.iter().any(|n| n == "manifest.json"), "{names:?}");
+    assert!(!dir.path().join("hello.tar.partial").exists());
+}
+
+#[tokio::test]
+async fn dockerfile_builds_use_the_context_args_and_labels() {
+    let (hello, _, _) = hello_image().await;
+    let docker = provider().await;
+    let binary = repo_root_target().join("x86_64-unknown-linux-gnu/release/hello");
+    assert!(
+        binary.is_file(),
+        "the hello image build left {}",
+        binary.display()
+    );
+
+    let context = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(&binary, context.path().join("hello")).expect("copy binary");
+    std::fs::write(context.path().join("junk.log"), "not sent").expect("write");
+    std::fs::write(context.path().join(".dockerignore"), "*.log\n").expect("write");
+    std::fs::create_dir(context.path().join("docker")).expect("mkdir");
+    std::fs::write(
+        context.path().join("docker/Dockerfile"),
+        "FROM scratch\nARG GREETING=none\nLABEL greeting=$GREETING\nCOPY hello /app\nUSER 65534\nENTRYPOINT [\"/app\"]\n",
+    )
+    .expect("write");
+    let source = BuildSpec::Dockerfile {
+        context: context.path().to_path_buf(),
+        dockerfile: "docker/Dockerfile".to_string(),
+        args: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+    };
+    let tag = format!("cutover-test/ctx:{}", run_id());
+    let image = docker
+        .build(&tag, &source, &test_labels("d-ctx"))
+        .await
+        .expect("dockerfile build");
+    assert!(image.id.starts_with("sha256:"));
+    assert_ne!(image.id, hello.id);
+
+    let raw = bollard::Docker::connect_with_local_defaults()
+        .expect("client")
+        .negotiate_version()
+        .await
+        .expect("engine")
+        .inspect_image(&tag)
+        .await
+        .expect("inspect");
+    let image_labels = raw.config.and_then(|c| c.labels).unwrap_or_default();
+    assert_eq!(image_labels.get("greeting").map(String::as_str), Some("hi"));
+    assert_eq!(
+        image_labels.get(labels::MANAGED).map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        image_labels.get(labels::DEPLOYMENT).map(String::as_str),
+        Some("d-ctx")
+    );
+
+    // An ignored file is not in the context: copying it fails with the Engine's words.
+    std::fs::write(
+        context.path().join("docker/Dockerfile"),
+        "FROM scratch\nCOPY junk.log /junk.log\n",
+    )
+    .expect("write");
+    let err = docker
+        .build(&format!("{tag}-ignored"), &source, &test_labels("d-ctx-2"))
+        .await
+        .expect_err("junk.log is ignored");
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(err.message.contains("junk.log"), "{}", err.message);
+
+    docker.remove_image(&tag).await.expect("remove image");
+    assert_eq!(docker.inspect_image(&tag).await.expect("inspect"), None);
+    docker
+        .remove_image(&tag)
+        .await
+        .expect("removing twice is fine");
+}
+
+fn repo_root_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+#[tokio::test]
+async fn broken_dockerfiles_fail_permanently_with_the_engines_message() {
+    let docker = provider().await;
+    let context = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nFROBNICATE everything\n",
+    )
+    .expect("write");
+    let source = BuildSpec::Dockerfile {
+        context: context.path().to_path_buf(),
+        dockerfile: "Dockerfile".to_string(),
+        args: BTreeMap::new(),
+    };
+    let tag = format!("cutover-test/broken:{}", run_id());
+    let err = docker
+        .build(&tag, &source, &test_labels("d-broken"))
+        .await
+        .expect_err("a broken dockerfile does not build");
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.to_lowercase().contains("frobnicate"),
+        "the engine's message names the bad instruction: {}",
+        err.message
+    );
+    assert!(err
+        .message
+        .starts_with(&format!("building image {tag} failed: ")));
+    assert_eq!(docker.inspect_image(&tag).await.expect("inspect"), None);
+
+    let missing = BuildSpec::Dockerfile {
+        context: context.path().to_path_buf(),
+        dockerfile: "../Dockerfile".to_string(),
+        args: BTreeMap::new(),
+    };
+    let err = docker
+        .build(&tag, &missing, &test_labels("d-broken"))
+        .await
+        .expect_err("dockerfiles outside the context are refused");
+    assert_eq!(err.class, ErrorClass::Permanent);
+}
+
+#[tokio::test]
+async fn provisioned_instances_are_hardened_healthy_idempotent_and_removable() {
+    let (image, _, _) = hello_image().await;
+    let docker = provider().await;
+    let name = unique("web");
+    let app = unique("app");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let spec = instance_spec(&name, &app, &[("VERSION", "vtest")]);
+
+    let instance = docker.provision(&spec, image).await.expect("provision");
+    assert_eq!(instance.name, name);
+    assert_eq!(instance.state, InstanceState::Running);
+    assert!(instance.addr.starts_with("127.0.0.1:"), "{instance:?}");
+    assert_eq!(instance.image_id, image.id);
+    assert_eq!(instance.deployment_id, "d-1");
+    assert_eq!(instance.release, "staging-1");
+
+    assert_eq!(
+        probe_settled(&docker, &instance, "/healthz").await,
+        Probe::Healthy
+    );
+    let response = http_get(&instance.addr, "/").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("hello from vtest\n"), "{response}");
+
+    let raw = bollard::Docker::connect_with_local_defaults()
+        .expect("client")
+        .negotiate_version()
+        .await
+        .expect("engine")
+        .inspect_container(&name, None)
+        .await
+        .expect("inspect container");
+    let config = raw.config.clone().expect("config");
+    let host = raw.host_config.clone().expect("host config");
+    assert_eq!(config.user.as_deref(), Some("65534:65534"));
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges:true".to_string()])
+    );
+    assert_eq!(host.privileged, Some(false));
+    assert_eq!(host.memory, Some(64 * 1024 * 1024));
+    assert_eq!(host.memory_swap, Some(64 * 1024 * 1024));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(host.pids_limit, Some(64));
+    assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+    let tmpfs = host.tmpfs.clone().unwrap_or_default();
+    assert_eq!(
+        tmpfs.get("/tmp").map(String::as_str),
+        Some("rw,noexec,nosuid,size=16m")
+    );
+    let ports = raw
+        .network_settings
+        .and_then(|n| n.ports)
+        .expect("published ports");
+    let bindings = ports
+        .get("8080/tcp")
+        .cloned()
+        .flatten()
+        .expect("8080 published");
+    assert!(!bindings.is_empty());
+    for binding in &bindings {
+        assert_eq!(
+            binding.host_ip.as_deref(),
+            Some("127.0.0.1"),
+            "{bindings:?}"
+        );
+    }
+    let env = config.env.unwrap_or_default();
+    assert!(env.contains(&"PORT=8080".to_string()), "{env:?}");
+
+    let again = docker
+        .provision(&spec, image)
+        .await
+        .expect("provision again");
+    assert_eq!(again.id, instance.id);
+    let listed = docker.list(&app, Some("staging")).await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, instance.id);
+    assert_eq!(docker.list(&app, None).await.expect("list").len(), 1);
+    assert!(docker
+        .list(&app, Some("production"))
+        .await
+        .expect("list")
+        .is_empty());
+
+    let mut other = spec.clone();
+    other.deployment_id = "d-2".to_string();
+    other
+        .labels
+        .insert(labels::DEPLOYMENT.to_string(), "d-2".to_string());
+    let err = docker
+        .provision(&other, image)
+        .await
+        .expect_err("another deployment's container is not adopted");
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message.contains(&name) && err.message.contains("d-1"),
+        "{}",
+        err.message
+    );
+
+    docker.remove(&name).await.expect("remove");
+    docker.remove(&name).await.expect("remove twice");
+    assert_eq!(docker.inspect(&name).await.expect("inspect"), None);
+    assert!(docker.list(&app, None).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn a_stopped_instance_is_started_again_by_provision() {
+    let (image, _, _) = hello_image().await;
+    let docker = provider().await;
+    let name = unique("restart");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let spec = instance_spec(&name, &unique("app"), &[]);
+    let first = docker.provision(&spec, image).await.expect("provision");
+    bollard::Docker::connect_with_local_defaults()
+        .expect("client")
+        .negotiate_version()
+        .await
+        .expect("engine")
+        .stop_container(
+            &name,
+            Some(
+                bollard::query_parameters::StopContainerOptionsBuilder::default()
+                    .t(1)
+                    .build(),
+            ),
+        )
+        .await
+        .expect("stop");
+    let stopped = docker
+        .inspect(&name)
+        .await
+        .expect("inspect")
+        .expect("exists");
+    assert!(
+        matches!(stopped.state, InstanceState::Exited { .. }),
+        "{stopped:?}"
+    );
+    let again = docker
+        .provision(&spec, image)
+        .await
+        .expect("provision again");
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.state, InstanceState::Running);
+    assert_eq!(
+        probe_settled(&docker, &again, "/healthz").await,
+        Probe::Healthy
+    );
+}
+
+#[tokio::test]
+async fn failing_health_is_reported_unhealthy() {
+    let (image, _, _) = hello_image().await;
+    let docker = provider().await;
+    let name = unique("sick");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let spec = instance_spec(&name, &unique("app"), &[("FAIL_HEALTH", "1")]);
+    let instance = docker.provision(&spec, image).await.expect("provision");
+    assert_eq!(
+        probe_settled(&docker, &instance, "/healthz").await,
+        Probe::Unhealthy("GET /healthz returned 503".to_string())
+    );
+}
+
+#[tokio::test]
+async fn crash_loops_show_as_restarts_or_exits() {
+    let (image, _, _) = hello_image().await;
+    let docker = provider().await;
+    let name = unique("crash");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let spec = instance_spec(&name, &unique("app"), &[("CRASH", "1")]);
+    docker.provision(&spec, image).await.expect("provision");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let instance = docker
+            .inspect(&name)
+            .await
+            .expect("inspect")
+            .expect("exists");
+        let crashing = instance.restart_count > 0
+            || matches!(
+                instance.state,
+                InstanceState::Restarting | InstanceState::Exited { .. }
+            );
+        if crashing {
+            let probe = docker
+                .probe(&instance, "/healthz", Duration::from_millis(500))
+                .await;
+            assert!(matches!(probe, Probe::Unhealthy(_)), "{probe:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart seen: {instance:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn removing_unknown_or_foreign_containers() {
+    let docker = provider().await;
+    docker
+        .remove(&unique("never-created"))
+        .await
+        .expect("removing a missing instance succeeds");
+    assert_eq!(
+        docker
+            .inspect(&unique("never-created"))
+            .await
+            .expect("inspect"),
+        None
+    );
+}
