@@ -1,0 +1,412 @@
+//! What each step kind does, and how it is undone. Every function is idempotent: running
+//! it again after a crash finds its earlier work instead of doing it twice.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cutover_model::{
+    now_ms, Action, Backend, DeploymentKind, ImageInfo, ImageSource, Instance, InstanceState,
+    Probe, ProviderError, Release, Route, Step, StepOutput,
+};
+use cutover_store::{HistoryEntry, Retirement, StoreError};
+
+use crate::Ctx;
+
+/// Tree holding the route a shift found before it changed anything, keyed by the step's
+/// idempotency key. Written (and flushed) before `set_route`, so a re-run after a crash
+/// still knows what to put back.
+pub(crate) const SHIFT_PREVIOUS_TREE: &str = "executor_shift_previous";
+
+fn store_error(e: StoreError) -> ProviderError {
+    ProviderError::transient(format!("state store: {e}"))
+}
+
+fn instance_output<'a>(
+    outputs: &'a HashMap<String, StepOutput>,
+    step: &str,
+) -> Result<&'a Instance, ProviderError> {
+    match outputs.get(step) {
+        Some(StepOutput::Instance(instance)) => Ok(instance),
+        _ => Err(ProviderError::permanent(format!(
+            "the plan is inconsistent: step {step} has no instance output; plan the deployment again"
+        ))),
+    }
+}
+
+async fn resolve_image(
+    ctx: &Ctx,
+    source: &ImageSource,
+    outputs: &HashMap<String, StepOutput>,
+    lookup: bool,
+) -> Result<ImageInfo, ProviderError> {
+    match source {
+        ImageSource::Step { step } => match outputs.get(step) {
+            Some(StepOutput::Image(image)) => Ok(image.clone()),
+            _ => Err(ProviderError::permanent(format!(
+                "the plan is inconsistent: step {step} has no image output; plan the deployment again"
+            ))),
+        },
+        ImageSource::Pinned { id, tag } if lookup => {
+            match ctx.providers.images.inspect_image(id).await? {
+                Some(image) => Ok(image),
+                None => Err(ProviderError::permanent(format!(
+                    "pinned image {id} ({tag}) no longer exists; rebuild it or pick another release"
+                ))),
+            }
+        }
+        ImageSource::Pinned { id, tag } => Ok(ImageInfo {
+            id: id.clone(),
+            tag: tag.clone(),
+        }),
+    }
+}
+
+/// Run `step`'s action once.
+pub(crate) async fn perform(
+    ctx: &Ctx,
+    step: &Step,
+    outputs: &HashMap<String, StepOutput>,
+) -> Result<StepOutput, ProviderError> {
+    let plan = &ctx.plan;
+    let p = &ctx.providers;
+    match &step.action {
+        Action::Build {
+            tag,
+            source,
+            labels,
+        } => Ok(StepOutput::Image(p.images.build(tag, source, labels).await?)),
+        Action::Provision { instance } => {
+            let image = resolve_image(ctx, &instance.image, outputs, true).await?;
+            Ok(StepOutput::Instance(
+                p.compute.provision(instance, &image).await?,
+            ))
+        }
+        Action::Adopt { name, release } => match p.compute.inspect(name).await? {
+            Some(instance) if instance.state == InstanceState::Running => {
+                Ok(StepOutput::Instance(instance))
+            }
+            Some(instance) => Err(ProviderError::permanent(format!(
+                "instance {name} of release {release} is not running (state {:?}); plan a cold rollback instead",
+                instance.state
+            ))),
+            None => Err(ProviderError::permanent(format!(
+                "instance {name} of release {release} no longer exists; plan a cold rollback instead"
+            ))),
+        },
+        Action::HealthCheck {
+            instance_step,
+            health,
+        } => {
+            let instance = instance_output(outputs, instance_step)?;
+            health_check(ctx, instance, health).await
+        }
+        Action::ShiftTraffic {
+            listen,
+            release,
+            instance_steps,
+            weight,
+        } => {
+            let mut addrs = Vec::new();
+            for s in instance_steps {
+                addrs.push(instance_output(outputs, s)?.addr.clone());
+            }
+            let previous = shift_previous(ctx, step).await?;
+            let mut backends = vec![Backend {
+                release: release.clone(),
+                addrs,
+                weight: u32::from((*weight).min(100)),
+            }];
+            if *weight < 100 {
+                if let Some(prev) = &previous {
+                    let primary = prev
+                        .backends
+                        .iter()
+                        .filter(|b| b.release != *release)
+                        .max_by_key(|b| b.weight);
+                    if let Some(b) = primary {
+                        backends.push(Backend {
+                            release: b.release.clone(),
+                            addrs: b.addrs.clone(),
+                            weight: 100 - u32::from(*weight),
+                        });
+                    }
+                }
+            }
+            let route = Route {
+                env: plan.env.clone(),
+                listen: listen.clone(),
+                backends,
+            };
+            p.traffic.set_route(&route).await?;
+            Ok(StepOutput::Shifted { previous })
+        }
+        Action::Drain {
+            listen,
+            release,
+            timeout,
+        } => match release {
+            Some(release) => {
+                let report = p.traffic.drain(listen, release, *timeout).await?;
+                Ok(StepOutput::Drained {
+                    in_flight_left: report.in_flight_left,
+                })
+            }
+            None => Ok(StepOutput::Drained { in_flight_left: 0 }),
+        },
+        Action::Retire {
+            release,
+            instances,
+            after,
+        } => {
+            let Some(release) = release else {
+                return Ok(StepOutput::None);
+            };
+            if let Some(existing) = ctx
+                .store
+                .retirement(&plan.env, release)
+                .map_err(store_error)?
+            {
+                if existing.deployment_id == plan.deployment_id {
+                    return Ok(StepOutput::RetireScheduled {
+                        at_ms: existing.due_at_ms,
+                    });
+                }
+            }
+            let due = now_ms().saturating_add(after.as_millis() as u64);
+            ctx.store
+                .schedule_retirement(&Retirement {
+                    env: plan.env.clone(),
+                    release: release.clone(),
+                    instances: instances.clone(),
+                    due_at_ms: due,
+                    deployment_id: plan.deployment_id.clone(),
+                })
+                .map_err(store_error)?;
+            Ok(StepOutput::RetireScheduled { at_ms: due })
+        }
+        Action::Record {
+            release,
+            image,
+            instance_steps,
+            container,
+            health,
+            replicas,
+        } => {
+            let store = &ctx.store;
+            if store
+                .release(&plan.env, release)
+                .map_err(store_error)?
+                .is_none()
+            {
+                let mut instances = Vec::new();
+                for s in instance_steps {
+                    instances.push(instance_output(outputs, s)?.name.clone());
+                }
+                let image = resolve_image(ctx, image, outputs, false).await?;
+                store
+                    .put_release(&Release {
+                        id: release.clone(),
+                        app: plan.app.clone(),
+                        env: plan.env.clone(),
+                        deployment_id: plan.deployment_id.clone(),
+                        image,
+                        plan_digest: plan.digest.clone(),
+                        spec_digest: plan.spec_digest.clone(),
+                        created_by: plan.requested_by.clone(),
+                        created_at_ms: now_ms(),
+                        replicas: *replicas,
+                        container: container.clone(),
+                        health: health.clone(),
+                        instances,
+                    })
+                    .map_err(store_error)?;
+            }
+            store
+                .set_current(&plan.env, release)
+                .map_err(store_error)?;
+            store
+                .record_history(
+                    &plan.env,
+                    &HistoryEntry {
+                        release_id: release.clone(),
+                        deployment_id: plan.deployment_id.clone(),
+                        kind: plan.kind.clone(),
+                        outcome: "recorded".to_string(),
+                        at_ms: now_ms(),
+                        by: plan.requested_by.clone(),
+                    },
+                )
+                .map_err(store_error)?;
+            Ok(StepOutput::Recorded)
+        }
+    }
+}
+
+/// The route before this shift: read once, persisted, and reused by re-runs.
+async fn shift_previous(ctx: &Ctx, step: &Step) -> Result<Option<Route>, ProviderError> {
+    let tree = ctx
+        .store
+        .typed_tree::<Option<Route>>(SHIFT_PREVIOUS_TREE)
+        .map_err(store_error)?;
+    if let Some(previous) = tree.get(&step.idempotency_key).map_err(store_error)? {
+        return Ok(previous);
+    }
+    let current = ctx.providers.traffic.route(&ctx.plan.env).await?;
+    let stored = tree
+        .insert_if_absent(&step.idempotency_key, &current)
+        .map_err(store_error)?;
+    ctx.store.flush().map_err(store_error)?;
+    Ok(stored)
+}
+
+async fn health_check(
+    ctx: &Ctx,
+    instance: &Instance,
+    health: &cutover_model::HealthSpec,
+) -> Result<StepOutput, ProviderError> {
+    let start = Instant::now();
+    let mut healthy = 0u32;
+    let mut unhealthy = 0u32;
+    let mut answered = false;
+    let mut probes = 0u32;
+    let mut last_reason = "no probe answered yet".to_string();
+    let name = &instance.name;
+    loop {
+        if start.elapsed() > health.deadline {
+            return Err(ProviderError::permanent(format!(
+                "instance {name} did not become healthy within {}ms: {last_reason}; check its logs",
+                health.deadline.as_millis()
+            )));
+        }
+        let current = match ctx.providers.compute.inspect(name).await? {
+            Some(current) => current,
+            None => {
+                return Err(ProviderError::permanent(format!(
+                    "instance {name} disappeared during its health check; check the host"
+                )))
+            }
+        };
+        let crash_looping = matches!(
+            current.state,
+            InstanceState::Exited { .. } | InstanceState::Restarting
+        ) || current.restart_count > 0;
+        if crash_looping {
+            return Err(ProviderError::permanent(format!(
+                "instance {name} is crash-looping (restarted {} times, state {:?}); check its logs",
+                current.restart_count, current.state
+            )));
+        }
+        probes += 1;
+        match ctx
+            .providers
+            .health
+            .probe(&current, &health.path, health.timeout)
+            .await
+        {
+            Probe::Healthy => {
+                answered = true;
+                unhealthy = 0;
+                healthy += 1;
+                if healthy >= health.healthy_threshold.max(1) {
+                    return Ok(StepOutput::Healthy { probes });
+                }
+            }
+            Probe::Unhealthy(reason) => {
+                healthy = 0;
+                last_reason = reason;
+                if answered {
+                    unhealthy += 1;
+                    if unhealthy >= health.unhealthy_threshold.max(1) {
+                        return Err(ProviderError::permanent(format!(
+                            "instance {name} became unhealthy ({unhealthy} failed probes in a row): {last_reason}"
+                        )));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(health.interval.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// Whether a failed step of this action may have left partial work to clean up.
+pub(crate) fn leaves_partial_work(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Provision { .. }
+            | Action::ShiftTraffic { .. }
+            | Action::Retire { .. }
+            | Action::Record { .. }
+    )
+}
+
+/// Undo `step` (when `output` is its output) or clean up after its failure (`None`).
+pub(crate) async fn undo(
+    ctx: &Ctx,
+    step: &Step,
+    output: Option<&StepOutput>,
+) -> Result<(), ProviderError> {
+    let plan = &ctx.plan;
+    let p = &ctx.providers;
+    match &step.action {
+        Action::Build { .. }
+        | Action::Adopt { .. }
+        | Action::HealthCheck { .. }
+        | Action::Drain { .. } => Ok(()),
+        Action::Provision { instance } => p.compute.remove(&instance.name).await,
+        Action::ShiftTraffic { .. } => {
+            let previous = match output {
+                Some(StepOutput::Shifted { previous }) => Some(previous.clone()),
+                _ => ctx
+                    .store
+                    .typed_tree::<Option<Route>>(SHIFT_PREVIOUS_TREE)
+                    .map_err(store_error)?
+                    .get(&step.idempotency_key)
+                    .map_err(store_error)?,
+            };
+            match previous {
+                // The shift never read the route, so it never changed it.
+                None => Ok(()),
+                Some(Some(route)) => p.traffic.set_route(&route).await.map(|_| ()),
+                Some(None) => p.traffic.remove_route(&plan.env).await.map(|_| ()),
+            }
+        }
+        Action::Retire { release, .. } => {
+            if let Some(release) = release {
+                let mine = ctx
+                    .store
+                    .retirement(&plan.env, release)
+                    .map_err(store_error)?
+                    .is_some_and(|r| r.deployment_id == plan.deployment_id);
+                if mine {
+                    ctx.store
+                        .cancel_retirement(&plan.env, release)
+                        .map_err(store_error)?;
+                }
+            }
+            Ok(())
+        }
+        Action::Record { release, .. } => {
+            let store = &ctx.store;
+            let current = store.current_release_id(&plan.env).map_err(store_error)?;
+            if current.as_deref() == Some(release.as_str()) {
+                match &plan.previous_release {
+                    Some(previous) => store.set_current(&plan.env, previous),
+                    None => store.clear_current(&plan.env),
+                }
+                .map_err(store_error)?;
+            }
+            if plan.kind == DeploymentKind::Deploy {
+                let created_here = store
+                    .release(&plan.env, release)
+                    .map_err(store_error)?
+                    .is_some_and(|r| r.deployment_id == plan.deployment_id);
+                if created_here {
+                    store
+                        .remove_release(&plan.env, release)
+                        .map_err(store_error)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! In-memory providers and hand-built plans, for tests of the executor and of the crates
+//! that drive it (server, cli). The fake keeps a world (images, instances, routes) behind a
+//! mutex and counts every side effect so tests can check idempotency.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cutover_model::{
+    json_digest, labels, Action, BuildSpec, Compute, ContainerSpec, DeploymentKind, DrainReport,
+    HealthProbe, HealthSpec, ImageBuilder, ImageInfo, ImageSource, Instance, InstanceSpec,
+    InstanceState, Plan, Probe, ProviderError, Providers, Release, Route, Step, StepKind, Traffic,
+    PLAN_FORMAT,
+};
+
+/// How the fake health probe answers for an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeHealth {
+    Healthy,
+    Unhealthy(String),
+    /// The instance exits (crash loop) as soon as it is inspected.
+    CrashLoop,
+}
+
+/// Everything the fake providers hold.
+#[derive(Debug, Default)]
+pub struct FakeWorld {
+    pub images: BTreeMap<String, ImageInfo>,
+    pub instances: BTreeMap<String, Instance>,
+    pub routes: BTreeMap<String, Route>,
+    /// Instances created (not found again) per name.
+    pub created: BTreeMap<String, u32>,
+    /// Images actually built per tag.
+    pub built: BTreeMap<String, u32>,
+    /// Every route set, in order.
+    pub route_changes: Vec<Route>,
+    /// Health answers by instance name, or by release (checked second).
+    pub health: BTreeMap<String, FakeHealth>,
+    pub drains: u32,
+    next_port: u16,
+}
+
+/// Fake image builder, compute, health probe and traffic sharing one [`FakeWorld`].
+#[derive(Debug, Clone, Default)]
+pub struct FakeProviders {
+    world: Arc<Mutex<FakeWorld>>,
+}
+
+impl FakeProviders {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn world(&self) -> MutexGuard<'_, FakeWorld> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn providers(&self) -> Providers {
+        Providers {
+            images: Arc::new(self.clone()),
+            compute: Arc::new(self.clone()),
+            health: Arc::new(self.clone()),
+            traffic: Arc::new(self.clone()),
+        }
+    }
+
+    /// Make probes of `name_or_release` answer `health`.
+    pub fn set_health(&self, name_or_release: &str, health: FakeHealth) {
+        self.world()
+            .health
+            .insert(name_or_release.to_string(), health);
+    }
+
+    /// Names of the instances of `release`.
+    pub fn instances_of(&self, release: &str) -> Vec<String> {
+        self.world()
+            .instances
+            .values()
+            .filter(|i| i.release == release)
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
+    pub fn route(&self, env: &str) -> Option<Route> {
+        self.world().routes.get(env).cloned()
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for FakeProviders {
+    async fn build(
+        &self,
+        tag: &str,
+        _source: &BuildSpec,
+        _labels: &BTreeMap<String, String>,
+    ) -> Result<ImageInfo, ProviderError> {
+        let mut w = self.world();
+        if let Some(image) = w.images.get(tag) {
+            return Ok(image.clone());
+        }
+        let image = ImageInfo {
+            id: cutover_model::sha256_digest(tag.as_bytes()),
+            tag: tag.to_string(),
+        };
+        w.images.insert(tag.to_string(), image.clone());
+        *w.built.entry(tag.to_string()).or_default() += 1;
+        Ok(image)
+    }
+
+    async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, ProviderError> {
+        let w = self.world();
+        Ok(w.images
+            .values()
+            .find(|i| i.id == reference || i.tag == reference)
+            .cloned())
+    }
+}
+
+#[async_trait]
+impl Compute for FakeProviders {
+    async fn provision(
+        &self,
+        spec: &InstanceSpec,
+        image: &ImageInfo,
+    ) -> Result<Instance, ProviderError> {
+        let mut w = self.world();
+        if let Some(existing) = w.instances.get_mut(&spec.name) {
+            existing.state = InstanceState::Running;
+            return Ok(existing.clone());
+        }
+        w.next_port += 1;
+        let instance = Instance {
+            name: spec.name.clone(),
+            id: format!("c-{}", spec.name),
+            app: spec.app.clone(),
+            env: spec.env.clone(),
+            release: spec.release.clone(),
+            deployment_id: spec.deployment_id.clone(),
+            replica: spec.replica,
+            addr: format!("127.0.0.1:{}", 20000 + w.next_port),
+            image_id: image.id.clone(),
+            state: InstanceState::Running,
+            restart_count: 0,
+        };
+        w.instances.insert(spec.name.clone(), instance.clone());
+        *w.created.entry(spec.name.clone()).or_default() += 1;
+        Ok(instance)
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
+        let mut w = self.world();
+        let crash = {
+            let Some(i) = w.instances.get(name) else {
+                return Ok(None);
+            };
+            w.health.get(name).or_else(|| w.health.get(&i.release)) == Some(&FakeHealth::CrashLoop)
+        };
+        let instance = w.instances.get_mut(name).expect("looked up above");
+        if crash {
+            instance.state = InstanceState::Restarting;
+            instance.restart_count += 1;
+        }
+        Ok(Some(instance.clone()))
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), ProviderError> {
+        self.world().instances.remove(name);
+        Ok(())
+    }
+
+    async fn list(&self, app: &str, env: Option<&str>) -> Result<Vec<Instance>, ProviderError> {
+        Ok(self
+            .world()
+            .instances
+            .values()
+            .filter(|i| i.app == app && env.is_none_or(|e| i.env == e))
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl HealthProbe for FakeProviders {
+    async fn probe(&self, instance: &Instance, _path: &str, _timeout: Duration) -> Probe {
+        let w = self.world();
+        match w
+            .health
+            .get(&instance.name)
+            .or_else(|| w.health.get(&instance.release))
+        {
+            Some(FakeHealth::Unhealthy(reason)) => Probe::Unhealthy(reason.clone()),
+            _ => Probe::Healthy,
+        }
+    }
+}
+
+#[async_trait]
+impl Traffic for FakeProviders {
+    async fn route(&self, env: &str) -> Result<Option<Route>, ProviderError> {
+        Ok(self.world().routes.get(env).cloned())
+    }
+
+    async fn set_route(&self, route: &Route) -> Result<Option<Route>, ProviderError> {
+        let mut w = self.world();
+        if w.routes.get(&route.env) == Some(route) {
+            return Ok(Some(route.clone()));
+        }
+        w.route_changes.push(route.clone());
+        Ok(w.routes.insert(route.env.clone(), route.clone()))
+    }
+
+    async fn remove_route(&self, env: &str) -> Result<Option<Route>, ProviderError> {
+        Ok(self.world().routes.remove(env))
+    }
+
+    async fn drain(
+        &self,
+        _listen: &str,
+        _release: &str,
+        _timeout: Duration,
+    ) -> Result<DrainReport, ProviderError> {
+        self.world().drains += 1;
+        Ok(DrainReport { in_flight_left: 0 })
+    }
+}
+
+// ----- hand-built plans -----
+
+/// Application name used by the fake plans.
+pub const APP: &str = "hello";
+/// Listen address used by the fake plans.
+pub const LISTEN: &str = "127.0.0.1:18080";
+
+/// Fast health checks for tests.
+pub fn fast_health() -> HealthSpec {
+    HealthSpec {
+        path: "/healthz".to_string(),
+        interval: Duration::from_millis(1),
+        timeout: Duration::from_millis(50),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+        deadline: Duration::from_secs(5),
+    }
+}
+
+/// Name of replica `replica` of `release` in `env`.
+pub fn instance_name(env: &str, release: &str, replica: u32) -> String {
+    format!("cutover-{APP}-{env}-{release}-{replica}")
+}
+
+fn step(deployment: &str, id: &str, kind: StepKind, deps: Vec<String>, action: Action) -> Step {
+    Step {
+        id: id.to_string(),
+        kind,
+        depends_on: deps,
+        idempotency_key: format!("{deployment}/{id}"),
+        action,
+    }
+}
+
+fn instance_spec(
+    deployment: &str,
+    env: &str,
+    release: &str,
+    replica: u32,
+    image: ImageSource,
+    name: String,
+) -> InstanceSpec {
+    let labels = BTreeMap::from([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::APP.to_string(), APP.to_string()),
+        (labels::ENV.to_string(), env.to_string()),
+        (labels::RELEASE.to_string(), release.to_string()),
+        (labels::DEPLOYMENT.to_string(), deployment.to_string()),
+        (labels::STEP.to_string(), format!("provision-{replica}")),
+        (labels::REPLICA.to_string(), replica.to_string()),
+    ]);
+    InstanceSpec {
+        name,
+        app: APP.to_string(),
+        env: env.to_string(),
+        release: release.to_string(),
+        deployment_id: deployment.to_string(),
+        replica,
+        image,
+        container: ContainerSpec::default(),
+        labels,
+    }
+}
+
+/// Where traffic goes back to: the release being replaced and its instance names.
+#[derive(Debug, Clone)]
+pub struct Blue {
+    pub release: String,
+    pub instances: Vec<String>,
+}
+
+impl Blue {
+    pub fn of(release: &Release) -> Self {
+        Blue {
+            release: release.id.clone(),
+            instances: release.instances.clone(),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tail_steps(
+    deployment: &str,
+    release: &str,
+    instance_steps: Vec<String>,
+    health_steps: Vec<String>,
+    blue: Option<&Blue>,
+    image: ImageSource,
+    replicas: u32,
+    weights: &[u8],
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut deps = health_steps;
+    for (n, weight) in weights.iter().enumerate() {
+        let id = if weights.len() == 1 {
+            "shift-traffic".to_string()
+        } else {
+            format!("shift-traffic-{n}")
+        };
+        steps.push(step(
+            deployment,
+            &id,
+            StepKind::ShiftTraffic,
+            deps,
+            Action::ShiftTraffic {
+                listen: LISTEN.to_string(),
+                release: release.to_string(),
+                instance_steps: instance_steps.clone(),
+                weight: *weight,
+            },
+        ));
+        deps = vec![id];
+    }
+    let shifted = deps;
+    steps.push(step(
+        deployment,
+        "drain",
+        StepKind::Drain,
+        shifted.clone(),
+        Action::Drain {
+            listen: LISTEN.to_string(),
+            release: blue.map(|b| b.release.clone()),
+            timeout: Duration::from_millis(100),
+        },
+    ));
+    steps.push(step(
+        deployment,
+        "record",
+        StepKind::Record,
+        shifted,
+        Action::Record {
+            release: release.to_string(),
+            image,
+            instance_steps,
+            container: ContainerSpec::default(),
+            health: fast_health(),
+            replicas,
+        },
+    ));
+    steps.push(step(
+        deployment,
+        "retire",
+        StepKind::Retire,
+        vec!["drain".to_string(), "record".to_string()],
+        Action::Retire {
+            release: blue.map(|b| b.release.clone()),
+            instances: blue.map(|b| b.instances.clone()).unwrap_or_default(),
+            after: Duration::from_secs(300),
+        },
+    ));
+    steps
+}
+
+fn finish_plan(
+    deployment: &str,
+    env: &str,
+    kind: DeploymentKind,
+    release: &str,
+    blue: Option<&Blue>,
+    steps: Vec<Step>,
+) -> Plan {
+    let mut plan = Plan {
+        format: PLAN_FORMAT,
+        deployment_id: deployment.to_string(),
+        app: APP.to_string(),
+        env: env.to_string(),
+        kind,
+        release_id: release.to_string(),
+        previous_release: blue.map(|b| b.release.clone()),
+        strategy: "blue-green".to_string(),
+        spec_digest: "sha256:spec".to_string(),
+        requested_by: "tester".to_string(),
+        created_at_ms: cutover_model::now_ms(),
+        steps,
+        digest: String::new(),
+    };
+    plan.digest = json_digest(&plan);
+    plan
+}
+
+/// A blue/green deploy of a new `release` with `replicas` instances (canary when `weights`
+/// has several entries, e.g. `[10, 100]`).
+pub fn deploy_plan_weighted(
+    deployment: &str,
+    env: &str,
+    release: &str,
+    blue: Option<&Blue>,
+    replicas: u32,
+    weights: &[u8],
+) -> Plan {
+    let tag = format!("cutover/{APP}:{env}-{release}");
+    let mut steps = vec![step(
+        deployment,
+        "build",
+        StepKind::Build,
+        vec![],
+        Action::Build {
+            tag: tag.clone(),
+            source: BuildSpec::Cargo {
+                manifest: "/src/hello/Cargo.toml".into(),
+                bin: APP.to_string(),
+                profile: "release".to_string(),
+            },
+            labels: BTreeMap::from([(labels::DEPLOYMENT.to_string(), deployment.to_string())]),
+        },
+    )];
+    let mut instance_steps = Vec::new();
+    let mut health_steps = Vec::new();
+    for r in 0..replicas {
+        let pid = format!("provision-{r}");
+        let hid = format!("health-check-{r}");
+        steps.push(step(
+            deployment,
+            &pid,
+            StepKind::Provision,
+            vec!["build".to_string()],
+            Action::Provision {
+                instance: instance_spec(
+                    deployment,
+                    env,
+                    release,
+                    r,
+                    ImageSource::Step {
+                        step: "build".to_string(),
+                    },
+                    instance_name(env, release, r),
+                ),
+            },
+        ));
+        steps.push(step(
+            deployment,
+            &hid,
+            StepKind::HealthCheck,
+            vec![pid.clone()],
+            Action::HealthCheck {
+                instance_step: pid.clone(),
+                health: fast_health(),
+            },
+        ));
+        instance_steps.push(pid);
+        health_steps.push(hid);
+    }
+    steps.extend(tail_steps(
+        deployment,
+        release,
+        instance_steps,
+        health_steps,
+        blue,
+        ImageSource::Step {
+            step: "build".to_string(),
+        },
+        replicas,
+        weights,
+    ));
+    finish_plan(
+        deployment,
+        env,
+        DeploymentKind::Deploy,
+        release,
+        blue,
+        steps,
+    )
+}
+
+/// A blue/green deploy of a new `release` with `replicas` instances.
+pub fn deploy_plan(
+    deployment: &str,
+    env: &str,
+    release: &str,
+    blue: Option<&Blue>,
+    replicas: u32,
+) -> Plan {
+    deploy_plan_weighted(deployment, env, release, blue, replicas, &[100])
+}
+
+/// A rollback from `from` (current) to the earlier release `target`: warm adopts the
+/// target's running instances, cold provisions new ones from its pinned image.
+pub fn rollback_plan(
+    deployment: &str,
+    env: &str,
+    target: &Release,
+    from: Option<&Blue>,
+    warm: bool,
+) -> Plan {
+    let mut steps = Vec::new();
+    let mut instance_steps = Vec::new();
+    let mut health_steps = Vec::new();
+    let image = ImageSource::Pinned {
+        id: target.image.id.clone(),
+        tag: target.image.tag.clone(),
+    };
+    for r in 0..target.replicas {
+        let hid = format!("health-check-{r}");
+        let iid = if warm {
+            let id = format!("adopt-{r}");
+            let name = target
+                .instances
+                .get(r as usize)
+                .cloned()
+                .unwrap_or_else(|| instance_name(env, &target.id, r));
+            steps.push(step(
+                deployment,
+                &id,
+                StepKind::Adopt,
+                vec![],
+                Action::Adopt {
+                    name,
+                    release: target.id.clone(),
+                },
+            ));
+            id
+        } else {
+            let id = format!("provision-{r}");
+            steps.push(step(
+                deployment,
+                &id,
+                StepKind::Provision,
+                vec![],
+                Action::Provision {
+                    instance: instance_spec(
+                        deployment,
+                        env,
+                        &target.id,
+                        r,
+                        image.clone(),
+                        format!("cutover-{APP}-{env}-{deployment}-{r}"),
+                    ),
+                },
+            ));
+            id
+        };
+        steps.push(step(
+            deployment,
+            &hid,
+            StepKind::HealthCheck,
+            vec![iid.clone()],
+            Action::HealthCheck {
+                instance_step: iid.clone(),
+                health: fast_health(),
+            },
+        ));
+        instance_steps.push(iid);
+        health_steps.push(hid);
+    }
+    steps.extend(tail_steps(
+        deployment,
+        &target.id,
+        instance_steps,
+        health_steps,
+        from,
+        image,
+        target.replicas,
+        &[100],
+    ));
+    finish_plan(
+        deployment,
+        env,
+        DeploymentKind::Rollback {
+            target: target.id.clone(),
+            warm,
+        },
+        &target.id,
+        from,
+        steps,
+    )
+}

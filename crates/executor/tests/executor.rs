@@ -1,0 +1,486 @@
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use cutover_executor::fake::{self, Blue, FakeHealth};
+use cutover_executor::{deployment_view, reap_retirements, CrashPoint, ExecError};
+use cutover_model::{Action, DeploymentStatus, JournalEvent, ProviderError, StepOutput};
+use cutover_store::Lease;
+
+fn far_future() -> u64 {
+    cutover_model::now_ms() + 3_600_000
+}
+
+#[tokio::test]
+async fn first_deploy_succeeds() {
+    let h = harness();
+    let r1 = h.first_release().await;
+    h.assert_route_on("r1");
+    assert_eq!(r1.instances.len(), 2);
+    assert_eq!(r1.image.tag, "cutover/hello:production-r1");
+    assert!(h.store.retirements(ENV).unwrap().is_empty());
+    assert!(h.store.lease(ENV).unwrap().is_none());
+    let record = h.store.deployment("d1").unwrap().unwrap();
+    assert!(record.finished_at_ms.is_some());
+    let history = h.store.history(ENV).unwrap();
+    assert_eq!(history[0].outcome, "succeeded");
+    let view = deployment_view(&h.store, "d1").unwrap();
+    assert!(
+        view.steps.iter().all(|s| s.state == "succeeded"),
+        "{view:?}"
+    );
+    assert!(view.steps.iter().all(|s| s.output.is_some()));
+}
+
+#[tokio::test]
+async fn blue_green_deploy_then_warm_rollback_then_reap() {
+    let h = harness();
+    let (r1, _) = h.second_plan().await;
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+    assert_eq!(h.fake.world().drains, 1);
+
+    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
+    let created_before = h.fake.world().created.len();
+    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), true);
+    h.save(&plan);
+    assert_eq!(h.run_to_end("d3", 0).await, DeploymentStatus::Succeeded);
+    h.assert_route_on("r1");
+    assert_eq!(
+        h.fake.world().created.len(),
+        created_before,
+        "warm: nothing new"
+    );
+    assert_eq!(
+        h.store.current_release_id(ENV).unwrap().as_deref(),
+        Some("r1")
+    );
+    // r1 is current again: its old retirement is cancelled; r2's instances go.
+    let reaped = reap_retirements(&h.store, &h.fake, far_future())
+        .await
+        .unwrap();
+    assert_eq!(reaped, 1);
+    assert!(h.fake.instances_of("r2").is_empty());
+    assert_eq!(h.fake.instances_of("r1").len(), 2);
+    assert!(h.store.retirements(ENV).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cold_rollback_reprovisions_from_the_pinned_image() {
+    let h = harness();
+    let (r1, _) = h.second_plan().await;
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    // The warm window passes: r1's instances are removed.
+    assert_eq!(
+        reap_retirements(&h.store, &h.fake, far_future())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(h.fake.instances_of("r1").is_empty());
+
+    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
+    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), false);
+    h.save(&plan);
+    assert_eq!(h.run_to_end("d3", 0).await, DeploymentStatus::Succeeded);
+    h.assert_route_on("r1");
+    let world = h.fake.world();
+    let r1_instances: Vec<_> = world
+        .instances
+        .values()
+        .filter(|i| i.release == "r1")
+        .collect();
+    assert_eq!(r1_instances.len(), 2);
+    assert!(r1_instances.iter().all(|i| i.image_id == r1.image.id));
+    drop(world);
+    // The release record is unchanged (immutable).
+    assert_eq!(h.store.release(ENV, "r1").unwrap().unwrap(), r1);
+}
+
+#[tokio::test]
+async fn warm_rollback_fails_when_the_instance_is_gone() {
+    let h = harness();
+    let (r1, _) = h.second_plan().await;
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    h.fake.world().instances.remove(&r1.instances[1]);
+    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
+    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), true);
+    h.save(&plan);
+    let status = h.run_to_end("d3", 0).await;
+    match &status {
+        DeploymentStatus::RolledBack { reason } => {
+            assert!(reason.contains("adopt-1"), "{reason}");
+            assert!(reason.contains("cold rollback"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    h.assert_route_on("r2");
+    // Undo of adopt does not remove the adopted instance.
+    assert!(h.fake.world().instances.contains_key(&r1.instances[0]));
+    assert_eq!(
+        h.store.current_release_id(ENV).unwrap().as_deref(),
+        Some("r2")
+    );
+}
+
+#[tokio::test]
+async fn every_step_kind_failing_unwinds_to_blue() {
+    // (step, whether the action does its work before failing)
+    let cases = [
+        ("build", false),
+        ("provision-1", true),
+        ("health-check-0", false),
+        ("shift-traffic", true),
+        ("drain", false),
+        ("record", true),
+        ("retire", true),
+    ];
+    for (step, partial) in cases {
+        let h = harness();
+        h.second_plan().await;
+        let error = ProviderError::permanent(format!("injected failure of {step}"));
+        if partial {
+            h.faults.fail_after_action(step, error);
+        } else {
+            h.faults.fail_action(step, error);
+        }
+        let status = h.run_to_end("d2", 0).await;
+        h.assert_rolled_back_to_r1(&status, step);
+        let view = deployment_view(&h.store, "d2").unwrap();
+        let failed = view.steps.iter().find(|s| s.id == step).unwrap();
+        assert!(
+            failed.state == "failed" || failed.state == "undone",
+            "{step}: {}",
+            failed.state
+        );
+    }
+}
+
+#[tokio::test]
+async fn crash_looping_instance_fails_health_check_at_once() {
+    let h = harness();
+    h.second_plan().await;
+    h.fake
+        .set_health(&fake::instance_name(ENV, "r2", 0), FakeHealth::CrashLoop);
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "health-check-0");
+    let DeploymentStatus::RolledBack { reason } = status else {
+        unreachable!()
+    };
+    assert!(reason.contains("crash-looping"), "{reason}");
+}
+
+#[tokio::test]
+async fn unhealthy_instance_fails_at_the_deadline() {
+    let h = harness();
+    let r1 = h.first_release().await;
+    let mut plan = fake::deploy_plan("d2", ENV, "r2", Some(&Blue::of(&r1)), 2);
+    for step in &mut plan.steps {
+        if let Action::HealthCheck { health, .. } = &mut step.action {
+            health.deadline = Duration::from_millis(30);
+        }
+    }
+    h.save(&plan);
+    h.fake
+        .set_health("r2", FakeHealth::Unhealthy("status 503".into()));
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "health-check");
+    let DeploymentStatus::RolledBack { reason } = status else {
+        unreachable!()
+    };
+    assert!(reason.contains("status 503"), "{reason}");
+}
+
+#[tokio::test]
+async fn every_action_run_twice_is_idempotent() {
+    let baseline = {
+        let h = harness_with(1);
+        h.second_plan().await;
+        h.run_to_end("d2", 0).await;
+        let n = h.fake.world().route_changes.len();
+        n
+    };
+    let plan = fake::deploy_plan("d2", ENV, "r2", None, 2);
+    for step in plan.steps.iter().map(|s| s.id.clone()) {
+        for point in [CrashPoint::AfterStarted, CrashPoint::AfterAction] {
+            let h = harness_with(1);
+            h.second_plan().await;
+            h.faults.crash_at(&step, point);
+            let err = h.exec.run("d2").await.unwrap_err();
+            assert!(err.is_injected_crash(), "{err}");
+            assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+            h.assert_deployed_r2();
+            assert_eq!(
+                h.fake.world().route_changes.len(),
+                baseline,
+                "{step} {point:?}: one route change per shift"
+            );
+            assert!(h.fake.world().built.values().all(|n| *n == 1));
+            let starts = h
+                .store
+                .journal("d2")
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e.event, JournalEvent::DeploymentStarted { .. }))
+                .count();
+            assert_eq!(starts, 2);
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_undo_run_twice_is_idempotent() {
+    let plan = fake::deploy_plan("d2", ENV, "r2", None, 2);
+    // The last step fails, so every other step is undone.
+    for step in plan.steps.iter().map(|s| s.id.clone()) {
+        if step == "retire" {
+            continue;
+        }
+        for point in [CrashPoint::AfterUndoStarted, CrashPoint::AfterUndo] {
+            let h = harness_with(1);
+            h.second_plan().await;
+            h.faults
+                .fail_action("retire", ProviderError::permanent("retire failed"));
+            h.faults.crash_at(&step, point);
+            let err = h.exec.run("d2").await.unwrap_err();
+            assert!(err.is_injected_crash(), "{step}: {err}");
+            let status = h.run_to_end("d2", 0).await;
+            h.assert_rolled_back_to_r1(&status, "retire");
+        }
+    }
+}
+
+#[tokio::test]
+async fn failed_undo_is_stuck_and_keeps_the_lease() {
+    let h = harness();
+    h.second_plan().await;
+    h.faults
+        .fail_action("record", ProviderError::permanent("record failed"));
+    h.faults.fail_undo("shift-traffic");
+    let status = h.run_to_end("d2", 0).await;
+    match &status {
+        DeploymentStatus::Stuck { reason } => assert!(reason.contains("shift-traffic"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.store.deployment("d2").unwrap().unwrap().status, status);
+    assert_eq!(
+        h.store.lease(ENV).unwrap().unwrap().deployment_id,
+        "d2",
+        "stuck keeps the lease"
+    );
+    // Green instances stay: traffic may still be on them, so their undo was not run.
+    assert_eq!(h.fake.instances_of("r2").len(), 2);
+    // Running it again does not change a finished deployment.
+    assert_eq!(h.exec.run("d2").await.unwrap(), status);
+    // Another deployment of the environment is refused.
+    let r1 = h.store.release(ENV, "r1").unwrap().unwrap();
+    let plan = fake::deploy_plan("d3", ENV, "r3", Some(&Blue::of(&r1)), 2);
+    h.save(&plan);
+    let err = h.exec.run("d3").await.unwrap_err();
+    assert!(is_lease_held(&err), "{err}");
+    assert!(err.to_string().contains("deployment d2"), "{err}");
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_then_succeed() {
+    let h = harness();
+    h.second_plan().await;
+    h.faults
+        .fail_action_times("provision-0", ProviderError::transient("engine busy"), 2);
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+    let attempts: Vec<u32> = h
+        .store
+        .journal("d2")
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.event {
+            JournalEvent::StepStarted { step, attempt } if step == "provision-0" => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    let view = deployment_view(&h.store, "d2").unwrap();
+    assert_eq!(
+        view.steps
+            .iter()
+            .find(|s| s.id == "provision-0")
+            .unwrap()
+            .attempts,
+        3
+    );
+}
+
+#[tokio::test]
+async fn exhausted_retries_unwind() {
+    let h = harness();
+    h.second_plan().await;
+    h.faults
+        .fail_action("provision-1", ProviderError::transient("engine busy"));
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "provision-1");
+    let DeploymentStatus::RolledBack { reason } = status else {
+        unreachable!()
+    };
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+}
+
+#[tokio::test]
+async fn transient_undo_errors_are_retried() {
+    let h = harness();
+    h.second_plan().await;
+    h.faults
+        .fail_action("retire", ProviderError::permanent("retire failed"));
+    h.faults
+        .fail_undo_times("shift-traffic", ProviderError::transient("proxy busy"), 2);
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "retire");
+}
+
+#[tokio::test]
+async fn a_second_deployment_is_refused_while_the_lease_is_held() {
+    let h = harness();
+    h.second_plan().await;
+    h.store
+        .acquire_lease(
+            ENV,
+            Lease {
+                deployment_id: "d9".into(),
+                holder: "bob".into(),
+                acquired_at_ms: 1,
+            },
+        )
+        .unwrap();
+    let err = h.exec.run("d2").await.unwrap_err();
+    assert!(is_lease_held(&err), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("d9") && message.contains("bob"),
+        "{message}"
+    );
+    // Nothing was journaled or changed.
+    assert!(h.store.journal("d2").unwrap().is_empty());
+    h.assert_route_on("r1");
+    h.store.release_lease(ENV, "d9").unwrap();
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert!(h.store.lease(ENV).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_lease_is_held_while_running() {
+    let h = harness();
+    let r1 = h.first_release().await;
+    let mut plan = fake::deploy_plan("d2", ENV, "r2", Some(&Blue::of(&r1)), 2);
+    for step in &mut plan.steps {
+        if let Action::HealthCheck { health, .. } = &mut step.action {
+            health.interval = Duration::from_millis(100);
+        }
+    }
+    h.save(&plan);
+    let other = fake::deploy_plan("d3", ENV, "r3", Some(&Blue::of(&r1)), 2);
+    h.save(&other);
+    let exec = h.exec.clone();
+    let running = tokio::spawn(async move { exec.run("d2").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = h.exec.run("d3").await.unwrap_err();
+    assert!(is_lease_held(&err), "{err}");
+    assert_eq!(running.await.unwrap().unwrap(), DeploymentStatus::Succeeded);
+    assert!(h.store.lease(ENV).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn canary_keeps_blue_on_the_remaining_weight_and_unwinds_both_shifts() {
+    let h = harness();
+    let r1 = h.first_release().await;
+    let plan = fake::deploy_plan_weighted("d2", ENV, "r2", Some(&Blue::of(&r1)), 2, &[10, 100]);
+    h.save(&plan);
+    h.faults.crash_after_action("shift-traffic-0");
+    assert!(h.exec.run("d2").await.unwrap_err().is_injected_crash());
+    let route = h.route().unwrap();
+    let weights: Vec<(String, u32)> = route
+        .backends
+        .iter()
+        .map(|b| (b.release.clone(), b.weight))
+        .collect();
+    assert_eq!(weights, [("r2".to_string(), 10), ("r1".to_string(), 90)]);
+    h.faults
+        .fail_action("shift-traffic-1", ProviderError::permanent("proxy refused"));
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "shift-traffic-1");
+}
+
+#[tokio::test]
+async fn corrupt_journal_is_refused() {
+    let h = harness();
+    h.second_plan().await;
+    h.store
+        .append(
+            "d2",
+            JournalEvent::StepSucceeded {
+                step: "record".into(),
+                output: StepOutput::Recorded,
+                duration_ms: 1,
+            },
+        )
+        .unwrap();
+    let err = h.exec.run("d2").await.unwrap_err();
+    assert!(
+        matches!(err, ExecError::CorruptJournal { seq: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("record"), "{err}");
+    let view = deployment_view(&h.store, "d2").unwrap();
+    assert!(view.journal_error.is_some());
+}
+
+#[tokio::test]
+async fn unknown_deployment_is_an_error() {
+    let h = harness();
+    let err = h.exec.run("nope").await.unwrap_err();
+    assert!(matches!(err, ExecError::UnknownDeployment(_)), "{err}");
+}
+
+#[tokio::test]
+async fn crash_before_unwind_started_resumes_into_the_unwind() {
+    let h = harness_with(1);
+    h.second_plan().await;
+    h.faults
+        .fail_action("drain", ProviderError::permanent("drain failed"));
+    // Find the StepFailed seq by a dry run of another harness.
+    let seq = {
+        let dry = harness_with(1);
+        dry.second_plan().await;
+        dry.faults
+            .fail_action("drain", ProviderError::permanent("drain failed"));
+        dry.run_to_end("d2", 0).await;
+        dry.store
+            .journal("d2")
+            .unwrap()
+            .iter()
+            .find(|e| matches!(e.event, JournalEvent::StepFailed { .. }))
+            .unwrap()
+            .seq
+    };
+    h.faults.crash_after_seq(seq);
+    assert!(h.exec.run("d2").await.unwrap_err().is_injected_crash());
+    assert!(matches!(
+        h.store.deployment("d2").unwrap().unwrap().status,
+        DeploymentStatus::Running
+    ));
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "drain");
+}
+
+#[tokio::test]
+async fn resume_unfinished_finishes_interrupted_deployments() {
+    let h = harness();
+    h.second_plan().await;
+    h.faults.crash_after_started("provision-0");
+    assert!(h.exec.run("d2").await.unwrap_err().is_injected_crash());
+    assert_eq!(h.store.unfinished().unwrap().len(), 1);
+    let results = h.exec.resume_unfinished().await.unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].1.as_ref().unwrap(), &DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+}
