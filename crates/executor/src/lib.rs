@@ -656,8 +656,10 @@ fn stuck(step: &str, error: &str) -> DeploymentStatus {
 }
 
 /// Remove the instances of retirements that are due, unless their release became current
-/// again (a rollback went back to it: the retirement is cancelled). Returns how many
-/// retirements were completed. A provider failure leaves that retirement for next time.
+/// again (a rollback went back to it: the retirement is cancelled) or a running deployment
+/// is bringing it back (left for later). Returns how many retirements were completed. A
+/// provider failure leaves that retirement for next time; the first such error is returned
+/// only when nothing could be completed.
 pub async fn reap_retirements(
     store: &Store,
     compute: &dyn Compute,
@@ -671,6 +673,16 @@ pub async fn reap_retirements(
         {
             store.cancel_retirement(&retirement.env, &retirement.release)?;
             continue;
+        }
+        // A running deployment (a warm rollback) is bringing this release back: leave its
+        // instances alone until it finishes.
+        if let Some(lease) = store.lease(&retirement.env)? {
+            let target = store
+                .deployment(&lease.deployment_id)?
+                .map(|d| d.release_id);
+            if target.as_deref() == Some(retirement.release.as_str()) {
+                continue;
+            }
         }
         let mut failed = false;
         for name in &retirement.instances {

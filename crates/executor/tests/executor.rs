@@ -484,3 +484,25 @@ async fn resume_unfinished_finishes_interrupted_deployments() {
     assert_eq!(results[0].1.as_ref().unwrap(), &DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
 }
+
+#[tokio::test]
+async fn reaper_spares_a_release_that_a_running_rollback_brings_back() {
+    let h = harness();
+    let (r1, _) = h.second_plan().await;
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
+    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), true);
+    h.save(&plan);
+    // The rollback crashes after adopting: it holds the lease, r1 is not current yet.
+    h.faults.crash_after_action("adopt-0");
+    assert!(h.exec.run("d3").await.unwrap_err().is_injected_crash());
+    assert_eq!(
+        reap_retirements(&h.store, &h.fake, far_future())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(h.fake.instances_of("r1").len(), 2);
+    assert_eq!(h.run_to_end("d3", 0).await, DeploymentStatus::Succeeded);
+    h.assert_route_on("r1");
+}
