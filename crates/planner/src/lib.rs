@@ -1,1 +1,105 @@
-//! The pure planner: spec + strategy + current release -> immutable, digested plan DAG
+//! The pure planner: spec + strategy + current release -> an immutable, digested plan DAG.
+//!
+//! Nothing here does I/O, reads a clock or draws a random number: the same [`PlanInput`]
+//! always gives a byte-identical [`Plan`] with the same digest. Every name the executor
+//! will use is decided here:
+//!
+//! - release id of a deploy: the deployment id (callers pass ids like `production-7`);
+//! - image tag: `cutover/<app>:<release>`;
+//! - container: `cutover-<app>-<release>-<replica>`; a cold rollback starts new ones named
+//!   `cutover-<app>-<release>-<deployment>-<replica>` so they never clash with old names;
+//! - labels: `cutover.managed`, `cutover.app`, `cutover.env`, `cutover.release`,
+//!   `cutover.deployment`, `cutover.step` and, on instances, `cutover.replica`;
+//! - step ids: the strategy's template id, or `<template id>-<replica>` when per replica;
+//! - idempotency key: `<deployment id>/<step id>`;
+//! - digest: `json_digest` of the plan with `digest` set to "".
+//!
+//! Strategies are data (`plans/*.toml`, see `plans/README.md`); [`parse_strategy`] reads
+//! and checks one, [`builtin_strategy`] gives the shipped ones.
+
+mod expand;
+mod render;
+mod strategy;
+
+use cutover_model::{Instance, Release, Spec, Strategy};
+use thiserror::Error;
+
+pub use expand::plan;
+pub use render::{render_dot, render_text};
+pub use strategy::parse_strategy;
+
+/// The strategies shipped in `plans/`, embedded so the binary works outside the repo.
+/// The CLI prefers `plans/<name>.toml` next to `deploy.toml` when it exists.
+pub const BUILTIN_STRATEGIES: &[(&str, &str)] = &[
+    ("blue-green", include_str!("../../../plans/blue-green.toml")),
+    ("rollback", include_str!("../../../plans/rollback.toml")),
+];
+
+/// The text of the shipped strategy `name` (e.g. `blue-green`, `rollback`).
+pub fn builtin_strategy(name: &str) -> Option<&'static str> {
+    BUILTIN_STRATEGIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+}
+
+/// Everything a plan is made from. The caller reads the store and the world; the planner
+/// only decides.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    pub spec: &'a Spec,
+    /// Environment name, a key of `spec.environments`.
+    pub env: &'a str,
+    pub strategy: &'a Strategy,
+    /// Unique per environment, e.g. `production-7`; a deploy's release gets this id.
+    pub deployment_id: &'a str,
+    pub requested_by: &'a str,
+    pub created_at_ms: u64,
+    /// The release serving traffic now (blue), `None` on a first deploy.
+    pub current: Option<&'a Release>,
+    pub kind: PlanKind<'a>,
+}
+
+/// What to plan.
+#[derive(Debug, Clone, Copy)]
+pub enum PlanKind<'a> {
+    /// Build and roll out a new release.
+    Deploy,
+    /// Go back to `target`. `warm_instances`: the target's instances still running, as
+    /// found by the caller (all of them running makes the rollback warm).
+    Rollback {
+        target: &'a Release,
+        warm_instances: &'a [Instance],
+    },
+}
+
+/// Why a strategy or plan was refused. Messages are lowercase and say what to change.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PlanError {
+    /// The strategy file is not valid TOML or does not match the strategy format.
+    #[error("{file}:{line}:{column}: {message}")]
+    StrategySyntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// One step of a strategy is wrong (bad reference, kind, flag or order).
+    #[error("{file}: step `{step}`: {message}")]
+    StrategyStep {
+        file: String,
+        step: String,
+        message: String,
+    },
+    /// The strategy as a whole is wrong (cycle, missing or duplicated kinds).
+    #[error("{file}: {message}")]
+    Strategy { file: String, message: String },
+    #[error("environment `{env}` is not in the spec (it has: {known}): add [environments.{env}] to deploy.toml or pick one of those")]
+    UnknownEnvironment { env: String, known: String },
+    /// The inputs cannot make a plan (e.g. rolling back to the current release).
+    #[error("{message}")]
+    Invalid { message: String },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! Readable renderings of a plan: a text listing for people and Graphviz for pictures.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use cutover_model::{
+    format_ms, Action, BuildSpec, ContainerSpec, DeploymentKind, ImageSource, Plan,
+};
+
+/// A listing of the plan: what it does, then each step with its dependencies and the
+/// parameters it will use, ending with the digest.
+pub fn render_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let what = match &plan.kind {
+        DeploymentKind::Deploy => format!("deploy {} to {}", plan.app, plan.env),
+        DeploymentKind::Rollback { target, warm } => format!(
+            "roll {} in {} back to {target} ({})",
+            plan.app,
+            plan.env,
+            if *warm {
+                "warm: adopt its running instances"
+            } else {
+                "cold: start it again"
+            }
+        ),
+    };
+    let _ = writeln!(out, "plan {}: {what}", plan.deployment_id);
+    let _ = writeln!(
+        out,
+        "  release       {}{}",
+        plan.release_id,
+        match &plan.previous_release {
+            Some(p) => format!(" (replaces {p})"),
+            None => " (first release)".to_string(),
+        }
+    );
+    let _ = writeln!(out, "  strategy      {}", plan.strategy);
+    let _ = writeln!(
+        out,
+        "  requested by  {} at {}",
+        plan.requested_by,
+        format_ms(plan.created_at_ms)
+    );
+    let _ = writeln!(out, "  spec          {}", plan.spec_digest);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "steps ({}):", plan.steps.len());
+    let width = plan.steps.iter().map(|s| s.id.len()).max().unwrap_or(0);
+    let indent = " ".repeat(width + 4);
+    for (n, step) in plan.steps.iter().enumerate() {
+        let mut lines = describe(&step.action);
+        if !step.depends_on.is_empty() {
+            lines.push(format!("after {}", step.depends_on.join(", ")));
+        }
+        let _ = writeln!(
+            out,
+            "{:>3}. {:<width$}  {}",
+            n + 1,
+            step.id,
+            lines.first().map(String::as_str).unwrap_or("")
+        );
+        for line in lines.iter().skip(1) {
+            let _ = writeln!(out, "     {indent}{line}");
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "digest {}", plan.digest);
+    out
+}
+
+/// The plan's DAG in Graphviz `dot` syntax: one box per step, an edge per dependency.
+pub fn render_dot(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "digraph {} {{",
+        quote(&format!("plan {}", plan.deployment_id))
+    );
+    let _ = writeln!(out, "  rankdir=LR;");
+    let _ = writeln!(
+        out,
+        "  label={};",
+        quote(&format!(
+            "{} {} / {}\n{}",
+            plan.deployment_id, plan.app, plan.env, plan.digest
+        ))
+    );
+    let _ = writeln!(out, "  node [shape=box, fontname=\"monospace\"];");
+    for step in &plan.steps {
+        let summary = describe(&step.action)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} [label={}];",
+            quote(&step.id),
+            quote(&format!("{}\n{summary}", step.id))
+        );
+    }
+    for step in &plan.steps {
+        for dep in &step.depends_on {
+            let _ = writeln!(out, "  {} -> {};", quote(dep), quote(&step.id));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A quoted Graphviz id; newlines become `\n` line breaks.
+fn quote(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Lines describing an action: a summary first, then details.
+fn describe(action: &Action) -> Vec<String> {
+    match action {
+        Action::Build { tag, source, .. } => {
+            let from = match source {
+                BuildSpec::Cargo {
+                    manifest,
+                    bin,
+                    profile,
+                } => format!(
+                    "from cargo {} (bin {bin}, profile {profile})",
+                    manifest.display()
+                ),
+                BuildSpec::Dockerfile {
+                    context,
+                    dockerfile,
+                    args,
+                } => {
+                    let mut s = format!("from {} in {}", dockerfile, context.display());
+                    if !args.is_empty() {
+                        let keys: Vec<&str> = args.keys().map(String::as_str).collect();
+                        let _ = write!(s, " (args {})", keys.join(", "));
+                    }
+                    s
+                }
+            };
+            vec![format!("build image {tag}"), from]
+        }
+        Action::Provision { instance } => vec![
+            format!("start {} from {}", instance.name, image(&instance.image)),
+            container(&instance.container),
+        ],
+        Action::Adopt { name, release } => {
+            vec![format!("adopt running {name} of release {release}")]
+        }
+        Action::HealthCheck {
+            instance_step,
+            health,
+        } => vec![
+            format!(
+                "check GET {} on the instance of {instance_step}",
+                health.path
+            ),
+            format!(
+                "every {}, timeout {}, healthy after {}, unhealthy after {}, deadline {}",
+                dur(health.interval),
+                dur(health.timeout),
+                health.healthy_threshold,
+                health.unhealthy_threshold,
+                dur(health.deadline)
+            ),
+        ],
+        Action::ShiftTraffic {
+            listen,
+            release,
+            instance_steps,
+            weight,
+        } => vec![
+            format!("send {weight}% of {listen} to release {release}"),
+            format!("instances of {}", instance_steps.join(", ")),
+        ],
+        Action::Drain {
+            listen,
+            release,
+            timeout,
+        } => vec![match release {
+            Some(r) => format!(
+                "wait for in-flight requests of {r} on {listen}, at most {}",
+                dur(*timeout)
+            ),
+            None => "nothing to drain (no previous release)".to_string(),
+        }],
+        Action::Retire {
+            release,
+            instances,
+            after,
+        } => match release {
+            Some(r) => vec![
+                format!("retire release {r} in {}", dur(*after)),
+                if instances.is_empty() {
+                    "no instances recorded".to_string()
+                } else {
+                    format!("remove {}", instances.join(", "))
+                },
+            ],
+            None => vec!["nothing to retire (no previous release)".to_string()],
+        },
+        Action::Record {
+            release,
+            image: source,
+            instance_steps,
+            container: c,
+            replicas,
+            ..
+        } => vec![
+            format!("record release {release} as current ({replicas} replicas)"),
+            format!("image {}", image(source)),
+            format!("instances of {}", instance_steps.join(", ")),
+            container(c),
+        ],
+    }
+}
+
+fn image(source: &ImageSource) -> String {
+    match source {
+        ImageSource::Step { step } => format!("the image built by {step}"),
+        ImageSource::Pinned { id, tag } => format!("pinned image {tag} ({id})"),
+    }
+}
+
+fn container(c: &ContainerSpec) -> String {
+    let mut s = format!(
+        "port {}, memory {}, cpus {}, pids {}, user {}",
+        c.port,
+        bytes(c.memory_bytes),
+        c.cpus,
+        c.pids_limit,
+        c.user
+    );
+    if c.read_only {
+        s.push_str(", read-only");
+    }
+    if !c.tmpfs.is_empty() {
+        let _ = write!(s, ", tmpfs {}", c.tmpfs.join(" "));
+    }
+    if !c.command.is_empty() {
+        let _ = write!(s, ", command {:?}", c.command);
+    }
+    if !c.env.is_empty() {
+        let vars: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = write!(s, ", env {}", vars.join(" "));
+    }
+    s
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n}B")
+}
+
+fn dur(d: Duration) -> String {
+    humantime_like(d)
+}
+
+/// `1m 30s`, `200ms`, `5m`: whole units, largest first.
+fn humantime_like(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let parts = [
+        (ms / 3_600_000, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1000 % 60, "s"),
+        (ms % 1000, "ms"),
+    ];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
