@@ -1,0 +1,390 @@
+//! The release gate: a policy, expiring exceptions, and a verdict.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::osv::{Severity, VulnFinding};
+use crate::report::Findings;
+use crate::secrets::SecretFinding;
+use crate::{Result, SupplyError};
+
+/// A calendar date (UTC), ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Date {
+    pub year: i32,
+    pub month: u8,
+    pub day: u8,
+}
+
+impl Date {
+    pub fn new(year: i32, month: u8, day: u8) -> Option<Date> {
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+        let days = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        };
+        (day >= 1 && day <= days).then_some(Date { year, month, day })
+    }
+
+    /// Today in UTC.
+    pub fn today() -> Date {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Date::from_unix_days((secs / 86_400) as i64)
+    }
+
+    /// Civil date of a day count since 1970-01-01.
+    pub fn from_unix_days(days: i64) -> Date {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+        Date { year, month, day }
+    }
+}
+
+impl std::fmt::Display for Date {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+impl std::str::FromStr for Date {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Date, String> {
+        let bad = || format!("{s:?} is not a date like 2026-12-31");
+        let mut it = s.trim().splitn(3, '-');
+        let y = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let m = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let d = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        Date::new(y, m, d).ok_or_else(bad)
+    }
+}
+
+impl TryFrom<String> for Date {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Date, String> {
+        s.parse()
+    }
+}
+
+impl From<Date> for String {
+    fn from(d: Date) -> String {
+        d.to_string()
+    }
+}
+
+/// When the gate fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatePolicy {
+    /// Fail on any unsuppressed vulnerability at or above this severity.
+    pub fail_on: Severity,
+    /// Fail on any unsuppressed secret.
+    pub fail_on_secrets: bool,
+}
+
+impl Default for GatePolicy {
+    fn default() -> Self {
+        GatePolicy {
+            fail_on: Severity::High,
+            fail_on_secrets: true,
+        }
+    }
+}
+
+/// One accepted risk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exception {
+    /// Advisory id or alias (`CVE-…`, `GHSA-…`), or a secret rule id.
+    pub id: Option<String>,
+    /// A secret finding's fingerprint.
+    pub fingerprint: Option<String>,
+    /// Only for this package name.
+    pub package: Option<String>,
+    /// Only for this path (or paths under it).
+    pub path: Option<String>,
+    pub reason: String,
+    pub owner: String,
+    pub expires: Date,
+    /// Line of the exception in its file.
+    pub line: usize,
+}
+
+impl Exception {
+    /// What the exception is named by in messages.
+    pub fn label(&self) -> &str {
+        self.id
+            .as_deref()
+            .or(self.fingerprint.as_deref())
+            .unwrap_or("?")
+    }
+
+    fn path_ok(&self, paths: &[&str]) -> bool {
+        match &self.path {
+            None => true,
+            Some(want) => {
+                let want = want.trim_start_matches('/');
+                paths.iter().any(|p| {
+                    let p = p.trim_start_matches('/');
+                    p == want || p.starts_with(&format!("{}/", want.trim_end_matches('/')))
+                })
+            }
+        }
+    }
+
+    fn covers_vuln(&self, f: &VulnFinding) -> bool {
+        let Some(id) = &self.id else { return false };
+        f.ids().any(|i| i.eq_ignore_ascii_case(id))
+            && self
+                .package
+                .as_ref()
+                .is_none_or(|p| *p == f.package || f.source_name.as_ref() == Some(p))
+            && self.path_ok(&f.locations.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn covers_secret(&self, s: &SecretFinding) -> bool {
+        let by_fp = self.fingerprint.as_ref().is_some_and(|fp| *fp == s.fingerprint);
+        let by_rule = self.fingerprint.is_none() && self.id.as_ref().is_some_and(|id| *id == s.rule_id);
+        (by_fp || by_rule) && self.path_ok(&s.location.path().into_iter().collect::<Vec<_>>())
+    }
+}
+
+/// Exceptions from a TOML file of `[[exception]]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exceptions {
+    pub source: String,
+    pub exceptions: Vec<Exception>,
+}
+
+#[derive(Deserialize)]
+struct RawExceptions {
+    #[serde(default)]
+    exception: Vec<toml::Spanned<RawException>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawException {
+    id: Option<String>,
+    fingerprint: Option<String>,
+    package: Option<String>,
+    path: Option<String>,
+    reason: Option<String>,
+    owner: Option<String>,
+    expires: Option<toml::Value>,
+}
+
+impl Exceptions {
+    pub fn none() -> Exceptions {
+        Exceptions::default()
+    }
+
+    pub fn load(path: impl AsRef<Path>) -> Result<Exceptions> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| SupplyError::io(path, e))?;
+        Exceptions::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses exceptions; every error names the file, the line and the field.
+    pub fn from_toml(text: &str, name: &str) -> Result<Exceptions> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let raw: RawExceptions = toml::from_str(text).map_err(|e| SupplyError::Exceptions {
+            path: name.to_string(),
+            line: e.span().map_or(0, |s| line_of(s.start)),
+            detail: e.message().trim().to_string(),
+        })?;
+        let mut exceptions = Vec::new();
+        for spanned in raw.exception {
+            let line = line_of(spanned.span().start);
+            // The span starts at the table's first key; point at its `[[exception]]` header.
+            let header_line = text[..spanned.span().start.min(text.len())]
+                .rfind("[[exception]]")
+                .map_or(line, line_of);
+            let r = spanned.into_inner();
+            let fail = |detail: String| SupplyError::Exceptions {
+                path: name.to_string(),
+                line: header_line,
+                detail,
+            };
+            if r.id.is_none() && r.fingerprint.is_none() {
+                return Err(fail("exception needs `id` (advisory or rule id) or `fingerprint`".into()));
+            }
+            let reason = r
+                .reason
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| fail("missing field `reason`: say why the risk is accepted".into()))?;
+            let owner = r
+                .owner
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| fail("missing field `owner`: name who answers for it".into()))?;
+            let expires = match r.expires {
+                None => {
+                    return Err(fail(
+                        "missing field `expires`: every exception needs an end date like 2026-12-31"
+                            .into(),
+                    ))
+                }
+                Some(toml::Value::Datetime(dt)) => match (dt.date, dt.time) {
+                    (Some(d), None) => Date::new(i32::from(d.year), d.month, d.day),
+                    _ => None,
+                }
+                .ok_or_else(|| fail(format!("field `expires`: {dt} is not a plain date like 2026-12-31")))?,
+                Some(toml::Value::String(s)) => s.parse().map_err(|e| fail(format!("field `expires`: {e}")))?,
+                Some(other) => {
+                    return Err(fail(format!(
+                        "field `expires`: {other} is not a date like 2026-12-31"
+                    )))
+                }
+            };
+            exceptions.push(Exception {
+                id: r.id,
+                fingerprint: r.fingerprint,
+                package: r.package,
+                path: r.path,
+                reason,
+                owner,
+                expires,
+                line: header_line,
+            });
+        }
+        Ok(Exceptions {
+            source: name.to_string(),
+            exceptions,
+        })
+    }
+}
+
+/// A finding an exception suppressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppressed {
+    /// The advisory id or the secret fingerprint.
+    pub finding: String,
+    pub exception: String,
+    pub reason: String,
+    pub owner: String,
+    pub expires: Date,
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub passed: bool,
+    /// Why it failed, and notes such as expired exceptions.
+    pub reasons: Vec<String>,
+    /// Unsuppressed vulnerabilities by severity.
+    pub counts: BTreeMap<Severity, usize>,
+    pub secrets: usize,
+    pub suppressed: Vec<Suppressed>,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", if self.passed { "passed" } else { "failed" })?;
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .rev()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect();
+        if !counts.is_empty() {
+            write!(f, ": {}", counts.join(", "))?;
+        }
+        if self.secrets > 0 {
+            write!(f, ", {} secret(s)", self.secrets)?;
+        }
+        if !self.suppressed.is_empty() {
+            write!(f, " ({} suppressed)", self.suppressed.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies the policy and the exceptions to the findings on `today`. Expired exceptions do not
+/// suppress; each one met adds "exception <id> expired on <date>" to the reasons.
+pub fn evaluate(findings: &Findings, policy: &GatePolicy, exceptions: &Exceptions, today: Date) -> Verdict {
+    let mut reasons = Vec::new();
+    let mut suppressed = Vec::new();
+    let mut counts: BTreeMap<Severity, usize> = Severity::ALL.iter().map(|s| (*s, 0)).collect();
+    let mut expired_noted = std::collections::BTreeSet::new();
+    let mut check = |covering: Vec<&Exception>, finding: &str, reasons: &mut Vec<String>| -> bool {
+        let mut live = None;
+        for e in covering {
+            if e.expires >= today {
+                live.get_or_insert(e);
+            } else if expired_noted.insert((e.label().to_string(), e.line)) {
+                reasons.push(format!("exception {} expired on {}", e.label(), e.expires));
+            }
+        }
+        match live {
+            Some(e) => {
+                suppressed.push(Suppressed {
+                    finding: finding.to_string(),
+                    exception: e.label().to_string(),
+                    reason: e.reason.clone(),
+                    owner: e.owner.clone(),
+                    expires: e.expires,
+                });
+                true
+            }
+            None => false,
+        }
+    };
+    let mut failing = Vec::new();
+    for v in &findings.vulnerabilities {
+        let covering: Vec<&Exception> = exceptions.exceptions.iter().filter(|e| e.covers_vuln(v)).collect();
+        if check(covering, &format!("{} in {} {}", v.id, v.package, v.version), &mut reasons) {
+            continue;
+        }
+        *counts.entry(v.severity).or_default() += 1;
+        if v.severity >= policy.fail_on {
+            failing.push(v.to_string());
+        }
+    }
+    let mut secrets = 0;
+    let mut failing_secrets = Vec::new();
+    for s in &findings.secrets {
+        let covering: Vec<&Exception> = exceptions.exceptions.iter().filter(|e| e.covers_secret(s)).collect();
+        if check(covering, &s.fingerprint, &mut reasons) {
+            continue;
+        }
+        secrets += 1;
+        if policy.fail_on_secrets {
+            failing_secrets.push(format!("secret {s} [fingerprint {}]", s.fingerprint));
+        }
+    }
+    let passed = failing.is_empty() && failing_secrets.is_empty();
+    if !failing.is_empty() {
+        reasons.insert(
+            0,
+            format!(
+                "{} vulnerabilit{} at or above {}",
+                failing.len(),
+                if failing.len() == 1 { "y" } else { "ies" },
+                policy.fail_on
+            ),
+        );
+    }
+    reasons.extend(failing);
+    reasons.extend(failing_secrets);
+    Verdict {
+        passed,
+        reasons,
+        counts,
+        secrets,
+        suppressed,
+    }
+}
