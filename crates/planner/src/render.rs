@@ -217,7 +217,7 @@ fn describe(action: &Action) -> Vec<String> {
             ..
         } => vec![
             format!("record release {release} as current ({replicas} replicas)"),
-            format!("image {}", image(source)),
+            format!("with {}", image(source)),
             format!("instances of {}", instance_steps.join(", ")),
             container(c),
         ],
@@ -259,7 +259,7 @@ fn container(c: &ContainerSpec) -> String {
 fn bytes(n: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (size, unit) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && (n / size) * size == n {
             return format!("{}{unit}", n / size);
         }
     }

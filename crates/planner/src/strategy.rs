@@ -251,7 +251,7 @@ fn check_acyclic(
         .collect();
     Err(PlanError::StrategyStep {
         file: file.to_string(),
-        step: strategy.steps[graph[start]].id.clone(),
+        step: ids.first().copied().unwrap_or_default().to_string(),
         message: format!(
             "is part of a dependency cycle between steps {}: remove one of their `after` entries",
             quote_list(&ids)

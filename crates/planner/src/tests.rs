@@ -1,1 +1,801 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use cutover_model::{
+    json_digest, Action, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec, HealthSpec,
+    ImageInfo, ImageSource, Instance, InstanceState, Plan, Release, Spec, StepKind, Strategy,
+};
+
+use super::*;
+
+fn spec() -> Spec {
+    let mut container = ContainerSpec::default();
+    container
+        .env
+        .insert("VERSION".to_string(), "v1".to_string());
+    container.memory_bytes = 64 << 20;
+    container.cpus = 0.5;
+    container.pids_limit = 64;
+    let mut environments = BTreeMap::new();
+    environments.insert(
+        "production".to_string(),
+        EnvironmentSpec::with_listen("127.0.0.1:8080"),
+    );
+    Spec {
+        app: "hello".to_string(),
+        strategy: "blue-green".to_string(),
+        base_dir: PathBuf::from("/srv/app"),
+        build: BuildSpec::Cargo {
+            manifest: PathBuf::from("/srv/app/examples/hello/Cargo.toml"),
+            bin: "hello".to_string(),
+            profile: "release".to_string(),
+        },
+        container,
+        health: HealthSpec::default(),
+        environments,
+    }
+}
+
+fn release(id: &str, version: &str) -> Release {
+    let mut container = ContainerSpec::default();
+    container
+        .env
+        .insert("VERSION".to_string(), version.to_string());
+    Release {
+        id: id.to_string(),
+        app: "hello".to_string(),
+        env: "production".to_string(),
+        deployment_id: id.to_string(),
+        image: ImageInfo {
+            id: format!("sha256:{}", "ab".repeat(32)),
+            tag: format!("cutover/hello:{id}"),
+        },
+        plan_digest: format!("sha256:{}", "cd".repeat(32)),
+        spec_digest: format!("sha256:{}", "ef".repeat(32)),
+        created_by: "alice".to_string(),
+        created_at_ms: 1_700_000_000_000,
+        replicas: 2,
+        container,
+        health: HealthSpec::default(),
+        instances: vec![
+            format!("cutover-hello-{id}-0"),
+            format!("cutover-hello-{id}-1"),
+        ],
+    }
+}
+
+fn running(release: &Release, replica: u32) -> Instance {
+    Instance {
+        name: format!("cutover-hello-{}-{replica}", release.id),
+        id: format!("container-{replica}"),
+        app: "hello".to_string(),
+        env: "production".to_string(),
+        release: release.id.clone(),
+        deployment_id: release.deployment_id.clone(),
+        replica,
+        addr: format!("172.17.0.{}:8080", 10 + replica),
+        image_id: release.image.id.clone(),
+        state: InstanceState::Running,
+        restart_count: 0,
+    }
+}
+
+fn builtin(name: &str) -> Strategy {
+    let text = builtin_strategy(name).expect("builtin strategy exists");
+    parse_strategy(text, &format!("plans/{name}.toml")).expect("builtin strategy parses")
+}
+
+fn deploy_input<'a>(
+    spec: &'a Spec,
+    strategy: &'a Strategy,
+    current: Option<&'a Release>,
+    deployment_id: &'a str,
+) -> PlanInput<'a> {
+    PlanInput {
+        spec,
+        env: "production",
+        strategy,
+        deployment_id,
+        requested_by: "alice",
+        created_at_ms: 1_700_000_600_000,
+        current,
+        kind: PlanKind::Deploy,
+    }
+}
+
+/// Every dependency of a step comes before it, ids are unique and keys follow the rule.
+fn assert_well_formed(plan: &Plan) {
+    let mut seen = Vec::new();
+    for step in &plan.steps {
+        assert!(
+            !seen.contains(&step.id.as_str()),
+            "duplicate step {}",
+            step.id
+        );
+        for dep in &step.depends_on {
+            assert!(
+                seen.contains(&dep.as_str()),
+                "{} runs before its dependency {dep}",
+                step.id
+            );
+        }
+        assert_eq!(
+            step.idempotency_key,
+            format!("{}/{}", plan.deployment_id, step.id)
+        );
+        seen.push(step.id.as_str());
+    }
+    let mut unsigned = plan.clone();
+    unsigned.digest = String::new();
+    assert_eq!(plan.digest, json_digest(&unsigned));
+}
+
+fn first_deploy_plan() -> Plan {
+    let spec = spec();
+    let strategy = builtin("blue-green");
+    plan(&deploy_input(&spec, &strategy, None, "production-1")).expect("first deploy plans")
+}
+
+fn redeploy_plan() -> Plan {
+    let spec = spec();
+    let strategy = builtin("blue-green");
+    let current = release("production-6", "v1");
+    plan(&deploy_input(
+        &spec,
+        &strategy,
+        Some(&current),
+        "production-7",
+    ))
+    .expect("redeploy plans")
+}
+
+fn rollback_plan(warm: bool) -> Plan {
+    let spec = spec();
+    let strategy = builtin("rollback");
+    let current = release("production-7", "v2");
+    let target = release("production-6", "v1");
+    let instances = if warm {
+        vec![running(&target, 1), running(&target, 0)]
+    } else {
+        // One replica is gone: the rollback is cold.
+        vec![running(&target, 0)]
+    };
+    plan(&PlanInput {
+        spec: &spec,
+        env: "production",
+        strategy: &strategy,
+        deployment_id: "production-9",
+        requested_by: "bob",
+        created_at_ms: 1_700_000_900_000,
+        current: Some(&current),
+        kind: PlanKind::Rollback {
+            target: &target,
+            warm_instances: &instances,
+        },
+    })
+    .expect("rollback plans")
+}
+
+#[test]
+fn first_deploy() {
+    let plan = first_deploy_plan();
+    assert_well_formed(&plan);
+    assert_eq!(plan.release_id, "production-1");
+    assert_eq!(plan.previous_release, None);
+    insta::assert_json_snapshot!("first_deploy", plan);
+    insta::assert_snapshot!("first_deploy_text", render_text(&plan));
+    insta::assert_snapshot!("first_deploy_dot", render_dot(&plan));
+}
+
+#[test]
+fn redeploy() {
+    let plan = redeploy_plan();
+    assert_well_formed(&plan);
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "build",
+            "provision-0",
+            "provision-1",
+            "health-check-0",
+            "health-check-1",
+            "shift-traffic",
+            "drain",
+            "retire",
+            "record"
+        ]
+    );
+    assert_eq!(
+        plan.step("health-check-1").map(|s| s.depends_on.clone()),
+        Some(vec!["provision-1".to_string()])
+    );
+    match &plan.step("retire").map(|s| &s.action) {
+        Some(Action::Retire {
+            release,
+            instances,
+            after,
+        }) => {
+            assert_eq!(release.as_deref(), Some("production-6"));
+            assert_eq!(instances.len(), 2);
+            assert_eq!(*after, Duration::from_secs(300));
+        }
+        other => panic!("expected a retire action, got {other:?}"),
+    }
+    insta::assert_json_snapshot!("redeploy", plan);
+    insta::assert_snapshot!("redeploy_text", render_text(&plan));
+    insta::assert_snapshot!("redeploy_dot", render_dot(&plan));
+}
+
+#[test]
+fn warm_rollback() {
+    let plan = rollback_plan(true);
+    assert_well_formed(&plan);
+    assert_eq!(
+        plan.kind,
+        DeploymentKind::Rollback {
+            target: "production-6".to_string(),
+            warm: true
+        }
+    );
+    assert!(plan
+        .steps
+        .iter()
+        .all(|s| !matches!(s.kind, StepKind::Build | StepKind::Provision)));
+    match &plan.step("adopt-1").map(|s| &s.action) {
+        Some(Action::Adopt { name, release }) => {
+            assert_eq!(name, "cutover-hello-production-6-1");
+            assert_eq!(release, "production-6");
+        }
+        other => panic!("expected an adopt action, got {other:?}"),
+    }
+    match &plan.step("health-check-0").map(|s| &s.action) {
+        Some(Action::HealthCheck {
+            instance_step,
+            health,
+        }) => {
+            assert_eq!(instance_step, "adopt-0");
+            assert_eq!(health.healthy_threshold, 1);
+            assert!(health.interval <= Duration::from_millis(100));
+        }
+        other => panic!("expected a health check, got {other:?}"),
+    }
+    insta::assert_json_snapshot!("warm_rollback", plan);
+    insta::assert_snapshot!("warm_rollback_text", render_text(&plan));
+    insta::assert_snapshot!("warm_rollback_dot", render_dot(&plan));
+}
+
+#[test]
+fn cold_rollback() {
+    let plan = rollback_plan(false);
+    assert_well_formed(&plan);
+    assert_eq!(
+        plan.kind,
+        DeploymentKind::Rollback {
+            target: "production-6".to_string(),
+            warm: false
+        }
+    );
+    assert_eq!(plan.release_id, "production-6");
+    assert!(plan
+        .steps
+        .iter()
+        .all(|s| !matches!(s.kind, StepKind::Build | StepKind::Adopt)));
+    match &plan.step("provision-0").map(|s| &s.action) {
+        Some(Action::Provision { instance }) => {
+            assert_eq!(instance.name, "cutover-hello-production-6-production-9-0");
+            assert_eq!(instance.release, "production-6");
+            assert_eq!(instance.deployment_id, "production-9");
+            // The target's recorded settings, not today's spec (which says 64MiB).
+            assert_eq!(instance.container.memory_bytes, 128 << 20);
+            assert_eq!(
+                instance.image,
+                ImageSource::Pinned {
+                    id: format!("sha256:{}", "ab".repeat(32)),
+                    tag: "cutover/hello:production-6".to_string()
+                }
+            );
+        }
+        other => panic!("expected a provision action, got {other:?}"),
+    }
+    match &plan.step("retire").map(|s| &s.action) {
+        Some(Action::Retire { release, .. }) => {
+            assert_eq!(release.as_deref(), Some("production-7"))
+        }
+        other => panic!("expected a retire action, got {other:?}"),
+    }
+    insta::assert_json_snapshot!("cold_rollback", plan);
+    insta::assert_snapshot!("cold_rollback_text", render_text(&plan));
+    insta::assert_snapshot!("cold_rollback_dot", render_dot(&plan));
+}
+
+#[test]
+fn same_input_gives_byte_identical_plan_and_digest() {
+    let first = serde_json::to_string(&redeploy_plan()).expect("serializes");
+    let second = serde_json::to_string(&redeploy_plan()).expect("serializes");
+    assert_eq!(first, second);
+    assert_eq!(redeploy_plan().digest, redeploy_plan().digest);
+    assert_eq!(rollback_plan(true), rollback_plan(true));
+}
+
+#[test]
+fn any_input_change_changes_the_digest() {
+    let strategy = builtin("blue-green");
+    let base_spec = spec();
+    let current = release("production-6", "v1");
+    let other_current = release("production-5", "v1");
+    let base = plan(&deploy_input(
+        &base_spec,
+        &strategy,
+        Some(&current),
+        "production-7",
+    ))
+    .expect("plans")
+    .digest;
+
+    let mut changed_env_var = spec();
+    changed_env_var
+        .container
+        .env
+        .insert("VERSION".to_string(), "v2".to_string());
+    let mut changed_replicas = spec();
+    if let Some(env) = changed_replicas.environments.get_mut("production") {
+        env.replicas = 3;
+    }
+    let mut changed_health = spec();
+    changed_health.health.path = "/ready".to_string();
+    let mut changed_strategy = strategy.clone();
+    changed_strategy.description.push('!');
+
+    let mut digests = vec![
+        plan(&deploy_input(
+            &changed_env_var,
+            &strategy,
+            Some(&current),
+            "production-7",
+        )),
+        plan(&deploy_input(
+            &changed_replicas,
+            &strategy,
+            Some(&current),
+            "production-7",
+        )),
+        plan(&deploy_input(
+            &changed_health,
+            &strategy,
+            Some(&current),
+            "production-7",
+        )),
+        plan(&deploy_input(
+            &base_spec,
+            &strategy,
+            Some(&current),
+            "production-8",
+        )),
+        plan(&deploy_input(
+            &base_spec,
+            &strategy,
+            Some(&other_current),
+            "production-7",
+        )),
+        plan(&deploy_input(&base_spec, &strategy, None, "production-7")),
+        plan(&PlanInput {
+            requested_by: "mallory",
+            ..deploy_input(&base_spec, &strategy, Some(&current), "production-7")
+        }),
+        plan(&PlanInput {
+            created_at_ms: 1,
+            ..deploy_input(&base_spec, &strategy, Some(&current), "production-7")
+        }),
+    ]
+    .into_iter()
+    .map(|p| p.expect("plans").digest)
+    .collect::<Vec<_>>();
+    // The description is not part of the plan, so the same plan and digest come out.
+    let same = plan(&deploy_input(
+        &base_spec,
+        &changed_strategy,
+        Some(&current),
+        "production-7",
+    ))
+    .expect("plans")
+    .digest;
+    assert_eq!(same, base);
+
+    digests.push(base);
+    let unique: std::collections::BTreeSet<&String> = digests.iter().collect();
+    assert_eq!(unique.len(), digests.len(), "digests collide: {digests:#?}");
+}
+
+#[test]
+fn builtin_strategies_parse_and_unknown_names_are_none() {
+    for (name, _) in BUILTIN_STRATEGIES {
+        assert_eq!(builtin(name).name, *name);
+    }
+    assert_eq!(builtin_strategy("canary-42"), None);
+}
+
+/// (name, strategy text, error fragment)
+const BAD_STRATEGIES: &[(&str, &str, &str)] = &[
+    (
+        "cycle",
+        r#"name = "loop"
+[[step]]
+id = "build"
+kind = "build"
+after = ["record"]
+[[step]]
+id = "record"
+kind = "record"
+after = ["build"]
+"#,
+        "test.toml: step `build`: is part of a dependency cycle between steps `build`, `record`",
+    ),
+    (
+        "unknown after reference",
+        r#"name = "typo"
+[[step]]
+id = "build"
+kind = "build"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["biuld"]
+"#,
+        "test.toml: step `provision`: `after` names `biuld`, which is not a step of this strategy",
+    ),
+    (
+        "unknown kind",
+        r#"name = "x"
+[[step]]
+id = "scan"
+kind = "scan"
+"#,
+        "test.toml:4:8: unknown variant `scan`",
+    ),
+    (
+        "unknown top-level key",
+        r#"name = "x"
+steps = []
+"#,
+        "test.toml:2:1: unknown field `steps`",
+    ),
+    (
+        "unknown step key",
+        r#"name = "x"
+[[step]]
+id = "build"
+kind = "build"
+afterwards = ["x"]
+"#,
+        "test.toml:5:1: unknown field `afterwards`",
+    ),
+    (
+        "duplicate id",
+        r#"name = "x"
+[[step]]
+id = "build"
+kind = "build"
+[[step]]
+id = "build"
+kind = "record"
+after = ["build"]
+"#,
+        "test.toml: step `build`: the id is used twice",
+    ),
+    (
+        "self reference",
+        r#"name = "x"
+[[step]]
+id = "build"
+kind = "build"
+after = ["build"]
+"#,
+        "test.toml: step `build`: cannot run after itself",
+    ),
+    (
+        "per_replica missing on provision",
+        r#"name = "x"
+[[step]]
+id = "provision"
+kind = "provision"
+"#,
+        "test.toml: step `provision`: kind provision needs per_replica = true",
+    ),
+    (
+        "weight on a non-shift step",
+        r#"name = "x"
+[[step]]
+id = "build"
+kind = "build"
+weight = 10
+"#,
+        "test.toml: step `build`: weight only applies to shift-traffic steps",
+    ),
+    (
+        "shift before health checks",
+        r#"name = "x"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+[[step]]
+id = "health-check"
+kind = "health-check"
+per_replica = true
+after = ["provision"]
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+after = ["provision"]
+"#,
+        "test.toml: step `shift-traffic`: must run after `health-check` (traffic only moves to instances that passed their health check)",
+    ),
+    (
+        "retire before drain",
+        r#"name = "x"
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+[[step]]
+id = "drain"
+kind = "drain"
+after = ["shift-traffic"]
+[[step]]
+id = "retire"
+kind = "retire"
+after = ["shift-traffic"]
+"#,
+        "test.toml: step `retire`: must run after `drain`",
+    ),
+    (
+        "two full shifts",
+        r#"name = "x"
+[[step]]
+id = "a"
+kind = "shift-traffic"
+[[step]]
+id = "b"
+kind = "shift-traffic"
+after = ["a"]
+"#,
+        "test.toml: steps `a`, `b` all shift 100% of traffic",
+    ),
+    (
+        "expanded id clash",
+        r#"name = "x"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+[[step]]
+id = "provision-1"
+kind = "drain"
+"#,
+        "test.toml: step `provision-1`: clashes with the per-replica ids of step `provision`",
+    ),
+    (
+        "syntax error",
+        "name = \"x\"\n[[step]\n",
+        "test.toml:2:",
+    ),
+];
+
+#[test]
+fn bad_strategies_are_refused_with_file_and_step() {
+    let mut failures = Vec::new();
+    for (name, text, fragment) in BAD_STRATEGIES {
+        match parse_strategy(text, "test.toml") {
+            Ok(_) => failures.push(format!("{name}: parsed but should fail")),
+            Err(e) if !e.to_string().contains(fragment) => failures.push(format!(
+                "{name}: expected {fragment:?} in {:?}",
+                e.to_string()
+            )),
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_deploy_needs_every_required_kind() {
+    let strategy = parse_strategy(
+        r#"name = "no-record"
+[[step]]
+id = "build"
+kind = "build"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["build"]
+[[step]]
+id = "health-check"
+kind = "health-check"
+per_replica = true
+after = ["provision"]
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+after = ["health-check"]
+"#,
+        "plans/no-record.toml",
+    )
+    .expect("a strategy without record is valid data");
+    let spec = spec();
+    let error = plan(&deploy_input(&spec, &strategy, None, "production-1")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "strategy no-record: cannot deploy: it has no step of kind `record`; add a [[step]] for each"
+    );
+}
+
+#[test]
+fn unknown_environment_is_refused() {
+    let spec = spec();
+    let strategy = builtin("blue-green");
+    let input = PlanInput {
+        env: "staging",
+        ..deploy_input(&spec, &strategy, None, "staging-1")
+    };
+    let error = plan(&input).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "environment `staging` is not in the spec (it has: production): add [environments.staging] to deploy.toml or pick one of those"
+    );
+}
+
+#[test]
+fn environments_that_need_approval_are_refused_until_gates_exist() {
+    let mut spec = spec();
+    if let Some(env) = spec.environments.get_mut("production") {
+        env.approval = true;
+    }
+    let strategy = builtin("blue-green");
+    let error = plan(&deploy_input(&spec, &strategy, None, "production-1")).unwrap_err();
+    assert!(
+        error.to_string().contains("requires a human approval"),
+        "{error}"
+    );
+}
+
+#[test]
+fn rollback_mistakes_are_refused() {
+    let spec = spec();
+    let rollback = builtin("rollback");
+    let blue_green = builtin("blue-green");
+    let current = release("production-7", "v2");
+    let target = release("production-6", "v1");
+    let rollback_input = |strategy, target| PlanInput {
+        kind: PlanKind::Rollback {
+            target,
+            warm_instances: &[],
+        },
+        ..deploy_input(&spec, strategy, Some(&current), "production-9")
+    };
+    let to_current = plan(&rollback_input(&rollback, &current)).unwrap_err();
+    assert!(
+        to_current.to_string().contains("is already current"),
+        "{to_current}"
+    );
+    let with_build = plan(&rollback_input(&blue_green, &target)).unwrap_err();
+    assert!(
+        with_build.to_string().contains("a rollback never builds"),
+        "{with_build}"
+    );
+    let adopt_in_deploy = plan(&deploy_input(&spec, &rollback, None, "production-1")).unwrap_err();
+    assert!(
+        adopt_in_deploy
+            .to_string()
+            .contains("adopt steps only belong in rollback strategies"),
+        "{adopt_in_deploy}"
+    );
+    let mut other_env = target.clone();
+    other_env.env = "staging".to_string();
+    let wrong_env = plan(&rollback_input(&rollback, &other_env)).unwrap_err();
+    assert!(
+        wrong_env.to_string().contains("belongs to hello/staging"),
+        "{wrong_env}"
+    );
+}
+
+#[test]
+fn canary_strategy_expands_in_order_with_weights() {
+    let strategy = parse_strategy(
+        r#"name = "canary"
+[[step]]
+id = "build"
+kind = "build"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["build"]
+[[step]]
+id = "health"
+kind = "health-check"
+per_replica = true
+after = ["provision"]
+[[step]]
+id = "canary"
+kind = "shift-traffic"
+weight = 10
+after = ["health"]
+[[step]]
+id = "full"
+kind = "shift-traffic"
+after = ["canary"]
+[[step]]
+id = "record"
+kind = "record"
+after = ["full"]
+"#,
+        "plans/canary.toml",
+    )
+    .expect("canary parses");
+    let spec = spec();
+    let plan = plan(&deploy_input(&spec, &strategy, None, "production-1")).expect("plans");
+    assert_well_formed(&plan);
+    let weights: Vec<(String, u8)> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::ShiftTraffic { weight, .. } => Some((s.id.clone(), *weight)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        weights,
+        [("canary".to_string(), 10), ("full".to_string(), 100)]
+    );
+    assert_eq!(
+        plan.step("canary").map(|s| s.depends_on.clone()),
+        Some(vec!["health-0".to_string(), "health-1".to_string()])
+    );
+}
+
+#[test]
+fn cold_rollback_without_provision_is_refused() {
+    let strategy = parse_strategy(
+        r#"name = "warm-only"
+[[step]]
+id = "adopt"
+kind = "adopt"
+per_replica = true
+[[step]]
+id = "health-check"
+kind = "health-check"
+per_replica = true
+after = ["adopt"]
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+after = ["health-check"]
+[[step]]
+id = "record"
+kind = "record"
+after = ["shift-traffic"]
+"#,
+        "plans/warm-only.toml",
+    )
+    .expect("parses");
+    let spec = spec();
+    let target = release("production-6", "v1");
+    let instances = [running(&target, 0)];
+    let error = plan(&PlanInput {
+        kind: PlanKind::Rollback {
+            target: &target,
+            warm_instances: &instances,
+        },
+        ..deploy_input(&spec, &strategy, None, "production-9")
+    })
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("is cold (1 of 2 instances running)"),
+        "{error}"
+    );
+}
