@@ -189,16 +189,16 @@ impl AdminClient {
             socket: self.socket.clone(),
             source,
         };
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| AdminError::Unreachable {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let stream =
+            UnixStream::connect(&self.socket)
                 .await
-                .map_err(broke)?;
+                .map_err(|source| AdminError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(broke)?;
         let connection = tokio::spawn(connection);
         let mut request = Request::new(Full::new(Bytes::from(body.unwrap_or_default())));
         *request.method_mut() = method;
@@ -313,7 +313,9 @@ mod tests {
             "{}",
             err.message
         );
-        assert!(err.message.ends_with("it is restarted by the control plane"));
+        assert!(err
+            .message
+            .ends_with("it is restarted by the control plane"));
     }
 
     #[test]

@@ -155,7 +155,11 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn proxy_response(status: StatusCode, release: HeaderValue, text: &'static str) -> Response<ProxyBody> {
+fn proxy_response(
+    status: StatusCode,
+    release: HeaderValue,
+    text: &'static str,
+) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -311,7 +315,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed_and_others_kept() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert(header::HOST, HeaderValue::from_static("example.test"));

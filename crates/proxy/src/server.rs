@@ -34,6 +34,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a listen address from the saved table may stay busy at startup (a previous
 /// proxy process may still be releasing it).
 const STARTUP_BIND_PATIENCE: Duration = Duration::from_secs(3);
+/// How many times an existing admin socket must answer before startup gives up.
+const STALE_SOCKET_CHECKS: u32 = 10;
 
 /// Where the proxy keeps its state.
 #[derive(Debug, Clone)]
@@ -77,7 +79,7 @@ pub async fn run_until(
 ) -> Result<(), ProxyError> {
     let socket_path = config.socket_path();
     let routes = table::load_routes(&config.routes_path())?;
-    let admin_listener = bind_admin_socket(&socket_path)?;
+    let admin_listener = bind_admin_socket(&socket_path).await?;
 
     let proxy = Arc::new(Proxy::new(config.clone()));
     proxy.restore(routes).await;
@@ -103,16 +105,23 @@ pub async fn run_until(
     Ok(())
 }
 
-fn bind_admin_socket(path: &Path) -> Result<UnixListener, ProxyError> {
+async fn bind_admin_socket(path: &Path) -> Result<UnixListener, ProxyError> {
     let fail = |source| ProxyError::AdminSocket {
         path: path.to_owned(),
         source,
     };
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ProxyError::AlreadyRunning {
-                path: path.to_owned(),
-            });
+        // A proxy that is just dying may still hold the socket for a moment: only a socket
+        // that keeps answering means another proxy is alive.
+        let mut answers = 0;
+        while std::os::unix::net::UnixStream::connect(path).is_ok() {
+            answers += 1;
+            if answers == STALE_SOCKET_CHECKS {
+                return Err(ProxyError::AlreadyRunning {
+                    path: path.to_owned(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         std::fs::remove_file(path).map_err(fail)?;
     }
@@ -402,8 +411,8 @@ impl Proxy {
                 )));
             }
         }
-        let set = UpstreamSet::build(&route, &listen, &self.stats)
-            .map_err(AdminFailure::bad_request)?;
+        let set =
+            UpstreamSet::build(&route, &listen, &self.stats).map_err(AdminFailure::bad_request)?;
 
         // Bind first: a failure leaves everything as it was.
         let new_listener = if state.listeners.contains_key(&listen) {

@@ -84,9 +84,7 @@ pub fn validate_route(route: &Route) -> Result<String, String> {
     }
     let listen = canonical_listen(&route.listen)?;
     for backend in &route.backends {
-        if backend.release.is_empty()
-            || http::HeaderValue::from_str(&backend.release).is_err()
-        {
+        if backend.release.is_empty() || http::HeaderValue::from_str(&backend.release).is_err() {
             return Err(format!(
                 "release name `{}` of env `{}` is empty or not printable ascii",
                 backend.release, route.env
@@ -94,7 +92,10 @@ pub fn validate_route(route: &Route) -> Result<String, String> {
         }
         for addr in &backend.addrs {
             crate::upstream::parse_upstream_addr(addr).map_err(|msg| {
-                format!("release `{}` of env `{}`: {msg}", backend.release, route.env)
+                format!(
+                    "release `{}` of env `{}`: {msg}",
+                    backend.release, route.env
+                )
             })?;
         }
     }
@@ -141,7 +142,9 @@ mod tests {
     #[test]
     fn a_missing_table_is_empty() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load_routes(&dir.path().join(ROUTES_FILE)).unwrap().is_empty());
+        assert!(load_routes(&dir.path().join(ROUTES_FILE))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

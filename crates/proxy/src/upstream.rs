@@ -97,8 +97,9 @@ impl UpstreamSet {
             if backend.addrs.is_empty() {
                 continue;
             }
-            let release = HeaderValue::from_str(&backend.release)
-                .map_err(|_| format!("release name `{}` is not printable ascii", backend.release))?;
+            let release = HeaderValue::from_str(&backend.release).map_err(|_| {
+                format!("release name `{}` is not printable ascii", backend.release)
+            })?;
             let addrs = backend
                 .addrs
                 .iter()
@@ -177,7 +178,10 @@ impl UpstreamSet {
             }
         }
         // Every address of the chosen backend is down: prefer a live one elsewhere.
-        Some(self.retry_choice(&[(b, first % len)]).unwrap_or((b, first % len)))
+        Some(
+            self.retry_choice(&[(b, first % len)])
+                .unwrap_or((b, first % len)),
+        )
     }
 
     /// Where to retry after the upstreams in `tried` failed: another live address of the last

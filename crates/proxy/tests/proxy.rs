@@ -1,0 +1,569 @@
+//! In-process tests: the real proxy (`run_until`) on a temp state dir, tiny hyper upstreams,
+//! everything on 127.0.0.1 with ports picked by the kernel.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cutover_model::{Backend, Route, RELEASE_HEADER};
+use cutover_proxy::{run_until, AdminClient, AdminError, ProxyConfig, PID_FILE, SOCKET_FILE};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A tiny upstream answering its name; `/slow` answers after 400 ms.
+struct Upstream {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start(name: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let (drain_tx, drain_rx) = watch::channel(false);
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let mut drain = drain_rx.clone();
+                        connections.spawn(async move {
+                            let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                                if req.uri().path() == "/slow" {
+                                    tokio::time::sleep(Duration::from_millis(400)).await;
+                                }
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(name.as_bytes()))))
+                            });
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service);
+                            tokio::pin!(conn);
+                            tokio::select! {
+                                _ = conn.as_mut() => {}
+                                _ = async { let _ = drain.wait_for(|d| *d).await; } => {
+                                    conn.as_mut().graceful_shutdown();
+                                    let _ = conn.await;
+                                }
+                            }
+                        });
+                    }
+                    _ = &mut stop_rx => break,
+                }
+            }
+            drop(listener);
+            let _ = drain_tx.send(true);
+            while connections.join_next().await.is_some() {}
+        });
+        Upstream {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Close the listener and let open connections finish, like a container being stopped.
+    async fn shut_down(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The proxy under test, running in this process.
+struct TestProxy {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), cutover_proxy::ProxyError>>,
+    admin: AdminClient,
+}
+
+impl TestProxy {
+    async fn start(state_dir: &Path) -> TestProxy {
+        let config = ProxyConfig {
+            state_dir: state_dir.to_owned(),
+        };
+        let admin = AdminClient::new(config.socket_path());
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(run_until(config, async move {
+            let _ = stop_rx.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while admin.health().await.is_err() {
+            assert!(!task.is_finished(), "the proxy stopped during startup");
+            assert!(Instant::now() < deadline, "the proxy did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        TestProxy {
+            stop: Some(stop),
+            task,
+            admin,
+        }
+    }
+
+    /// Stop like SIGTERM: graceful.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+
+    /// Stop like SIGKILL: everything dropped at once.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = (&mut { self }.task).await;
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn route(env: &str, listen: &str, backends: &[(&str, u32, Vec<String>)]) -> Route {
+    Route {
+        env: env.to_owned(),
+        listen: listen.to_owned(),
+        backends: backends
+            .iter()
+            .map(|(release, weight, addrs)| Backend {
+                release: (*release).to_owned(),
+                weight: *weight,
+                addrs: addrs.clone(),
+            })
+            .collect(),
+    }
+}
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// GET `url`: status, release header, body.
+async fn get(client: &HttpClient, url: &str) -> Result<(StatusCode, String, String), String> {
+    let response = client
+        .get(url.parse().unwrap())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let release = response
+        .headers()
+        .get(RELEASE_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok((status, release, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_requests_round_robin_and_names_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let a1 = Upstream::start("a1").await;
+    let a2 = Upstream::start("a2").await;
+    let proxy = TestProxy::start(dir.path()).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let previous = proxy
+        .admin
+        .set_route(&route(
+            "production",
+            &listen,
+            &[("rel-a", 100, vec![a1.addr(), a2.addr()])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(previous, None);
+
+    let client = http_client();
+    let url = format!("http://{listen}/hello");
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let (status, release, body) = get(&client, &url).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(release, "rel-a");
+        bodies.push(body);
+    }
+    bodies.sort();
+    assert_eq!(bodies, vec!["a1", "a1", "a2", "a2"]);
+
+    let stats = proxy.admin.stats().await.unwrap();
+    let row = stats.iter().find(|s| s.release == "rel-a").unwrap();
+    assert_eq!((row.requests, row.errors, row.in_flight), (4, 0, 0));
+    let health = proxy.admin.health().await.unwrap();
+    assert_eq!((health.pid, health.routes), (std::process::id(), 1));
+    assert!(dir.path().join(PID_FILE).exists());
+
+    // A route whose only backend has no address answers 503 naming no release.
+    proxy
+        .admin
+        .set_route(&route("production", &listen, &[("rel-empty", 100, vec![])]))
+        .await
+        .unwrap();
+    let (status, release, body) = get(&client, &url).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(release, "none");
+    assert!(body.contains("no release"), "{body}");
+
+    proxy.stop().await;
+    assert!(!dir.path().join(SOCKET_FILE).exists());
+    a1.shut_down().await;
+    a2.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = TestProxy::start(dir.path()).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    proxy
+        .admin
+        .set_route(&route(
+            "production",
+            &listen,
+            &[("blue", 100, vec![blue.addr()])],
+        ))
+        .await
+        .unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut clients = JoinSet::new();
+    for _ in 0..4 {
+        let done = done.clone();
+        let failures = failures.clone();
+        let url = format!("http://{listen}/");
+        clients.spawn(async move {
+            let client = http_client();
+            let mut seen = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                match get(&client, &url).await {
+                    Ok((StatusCode::OK, release, _)) => {
+                        if seen.last() != Some(&release) {
+                            seen.push(release);
+                        }
+                    }
+                    Ok((status, release, body)) => {
+                        eprintln!("failed request: {status} {release} {body}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        eprintln!("failed request: {err}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            seen
+        });
+    }
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let previous = proxy
+        .admin
+        .set_route(&route(
+            "production",
+            &listen,
+            &[("green", 100, vec![green.addr()])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(previous.unwrap().backends[0].release, "blue");
+    let left = proxy
+        .admin
+        .drain(&listen, "blue", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    blue.shut_down().await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    done.store(true, Ordering::Relaxed);
+
+    while let Some(seen) = clients.join_next().await {
+        // Each client saw blue, then green, and never blue again.
+        assert_eq!(seen.unwrap(), vec!["blue".to_owned(), "green".to_owned()]);
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    let stats = proxy.admin.stats().await.unwrap();
+    assert!(stats.iter().all(|s| s.errors == 0), "{stats:?}");
+    let served: u64 = stats.iter().map(|s| s.requests).sum();
+    assert!(served > 100, "only {served} requests in 2 s");
+    proxy.stop().await;
+    green.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upstream_is_retried_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let alive = Upstream::start("alive").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = TestProxy::start(dir.path()).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    proxy
+        .admin
+        .set_route(&route(
+            "production",
+            &listen,
+            &[("rel", 100, vec![dead.clone(), alive.addr()])],
+        ))
+        .await
+        .unwrap();
+    let client = http_client();
+    for _ in 0..6 {
+        let (status, release, body) = get(&client, &format!("http://{listen}/")).await.unwrap();
+        assert_eq!(
+            (status, release.as_str(), body.as_str()),
+            (StatusCode::OK, "rel", "alive")
+        );
+    }
+    // Across releases too: a canary whose only address is gone falls back to the other.
+    proxy
+        .admin
+        .set_route(&route(
+            "production",
+            &listen,
+            &[
+                ("canary", 50, vec![dead]),
+                ("stable", 50, vec![alive.addr()]),
+            ],
+        ))
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let (status, release, _) = get(&client, &format!("http://{listen}/")).await.unwrap();
+        assert_eq!((status, release.as_str()), (StatusCode::OK, "stable"));
+    }
+    proxy.stop().await;
+    alive.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_serves_the_saved_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("up").await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let wanted = route("production", &listen, &[("rel-1", 100, vec![up.addr()])]);
+
+    let proxy = TestProxy::start(dir.path()).await;
+    proxy.admin.set_route(&wanted).await.unwrap();
+    proxy.kill().await;
+
+    let proxy = TestProxy::start(dir.path()).await;
+    assert_eq!(proxy.admin.routes().await.unwrap(), vec![wanted]);
+    let (status, release, _) = get(&http_client(), &format!("http://{listen}/"))
+        .await
+        .unwrap();
+    assert_eq!((status, release.as_str()), (StatusCode::OK, "rel-1"));
+    assert_eq!(
+        proxy.admin.health().await.unwrap().unbound,
+        Vec::<String>::new()
+    );
+    proxy.stop().await;
+    up.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_a_slow_request_and_reports_what_is_left_on_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("slow").await;
+    let proxy = TestProxy::start(dir.path()).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    proxy
+        .admin
+        .set_route(&route(
+            "production",
+            &listen,
+            &[("rel", 100, vec![up.addr()])],
+        ))
+        .await
+        .unwrap();
+    let url = format!("http://{listen}/slow");
+
+    let wait_in_flight = || async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stats = proxy.admin.stats().await.unwrap();
+            if stats.iter().any(|s| s.release == "rel" && s.in_flight == 1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the slow request never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+
+    let slow = {
+        let url = url.clone();
+        tokio::spawn(async move { get(&http_client(), &url).await })
+    };
+    wait_in_flight().await;
+    let started = Instant::now();
+    let left = proxy
+        .admin
+        .drain(&listen, "rel", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "drain did not wait"
+    );
+    assert_eq!(slow.await.unwrap().unwrap().0, StatusCode::OK);
+
+    let slow = tokio::spawn(async move { get(&http_client(), &url).await });
+    wait_in_flight().await;
+    let left = proxy
+        .admin
+        .drain(&listen, "rel", Duration::from_millis(30))
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+    assert_eq!(slow.await.unwrap().unwrap().0, StatusCode::OK);
+    // An unknown release has nothing in flight.
+    assert_eq!(
+        proxy
+            .admin
+            .drain(&listen, "never-served", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        0
+    );
+    proxy.stop().await;
+    up.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_socket_is_private_and_explains_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start(dir.path()).await;
+    let socket = dir.path().join(SOCKET_FILE);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let body = "{not json";
+    let request = format!(
+        "PUT /routes/production HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"request body is not a valid route: "#),
+        "{answer}"
+    );
+
+    // A route sent to the wrong env, and an address that cannot be bound, are refused.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_addr = held.local_addr().unwrap().to_string();
+    let err = proxy
+        .admin
+        .set_route(&route("production", &held_addr, &[("rel", 100, vec![])]))
+        .await
+        .unwrap_err();
+    match &err {
+        AdminError::Rejected {
+            status: 409,
+            message,
+        } => {
+            assert!(
+                message.contains(&format!("cannot listen on {held_addr}")),
+                "{message}"
+            )
+        }
+        other => panic!("expected a 409, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+    assert!(proxy.admin.routes().await.unwrap().is_empty());
+
+    // A second proxy on the same state dir refuses to start.
+    let second = run_until(
+        ProxyConfig {
+            state_dir: dir.path().to_owned(),
+        },
+        async {},
+    )
+    .await;
+    assert!(matches!(
+        second,
+        Err(cutover_proxy::ProxyError::AlreadyRunning { .. })
+    ));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_or_removing_a_route_closes_its_old_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("up").await;
+    let proxy = TestProxy::start(dir.path()).await;
+    let first = format!("127.0.0.1:{}", free_port());
+    let second = format!("127.0.0.1:{}", free_port());
+    proxy
+        .admin
+        .set_route(&route("staging", &first, &[("rel", 100, vec![up.addr()])]))
+        .await
+        .unwrap();
+    let client = http_client();
+    assert!(get(&client, &format!("http://{first}/")).await.is_ok());
+
+    proxy
+        .admin
+        .set_route(&route("staging", &second, &[("rel", 100, vec![up.addr()])]))
+        .await
+        .unwrap();
+    assert!(get(&http_client(), &format!("http://{second}/"))
+        .await
+        .is_ok());
+    assert!(tokio::net::TcpStream::connect(&first).await.is_err());
+
+    let previous = proxy.admin.remove_route("staging").await.unwrap();
+    assert_eq!(previous.unwrap().listen, second);
+    assert!(tokio::net::TcpStream::connect(&second).await.is_err());
+    assert_eq!(proxy.admin.remove_route("staging").await.unwrap(), None);
+    assert!(proxy.admin.routes().await.unwrap().is_empty());
+    proxy.stop().await;
+    up.shut_down().await;
+}
