@@ -208,11 +208,8 @@ impl Exceptions {
         })?;
         let mut exceptions = Vec::new();
         for spanned in raw.exception {
-            let line = line_of(spanned.span().start);
-            // The span starts at the table's first key; point at its `[[exception]]` header.
-            let header_line = text[..spanned.span().start.min(text.len())]
-                .rfind("[[exception]]")
-                .map_or(line, line_of);
+            // The span starts at the table's `[[exception]]` header.
+            let header_line = line_of(spanned.span().start);
             let r = spanned.into_inner();
             let fail = |detail: String| SupplyError::Exceptions {
                 path: name.to_string(),
@@ -386,5 +383,128 @@ pub fn evaluate(findings: &Findings, policy: &GatePolicy, exceptions: &Exception
         counts,
         secrets,
         suppressed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Ecosystem;
+
+    fn vuln(id: &str, aliases: &[&str], severity: Severity) -> VulnFinding {
+        VulnFinding {
+            id: id.into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            summary: String::new(),
+            severity,
+            score: None,
+            ecosystem: Ecosystem::CratesIo,
+            package: "smallvec".into(),
+            version: "1.6.0".into(),
+            source_name: None,
+            fixed: Some("1.6.1".into()),
+            purl: "pkg:cargo/smallvec@1.6.0".into(),
+            locations: vec!["app/Cargo.lock".into()],
+            layer: "sha256:l".into(),
+        }
+    }
+
+    fn day(s: &str) -> Date {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dates_parse_and_come_from_unix_days() {
+        assert_eq!(Date::from_unix_days(0).to_string(), "1970-01-01");
+        assert_eq!(Date::from_unix_days(19_723).to_string(), "2024-01-01");
+        assert!("2026-02-30".parse::<Date>().is_err());
+        assert!(day("2026-12-31") > day("2026-01-31"));
+    }
+
+    #[test]
+    fn alias_exceptions_suppress_both_ways() {
+        let findings = Findings {
+            vulnerabilities: vec![vuln("RUSTSEC-2021-0003", &["CVE-2021-25900", "GHSA-43w2-9j62-hq99"], Severity::Critical)],
+            secrets: vec![],
+        };
+        let policy = GatePolicy::default();
+        let today = day("2026-06-01");
+        let by_cve = Exceptions::from_toml(
+            "[[exception]]\nid = \"CVE-2021-25900\"\nreason = \"insert_many unused\"\nowner = \"team-a\"\nexpires = 2026-12-31\n",
+            "x.toml",
+        )
+        .unwrap();
+        let v = evaluate(&findings, &policy, &by_cve, today);
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.suppressed.len(), 1);
+        // The other way round: the finding is the CVE, the exception names the RUSTSEC id.
+        let findings2 = Findings {
+            vulnerabilities: vec![vuln("CVE-2021-25900", &["RUSTSEC-2021-0003"], Severity::Critical)],
+            secrets: vec![],
+        };
+        let by_rustsec = Exceptions::from_toml(
+            "[[exception]]\nid = \"RUSTSEC-2021-0003\"\npackage = \"smallvec\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-12-31\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert!(evaluate(&findings2, &policy, &by_rustsec, today).passed);
+        // A package filter that does not match does not suppress.
+        let other_pkg = Exceptions::from_toml(
+            "[[exception]]\nid = \"CVE-2021-25900\"\npackage = \"other\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-12-31\n",
+            "x.toml",
+        )
+        .unwrap();
+        let v = evaluate(&findings, &policy, &other_pkg, today);
+        assert!(!v.passed);
+        assert_eq!(v.counts[&Severity::Critical], 1);
+    }
+
+    #[test]
+    fn expired_exception_does_not_suppress_and_says_so() {
+        let findings = Findings {
+            vulnerabilities: vec![vuln("GHSA-x", &["CVE-1"], Severity::High)],
+            secrets: vec![],
+        };
+        let ex = Exceptions::from_toml(
+            "[[exception]]\nid = \"CVE-1\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-01-31\n",
+            "x.toml",
+        )
+        .unwrap();
+        let v = evaluate(&findings, &GatePolicy::default(), &ex, day("2026-02-01"));
+        assert!(!v.passed);
+        assert!(v.reasons.iter().any(|r| r == "exception CVE-1 expired on 2026-01-31"), "{:?}", v.reasons);
+        // Still valid on its last day.
+        assert!(evaluate(&findings, &GatePolicy::default(), &ex, day("2026-01-31")).passed);
+    }
+
+    #[test]
+    fn severity_threshold() {
+        let findings = Findings {
+            vulnerabilities: vec![vuln("A", &[], Severity::Medium), vuln("B", &[], Severity::Low)],
+            secrets: vec![],
+        };
+        let high = GatePolicy { fail_on: Severity::High, fail_on_secrets: true };
+        let v = evaluate(&findings, &high, &Exceptions::none(), day("2026-01-01"));
+        assert!(v.passed);
+        assert_eq!((v.counts[&Severity::Medium], v.counts[&Severity::Low]), (1, 1));
+        let medium = GatePolicy { fail_on: Severity::Medium, ..high };
+        let v = evaluate(&findings, &medium, &Exceptions::none(), day("2026-01-01"));
+        assert!(!v.passed);
+        assert_eq!(v.reasons[0], "1 vulnerability at or above medium");
+    }
+
+    #[test]
+    fn missing_expires_names_file_line_and_field() {
+        let text = "# accepted risks\n\n[[exception]]\nid = \"CVE-1\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-01-01\n\n[[exception]]\nid = \"CVE-2\"\nreason = \"r\"\nowner = \"o\"\n";
+        let err = Exceptions::from_toml(text, "exceptions.toml").unwrap_err().to_string();
+        assert!(err.contains("exceptions.toml"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
+        assert!(err.contains("`expires`"), "{err}");
+        let err = Exceptions::from_toml("[[exception]]\nid = \"CVE-1\"\nreason = \"r\"\nowner = \"o\"\nexpires = \"someday\"\n", "e.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1") && err.contains("someday"), "{err}");
+        let err = Exceptions::from_toml("[[exception]]\nid = 3\n", "e.toml").unwrap_err().to_string();
+        assert!(err.contains("e.toml, line 2"), "{err}");
     }
 }

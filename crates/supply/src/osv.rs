@@ -774,3 +774,114 @@ pub fn write_zip(path: &Path, advisories: &[serde_json::Value]) -> std::io::Resu
     zip.finish().map_err(std::io::Error::other)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aff(kind: &str, events: serde_json::Value, versions: &[&str]) -> Affected {
+        serde_json::from_value(serde_json::json!({
+            "package": {"ecosystem": "x", "name": "x"},
+            "ranges": [{"type": kind, "events": events}],
+            "versions": versions,
+        }))
+        .unwrap()
+    }
+
+    fn hit(eco: Ecosystem, v: &str, a: &Affected) -> Option<Option<String>> {
+        affected_by(eco, v, a).map(|h| h.fixed)
+    }
+
+    #[test]
+    fn range_semantics_table() {
+        use Ecosystem::*;
+        let zero_fixed = aff("ECOSYSTEM", serde_json::json!([{"introduced": "0"}, {"fixed": "1.2.0"}]), &[]);
+        let last = aff("SEMVER", serde_json::json!([{"introduced": "1.0.0"}, {"last_affected": "1.4.2"}]), &[]);
+        let multi = aff(
+            "SEMVER",
+            serde_json::json!([{"introduced": "0.6.3"}, {"fixed": "0.6.14"}, {"introduced": "1.0.0"}, {"fixed": "1.6.1"}]),
+            &[],
+        );
+        let limited = aff("SEMVER", serde_json::json!([{"introduced": "0"}, {"limit": "2.0.0"}]), &[]);
+        let open = aff("ECOSYSTEM", serde_json::json!([{"introduced": "0"}]), &[]);
+        let listed = aff("GIT", serde_json::json!([{"introduced": "abc"}, {"fixed": "def"}]), &["1.0.1", "1.0.2"]);
+        let deb = aff("ECOSYSTEM", serde_json::json!([{"introduced": "0"}, {"fixed": "1:2.3~rc1-1"}]), &[]);
+        let pre = aff("SEMVER", serde_json::json!([{"introduced": "1.0.0-alpha.1"}, {"fixed": "1.0.0"}]), &[]);
+        let table: Vec<(&str, Ecosystem, &str, &Affected, Option<Option<&str>>)> = vec![
+            ("introduced 0 below fix", CratesIo, "1.1.9", &zero_fixed, Some(Some("1.2.0"))),
+            ("at fix", CratesIo, "1.2.0", &zero_fixed, None),
+            ("above fix", CratesIo, "1.3.0", &zero_fixed, None),
+            ("0.0.0 with introduced 0", CratesIo, "0.0.0", &zero_fixed, Some(Some("1.2.0"))),
+            ("below introduced", CratesIo, "0.9.0", &last, None),
+            ("at introduced", CratesIo, "1.0.0", &last, Some(None)),
+            ("at last_affected", CratesIo, "1.4.2", &last, Some(None)),
+            ("above last_affected", CratesIo, "1.4.3", &last, None),
+            ("first range", CratesIo, "0.6.5", &multi, Some(Some("0.6.14"))),
+            ("between ranges", CratesIo, "0.7.0", &multi, None),
+            ("second range", CratesIo, "1.6.0", &multi, Some(Some("1.6.1"))),
+            ("second fix", CratesIo, "1.6.1", &multi, None),
+            ("under limit", CratesIo, "1.9.9", &limited, Some(None)),
+            ("at limit", CratesIo, "2.0.0", &limited, None),
+            ("no fix yet", Npm, "99.0.0", &open, Some(None)),
+            ("explicit versions", CratesIo, "1.0.2", &listed, Some(None)),
+            ("not listed; GIT ignored", CratesIo, "1.0.3", &listed, None),
+            ("debian epoch beats upstream", Debian, "2.4-1", &deb, Some(Some("1:2.3~rc1-1"))),
+            ("debian tilde sorts before", Debian, "1:2.3~beta-1", &deb, Some(Some("1:2.3~rc1-1"))),
+            ("debian at fix", Debian, "1:2.3~rc1-1", &deb, None),
+            ("debian after fix", Debian, "1:2.3-1", &deb, None),
+            ("semver prerelease inside", CratesIo, "1.0.0-beta", &pre, Some(Some("1.0.0"))),
+            ("semver prerelease before", CratesIo, "1.0.0-alpha", &pre, None),
+            ("semver release is fix", CratesIo, "1.0.0", &pre, None),
+        ];
+        for (name, eco, v, a, want) in table {
+            assert_eq!(hit(eco, v, a), want.map(|f| f.map(str::to_string)), "{name}: {v}");
+        }
+    }
+
+    #[test]
+    fn severity_from_cvss_words_and_nothing() {
+        let adv: Advisory = serde_json::from_value(serde_json::json!({
+            "id": "X-1",
+            "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+        }))
+        .unwrap();
+        let (s, score) = severity_of(&adv, None);
+        assert_eq!(s, Severity::Critical);
+        assert!((score.unwrap() - 9.8).abs() < 0.01);
+        let v4: Advisory = serde_json::from_value(serde_json::json!({
+            "id": "X-2",
+            "severity": [{"type": "CVSS_V4", "score": "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:L/VI:N/VA:N/SC:N/SI:N/SA:N"}],
+        }))
+        .unwrap();
+        assert_eq!(severity_of(&v4, None).0, Severity::Medium);
+        let word: Advisory = serde_json::from_value(serde_json::json!({
+            "id": "X-3", "database_specific": {"severity": "MODERATE"}
+        }))
+        .unwrap();
+        assert_eq!(severity_of(&word, None), (Severity::Medium, None));
+        let none: Advisory = serde_json::from_value(serde_json::json!({"id": "X-4"})).unwrap();
+        assert_eq!(severity_of(&none, None), (Severity::Unknown, None));
+    }
+
+    #[test]
+    fn aliases_are_grouped_transitively() {
+        let db = AdvisoryDb::from_advisories(vec![
+            serde_json::from_value(serde_json::json!({"id": "GHSA-a", "aliases": ["CVE-1"]})).unwrap(),
+            serde_json::from_value(serde_json::json!({"id": "RUSTSEC-b", "aliases": ["CVE-1"]})).unwrap(),
+            serde_json::from_value(serde_json::json!({"id": "DSA-c", "aliases": ["CVE-9"]})).unwrap(),
+        ]);
+        assert_eq!(db.aliases_of("GHSA-a"), ["CVE-1", "RUSTSEC-b"]);
+        assert_eq!(db.aliases_of("DSA-c"), ["CVE-9"]);
+    }
+
+    #[test]
+    fn debian_release_filter() {
+        let d12 = Distro { id: "debian".into(), version_id: "12".into() };
+        assert!(release_applies("Debian:12", Some(&d12)));
+        assert!(!release_applies("Debian:11", Some(&d12)));
+        assert!(release_applies("Debian:11", None));
+        let a = Distro { id: "alpine".into(), version_id: "3.18.4".into() };
+        assert!(release_applies("Alpine:v3.18", Some(&a)));
+        assert!(!release_applies("Alpine:v3.19", Some(&a)));
+    }
+}
