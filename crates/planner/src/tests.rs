@@ -799,3 +799,40 @@ after = ["shift-traffic"]
         "{error}"
     );
 }
+
+#[test]
+fn plans_read_back_from_json_unchanged() {
+    for plan in [
+        first_deploy_plan(),
+        redeploy_plan(),
+        rollback_plan(true),
+        rollback_plan(false),
+    ] {
+        let json = serde_json::to_string(&plan).expect("serializes");
+        let back: Plan = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, plan);
+        assert_eq!(serde_json::to_string(&back).expect("serializes"), json);
+    }
+}
+
+#[test]
+fn strategy_examples_in_the_plans_readme_are_valid() {
+    let readme = include_str!("../../../plans/README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .filter(|block| block.contains("kind = \"record\""))
+        .collect();
+    assert!(!blocks.is_empty(), "the readme has strategy examples");
+    let spec = spec();
+    for block in blocks {
+        let strategy = parse_strategy(block, "plans/README.md")
+            .unwrap_or_else(|e| panic!("readme example does not parse: {e}\n{block}"));
+        if strategy.steps.len() > 1 {
+            let plan = plan(&deploy_input(&spec, &strategy, None, "production-1"))
+                .unwrap_or_else(|e| panic!("readme example does not plan: {e}"));
+            assert_well_formed(&plan);
+        }
+    }
+}

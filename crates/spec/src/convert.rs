@@ -110,14 +110,12 @@ fn convert_build(
             None
         }
         (Some(cargo), None) => {
-            for (value, name) in [(&raw.dockerfile, "dockerfile")] {
-                if let Some(v) = value {
-                    errors.at(
-                        v.span(),
-                        &format!("build.{name}"),
-                        "only applies to `context` builds: remove it or build from a context",
-                    );
-                }
+            if let Some(dockerfile) = &raw.dockerfile {
+                errors.at(
+                    dockerfile.span(),
+                    "build.dockerfile",
+                    "only applies to `context` builds: remove it or build from a context",
+                );
             }
             if let Some(args) = &raw.args {
                 errors.at(

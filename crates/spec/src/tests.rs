@@ -205,6 +205,30 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "at least one environment is required",
     ),
     (
+        "bad strategy name",
+        "app = \"hello\"\nstrategy = \"../etc\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        2,
+        12,
+        "strategy",
+        "must name a file in plans/",
+    ),
+    (
+        "dockerfile with a cargo build",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\ndockerfile = \"Dockerfile\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        4,
+        14,
+        "build.dockerfile",
+        "only applies to `context` builds",
+    ),
+    (
+        "environments as an array",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[[environments]]\nlisten = \"127.0.0.1:8080\"\n",
+        4,
+        1,
+        "environments[0]",
+        "invalid type: sequence, expected a map",
+    ),
+    (
         "bad environment name",
         "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.Prod]\nlisten = \"127.0.0.1:8080\"\n",
         4,
@@ -312,7 +336,6 @@ fn malformed_specs_name_line_column_field_and_problem() {
 
 #[test]
 fn display_is_file_line_column_field_message() {
-    let fixture = Fixture::new();
     let text = MINIMAL.replace(
         "listen = \"127.0.0.1:8080\"\n",
         "listen = \"127.0.0.1:8080\"\nreplicas = 0\n",
@@ -328,7 +351,6 @@ fn display_is_file_line_column_field_message() {
         line.as_deref(),
         Some("deploy.toml:6:12: environments.production.replicas: must be between 1 and 64, got 0")
     );
-    drop(fixture);
 }
 
 #[test]
