@@ -49,9 +49,19 @@ pub async fn probe_http(instance: &Instance, path: &str, timeout: Duration) -> P
             "connecting to {} failed: {e} (GET {path})",
             instance.addr
         )),
+        Ok(Err(ProbeError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Probe::Unhealthy(format!(
+                "connection reset by {} (GET {path})",
+                instance.addr
+            ))
+        }
         Ok(Err(ProbeError::Io(e))) => {
             Probe::Unhealthy(format!("GET {path} on {} failed: {e}", instance.addr))
         }
+        Ok(Err(ProbeError::Closed)) => Probe::Unhealthy(format!(
+            "connection closed by {} before any response (GET {path})",
+            instance.addr
+        )),
         Ok(Err(ProbeError::Malformed(what))) => Probe::Unhealthy(format!(
             "GET {path} on {} got a malformed answer: {what}",
             instance.addr
@@ -65,6 +75,9 @@ enum ProbeError {
     Connect(std::io::Error),
     Io(std::io::Error),
     Malformed(String),
+    /// Closed before a single byte came back (typical while the app is still starting
+    /// behind the engine's port forwarder).
+    Closed,
 }
 
 async fn get_status(addr: &str, path: &str) -> Result<u16, ProbeError> {
@@ -90,11 +103,11 @@ async fn get_status(addr: &str, path: &str) -> Result<u16, ProbeError> {
         }
         let n = stream.read(&mut buf).await.map_err(ProbeError::Io)?;
         if n == 0 {
-            return Err(ProbeError::Malformed(if head.is_empty() {
-                "connection closed before any response".to_string()
+            return Err(if head.is_empty() {
+                ProbeError::Closed
             } else {
-                "connection closed inside the status line".to_string()
-            }));
+                ProbeError::Malformed("connection closed inside the status line".to_string())
+            });
         }
         head.extend_from_slice(&buf[..n]);
     }
@@ -199,6 +212,11 @@ mod tests {
         let addr = serve_once("SSH-2.0-OpenSSH\r\n").await;
         let probe = probe_http(&instance(addr), "/", Duration::from_secs(2)).await;
         assert!(matches!(probe, Probe::Unhealthy(ref why) if why.contains("malformed")));
+        let addr = serve_once("").await;
+        let probe = probe_http(&instance(addr), "/", Duration::from_secs(2)).await;
+        assert!(
+            matches!(probe, Probe::Unhealthy(ref why) if why.starts_with("connection closed by"))
+        );
         let probe = probe_http(&instance(String::new()), "/", Duration::from_secs(2)).await;
         assert!(matches!(probe, Probe::Unhealthy(ref why) if why.contains("no published address")));
     }

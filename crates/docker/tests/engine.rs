@@ -206,11 +206,13 @@ impl Drop for ContainerGuard {
 }
 
 fn instance_spec(name: &str, app: &str, env: &[(&str, &str)]) -> InstanceSpec {
-    let mut container = ContainerSpec::default();
-    container.port = 8080;
-    container.memory_bytes = 64 * 1024 * 1024;
-    container.pids_limit = 64;
-    container.cpus = 0.5;
+    let mut container = ContainerSpec {
+        port: 8080,
+        memory_bytes: 64 * 1024 * 1024,
+        pids_limit: 64,
+        cpus: 0.5,
+        ..ContainerSpec::default()
+    };
     for (k, v) in env {
         container.env.insert(k.to_string(), v.to_string());
     }
@@ -239,7 +241,11 @@ async fn probe_settled(docker: &DockerProvider, instance: &Instance, path: &str)
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let probe = docker.probe(instance, path, Duration::from_secs(1)).await;
-        let starting = matches!(&probe, Probe::Unhealthy(why) if why.starts_with("connection refused") || why.contains("malformed"));
+        // Before the app listens, the engine's port forwarder accepts and then resets or
+        // closes the connection.
+        let starting = matches!(&probe, Probe::Unhealthy(why) if why.starts_with("connection refused")
+            || why.starts_with("connection reset")
+            || why.starts_with("connection closed"));
         if !starting || Instant::now() > deadline {
             return probe;
         }
@@ -368,6 +374,7 @@ async fn dockerfile_builds_use_the_context_args_and_labels() {
         .build(&format!("{tag}-ignored"), &source, &test_labels("d-ctx-2"))
         .await
         .expect_err("junk.log is ignored");
+    eprintln!("ignored file: {}", err.message);
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(err.message.contains("junk.log"), "{}", err.message);
 
@@ -404,6 +411,7 @@ async fn broken_dockerfiles_fail_permanently_with_the_engines_message() {
         .build(&tag, &source, &test_labels("d-broken"))
         .await
         .expect_err("a broken dockerfile does not build");
+    eprintln!("broken dockerfile: {}", err.message);
     assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
     assert!(
         err.message.to_lowercase().contains("frobnicate"),
