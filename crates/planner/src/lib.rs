@@ -1,8 +1,8 @@
 //! The pure planner: spec + strategy + current release -> an immutable, digested plan DAG.
 //!
 //! Nothing here does I/O, reads a clock or draws a random number: the same [`PlanInput`]
-//! always gives a byte-identical [`Plan`] with the same digest. Every name the executor
-//! will use is decided here:
+//! always gives a byte-identical [`Plan`](cutover_model::Plan) with the same digest. Every
+//! name the executor will use is decided here:
 //!
 //! - release id of a deploy: the deployment id (callers pass ids like `production-7`);
 //! - image tag: `cutover/<app>:<release>`;
