@@ -266,12 +266,8 @@ fn bytes(n: u64) -> String {
     format!("{n}B")
 }
 
-fn dur(d: Duration) -> String {
-    humantime_like(d)
-}
-
 /// `1m 30s`, `200ms`, `5m`: whole units, largest first.
-fn humantime_like(d: Duration) -> String {
+fn dur(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".to_string();

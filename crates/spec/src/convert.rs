@@ -384,28 +384,32 @@ fn convert_health(raw: RawHealth, errors: &mut Errors) -> HealthSpec {
         }
     }
     if h.interval >= h.deadline {
-        let span = span_of(&raw.interval)
-            .or_else(|| span_of(&raw.deadline))
-            .unwrap_or(0..0);
+        let (span, field) = match (span_of(&raw.interval), span_of(&raw.deadline)) {
+            (Some(span), _) => (span, "health.interval"),
+            (None, Some(span)) => (span, "health.deadline"),
+            (None, None) => (0..0, "health.interval"),
+        };
         errors.at(
             span,
-            "health.interval",
+            field,
             format!(
-                "must be shorter than health.deadline ({} >= {})",
+                "health.interval must be shorter than health.deadline ({} >= {})",
                 humantime::format_duration(h.interval),
                 humantime::format_duration(h.deadline)
             ),
         );
     }
     if h.timeout > h.deadline {
-        let span = span_of(&raw.timeout)
-            .or_else(|| span_of(&raw.deadline))
-            .unwrap_or(0..0);
+        let (span, field) = match (span_of(&raw.timeout), span_of(&raw.deadline)) {
+            (Some(span), _) => (span, "health.timeout"),
+            (None, Some(span)) => (span, "health.deadline"),
+            (None, None) => (0..0, "health.timeout"),
+        };
         errors.at(
             span,
-            "health.timeout",
+            field,
             format!(
-                "must not be longer than health.deadline ({} > {})",
+                "health.timeout must not be longer than health.deadline ({} > {})",
                 humantime::format_duration(h.timeout),
                 humantime::format_duration(h.deadline)
             ),

@@ -173,6 +173,14 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "must be shorter than health.deadline",
     ),
     (
+        "deadline below the default interval",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[health]\ndeadline = \"100ms\"\ntimeout = \"50ms\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
+        5,
+        12,
+        "health.deadline",
+        "health.interval must be shorter than health.deadline (200ms >= 100ms)",
+    ),
+    (
         "bad memory",
         "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container]\nmemory = \"64 parsecs\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n",
         5,
