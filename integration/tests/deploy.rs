@@ -183,7 +183,7 @@ fn sigkill_of_the_control_plane_mid_deploy_loses_no_request_and_resumes() {
     p.cutover(&["deploy"]).assert_code(0);
     let mut releases = vec![current_release(&p)];
     // Kill the control plane at different points of successive deploys.
-    for (round, point) in ["build", "provision-0", "health-1", "shift", "record"].iter().enumerate() {
+    for (round, point) in ["build", "provision-0", "health-check-1", "shift-traffic", "record"].iter().enumerate() {
         let load = Load::start(&p.url(), 3, Duration::from_secs(120));
         wait_for("load to get going", Duration::from_secs(5), || load.ok_so_far() > 10);
         p.write_spec(&AppConfig {
@@ -200,7 +200,7 @@ fn sigkill_of_the_control_plane_mid_deploy_loses_no_request_and_resumes() {
                 && detail.json()["steps"]
                     .as_array()
                     .map(|steps| {
-                        steps.iter().any(|s| s["id"] == *point && s["state"] != "pending")
+                        steps.iter().any(|s| s["id"] == *point && s["state"] != "not-started")
                     })
                     .unwrap_or(false)
         });

@@ -45,7 +45,6 @@ pub enum CallError {
     Unreachable(String),
     /// The control plane answered with an error.
     Api {
-        status: u16,
         code: String,
         message: String,
     },
@@ -121,13 +120,11 @@ impl Client {
                 message: String::from_utf8_lossy(&body).into_owned(),
             });
             return Err(CallError::Api {
-                status: status.as_u16(),
                 code: err.code,
                 message: err.message,
             });
         }
         serde_json::from_slice(&body).map_err(|e| CallError::Api {
-            status: status.as_u16(),
             code: "decode".to_string(),
             message: format!("cannot read the control plane's answer to {path}: {e}"),
         })

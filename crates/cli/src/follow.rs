@@ -19,7 +19,8 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
     let mut printed = 0usize;
     let mut restarts = 0u32;
     loop {
-        match client.get::<DeploymentDetail>(&format!("/v1/deployments/{id}")).await {
+        let path = format!("/v1/deployments/{id}?after={printed}&wait_ms=1000");
+        match client.get::<DeploymentDetail>(&path).await {
             Ok(detail) => {
                 let start = detail.created_at_ms;
                 for entry in detail.journal.iter().skip(printed) {
@@ -29,7 +30,7 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
                 let running: Vec<&str> = detail
                     .steps
                     .iter()
-                    .filter(|s| s.state == "running")
+                    .filter(|s| s.state == "started")
                     .map(|s| s.id.as_str())
                     .collect();
                 progress.message(&format!("{id}: {}", running.join(", ")));
@@ -53,7 +54,6 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
             }
             Err(e) => return Err(e.into()),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -156,10 +156,10 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<cutover_spec::SpecError>().is_some() {
             return 2;
         }
-        if let Some(CallError::Api { status, .. }) = cause.downcast_ref::<CallError>() {
-            return match status {
-                400 | 404 => 2,
-                409 => 5,
+        if let Some(CallError::Api { code, .. }) = cause.downcast_ref::<CallError>() {
+            return match code.as_str() {
+                "bad_request" | "not_found" => 2,
+                "conflict" => 5,
                 _ => 1,
             };
         }
@@ -208,10 +208,20 @@ async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// Who is asking: `CUTOVER_USER`, else `USER`, else the account name of the uid.
 fn user() -> String {
-    std::env::var("CUTOVER_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| format!("uid-{}", unsafe { libc::getuid() }))
+    if let Ok(user) = std::env::var("CUTOVER_USER").or_else(|_| std::env::var("USER")) {
+        return user;
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
+    unsafe {
+        let uid = libc::getuid();
+        let pw = libc::getpwuid(uid);
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned();
+        }
+        format!("uid-{uid}")
+    }
 }
 
 /// Validate the spec here first, so bad input fails fast and starts nothing.

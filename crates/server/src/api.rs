@@ -89,13 +89,15 @@ pub struct StepLine {
     pub id: String,
     pub kind: String,
     pub depends_on: Vec<String>,
-    /// `pending`, `running`, `succeeded`, `failed`, `undone`, `undo-failed`.
+    /// `not-started`, `started`, `succeeded`, `failed`, `undo-started`, `undone`, `undo-failed`.
     pub state: String,
     pub attempts: u32,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
+    /// One line about what the step produced.
+    pub output: Option<String>,
 }
 
 /// One line of `cutover history`.

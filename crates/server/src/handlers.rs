@@ -57,7 +57,7 @@ async fn start_deployment(
         acquired_at_ms: now_ms(),
     };
     cp.store.acquire_lease(&plan.env, lease)?;
-    let record = DeploymentRecord::new(&plan);
+    let record = DeploymentRecord::from_plan(&plan);
     if let Err(e) = cp.store.save_plan(&plan, &record) {
         cp.store.release_lease(&plan.env, &plan.deployment_id)?;
         return Err(e.into());
@@ -71,11 +71,29 @@ async fn start_deployment(
     }))
 }
 
+#[derive(Deserialize)]
+struct WaitQuery {
+    /// Answer once the journal has more than this many entries (long poll)...
+    after: Option<usize>,
+    /// ...or after this long (at most 5 s).
+    wait_ms: Option<u64>,
+}
+
 async fn deployment(
     State(cp): Cp,
     UrlPath(id): UrlPath<String>,
+    Query(q): Query<WaitQuery>,
 ) -> Result<Json<crate::api::DeploymentDetail>, ServerError> {
-    Ok(Json(view::detail(&cp.store, &id)?))
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(5000));
+    loop {
+        let detail = view::detail(&cp.store, &id)?;
+        let news = q.after.is_none_or(|after| detail.journal.len() > after);
+        if news || detail.finished_at_ms.is_some() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(detail));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[derive(Deserialize)]
@@ -116,7 +134,6 @@ async fn status(State(cp): Cp, Query(q): Query<EnvQuery>) -> Result<Json<Vec<Env
                 .store
                 .retirements(&env)?
                 .into_iter()
-                .filter(|r| !r.completed)
                 .map(|r| WarmRelease {
                     release: r.release,
                     retire_at_ms: r.due_at_ms,
@@ -239,15 +256,31 @@ async fn prepare(cp: &ControlPlane, req: &DeployRequest, allocate: bool) -> Resu
             )));
         }
     }
+    let current = cp.store.current_release(&env)?;
+    // Everything that can refuse the request runs before a deployment number is taken.
+    let rollback = match &req.rollback {
+        None => None,
+        Some(target) => {
+            let target = rollback_target(cp, &env, current.as_ref(), target.release.as_deref())?;
+            let warm: Vec<Instance> = cp
+                .providers
+                .compute
+                .list(&target.app, Some(&env))
+                .await?
+                .into_iter()
+                .filter(|i| i.release == target.id && i.state == InstanceState::Running)
+                .collect();
+            Some((target, warm))
+        }
+    };
     let seq = if allocate {
         cp.store.next_deployment_seq(&env)?
     } else {
         cp.store.peek_deployment_seq(&env)?
     };
     let deployment_id = format!("{env}-{seq}");
-    let current = cp.store.current_release(&env)?;
     let created_at_ms = now_ms();
-    match &req.rollback {
+    match &rollback {
         None => {
             let strategy = load_strategy(&spec, &spec.strategy, cp.plans_dir.as_deref())?;
             Ok(cutover_planner::plan(&PlanInput {
@@ -261,16 +294,7 @@ async fn prepare(cp: &ControlPlane, req: &DeployRequest, allocate: bool) -> Resu
                 kind: PlanKind::Deploy,
             })?)
         }
-        Some(target) => {
-            let target = rollback_target(cp, &env, current.as_ref(), target.release.as_deref())?;
-            let warm: Vec<Instance> = cp
-                .providers
-                .compute
-                .list(&target.app, Some(&env))
-                .await?
-                .into_iter()
-                .filter(|i| i.release == target.id && i.state == InstanceState::Running)
-                .collect();
+        Some((target, warm)) => {
             let strategy = load_strategy(&spec, "rollback", cp.plans_dir.as_deref())?;
             Ok(cutover_planner::plan(&PlanInput {
                 spec: &spec,
@@ -281,8 +305,8 @@ async fn prepare(cp: &ControlPlane, req: &DeployRequest, allocate: bool) -> Resu
                 created_at_ms,
                 current: current.as_ref(),
                 kind: PlanKind::Rollback {
-                    target: &target,
-                    warm_instances: &warm,
+                    target,
+                    warm_instances: warm,
                 },
             })?)
         }

@@ -666,6 +666,28 @@ impl Store {
         Ok(u64::from_be_bytes(bytes))
     }
 
+    /// The number `next_deployment_seq` would return, without taking it (for dry-run plans).
+    pub fn peek_deployment_seq(&self, env: &str) -> Result<u64> {
+        let current = self
+            .sequences
+            .get(env.as_bytes())
+            .map_err(db_err(format!("read deployment sequence of {env}")))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok(current + 1)
+    }
+
+    /// Every environment that has had a deployment, sorted.
+    pub fn environments(&self) -> Result<Vec<String>> {
+        let mut envs = Vec::new();
+        for item in self.sequences.iter() {
+            let (key, _) = item.map_err(db_err("list environments".to_string()))?;
+            envs.push(String::from_utf8_lossy(&key).into_owned());
+        }
+        envs.sort();
+        Ok(envs)
+    }
+
     // ----- retirements -----
 
     /// Schedule (or reschedule) the retirement of `retirement.release`. Flushed.
