@@ -156,8 +156,12 @@ impl Exception {
     }
 
     fn covers_secret(&self, s: &SecretFinding) -> bool {
-        let by_fp = self.fingerprint.as_ref().is_some_and(|fp| *fp == s.fingerprint);
-        let by_rule = self.fingerprint.is_none() && self.id.as_ref().is_some_and(|id| *id == s.rule_id);
+        let by_fp = self
+            .fingerprint
+            .as_ref()
+            .is_some_and(|fp| *fp == s.fingerprint);
+        let by_rule =
+            self.fingerprint.is_none() && self.id.as_ref().is_some_and(|id| *id == s.rule_id);
         (by_fp || by_rule) && self.path_ok(&s.location.path().into_iter().collect::<Vec<_>>())
     }
 }
@@ -217,29 +221,34 @@ impl Exceptions {
                 detail,
             };
             if r.id.is_none() && r.fingerprint.is_none() {
-                return Err(fail("exception needs `id` (advisory or rule id) or `fingerprint`".into()));
+                return Err(fail(
+                    "exception needs `id` (advisory or rule id) or `fingerprint`".into(),
+                ));
             }
-            let reason = r
-                .reason
-                .filter(|s| !s.trim().is_empty())
-                .ok_or_else(|| fail("missing field `reason`: say why the risk is accepted".into()))?;
+            let reason = r.reason.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                fail("missing field `reason`: say why the risk is accepted".into())
+            })?;
             let owner = r
                 .owner
                 .filter(|s| !s.trim().is_empty())
                 .ok_or_else(|| fail("missing field `owner`: name who answers for it".into()))?;
             let expires = match r.expires {
-                None => {
-                    return Err(fail(
-                        "missing field `expires`: every exception needs an end date like 2026-12-31"
-                            .into(),
-                    ))
-                }
+                None => return Err(fail(
+                    "missing field `expires`: every exception needs an end date like 2026-12-31"
+                        .into(),
+                )),
                 Some(toml::Value::Datetime(dt)) => match (dt.date, dt.time) {
                     (Some(d), None) => Date::new(i32::from(d.year), d.month, d.day),
                     _ => None,
                 }
-                .ok_or_else(|| fail(format!("field `expires`: {dt} is not a plain date like 2026-12-31")))?,
-                Some(toml::Value::String(s)) => s.parse().map_err(|e| fail(format!("field `expires`: {e}")))?,
+                .ok_or_else(|| {
+                    fail(format!(
+                        "field `expires`: {dt} is not a plain date like 2026-12-31"
+                    ))
+                })?,
+                Some(toml::Value::String(s)) => s
+                    .parse()
+                    .map_err(|e| fail(format!("field `expires`: {e}")))?,
                 Some(other) => {
                     return Err(fail(format!(
                         "field `expires`: {other} is not a date like 2026-12-31"
@@ -312,7 +321,12 @@ impl std::fmt::Display for Verdict {
 
 /// Applies the policy and the exceptions to the findings on `today`. Expired exceptions do not
 /// suppress; each one met adds "exception <id> expired on <date>" to the reasons.
-pub fn evaluate(findings: &Findings, policy: &GatePolicy, exceptions: &Exceptions, today: Date) -> Verdict {
+pub fn evaluate(
+    findings: &Findings,
+    policy: &GatePolicy,
+    exceptions: &Exceptions,
+    today: Date,
+) -> Verdict {
     let mut reasons = Vec::new();
     let mut suppressed = Vec::new();
     let mut counts: BTreeMap<Severity, usize> = Severity::ALL.iter().map(|s| (*s, 0)).collect();
@@ -342,8 +356,16 @@ pub fn evaluate(findings: &Findings, policy: &GatePolicy, exceptions: &Exception
     };
     let mut failing = Vec::new();
     for v in &findings.vulnerabilities {
-        let covering: Vec<&Exception> = exceptions.exceptions.iter().filter(|e| e.covers_vuln(v)).collect();
-        if check(covering, &format!("{} in {} {}", v.id, v.package, v.version), &mut reasons) {
+        let covering: Vec<&Exception> = exceptions
+            .exceptions
+            .iter()
+            .filter(|e| e.covers_vuln(v))
+            .collect();
+        if check(
+            covering,
+            &format!("{} in {} {}", v.id, v.package, v.version),
+            &mut reasons,
+        ) {
             continue;
         }
         *counts.entry(v.severity).or_default() += 1;
@@ -354,7 +376,11 @@ pub fn evaluate(findings: &Findings, policy: &GatePolicy, exceptions: &Exception
     let mut secrets = 0;
     let mut failing_secrets = Vec::new();
     for s in &findings.secrets {
-        let covering: Vec<&Exception> = exceptions.exceptions.iter().filter(|e| e.covers_secret(s)).collect();
+        let covering: Vec<&Exception> = exceptions
+            .exceptions
+            .iter()
+            .filter(|e| e.covers_secret(s))
+            .collect();
         if check(covering, &s.fingerprint, &mut reasons) {
             continue;
         }
@@ -424,7 +450,11 @@ mod tests {
     #[test]
     fn alias_exceptions_suppress_both_ways() {
         let findings = Findings {
-            vulnerabilities: vec![vuln("RUSTSEC-2021-0003", &["CVE-2021-25900", "GHSA-43w2-9j62-hq99"], Severity::Critical)],
+            vulnerabilities: vec![vuln(
+                "RUSTSEC-2021-0003",
+                &["CVE-2021-25900", "GHSA-43w2-9j62-hq99"],
+                Severity::Critical,
+            )],
             secrets: vec![],
         };
         let policy = GatePolicy::default();
@@ -439,7 +469,11 @@ mod tests {
         assert_eq!(v.suppressed.len(), 1);
         // The other way round: the finding is the CVE, the exception names the RUSTSEC id.
         let findings2 = Findings {
-            vulnerabilities: vec![vuln("CVE-2021-25900", &["RUSTSEC-2021-0003"], Severity::Critical)],
+            vulnerabilities: vec![vuln(
+                "CVE-2021-25900",
+                &["RUSTSEC-2021-0003"],
+                Severity::Critical,
+            )],
             secrets: vec![],
         };
         let by_rustsec = Exceptions::from_toml(
@@ -472,7 +506,13 @@ mod tests {
         .unwrap();
         let v = evaluate(&findings, &GatePolicy::default(), &ex, day("2026-02-01"));
         assert!(!v.passed);
-        assert!(v.reasons.iter().any(|r| r == "exception CVE-1 expired on 2026-01-31"), "{:?}", v.reasons);
+        assert!(
+            v.reasons
+                .iter()
+                .any(|r| r == "exception CVE-1 expired on 2026-01-31"),
+            "{:?}",
+            v.reasons
+        );
         // Still valid on its last day.
         assert!(evaluate(&findings, &GatePolicy::default(), &ex, day("2026-01-31")).passed);
     }
@@ -480,14 +520,26 @@ mod tests {
     #[test]
     fn severity_threshold() {
         let findings = Findings {
-            vulnerabilities: vec![vuln("A", &[], Severity::Medium), vuln("B", &[], Severity::Low)],
+            vulnerabilities: vec![
+                vuln("A", &[], Severity::Medium),
+                vuln("B", &[], Severity::Low),
+            ],
             secrets: vec![],
         };
-        let high = GatePolicy { fail_on: Severity::High, fail_on_secrets: true };
+        let high = GatePolicy {
+            fail_on: Severity::High,
+            fail_on_secrets: true,
+        };
         let v = evaluate(&findings, &high, &Exceptions::none(), day("2026-01-01"));
         assert!(v.passed);
-        assert_eq!((v.counts[&Severity::Medium], v.counts[&Severity::Low]), (1, 1));
-        let medium = GatePolicy { fail_on: Severity::Medium, ..high };
+        assert_eq!(
+            (v.counts[&Severity::Medium], v.counts[&Severity::Low]),
+            (1, 1)
+        );
+        let medium = GatePolicy {
+            fail_on: Severity::Medium,
+            ..high
+        };
         let v = evaluate(&findings, &medium, &Exceptions::none(), day("2026-01-01"));
         assert!(!v.passed);
         assert_eq!(v.reasons[0], "1 vulnerability at or above medium");
@@ -496,15 +548,22 @@ mod tests {
     #[test]
     fn missing_expires_names_file_line_and_field() {
         let text = "# accepted risks\n\n[[exception]]\nid = \"CVE-1\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-01-01\n\n[[exception]]\nid = \"CVE-2\"\nreason = \"r\"\nowner = \"o\"\n";
-        let err = Exceptions::from_toml(text, "exceptions.toml").unwrap_err().to_string();
+        let err = Exceptions::from_toml(text, "exceptions.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exceptions.toml"), "{err}");
         assert!(err.contains("line 9"), "{err}");
         assert!(err.contains("`expires`"), "{err}");
-        let err = Exceptions::from_toml("[[exception]]\nid = \"CVE-1\"\nreason = \"r\"\nowner = \"o\"\nexpires = \"someday\"\n", "e.toml")
+        let err = Exceptions::from_toml(
+            "[[exception]]\nid = \"CVE-1\"\nreason = \"r\"\nowner = \"o\"\nexpires = \"someday\"\n",
+            "e.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 1") && err.contains("someday"), "{err}");
+        let err = Exceptions::from_toml("[[exception]]\nid = 3\n", "e.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 1") && err.contains("someday"), "{err}");
-        let err = Exceptions::from_toml("[[exception]]\nid = 3\n", "e.toml").unwrap_err().to_string();
         assert!(err.contains("e.toml, line 2"), "{err}");
     }
 }

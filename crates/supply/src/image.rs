@@ -506,10 +506,7 @@ impl<R: Read> Read for Bounded<R> {
 /// Offsets and sizes of the image tarball's members.
 fn index_members(path: &Path) -> Result<HashMap<String, (u64, u64)>> {
     let mut file = File::open(path).map_err(|e| SupplyError::io(path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| SupplyError::io(path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| SupplyError::io(path, e))?.len();
     let mut magic = [0u8; 2];
     let got = read_up_to(&mut file, &mut magic).map_err(|e| SupplyError::io(path, e))?;
     if got == 2 && magic == [0x1f, 0x8b] {

@@ -78,7 +78,10 @@ pub struct InventoryCollector {
 pub fn inventory(image: &Image) -> Result<Inventory> {
     let mut c = InventoryCollector::default();
     let max_binary = image.limits().max_binary_bytes;
-    let warnings = image.visit_files(|m| InventoryCollector::wants(m, max_binary), |m, data| c.add(m, data))?;
+    let warnings = image.visit_files(
+        |m| InventoryCollector::wants(m, max_binary),
+        |m, data| c.add(m, data),
+    )?;
     let mut inv = c.finish();
     inv.warnings.extend(warnings);
     Ok(inv)
@@ -491,10 +494,17 @@ pub fn purl(p: &Package, distro: Option<&Distro>) -> String {
             } else {
                 ("apk", "alpine")
             };
-            let ns = distro.map(|d| d.id.as_str()).filter(|d| !d.is_empty()).unwrap_or(ns);
+            let ns = distro
+                .map(|d| d.id.as_str())
+                .filter(|d| !d.is_empty())
+                .unwrap_or(ns);
             let mut q = Vec::new();
             if let Some(d) = distro.filter(|d| !d.version_id.is_empty()) {
-                q.push(format!("distro={}-{}", purl_encode(&d.id), purl_encode(&d.version_id)));
+                q.push(format!(
+                    "distro={}-{}",
+                    purl_encode(&d.id),
+                    purl_encode(&d.version_id)
+                ));
             }
             if let Some(src) = &p.source_name {
                 if src != &p.name {
@@ -539,7 +549,9 @@ mod tests {
 
     #[test]
     fn apk_cargo_npm_python_parse() {
-        let a = parse_apk_installed("C:Q1x\nP:musl\nV:1.2.4-r2\no:musl\n\nP:libcrypto3\nV:3.1.4-r1\no:openssl\n");
+        let a = parse_apk_installed(
+            "C:Q1x\nP:musl\nV:1.2.4-r2\no:musl\n\nP:libcrypto3\nV:3.1.4-r1\no:openssl\n",
+        );
         assert_eq!(a[1].source_name.as_deref(), Some("openssl"));
         let c = parse_cargo_lock("version = 3\n[[package]]\nname = \"me\"\nversion = \"0.1.0\"\n\n[[package]]\nname = \"smallvec\"\nversion = \"1.6.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n").unwrap();
         assert_eq!(c.len(), 1);
@@ -548,7 +560,10 @@ mod tests {
         let mut names: Vec<_> = n.iter().map(|f| f.name.as_str()).collect();
         names.sort();
         assert_eq!(names, ["@babel/core", "lodash", "minimist"]);
-        let p = parse_python_metadata("Metadata-Version: 2.1\nName: Jinja2\nVersion: 2.11.2\n\nName: ignored\n").unwrap();
+        let p = parse_python_metadata(
+            "Metadata-Version: 2.1\nName: Jinja2\nVersion: 2.11.2\n\nName: ignored\n",
+        )
+        .unwrap();
         assert_eq!((p.name.as_str(), p.version.as_str()), ("Jinja2", "2.11.2"));
         let r = parse_requirements("# pins\nrequests[socks]==2.19.0 ; python_version > '3'\nflask>=1.0\nurllib3==1.24.1  # old\n");
         assert_eq!(r.len(), 2);
@@ -569,7 +584,10 @@ mod tests {
             locations: vec![],
             layer: String::new(),
         };
-        let d = Distro { id: "debian".into(), version_id: "12".into() };
+        let d = Distro {
+            id: "debian".into(),
+            version_id: "12".into(),
+        };
         assert_eq!(
             purl(&p, Some(&d)),
             "pkg:deb/debian/libssl3@1%3A3.0.11-1~deb12u2?distro=debian-12&upstream=openssl"

@@ -176,9 +176,11 @@ pub fn affected_by(ecosystem: Ecosystem, version: &str, affected: &Affected) -> 
             return Some(hit);
         }
     }
-    if affected.versions.iter().any(|v| {
-        v == version || ecosystem.compare(v, version) == Some(Ordering::Equal)
-    }) {
+    if affected
+        .versions
+        .iter()
+        .any(|v| v == version || ecosystem.compare(v, version) == Some(Ordering::Equal))
+    {
         return Some(Hit { fixed: None });
     }
     None
@@ -466,7 +468,13 @@ impl AdvisoryDb {
     pub fn aliases_of(&self, id: &str) -> Vec<String> {
         self.group_of
             .get(id)
-            .map(|g| self.groups[*g].iter().filter(|s| *s != id).cloned().collect())
+            .map(|g| {
+                self.groups[*g]
+                    .iter()
+                    .filter(|s| *s != id)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -503,7 +511,12 @@ impl AdvisoryDb {
                         continue;
                     }
                 };
-                parse_into(&f.display().to_string(), &bytes, &mut advisories, &mut report);
+                parse_into(
+                    &f.display().to_string(),
+                    &bytes,
+                    &mut advisories,
+                    &mut report,
+                );
             }
         } else {
             import_zip(source, limits, &mut advisories, &mut report)?;
@@ -560,7 +573,11 @@ impl AdvisoryDb {
 
     /// Matches packages against the database. `distro` restricts `Debian:N`/`Alpine:vX.Y`
     /// advisories to the image's release when it is known.
-    pub fn match_packages(&self, packages: &[Package], distro: Option<&Distro>) -> Vec<VulnFinding> {
+    pub fn match_packages(
+        &self,
+        packages: &[Package],
+        distro: Option<&Distro>,
+    ) -> Vec<VulnFinding> {
         let mut out: BTreeMap<(String, String, String, Ecosystem), VulnFinding> = BTreeMap::new();
         for p in packages {
             let key = (p.ecosystem, p.advisory_name());
@@ -577,7 +594,12 @@ impl AdvisoryDb {
                     continue;
                 };
                 let (severity, score) = severity_of(adv, Some(aff));
-                let k = (adv.id.clone(), p.name.clone(), p.version.clone(), p.ecosystem);
+                let k = (
+                    adv.id.clone(),
+                    p.name.clone(),
+                    p.version.clone(),
+                    p.ecosystem,
+                );
                 out.entry(k).or_insert_with(|| VulnFinding {
                     id: adv.id.clone(),
                     aliases: self.aliases_of(&adv.id),
@@ -628,9 +650,7 @@ fn release_applies(osv_ecosystem: &str, distro: Option<&Distro>) -> bool {
         return true;
     };
     match eco {
-        Ecosystem::Debian => {
-            d.id != "debian" || d.version_id.split('.').next() == Some(release)
-        }
+        Ecosystem::Debian => d.id != "debian" || d.version_id.split('.').next() == Some(release),
         Ecosystem::Alpine => {
             let mut parts = d.version_id.split('.');
             let mm = format!(
@@ -648,7 +668,9 @@ fn walk_json(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|e| SupplyError::io(dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| SupplyError::io(dir, e))?;
-        let ty = entry.file_type().map_err(|e| SupplyError::io(entry.path(), e))?;
+        let ty = entry
+            .file_type()
+            .map_err(|e| SupplyError::io(entry.path(), e))?;
         let p = entry.path();
         if ty.is_dir() {
             walk_json(&p, out)?;
@@ -766,7 +788,10 @@ pub fn write_zip(path: &Path, advisories: &[serde_json::Value]) -> std::io::Resu
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
     for (i, a) in advisories.iter().enumerate() {
-        let id = a["id"].as_str().map(str::to_string).unwrap_or(format!("adv-{i}"));
+        let id = a["id"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or(format!("adv-{i}"));
         zip.start_file(format!("{id}.json"), opts)
             .map_err(std::io::Error::other)?;
         zip.write_all(&serde_json::to_vec(a)?)?;
@@ -795,46 +820,122 @@ mod tests {
     #[test]
     fn range_semantics_table() {
         use Ecosystem::*;
-        let zero_fixed = aff("ECOSYSTEM", serde_json::json!([{"introduced": "0"}, {"fixed": "1.2.0"}]), &[]);
-        let last = aff("SEMVER", serde_json::json!([{"introduced": "1.0.0"}, {"last_affected": "1.4.2"}]), &[]);
+        let zero_fixed = aff(
+            "ECOSYSTEM",
+            serde_json::json!([{"introduced": "0"}, {"fixed": "1.2.0"}]),
+            &[],
+        );
+        let last = aff(
+            "SEMVER",
+            serde_json::json!([{"introduced": "1.0.0"}, {"last_affected": "1.4.2"}]),
+            &[],
+        );
         let multi = aff(
             "SEMVER",
             serde_json::json!([{"introduced": "0.6.3"}, {"fixed": "0.6.14"}, {"introduced": "1.0.0"}, {"fixed": "1.6.1"}]),
             &[],
         );
-        let limited = aff("SEMVER", serde_json::json!([{"introduced": "0"}, {"limit": "2.0.0"}]), &[]);
+        let limited = aff(
+            "SEMVER",
+            serde_json::json!([{"introduced": "0"}, {"limit": "2.0.0"}]),
+            &[],
+        );
         let open = aff("ECOSYSTEM", serde_json::json!([{"introduced": "0"}]), &[]);
-        let listed = aff("GIT", serde_json::json!([{"introduced": "abc"}, {"fixed": "def"}]), &["1.0.1", "1.0.2"]);
-        let deb = aff("ECOSYSTEM", serde_json::json!([{"introduced": "0"}, {"fixed": "1:2.3~rc1-1"}]), &[]);
-        let pre = aff("SEMVER", serde_json::json!([{"introduced": "1.0.0-alpha.1"}, {"fixed": "1.0.0"}]), &[]);
+        let listed = aff(
+            "GIT",
+            serde_json::json!([{"introduced": "abc"}, {"fixed": "def"}]),
+            &["1.0.1", "1.0.2"],
+        );
+        let deb = aff(
+            "ECOSYSTEM",
+            serde_json::json!([{"introduced": "0"}, {"fixed": "1:2.3~rc1-1"}]),
+            &[],
+        );
+        let pre = aff(
+            "SEMVER",
+            serde_json::json!([{"introduced": "1.0.0-alpha.1"}, {"fixed": "1.0.0"}]),
+            &[],
+        );
         let table: Vec<(&str, Ecosystem, &str, &Affected, Option<Option<&str>>)> = vec![
-            ("introduced 0 below fix", CratesIo, "1.1.9", &zero_fixed, Some(Some("1.2.0"))),
+            (
+                "introduced 0 below fix",
+                CratesIo,
+                "1.1.9",
+                &zero_fixed,
+                Some(Some("1.2.0")),
+            ),
             ("at fix", CratesIo, "1.2.0", &zero_fixed, None),
             ("above fix", CratesIo, "1.3.0", &zero_fixed, None),
-            ("0.0.0 with introduced 0", CratesIo, "0.0.0", &zero_fixed, Some(Some("1.2.0"))),
+            (
+                "0.0.0 with introduced 0",
+                CratesIo,
+                "0.0.0",
+                &zero_fixed,
+                Some(Some("1.2.0")),
+            ),
             ("below introduced", CratesIo, "0.9.0", &last, None),
             ("at introduced", CratesIo, "1.0.0", &last, Some(None)),
             ("at last_affected", CratesIo, "1.4.2", &last, Some(None)),
             ("above last_affected", CratesIo, "1.4.3", &last, None),
-            ("first range", CratesIo, "0.6.5", &multi, Some(Some("0.6.14"))),
+            (
+                "first range",
+                CratesIo,
+                "0.6.5",
+                &multi,
+                Some(Some("0.6.14")),
+            ),
             ("between ranges", CratesIo, "0.7.0", &multi, None),
-            ("second range", CratesIo, "1.6.0", &multi, Some(Some("1.6.1"))),
+            (
+                "second range",
+                CratesIo,
+                "1.6.0",
+                &multi,
+                Some(Some("1.6.1")),
+            ),
             ("second fix", CratesIo, "1.6.1", &multi, None),
             ("under limit", CratesIo, "1.9.9", &limited, Some(None)),
             ("at limit", CratesIo, "2.0.0", &limited, None),
             ("no fix yet", Npm, "99.0.0", &open, Some(None)),
             ("explicit versions", CratesIo, "1.0.2", &listed, Some(None)),
             ("not listed; GIT ignored", CratesIo, "1.0.3", &listed, None),
-            ("debian epoch beats upstream", Debian, "2.4-1", &deb, Some(Some("1:2.3~rc1-1"))),
-            ("debian tilde sorts before", Debian, "1:2.3~beta-1", &deb, Some(Some("1:2.3~rc1-1"))),
+            (
+                "debian epoch beats upstream",
+                Debian,
+                "2.4-1",
+                &deb,
+                Some(Some("1:2.3~rc1-1")),
+            ),
+            (
+                "debian tilde sorts before",
+                Debian,
+                "1:2.3~beta-1",
+                &deb,
+                Some(Some("1:2.3~rc1-1")),
+            ),
             ("debian at fix", Debian, "1:2.3~rc1-1", &deb, None),
             ("debian after fix", Debian, "1:2.3-1", &deb, None),
-            ("semver prerelease inside", CratesIo, "1.0.0-beta", &pre, Some(Some("1.0.0"))),
-            ("semver prerelease before", CratesIo, "1.0.0-alpha", &pre, None),
+            (
+                "semver prerelease inside",
+                CratesIo,
+                "1.0.0-beta",
+                &pre,
+                Some(Some("1.0.0")),
+            ),
+            (
+                "semver prerelease before",
+                CratesIo,
+                "1.0.0-alpha",
+                &pre,
+                None,
+            ),
             ("semver release is fix", CratesIo, "1.0.0", &pre, None),
         ];
         for (name, eco, v, a, want) in table {
-            assert_eq!(hit(eco, v, a), want.map(|f| f.map(str::to_string)), "{name}: {v}");
+            assert_eq!(
+                hit(eco, v, a),
+                want.map(|f| f.map(str::to_string)),
+                "{name}: {v}"
+            );
         }
     }
 
@@ -866,9 +967,12 @@ mod tests {
     #[test]
     fn aliases_are_grouped_transitively() {
         let db = AdvisoryDb::from_advisories(vec![
-            serde_json::from_value(serde_json::json!({"id": "GHSA-a", "aliases": ["CVE-1"]})).unwrap(),
-            serde_json::from_value(serde_json::json!({"id": "RUSTSEC-b", "aliases": ["CVE-1"]})).unwrap(),
-            serde_json::from_value(serde_json::json!({"id": "DSA-c", "aliases": ["CVE-9"]})).unwrap(),
+            serde_json::from_value(serde_json::json!({"id": "GHSA-a", "aliases": ["CVE-1"]}))
+                .unwrap(),
+            serde_json::from_value(serde_json::json!({"id": "RUSTSEC-b", "aliases": ["CVE-1"]}))
+                .unwrap(),
+            serde_json::from_value(serde_json::json!({"id": "DSA-c", "aliases": ["CVE-9"]}))
+                .unwrap(),
         ]);
         assert_eq!(db.aliases_of("GHSA-a"), ["CVE-1", "RUSTSEC-b"]);
         assert_eq!(db.aliases_of("DSA-c"), ["CVE-9"]);
@@ -876,11 +980,17 @@ mod tests {
 
     #[test]
     fn debian_release_filter() {
-        let d12 = Distro { id: "debian".into(), version_id: "12".into() };
+        let d12 = Distro {
+            id: "debian".into(),
+            version_id: "12".into(),
+        };
         assert!(release_applies("Debian:12", Some(&d12)));
         assert!(!release_applies("Debian:11", Some(&d12)));
         assert!(release_applies("Debian:11", None));
-        let a = Distro { id: "alpine".into(), version_id: "3.18.4".into() };
+        let a = Distro {
+            id: "alpine".into(),
+            version_id: "3.18.4".into(),
+        };
         assert!(release_applies("Alpine:v3.18", Some(&a)));
         assert!(!release_applies("Alpine:v3.19", Some(&a)));
     }

