@@ -273,6 +273,7 @@ async fn cargo_builds_are_static_idempotent_and_exportable() {
         .build(&image.tag, source, labels)
         .await
         .expect("second build");
+    eprintln!("repeated build answered in {:?}", started.elapsed());
     assert_eq!(&again, image);
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -444,7 +445,9 @@ async fn provisioned_instances_are_hardened_healthy_idempotent_and_removable() {
     let _guard = ContainerGuard(vec![name.clone()]);
     let spec = instance_spec(&name, &app, &[("VERSION", "vtest")]);
 
+    let started = Instant::now();
     let instance = docker.provision(&spec, image).await.expect("provision");
+    eprintln!("provisioned in {:?}", started.elapsed());
     assert_eq!(instance.name, name);
     assert_eq!(instance.state, InstanceState::Running);
     assert!(instance.addr.starts_with("127.0.0.1:"), "{instance:?}");
@@ -456,6 +459,14 @@ async fn provisioned_instances_are_hardened_healthy_idempotent_and_removable() {
         probe_settled(&docker, &instance, "/healthz").await,
         Probe::Healthy
     );
+    let started = Instant::now();
+    for _ in 0..20 {
+        let probe = docker
+            .probe(&instance, "/healthz", Duration::from_secs(1))
+            .await;
+        assert_eq!(probe, Probe::Healthy);
+    }
+    eprintln!("one probe takes {:?} on average", started.elapsed() / 20);
     let response = http_get(&instance.addr, "/").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("hello from vtest\n"), "{response}");
@@ -539,7 +550,9 @@ async fn provisioned_instances_are_hardened_healthy_idempotent_and_removable() {
         err.message
     );
 
+    let started = Instant::now();
     docker.remove(&name).await.expect("remove");
+    eprintln!("removed in {:?}", started.elapsed());
     docker.remove(&name).await.expect("remove twice");
     assert_eq!(docker.inspect(&name).await.expect("inspect"), None);
     assert!(docker.list(&app, None).await.expect("list").is_empty());
