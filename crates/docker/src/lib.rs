@@ -10,6 +10,14 @@
 //!
 //! This is the only crate of cutover that knows bollard; nothing of bollard leaks from its
 //! public API.
+//!
+//! Known limits:
+//! - Ports are published on `127.0.0.1` with an ephemeral host port, so instance addresses
+//!   are only reachable from the Engine's host (a remote `DOCKER_HOST` needs the proxy to run
+//!   there), and an instance the Engine restarts may come back on a different port: read
+//!   the address again with `inspect` after a restart.
+//! - Cargo builds target `x86_64-unknown-linux-gnu` with `+crt-static`; the glibc static
+//!   libraries must be installed.
 
 mod container;
 mod context;
