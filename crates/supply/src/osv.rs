@@ -856,7 +856,14 @@ mod tests {
             serde_json::json!([{"introduced": "1.0.0-alpha.1"}, {"fixed": "1.0.0"}]),
             &[],
         );
-        let table: Vec<(&str, Ecosystem, &str, &Affected, Option<Option<&str>>)> = vec![
+        type Row<'a> = (
+            &'a str,
+            Ecosystem,
+            &'a str,
+            &'a Affected,
+            Option<Option<&'a str>>,
+        );
+        let table: Vec<Row<'_>> = vec![
             (
                 "introduced 0 below fix",
                 CratesIo,
