@@ -649,3 +649,48 @@ fn remove_under(
         merged.remove(&k);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalize() {
+        assert_eq!(normalize("./etc/passwd"), "etc/passwd");
+        assert_eq!(normalize("/usr/lib/"), "usr/lib");
+        assert_eq!(normalize("./"), "");
+        assert_eq!(split("a/b/.wh.c"), ("a/b", ".wh.c"));
+        assert_eq!(split(".wh.c"), ("", ".wh.c"));
+    }
+
+    #[test]
+    fn member_digests() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            digest_from_member(&format!("blobs/sha256/{hex}")),
+            format!("sha256:{hex}")
+        );
+        assert_eq!(
+            digest_from_member(&format!("{hex}/layer.tar")),
+            format!("sha256:{hex}")
+        );
+        assert_eq!(blob_member("sha256:../../etc"), None);
+        assert_eq!(
+            blob_member(&format!("sha256:{hex}")),
+            Some(format!("blobs/sha256/{hex}"))
+        );
+    }
+
+    #[test]
+    fn bounded_reader_flags_overrun() {
+        let flag = Rc::new(Cell::new(false));
+        let mut r = Bounded {
+            inner: &[0u8; 100][..],
+            left: 10,
+            exceeded: flag.clone(),
+        };
+        let mut buf = Vec::new();
+        assert!(r.read_to_end(&mut buf).is_err());
+        assert!(flag.get());
+    }
+}

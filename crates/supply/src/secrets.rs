@@ -612,3 +612,44 @@ pub fn scan_config(rules: &RuleSet, config: &ImageConfig) -> Vec<SecretFinding> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_shows_at_most_four_chars() {
+        assert_eq!(
+            redact("github-pat", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
+            "ghp_…"
+        );
+        assert_eq!(redact("generic", "abcdefgh"), "ab…");
+        assert_eq!(redact("generic", "abc"), "…");
+        assert_eq!(redact("private-key", "-----BEGIN RSA PRIVATE KEY-----"), "");
+        assert_eq!(redact("ssh-private-key-file", ""), "");
+    }
+
+    #[test]
+    fn entropy_orders_randomness() {
+        assert_eq!(shannon_entropy("aaaa"), 0.0);
+        assert!((shannon_entropy("abcd") - 2.0).abs() < 1e-9);
+        assert!(shannon_entropy("Vx7#qL9!zR2@mK4") > 3.5);
+        assert!(shannon_entropy("password") < 3.5);
+    }
+
+    #[test]
+    fn default_rules_compile_and_find_lines() {
+        let rules = RuleSet::default_rules();
+        assert!(rules.len() >= 14);
+        let text = format!("a\nb\nkey = AKIA{}\n", "QWERTYUIOPASDFGH");
+        let hits = rules.scan_text(&text, Some("etc/x"));
+        assert_eq!(hits.len(), 1);
+        assert_eq!(
+            (rules.rule_id(&hits[0]), hits[0].line),
+            ("aws-access-key-id", 3)
+        );
+        assert!(!format!("{:?}", hits[0]).contains("QWERTY"));
+        // Path rules never run on config fields.
+        assert!(rules.scan_text("password 12345678", None).is_empty());
+    }
+}
