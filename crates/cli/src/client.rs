@@ -44,10 +44,7 @@ pub enum CallError {
     /// Nothing answers on the socket.
     Unreachable(String),
     /// The control plane answered with an error.
-    Api {
-        code: String,
-        message: String,
-    },
+    Api { code: String, message: String },
 }
 
 impl std::fmt::Display for CallError {
@@ -75,7 +72,11 @@ impl Client {
         self.call("GET", path, None::<&()>).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, CallError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
         self.call("POST", path, Some(body)).await
     }
 

@@ -47,9 +47,14 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
             Err(CallError::Unreachable(e)) => {
                 restarts += 1;
                 if restarts > 20 {
-                    anyhow::bail!("the control plane keeps dying ({e}); see {}", state.serve_log().display());
+                    anyhow::bail!(
+                        "the control plane keeps dying ({e}); see {}",
+                        state.serve_log().display()
+                    );
                 }
-                progress.line("the control plane stopped answering; restarting it to resume the deployment");
+                progress.line(
+                    "the control plane stopped answering; restarting it to resume the deployment",
+                );
                 client = connect_or_start(state).await?.0;
             }
             Err(e) => return Err(e.into()),

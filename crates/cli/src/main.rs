@@ -18,7 +18,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use cutover_model::Plan;
-use cutover_server::api::{DeployRequest, EnvStatus, HistoryLine, Resumed, RollbackTarget, Started};
+use cutover_server::api::{
+    DeployRequest, EnvStatus, HistoryLine, Resumed, RollbackTarget, Started,
+};
 
 use client::{connect_or_start, CallError, Client, StateDir};
 
@@ -40,7 +42,13 @@ Exit codes:
 )]
 struct Cli {
     /// The deployment spec.
-    #[arg(short = 'f', long = "file", global = true, default_value = "deploy.toml", env = "CUTOVER_FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "deploy.toml",
+        env = "CUTOVER_FILE"
+    )]
     file: PathBuf,
     /// Where the store, logs and sockets live (default: .cutover/ next to the spec).
     #[arg(long, global = true, env = "CUTOVER_STATE_DIR")]
@@ -122,8 +130,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve { stop: false, .. } | Command::Proxy));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    init_tracing(matches!(
+        cli.command,
+        Command::Serve { stop: false, .. } | Command::Proxy
+    ));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -140,9 +154,12 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(daemon: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if daemon {
         builder.json().init();
     } else {
@@ -185,7 +202,14 @@ async fn run(cli: Cli) -> Result<u8> {
         output: cli.output,
     };
     match cli.command {
-        Command::Plan { env, rollback, to } => plan(&ctx, env, rollback.then_some(RollbackTarget { release: to })).await,
+        Command::Plan { env, rollback, to } => {
+            plan(
+                &ctx,
+                env,
+                rollback.then_some(RollbackTarget { release: to }),
+            )
+            .await
+        }
         Command::Deploy { env, detach } => start(&ctx, env, None, detach).await,
         Command::Rollback { env, to, detach } => {
             start(&ctx, env, Some(RollbackTarget { release: to }), detach).await
@@ -197,7 +221,10 @@ async fn run(cli: Cli) -> Result<u8> {
             serve::run(ctx.state).await?;
             Ok(0)
         }
-        Command::Serve { stop: true, keep_proxy } => stop(&ctx, keep_proxy).await,
+        Command::Serve {
+            stop: true,
+            keep_proxy,
+        } => stop(&ctx, keep_proxy).await,
         Command::Proxy => {
             cutover_proxy::run(cutover_proxy::ProxyConfig {
                 state_dir: ctx.state.0.clone(),
@@ -218,7 +245,9 @@ fn user() -> String {
         let uid = libc::getuid();
         let pw = libc::getpwuid(uid);
         if !pw.is_null() && !(*pw).pw_name.is_null() {
-            return std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned();
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
         }
         format!("uid-{uid}")
     }
@@ -236,7 +265,9 @@ async fn connect(ctx: &Context_) -> Result<Client> {
     if started {
         let resumed: Resumed = client.post("/v1/resume", &()).await?;
         for id in &resumed.deployments {
-            eprintln!("note: resuming interrupted deployment {id} (follow it with `cutover resume`)");
+            eprintln!(
+                "note: resuming interrupted deployment {id} (follow it with `cutover resume`)"
+            );
         }
     }
     Ok(client)
@@ -254,7 +285,9 @@ fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTarget>
 async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTarget>) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let plan: Plan = client.post("/v1/plan", &request(ctx, env, rollback)).await?;
+    let plan: Plan = client
+        .post("/v1/plan", &request(ctx, env, rollback))
+        .await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
         Output::Dot => print!("{}", cutover_planner::render_dot(&plan)),
@@ -281,7 +314,12 @@ async fn start(
         }
         return Ok(0);
     }
-    follow::follow(&ctx.state, &started.deployment_id, ctx.output == Output::Json).await
+    follow::follow(
+        &ctx.state,
+        &started.deployment_id,
+        ctx.output == Output::Json,
+    )
+    .await
 }
 
 async fn resume(ctx: &Context_) -> Result<u8> {
@@ -305,15 +343,19 @@ async fn resume(ctx: &Context_) -> Result<u8> {
 async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>) -> Result<u8> {
     let client = connect(ctx).await?;
     if let Some(id) = deployment {
-        let detail: cutover_server::api::DeploymentDetail =
-            client.get(&format!("/v1/deployments/{}", encode(&id))).await?;
+        let detail: cutover_server::api::DeploymentDetail = client
+            .get(&format!("/v1/deployments/{}", encode(&id)))
+            .await?;
         match ctx.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&detail)?),
             _ => print!("{}", render::deployment(&detail)),
         }
         return Ok(0);
     }
-    let mut path = format!("/v1/status?spec_path={}", encode(&ctx.spec.to_string_lossy()));
+    let mut path = format!(
+        "/v1/status?spec_path={}",
+        encode(&ctx.spec.to_string_lossy())
+    );
     if let Some(env) = &env {
         path.push_str(&format!("&env={}", encode(env)));
     }
@@ -322,11 +364,16 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
         Output::Json => println!("{}", serde_json::to_string_pretty(&envs)?),
         _ => print!("{}", render::status(&envs)),
     }
-    Ok(if envs.iter().any(|e| e.latest.as_ref().is_some_and(|d| d.status == "stuck")) {
-        4
-    } else {
-        0
-    })
+    Ok(
+        if envs
+            .iter()
+            .any(|e| e.latest.as_ref().is_some_and(|d| d.status == "stuck"))
+        {
+            4
+        } else {
+            0
+        },
+    )
 }
 
 async fn history(ctx: &Context_, env: Option<String>, limit: usize) -> Result<u8> {
@@ -345,7 +392,10 @@ async fn history(ctx: &Context_, env: Option<String>, limit: usize) -> Result<u8
 
 async fn stop(ctx: &Context_, keep_proxy: bool) -> Result<u8> {
     let client = Client::new(ctx.state.control_socket());
-    let stopped_cp = match client.post::<_, cutover_server::api::Health>("/v1/shutdown", &()).await {
+    let stopped_cp = match client
+        .post::<_, cutover_server::api::Health>("/v1/shutdown", &())
+        .await
+    {
         Ok(health) => {
             let start = std::time::Instant::now();
             while daemon::alive(health.pid) && start.elapsed() < Duration::from_secs(10) {
@@ -356,7 +406,10 @@ async fn stop(ctx: &Context_, keep_proxy: bool) -> Result<u8> {
         Err(_) => daemon::terminate(&ctx.state.serve_pid(), Duration::from_secs(5)),
     };
     let stopped_proxy = !keep_proxy
-        && daemon::terminate(&ctx.state.proxy_dir().join("proxy.pid"), Duration::from_secs(15));
+        && daemon::terminate(
+            &ctx.state.proxy_dir().join("proxy.pid"),
+            Duration::from_secs(15),
+        );
     if ctx.output == Output::Json {
         println!(
             "{}",
@@ -365,7 +418,11 @@ async fn stop(ctx: &Context_, keep_proxy: bool) -> Result<u8> {
     } else {
         println!(
             "control plane: {}; proxy: {}",
-            if stopped_cp { "stopped" } else { "was not running" },
+            if stopped_cp {
+                "stopped"
+            } else {
+                "was not running"
+            },
             if keep_proxy {
                 "left running"
             } else if stopped_proxy {

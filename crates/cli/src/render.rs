@@ -31,13 +31,24 @@ pub fn journal_line(entry: &JournalEntry, start_ms: u64) -> String {
     let at = format!("+{}", seconds(entry.at_ms.saturating_sub(start_ms)));
     let what = match &entry.event {
         JournalEvent::DeploymentStarted { resumed: 0 } => "deployment started".to_string(),
-        JournalEvent::DeploymentStarted { resumed } => format!("deployment resumed (restart {resumed})"),
+        JournalEvent::DeploymentStarted { resumed } => {
+            format!("deployment resumed (restart {resumed})")
+        }
         JournalEvent::StepStarted { step, attempt: 1 } => format!("{step:<16} started"),
-        JournalEvent::StepStarted { step, attempt } => format!("{step:<16} started (attempt {attempt})"),
-        JournalEvent::StepSucceeded { step, duration_ms, .. } => {
+        JournalEvent::StepStarted { step, attempt } => {
+            format!("{step:<16} started (attempt {attempt})")
+        }
+        JournalEvent::StepSucceeded {
+            step, duration_ms, ..
+        } => {
             format!("{step:<16} succeeded in {}", seconds(*duration_ms))
         }
-        JournalEvent::StepFailed { step, error, transient: true, .. } => {
+        JournalEvent::StepFailed {
+            step,
+            error,
+            transient: true,
+            ..
+        } => {
             format!("{step:<16} failed, will retry: {error}")
         }
         JournalEvent::StepFailed { step, error, .. } => format!("{step:<16} failed: {error}"),
@@ -66,7 +77,9 @@ pub fn outcome(d: &DeploymentDetail) -> String {
             d.kind,
             d.id,
             d.reason.as_deref().unwrap_or("no reason recorded"),
-            d.previous_release.as_deref().unwrap_or("no release (none was live before)")
+            d.previous_release
+                .as_deref()
+                .unwrap_or("no release (none was live before)")
         ),
         "stuck" => format!(
             "{} {} is STUCK: {}; fix the cause, then run `cutover resume` to finish undoing it",
@@ -81,7 +94,11 @@ pub fn outcome(d: &DeploymentDetail) -> String {
 /// `cutover status --deployment ID`.
 pub fn deployment(d: &DeploymentDetail) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "deployment {} ({}) of {}: {}", d.id, d.kind, d.env, d.status);
+    let _ = writeln!(
+        out,
+        "deployment {} ({}) of {}: {}",
+        d.id, d.kind, d.env, d.status
+    );
     if let Some(reason) = &d.reason {
         let _ = writeln!(out, "  reason    {reason}");
     }
@@ -90,9 +107,18 @@ pub fn deployment(d: &DeploymentDetail) -> String {
         let _ = writeln!(out, "  previous  {prev}");
     }
     let _ = writeln!(out, "  plan      {}", d.plan_digest);
-    let _ = writeln!(out, "  by        {} at {}", d.requested_by, format_ms(d.created_at_ms));
+    let _ = writeln!(
+        out,
+        "  by        {} at {}",
+        d.requested_by,
+        format_ms(d.created_at_ms)
+    );
     if let Some(f) = d.finished_at_ms {
-        let _ = writeln!(out, "  took      {}", seconds(f.saturating_sub(d.created_at_ms)));
+        let _ = writeln!(
+            out,
+            "  took      {}",
+            seconds(f.saturating_sub(d.created_at_ms))
+        );
     }
     let _ = writeln!(out, "  steps");
     for s in &d.steps {
@@ -102,7 +128,11 @@ pub fn deployment(d: &DeploymentDetail) -> String {
         } else {
             String::new()
         };
-        let _ = writeln!(out, "    {:<16} {:<12} {:>8}{attempts}", s.id, s.state, took);
+        let _ = writeln!(
+            out,
+            "    {:<16} {:<12} {:>8}{attempts}",
+            s.id, s.state, took
+        );
         if let Some(e) = &s.error {
             let _ = writeln!(out, "      error: {e}");
         }
@@ -140,7 +170,12 @@ pub fn status(envs: &[EnvStatus]) -> String {
                     .iter()
                     .map(|b| format!("{} ({}%, {} upstreams)", b.release, b.weight, b.addrs.len()))
                     .collect();
-                let _ = writeln!(out, "  traffic    {} -> {}", route.listen, backends.join(", "));
+                let _ = writeln!(
+                    out,
+                    "  traffic    {} -> {}",
+                    route.listen,
+                    backends.join(", ")
+                );
             }
             None => {
                 let _ = writeln!(out, "  traffic    not served");
@@ -150,10 +185,19 @@ pub fn status(envs: &[EnvStatus]) -> String {
             let _ = writeln!(out, "  active     deployment {active} in progress");
         }
         for i in &e.instances {
-            let _ = writeln!(out, "  instance   {:<36} {:<16} {:<10} {}", i.name, i.release, i.state, i.addr);
+            let _ = writeln!(
+                out,
+                "  instance   {:<36} {:<16} {:<10} {}",
+                i.name, i.release, i.state, i.addr
+            );
         }
         for w in &e.warm {
-            let _ = writeln!(out, "  warm       {} until {}", w.release, format_ms(w.retire_at_ms));
+            let _ = writeln!(
+                out,
+                "  warm       {} until {}",
+                w.release,
+                format_ms(w.retire_at_ms)
+            );
         }
         if let Some(d) = &e.latest {
             let _ = writeln!(out, "  latest     {}", outcome(d));
@@ -171,8 +215,8 @@ pub fn history(lines: &[HistoryLine]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<9} {:<20} {:<20} {:<12} {:<20} {:>8}  {}",
-        "DEPLOYMENT", "KIND", "RELEASE", "IMAGE", "BY", "WHEN", "TOOK", "OUTCOME"
+        "{:<20} {:<9} {:<20} {:<20} {:<12} {:<20} {:>8}  OUTCOME",
+        "DEPLOYMENT", "KIND", "RELEASE", "IMAGE", "BY", "WHEN", "TOOK"
     );
     for l in lines {
         let took = l

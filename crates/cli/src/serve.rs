@@ -39,8 +39,9 @@ pub async fn run(state: StateDir) -> Result<()> {
     let signals = {
         let cp = cp.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("install SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -85,7 +86,10 @@ async fn start_proxy(state: &StateDir, admin: &AdminClient) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    anyhow::bail!("the proxy did not answer within 10s; see {}", dir.join("proxy.log").display())
+    anyhow::bail!(
+        "the proxy did not answer within 10s; see {}",
+        dir.join("proxy.log").display()
+    )
 }
 
 /// Check the proxy often; restart it (it restores its routes from disk) when it is gone.
