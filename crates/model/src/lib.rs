@@ -14,11 +14,16 @@ pub use plan::{
     Action, DeploymentKind, ImageSource, InstanceSpec, Plan, Step, StepKind, StepOutput, Strategy,
     StrategyStep, PLAN_FORMAT,
 };
-pub use provider::{Compute, DrainReport, HealthProbe, ImageBuilder, Probe, Providers, Traffic};
+pub use provider::{
+    Compute, DrainReport, HealthProbe, ImageBuilder, Probe, Providers, ScanOutcome, SignRequest,
+    SupplyChain, Traffic,
+};
 pub use release::{
     Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route,
 };
-pub use spec::{BuildSpec, ContainerSpec, EnvironmentSpec, HealthSpec, Spec};
+pub use spec::{
+    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,
+};
 
 use sha2::{Digest, Sha256};
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::release::Instance;
-use crate::spec::{duration_ms, BuildSpec, ContainerSpec, HealthSpec};
+use crate::spec::{duration_ms, ApprovalSpec, BuildSpec, ContainerSpec, GateSpec, HealthSpec};
 
 /// Version of the plan format; part of the digest.
 pub const PLAN_FORMAT: u32 = 1;
@@ -22,7 +22,14 @@ pub const PLAN_FORMAT: u32 = 1;
 #[serde(rename_all = "kebab-case")]
 pub enum StepKind {
     Build,
-    // Slots for the supply chain (scan, sign, verify) and approval gates go here.
+    /// SBOM, vulnerability and secret scan of the image, judged by the environment's gate.
+    Scan,
+    /// Sign attestations (SLSA provenance, SBOM, scan verdict) for the image digest.
+    Sign,
+    /// Verify the image's attestations against the environment's trusted keys; fails closed.
+    Verify,
+    /// Wait (durably) for human approval of this plan and image.
+    Approval,
     Provision,
     /// Adopt an instance that is still running (warm rollback) instead of provisioning one.
     Adopt,
@@ -37,6 +44,10 @@ impl StepKind {
     pub fn as_str(self) -> &'static str {
         match self {
             StepKind::Build => "build",
+            StepKind::Scan => "scan",
+            StepKind::Sign => "sign",
+            StepKind::Verify => "verify",
+            StepKind::Approval => "approval",
             StepKind::Provision => "provision",
             StepKind::Adopt => "adopt",
             StepKind::HealthCheck => "health-check",
@@ -168,6 +179,33 @@ pub enum Action {
         source: BuildSpec,
         labels: BTreeMap<String, String>,
     },
+    Scan {
+        image: ImageSource,
+        app: String,
+        env: String,
+        gate: GateSpec,
+    },
+    Sign {
+        image: ImageSource,
+        app: String,
+        env: String,
+        /// Encrypted private key; `None` uses the control plane's local signing key.
+        key: Option<std::path::PathBuf>,
+        spec_digest: String,
+        /// Where the build came from (the spec's directory).
+        source: std::path::PathBuf,
+    },
+    Verify {
+        image: ImageSource,
+        env: String,
+        /// Public keys (PEM) trusted for this environment; empty trusts the local key only.
+        trusted_keys: Vec<std::path::PathBuf>,
+    },
+    Approval {
+        /// The image the approvers approve (with the plan digest).
+        image: ImageSource,
+        gate: ApprovalSpec,
+    },
     Provision {
         instance: InstanceSpec,
     },
@@ -234,6 +272,19 @@ pub enum StepOutput {
     },
     Drained {
         in_flight_left: u64,
+    },
+    /// The scan passed the gate (a failed gate fails the step).
+    Scanned {
+        summary: String,
+    },
+    Signed {
+        key_id: String,
+    },
+    Verified {
+        key_ids: Vec<String>,
+    },
+    Approved {
+        by: Vec<String>,
     },
     /// Retirement scheduled at this time (unix ms).
     RetireScheduled {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::error::ProviderError;
 use crate::plan::InstanceSpec;
 use crate::release::{ImageInfo, Instance, Route};
-use crate::spec::BuildSpec;
+use crate::spec::{BuildSpec, GateSpec};
 
 /// Builds golden images.
 #[async_trait]
@@ -89,6 +89,54 @@ pub trait Traffic: Send + Sync {
     ) -> Result<DrainReport, ProviderError>;
 }
 
+/// What a scan concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOutcome {
+    pub passed: bool,
+    /// One line for people: package and finding counts, the verdict.
+    pub summary: String,
+    /// Why the gate failed (empty when it passed).
+    pub reasons: Vec<String>,
+}
+
+/// Inputs of a signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignRequest {
+    pub app: String,
+    pub env: String,
+    pub key: Option<std::path::PathBuf>,
+    pub spec_digest: String,
+    pub plan_digest: String,
+    pub deployment_id: String,
+    pub source: std::path::PathBuf,
+}
+
+/// The supply chain: scan, sign and verify images. Results are kept beside the image
+/// (content-addressed by image id), so every call is idempotent.
+#[async_trait]
+pub trait SupplyChain: Send + Sync {
+    /// SBOM + vulnerability and secret scan judged by `gate`.
+    async fn scan(
+        &self,
+        image: &ImageInfo,
+        app: &str,
+        env: &str,
+        gate: &GateSpec,
+    ) -> Result<ScanOutcome, ProviderError>;
+
+    /// Sign provenance, SBOM and scan verdict for `image`; returns the key id.
+    async fn sign(&self, image: &ImageInfo, request: &SignRequest) -> Result<String, ProviderError>;
+
+    /// Verify `image`'s attestations against `trusted_keys` (empty: the local key); fails
+    /// closed with a permanent error. Returns the key ids that signed.
+    async fn verify(
+        &self,
+        image: &ImageInfo,
+        env: &str,
+        trusted_keys: &[std::path::PathBuf],
+    ) -> Result<Vec<String>, ProviderError>;
+}
+
 /// The set of providers one executor works with.
 #[derive(Clone)]
 pub struct Providers {
@@ -96,4 +144,6 @@ pub struct Providers {
     pub compute: Arc<dyn Compute>,
     pub health: Arc<dyn HealthProbe>,
     pub traffic: Arc<dyn Traffic>,
+    /// Needed by plans with scan, sign or verify steps.
+    pub supply: Option<Arc<dyn SupplyChain>>,
 }

@@ -24,8 +24,62 @@ pub struct Spec {
     pub build: BuildSpec,
     pub container: ContainerSpec,
     pub health: HealthSpec,
+    /// Supply-chain settings shared by every environment (`[supply]`).
+    pub supply: SupplySpec,
     /// Environments by name (`[environments.<name>]`), at least one.
     pub environments: BTreeMap<String, EnvironmentSpec>,
+}
+
+/// `[supply]`: signing and scanning inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SupplySpec {
+    /// Encrypted private signing key (from `cutover keys generate`); default: the control
+    /// plane's local key under the state directory.
+    pub signing_key: Option<PathBuf>,
+}
+
+/// Vulnerability/secret gate of an environment (`[environments.<name>.gate]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateSpec {
+    /// Fail on findings of this severity or worse: `low`, `medium`, `high`, `critical`, or
+    /// `none` to never fail on vulnerabilities. Default `critical`.
+    pub fail_on: String,
+    /// Fail on any secret found in the image, default true.
+    pub fail_on_secrets: bool,
+    /// Reviewed exceptions file (each with `expires`), optional.
+    pub exceptions: Option<PathBuf>,
+    /// gitleaks-style rule file replacing the built-in secret rules, optional.
+    pub secret_rules: Option<PathBuf>,
+}
+
+impl Default for GateSpec {
+    fn default() -> Self {
+        GateSpec {
+            fail_on: "critical".to_string(),
+            fail_on_secrets: true,
+            exceptions: None,
+            secret_rules: None,
+        }
+    }
+}
+
+/// Approval gate of an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalSpec {
+    /// Distinct approvers needed, default 1. Never the person who started the deployment.
+    pub required: u32,
+    /// Reject the deployment when not approved within this long, default 24h.
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+}
+
+impl Default for ApprovalSpec {
+    fn default() -> Self {
+        ApprovalSpec {
+            required: 1,
+            timeout: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// How the golden image is produced.
@@ -141,6 +195,12 @@ pub struct EnvironmentSpec {
     pub approval: bool,
     /// Protected environments require approval and (later) stricter policy, default false.
     pub protected: bool,
+    /// Approvals needed and their timeout, when `approval` is on.
+    pub approvals: ApprovalSpec,
+    /// Vulnerability and secret gate.
+    pub gate: GateSpec,
+    /// Public keys (PEM) whose signatures this environment trusts; empty trusts the local key.
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 impl EnvironmentSpec {
@@ -153,6 +213,9 @@ impl EnvironmentSpec {
             drain_timeout: Duration::from_secs(10),
             approval: false,
             protected: false,
+            approvals: ApprovalSpec::default(),
+            gate: GateSpec::default(),
+            trusted_keys: Vec::new(),
         }
     }
 }
