@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cutover_model::{
-    now_ms, Action, Backend, DeploymentKind, ImageInfo, ImageSource, Instance, InstanceState,
-    Probe, ProviderError, Release, Route, Step, StepOutput,
+    now_ms, Action, ApprovalSpec, Backend, DeploymentKind, ImageInfo, ImageSource, Instance,
+    InstanceState, JournalEvent, Probe, ProviderError, Release, Route, SignRequest, Step,
+    StepOutput, SupplyChain,
 };
 use cutover_store::{HistoryEntry, Retirement, StoreError};
 
-use crate::Ctx;
+use crate::{approval, Ctx};
 
 /// Tree holding the route a shift found before it changed anything, keyed by the step's
 /// idempotency key. Written (and flushed) before `set_route`, so a re-run after a crash
@@ -75,6 +76,70 @@ pub(crate) async fn perform(
             source,
             labels,
         } => Ok(StepOutput::Image(p.images.build(tag, source, labels).await?)),
+        Action::Scan {
+            image,
+            app,
+            env,
+            gate,
+        } => {
+            let supply = supply(ctx)?;
+            let image = resolve_image(ctx, image, outputs, true).await?;
+            let outcome = supply.scan(&image, app, env, gate).await?;
+            if outcome.passed {
+                Ok(StepOutput::Scanned {
+                    summary: outcome.summary,
+                })
+            } else {
+                let reasons = if outcome.reasons.is_empty() {
+                    outcome.summary
+                } else {
+                    outcome.reasons.join("; ")
+                };
+                Err(ProviderError::permanent(format!(
+                    "image {} failed the {env} gate: {reasons}",
+                    image.id
+                )))
+            }
+        }
+        Action::Sign {
+            image,
+            app,
+            env,
+            key,
+            spec_digest,
+            source,
+        } => {
+            let supply = supply(ctx)?;
+            let image = resolve_image(ctx, image, outputs, true).await?;
+            let request = SignRequest {
+                app: app.clone(),
+                env: env.clone(),
+                key: key.clone(),
+                spec_digest: spec_digest.clone(),
+                plan_digest: plan.digest.clone(),
+                deployment_id: plan.deployment_id.clone(),
+                source: source.clone(),
+            };
+            let key_id = supply.sign(&image, &request).await?;
+            Ok(StepOutput::Signed { key_id })
+        }
+        Action::Verify {
+            image,
+            env,
+            trusted_keys,
+        } => {
+            let supply = supply(ctx)?;
+            let image = resolve_image(ctx, image, outputs, true).await?;
+            // Verification fails closed: whatever went wrong, nothing runs unverified.
+            match supply.verify(&image, env, trusted_keys).await {
+                Ok(key_ids) => Ok(StepOutput::Verified { key_ids }),
+                Err(e) => Err(ProviderError::permanent(e.message)),
+            }
+        }
+        Action::Approval { image, gate } => {
+            let image = resolve_image(ctx, image, outputs, false).await?;
+            wait_for_approval(ctx, step, &image, gate).await
+        }
         Action::Provision { instance } => {
             let image = resolve_image(ctx, &instance.image, outputs, true).await?;
             Ok(StepOutput::Instance(
@@ -242,6 +307,89 @@ pub(crate) async fn perform(
     }
 }
 
+fn supply(ctx: &Ctx) -> Result<&dyn SupplyChain, ProviderError> {
+    ctx.providers.supply.as_deref().ok_or_else(|| {
+        ProviderError::permanent(
+            "the control plane has no supply chain configured, so it cannot scan, sign or verify images; configure one or plan without supply-chain steps",
+        )
+    })
+}
+
+/// When approval step `step` first started (unix ms): the timeout counts from there, so a
+/// restart of the control plane does not reset it.
+fn first_started_ms(ctx: &Ctx, step: &Step) -> Result<u64, ProviderError> {
+    let journal = ctx
+        .store
+        .journal(&ctx.plan.deployment_id)
+        .map_err(store_error)?;
+    Ok(journal
+        .iter()
+        .find_map(|e| match &e.event {
+            JournalEvent::StepStarted { step: s, .. } if *s == step.id => Some(e.at_ms),
+            _ => None,
+        })
+        .unwrap_or_else(now_ms))
+}
+
+/// Wait (polling the store) until enough valid approvals name this plan and image, a
+/// valid rejection arrives, or the gate times out.
+async fn wait_for_approval(
+    ctx: &Ctx,
+    step: &Step,
+    image: &ImageInfo,
+    gate: &ApprovalSpec,
+) -> Result<StepOutput, ProviderError> {
+    let plan = &ctx.plan;
+    let needed = approval::required(gate.required);
+    let timeout_ms = u64::try_from(gate.timeout.as_millis()).unwrap_or(u64::MAX);
+    let deadline = first_started_ms(ctx, step)?.saturating_add(timeout_ms);
+    let poll = ctx.config.approval_poll.max(Duration::from_millis(1));
+    let mut logged = false;
+    loop {
+        match ctx.store.approvals(&plan.deployment_id) {
+            Ok(approvals) => {
+                let tally = approval::tally(plan, &image.id, &approvals);
+                if let Some(rejection) = tally.rejected {
+                    let comment = rejection.comment.trim();
+                    return Err(ProviderError::permanent(if comment.is_empty() {
+                        format!("rejected by {}", rejection.by)
+                    } else {
+                        format!("rejected by {}: {comment}", rejection.by)
+                    }));
+                }
+                if tally.approved_by.len() >= needed {
+                    return Ok(StepOutput::Approved {
+                        by: tally.approved_by,
+                    });
+                }
+            }
+            // The wait goes on; a store that stays broken shows up everywhere else.
+            Err(e) => {
+                tracing::warn!(deployment = plan.deployment_id, error = %e, "could not read approvals, will try again")
+            }
+        }
+        let now = now_ms();
+        if now >= deadline {
+            return Err(ProviderError::permanent(format!(
+                "approval timed out after {}; the deployment was rejected",
+                approval::format_duration(gate.timeout)
+            )));
+        }
+        if !logged {
+            tracing::info!(
+                deployment = plan.deployment_id,
+                step = step.id,
+                image = image.id,
+                plan_digest = plan.digest,
+                needed,
+                "waiting for approval"
+            );
+            logged = true;
+        }
+        tokio::time::sleep(poll.min(Duration::from_millis(deadline - now))).await;
+    }
+}
+
 /// The route before this shift: read once, persisted, and reused by re-runs.
 async fn shift_previous(ctx: &Ctx, step: &Step) -> Result<Option<Route>, ProviderError> {
     let tree = ctx
@@ -348,7 +496,13 @@ pub(crate) async fn undo(
     let plan = &ctx.plan;
     let p = &ctx.providers;
     match &step.action {
+        // Scan results and attestations are facts about an image, kept beside it; an
+        // approval is a fact about the plan. None of them is undone.
         Action::Build { .. }
+        | Action::Scan { .. }
+        | Action::Sign { .. }
+        | Action::Verify { .. }
+        | Action::Approval { .. }
         | Action::Adopt { .. }
         | Action::HealthCheck { .. }
         | Action::Drain { .. } => Ok(()),

@@ -1,6 +1,7 @@
 //! In-memory providers and hand-built plans, for tests of the executor and of the crates
 //! that drive it (server, cli). The fake keeps a world (images, instances, routes) behind a
-//! mutex and counts every side effect so tests can check idempotency.
+//! mutex and counts every side effect so tests can check idempotency. [`FakeSupply`]
+//! scans, signs and verifies in memory and can be told to fail each of them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cutover_model::{
-    json_digest, labels, Action, BuildSpec, Compute, ContainerSpec, DeploymentKind, DrainReport,
-    HealthProbe, HealthSpec, ImageBuilder, ImageInfo, ImageSource, Instance, InstanceSpec,
-    InstanceState, Plan, Probe, ProviderError, Providers, Release, Route, Step, StepKind, Traffic,
-    PLAN_FORMAT,
+    json_digest, labels, Action, ApprovalSpec, BuildSpec, Compute, ContainerSpec, DeploymentKind,
+    DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo, ImageSource, Instance,
+    InstanceSpec, InstanceState, Plan, Probe, ProviderError, Providers, Release, Route,
+    ScanOutcome, SignRequest, Step, StepKind, SupplyChain, Traffic, PLAN_FORMAT,
 };
 
 /// How the fake health probe answers for an instance.
@@ -41,10 +42,12 @@ pub struct FakeWorld {
     next_port: u16,
 }
 
-/// Fake image builder, compute, health probe and traffic sharing one [`FakeWorld`].
+/// Fake image builder, compute, health probe and traffic sharing one [`FakeWorld`], plus a
+/// [`FakeSupply`].
 #[derive(Debug, Clone, Default)]
 pub struct FakeProviders {
     world: Arc<Mutex<FakeWorld>>,
+    supply: FakeSupply,
 }
 
 impl FakeProviders {
@@ -62,7 +65,13 @@ impl FakeProviders {
             compute: Arc::new(self.clone()),
             health: Arc::new(self.clone()),
             traffic: Arc::new(self.clone()),
+            supply: Some(Arc::new(self.supply.clone())),
         }
+    }
+
+    /// The supply chain given to executors by [`FakeProviders::providers`].
+    pub fn supply(&self) -> &FakeSupply {
+        &self.supply
     }
 
     /// Make probes of `name_or_release` answer `health`.
@@ -222,6 +231,127 @@ impl Traffic for FakeProviders {
     ) -> Result<DrainReport, ProviderError> {
         self.world().drains += 1;
         Ok(DrainReport { in_flight_left: 0 })
+    }
+}
+
+// ----- supply chain -----
+
+/// What [`FakeSupply`] holds and how it behaves.
+#[derive(Debug, Default)]
+pub struct FakeSupplyState {
+    /// When set, every scan fails the gate with these reasons.
+    pub gate_failure: Option<Vec<String>>,
+    /// When set, every verification is refused with this message.
+    pub verify_refusal: Option<String>,
+    /// When set, every signature fails with this error.
+    pub sign_error: Option<ProviderError>,
+    /// Key id of each signed image, by image id.
+    pub signed: BTreeMap<String, String>,
+    /// Calls per image id.
+    pub scans: BTreeMap<String, u32>,
+    pub signs: BTreeMap<String, u32>,
+    pub verifies: BTreeMap<String, u32>,
+    /// The last sign request per image id.
+    pub sign_requests: BTreeMap<String, SignRequest>,
+}
+
+/// Key id the fake signs with.
+pub const FAKE_KEY_ID: &str = "fake-key-1";
+
+/// In-memory supply chain: scans pass, signatures are remembered per image, verification
+/// accepts signed images and refuses unsigned ones (fails closed).
+#[derive(Debug, Clone, Default)]
+pub struct FakeSupply {
+    state: Arc<Mutex<FakeSupplyState>>,
+}
+
+impl FakeSupply {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, FakeSupplyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make every scan fail the gate with `reasons`.
+    pub fn fail_gate(&self, reasons: &[&str]) {
+        self.state().gate_failure = Some(reasons.iter().map(|r| r.to_string()).collect());
+    }
+
+    /// Make every verification fail with `message`.
+    pub fn refuse_verify(&self, message: &str) {
+        self.state().verify_refusal = Some(message.to_string());
+    }
+
+    /// Make every signature fail with `error`.
+    pub fn fail_sign(&self, error: ProviderError) {
+        self.state().sign_error = Some(error);
+    }
+}
+
+#[async_trait]
+impl SupplyChain for FakeSupply {
+    async fn scan(
+        &self,
+        image: &ImageInfo,
+        _app: &str,
+        env: &str,
+        gate: &GateSpec,
+    ) -> Result<ScanOutcome, ProviderError> {
+        let mut s = self.state();
+        *s.scans.entry(image.id.clone()).or_default() += 1;
+        Ok(match &s.gate_failure {
+            Some(reasons) => ScanOutcome {
+                passed: false,
+                summary: format!(
+                    "{} findings at or above {} in {env}: failed",
+                    reasons.len(),
+                    gate.fail_on
+                ),
+                reasons: reasons.clone(),
+            },
+            None => ScanOutcome {
+                passed: true,
+                summary: "12 packages, 0 vulnerabilities, 0 secrets: passed".to_string(),
+                reasons: Vec::new(),
+            },
+        })
+    }
+
+    async fn sign(
+        &self,
+        image: &ImageInfo,
+        request: &SignRequest,
+    ) -> Result<String, ProviderError> {
+        let mut s = self.state();
+        if let Some(e) = &s.sign_error {
+            return Err(e.clone());
+        }
+        *s.signs.entry(image.id.clone()).or_default() += 1;
+        s.sign_requests.insert(image.id.clone(), request.clone());
+        s.signed.insert(image.id.clone(), FAKE_KEY_ID.to_string());
+        Ok(FAKE_KEY_ID.to_string())
+    }
+
+    async fn verify(
+        &self,
+        image: &ImageInfo,
+        env: &str,
+        _trusted_keys: &[std::path::PathBuf],
+    ) -> Result<Vec<String>, ProviderError> {
+        let mut s = self.state();
+        *s.verifies.entry(image.id.clone()).or_default() += 1;
+        if let Some(message) = &s.verify_refusal {
+            return Err(ProviderError::permanent(message.clone()));
+        }
+        match s.signed.get(&image.id) {
+            Some(key) => Ok(vec![key.clone()]),
+            None => Err(ProviderError::permanent(format!(
+                "image {} has no signature trusted in {env}; sign it before deploying",
+                image.id
+            ))),
+        }
     }
 }
 
@@ -415,7 +545,36 @@ pub fn deploy_plan_weighted(
     replicas: u32,
     weights: &[u8],
 ) -> Plan {
+    deploy_plan_full(deployment, env, release, blue, replicas, weights, None)
+}
+
+/// A blue/green deploy that waits at an approval gate (after verify, before provision).
+pub fn deploy_plan_with_approval(
+    deployment: &str,
+    env: &str,
+    release: &str,
+    blue: Option<&Blue>,
+    replicas: u32,
+    gate: ApprovalSpec,
+) -> Plan {
+    deploy_plan_full(deployment, env, release, blue, replicas, &[100], Some(gate))
+}
+
+/// Build, scan, sign, verify, optional approval, then per replica provision and health
+/// check, then shift, drain, record and retire.
+fn deploy_plan_full(
+    deployment: &str,
+    env: &str,
+    release: &str,
+    blue: Option<&Blue>,
+    replicas: u32,
+    weights: &[u8],
+    approval: Option<ApprovalSpec>,
+) -> Plan {
     let tag = format!("cutover/{APP}:{env}-{release}");
+    let built = || ImageSource::Step {
+        step: "build".to_string(),
+    };
     let mut steps = vec![step(
         deployment,
         "build",
@@ -431,6 +590,57 @@ pub fn deploy_plan_weighted(
             labels: BTreeMap::from([(labels::DEPLOYMENT.to_string(), deployment.to_string())]),
         },
     )];
+    steps.push(step(
+        deployment,
+        "scan",
+        StepKind::Scan,
+        vec!["build".to_string()],
+        Action::Scan {
+            image: built(),
+            app: APP.to_string(),
+            env: env.to_string(),
+            gate: GateSpec::default(),
+        },
+    ));
+    steps.push(step(
+        deployment,
+        "sign",
+        StepKind::Sign,
+        vec!["scan".to_string()],
+        Action::Sign {
+            image: built(),
+            app: APP.to_string(),
+            env: env.to_string(),
+            key: None,
+            spec_digest: "sha256:spec".to_string(),
+            source: "/src/hello".into(),
+        },
+    ));
+    steps.push(step(
+        deployment,
+        "verify",
+        StepKind::Verify,
+        vec!["sign".to_string()],
+        Action::Verify {
+            image: built(),
+            env: env.to_string(),
+            trusted_keys: Vec::new(),
+        },
+    ));
+    let mut gate_step = "verify".to_string();
+    if let Some(gate) = approval {
+        steps.push(step(
+            deployment,
+            "approval",
+            StepKind::Approval,
+            vec!["verify".to_string()],
+            Action::Approval {
+                image: built(),
+                gate,
+            },
+        ));
+        gate_step = "approval".to_string();
+    }
     let mut instance_steps = Vec::new();
     let mut health_steps = Vec::new();
     for r in 0..replicas {
@@ -440,16 +650,14 @@ pub fn deploy_plan_weighted(
             deployment,
             &pid,
             StepKind::Provision,
-            vec!["build".to_string()],
+            vec![gate_step.clone()],
             Action::Provision {
                 instance: instance_spec(
                     deployment,
                     env,
                     release,
                     r,
-                    ImageSource::Step {
-                        step: "build".to_string(),
-                    },
+                    built(),
                     instance_name(env, release, r),
                 ),
             },
@@ -473,9 +681,7 @@ pub fn deploy_plan_weighted(
         instance_steps,
         health_steps,
         blue,
-        ImageSource::Step {
-            step: "build".to_string(),
-        },
+        built(),
         replicas,
         weights,
     ));

@@ -10,6 +10,7 @@
 //! the deployment `Stuck`, holding the environment lease.
 
 pub mod actions;
+pub mod approval;
 pub mod fake;
 pub mod faults;
 pub mod replay;
@@ -113,6 +114,8 @@ pub struct ExecutorConfig {
     pub max_parallel: usize,
     pub retry: RetryPolicy,
     pub faults: Option<Arc<FaultInjector>>,
+    /// How often a step waiting at an approval gate looks for new approvals; default 200ms.
+    pub approval_poll: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -121,6 +124,7 @@ impl Default for ExecutorConfig {
             max_parallel: 4,
             retry: RetryPolicy::default(),
             faults: None,
+            approval_poll: Duration::from_millis(200),
         }
     }
 }

@@ -53,6 +53,10 @@ pub fn summarize(output: &StepOutput) -> String {
         StepOutput::Drained { in_flight_left } => {
             format!("drained, {in_flight_left} requests left in flight")
         }
+        StepOutput::Scanned { summary } => format!("scan passed the gate: {summary}"),
+        StepOutput::Signed { key_id } => format!("signed with key {key_id}"),
+        StepOutput::Verified { key_ids } => format!("verified, signed by {}", key_ids.join(", ")),
+        StepOutput::Approved { by } => format!("approved by {}", by.join(", ")),
         StepOutput::RetireScheduled { at_ms } => {
             format!("retirement at {}", cutover_model::format_ms(*at_ms))
         }

@@ -1,5 +1,5 @@
 //! sled-backed state store: plans, deployment records, journals, releases, leases,
-//! retirements and small settings.
+//! retirements, approvals and small settings.
 //!
 //! Every tree holds JSON values under string keys (compound keys join their parts with a
 //! NUL byte). Every write that may precede a side effect is flushed to disk before the
@@ -7,7 +7,7 @@
 //! process owns a store at a time: sled locks the database file, and a second opener gets
 //! [`StoreError::InUse`] naming the owner's pid.
 //!
-//! New typed trees (approvals, tokens, audit chain) are one call away: see
+//! New typed trees (tokens, audit chain) are one call away: see
 //! [`Store::typed_tree`].
 
 use std::marker::PhantomData;
@@ -77,6 +77,9 @@ pub enum StoreError {
 
     #[error("no {what} {id} in the state store; check the id with `cutover history`")]
     NotFound { what: &'static str, id: String },
+
+    #[error("the approval is not valid: {detail}")]
+    InvalidApproval { detail: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -152,6 +155,31 @@ pub struct Retirement {
     pub due_at_ms: u64,
     /// The deployment that scheduled it.
     pub deployment_id: String,
+}
+
+/// What an approver decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+/// One person's decision on a deployment waiting at an approval gate. It names the plan
+/// digest and image id it applies to; the executor counts it only when both match the
+/// deployment (a decision about another plan or image is stale).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub deployment_id: String,
+    /// Who decided (the authenticated user name).
+    pub by: String,
+    pub decision: Decision,
+    /// `sha256:<hex>` of the plan approved.
+    pub plan_digest: String,
+    /// `sha256:<hex>` of the image approved.
+    pub image_id: String,
+    pub comment: String,
+    pub at_ms: u64,
 }
 
 /// A sled tree whose values are JSON-encoded `T` under string keys.
@@ -279,6 +307,7 @@ pub struct Store {
     leases: TypedTree<Lease>,
     sequences: sled::Tree,
     retirements: TypedTree<Retirement>,
+    approvals: TypedTree<Approval>,
     kv: TypedTree<serde_json::Value>,
     /// Serializes journal appends so sequence numbers are dense.
     journal_lock: Arc<Mutex<()>>,
@@ -350,6 +379,7 @@ impl Store {
             leases: typed(&db, "leases")?,
             sequences,
             retirements: typed(&db, "retirements")?,
+            approvals: typed(&db, "approvals")?,
             kv: typed(&db, "kv")?,
             journal_lock: Arc::new(Mutex::new(())),
             dir,
@@ -364,7 +394,7 @@ impl Store {
 
     /// A typed tree named `name` (created when missing). Trees used by this crate are named
     /// `plans`, `deployments`, `journal`, `releases`, `current`, `history`, `leases`,
-    /// `sequences`, `retirements` and `kv`; pick another name.
+    /// `sequences`, `retirements`, `approvals` and `kv`; pick another name.
     pub fn typed_tree<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<TypedTree<T>> {
         typed(&self.db, name)
     }
@@ -735,6 +765,41 @@ impl Store {
             .map(|(_, r)| r)
             .collect();
         out.sort_by_key(|r| r.due_at_ms);
+        Ok(out)
+    }
+
+    // ----- approvals -----
+
+    /// Record `approval`, replacing an earlier one by the same person for the same
+    /// deployment (people may change their mind until the gate is passed). Flushed.
+    pub fn add_approval(&self, approval: &Approval) -> Result<()> {
+        let invalid = |detail: &str| StoreError::InvalidApproval {
+            detail: detail.to_string(),
+        };
+        if approval.deployment_id.is_empty() || approval.deployment_id.contains('\0') {
+            return Err(invalid(
+                "the deployment id is empty or contains a NUL character; pass the id shown by `cutover status`",
+            ));
+        }
+        if approval.by.trim().is_empty() || approval.by.contains('\0') {
+            return Err(invalid(
+                "the approver name is empty or contains a NUL character; approve as a named user",
+            ));
+        }
+        self.approvals
+            .insert(&key(&[&approval.deployment_id, &approval.by]), approval)?;
+        self.flush()
+    }
+
+    /// Every approval (or rejection) recorded for `deployment_id`, oldest first.
+    pub fn approvals(&self, deployment_id: &str) -> Result<Vec<Approval>> {
+        let mut out: Vec<Approval> = self
+            .approvals
+            .scan_prefix(&format!("{deployment_id}\0"))?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        out.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.by.cmp(&b.by)));
         Ok(out)
     }
 

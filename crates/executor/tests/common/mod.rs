@@ -36,6 +36,7 @@ pub fn harness_with(max_parallel: usize) -> Harness {
                 max_delay: Duration::from_millis(4),
             },
             faults: Some(faults.clone()),
+            approval_poll: Duration::from_millis(5),
         },
     );
     Harness {
