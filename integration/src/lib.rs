@@ -93,8 +93,12 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not json ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not json ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     #[track_caller]
@@ -275,20 +279,41 @@ drain_timeout = "5s"
 
     fn cleanup_docker(&self) {
         let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=cutover.app={}", self.app)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=cutover.app={}", self.app),
+            ])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         if !ids.is_empty() {
-            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
         }
         let images = Command::new("docker")
             .args(["images", "-q", &format!("cutover/{}", self.app)])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         if !images.is_empty() {
-            let _ = Command::new("docker").args(["rmi", "-f"]).args(&images).output();
+            let _ = Command::new("docker")
+                .args(["rmi", "-f"])
+                .args(&images)
+                .output();
         }
     }
 }
@@ -341,7 +366,10 @@ fn get_with(agent: &ureq::Agent, url: &str) -> Result<(u16, String, String), Str
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
     Ok((status, release, body))
 }
 
@@ -389,8 +417,13 @@ impl Load {
         let releases = Arc::new(Mutex::new(Vec::new()));
         let handles = (0..threads)
             .map(|_| {
-                let (stop, ok, failed, failures, releases) =
-                    (stop.clone(), ok.clone(), failed.clone(), failures.clone(), releases.clone());
+                let (stop, ok, failed, failures, releases) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    failures.clone(),
+                    releases.clone(),
+                );
                 let url = url.to_string();
                 std::thread::spawn(move || {
                     let agent = agent();

@@ -4,11 +4,13 @@
 //! needed), renders answers. The control plane (`cutover serve`) and the proxy
 //! (`cutover proxy`) are entry points of the same binary.
 
+mod chain;
 mod client;
 mod daemon;
 mod follow;
 mod render;
 mod serve;
+mod supply_cmds;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,7 +33,8 @@ Exit codes:
   2  bad input: invalid deploy.toml, unknown environment or release, bad arguments
   3  the deployment failed and was rolled back (traffic stayed on or returned to the previous release)
   4  the deployment is stuck: an undo failed and needs a human (see `cutover status`)
-  5  refused: another deployment holds the environment";
+  5  refused: another deployment holds the environment
+  6  refused by the supply chain: a scan gate failed or an image failed verification";
 
 #[derive(Parser)]
 #[command(
@@ -126,6 +129,8 @@ enum Command {
     /// Run the data-plane proxy in the foreground (started by the control plane).
     #[command(hide = true)]
     Proxy,
+    #[command(flatten)]
+    Supply(supply_cmds::SupplyCommand),
 }
 
 fn main() -> ExitCode {
@@ -225,6 +230,7 @@ async fn run(cli: Cli) -> Result<u8> {
             stop: true,
             keep_proxy,
         } => stop(&ctx, keep_proxy).await,
+        Command::Supply(command) => supply_cmds::run(command, &ctx.state, ctx.output == Output::Json).await,
         Command::Proxy => {
             cutover_proxy::run(cutover_proxy::ProxyConfig {
                 state_dir: ctx.state.0.clone(),

@@ -13,6 +13,7 @@ use cutover_proxy::{AdminClient, ProxyTraffic};
 use cutover_server::ControlPlane;
 use cutover_store::Store;
 
+use crate::chain::LocalSupplyChain;
 use crate::client::StateDir;
 use crate::daemon;
 
@@ -32,8 +33,9 @@ pub async fn run(state: StateDir) -> Result<()> {
     let providers = Providers {
         images: docker.clone(),
         compute: docker.clone(),
-        health: docker,
+        health: docker.clone(),
         traffic: Arc::new(ProxyTraffic::new(admin)),
+        supply: Some(Arc::new(LocalSupplyChain::new(docker, &state.0))),
     };
     let cp = ControlPlane::new(store, providers, ExecutorConfig::default());
     let signals = {

@@ -90,8 +90,9 @@ impl From<Date> for String {
 /// When the gate fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatePolicy {
-    /// Fail on any unsuppressed vulnerability at or above this severity.
-    pub fail_on: Severity,
+    /// Fail on any unsuppressed vulnerability at or above this severity; `None` never
+    /// fails on vulnerabilities (they are still counted and reported).
+    pub fail_on: Option<Severity>,
     /// Fail on any unsuppressed secret.
     pub fail_on_secrets: bool,
 }
@@ -99,7 +100,7 @@ pub struct GatePolicy {
 impl Default for GatePolicy {
     fn default() -> Self {
         GatePolicy {
-            fail_on: Severity::High,
+            fail_on: Some(Severity::High),
             fail_on_secrets: true,
         }
     }
@@ -369,7 +370,7 @@ pub fn evaluate(
             continue;
         }
         *counts.entry(v.severity).or_default() += 1;
-        if v.severity >= policy.fail_on {
+        if policy.fail_on.is_some_and(|threshold| v.severity >= threshold) {
             failing.push(v.to_string());
         }
     }
@@ -397,7 +398,7 @@ pub fn evaluate(
                 "{} vulnerabilit{} at or above {}",
                 failing.len(),
                 if failing.len() == 1 { "y" } else { "ies" },
-                policy.fail_on
+                policy.fail_on.unwrap_or(Severity::Critical)
             ),
         );
     }
@@ -527,7 +528,7 @@ mod tests {
             secrets: vec![],
         };
         let high = GatePolicy {
-            fail_on: Severity::High,
+            fail_on: Some(Severity::High),
             fail_on_secrets: true,
         };
         let v = evaluate(&findings, &high, &Exceptions::none(), day("2026-01-01"));
@@ -537,7 +538,7 @@ mod tests {
             (1, 1)
         );
         let medium = GatePolicy {
-            fail_on: Severity::Medium,
+            fail_on: Some(Severity::Medium),
             ..high
         };
         let v = evaluate(&findings, &medium, &Exceptions::none(), day("2026-01-01"));

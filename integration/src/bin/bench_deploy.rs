@@ -24,7 +24,9 @@ fn main() {
     p.write_spec(&AppConfig::default());
     p.cutover(&["deploy"]).assert_code(0);
 
-    println!("orchestrator overhead of a deploy (2 replicas, cargo build + docker build, health checks)");
+    println!(
+        "orchestrator overhead of a deploy (2 replicas, cargo build + docker build, health checks)"
+    );
     println!(
         "{:<16} {:>10} {:>10} {:>14} {:>10} {:>9}",
         "deployment", "cli wall", "cp wall", "provider path", "overhead", "overhead%"
@@ -57,7 +59,10 @@ fn main() {
     println!("worst overhead: {worst_pct:.2}% (target <= 5%)\n");
 
     println!("warm rollback: command start -> every response from the target release");
-    println!("{:<4} {:<16} {:>12} {:>12} {:>10}", "run", "to release", "switch", "command", "requests");
+    println!(
+        "{:<4} {:<16} {:>12} {:>12} {:>10}",
+        "run", "to release", "switch", "command", "requests"
+    );
     let mut switches = Vec::new();
     for run in 0..ROLLBACKS {
         let (switch, command, requests, target) = measure_rollback(&p);
@@ -103,13 +108,19 @@ fn critical_path(detail: &serde_json::Value) -> (u64, u64) {
             .unwrap_or(0);
         longest.insert(id, before + own);
     }
-    (finished.saturating_sub(created), longest.values().copied().max().unwrap_or(0))
+    (
+        finished.saturating_sub(created),
+        longest.values().copied().max().unwrap_or(0),
+    )
 }
 
 /// One warm rollback under polling clients: (switch time, command time, requests, target).
 fn measure_rollback(p: &Project) -> (Duration, Duration, usize, String) {
     let status = p.cutover(&["status", "-o", "json"]).json();
-    let current = status[0]["current"]["id"].as_str().unwrap_or("").to_string();
+    let current = status[0]["current"]["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::new(Mutex::new(Vec::new()));
     let url = p.url();
@@ -137,7 +148,10 @@ fn measure_rollback(p: &Project) -> (Duration, Duration, usize, String) {
     }
     let seen = seen.lock().expect("lock");
     let status = p.cutover(&["status", "-o", "json"]).json();
-    let target = status[0]["current"]["id"].as_str().unwrap_or("").to_string();
+    let target = status[0]["current"]["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert_ne!(target, current, "rollback changed the current release");
     // The switch is done once no response from another release completes after it.
     let last_other = seen
@@ -146,5 +160,10 @@ fn measure_rollback(p: &Project) -> (Duration, Duration, usize, String) {
         .map(|(at, _)| *at)
         .max()
         .unwrap_or(start);
-    (last_other.duration_since(start), command, seen.len(), target)
+    (
+        last_other.duration_since(start),
+        command,
+        seen.len(),
+        target,
+    )
 }

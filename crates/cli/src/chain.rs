@@ -1,0 +1,371 @@
+//! The local supply chain: scans images exported from Docker with `cutover-supply`, signs
+//! attestations with `cutover-signing`, and verifies them before anything runs.
+//!
+//! Everything is kept beside the image, content-addressed by its id, under
+//! `<state>/supply/<hex>/`: `report-<key>.json` (scan report for one advisory database and
+//! rule set), `sbom.cdx.json`, `verdict-<env>.json`, `attestations.json`. The advisory
+//! database imported with `cutover advisories import` is `<state>/advisories.json`.
+//!
+//! Without a signing key in the spec, a local key is made on first use under
+//! `<state>/keys/` (its passphrase beside it, mode 0600) and trusted by environments that
+//! list no `trusted_keys`: it proves images were scanned and signed by this control plane.
+//! Protected environments should list their own keys.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use cutover_docker::DockerProvider;
+use cutover_model::{now_ms, GateSpec, ImageInfo, ProviderError, ScanOutcome, SignRequest, SupplyChain};
+use cutover_signing::{
+    verify_bundle, AttestInputs, AttestationBundle, KeyPair, ProvenanceInputs, PublicKey, SourceInfo,
+    VerifyPolicy, DEFAULT_BUILDER_ID, SCAN_VERDICT_PREDICATE,
+};
+use cutover_supply::{AdvisoryDb, Date, Exceptions, GatePolicy, Limits, RuleSet, ScanReport, Severity, Verdict};
+
+/// Paths of the supply-chain state under a state directory.
+#[derive(Debug, Clone)]
+pub struct SupplyPaths {
+    pub root: PathBuf,
+}
+
+impl SupplyPaths {
+    pub fn new(state_dir: &Path) -> SupplyPaths {
+        SupplyPaths {
+            root: state_dir.to_path_buf(),
+        }
+    }
+    pub fn advisories(&self) -> PathBuf {
+        self.root.join("advisories.json")
+    }
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    pub fn image_dir(&self, image_id: &str) -> PathBuf {
+        self.root.join("supply").join(image_id.trim_start_matches("sha256:"))
+    }
+    pub fn sbom(&self, image_id: &str) -> PathBuf {
+        self.image_dir(image_id).join("sbom.cdx.json")
+    }
+    pub fn attestations(&self, image_id: &str) -> PathBuf {
+        self.image_dir(image_id).join("attestations.json")
+    }
+    pub fn verdict(&self, image_id: &str, env: &str) -> PathBuf {
+        self.image_dir(image_id).join(format!("verdict-{env}.json"))
+    }
+}
+
+/// [`SupplyChain`] over the local Docker Engine and files in the state directory.
+pub struct LocalSupplyChain {
+    docker: Arc<DockerProvider>,
+    paths: SupplyPaths,
+}
+
+impl LocalSupplyChain {
+    pub fn new(docker: Arc<DockerProvider>, state_dir: &Path) -> LocalSupplyChain {
+        LocalSupplyChain {
+            docker,
+            paths: SupplyPaths::new(state_dir),
+        }
+    }
+
+    /// The scan report of `image` for the current advisory database and `rules`, from the
+    /// cache or by exporting and scanning the image.
+    pub async fn report(&self, image: &ImageInfo, rules: Option<&Path>) -> Result<(ScanReport, bool), ProviderError> {
+        let db_path = self.paths.advisories();
+        let db_stamp = std::fs::metadata(&db_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string())
+            .unwrap_or_else(|| "none".to_string());
+        let key = cutover_model::sha256_digest(
+            format!("{db_stamp}\0{}", rules.map(|r| r.display().to_string()).unwrap_or_default()).as_bytes(),
+        );
+        let dir = self.paths.image_dir(&image.id);
+        let cached = dir.join(format!("report-{}.json", &key[7..19]));
+        let has_db = db_path.exists();
+        if let Ok(text) = std::fs::read_to_string(&cached) {
+            if let Ok(report) = serde_json::from_str::<ScanReport>(&text) {
+                return Ok((report, has_db));
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        let tar = dir.join("image.tar");
+        self.docker.export_image(&image.id, &tar).await?;
+        let rules = rules.map(Path::to_path_buf);
+        let scan_tar = tar.clone();
+        let report = tokio::task::spawn_blocking(move || -> Result<ScanReport, ProviderError> {
+            let db = if db_path.exists() {
+                AdvisoryDb::load(&db_path).map_err(permanent)?
+            } else {
+                AdvisoryDb::default()
+            };
+            let rules = match &rules {
+                Some(path) => RuleSet::load(path).map_err(permanent)?,
+                None => RuleSet::default_rules(),
+            };
+            cutover_supply::scan(&scan_tar, &db, &rules, Limits::default()).map_err(permanent)
+        })
+        .await
+        .map_err(|e| ProviderError::transient(format!("the scan task failed: {e}")))?;
+        let _ = std::fs::remove_file(&tar);
+        let report = report?;
+        write_json(&cached, &serde_json::to_value(&report).unwrap_or_default())?;
+        let sbom = cutover_supply::sbom(&report.image, &report.packages);
+        write_json(&self.paths.sbom(&image.id), &sbom)?;
+        Ok((report, has_db))
+    }
+
+}
+
+/// Load (or make) the local signing key under `keys_dir`.
+pub fn local_key(keys_dir: &Path) -> Result<KeyPair, ProviderError> {
+    let key = keys_dir.join("local.key");
+    let pass = keys_dir.join("local.pass");
+    if !key.exists() {
+        std::fs::create_dir_all(keys_dir).map_err(|e| io_error(keys_dir, e))?;
+        let passphrase = match std::fs::read_to_string(&pass) {
+            Ok(existing) => existing.trim().to_string(),
+            Err(_) => {
+                let fresh = hex::encode(rand_bytes()?);
+                write_private(&pass, fresh.as_bytes())?;
+                fresh
+            }
+        };
+        let (_, _, id) = cutover_signing::generate_to_files(
+            keys_dir,
+            "local",
+            cutover_signing::Algorithm::EcdsaP256,
+            &passphrase,
+        )
+        .map_err(permanent)?;
+        tracing::info!(key_id = %id, "made the local signing key");
+    }
+    let passphrase = std::fs::read_to_string(&pass).map_err(|e| io_error(&pass, e))?;
+    KeyPair::load_private(&key, passphrase.trim()).map_err(permanent)
+}
+
+/// The local key's public half (made on first use).
+pub fn local_public_key(keys_dir: &Path) -> Result<PublicKey, ProviderError> {
+    let public = keys_dir.join("local.pub");
+    if !public.exists() {
+        local_key(keys_dir)?;
+    }
+    PublicKey::from_pem_file(&public).map_err(permanent)
+}
+
+fn rand_bytes() -> Result<[u8; 32], ProviderError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ProviderError::permanent(format!("no randomness from the os: {e}")))?;
+    Ok(bytes)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    f.write_all(bytes).map_err(|e| io_error(path, e))
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ProviderError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default()).map_err(|e| io_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ProviderError {
+    ProviderError::transient(format!("cannot access {}: {e}", path.display()))
+}
+
+fn permanent(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::permanent(e.to_string())
+}
+
+/// The gate policy a spec's `GateSpec` asks for.
+pub fn gate_policy(gate: &GateSpec) -> Result<GatePolicy, ProviderError> {
+    let fail_on = match gate.fail_on.as_str() {
+        "none" => None,
+        other => Some(other.parse::<Severity>().map_err(ProviderError::permanent)?),
+    };
+    Ok(GatePolicy {
+        fail_on,
+        fail_on_secrets: gate.fail_on_secrets,
+    })
+}
+
+/// Judge a report by a gate; the verdict as JSON (what is signed) and for people.
+pub fn judge(report: &ScanReport, gate: &GateSpec, has_db: bool) -> Result<Verdict, ProviderError> {
+    let exceptions = match &gate.exceptions {
+        Some(path) => Exceptions::load(path).map_err(permanent)?,
+        None => Exceptions::none(),
+    };
+    let mut verdict = cutover_supply::evaluate(&report.findings, &gate_policy(gate)?, &exceptions, Date::today());
+    if !has_db {
+        verdict
+            .reasons
+            .push("no advisory database imported (`cutover advisories import <dir-or-zip>`): vulnerabilities were not checked".to_string());
+    }
+    Ok(verdict)
+}
+
+/// One line about a scan for people.
+pub fn summary(report: &ScanReport, verdict: &Verdict) -> String {
+    format!(
+        "{} packages, {} vulnerabilities, {} secrets: {}",
+        report.packages.len(),
+        report.findings.vulnerabilities.len(),
+        report.findings.secrets.len(),
+        verdict
+    )
+}
+
+fn git_commit(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[async_trait]
+impl SupplyChain for LocalSupplyChain {
+    async fn scan(&self, image: &ImageInfo, _app: &str, env: &str, gate: &GateSpec) -> Result<ScanOutcome, ProviderError> {
+        let (report, has_db) = self.report(image, gate.secret_rules.as_deref()).await?;
+        let verdict = judge(&report, gate, has_db)?;
+        let record = json!({
+            "env": env,
+            "image": image.id,
+            "passed": verdict.passed,
+            "reasons": verdict.reasons,
+            "counts": verdict.counts,
+            "secrets": verdict.secrets,
+            "suppressed": verdict.suppressed,
+            "advisory_database": has_db,
+            "fail_on": gate.fail_on,
+            "fail_on_secrets": gate.fail_on_secrets,
+            "at_ms": now_ms(),
+        });
+        write_json(&self.paths.verdict(&image.id, env), &record)?;
+        Ok(ScanOutcome {
+            passed: verdict.passed,
+            summary: summary(&report, &verdict),
+            reasons: verdict.reasons,
+        })
+    }
+
+    async fn sign(&self, image: &ImageInfo, request: &SignRequest) -> Result<String, ProviderError> {
+        let read = |path: PathBuf, what: &str| -> Result<serde_json::Value, ProviderError> {
+            let text = std::fs::read_to_string(&path).map_err(|_| {
+                ProviderError::permanent(format!(
+                    "image {} has no {what} at {}; scan it before signing",
+                    image.id,
+                    path.display()
+                ))
+            })?;
+            serde_json::from_str(&text).map_err(permanent)
+        };
+        let sbom = read(self.paths.sbom(&image.id), "sbom")?;
+        let verdict = read(self.paths.verdict(&image.id, &request.env), "scan verdict")?;
+        let key = match &request.key {
+            None => {
+                let keys = self.paths.keys();
+                tokio::task::spawn_blocking(move || local_key(&keys))
+                    .await
+                    .map_err(|e| ProviderError::transient(e.to_string()))??
+            }
+            Some(path) => {
+                let passphrase = cutover_signing::passphrase_from_env().map_err(|e| {
+                    ProviderError::permanent(format!(
+                        "signing key {} needs its passphrase: {e}; set CUTOVER_KEY_PASSPHRASE for the control plane (restart it with `cutover serve --stop`)",
+                        path.display()
+                    ))
+                })?;
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || KeyPair::load_private(&path, &passphrase))
+                    .await
+                    .map_err(|e| ProviderError::transient(e.to_string()))?
+                    .map_err(permanent)?
+            }
+        };
+        let now = now_ms();
+        let inputs = AttestInputs {
+            image_name: image.tag.clone(),
+            provenance: ProvenanceInputs {
+                app: request.app.clone(),
+                env: request.env.clone(),
+                spec_digest: request.spec_digest.clone(),
+                plan_digest: request.plan_digest.clone(),
+                source: SourceInfo {
+                    path: Some(request.source.display().to_string()),
+                    git_commit: git_commit(&request.source),
+                },
+                resolved_dependencies: Vec::new(),
+                builder_id: DEFAULT_BUILDER_ID.to_string(),
+                deployment_id: request.deployment_id.clone(),
+                started_on_ms: now,
+                finished_on_ms: now,
+            },
+            sbom: Some(sbom),
+            scan_verdict: Some(verdict),
+        };
+        let bundle = cutover_signing::attest(&image.id, inputs, &key).map_err(permanent)?;
+        bundle
+            .save(&self.paths.attestations(&image.id))
+            .map_err(|e| ProviderError::transient(e.to_string()))?;
+        Ok(key.key_id().to_string())
+    }
+
+    async fn verify(&self, image: &ImageInfo, env: &str, trusted_keys: &[PathBuf]) -> Result<Vec<String>, ProviderError> {
+        verify_image(&self.paths, &image.id, env, trusted_keys)
+    }
+}
+
+/// Verify the attestations of `image_id` for `env`: signed by a trusted key (the local key
+/// when `trusted_keys` is empty), about exactly this image, with a passing scan verdict.
+pub fn verify_image(
+    paths: &SupplyPaths,
+    image_id: &str,
+    env: &str,
+    trusted_keys: &[PathBuf],
+) -> Result<Vec<String>, ProviderError> {
+    let file = paths.attestations(image_id);
+    if !file.exists() {
+        return Err(ProviderError::permanent(format!(
+            "image {image_id} has no signature from a trusted key; it was never signed by cutover, refusing to run it"
+        )));
+    }
+    let bundle = AttestationBundle::load(&file).map_err(permanent)?;
+    let policy = if trusted_keys.is_empty() {
+        VerifyPolicy::new(env, vec![local_public_key(&paths.keys())?])
+    } else {
+        VerifyPolicy::from_key_files(env, trusted_keys).map_err(permanent)?
+    };
+    let verified = verify_bundle(&bundle, image_id, &policy).map_err(permanent)?;
+    let passed = verified
+        .predicate(SCAN_VERDICT_PREDICATE)
+        .and_then(|v| v.get("passed"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    if !passed {
+        return Err(ProviderError::permanent(format!(
+            "image {image_id} is signed, but its signed scan verdict did not pass the gate; refusing to run it"
+        )));
+    }
+    Ok(verified.signer_key_ids())
+}
