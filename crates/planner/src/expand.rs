@@ -4,12 +4,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, labels, Action, ContainerSpec, DeploymentKind, HealthSpec, ImageSource, Instance,
-    InstanceSpec, InstanceState, Plan, Release, Step, StepKind, Strategy, StrategyStep,
-    PLAN_FORMAT,
+    json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, HealthSpec,
+    ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, Step, StepKind, Strategy,
+    StrategyStep, PLAN_FORMAT,
 };
 
-use crate::strategy::{quote_list, validate};
+use crate::strategy::{ancestors, quote_list, validate};
 use crate::{PlanError, PlanInput, PlanKind};
 
 /// Health checks of adopted (warm) instances: one success is enough, probed at most this
@@ -35,14 +35,6 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
-    if env.approval {
-        return Err(PlanError::Invalid {
-            message: format!(
-                "environment `{}` requires a human approval, which cutover cannot gate yet: refusing to plan a deployment without it",
-                input.env
-            ),
-        });
-    }
     if input.deployment_id.is_empty() {
         return Err(invalid(
             "the deployment id is empty: pass an id like `production-7`",
@@ -53,6 +45,9 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     let effective = effective_strategy(strategy, &setup.dropped);
     validate(&effective, &file)?;
     require_kinds(&effective, &setup.required, &file, setup.purpose)?;
+    if needs_approval(env) && setup.kind == DeploymentKind::Deploy {
+        require_approval(&effective, &file, input.env)?;
+    }
 
     let nodes = expand(input, &setup, &effective, env)?;
     let steps = stable_topological_order(nodes, input.deployment_id);
@@ -133,6 +128,10 @@ impl<'a> Setup<'a> {
                     .map(|s| s.id.clone())
                     .unwrap_or_default();
                 let env = &spec.environments[input.env];
+                let mut dropped = BTreeSet::new();
+                if !needs_approval(env) {
+                    dropped.insert(StepKind::Approval);
+                }
                 Ok(Setup {
                     kind: DeploymentKind::Deploy,
                     purpose: "deploy",
@@ -144,9 +143,12 @@ impl<'a> Setup<'a> {
                     record_health: spec.health.clone(),
                     adopt: Vec::new(),
                     name_suffix: None,
-                    dropped: BTreeSet::new(),
+                    dropped,
                     required: vec![
                         StepKind::Build,
+                        StepKind::Scan,
+                        StepKind::Sign,
+                        StepKind::Verify,
                         StepKind::Provision,
                         StepKind::HealthCheck,
                         StepKind::ShiftTraffic,
@@ -163,6 +165,13 @@ impl<'a> Setup<'a> {
                         file: file.to_string(),
                         step: step.id.clone(),
                         message: "a rollback never builds: use a rollback strategy (e.g. the built-in `rollback`)".to_string(),
+                    });
+                }
+                if let Some(step) = strategy.steps.iter().find(|s| s.kind == StepKind::Sign) {
+                    return Err(PlanError::StrategyStep {
+                        file: file.to_string(),
+                        step: step.id.clone(),
+                        message: "a rollback never signs: the release was signed when it was built and `verify` proves it; remove this step".to_string(),
                     });
                 }
                 check_target(input, target)?;
@@ -193,6 +202,10 @@ impl<'a> Setup<'a> {
                 } else {
                     (StepKind::Adopt, StepKind::Provision, Vec::new())
                 };
+                let mut dropped = BTreeSet::from([dropped]);
+                if !needs_approval(&spec.environments[input.env]) {
+                    dropped.insert(StepKind::Approval);
+                }
                 Ok(Setup {
                     kind: DeploymentKind::Rollback {
                         target: target.id.clone(),
@@ -210,8 +223,9 @@ impl<'a> Setup<'a> {
                     record_health: target.health.clone(),
                     adopt,
                     name_suffix: (!warm).then_some(input.deployment_id),
-                    dropped: BTreeSet::from([dropped]),
+                    dropped,
                     required: vec![
+                        StepKind::Verify,
                         instance_kind,
                         StepKind::HealthCheck,
                         StepKind::ShiftTraffic,
@@ -272,6 +286,14 @@ fn warm_set<'a>(target: &Release, warm_instances: &'a [Instance]) -> Option<Vec<
 fn effective_strategy(strategy: &Strategy, dropped: &BTreeSet<StepKind>) -> Strategy {
     let by_id: BTreeMap<&str, &StrategyStep> =
         strategy.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+    let index: BTreeMap<&str, usize> = strategy
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    // Leaving steps out keeps who-runs-after-whom, so the full strategy's ancestors hold.
+    let ancestors = ancestors(strategy, &index);
     fn resolve(
         id: &str,
         by_id: &BTreeMap<&str, &StrategyStep>,
@@ -300,13 +322,47 @@ fn effective_strategy(strategy: &Strategy, dropped: &BTreeSet<StepKind>) -> Stra
             for a in &s.after {
                 resolve(a, &by_id, dropped, &mut after);
             }
-            StrategyStep { after, ..s.clone() }
+            // Keep only the nearest: `after = ["verify", "adopt"]` where adopt already
+            // runs after verify is just `["adopt"]`.
+            let runs_after =
+                |later: &str, earlier: &str| match (index.get(later), index.get(earlier)) {
+                    (Some(&l), Some(e)) => ancestors[l].contains(e),
+                    _ => false,
+                };
+            let nearest = after
+                .iter()
+                .filter(|a| !after.iter().any(|b| b != *a && runs_after(b, a)))
+                .cloned()
+                .collect();
+            StrategyStep {
+                after: nearest,
+                ..s.clone()
+            }
         })
         .collect();
     Strategy {
         steps,
         ..strategy.clone()
     }
+}
+
+/// Whether deployments to `env` wait for a human approval (`protected` implies it).
+fn needs_approval(env: &EnvironmentSpec) -> bool {
+    env.approval || env.protected
+}
+
+/// An environment that requires approval is never deployed by a strategy without an
+/// approval step.
+fn require_approval(strategy: &Strategy, file: &str, env: &str) -> Result<(), PlanError> {
+    if strategy.steps.iter().any(|s| s.kind == StepKind::Approval) {
+        return Ok(());
+    }
+    Err(PlanError::Strategy {
+        file: file.to_string(),
+        message: format!(
+            "environment `{env}` requires approval but the strategy has no approval step: add a [[step]] with kind = \"approval\" before shift-traffic"
+        ),
+    })
 }
 
 fn require_kinds(
@@ -344,7 +400,7 @@ fn expand(
     input: &PlanInput,
     setup: &Setup,
     strategy: &Strategy,
-    env: &cutover_model::EnvironmentSpec,
+    env: &EnvironmentSpec,
 ) -> Result<Vec<Node>, PlanError> {
     let spec = input.spec;
     let app = spec.app.as_str();
@@ -389,6 +445,7 @@ fn expand(
         l
     };
     let previous = input.current.map(|c| c.id.clone());
+    let spec_digest = json_digest(spec);
 
     let mut nodes = Vec::new();
     for template in &strategy.steps {
@@ -409,6 +466,29 @@ fn expand(
                     tag: format!("cutover/{app}:{release}"),
                     source: spec.build.clone(),
                     labels: label_set(id, None),
+                },
+                StepKind::Scan => Action::Scan {
+                    image: setup.image.clone(),
+                    app: app.to_string(),
+                    env: input.env.to_string(),
+                    gate: env.gate.clone(),
+                },
+                StepKind::Sign => Action::Sign {
+                    image: setup.image.clone(),
+                    app: app.to_string(),
+                    env: input.env.to_string(),
+                    key: spec.supply.signing_key.clone(),
+                    spec_digest: spec_digest.clone(),
+                    source: spec.base_dir.clone(),
+                },
+                StepKind::Verify => Action::Verify {
+                    image: setup.image.clone(),
+                    env: input.env.to_string(),
+                    trusted_keys: env.trusted_keys.clone(),
+                },
+                StepKind::Approval => Action::Approval {
+                    image: setup.image.clone(),
+                    gate: env.approvals.clone(),
                 },
                 StepKind::Provision => {
                     let name = match setup.name_suffix {

@@ -149,6 +149,76 @@ fn describe(action: &Action) -> Vec<String> {
             };
             vec![format!("build image {tag}"), from]
         }
+        Action::Scan {
+            image: source,
+            gate,
+            ..
+        } => {
+            let mut verdict = match gate.fail_on.as_str() {
+                "none" => "never fail on vulnerabilities".to_string(),
+                "critical" => "fail on critical".to_string(),
+                level => format!("fail on {level} or worse"),
+            };
+            verdict.push_str(if gate.fail_on_secrets {
+                ", fail on secrets"
+            } else {
+                ", report secrets without failing"
+            });
+            let mut lines = vec![format!("scan {}", image(source)), verdict];
+            if let Some(path) = &gate.exceptions {
+                lines.push(format!("exceptions {}", path.display()));
+            }
+            if let Some(path) = &gate.secret_rules {
+                lines.push(format!("secret rules {}", path.display()));
+            }
+            lines
+        }
+        Action::Sign {
+            image: source,
+            key,
+            spec_digest,
+            source: dir,
+            ..
+        } => vec![
+            format!(
+                "sign {} with {}",
+                image(source),
+                match key {
+                    Some(path) => format!("key {}", path.display()),
+                    None => "the local key".to_string(),
+                }
+            ),
+            format!("provenance: spec {spec_digest}, source {}", dir.display()),
+        ],
+        Action::Verify {
+            image: source,
+            trusted_keys,
+            ..
+        } => vec![format!(
+            "verify {} against {}",
+            image(source),
+            if trusted_keys.is_empty() {
+                "the local key".to_string()
+            } else {
+                trusted_keys
+                    .iter()
+                    .map(|k| k.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )],
+        Action::Approval {
+            image: source,
+            gate,
+        } => vec![
+            format!(
+                "wait for {} approval{} (timeout {})",
+                gate.required,
+                if gate.required == 1 { "" } else { "s" },
+                dur(gate.timeout)
+            ),
+            format!("of {} and this plan", image(source)),
+        ],
         Action::Provision { instance } => vec![
             format!("start {} from {}", instance.name, image(&instance.image)),
             container(&instance.container),

@@ -76,6 +76,10 @@ pub(crate) fn is_per_replica_kind(kind: StepKind) -> bool {
 /// Kinds a strategy may use at most once.
 const SINGLE_KINDS: &[StepKind] = &[
     StepKind::Build,
+    StepKind::Scan,
+    StepKind::Sign,
+    StepKind::Verify,
+    StepKind::Approval,
     StepKind::Provision,
     StepKind::Adopt,
     StepKind::Drain,
@@ -327,6 +331,49 @@ fn check_order(
             must_follow(p, b, "instances start from the image it builds")?;
         }
     }
+    let scans = of_kind(&[StepKind::Scan]);
+    let signs = of_kind(&[StepKind::Sign]);
+    let verifies = of_kind(&[StepKind::Verify]);
+    let approvals = of_kind(&[StepKind::Approval]);
+    for &s in &of_kind(&[
+        StepKind::Scan,
+        StepKind::Sign,
+        StepKind::Verify,
+        StepKind::Approval,
+    ]) {
+        for &b in &builds {
+            must_follow(s, b, "it works on the image that step builds")?;
+        }
+    }
+    for &s in &signs {
+        for &scan in &scans {
+            must_follow(s, scan, "the signature attests the scan verdict")?;
+        }
+    }
+    for &v in &verifies {
+        for &s in &signs {
+            must_follow(v, s, "it checks the signature that step makes")?;
+        }
+    }
+    // Nothing unsigned runs: every instance step comes after a verify step.
+    for &i in &instances {
+        if verifies.iter().any(|v| ancestors[i].contains(v)) {
+            continue;
+        }
+        let kind = strategy.steps[i].kind.as_str();
+        let fix = match verifies.first() {
+            Some(&v) => format!("add `{}` (or a step after it) to the `after` of", id(v)),
+            None => "add a [[step]] with kind = \"verify\" and list it in the `after` of"
+                .to_string(),
+        };
+        return Err(PlanError::Strategy {
+            file: file.to_string(),
+            message: format!(
+                "{kind} must come after verify so nothing unsigned runs: {fix} step `{}`",
+                id(i)
+            ),
+        });
+    }
     for &h in &healths {
         if !instances.iter().any(|i| ancestors[h].contains(i)) {
             return Err(PlanError::StrategyStep {
@@ -344,6 +391,11 @@ fn check_order(
                 h,
                 "traffic only moves to instances that passed their health check",
             )?;
+        }
+    }
+    for &s in &shifts {
+        for &a in &approvals {
+            must_follow(s, a, "traffic moves only once the release is approved")?;
         }
     }
     // The shift to 100% is the last one; drain, retire and record follow it.

@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, Action, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec, HealthSpec,
-    ImageInfo, ImageSource, Instance, InstanceState, Plan, Release, Spec, StepKind, Strategy,
+    json_digest, Action, ApprovalSpec, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec,
+    GateSpec, HealthSpec, ImageInfo, ImageSource, Instance, InstanceState, Plan, Release, Spec,
+    StepKind, Strategy, SupplySpec,
 };
 
 use super::*;
@@ -33,6 +34,7 @@ fn spec() -> Spec {
         },
         container,
         health: HealthSpec::default(),
+        supply: SupplySpec::default(),
         environments,
     }
 }
@@ -197,6 +199,9 @@ fn redeploy() {
         ids,
         [
             "build",
+            "scan",
+            "sign",
+            "verify",
             "provision-0",
             "provision-1",
             "health-check-0",
@@ -317,6 +322,11 @@ fn same_input_gives_byte_identical_plan_and_digest() {
     assert_eq!(first, second);
     assert_eq!(redeploy_plan().digest, redeploy_plan().digest);
     assert_eq!(rollback_plan(true), rollback_plan(true));
+    let approval = serde_json::to_string(&approval_deploy_plan()).expect("serializes");
+    assert_eq!(
+        approval,
+        serde_json::to_string(&approval_deploy_plan()).expect("serializes")
+    );
 }
 
 #[test]
@@ -450,10 +460,10 @@ after = ["biuld"]
         "unknown kind",
         r#"name = "x"
 [[step]]
-id = "scan"
-kind = "scan"
+id = "pause"
+kind = "pause"
 "#,
-        "test.toml:4:8: unknown variant `scan`",
+        "test.toml:4:8: unknown variant `pause`",
     ),
     (
         "unknown top-level key",
@@ -518,9 +528,13 @@ weight = 10
         "shift before health checks",
         r#"name = "x"
 [[step]]
+id = "verify"
+kind = "verify"
+[[step]]
 id = "provision"
 kind = "provision"
 per_replica = true
+after = ["verify"]
 [[step]]
 id = "health-check"
 kind = "health-check"
@@ -607,10 +621,22 @@ fn a_deploy_needs_every_required_kind() {
 id = "build"
 kind = "build"
 [[step]]
+id = "scan"
+kind = "scan"
+after = ["build"]
+[[step]]
+id = "sign"
+kind = "sign"
+after = ["scan"]
+[[step]]
+id = "verify"
+kind = "verify"
+after = ["sign"]
+[[step]]
 id = "provision"
 kind = "provision"
 per_replica = true
-after = ["build"]
+after = ["verify"]
 [[step]]
 id = "health-check"
 kind = "health-check"
@@ -647,18 +673,349 @@ fn unknown_environment_is_refused() {
     );
 }
 
+/// A protected production: two approvers, a strict gate, its own keys.
+fn guarded_spec() -> Spec {
+    let mut spec = spec();
+    spec.supply.signing_key = Some(PathBuf::from("/srv/app/keys/release.key"));
+    if let Some(env) = spec.environments.get_mut("production") {
+        env.protected = true;
+        env.approval = true;
+        env.approvals = ApprovalSpec {
+            required: 2,
+            timeout: Duration::from_secs(3600),
+        };
+        env.gate = GateSpec {
+            fail_on: "high".to_string(),
+            fail_on_secrets: true,
+            exceptions: Some(PathBuf::from("/srv/app/security/exceptions.toml")),
+            secret_rules: Some(PathBuf::from("/srv/app/security/gitleaks.toml")),
+        };
+        env.trusted_keys = vec![
+            PathBuf::from("/srv/app/keys/release.pub"),
+            PathBuf::from("/srv/app/keys/ci.pub"),
+        ];
+    }
+    spec
+}
+
+fn approval_deploy_plan() -> Plan {
+    let spec = guarded_spec();
+    let strategy = builtin("blue-green");
+    let current = release("production-6", "v1");
+    plan(&deploy_input(
+        &spec,
+        &strategy,
+        Some(&current),
+        "production-7",
+    ))
+    .expect("deploy with approval plans")
+}
+
 #[test]
-fn environments_that_need_approval_are_refused_until_gates_exist() {
+fn deploy_with_approval() {
+    let plan = approval_deploy_plan();
+    assert_well_formed(&plan);
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "build",
+            "scan",
+            "sign",
+            "verify",
+            "provision-0",
+            "provision-1",
+            "health-check-0",
+            "health-check-1",
+            "approval",
+            "shift-traffic",
+            "drain",
+            "retire",
+            "record"
+        ]
+    );
+    let built = ImageSource::Step {
+        step: "build".to_string(),
+    };
+    match plan.step("approval").map(|s| (&s.depends_on, &s.action)) {
+        Some((deps, Action::Approval { image, gate })) => {
+            assert_eq!(deps, &["health-check-0", "health-check-1"]);
+            assert_eq!(image, &built);
+            assert_eq!(gate.required, 2);
+            assert_eq!(gate.timeout, Duration::from_secs(3600));
+        }
+        other => panic!("expected an approval action, got {other:?}"),
+    }
+    assert_eq!(
+        plan.step("shift-traffic").map(|s| s.depends_on.clone()),
+        Some(vec!["approval".to_string()])
+    );
+    match plan.step("sign").map(|s| &s.action) {
+        Some(Action::Sign {
+            image,
+            key,
+            spec_digest,
+            source,
+            app,
+            env,
+        }) => {
+            assert_eq!(image, &built);
+            assert_eq!(
+                key.as_deref(),
+                Some(std::path::Path::new("/srv/app/keys/release.key"))
+            );
+            assert_eq!(spec_digest, &plan.spec_digest);
+            assert_eq!(source, &PathBuf::from("/srv/app"));
+            assert_eq!((app.as_str(), env.as_str()), ("hello", "production"));
+        }
+        other => panic!("expected a sign action, got {other:?}"),
+    }
+    match plan.step("verify").map(|s| &s.action) {
+        Some(Action::Verify {
+            trusted_keys,
+            image,
+            ..
+        }) => {
+            assert_eq!(image, &built);
+            assert_eq!(trusted_keys.len(), 2);
+        }
+        other => panic!("expected a verify action, got {other:?}"),
+    }
+    match plan.step("scan").map(|s| &s.action) {
+        Some(Action::Scan { gate, image, .. }) => {
+            assert_eq!(image, &built);
+            assert_eq!(gate.fail_on, "high");
+        }
+        other => panic!("expected a scan action, got {other:?}"),
+    }
+    insta::assert_json_snapshot!("deploy_with_approval", plan);
+    insta::assert_snapshot!("deploy_with_approval_text", render_text(&plan));
+}
+
+#[test]
+fn without_approval_the_step_is_left_out_and_traffic_follows_the_health_checks() {
+    let plan = redeploy_plan();
+    assert!(plan.steps.iter().all(|s| s.kind != StepKind::Approval));
+    assert_eq!(
+        plan.step("shift-traffic").map(|s| s.depends_on.clone()),
+        Some(vec![
+            "health-check-0".to_string(),
+            "health-check-1".to_string()
+        ])
+    );
+    // The defaults: the local key signs and verifies, the gate fails on critical and secrets.
+    match plan.step("sign").map(|s| &s.action) {
+        Some(Action::Sign { key, .. }) => assert_eq!(key, &None),
+        other => panic!("expected a sign action, got {other:?}"),
+    }
+    match plan.step("scan").map(|s| &s.action) {
+        Some(Action::Scan { gate, .. }) => assert_eq!(gate, &GateSpec::default()),
+        other => panic!("expected a scan action, got {other:?}"),
+    }
+}
+
+#[test]
+fn protected_alone_requires_approval() {
     let mut spec = spec();
     if let Some(env) = spec.environments.get_mut("production") {
-        env.approval = true;
+        env.protected = true;
+        env.approval = false;
     }
     let strategy = builtin("blue-green");
+    let plan = plan(&deploy_input(&spec, &strategy, None, "production-1")).expect("plans");
+    assert!(plan.step("approval").is_some());
+}
+
+#[test]
+fn an_environment_needing_approval_refuses_a_strategy_without_it() {
+    let spec = guarded_spec();
+    let mut strategy = builtin("blue-green");
+    strategy.steps.retain(|s| s.kind != StepKind::Approval);
+    for step in &mut strategy.steps {
+        if step.kind == StepKind::ShiftTraffic {
+            step.after = vec!["health-check".to_string()];
+        }
+    }
     let error = plan(&deploy_input(&spec, &strategy, None, "production-1")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "strategy blue-green: environment `production` requires approval but the strategy has no approval step: add a [[step]] with kind = \"approval\" before shift-traffic"
+    );
+}
+
+#[test]
+fn a_deploy_without_supply_chain_steps_is_refused() {
+    let mut strategy = builtin("blue-green");
+    strategy
+        .steps
+        .retain(|s| !matches!(s.kind, StepKind::Scan | StepKind::Sign));
+    for step in &mut strategy.steps {
+        if step.kind == StepKind::Verify {
+            step.after = vec!["build".to_string()];
+        }
+    }
+    let spec = spec();
+    let error = plan(&deploy_input(&spec, &strategy, None, "production-1")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "strategy blue-green: cannot deploy: it has no step of kind `scan`, `sign`; add a [[step]] for each"
+    );
+}
+
+fn rollback_in(spec: &Spec, warm: bool) -> Result<Plan, PlanError> {
+    let strategy = builtin("rollback");
+    let current = release("production-7", "v2");
+    let target = release("production-6", "v1");
+    let instances = if warm {
+        vec![running(&target, 0), running(&target, 1)]
+    } else {
+        Vec::new()
+    };
+    plan(&PlanInput {
+        spec,
+        env: "production",
+        strategy: &strategy,
+        deployment_id: "production-9",
+        requested_by: "bob",
+        created_at_ms: 1_700_000_900_000,
+        current: Some(&current),
+        kind: PlanKind::Rollback {
+            target: &target,
+            warm_instances: &instances,
+        },
+    })
+}
+
+#[test]
+fn rollback_verifies_the_pinned_image_first_and_never_waits_for_approval() {
+    let spec = guarded_spec();
+    for warm in [true, false] {
+        let plan = rollback_in(&spec, warm).expect("rollback plans");
+        assert_well_formed(&plan);
+        let first = &plan.steps[0];
+        assert_eq!(first.id, "verify");
+        assert!(first.depends_on.is_empty());
+        match &first.action {
+            Action::Verify {
+                image,
+                trusted_keys,
+                env,
+            } => {
+                assert_eq!(
+                    image,
+                    &ImageSource::Pinned {
+                        id: format!("sha256:{}", "ab".repeat(32)),
+                        tag: "cutover/hello:production-6".to_string()
+                    }
+                );
+                assert_eq!(trusted_keys.len(), 2);
+                assert_eq!(env, "production");
+            }
+            other => panic!("expected a verify action, got {other:?}"),
+        }
+        let instance = if warm { "adopt-0" } else { "provision-0" };
+        assert_eq!(
+            plan.step(instance).map(|s| s.depends_on.clone()),
+            Some(vec!["verify".to_string()])
+        );
+        assert!(plan.steps.iter().all(|s| !matches!(
+            s.kind,
+            StepKind::Approval | StepKind::Scan | StepKind::Sign | StepKind::Build
+        )));
+    }
+    let cold = rollback_in(&spec, false).expect("rollback plans");
+    insta::assert_snapshot!("protected_cold_rollback_text", render_text(&cold));
+}
+
+#[test]
+fn a_rollback_strategy_that_signs_is_refused() {
+    let spec = spec();
+    let target = release("production-6", "v1");
+    let strategy = parse_strategy(
+        r#"name = "resign"
+[[step]]
+id = "sign"
+kind = "sign"
+[[step]]
+id = "verify"
+kind = "verify"
+after = ["sign"]
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["verify"]
+[[step]]
+id = "health-check"
+kind = "health-check"
+per_replica = true
+after = ["provision"]
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+after = ["health-check"]
+[[step]]
+id = "record"
+kind = "record"
+after = ["shift-traffic"]
+"#,
+        "plans/resign.toml",
+    )
+    .expect("parses");
+    let error = plan(&PlanInput {
+        kind: PlanKind::Rollback {
+            target: &target,
+            warm_instances: &[],
+        },
+        ..deploy_input(&spec, &strategy, None, "production-9")
+    })
+    .unwrap_err();
     assert!(
-        error.to_string().contains("requires a human approval"),
+        error
+            .to_string()
+            .starts_with("strategy resign: step `sign`: a rollback never signs"),
         "{error}"
     );
+}
+
+#[test]
+fn supply_chain_settings_change_the_digest() {
+    let base = approval_deploy_plan().digest;
+    let strategy = builtin("blue-green");
+    let current = release("production-6", "v1");
+    let variants: Vec<Box<dyn Fn(&mut Spec)>> = vec![
+        Box::new(|s| s.supply.signing_key = None),
+        Box::new(|s| {
+            if let Some(e) = s.environments.get_mut("production") {
+                e.gate.fail_on = "critical".to_string();
+            }
+        }),
+        Box::new(|s| {
+            if let Some(e) = s.environments.get_mut("production") {
+                e.trusted_keys.pop();
+            }
+        }),
+        Box::new(|s| {
+            if let Some(e) = s.environments.get_mut("production") {
+                e.approvals.required = 1;
+            }
+        }),
+    ];
+    let mut digests = vec![base];
+    for change in variants {
+        let mut spec = guarded_spec();
+        change(&mut spec);
+        let plan = plan(&deploy_input(
+            &spec,
+            &strategy,
+            Some(&current),
+            "production-7",
+        ))
+        .expect("plans");
+        digests.push(plan.digest);
+    }
+    let unique: std::collections::BTreeSet<&String> = digests.iter().collect();
+    assert_eq!(unique.len(), digests.len(), "digests collide: {digests:#?}");
 }
 
 #[test]
@@ -709,10 +1066,22 @@ fn canary_strategy_expands_in_order_with_weights() {
 id = "build"
 kind = "build"
 [[step]]
+id = "scan"
+kind = "scan"
+after = ["build"]
+[[step]]
+id = "sign"
+kind = "sign"
+after = ["scan"]
+[[step]]
+id = "verify"
+kind = "verify"
+after = ["sign"]
+[[step]]
 id = "provision"
 kind = "provision"
 per_replica = true
-after = ["build"]
+after = ["verify"]
 [[step]]
 id = "health"
 kind = "health-check"
@@ -761,9 +1130,13 @@ fn cold_rollback_without_provision_is_refused() {
     let strategy = parse_strategy(
         r#"name = "warm-only"
 [[step]]
+id = "verify"
+kind = "verify"
+[[step]]
 id = "adopt"
 kind = "adopt"
 per_replica = true
+after = ["verify"]
 [[step]]
 id = "health-check"
 kind = "health-check"
@@ -807,6 +1180,7 @@ fn plans_read_back_from_json_unchanged() {
         redeploy_plan(),
         rollback_plan(true),
         rollback_plan(false),
+        approval_deploy_plan(),
     ] {
         let json = serde_json::to_string(&plan).expect("serializes");
         let back: Plan = serde_json::from_str(&json).expect("deserializes");

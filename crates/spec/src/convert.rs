@@ -81,6 +81,7 @@ pub(crate) fn convert(raw: RawSpec, base_dir: PathBuf, errors: &mut Errors) -> O
         build: build?,
         container,
         health,
+        supply: Default::default(),
         environments,
     })
 }
