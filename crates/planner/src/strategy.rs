@@ -363,8 +363,9 @@ fn check_order(
         let kind = strategy.steps[i].kind.as_str();
         let fix = match verifies.first() {
             Some(&v) => format!("add `{}` (or a step after it) to the `after` of", id(v)),
-            None => "add a [[step]] with kind = \"verify\" and list it in the `after` of"
-                .to_string(),
+            None => {
+                "add a [[step]] with kind = \"verify\" and list it in the `after` of".to_string()
+            }
         };
         return Err(PlanError::Strategy {
             file: file.to_string(),

@@ -983,23 +983,23 @@ fn supply_chain_settings_change_the_digest() {
     let base = approval_deploy_plan().digest;
     let strategy = builtin("blue-green");
     let current = release("production-6", "v1");
-    let variants: Vec<Box<dyn Fn(&mut Spec)>> = vec![
-        Box::new(|s| s.supply.signing_key = None),
-        Box::new(|s| {
+    let variants: [fn(&mut Spec); 4] = [
+        |s| s.supply.signing_key = None,
+        |s| {
             if let Some(e) = s.environments.get_mut("production") {
                 e.gate.fail_on = "critical".to_string();
             }
-        }),
-        Box::new(|s| {
+        },
+        |s| {
             if let Some(e) = s.environments.get_mut("production") {
                 e.trusted_keys.pop();
             }
-        }),
-        Box::new(|s| {
+        },
+        |s| {
             if let Some(e) = s.environments.get_mut("production") {
                 e.approvals.required = 1;
             }
-        }),
+        },
     ];
     let mut digests = vec![base];
     for change in variants {
