@@ -278,43 +278,36 @@ drain_timeout = "5s"
     }
 
     fn cleanup_docker(&self) {
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=cutover.app={}", self.app),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
-        let images = Command::new("docker")
-            .args(["images", "-q", &format!("cutover/{}", self.app)])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !images.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rmi", "-f"])
-                .args(&images)
-                .output();
-        }
+        let containers = docker_words(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=cutover.app={}", self.app),
+        ]);
+        docker_remove(&["rm", "-f"], &containers);
+        let images = docker_words(&["images", "-q", &format!("cutover/{}", self.app)]);
+        docker_remove(&["rmi", "-f"], &images);
+    }
+}
+
+/// The whitespace-separated words a docker command prints (ids).
+fn docker_words(args: &[&str]) -> Vec<String> {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `docker <verb...> <ids>` when there is anything to remove.
+fn docker_remove(verb: &[&str], ids: &[String]) {
+    if !ids.is_empty() {
+        let _ = Command::new("docker").args(verb).args(ids).output();
     }
 }
 

@@ -13,6 +13,21 @@ fn current_release(p: &Project) -> String {
         .to_string()
 }
 
+/// Deploy v1 with one replica, then write `next` as the spec; returns the first release.
+fn deployed_once_then(p: &Project, next: AppConfig) -> String {
+    p.write_spec(&AppConfig {
+        replicas: 1,
+        ..AppConfig::default()
+    });
+    p.cutover(&["deploy"]).assert_code(0);
+    let first = current_release(p);
+    p.write_spec(&AppConfig {
+        replicas: 1,
+        ..next
+    });
+    first
+}
+
 #[test]
 fn deploy_redeploy_under_load_then_warm_rollback() {
     let p = Project::new("redeploy");
@@ -166,19 +181,15 @@ fn cold_rollback_reprovisions_from_the_pinned_image() {
 #[test]
 fn failing_health_check_rolls_back_automatically() {
     let p = Project::new("unhealthy");
-    p.write_spec(&AppConfig {
-        replicas: 1,
-        ..AppConfig::default()
-    });
-    p.cutover(&["deploy"]).assert_code(0);
-    let first = current_release(&p);
-    p.write_spec(&AppConfig {
-        version: "v2".into(),
-        replicas: 1,
-        fail_health: true,
-        deadline: "3s".into(),
-        ..AppConfig::default()
-    });
+    let first = deployed_once_then(
+        &p,
+        AppConfig {
+            version: "v2".into(),
+            fail_health: true,
+            deadline: "3s".into(),
+            ..AppConfig::default()
+        },
+    );
     let run = p.cutover(&["deploy"]);
     run.assert_code(3);
     assert!(run.stdout.contains("rolled back"), "{}", run.stdout);
@@ -205,17 +216,13 @@ fn failing_health_check_rolls_back_automatically() {
 #[test]
 fn crash_looping_release_rolls_back_fast() {
     let p = Project::new("crashloop");
-    p.write_spec(&AppConfig {
-        replicas: 1,
-        ..AppConfig::default()
-    });
-    p.cutover(&["deploy"]).assert_code(0);
-    let first = current_release(&p);
-    p.write_spec(&AppConfig {
-        replicas: 1,
-        crash: true,
-        ..AppConfig::default()
-    });
+    let first = deployed_once_then(
+        &p,
+        AppConfig {
+            crash: true,
+            ..AppConfig::default()
+        },
+    );
     let started = Instant::now();
     let run = p.cutover(&["deploy"]);
     run.assert_code(3);
