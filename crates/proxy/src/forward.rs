@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Empty};
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -29,6 +29,9 @@ pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// Retries after the first attempt, at most.
 pub const MAX_RETRIES: usize = 2;
+
+/// Upstream bodies up to this size (with a known length) are read whole before answering.
+pub const BUFFERED_BODY_MAX: u64 = 16 * 1024;
 
 /// How long pooled idle upstream connections are kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,16 +231,41 @@ pub async fn forward(
 
         match shared.client.request(upstream_request).await {
             Ok(response) => {
-                backend.counters.count_request();
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts
                     .headers
                     .insert(RELEASE_HEADER.clone(), backend.release.clone());
+                // A small body of known length is read whole, so the head and the body reach
+                // the client in one write instead of two; larger bodies are streamed.
+                let kind = match body.size_hint().exact() {
+                    Some(len) if len <= BUFFERED_BODY_MAX => match body.collect().await {
+                        Ok(collected) => Kind::Full(Some(collected.to_bytes())),
+                        Err(err) => {
+                            tracing::warn!(
+                                listen = %shared.listen,
+                                release = backend.release_str(),
+                                upstream = %backend.addrs[choice.1].authority,
+                                error = %error_chain(&err),
+                                "upstream response body failed"
+                            );
+                            let counters = in_flight.counters();
+                            counters.count_request();
+                            counters.count_error();
+                            return Ok(proxy_response(
+                                StatusCode::BAD_GATEWAY,
+                                backend.release.clone(),
+                                "bad gateway: the upstream of this release broke off its answer\n",
+                            ));
+                        }
+                    },
+                    _ => Kind::Upstream(body),
+                };
+                backend.counters.count_request();
                 return Ok(Response::from_parts(
                     parts,
                     ProxyBody {
-                        kind: Kind::Upstream(body),
+                        kind,
                         in_flight: Some(in_flight),
                     },
                 ));

@@ -23,7 +23,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-/// A tiny upstream answering its name; `/slow` answers after 400 ms.
+/// Size of the `/big` answer: larger than what the proxy reads whole, so it is streamed.
+const BIG_BODY: usize = 300 * 1024;
+
+/// A tiny upstream answering its name; `/slow` answers after 400 ms, `/big` answers
+/// [`BIG_BODY`] bytes, `/echo` answers the request body.
 struct Upstream {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -45,10 +49,16 @@ impl Upstream {
                         let mut drain = drain_rx.clone();
                         connections.spawn(async move {
                             let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                                if req.uri().path() == "/slow" {
-                                    tokio::time::sleep(Duration::from_millis(400)).await;
-                                }
-                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(name.as_bytes()))))
+                                let body = match req.uri().path() {
+                                    "/slow" => {
+                                        tokio::time::sleep(Duration::from_millis(400)).await;
+                                        Bytes::from_static(name.as_bytes())
+                                    }
+                                    "/big" => Bytes::from(vec![b'x'; BIG_BODY]),
+                                    "/echo" => req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
+                                    _ => Bytes::from_static(name.as_bytes()),
+                                };
+                                Ok::<_, Infallible>(Response::new(Full::new(body)))
                             });
                             let conn = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service);
@@ -228,9 +238,27 @@ async fn routes_requests_round_robin_and_names_the_release() {
     bodies.sort();
     assert_eq!(bodies, vec!["a1", "a1", "a2", "a2"]);
 
+    // Large answers are streamed through, request bodies are forwarded.
+    let (status, release, body) = get(&client, &format!("http://{listen}/big")).await.unwrap();
+    assert_eq!(
+        (status, release.as_str(), body.len()),
+        (StatusCode::OK, "rel-a", BIG_BODY)
+    );
+    let posted = Request::post(format!("http://{listen}/echo"))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let response = Client::builder(TokioExecutor::new())
+        .build(HttpConnector::new())
+        .request(posted)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[RELEASE_HEADER], "rel-a");
+    let echoed = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&echoed[..], b"payload");
+
     let stats = proxy.admin.stats().await.unwrap();
     let row = stats.iter().find(|s| s.release == "rel-a").unwrap();
-    assert_eq!((row.requests, row.errors, row.in_flight), (4, 0, 0));
+    assert_eq!((row.requests, row.errors, row.in_flight), (6, 0, 0));
     let health = proxy.admin.health().await.unwrap();
     assert_eq!((health.pid, health.routes), (std::process::id(), 1));
     assert!(dir.path().join(PID_FILE).exists());
