@@ -5,14 +5,23 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use cutover_model::{BuildSpec, ContainerSpec, EnvironmentSpec, HealthSpec, Spec};
+use cutover_model::{
+    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,
+};
 
-use crate::raw::{RawBuild, RawContainer, RawEnvironment, RawHealth, RawSize, RawSpec, S};
+use crate::raw::{
+    RawApprovals, RawBuild, RawContainer, RawEnvironment, RawGate, RawHealth, RawSize, RawSpec,
+    RawSupply, S,
+};
 use crate::Errors;
 
 const DEFAULT_STRATEGY: &str = "blue-green";
 const MAX_REPLICAS: i64 = 64;
 const MIN_MEMORY: u64 = 4 * 1024 * 1024;
+const MAX_APPROVERS: i64 = 10;
+const MAX_APPROVAL_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Gate levels, mildest first; `none` never fails on vulnerabilities.
+const FAIL_ON_LEVELS: &[&str] = &["none", "low", "medium", "high", "critical"];
 
 /// Validate `raw`, recording every problem in `errors`. Returns the spec when the parts
 /// needed to build it are present (callers still check `errors`).
@@ -72,7 +81,8 @@ pub(crate) fn convert(raw: RawSpec, base_dir: PathBuf, errors: &mut Errors) -> O
 
     let container = convert_container(raw.container.unwrap_or_default(), errors);
     let health = convert_health(raw.health.unwrap_or_default(), errors);
-    let environments = convert_environments(raw.environments.as_ref(), errors);
+    let supply = convert_supply(raw.supply.unwrap_or_default(), &base_dir, errors);
+    let environments = convert_environments(raw.environments.as_ref(), &base_dir, errors);
 
     Some(Spec {
         app: app?,
@@ -81,7 +91,7 @@ pub(crate) fn convert(raw: RawSpec, base_dir: PathBuf, errors: &mut Errors) -> O
         build: build?,
         container,
         health,
-        supply: Default::default(),
+        supply,
         environments,
     })
 }
@@ -419,8 +429,171 @@ fn convert_health(raw: RawHealth, errors: &mut Errors) -> HealthSpec {
     h
 }
 
+fn convert_supply(raw: RawSupply, base_dir: &Path, errors: &mut Errors) -> SupplySpec {
+    SupplySpec {
+        signing_key: raw.signing_key.as_ref().and_then(|key| {
+            existing_file(
+                base_dir,
+                key,
+                "supply.signing_key",
+                "point it at the encrypted key from `cutover keys generate`, or remove it to sign with the control plane's local key",
+                errors,
+            )
+        }),
+    }
+}
+
+/// The absolute path of `value` (relative to deploy.toml) when it names an existing file;
+/// otherwise records an error that ends with `hint`.
+fn existing_file(
+    base_dir: &Path,
+    value: &S<String>,
+    field: &str,
+    hint: &str,
+    errors: &mut Errors,
+) -> Option<PathBuf> {
+    if value.get_ref().trim().is_empty() {
+        errors.at(value.span(), field, format!("is empty: {hint}"));
+        return None;
+    }
+    let path = resolve(base_dir, value.get_ref());
+    if path.is_file() {
+        Some(path)
+    } else {
+        errors.at(
+            value.span(),
+            field,
+            format!(
+                "{} does not exist or is not a file (paths are relative to deploy.toml): {hint}",
+                path.display()
+            ),
+        );
+        None
+    }
+}
+
+fn convert_approvals(
+    raw: &RawApprovals,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> ApprovalSpec {
+    let mut approvals = ApprovalSpec::default();
+    if let Some(required) = &raw.required {
+        let n = *required.get_ref();
+        if (1..=MAX_APPROVERS).contains(&n) {
+            approvals.required = n as u32;
+        } else {
+            errors.at(
+                required.span(),
+                &field("approvals.required"),
+                format!("must be between 1 and {MAX_APPROVERS} (distinct approvers), got {n}"),
+            );
+        }
+    }
+    let timeout_field = field("approvals.timeout");
+    if let Some(timeout) = positive_duration(raw.timeout.as_ref(), &timeout_field, errors) {
+        if timeout > MAX_APPROVAL_TIMEOUT {
+            if let Some(raw_timeout) = &raw.timeout {
+                errors.at(
+                    raw_timeout.span(),
+                    &timeout_field,
+                    format!(
+                        "must be at most 30 days, got {}: a deployment waiting longer than that should be planned again",
+                        humantime::format_duration(timeout)
+                    ),
+                );
+            }
+        } else {
+            approvals.timeout = timeout;
+        }
+    }
+    approvals
+}
+
+fn convert_gate(
+    raw: &RawGate,
+    base_dir: &Path,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> GateSpec {
+    let mut gate = GateSpec::default();
+    if let Some(fail_on) = &raw.fail_on {
+        let level = fail_on.get_ref();
+        if FAIL_ON_LEVELS.contains(&level.as_str()) {
+            gate.fail_on = level.clone();
+        } else {
+            errors.at(
+                fail_on.span(),
+                &field("gate.fail_on"),
+                format!(
+                    "must be one of {}, got {level:?}",
+                    FAIL_ON_LEVELS
+                        .iter()
+                        .map(|l| format!("\"{l}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(secrets) = &raw.fail_on_secrets {
+        gate.fail_on_secrets = *secrets.get_ref();
+    }
+    gate.exceptions = raw.exceptions.as_ref().and_then(|path| {
+        existing_file(
+            base_dir,
+            path,
+            &field("gate.exceptions"),
+            "point it at the reviewed exceptions file or remove the key",
+            errors,
+        )
+    });
+    gate.secret_rules = raw.secret_rules.as_ref().and_then(|path| {
+        existing_file(
+            base_dir,
+            path,
+            &field("gate.secret_rules"),
+            "point it at the secret rule file or remove the key to use the built-in rules",
+            errors,
+        )
+    });
+    gate
+}
+
+fn convert_trusted_keys(
+    raw: &S<Vec<S<String>>>,
+    base_dir: &Path,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Errors,
+) -> Vec<PathBuf> {
+    let mut keys: Vec<PathBuf> = Vec::new();
+    for (index, key) in raw.get_ref().iter().enumerate() {
+        let name = field(&format!("trusted_keys[{index}]"));
+        let Some(path) = existing_file(
+            base_dir,
+            key,
+            &name,
+            "point it at a public key (PEM) from `cutover keys generate`, or remove it",
+            errors,
+        ) else {
+            continue;
+        };
+        if keys.contains(&path) {
+            errors.at(
+                key.span(),
+                &name,
+                format!("{} is listed twice: remove one", path.display()),
+            );
+        } else {
+            keys.push(path);
+        }
+    }
+    keys
+}
+
 fn convert_environments(
     raw: Option<&S<BTreeMap<S<String>, S<RawEnvironment>>>>,
+    base_dir: &Path,
     errors: &mut Errors,
 ) -> BTreeMap<String, EnvironmentSpec> {
     let mut out = BTreeMap::new();
@@ -518,18 +691,22 @@ fn convert_environments(
             .as_ref()
             .map(|p| *p.get_ref())
             .unwrap_or(false);
-        spec.approval = match &raw_env.approval {
-            Some(a) if !*a.get_ref() && spec.protected => {
-                errors.at(
-                    a.span(),
-                    &field("approval"),
-                    "cannot be false in a protected environment: remove it or set protected = false",
-                );
-                true
-            }
-            Some(a) => *a.get_ref(),
-            None => spec.protected,
-        };
+        // Protected environments always wait for approval, whatever `approval` says.
+        spec.approval = spec.protected
+            || raw_env
+                .approval
+                .as_ref()
+                .map(|a| *a.get_ref())
+                .unwrap_or(false);
+        if let Some(approvals) = &raw_env.approvals {
+            spec.approvals = convert_approvals(approvals.get_ref(), &field, errors);
+        }
+        if let Some(gate) = &raw_env.gate {
+            spec.gate = convert_gate(gate.get_ref(), base_dir, &field, errors);
+        }
+        if let Some(keys) = &raw_env.trusted_keys {
+            spec.trusted_keys = convert_trusted_keys(keys, base_dir, &field, errors);
+        }
         out.insert(name_str.clone(), spec);
     }
     out

@@ -24,6 +24,7 @@ pub(crate) struct RawSpec {
     pub build: Option<S<RawBuild>>,
     pub container: Option<RawContainer>,
     pub health: Option<RawHealth>,
+    pub supply: Option<RawSupply>,
     pub environments: Option<S<SpannedMap<RawEnvironment>>>,
 }
 
@@ -78,6 +79,31 @@ pub(crate) struct RawEnvironment {
     pub drain_timeout: Option<S<String>>,
     pub approval: Option<S<bool>>,
     pub protected: Option<S<bool>>,
+    pub approvals: Option<S<RawApprovals>>,
+    pub gate: Option<S<RawGate>>,
+    pub trusted_keys: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSupply {
+    pub signing_key: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApprovals {
+    pub required: Option<S<i64>>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGate {
+    pub fail_on: Option<S<String>>,
+    pub fail_on_secrets: Option<S<bool>>,
+    pub exceptions: Option<S<String>>,
+    pub secret_rules: Option<S<String>>,
 }
 
 /// A memory size as written: a number of bytes or a string with a unit.

@@ -1,7 +1,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cutover_model::{BuildSpec, ContainerSpec, EnvironmentSpec, HealthSpec};
+use cutover_model::{
+    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, SupplySpec,
+};
 
 use super::*;
 
@@ -301,12 +303,124 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "does not exist or is not a directory",
     ),
     (
-        "protected without approval",
-        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nprotected = true\napproval = false\n",
+        "approvals.required zero",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\nrequired = 0\n",
         7,
         12,
-        "environments.production.approval",
-        "cannot be false in a protected environment",
+        "environments.production.approvals.required",
+        "must be between 1 and 10",
+    ),
+    (
+        "approvals.required too many",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\nrequired = 11\n",
+        7,
+        12,
+        "environments.production.approvals.required",
+        "must be between 1 and 10 (distinct approvers), got 11",
+    ),
+    (
+        "approvals.timeout zero",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\ntimeout = \"0s\"\n",
+        7,
+        11,
+        "environments.production.approvals.timeout",
+        "must be longer than 0",
+    ),
+    (
+        "approvals.timeout too long",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\ntimeout = \"40days\"\n",
+        7,
+        11,
+        "environments.production.approvals.timeout",
+        "must be at most 30 days",
+    ),
+    (
+        "approvals.timeout not a duration",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\ntimeout = \"soon\"\n",
+        7,
+        11,
+        "environments.production.approvals.timeout",
+        "is not a duration",
+    ),
+    (
+        "approvals unknown key",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\nrequire = 2\n",
+        7,
+        1,
+        "environments.production.approvals.require",
+        "unknown field `require`",
+    ),
+    (
+        "gate.fail_on unknown level",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nfail_on = \"severe\"\n",
+        7,
+        11,
+        "environments.production.gate.fail_on",
+        "must be one of \"none\", \"low\", \"medium\", \"high\", \"critical\", got \"severe\"",
+    ),
+    (
+        "gate.fail_on_secrets wrong type",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nfail_on_secrets = \"yes\"\n",
+        7,
+        19,
+        "environments.production.gate.fail_on_secrets",
+        "invalid type",
+    ),
+    (
+        "gate.exceptions missing file",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nexceptions = \"security/exceptions.toml\"\n",
+        7,
+        14,
+        "environments.production.gate.exceptions",
+        "security/exceptions.toml does not exist or is not a file",
+    ),
+    (
+        "gate.secret_rules missing file",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nsecret_rules = \"rules.toml\"\n",
+        7,
+        16,
+        "environments.production.gate.secret_rules",
+        "remove the key to use the built-in rules",
+    ),
+    (
+        "trusted key missing",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\ntrusted_keys = [\"app/Cargo.toml\", \"keys/ci.pub\"]\n",
+        6,
+        35,
+        "environments.production.trusted_keys[1]",
+        "keys/ci.pub does not exist or is not a file",
+    ),
+    (
+        "trusted key twice",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\ntrusted_keys = [\"app/Cargo.toml\", \"./app/Cargo.toml\"]\n",
+        6,
+        35,
+        "environments.production.trusted_keys[1]",
+        "is listed twice",
+    ),
+    (
+        "trusted key empty",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\ntrusted_keys = [\"\"]\n",
+        6,
+        17,
+        "environments.production.trusted_keys[0]",
+        "is empty",
+    ),
+    (
+        "signing key missing",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[supply]\nsigning_key = \"keys/release.key\"\n",
+        7,
+        15,
+        "supply.signing_key",
+        "keys/release.key does not exist or is not a file",
+    ),
+    (
+        "supply unknown key",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[supply]\nkey = \"x\"\n",
+        7,
+        1,
+        "supply.key",
+        "unknown field `key`",
     ),
 ];
 
@@ -400,14 +514,70 @@ fn minimal_file_gets_documented_defaults() {
         spec.environments.get("production"),
         Some(&EnvironmentSpec::with_listen("127.0.0.1:8080"))
     );
+    // The supply chain defaults: the local key signs and is trusted, the gate fails on
+    // critical findings and on secrets, nobody has to approve.
+    assert_eq!(spec.supply, SupplySpec::default());
+    let production = &spec.environments["production"];
+    assert_eq!(production.gate, GateSpec::default());
+    assert_eq!(production.gate.fail_on, "critical");
+    assert!(production.gate.fail_on_secrets);
+    assert!(production.trusted_keys.is_empty());
+    assert!(!production.approval && !production.protected);
+    assert_eq!(production.approvals.required, 1);
+    assert_eq!(production.approvals.timeout, Duration::from_secs(24 * 3600));
+}
+
+#[test]
+fn protected_implies_approval() {
+    let fixture = Fixture::new();
+    for extra in ["protected = true\n", "protected = true\napproval = false\n"] {
+        let text = format!("{MINIMAL}{extra}");
+        let spec = fixture.parse(&text).expect("parses");
+        let production = &spec.environments["production"];
+        assert!(production.protected && production.approval, "{extra}");
+    }
+}
+
+#[test]
+fn supply_chain_problems_are_all_reported() {
+    let fixture = Fixture::new();
+    let text = format!(
+        "{MINIMAL}trusted_keys = [\"nope.pub\"]\n[environments.production.approvals]\nrequired = 0\n[environments.production.gate]\nfail_on = \"bad\"\n[supply]\nsigning_key = \"nope.key\"\n"
+    );
+    let error = fixture.parse(&text).unwrap_err();
+    let fields: Vec<&str> = error.all().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "environments.production.trusted_keys[0]",
+            "environments.production.approvals.required",
+            "environments.production.gate.fail_on",
+            "supply.signing_key"
+        ]
+    );
 }
 
 #[test]
 fn full_file_round_trips_every_key() {
     let fixture = Fixture::new();
+    let root = fixture.dir.path();
+    for file in [
+        "keys/release.key",
+        "keys/release.pub",
+        "keys/ci.pub",
+        "security/exceptions.toml",
+        "security/gitleaks.toml",
+    ] {
+        std::fs::create_dir_all(root.join(file).parent().expect("has a parent"))
+            .expect("create dir");
+        std::fs::write(root.join(file), "x\n").expect("write file");
+    }
     let text = r#"
 app = "shop-api"
 strategy = "canary"
+
+[supply]
+signing_key = "keys/release.key"
 
 [build]
 context = "ctx"
@@ -439,6 +609,18 @@ replicas = 4
 retire_after = "1h"
 drain_timeout = "30s"
 protected = true
+approval = false
+trusted_keys = ["keys/release.pub", "./keys/ci.pub"]
+
+[environments.production.approvals]
+required = 2
+timeout = "4h"
+
+[environments.production.gate]
+fail_on = "high"
+fail_on_secrets = true
+exceptions = "security/exceptions.toml"
+secret_rules = "security/../security/gitleaks.toml"
 
 [environments.staging]
 listen = "[::1]:8081"
@@ -446,10 +628,20 @@ replicas = 1
 retire_after = "0s"
 drain_timeout = "1s"
 approval = true
+
+[environments.staging.gate]
+fail_on = "none"
+fail_on_secrets = false
 "#;
     let spec = fixture.parse(text).expect("full spec parses");
     assert_eq!(spec.app, "shop-api");
     assert_eq!(spec.strategy, "canary");
+    assert_eq!(
+        spec.supply,
+        SupplySpec {
+            signing_key: Some(root.join("keys/release.key"))
+        }
+    );
     assert_eq!(
         spec.build,
         BuildSpec::Dockerfile {
@@ -494,8 +686,20 @@ approval = true
             replicas: 4,
             retire_after: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
+            // Protected wins over `approval = false`.
             approval: true,
             protected: true,
+            approvals: ApprovalSpec {
+                required: 2,
+                timeout: Duration::from_secs(4 * 3600),
+            },
+            gate: GateSpec {
+                fail_on: "high".to_string(),
+                fail_on_secrets: true,
+                exceptions: Some(root.join("security/exceptions.toml")),
+                secret_rules: Some(root.join("security/gitleaks.toml")),
+            },
+            trusted_keys: vec![root.join("keys/release.pub"), root.join("keys/ci.pub")],
         })
     );
     assert_eq!(
@@ -507,6 +711,14 @@ approval = true
             drain_timeout: Duration::from_secs(1),
             approval: true,
             protected: false,
+            approvals: ApprovalSpec::default(),
+            gate: GateSpec {
+                fail_on: "none".to_string(),
+                fail_on_secrets: false,
+                exceptions: None,
+                secret_rules: None,
+            },
+            trusted_keys: Vec::new(),
         })
     );
     // The model's serialized form reads back to the same spec, and the digest is stable.
