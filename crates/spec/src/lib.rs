@@ -37,14 +37,30 @@
 //! unhealthy_threshold = 3          # consecutive failures that fail the step; >= 1; default 3
 //! deadline = "30s"                 # give up after; > interval; default 30s
 //!
+//! [supply]                         # the whole table is optional
+//! signing_key = "keys/release.key" # encrypted key from `cutover keys generate`; must exist; default: the control plane's local key
+//!
 //! [environments.production]        # at least one; names [a-z0-9][a-z0-9-]*
 //! listen = "127.0.0.1:8080"        # required; a socket address, unique across environments
 //! replicas = 2                     # 1..=64; default 2
 //! retire_after = "5m"              # keep the previous release warm this long; "0s" retires at once; default 5m
 //! drain_timeout = "10s"            # wait this long for in-flight requests; > 0; default 10s
-//! approval = false                 # require a human approval; default false (true when protected)
+//! approval = false                 # require a human approval; default false (always true when protected)
 //! protected = false                # protected environments always require approval; default false
+//! trusted_keys = []                # public keys (PEM) whose signatures verify; must exist; default [] = the local key
+//!
+//! [environments.production.approvals]  # optional; used when approval is required
+//! required = 1                     # distinct approvers, never the requester; 1..=10; default 1
+//! timeout = "24h"                  # reject when not approved within this; > 0, at most 30 days; default 24h
+//!
+//! [environments.production.gate]   # optional; judges the scan of every image
+//! fail_on = "critical"             # "none", "low", "medium", "high" or "critical": fail on findings this severe or worse; default "critical"
+//! fail_on_secrets = true           # fail when a secret is found in the image; default true
+//! exceptions = "security/exceptions.toml"  # reviewed, expiring exceptions; optional; must exist
+//! secret_rules = "security/gitleaks.toml"  # secret rules replacing the built-in ones; optional; must exist
 //! ```
+//!
+//! Paths are relative to the directory of the file and are made absolute.
 //!
 //! Unknown keys are errors, so typos never pass silently.
 

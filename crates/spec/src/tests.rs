@@ -800,3 +800,37 @@ fn the_repository_example_spec_loads() {
         spec.base_dir.join("plans/blue-green.toml")
     );
 }
+
+#[test]
+fn readme_examples_parse() {
+    let fixture = Fixture::new();
+    let root = fixture.dir.path();
+    for file in [
+        "keys/release.key",
+        "keys/release.pub",
+        "security/exceptions.toml",
+        "examples/hello/Cargo.toml",
+    ] {
+        std::fs::create_dir_all(root.join(file).parent().expect("has a parent"))
+            .expect("create dir");
+        std::fs::write(root.join(file), "x\n").expect("write file");
+    }
+    let readme = include_str!("../README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(blocks.len() >= 2, "the readme has spec examples");
+    for block in blocks {
+        // Fragments get the two required top-level keys.
+        let text = if block.contains("app = ") {
+            block.to_string()
+        } else {
+            format!("app = \"hello\"\n[build]\ncargo = {{ manifest = \"examples/hello/Cargo.toml\" }}\n{block}")
+        };
+        if let Err(e) = fixture.parse(&text) {
+            panic!("readme example does not parse: {e}\n{text}");
+        }
+    }
+}
