@@ -41,6 +41,8 @@ impl VoteStatus {
 pub struct Vote {
     pub approval: Approval,
     pub status: VoteStatus,
+    /// Why it does not count, for people; `None` when it counts.
+    pub note: Option<&'static str>,
 }
 
 /// The decisions about one deployment, judged against its plan and image.
@@ -88,6 +90,7 @@ pub fn tally(plan: &Plan, image_id: &str, approvals: &[Approval]) -> Tally {
         votes.push(Vote {
             approval: approval.clone(),
             status,
+            note: status.explain(),
         });
     }
     Tally {

@@ -28,9 +28,10 @@ use cutover_store::{HistoryEntry, Lease, Store, StoreError};
 use thiserror::Error;
 use tokio::task::JoinSet;
 
+pub use approval::{Tally, Vote, VoteStatus};
 pub use faults::{CrashPoint, FaultInjector};
 pub use replay::{replay, Replayed, StepRecord, StepState};
-pub use view::{deployment_view, DeploymentView, StepView};
+pub use view::{deployment_view, ApprovalView, DeploymentView, StepView};
 
 /// Errors that stop [`Executor::run`] before the deployment reached a final status. The
 /// deployment stays resumable (run it again) unless the journal is corrupt.

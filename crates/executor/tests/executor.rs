@@ -129,6 +129,9 @@ async fn every_step_kind_failing_unwinds_to_blue() {
     // (step, whether the action does its work before failing)
     let cases = [
         ("build", false),
+        ("scan", false),
+        ("sign", false),
+        ("verify", false),
         ("provision-1", true),
         ("health-check-0", false),
         ("shift-traffic", true),

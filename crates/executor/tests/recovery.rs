@@ -20,7 +20,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Failures the failing variant injects: (step, does the action act before failing).
-const FAILURES: [(&str, bool); 5] = [
+const FAILURES: [(&str, bool); 7] = [
+    ("scan", false),
+    ("verify", false),
     ("provision-1", true),
     ("health-check-0", false),
     ("shift-traffic", true),

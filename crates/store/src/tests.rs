@@ -285,11 +285,100 @@ fn history_is_upserted_per_deployment() {
 #[test]
 fn typed_trees_round_trip() {
     let store = Store::temporary().unwrap();
-    let approvals = store.typed_tree::<Vec<String>>("approvals").unwrap();
-    approvals.insert("d1", &vec!["bob".to_string()]).unwrap();
-    let kept = approvals.insert_if_absent("d1", &vec![]).unwrap();
+    let scratch = store.typed_tree::<Vec<String>>("scratch").unwrap();
+    scratch.insert("d1", &vec!["bob".to_string()]).unwrap();
+    let kept = scratch.insert_if_absent("d1", &vec![]).unwrap();
     assert_eq!(kept, ["bob"]);
-    assert_eq!(approvals.scan_prefix("d").unwrap().len(), 1);
-    approvals.remove("d1").unwrap();
-    assert!(approvals.get("d1").unwrap().is_none());
+    assert_eq!(scratch.scan_prefix("d").unwrap().len(), 1);
+    scratch.remove("d1").unwrap();
+    assert!(scratch.get("d1").unwrap().is_none());
+}
+
+fn approval(deployment: &str, by: &str, decision: Decision, at: u64) -> Approval {
+    Approval {
+        deployment_id: deployment.to_string(),
+        by: by.to_string(),
+        decision,
+        plan_digest: "sha256:plan".to_string(),
+        image_id: "sha256:image".to_string(),
+        comment: format!("{by} at {at}"),
+        at_ms: at,
+    }
+}
+
+#[test]
+fn approvals_are_per_deployment_oldest_first_one_per_person() {
+    let store = Store::temporary().unwrap();
+    store
+        .add_approval(&approval("d1", "carol", Decision::Approve, 3))
+        .unwrap();
+    store
+        .add_approval(&approval("d1", "bob", Decision::Approve, 1))
+        .unwrap();
+    store
+        .add_approval(&approval("d10", "bob", Decision::Approve, 2))
+        .unwrap();
+    assert_eq!(
+        store.approvals("d1").unwrap(),
+        [
+            approval("d1", "bob", Decision::Approve, 1),
+            approval("d1", "carol", Decision::Approve, 3)
+        ]
+    );
+    // bob changes his mind: the rejection replaces the approval.
+    store
+        .add_approval(&approval("d1", "bob", Decision::Reject, 4))
+        .unwrap();
+    assert_eq!(
+        store.approvals("d1").unwrap(),
+        [
+            approval("d1", "carol", Decision::Approve, 3),
+            approval("d1", "bob", Decision::Reject, 4)
+        ]
+    );
+    assert_eq!(store.approvals("d10").unwrap().len(), 1);
+    assert!(store.approvals("d2").unwrap().is_empty());
+}
+
+#[test]
+fn approvals_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .add_approval(&approval("d1", "bob", Decision::Approve, 1))
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.approvals("d1").unwrap(),
+        [approval("d1", "bob", Decision::Approve, 1)]
+    );
+}
+
+#[test]
+fn malformed_approvals_are_refused() {
+    let store = Store::temporary().unwrap();
+    for (deployment, by) in [("d1", ""), ("d1", "  "), ("d1", "b\0ob"), ("", "bob")] {
+        let err = store
+            .add_approval(&approval(deployment, by, Decision::Approve, 1))
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidApproval { .. }),
+            "{deployment:?} {by:?}: {err}"
+        );
+    }
+    assert!(store.approvals("d1").unwrap().is_empty());
+}
+
+#[test]
+fn decisions_serialize_kebab_case() {
+    assert_eq!(
+        serde_json::to_string(&Decision::Approve).unwrap(),
+        "\"approve\""
+    );
+    assert_eq!(
+        serde_json::from_str::<Decision>("\"reject\"").unwrap(),
+        Decision::Reject
+    );
 }

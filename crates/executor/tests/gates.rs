@@ -1,0 +1,490 @@
+//! Supply-chain steps (scan, sign, verify) and the durable approval gate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use cutover_executor::fake::{self, Blue, FAKE_KEY_ID};
+use cutover_executor::{deployment_view, ApprovalView, Executor, VoteStatus};
+use cutover_model::{ApprovalSpec, DeploymentStatus, Plan, ProviderError, StepOutput};
+use cutover_store::{Approval, Decision};
+use tokio::task::JoinHandle;
+
+/// Nothing of release r2 was ever provisioned.
+fn assert_nothing_provisioned(h: &Harness) {
+    let world = h.fake.world();
+    assert!(
+        world.created.keys().all(|name| !name.contains("-r2-")),
+        "{:?}",
+        world.created
+    );
+}
+
+fn reason(status: &DeploymentStatus) -> &str {
+    match status {
+        DeploymentStatus::RolledBack { reason } => reason,
+        other => panic!("expected rolled back, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_gate_unwinds_before_anything_is_provisioned() {
+    let h = harness();
+    h.second_plan().await;
+    h.fake.supply().fail_gate(&[
+        "CVE-2024-0001 (critical) in openssl 3.0.1",
+        "secret in /app/.env",
+    ]);
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "scan");
+    let image = cutover_model::sha256_digest(b"cutover/hello:production-r2");
+    assert!(
+        reason(&status).contains(&format!(
+            "image {image} failed the production gate: CVE-2024-0001 (critical) in openssl 3.0.1; secret in /app/.env"
+        )),
+        "{status:?}"
+    );
+    assert_nothing_provisioned(&h);
+    let supply = h.fake.supply().state();
+    assert!(!supply.signs.contains_key(&image), "not signed");
+    assert!(!supply.verifies.contains_key(&image), "not verified");
+}
+
+#[tokio::test]
+async fn a_refused_verification_unwinds_before_anything_is_provisioned() {
+    let h = harness();
+    h.second_plan().await;
+    h.fake
+        .supply()
+        .refuse_verify("no attestation is signed by a key trusted in production");
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "verify");
+    assert!(
+        reason(&status).contains("no attestation is signed by a key trusted in production"),
+        "{status:?}"
+    );
+    assert_nothing_provisioned(&h);
+}
+
+#[tokio::test]
+async fn a_transient_verification_error_still_fails_closed() {
+    let h = harness();
+    h.second_plan().await;
+    h.faults
+        .fail_action("verify", ProviderError::transient("registry timed out"));
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "verify");
+    assert_nothing_provisioned(&h);
+}
+
+#[tokio::test]
+async fn a_failed_signature_unwinds() {
+    let h = harness();
+    h.second_plan().await;
+    h.fake.supply().fail_sign(ProviderError::permanent(
+        "the signing key could not be decrypted; check CUTOVER_KEY_PASSPHRASE",
+    ));
+    let status = h.run_to_end("d2", 0).await;
+    h.assert_rolled_back_to_r1(&status, "sign");
+    assert!(reason(&status).contains("could not be decrypted"));
+    assert_nothing_provisioned(&h);
+}
+
+#[tokio::test]
+async fn sign_names_the_plan_and_deployment_and_verify_reports_the_key() {
+    let h = harness();
+    let (_, plan) = h.second_plan().await;
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+    let image = cutover_model::sha256_digest(b"cutover/hello:production-r2");
+    let supply = h.fake.supply().state();
+    let request = &supply.sign_requests[&image];
+    assert_eq!(request.plan_digest, plan.digest);
+    assert_eq!(request.deployment_id, "d2");
+    assert_eq!(request.env, ENV);
+    assert_eq!(supply.scans[&image], 1);
+    assert_eq!(supply.signs[&image], 1);
+    drop(supply);
+    let journal = h.store.journal("d2").unwrap();
+    let verified = journal.iter().find_map(|e| match &e.event {
+        cutover_model::JournalEvent::StepSucceeded {
+            step,
+            output: StepOutput::Verified { key_ids },
+            ..
+        } if step == "verify" => Some(key_ids.clone()),
+        _ => None,
+    });
+    assert_eq!(verified, Some(vec![FAKE_KEY_ID.to_string()]));
+    let view = deployment_view(&h.store, "d2").unwrap();
+    let scan = view.steps.iter().find(|s| s.id == "scan").unwrap();
+    assert!(
+        scan.output.as_deref().unwrap().contains("passed"),
+        "{scan:?}"
+    );
+    assert!(view.approval.is_none(), "no approval gate in this plan");
+}
+
+#[tokio::test]
+async fn without_a_supply_chain_scan_fails_with_a_clear_message() {
+    let h = harness();
+    h.second_plan().await;
+    let mut providers = h.fake.providers();
+    providers.supply = None;
+    let exec = Executor::new(h.store.clone(), providers, h.exec.config.clone());
+    let status = exec.run("d2").await.unwrap();
+    h.assert_rolled_back_to_r1(&status, "scan");
+    assert!(
+        reason(&status).contains("no supply chain configured"),
+        "{status:?}"
+    );
+}
+
+// ----- approvals -----
+
+fn gate(required: u32, timeout: Duration) -> ApprovalSpec {
+    ApprovalSpec { required, timeout }
+}
+
+/// Deploy r1, save d2 (r2 over r1) with an approval gate and start it in the background.
+async fn start_gated(h: &Harness, approval: ApprovalSpec) -> (Plan, JoinHandle<DeploymentStatus>) {
+    let r1 = h.first_release().await;
+    let plan = fake::deploy_plan_with_approval("d2", ENV, "r2", Some(&Blue::of(&r1)), 2, approval);
+    h.save(&plan);
+    (plan, spawn_run(&h.exec))
+}
+
+fn spawn_run(exec: &Executor) -> JoinHandle<DeploymentStatus> {
+    let exec = exec.clone();
+    tokio::spawn(async move {
+        match exec.run("d2").await {
+            Ok(status) => status,
+            Err(e) => panic!("run failed: {e}"),
+        }
+    })
+}
+
+/// Wait until d2 waits at its approval gate; returns the gate's view.
+async fn waiting_at_gate(h: &Harness) -> ApprovalView {
+    let start = Instant::now();
+    loop {
+        let view = deployment_view(&h.store, "d2").unwrap();
+        if let Some(approval) = view.approval.filter(|a| a.waiting) {
+            return approval;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "d2 never reached its approval gate"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn decision(
+    gate: &ApprovalView,
+    by: &str,
+    decision: Decision,
+    plan_digest: &str,
+    image_id: &str,
+) -> Approval {
+    Approval {
+        deployment_id: "d2".to_string(),
+        by: by.to_string(),
+        decision,
+        plan_digest: plan_digest.to_string(),
+        image_id: image_id.to_string(),
+        comment: format!("{by} looked at {}", gate.step),
+        at_ms: cutover_model::now_ms(),
+    }
+}
+
+fn approve(h: &Harness, gate: &ApprovalView, by: &str) {
+    let image = gate.image_id.clone().expect("image known at the gate");
+    h.store
+        .add_approval(&decision(
+            gate,
+            by,
+            Decision::Approve,
+            &gate.plan_digest,
+            &image,
+        ))
+        .unwrap();
+}
+
+/// The run is still going a few polls later.
+async fn assert_still_waiting(h: &Harness, run: &JoinHandle<DeploymentStatus>) {
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(!run.is_finished(), "the gate let the deployment through");
+    assert!(waiting_at_gate(h).await.waiting);
+}
+
+async fn finish(run: JoinHandle<DeploymentStatus>) -> DeploymentStatus {
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the deployment finishes")
+        .expect("the run task does not panic")
+}
+
+fn approved_by(h: &Harness) -> Option<Vec<String>> {
+    h.store
+        .journal("d2")
+        .unwrap()
+        .iter()
+        .find_map(|e| match &e.event {
+            cutover_model::JournalEvent::StepSucceeded {
+                output: StepOutput::Approved { by },
+                ..
+            } => Some(by.clone()),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn the_gate_waits_and_an_approval_lets_the_deployment_finish() {
+    let h = harness();
+    let (plan, run) = start_gated(&h, gate(1, Duration::from_secs(600))).await;
+    let view = waiting_at_gate(&h).await;
+    assert_eq!(view.step, "approval");
+    assert_eq!(view.state, "started");
+    assert_eq!(view.plan_digest, plan.digest);
+    assert_eq!(
+        view.image_id.as_deref(),
+        Some(cutover_model::sha256_digest(b"cutover/hello:production-r2").as_str())
+    );
+    assert_eq!(
+        view.image_tag.as_deref(),
+        Some("cutover/hello:production-r2")
+    );
+    assert_eq!(view.requested_by, "tester");
+    assert_eq!(view.required, 1);
+    assert!(view.approved_by.is_empty());
+    let started = view.started_at_ms.expect("gate started");
+    assert_eq!(view.times_out_at_ms, Some(started + 600_000));
+    let record = h.store.deployment("d2").unwrap().unwrap();
+    assert_eq!(record.status, DeploymentStatus::Running);
+    assert_still_waiting(&h, &run).await;
+    assert_nothing_provisioned(&h);
+
+    approve(&h, &view, "bob");
+    assert_eq!(finish(run).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+    assert_eq!(approved_by(&h), Some(vec!["bob".to_string()]));
+    let after = deployment_view(&h.store, "d2").unwrap().approval.unwrap();
+    assert!(!after.waiting);
+    assert_eq!(after.state, "succeeded");
+    assert_eq!(after.approved_by, ["bob"]);
+}
+
+#[tokio::test]
+async fn self_approval_and_stale_approvals_do_not_count() {
+    let h = harness();
+    let (plan, run) = start_gated(&h, gate(1, Duration::from_secs(600))).await;
+    let view = waiting_at_gate(&h).await;
+    let image = view.image_id.clone().unwrap();
+    let other_image = cutover_model::sha256_digest(b"another image");
+    for (n, approval) in [
+        decision(&view, "tester", Decision::Approve, &plan.digest, &image),
+        decision(
+            &view,
+            "bob",
+            Decision::Approve,
+            "sha256:an-older-plan",
+            &image,
+        ),
+        decision(
+            &view,
+            "carol",
+            Decision::Approve,
+            &plan.digest,
+            &other_image,
+        ),
+        // A stale rejection does not reject either.
+        decision(
+            &view,
+            "dave",
+            Decision::Reject,
+            "sha256:an-older-plan",
+            &image,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Distinct times, so "oldest first" is this order.
+        let mut approval = approval;
+        approval.at_ms += n as u64;
+        h.store.add_approval(&approval).unwrap();
+    }
+    assert_still_waiting(&h, &run).await;
+    let view = waiting_at_gate(&h).await;
+    assert!(view.approved_by.is_empty());
+    assert_eq!(view.rejected_by, None);
+    let statuses: Vec<(String, VoteStatus)> = view
+        .votes
+        .iter()
+        .map(|v| (v.approval.by.clone(), v.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("tester".to_string(), VoteStatus::Requester),
+            ("bob".to_string(), VoteStatus::StalePlan),
+            ("carol".to_string(), VoteStatus::StaleImage),
+            ("dave".to_string(), VoteStatus::StalePlan),
+        ]
+    );
+    assert!(view.votes.iter().all(|v| v.note.is_some()));
+    assert_nothing_provisioned(&h);
+
+    // bob approves the current plan and image: that one counts.
+    approve(&h, &view, "bob");
+    assert_eq!(finish(run).await, DeploymentStatus::Succeeded);
+    assert_eq!(approved_by(&h), Some(vec!["bob".to_string()]));
+}
+
+#[tokio::test]
+async fn a_rejection_rolls_the_deployment_back() {
+    let h = harness();
+    let (plan, run) = start_gated(&h, gate(2, Duration::from_secs(600))).await;
+    let view = waiting_at_gate(&h).await;
+    approve(&h, &view, "carol");
+    let mut reject = decision(
+        &view,
+        "bob",
+        Decision::Reject,
+        &plan.digest,
+        view.image_id.as_deref().unwrap(),
+    );
+    reject.comment = "not during the sale".to_string();
+    h.store.add_approval(&reject).unwrap();
+    let status = finish(run).await;
+    h.assert_rolled_back_to_r1(&status, "approval");
+    assert!(
+        reason(&status).contains("rejected by bob: not during the sale"),
+        "{status:?}"
+    );
+    assert_nothing_provisioned(&h);
+    let view = deployment_view(&h.store, "d2").unwrap().approval.unwrap();
+    assert_eq!(view.rejected_by.as_deref(), Some("bob"));
+    assert!(!view.waiting);
+}
+
+#[tokio::test]
+async fn an_unanswered_gate_times_out_and_rolls_back() {
+    let h = harness();
+    let (_, run) = start_gated(&h, gate(1, Duration::from_millis(150))).await;
+    let status = finish(run).await;
+    h.assert_rolled_back_to_r1(&status, "approval");
+    assert!(
+        reason(&status).contains("approval timed out after 150ms; the deployment was rejected"),
+        "{status:?}"
+    );
+    assert_nothing_provisioned(&h);
+}
+
+#[tokio::test]
+async fn a_restart_while_waiting_resumes_the_wait() {
+    let h = harness();
+    let (_, run) = start_gated(&h, gate(1, Duration::from_secs(600))).await;
+    let first = waiting_at_gate(&h).await;
+    // The control plane dies while the deployment waits.
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        h.store.lease(ENV).unwrap().map(|l| l.deployment_id),
+        Some("d2".to_string()),
+        "the lease stays with the waiting deployment"
+    );
+    let unfinished: Vec<String> = h
+        .store
+        .unfinished()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(unfinished, ["d2"]);
+
+    // A restarted control plane runs it again: it waits at the same gate, same deadline.
+    let run = spawn_run(&h.exec);
+    let second = waiting_at_gate(&h).await;
+    assert_still_waiting(&h, &run).await;
+    assert_eq!(second.times_out_at_ms, first.times_out_at_ms);
+    approve(&h, &second, "bob");
+    assert_eq!(finish(run).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+    let view = deployment_view(&h.store, "d2").unwrap();
+    assert_eq!(view.starts, 2);
+}
+
+#[tokio::test]
+async fn a_restart_does_not_reset_the_timeout() {
+    let h = harness();
+    let timeout = Duration::from_millis(600);
+    let (_, run) = start_gated(&h, gate(1, timeout)).await;
+    waiting_at_gate(&h).await;
+    run.abort();
+    let _ = run.await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let clock = Instant::now();
+    let status = finish(spawn_run(&h.exec)).await;
+    h.assert_rolled_back_to_r1(&status, "approval");
+    assert!(
+        reason(&status).contains("timed out after 600ms"),
+        "{status:?}"
+    );
+    assert!(
+        clock.elapsed() < Duration::from_millis(450),
+        "the resumed wait kept the first deadline (took {:?})",
+        clock.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn two_distinct_approvers_are_needed_when_the_gate_says_so() {
+    let h = harness();
+    let (_, run) = start_gated(&h, gate(2, Duration::from_secs(600))).await;
+    let view = waiting_at_gate(&h).await;
+    assert_eq!(view.required, 2);
+    approve(&h, &view, "bob");
+    assert_still_waiting(&h, &run).await;
+    // bob approving again is still one approver.
+    approve(&h, &view, "bob");
+    assert_still_waiting(&h, &run).await;
+    assert_eq!(waiting_at_gate(&h).await.approved_by, ["bob"]);
+    approve(&h, &view, "carol");
+    assert_eq!(finish(run).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+    assert_eq!(
+        approved_by(&h),
+        Some(vec!["bob".to_string(), "carol".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn an_approval_given_before_the_gate_is_reached_counts() {
+    let h = harness();
+    let r1 = h.first_release().await;
+    let plan = fake::deploy_plan_with_approval(
+        "d2",
+        ENV,
+        "r2",
+        Some(&Blue::of(&r1)),
+        2,
+        gate(1, Duration::from_secs(600)),
+    );
+    h.save(&plan);
+    let image = cutover_model::sha256_digest(b"cutover/hello:production-r2");
+    h.store
+        .add_approval(&Approval {
+            deployment_id: "d2".to_string(),
+            by: "bob".to_string(),
+            decision: Decision::Approve,
+            plan_digest: plan.digest.clone(),
+            image_id: image,
+            comment: String::new(),
+            at_ms: cutover_model::now_ms(),
+        })
+        .unwrap();
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+}
