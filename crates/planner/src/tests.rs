@@ -591,6 +591,120 @@ kind = "drain"
         "test.toml: step `provision-1`: clashes with the per-replica ids of step `provision`",
     ),
     (
+        "provision without verify",
+        r#"name = "x"
+[[step]]
+id = "build"
+kind = "build"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["build"]
+"#,
+        "test.toml: provision must come after verify so nothing unsigned runs: add a [[step]] with kind = \"verify\" and list it in the `after` of step `provision`",
+    ),
+    (
+        "provision beside verify",
+        r#"name = "x"
+[[step]]
+id = "build"
+kind = "build"
+[[step]]
+id = "verify"
+kind = "verify"
+after = ["build"]
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["build"]
+"#,
+        "test.toml: provision must come after verify so nothing unsigned runs: add `verify` (or a step after it) to the `after` of step `provision`",
+    ),
+    (
+        "adopt without verify",
+        r#"name = "x"
+[[step]]
+id = "adopt"
+kind = "adopt"
+per_replica = true
+"#,
+        "test.toml: adopt must come after verify so nothing unsigned runs",
+    ),
+    (
+        "sign before scan",
+        r#"name = "x"
+[[step]]
+id = "sign"
+kind = "sign"
+[[step]]
+id = "scan"
+kind = "scan"
+after = ["sign"]
+"#,
+        "test.toml: step `sign`: must run after `scan` (the signature attests the scan verdict)",
+    ),
+    (
+        "verify beside sign",
+        r#"name = "x"
+[[step]]
+id = "sign"
+kind = "sign"
+[[step]]
+id = "verify"
+kind = "verify"
+"#,
+        "test.toml: step `verify`: must run after `sign` (it checks the signature that step makes)",
+    ),
+    (
+        "scan before build",
+        r#"name = "x"
+[[step]]
+id = "scan"
+kind = "scan"
+[[step]]
+id = "build"
+kind = "build"
+"#,
+        "test.toml: step `scan`: must run after `build` (it works on the image that step builds)",
+    ),
+    (
+        "shift before approval",
+        r#"name = "x"
+[[step]]
+id = "approval"
+kind = "approval"
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+"#,
+        "test.toml: step `shift-traffic`: must run after `approval` (traffic moves only once the release is approved)",
+    ),
+    (
+        "two verify steps",
+        r#"name = "x"
+[[step]]
+id = "verify"
+kind = "verify"
+[[step]]
+id = "verify-again"
+kind = "verify"
+after = ["verify"]
+"#,
+        "test.toml: steps `verify`, `verify-again` all have kind verify: a strategy has at most one",
+    ),
+    (
+        "approval per replica",
+        r#"name = "x"
+[[step]]
+id = "approval"
+kind = "approval"
+per_replica = true
+"#,
+        "test.toml: step `approval`: kind approval needs per_replica = false",
+    ),
+    (
         "syntax error",
         "name = \"x\"\n[[step]\n",
         "test.toml:2:",
@@ -1209,4 +1323,67 @@ fn strategy_examples_in_the_plans_readme_are_valid() {
             assert_well_formed(&plan);
         }
     }
+}
+
+#[test]
+fn an_approval_in_a_custom_rollback_is_kept_only_where_required() {
+    let strategy = parse_strategy(
+        r#"name = "careful-rollback"
+[[step]]
+id = "verify"
+kind = "verify"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["verify"]
+[[step]]
+id = "health-check"
+kind = "health-check"
+per_replica = true
+after = ["provision"]
+[[step]]
+id = "approval"
+kind = "approval"
+after = ["health-check"]
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+after = ["approval"]
+[[step]]
+id = "record"
+kind = "record"
+after = ["shift-traffic"]
+"#,
+        "plans/careful-rollback.toml",
+    )
+    .expect("parses");
+    let target = release("production-6", "v1");
+    let current = release("production-7", "v2");
+    let rollback = |spec: &Spec| {
+        plan(&PlanInput {
+            kind: PlanKind::Rollback {
+                target: &target,
+                warm_instances: &[],
+            },
+            ..deploy_input(spec, &strategy, Some(&current), "production-9")
+        })
+        .expect("plans")
+    };
+    let guarded = rollback(&guarded_spec());
+    match guarded.step("approval").map(|s| &s.action) {
+        Some(Action::Approval { image, .. }) => assert!(
+            matches!(image, ImageSource::Pinned { tag, .. } if tag == "cutover/hello:production-6")
+        ),
+        other => panic!("expected an approval of the pinned image, got {other:?}"),
+    }
+    let plain = rollback(&spec());
+    assert!(plain.step("approval").is_none());
+    assert_eq!(
+        plain.step("shift-traffic").map(|s| s.depends_on.clone()),
+        Some(vec![
+            "health-check-0".to_string(),
+            "health-check-1".to_string()
+        ])
+    );
 }
