@@ -700,6 +700,14 @@ fn convert_environments(
                 .unwrap_or(false);
         if let Some(approvals) = &raw_env.approvals {
             spec.approvals = convert_approvals(approvals.get_ref(), &field, errors);
+            if !spec.approval {
+                // Settings that gate nothing would give a false sense of safety.
+                errors.at(
+                    approvals.span(),
+                    &field("approvals"),
+                    "has no effect because the environment does not require approval: set approval = true (or protected = true), or remove the table",
+                );
+            }
         }
         if let Some(gate) = &raw_env.gate {
             spec.gate = convert_gate(gate.get_ref(), base_dir, &field, errors);

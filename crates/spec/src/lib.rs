@@ -49,7 +49,7 @@
 //! protected = false                # protected environments always require approval; default false
 //! trusted_keys = []                # public keys (PEM) whose signatures verify; must exist; default [] = the local key
 //!
-//! [environments.production.approvals]  # optional; used when approval is required
+//! [environments.production.approvals]  # optional; only where approval is required (an error elsewhere)
 //! required = 1                     # distinct approvers, never the requester; 1..=10; default 1
 //! timeout = "24h"                  # reject when not approved within this; > 0, at most 30 days; default 24h
 //!

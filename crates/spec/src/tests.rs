@@ -303,49 +303,57 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "does not exist or is not a directory",
     ),
     (
+        "approvals without approval",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\nrequired = 2\n",
+        6,
+        1,
+        "environments.production.approvals",
+        "has no effect because the environment does not require approval",
+    ),
+    (
         "approvals.required zero",
-        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\nrequired = 0\n",
-        7,
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\napproval = true\n[environments.production.approvals]\nrequired = 0\n",
+        8,
         12,
         "environments.production.approvals.required",
         "must be between 1 and 10",
     ),
     (
         "approvals.required too many",
-        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\nrequired = 11\n",
-        7,
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\napproval = true\n[environments.production.approvals]\nrequired = 11\n",
+        8,
         12,
         "environments.production.approvals.required",
         "must be between 1 and 10 (distinct approvers), got 11",
     ),
     (
         "approvals.timeout zero",
-        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\ntimeout = \"0s\"\n",
-        7,
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\napproval = true\n[environments.production.approvals]\ntimeout = \"0s\"\n",
+        8,
         11,
         "environments.production.approvals.timeout",
         "must be longer than 0",
     ),
     (
         "approvals.timeout too long",
-        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\ntimeout = \"40days\"\n",
-        7,
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\napproval = true\n[environments.production.approvals]\ntimeout = \"40days\"\n",
+        8,
         11,
         "environments.production.approvals.timeout",
         "must be at most 30 days",
     ),
     (
         "approvals.timeout not a duration",
-        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\ntimeout = \"soon\"\n",
-        7,
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\napproval = true\n[environments.production.approvals]\ntimeout = \"soon\"\n",
+        8,
         11,
         "environments.production.approvals.timeout",
         "is not a duration",
     ),
     (
         "approvals unknown key",
-        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.approvals]\nrequire = 2\n",
-        7,
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\napproval = true\n[environments.production.approvals]\nrequire = 2\n",
+        8,
         1,
         "environments.production.approvals.require",
         "unknown field `require`",
@@ -542,7 +550,7 @@ fn protected_implies_approval() {
 fn supply_chain_problems_are_all_reported() {
     let fixture = Fixture::new();
     let text = format!(
-        "{MINIMAL}trusted_keys = [\"nope.pub\"]\n[environments.production.approvals]\nrequired = 0\n[environments.production.gate]\nfail_on = \"bad\"\n[supply]\nsigning_key = \"nope.key\"\n"
+        "{MINIMAL}approval = true\ntrusted_keys = [\"nope.pub\"]\n[environments.production.approvals]\nrequired = 0\n[environments.production.gate]\nfail_on = \"bad\"\n[supply]\nsigning_key = \"nope.key\"\n"
     );
     let error = fixture.parse(&text).unwrap_err();
     let fields: Vec<&str> = error.all().map(|e| e.field.as_str()).collect();
