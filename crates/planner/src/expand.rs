@@ -322,8 +322,12 @@ fn effective_strategy(strategy: &Strategy, dropped: &BTreeSet<StepKind>) -> Stra
             for a in &s.after {
                 resolve(a, &by_id, dropped, &mut after);
             }
-            // Keep only the nearest: `after = ["verify", "adopt"]` where adopt already
-            // runs after verify is just `["adopt"]`.
+            if after == s.after {
+                return s.clone();
+            }
+            // Where a left-out step passed its own `after` on, keep only the nearest:
+            // `after = ["verify", "adopt"]` where adopt already runs after verify is just
+            // `["adopt"]`. Dependencies written in the strategy stay as written.
             let runs_after =
                 |later: &str, earlier: &str| match (index.get(later), index.get(earlier)) {
                     (Some(&l), Some(e)) => ancestors[l].contains(e),

@@ -14,6 +14,12 @@
 //! - idempotency key: `<deployment id>/<step id>`;
 //! - digest: `json_digest` of the plan with `digest` set to "".
 //!
+//! Supply chain and approval: a deploy scans, signs and verifies the built image before any
+//! instance starts; a rollback verifies the target's pinned image first. Nothing unsigned
+//! runs: every strategy must put a `verify` step before `provision`/`adopt`. An `approval`
+//! step is planned only where the environment requires approval (`approval` or
+//! `protected`), and such an environment refuses a deploy strategy without one.
+//!
 //! Strategies are data (`plans/*.toml`, see `plans/README.md`); [`parse_strategy`] reads
 //! and checks one, [`builtin_strategy`] gives the shipped ones.
 
