@@ -246,7 +246,7 @@ pub async fn forward(
                                 listen = %shared.listen,
                                 release = backend.release_str(),
                                 upstream = %backend.addrs[choice.1].authority,
-                                error = %error_chain(&err),
+                                error = %crate::admin::error_text(&err),
                                 "upstream response body failed"
                             );
                             let counters = in_flight.counters();
@@ -286,7 +286,7 @@ pub async fn forward(
                     listen = %shared.listen,
                     release = backend.release_str(),
                     upstream = %upstream.authority,
-                    error = %error_chain(&err),
+                    error = %crate::admin::error_text(&err),
                     retrying = next.is_some(),
                     "upstream request failed"
                 );
@@ -323,17 +323,6 @@ fn no_route(shared: &ListenerShared) -> Response<ProxyBody> {
         NO_RELEASE.clone(),
         "service unavailable: no release is routed on this address\n",
     )
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
