@@ -548,7 +548,8 @@ pub fn deploy_plan_weighted(
     deploy_plan_full(deployment, env, release, blue, replicas, weights, None)
 }
 
-/// A blue/green deploy that waits at an approval gate (after verify, before provision).
+/// A blue/green deploy that waits at an approval gate (after the health checks, before
+/// traffic moves).
 pub fn deploy_plan_with_approval(
     deployment: &str,
     env: &str,
@@ -560,8 +561,8 @@ pub fn deploy_plan_with_approval(
     deploy_plan_full(deployment, env, release, blue, replicas, &[100], Some(gate))
 }
 
-/// Build, scan, sign, verify, optional approval, then per replica provision and health
-/// check, then shift, drain, record and retire.
+/// Build, scan, sign, verify, then per replica provision and health check, the optional
+/// approval, then shift, drain, record and retire.
 fn deploy_plan_full(
     deployment: &str,
     env: &str,
@@ -627,20 +628,6 @@ fn deploy_plan_full(
             trusted_keys: Vec::new(),
         },
     ));
-    let mut gate_step = "verify".to_string();
-    if let Some(gate) = approval {
-        steps.push(step(
-            deployment,
-            "approval",
-            StepKind::Approval,
-            vec!["verify".to_string()],
-            Action::Approval {
-                image: built(),
-                gate,
-            },
-        ));
-        gate_step = "approval".to_string();
-    }
     let mut instance_steps = Vec::new();
     let mut health_steps = Vec::new();
     for r in 0..replicas {
@@ -650,7 +637,7 @@ fn deploy_plan_full(
             deployment,
             &pid,
             StepKind::Provision,
-            vec![gate_step.clone()],
+            vec!["verify".to_string()],
             Action::Provision {
                 instance: instance_spec(
                     deployment,
@@ -674,6 +661,20 @@ fn deploy_plan_full(
         ));
         instance_steps.push(pid);
         health_steps.push(hid);
+    }
+    // As in plans/blue-green.toml: approvers see a release that runs and is healthy.
+    if let Some(gate) = approval {
+        steps.push(step(
+            deployment,
+            "approval",
+            StepKind::Approval,
+            health_steps,
+            Action::Approval {
+                image: built(),
+                gate,
+            },
+        ));
+        health_steps = vec!["approval".to_string()];
     }
     steps.extend(tail_steps(
         deployment,

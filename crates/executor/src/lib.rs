@@ -301,17 +301,39 @@ impl Executor {
         }
     }
 
-    /// Resume every deployment that was running when the process stopped. Returns each
-    /// deployment's id with its outcome.
+    /// Resume every deployment that was running when the process stopped, all at once (one
+    /// waiting at an approval gate must not hold up the others). Returns each deployment's
+    /// id with its outcome, oldest deployment first.
     pub async fn resume_unfinished(
         &self,
     ) -> Result<Vec<(String, Result<DeploymentStatus, ExecError>)>, ExecError> {
-        let mut out = Vec::new();
-        for record in self.store.unfinished()? {
-            let result = self.run(&record.id).await;
-            out.push((record.id, result));
+        let records = self.store.unfinished()?;
+        let mut tasks = JoinSet::new();
+        for (index, record) in records.iter().enumerate() {
+            let exec = self.clone();
+            let id = record.id.clone();
+            tasks.spawn(async move { (index, exec.run(&id).await) });
         }
-        Ok(out)
+        let mut results: Vec<Option<Result<DeploymentStatus, ExecError>>> =
+            records.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, result)) => results[index] = Some(result),
+                Err(e) => tracing::error!(error = %e, "a resumed deployment's task stopped"),
+            }
+        }
+        Ok(records
+            .into_iter()
+            .zip(results)
+            .map(|(record, result)| {
+                let result = result.unwrap_or_else(|| {
+                    Err(ExecError::TaskFailed {
+                        deployment: record.id.clone(),
+                    })
+                });
+                (record.id, result)
+            })
+            .collect())
     }
 
     /// Start or resume the saved deployment `deployment_id` and drive it to a final status.

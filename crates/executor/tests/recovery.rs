@@ -8,8 +8,10 @@
 mod common;
 
 use common::*;
+use cutover_executor::fake::{self, Blue};
 use cutover_executor::replay;
-use cutover_model::{DeploymentStatus, ProviderError};
+use cutover_model::{ApprovalSpec, DeploymentStatus, ProviderError};
+use cutover_store::{Approval, Decision};
 use proptest::prelude::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -94,6 +96,43 @@ proptest! {
             // A crash can interrupt the failing step before its failure is journaled; it
             // then runs again on resume and fails again (the rule is persistent).
             h.assert_rolled_back_to_r1(&status, step);
+            check_journal_replays(&h);
+        });
+    }
+
+    #[test]
+    fn gated_deploy_recovers_from_crashes_at_any_journal_prefix(
+        crashes in proptest::collection::vec(0u64..40, 1..4),
+        parallel in 1usize..5,
+        reject in any::<bool>(),
+    ) {
+        let rt = runtime();
+        rt.block_on(async {
+            let h = harness_with(parallel);
+            let r1 = h.first_release().await;
+            let gate = ApprovalSpec { required: 1, timeout: std::time::Duration::from_secs(60) };
+            let plan = fake::deploy_plan_with_approval("d2", ENV, "r2", Some(&Blue::of(&r1)), 2, gate);
+            h.save(&plan);
+            // The decision is already there: the gate passes (or rejects) on its first look.
+            h.store.add_approval(&Approval {
+                deployment_id: "d2".to_string(),
+                by: "bob".to_string(),
+                decision: if reject { Decision::Reject } else { Decision::Approve },
+                plan_digest: plan.digest.clone(),
+                image_id: cutover_model::sha256_digest(b"cutover/hello:production-r2"),
+                comment: "checked".to_string(),
+                at_ms: 1,
+            }).unwrap();
+            for seq in &crashes {
+                h.faults.crash_after_seq(*seq);
+            }
+            let status = h.run_to_end("d2", crashes.len()).await;
+            if reject {
+                h.assert_rolled_back_to_r1(&status, "approval");
+            } else {
+                assert_eq!(status, DeploymentStatus::Succeeded, "crashes at {crashes:?}");
+                h.assert_deployed_r2();
+            }
             check_journal_replays(&h);
         });
     }
