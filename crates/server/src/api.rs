@@ -1,5 +1,5 @@
-//! Request and response bodies of the control plane's API (`/v1/...`), shared by the server
-//! and its clients (the CLI now; CI through HTTP next).
+//! Request and response bodies of the control plane's APIs: the local API (`/v1/...`, the
+//! CLI's) and the HTTP API for CI (`/api/v1/...`), shared by the server and its clients.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,7 @@ pub struct RollbackTarget {
 }
 
 /// A deployment accepted for execution.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Started {
     pub deployment_id: String,
     pub plan_digest: String,
@@ -34,11 +34,13 @@ pub struct Started {
 }
 
 /// One environment as `cutover status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvStatus {
     pub env: String,
+    #[schema(value_type = Option<Object>)]
     pub current: Option<Release>,
     /// What the proxy serves right now.
+    #[schema(value_type = Option<Object>)]
     pub route: Option<Route>,
     /// The deployment holding the environment's lease, if any.
     pub active: Option<String>,
@@ -50,7 +52,7 @@ pub struct EnvStatus {
     pub warm: Vec<WarmRelease>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceLine {
     pub name: String,
     pub release: String,
@@ -58,14 +60,14 @@ pub struct InstanceLine {
     pub state: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WarmRelease {
     pub release: String,
     pub retire_at_ms: u64,
 }
 
 /// A deployment with its steps and journal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeploymentDetail {
     pub id: String,
     pub env: String,
@@ -81,10 +83,93 @@ pub struct DeploymentDetail {
     /// Why it rolled back or is stuck.
     pub reason: Option<String>,
     pub steps: Vec<StepLine>,
+    #[schema(value_type = Vec<Object>)]
     pub journal: Vec<JournalEntry>,
+    /// The approval gate, when the plan has one: what to approve and who did.
+    #[serde(default)]
+    pub approval: Option<ApprovalInfo>,
 }
 
+/// An approval gate as clients see it. Approve the pair (`plan_digest`, `image_id`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApprovalInfo {
+    pub step: String,
+    /// True while the deployment waits at this gate.
+    pub waiting: bool,
+    pub plan_digest: String,
+    /// `None` until the image is built.
+    pub image_id: Option<String>,
+    pub image_tag: Option<String>,
+    pub requested_by: String,
+    pub required: u32,
+    pub approved_by: Vec<String>,
+    pub rejected_by: Option<String>,
+    /// Every decision: who, what, which digests, whether it counts.
+    pub decisions: Vec<DecisionLine>,
+    pub times_out_at_ms: Option<u64>,
+}
+
+/// One recorded decision.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DecisionLine {
+    pub by: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub comment: String,
+    pub plan_digest: String,
+    pub image_id: String,
+    pub at_ms: u64,
+    /// Why it does not count (stale, the requester's own), or `None` when it counts.
+    pub note: Option<String>,
+}
+
+/// `POST /v1/approvals` (local API): decide as the local user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDecision {
+    pub deployment_id: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    pub plan_digest: String,
+    pub image_id: String,
+    #[serde(default)]
+    pub comment: String,
+    pub requested_by: String,
+}
+
+/// `POST /v1/tokens` (local API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalNewToken {
+    pub token: crate::auth::NewToken,
+    pub requested_by: String,
+}
+
+/// `POST /v1/users` (local API). The password travels only over the 0600 Unix socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalNewUser {
+    pub name: String,
+    pub role: crate::auth::Role,
+    pub env: Option<String>,
+    pub password: String,
+    pub requested_by: String,
+}
+
+/// A user as listed (never the password hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserLine {
+    pub name: String,
+    pub grants: Vec<crate::auth::Grant>,
+    pub created_at_ms: u64,
+}
+
+/// `POST /v1/tokens/{id}/revoke` (local API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalActor {
+    pub requested_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepLine {
     pub id: String,
     pub kind: String,
@@ -101,7 +186,7 @@ pub struct StepLine {
 }
 
 /// One line of `cutover history`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryLine {
     pub deployment_id: String,
     pub env: String,
@@ -129,7 +214,7 @@ pub struct Health {
 }
 
 /// Every error answer: a stable code and a message for people.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// `bad_request`, `not_found`, `conflict`, `internal`.
     pub code: String,

@@ -1,6 +1,6 @@
 //! The API routes and what they do.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, Query, State};
@@ -8,21 +8,31 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use cutover_model::{now_ms, Instance, InstanceState, Plan, Release, Spec, Strategy};
-use cutover_planner::{PlanInput, PlanKind};
-use cutover_store::{DeploymentRecord, Lease};
+use cutover_model::{Instance, InstanceState, Plan};
+use cutover_store::Decision;
 
 use crate::api::{
-    DeployRequest, EnvStatus, Health, HistoryLine, InstanceLine, Resumed, Started, WarmRelease,
+    DeployRequest, EnvStatus, Health, HistoryLine, InstanceLine, LocalActor, LocalDecision,
+    LocalNewToken, LocalNewUser, Resumed, Started, UserLine, WarmRelease,
 };
+use crate::audit::{AuditEntry, VerifyReport};
+use crate::auth::{CreatedToken, Grant, Principal, TokenRecord};
+use crate::deploy::SpecSource;
 use crate::view;
-use crate::{ControlPlane, ServerError};
+use crate::{approvals, audit, auth, deploy, ControlPlane, ServerError};
 
 type Cp = State<Arc<ControlPlane>>;
 
-/// The API router. Built by a function so tests call it in-process.
+/// The local API router (Unix socket; every request acts as the local user with admin
+/// rights). Built by a function so tests call it in-process.
 pub fn app(cp: Arc<ControlPlane>) -> Router {
     Router::new()
+        .route("/v1/approvals", post(decide))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/v1/users", post(add_user).get(list_users))
+        .route("/v1/audit", get(audit_export))
+        .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/health", get(health))
         .route("/v1/plan", post(plan_only))
         .route("/v1/deployments", post(start_deployment))
@@ -41,34 +51,165 @@ async fn health() -> Json<Health> {
     })
 }
 
-async fn plan_only(State(cp): Cp, Json(req): Json<DeployRequest>) -> Result<Json<Plan>, ServerError> {
-    let prepared = prepare(&cp, &req, false).await?;
-    Ok(Json(prepared))
+fn source_of(req: &DeployRequest) -> SpecSource {
+    SpecSource {
+        spec_path: Some(req.spec_path.clone()),
+        ..SpecSource::default()
+    }
+}
+
+async fn plan_only(
+    State(cp): Cp,
+    Json(req): Json<DeployRequest>,
+) -> Result<Json<Plan>, ServerError> {
+    let who = Principal::local(&req.requested_by);
+    let rollback = req.rollback.as_ref().map(|r| r.release.clone());
+    let plan = deploy::plan(
+        &cp,
+        &who,
+        Some(&source_of(&req)),
+        req.env.as_deref(),
+        rollback.as_ref(),
+    )
+    .await?;
+    Ok(Json(plan))
 }
 
 async fn start_deployment(
     State(cp): Cp,
     Json(req): Json<DeployRequest>,
 ) -> Result<Json<Started>, ServerError> {
-    let plan = prepare(&cp, &req, true).await?;
-    let lease = Lease {
-        deployment_id: plan.deployment_id.clone(),
-        holder: plan.requested_by.clone(),
-        acquired_at_ms: now_ms(),
+    let who = Principal::local(&req.requested_by);
+    let rollback = req.rollback.as_ref().map(|r| r.release.clone());
+    let started = deploy::start(
+        &cp,
+        &who,
+        Some(&source_of(&req)),
+        req.env.as_deref(),
+        rollback.as_ref(),
+    )
+    .await?;
+    Ok(Json(started))
+}
+
+async fn decide(State(cp): Cp, Json(req): Json<LocalDecision>) -> Result<Json<()>, ServerError> {
+    let decision = match req.decision.as_str() {
+        "approve" => Decision::Approve,
+        "reject" => Decision::Reject,
+        other => {
+            return Err(ServerError::BadRequest(format!(
+                "decision: {other:?} is not a decision; use approve or reject"
+            )))
+        }
     };
-    cp.store.acquire_lease(&plan.env, lease)?;
-    let record = DeploymentRecord::from_plan(&plan);
-    if let Err(e) = cp.store.save_plan(&plan, &record) {
-        cp.store.release_lease(&plan.env, &plan.deployment_id)?;
-        return Err(e.into());
-    }
-    cp.spawn_run(&plan.deployment_id);
-    Ok(Json(Started {
-        deployment_id: plan.deployment_id.clone(),
-        plan_digest: plan.digest.clone(),
-        env: plan.env.clone(),
-        release_id: plan.release_id.clone(),
+    approvals::decide(
+        &cp,
+        &Principal::local(&req.requested_by),
+        &req.deployment_id,
+        decision,
+        &req.plan_digest,
+        &req.image_id,
+        &req.comment,
+    )
+    .await?;
+    Ok(Json(()))
+}
+
+async fn create_token(
+    State(cp): Cp,
+    Json(req): Json<LocalNewToken>,
+) -> Result<Json<CreatedToken>, ServerError> {
+    let created = auth::create_token(&cp.store, &req.requested_by, &req.token)?;
+    audit::record(
+        &cp.store,
+        &req.requested_by,
+        "token.create",
+        &created.record.id,
+        serde_json::json!({
+            "name": created.record.name,
+            "role": created.record.role,
+            "env": created.record.env,
+            "expires_at_ms": created.record.expires_at_ms,
+        }),
+    )?;
+    Ok(Json(created))
+}
+
+async fn list_tokens(State(cp): Cp) -> Result<Json<Vec<TokenRecord>>, ServerError> {
+    Ok(Json(auth::list_tokens(&cp.store)?))
+}
+
+async fn revoke_token(
+    State(cp): Cp,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<LocalActor>,
+) -> Result<Json<TokenRecord>, ServerError> {
+    let record = auth::revoke_token(&cp.store, &id)?;
+    audit::record(
+        &cp.store,
+        &req.requested_by,
+        "token.revoke",
+        &id,
+        serde_json::json!({ "name": record.name }),
+    )?;
+    Ok(Json(record))
+}
+
+async fn add_user(
+    State(cp): Cp,
+    Json(req): Json<LocalNewUser>,
+) -> Result<Json<UserLine>, ServerError> {
+    let user = auth::add_user(
+        &cp.store,
+        &req.requested_by,
+        &req.name,
+        vec![Grant {
+            role: req.role,
+            env: req.env.clone(),
+        }],
+        &req.password,
+    )?;
+    audit::record(
+        &cp.store,
+        &req.requested_by,
+        "user.add",
+        &user.name,
+        serde_json::json!({ "role": req.role, "env": req.env }),
+    )?;
+    Ok(Json(UserLine {
+        name: user.name,
+        grants: user.grants,
+        created_at_ms: user.created_at_ms,
     }))
+}
+
+async fn list_users(State(cp): Cp) -> Result<Json<Vec<UserLine>>, ServerError> {
+    Ok(Json(
+        auth::list_users(&cp.store)?
+            .into_iter()
+            .map(|u| UserLine {
+                name: u.name,
+                grants: u.grants,
+                created_at_ms: u.created_at_ms,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    since_ms: Option<u64>,
+}
+
+async fn audit_export(
+    State(cp): Cp,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ServerError> {
+    Ok(Json(audit::export(&cp.store, q.since_ms)?))
+}
+
+async fn audit_verify(State(cp): Cp) -> Result<Json<VerifyReport>, ServerError> {
+    Ok(Json(audit::verify(&cp.store)?))
 }
 
 #[derive(Deserialize)]
@@ -103,8 +244,19 @@ struct EnvQuery {
     limit: Option<usize>,
 }
 
-async fn status(State(cp): Cp, Query(q): Query<EnvQuery>) -> Result<Json<Vec<EnvStatus>>, ServerError> {
+async fn status(
+    State(cp): Cp,
+    Query(q): Query<EnvQuery>,
+) -> Result<Json<Vec<EnvStatus>>, ServerError> {
     let envs = environments(&cp, q.spec_path.as_deref(), q.env.as_deref())?;
+    Ok(Json(env_statuses(&cp, envs).await?))
+}
+
+/// The status of each of `envs`.
+pub(crate) async fn env_statuses(
+    cp: &ControlPlane,
+    envs: Vec<String>,
+) -> Result<Vec<EnvStatus>, ServerError> {
     let mut out = Vec::new();
     for env in envs {
         let current = cp.store.current_release(&env)?;
@@ -143,10 +295,10 @@ async fn status(State(cp): Cp, Query(q): Query<EnvQuery>) -> Result<Json<Vec<Env
             env,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
-fn instance_line(i: &Instance) -> InstanceLine {
+pub(crate) fn instance_line(i: &Instance) -> InstanceLine {
     InstanceLine {
         name: i.name.clone(),
         release: i.release.clone(),
@@ -160,8 +312,21 @@ fn instance_line(i: &Instance) -> InstanceLine {
     }
 }
 
-async fn history(State(cp): Cp, Query(q): Query<EnvQuery>) -> Result<Json<Vec<HistoryLine>>, ServerError> {
-    let records = cp.store.deployments(q.env.as_deref(), q.limit.unwrap_or(50))?;
+async fn history(
+    State(cp): Cp,
+    Query(q): Query<EnvQuery>,
+) -> Result<Json<Vec<HistoryLine>>, ServerError> {
+    let records = cp
+        .store
+        .deployments(q.env.as_deref(), q.limit.unwrap_or(50))?;
+    Ok(Json(history_lines(&cp, records)?))
+}
+
+/// History lines of `records`.
+pub(crate) fn history_lines(
+    cp: &ControlPlane,
+    records: Vec<cutover_store::DeploymentRecord>,
+) -> Result<Vec<HistoryLine>, ServerError> {
     let mut out = Vec::with_capacity(records.len());
     for d in records {
         let image_id = cp.store.release(&d.env, &d.release_id)?.map(|r| r.image.id);
@@ -179,7 +344,7 @@ async fn history(State(cp): Cp, Query(q): Query<EnvQuery>) -> Result<Json<Vec<Hi
             reason,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 async fn resume(State(cp): Cp) -> Result<Json<Resumed>, ServerError> {
@@ -195,7 +360,11 @@ async fn shutdown(State(cp): Cp) -> Json<Health> {
 
 /// The environments to report on: the one asked for, else those of the spec, else every
 /// environment the store knows.
-fn environments(cp: &ControlPlane, spec_path: Option<&str>, env: Option<&str>) -> Result<Vec<String>, ServerError> {
+fn environments(
+    cp: &ControlPlane,
+    spec_path: Option<&str>,
+    env: Option<&str>,
+) -> Result<Vec<String>, ServerError> {
     if let Some(env) = env {
         return Ok(vec![env.to_string()]);
     }
@@ -205,138 +374,4 @@ fn environments(cp: &ControlPlane, spec_path: Option<&str>, env: Option<&str>) -
         }
     }
     Ok(cp.store.environments()?)
-}
-
-fn pick_env(spec: &Spec, env: Option<&str>) -> Result<String, ServerError> {
-    match env {
-        Some(env) if spec.environments.contains_key(env) => Ok(env.to_string()),
-        Some(env) => Err(ServerError::BadRequest(format!(
-            "environment {env:?} is not in the spec; it has: {}",
-            spec.environments.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))),
-        None if spec.environments.len() == 1 => Ok(spec.environments.keys().next().cloned().unwrap_or_default()),
-        None => Err(ServerError::BadRequest(format!(
-            "the spec has several environments ({}); pick one with --env",
-            spec.environments.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
-/// Strategy text: `plans/<name>.toml` next to the spec if present, else the built-in copy.
-fn load_strategy(spec: &Spec, name: &str, plans_dir: Option<&Path>) -> Result<Strategy, ServerError> {
-    let candidates: Vec<PathBuf> = [Some(spec.base_dir.join("plans")), plans_dir.map(Path::to_path_buf)]
-        .into_iter()
-        .flatten()
-        .map(|dir| dir.join(format!("{name}.toml")))
-        .collect();
-    for file in candidates {
-        if file.is_file() {
-            let text = std::fs::read_to_string(&file).map_err(|e| ServerError::io(&file, e))?;
-            return Ok(cutover_planner::parse_strategy(&text, &file.display().to_string())?);
-        }
-    }
-    match cutover_planner::builtin_strategy(name) {
-        Some(text) => Ok(cutover_planner::parse_strategy(text, &format!("plans/{name}.toml"))?),
-        None => Err(ServerError::BadRequest(format!(
-            "strategy {name:?} not found: add plans/{name}.toml next to deploy.toml or use blue-green"
-        ))),
-    }
-}
-
-/// Read the spec, look at the world, and plan. `allocate` takes a new deployment number
-/// (for a real start); otherwise the plan shows the number the next deployment would get.
-async fn prepare(cp: &ControlPlane, req: &DeployRequest, allocate: bool) -> Result<Plan, ServerError> {
-    let spec = cutover_spec::load(Path::new(&req.spec_path))?;
-    let env = pick_env(&spec, req.env.as_deref())?;
-    if let Some(lease) = cp.store.lease(&env)? {
-        if allocate {
-            return Err(ServerError::Conflict(format!(
-                "environment {env} is busy: deployment {} started by {} holds it; wait for it, or run `cutover resume` if it was interrupted",
-                lease.deployment_id, lease.holder
-            )));
-        }
-    }
-    let current = cp.store.current_release(&env)?;
-    // Everything that can refuse the request runs before a deployment number is taken.
-    let rollback = match &req.rollback {
-        None => None,
-        Some(target) => {
-            let target = rollback_target(cp, &env, current.as_ref(), target.release.as_deref())?;
-            let warm: Vec<Instance> = cp
-                .providers
-                .compute
-                .list(&target.app, Some(&env))
-                .await?
-                .into_iter()
-                .filter(|i| i.release == target.id && i.state == InstanceState::Running)
-                .collect();
-            Some((target, warm))
-        }
-    };
-    let seq = if allocate {
-        cp.store.next_deployment_seq(&env)?
-    } else {
-        cp.store.peek_deployment_seq(&env)?
-    };
-    let deployment_id = format!("{env}-{seq}");
-    let created_at_ms = now_ms();
-    match &rollback {
-        None => {
-            let strategy = load_strategy(&spec, &spec.strategy, cp.plans_dir.as_deref())?;
-            Ok(cutover_planner::plan(&PlanInput {
-                spec: &spec,
-                env: &env,
-                strategy: &strategy,
-                deployment_id: &deployment_id,
-                requested_by: &req.requested_by,
-                created_at_ms,
-                current: current.as_ref(),
-                kind: PlanKind::Deploy,
-            })?)
-        }
-        Some((target, warm)) => {
-            let strategy = load_strategy(&spec, "rollback", cp.plans_dir.as_deref())?;
-            Ok(cutover_planner::plan(&PlanInput {
-                spec: &spec,
-                env: &env,
-                strategy: &strategy,
-                deployment_id: &deployment_id,
-                requested_by: &req.requested_by,
-                created_at_ms,
-                current: current.as_ref(),
-                kind: PlanKind::Rollback {
-                    target,
-                    warm_instances: warm,
-                },
-            })?)
-        }
-    }
-}
-
-/// The release to go back to: the one named, or the newest succeeded release other than
-/// the current one.
-fn rollback_target(
-    cp: &ControlPlane,
-    env: &str,
-    current: Option<&Release>,
-    named: Option<&str>,
-) -> Result<Release, ServerError> {
-    if let Some(id) = named {
-        return cp.store.release(env, id)?.ok_or_else(|| {
-            ServerError::NotFound(format!(
-                "release {id} of environment {env} not found; `cutover history --env {env}` lists releases"
-            ))
-        });
-    }
-    let current_id = current.map(|r| r.id.as_str());
-    for entry in cp.store.history(env)? {
-        if Some(entry.release_id.as_str()) != current_id && entry.outcome == "succeeded" {
-            if let Some(release) = cp.store.release(env, &entry.release_id)? {
-                return Ok(release);
-            }
-        }
-    }
-    Err(ServerError::BadRequest(format!(
-        "environment {env} has no earlier release to roll back to"
-    )))
 }

@@ -1,20 +1,36 @@
 //! The control plane: owns the sled store (one process per database), plans and runs
 //! deployments with the executor, resumes unfinished ones at start, retires warm releases
-//! when they are due, and answers the API.
+//! when they are due, and answers two APIs:
 //!
-//! Today the API is served on a Unix socket (mode 0600) that only the local user can reach;
-//! the CLI is its client. The HTTP API for CI, auth and the web UI are layered on the same
-//! [`app`] router next. The router is built by a function so tests drive it in-process.
+//! - the local API (`/v1/...`, [`app`]) on a Unix socket (mode 0600): the CLI's channel;
+//!   requests there act as the local user with admin rights;
+//! - the HTTP API for CI (`/api/v1/...`, bearer tokens, OpenAPI at
+//!   `/api/v1/openapi.json`) and `/metrics` ([`http_app`]), on a TCP address when
+//!   `cutover serve --http ADDR` asks for it.
+//!
+//! Routers are built by functions so tests drive them in-process. Authorization lives in
+//! [`auth`], approval rules in [`approvals`], the hash-chained audit log in [`audit`].
 
 pub mod api;
+pub mod approvals;
+pub mod audit;
+pub mod auth;
+pub mod deploy;
 mod error;
 mod handlers;
+pub mod http;
+pub mod metrics;
 mod view;
+pub mod watch;
+pub mod webhooks;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tracing::Instrument;
 
 use cutover_executor::{Executor, ExecutorConfig};
 use cutover_model::{DeploymentStatus, Providers};
@@ -23,6 +39,31 @@ use tokio::sync::Notify;
 
 pub use error::ServerError;
 pub use handlers::app;
+pub use http::http_app;
+pub use view::detail;
+
+/// Optional parts of a control plane.
+#[derive(Clone)]
+pub struct Options {
+    /// Directory with strategy overrides (`plans/`), looked up next to the spec too.
+    pub plans_dir: Option<PathBuf>,
+    pub webhooks: webhooks::Webhooks,
+    /// Where proxy counters for `/metrics` come from.
+    pub proxy_stats: Option<Arc<dyn metrics::ProxyStats>>,
+    /// How often the background watcher looks at deployments.
+    pub watch_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plans_dir: None,
+            webhooks: webhooks::Webhooks::default(),
+            proxy_stats: None,
+            watch_interval: Duration::from_millis(250),
+        }
+    }
+}
 
 /// Shared state of a running control plane.
 pub struct ControlPlane {
@@ -34,38 +75,75 @@ pub struct ControlPlane {
     shutdown: Notify,
     /// Directory with built-in strategy overrides (`plans/`), looked up next to the spec too.
     pub plans_dir: Option<PathBuf>,
+    pub webhooks: webhooks::Webhooks,
+    pub metrics: metrics::Metrics,
+    pub proxy_stats: Option<Arc<dyn metrics::ProxyStats>>,
+    watch_interval: Duration,
 }
 
 impl ControlPlane {
     pub fn new(store: Store, providers: Providers, config: ExecutorConfig) -> Arc<ControlPlane> {
+        Self::with_options(store, providers, config, Options::default())
+    }
+
+    pub fn with_options(
+        store: Store,
+        providers: Providers,
+        config: ExecutorConfig,
+        options: Options,
+    ) -> Arc<ControlPlane> {
         let executor = Arc::new(Executor::new(store.clone(), providers.clone(), config));
+        let metrics = metrics::Metrics::default();
+        let mut webhooks = options.webhooks;
+        webhooks.failures = metrics.webhook_failures.clone();
         Arc::new(ControlPlane {
             store,
             providers,
             executor,
             running: Mutex::new(HashMap::new()),
             shutdown: Notify::new(),
-            plans_dir: None,
+            plans_dir: options.plans_dir,
+            webhooks,
+            metrics,
+            proxy_stats: options.proxy_stats,
+            watch_interval: options.watch_interval,
         })
     }
 
     /// Run (or resume) a deployment in the background unless it already runs here.
     pub fn spawn_run(self: &Arc<Self>, deployment_id: &str) -> bool {
-        let mut running = self.running.lock().expect("running map lock");
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.retain(|_, handle| !handle.is_finished());
         if running.contains_key(deployment_id) {
             return false;
         }
         let executor = self.executor.clone();
         let id = deployment_id.to_string();
-        let handle = tokio::spawn(async move {
-            match executor.run(&id).await {
-                Ok(status) => tracing::info!(deployment = %id, status = status.label(), "deployment finished"),
-                Err(e) => tracing::error!(deployment = %id, error = %e, "deployment did not finish"),
+        let span = tracing::info_span!("deployment", deployment = %id);
+        let handle = tokio::spawn(
+            async move {
+                match executor.run(&id).await {
+                    Ok(status) => {
+                        tracing::info!(status = status.label(), "deployment finished")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "deployment did not finish")
+                    }
+                }
             }
-        });
+            .instrument(span),
+        );
         running.insert(deployment_id.to_string(), handle);
         true
+    }
+
+    /// Stop every executor task of this process (as a crash would; the journal keeps what
+    /// they did). For tests and shutdown.
+    pub fn abort_runs(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, handle) in running.drain() {
+            handle.abort();
+        }
     }
 
     /// Resume every deployment the journal says is unfinished. Returns their ids.
@@ -97,16 +175,42 @@ impl ControlPlane {
         )
         .await?)
     }
+
+    /// Start the background watcher (metrics, step logs, webhooks).
+    pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        watch::spawn(self.clone(), self.watch_interval)
+    }
 }
 
-/// Serve the API on a Unix socket at `socket` (mode 0600) until shutdown is requested.
-/// Resumes unfinished deployments first and runs the retirement reaper in the background.
+/// Serve the local API on a Unix socket at `socket` (mode 0600) until shutdown is
+/// requested. Resumes unfinished deployments first and runs the retirement reaper and the
+/// watcher in the background.
 pub async fn serve_unix(cp: Arc<ControlPlane>, socket: &Path) -> Result<(), ServerError> {
+    serve(cp, socket, None).await
+}
+
+/// Like [`serve_unix`], and also serve [`http_app`] on `http` when given.
+pub async fn serve(
+    cp: Arc<ControlPlane>,
+    socket: &Path,
+    http: Option<SocketAddr>,
+) -> Result<(), ServerError> {
     if socket.exists() {
         std::fs::remove_file(socket).map_err(|e| ServerError::io(socket, e))?;
     }
-    let listener = tokio::net::UnixListener::bind(socket).map_err(|e| ServerError::io(socket, e))?;
+    let listener =
+        tokio::net::UnixListener::bind(socket).map_err(|e| ServerError::io(socket, e))?;
     set_owner_only(socket)?;
+    let http_listener = match http {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServerError::io(Path::new(&addr.to_string()), e))?;
+            tracing::info!(addr = %l.local_addr().unwrap_or(addr), "HTTP API listening");
+            Some(l)
+        }
+        None => None,
+    };
     let resumed = cp.resume_unfinished()?;
     if !resumed.is_empty() {
         tracing::info!(deployments = ?resumed, "resuming unfinished deployments");
@@ -122,12 +226,29 @@ pub async fn serve_unix(cp: Arc<ControlPlane>, socket: &Path) -> Result<(), Serv
             }
         })
     };
+    let watcher = cp.spawn_watcher();
+    let http_task = http_listener.map(|l| {
+        let cp = cp.clone();
+        tokio::spawn(async move {
+            let shutdown_cp = cp.clone();
+            if let Err(e) = axum::serve(l, http_app(cp))
+                .with_graceful_shutdown(async move { shutdown_cp.shutdown.notified().await })
+                .await
+            {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        })
+    });
     let shutdown_cp = cp.clone();
     let result = axum::serve(listener, app(cp.clone()))
         .with_graceful_shutdown(async move { shutdown_cp.shutdown.notified().await })
         .await
         .map_err(|e| ServerError::io(socket, e));
     reaper.abort();
+    watcher.abort();
+    if let Some(task) = http_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(socket);
     result
 }

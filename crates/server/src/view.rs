@@ -3,7 +3,7 @@
 use cutover_model::{DeploymentKind, DeploymentStatus};
 use cutover_store::Store;
 
-use crate::api::{DeploymentDetail, StepLine};
+use crate::api::{ApprovalInfo, DecisionLine, DeploymentDetail, StepLine};
 use crate::ServerError;
 
 /// Everything about one deployment: record, steps (replayed from the journal) and journal.
@@ -16,6 +16,34 @@ pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> 
     let view = cutover_executor::deployment_view(store, id)?;
     let journal = store.journal(id)?;
     let record = view.record;
+    let approval = view.approval.map(|a| ApprovalInfo {
+        step: a.step,
+        waiting: a.waiting,
+        plan_digest: a.plan_digest,
+        image_id: a.image_id,
+        image_tag: a.image_tag,
+        requested_by: a.requested_by,
+        required: a.required,
+        approved_by: a.approved_by,
+        rejected_by: a.rejected_by,
+        decisions: a
+            .votes
+            .into_iter()
+            .map(|v| DecisionLine {
+                by: v.approval.by,
+                decision: match v.approval.decision {
+                    cutover_store::Decision::Approve => "approve".to_string(),
+                    cutover_store::Decision::Reject => "reject".to_string(),
+                },
+                comment: v.approval.comment,
+                plan_digest: v.approval.plan_digest,
+                image_id: v.approval.image_id,
+                at_ms: v.approval.at_ms,
+                note: v.note.map(str::to_string),
+            })
+            .collect(),
+        times_out_at_ms: a.times_out_at_ms,
+    });
     let (status, reason) = status_parts(&record.status);
     Ok(DeploymentDetail {
         kind: kind_label(&record.kind).to_string(),
@@ -46,6 +74,7 @@ pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> 
             })
             .collect(),
         journal,
+        approval,
     })
 }
 

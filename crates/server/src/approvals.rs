@@ -1,0 +1,126 @@
+//! Deciding at approval gates: the rules every channel (HTTP API, web UI, the CLI over the
+//! Unix socket) goes through.
+//!
+//! A decision is accepted only when the deployment waits at an approval step, the
+//! principal may approve in the deployment's environment, the principal is neither the
+//! deployment's requester nor the principal that started it (separation of duties), and
+//! the decision names the plan digest and image id the deployment runs now (else it is
+//! stale). Accepted decisions are stored (the executor counts them), audited and announced
+//! to webhooks.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use cutover_model::now_ms;
+use cutover_store::{Approval, Decision};
+
+use crate::auth::{Principal, Role};
+use crate::webhooks::Event;
+use crate::{audit, ControlPlane, ServerError};
+
+/// A decision as the API takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionBody {
+    Approve,
+    Reject,
+}
+
+impl From<DecisionBody> for Decision {
+    fn from(d: DecisionBody) -> Decision {
+        match d {
+            DecisionBody::Approve => Decision::Approve,
+            DecisionBody::Reject => Decision::Reject,
+        }
+    }
+}
+
+/// Record `who`'s decision on `deployment_id`. See the module docs for the rules.
+pub async fn decide(
+    cp: &ControlPlane,
+    who: &Principal,
+    deployment_id: &str,
+    decision: Decision,
+    plan_digest: &str,
+    image_id: &str,
+    comment: &str,
+) -> Result<(), ServerError> {
+    let record = cp.store.deployment(deployment_id)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "deployment {deployment_id} not found; `cutover history` lists deployments"
+        ))
+    })?;
+    who.require(Role::Approver, Some(&record.env))?;
+    if comment.len() > 4096 {
+        return Err(ServerError::BadRequest(
+            "comment: must be at most 4096 bytes".to_string(),
+        ));
+    }
+    let view = cutover_executor::deployment_view(&cp.store, deployment_id)?;
+    let gate = match &view.approval {
+        Some(gate) if gate.waiting => gate,
+        _ => return Err(ServerError::Conflict(format!(
+            "deployment {deployment_id} is not waiting for approval (it is {}); nothing to decide",
+            record.status.label()
+        ))),
+    };
+    let starter = crate::deploy::started_by(cp, deployment_id)?;
+    if who.name == record.requested_by || starter.as_ref().is_some_and(|s| s.principal == who.name)
+    {
+        return Err(ServerError::Conflict(format!(
+            "{} started deployment {deployment_id} and cannot approve or reject it (separation of duties); ask another approver",
+            who.name
+        )));
+    }
+    let current_image = gate.image_id.as_deref().unwrap_or("");
+    if plan_digest != gate.plan_digest || image_id != current_image {
+        return Err(ServerError::Conflict(format!(
+            "stale approval: the plan or image changed since you reviewed it (deployment {deployment_id} runs plan {} with image {}); review them and decide again",
+            gate.plan_digest,
+            if current_image.is_empty() { "(not built yet)" } else { current_image }
+        )));
+    }
+    let approval = Approval {
+        deployment_id: deployment_id.to_string(),
+        by: who.name.clone(),
+        decision,
+        plan_digest: plan_digest.to_string(),
+        image_id: image_id.to_string(),
+        comment: comment.to_string(),
+        at_ms: now_ms(),
+    };
+    cp.store.add_approval(&approval)?;
+    let (action, past) = match decision {
+        Decision::Approve => ("approve", "approved"),
+        Decision::Reject => ("reject", "rejected"),
+    };
+    audit::record(
+        &cp.store,
+        &who.name,
+        action,
+        deployment_id,
+        json!({
+            "env": record.env,
+            "plan_digest": plan_digest,
+            "image_id": image_id,
+            "comment": comment,
+        }),
+    )?;
+    cp.webhooks.notify(Event {
+        event: action.to_string(),
+        deployment: deployment_id.to_string(),
+        env: record.env.clone(),
+        release: record.release_id.clone(),
+        reason: Some(format!(
+            "{} {past}{}",
+            who.name,
+            if comment.is_empty() {
+                String::new()
+            } else {
+                format!(": {comment}")
+            }
+        )),
+    });
+    tracing::info!(deployment = deployment_id, by = %who.name, decision = action, "approval decision recorded");
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! Who may do what: roles scoped to environments, API tokens (stored hashed) and human
+//! users (argon2id password hashes).
+//!
+//! Roles: `viewer` < `deployer` (deploy, roll back) and `approver` (approve, reject) <
+//! `admin` (everything, including tokens and users). A [`Grant`] gives one role in one
+//! environment, or in all of them when `env` is `None`.
+//!
+//! Tokens look like `cut_<id>_<secret>`: the id (12 hex digits) finds the record, the
+//! secret (256 random bits) proves possession. Only the sha256 of the whole token is kept;
+//! the token itself is shown once, at creation. Tokens can expire and be revoked; each use
+//! updates the record's `last_used_ms` (at most once a minute).
+
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use cutover_model::now_ms;
+use cutover_store::{Store, TypedTree};
+
+use crate::ServerError;
+
+/// Name of the store tree holding token records, keyed by token id.
+const TOKENS_TREE: &str = "auth_tokens";
+/// Name of the store tree holding users, keyed by user name.
+const USERS_TREE: &str = "auth_users";
+/// Prefix of every token; makes leaked tokens easy to find with secret scanners.
+pub const TOKEN_PREFIX: &str = "cut_";
+/// `last_used_ms` is written at most this often per token.
+const LAST_USED_RESOLUTION_MS: u64 = 60_000;
+
+/// A role. `Deployer` and `Approver` are siblings: neither includes the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Viewer,
+    Deployer,
+    Approver,
+    Admin,
+}
+
+impl Role {
+    /// Whether holding `self` allows what `needed` allows.
+    pub fn includes(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Admin, _) => true,
+            (_, Role::Viewer) => true,
+            (held, needed) => held == needed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "deployer" => Ok(Role::Deployer),
+            "approver" => Ok(Role::Approver),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: use viewer, deployer, approver or admin"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One role in one environment (`env: Some`) or in every environment (`env: None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Grant {
+    pub role: Role,
+    pub env: Option<String>,
+}
+
+/// Someone (a person or a token) whose requests are being served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// A user name, `token:<id>` / `token:<name>:<id>` for tokens, or the local user on the
+    /// Unix socket. Recorded as `requested_by`, approver and audit actor.
+    pub name: String,
+    pub grants: Vec<Grant>,
+}
+
+impl Principal {
+    /// Whether some grant allows `role` in `env`. With `env: None` (an action on every
+    /// environment) only grants for all environments count.
+    pub fn can(&self, role: Role, env: Option<&str>) -> bool {
+        self.grants.iter().any(|g| {
+            g.role.includes(role)
+                && match (&g.env, env) {
+                    (None, _) => true,
+                    (Some(scope), Some(env)) => scope == env,
+                    (Some(_), None) => false,
+                }
+        })
+    }
+
+    /// Whether some grant allows `role` in at least one environment.
+    pub fn can_somewhere(&self, role: Role) -> bool {
+        self.grants.iter().any(|g| g.role.includes(role))
+    }
+
+    /// `Ok` when [`Principal::can`], else a 403 naming what was missing.
+    pub fn require(&self, role: Role, env: Option<&str>) -> Result<(), ServerError> {
+        if self.can(role, env) {
+            return Ok(());
+        }
+        Err(ServerError::Forbidden(match env {
+            Some(env) => format!(
+                "{} lacks the {role} role for environment {env}; ask an admin for a token or user with that role",
+                self.name
+            ),
+            None => format!(
+                "{} lacks the {role} role for all environments; ask an admin for a token or user with that role",
+                self.name
+            ),
+        }))
+    }
+
+    /// The local user on the Unix socket: admin everywhere.
+    pub fn local(name: &str) -> Principal {
+        Principal {
+            name: name.to_string(),
+            grants: vec![Grant {
+                role: Role::Admin,
+                env: None,
+            }],
+        }
+    }
+}
+
+/// A stored API token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub env: Option<String>,
+    /// `sha256:<hex>` of the whole token.
+    pub hash: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    pub expires_at_ms: Option<u64>,
+    pub last_used_ms: Option<u64>,
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    /// The principal name requests with this token act as.
+    pub fn principal_name(&self) -> String {
+        match &self.name {
+            Some(name) => format!("token:{name}:{}", self.id),
+            None => format!("token:{}", self.id),
+        }
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub role: Role,
+    pub env: Option<String>,
+    pub name: Option<String>,
+    /// Lifetime in milliseconds; none means it never expires.
+    pub expires_in_ms: Option<u64>,
+}
+
+/// A freshly created token: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub token: String,
+    pub record: TokenRecord,
+}
+
+/// A stored user (never the password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub grants: Vec<Grant>,
+    /// PHC string of an argon2id hash.
+    pub password_hash: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+}
+
+fn tokens(store: &Store) -> Result<TypedTree<TokenRecord>, ServerError> {
+    Ok(store.typed_tree(TOKENS_TREE)?)
+}
+
+fn users(store: &Store) -> Result<TypedTree<UserRecord>, ServerError> {
+    Ok(store.typed_tree(USERS_TREE)?)
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
+    let mut buf = [0u8; N];
+    getrandom::getrandom(&mut buf).map_err(|e| {
+        ServerError::Internal(format!(
+            "the operating system's random number generator failed: {e}"
+        ))
+    })?;
+    Ok(buf)
+}
+
+fn token_hash(token: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+/// Compare without an early exit, so timing does not reveal how much of a hash matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Check a role/environment pair against what the caller's grants allow to hand out.
+fn check_env_name(env: Option<&str>) -> Result<(), ServerError> {
+    if let Some(env) = env {
+        if env.is_empty()
+            || env.len() > 64
+            || !env
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ServerError::BadRequest(format!(
+                "env: {env:?} is not an environment name (letters, digits, '-' and '_', at most 64)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Create a token; returns it (shown once) with its record.
+pub fn create_token(
+    store: &Store,
+    created_by: &str,
+    new: &NewToken,
+) -> Result<CreatedToken, ServerError> {
+    check_env_name(new.env.as_deref())?;
+    if let Some(name) = &new.name {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(ServerError::BadRequest(
+                "name: must be 1 to 64 printable characters".to_string(),
+            ));
+        }
+    }
+    let id = hex::encode(random_bytes::<6>()?);
+    let secret = hex::encode(random_bytes::<32>()?);
+    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+    let now = now_ms();
+    let expires_at_ms = match new.expires_in_ms {
+        Some(0) => {
+            return Err(ServerError::BadRequest(
+                "expires_in_ms: must be positive".to_string(),
+            ))
+        }
+        Some(ms) => Some(now.saturating_add(ms)),
+        None => None,
+    };
+    let record = TokenRecord {
+        id: id.clone(),
+        name: new.name.clone(),
+        role: new.role,
+        env: new.env.clone(),
+        hash: token_hash(&token),
+        created_at_ms: now,
+        created_by: created_by.to_string(),
+        expires_at_ms,
+        last_used_ms: None,
+        revoked_at_ms: None,
+    };
+    tokens(store)?.insert(&id, &record)?;
+    store.flush()?;
+    Ok(CreatedToken { token, record })
+}
+
+/// Every token record, oldest first.
+pub fn list_tokens(store: &Store) -> Result<Vec<TokenRecord>, ServerError> {
+    let mut all = tokens(store)?.values()?;
+    all.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then(a.id.cmp(&b.id)));
+    Ok(all)
+}
+
+/// Revoke a token by id. Revoking twice is fine; an unknown id is 404.
+pub fn revoke_token(store: &Store, id: &str) -> Result<TokenRecord, ServerError> {
+    let tree = tokens(store)?;
+    let mut record = tree.get(id)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "token {id} not found; `cutover token list` shows token ids"
+        ))
+    })?;
+    if record.revoked_at_ms.is_none() {
+        record.revoked_at_ms = Some(now_ms());
+        tree.insert(id, &record)?;
+        store.flush()?;
+    }
+    Ok(record)
+}
+
+/// The principal a bearer token stands for, or `None` when the token is unknown, revoked,
+/// expired or malformed.
+pub fn authenticate_bearer(store: &Store, token: &str) -> Result<Option<Principal>, ServerError> {
+    let Some(rest) = token.strip_prefix(TOKEN_PREFIX) else {
+        return Ok(None);
+    };
+    let Some((id, _secret)) = rest.split_once('_') else {
+        return Ok(None);
+    };
+    if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let tree = tokens(store)?;
+    let Some(mut record) = tree.get(id)? else {
+        return Ok(None);
+    };
+    if !constant_time_eq(token_hash(token).as_bytes(), record.hash.as_bytes()) {
+        return Ok(None);
+    }
+    let now = now_ms();
+    if record.revoked_at_ms.is_some() || record.expires_at_ms.is_some_and(|at| at <= now) {
+        return Ok(None);
+    }
+    if record
+        .last_used_ms
+        .is_none_or(|at| now.saturating_sub(at) >= LAST_USED_RESOLUTION_MS)
+    {
+        record.last_used_ms = Some(now);
+        // Not flushed: losing a last-used time in a crash is harmless.
+        tree.insert(id, &record)?;
+    }
+    Ok(Some(Principal {
+        name: record.principal_name(),
+        grants: vec![Grant {
+            role: record.role,
+            env: record.env.clone(),
+        }],
+    }))
+}
+
+/// Add a user, or replace the grants and password of an existing one.
+pub fn add_user(
+    store: &Store,
+    created_by: &str,
+    name: &str,
+    grants: Vec<Grant>,
+    password: &str,
+) -> Result<UserRecord, ServerError> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with("token:")
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    {
+        return Err(ServerError::BadRequest(format!(
+            "name: {name:?} is not a user name (letters, digits, '-', '_', '.', '@', at most 64, not starting with token:)"
+        )));
+    }
+    if password.chars().count() < 8 {
+        return Err(ServerError::BadRequest(
+            "password: must be at least 8 characters".to_string(),
+        ));
+    }
+    for grant in &grants {
+        check_env_name(grant.env.as_deref())?;
+    }
+    let salt = SaltString::encode_b64(&random_bytes::<16>()?)
+        .map_err(|e| ServerError::Internal(format!("could not encode a password salt: {e}")))?;
+    let password_hash = Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| ServerError::Internal(format!("could not hash the password: {e}")))?
+        .to_string();
+    let record = UserRecord {
+        name: name.to_string(),
+        grants,
+        password_hash,
+        created_at_ms: now_ms(),
+        created_by: created_by.to_string(),
+    };
+    users(store)?.insert(name, &record)?;
+    store.flush()?;
+    Ok(record)
+}
+
+/// Every user, by name.
+pub fn list_users(store: &Store) -> Result<Vec<UserRecord>, ServerError> {
+    Ok(users(store)?.values()?)
+}
+
+/// The principal of a user whose password matches, else `None`.
+pub fn authenticate_password(
+    store: &Store,
+    user: &str,
+    password: &str,
+) -> Result<Option<Principal>, ServerError> {
+    let Some(record) = users(store)?.get(user)? else {
+        // Spend about the same time as a real check, so timing does not reveal user names.
+        let _ = Argon2::default().hash_password(
+            password.as_bytes(),
+            &SaltString::encode_b64(b"cutover-no-user!").map_err(|e| {
+                ServerError::Internal(format!("could not encode a password salt: {e}"))
+            })?,
+        );
+        return Ok(None);
+    };
+    let parsed = PasswordHash::new(&record.password_hash).map_err(|e| {
+        ServerError::Internal(format!(
+            "the stored password hash of user {user} is not valid ({e}); set a new password with `cutover user add`"
+        ))
+    })?;
+    if Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_err()
+    {
+        return Ok(None);
+    }
+    Ok(Some(Principal {
+        name: record.name,
+        grants: record.grants,
+    }))
+}
+
+/// Parse a lifetime such as `30d`, `12h`, `90m`, `45s` (also `2w`).
+pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a lifetime: use e.g. 30d, 12h, 90m"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a lifetime: use e.g. 30d, 12h, 90m"
+            ))
+        }
+    };
+    if n == 0 {
+        return Err(format!("{text:?}: a lifetime must be positive"));
+    }
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(role: Role, env: Option<&str>) -> Grant {
+        Grant {
+            role,
+            env: env.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn roles_and_scopes() {
+        let p = Principal {
+            name: "p".into(),
+            grants: vec![grant(Role::Deployer, Some("staging"))],
+        };
+        assert!(p.can(Role::Deployer, Some("staging")));
+        assert!(p.can(Role::Viewer, Some("staging")));
+        assert!(!p.can(Role::Approver, Some("staging")));
+        assert!(!p.can(Role::Deployer, Some("production")));
+        assert!(!p.can(Role::Viewer, None));
+        assert!(p.can_somewhere(Role::Viewer));
+        let admin = Principal::local("me");
+        assert!(admin.can(Role::Approver, Some("x")));
+        assert!(admin.can(Role::Admin, None));
+        assert!(matches!(
+            p.require(Role::Approver, Some("staging")),
+            Err(ServerError::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn tokens_authenticate_until_revoked() {
+        let store = Store::temporary().unwrap();
+        let created = create_token(
+            &store,
+            "me",
+            &NewToken {
+                role: Role::Deployer,
+                env: Some("staging".into()),
+                name: Some("ci".into()),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap();
+        assert!(created.token.starts_with(TOKEN_PREFIX));
+        assert!(!created.record.hash.contains(&created.token));
+        let p = authenticate_bearer(&store, &created.token)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.name, format!("token:ci:{}", created.record.id));
+        assert!(p.can(Role::Deployer, Some("staging")));
+        assert!(list_tokens(&store).unwrap()[0].last_used_ms.is_some());
+        // A wrong secret with the right id fails.
+        let mut forged = created.token.clone();
+        forged.pop();
+        forged.push('x');
+        assert_eq!(authenticate_bearer(&store, &forged).unwrap(), None);
+        assert_eq!(authenticate_bearer(&store, "garbage").unwrap(), None);
+        revoke_token(&store, &created.record.id).unwrap();
+        assert_eq!(authenticate_bearer(&store, &created.token).unwrap(), None);
+        assert!(matches!(
+            revoke_token(&store, "nope"),
+            Err(ServerError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn expired_tokens_fail() {
+        let store = Store::temporary().unwrap();
+        let created = create_token(
+            &store,
+            "me",
+            &NewToken {
+                role: Role::Viewer,
+                env: None,
+                name: None,
+                expires_in_ms: Some(1),
+            },
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(authenticate_bearer(&store, &created.token).unwrap(), None);
+    }
+
+    #[test]
+    fn passwords_are_hashed_and_checked() {
+        let store = Store::temporary().unwrap();
+        let user = add_user(
+            &store,
+            "me",
+            "alice",
+            vec![grant(Role::Approver, Some("production"))],
+            "correct horse",
+        )
+        .unwrap();
+        assert!(user.password_hash.starts_with("$argon2id$"));
+        let p = authenticate_password(&store, "alice", "correct horse")
+            .unwrap()
+            .unwrap();
+        assert!(p.can(Role::Approver, Some("production")));
+        assert_eq!(
+            authenticate_password(&store, "alice", "wrong horse").unwrap(),
+            None
+        );
+        assert_eq!(
+            authenticate_password(&store, "bob", "correct horse").unwrap(),
+            None
+        );
+        assert!(add_user(&store, "me", "bob", vec![], "short").is_err());
+        assert!(add_user(&store, "me", "token:x", vec![], "long enough").is_err());
+    }
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(
+            parse_lifetime("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(parse_lifetime("90m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_lifetime("0d").is_err());
+        assert!(parse_lifetime("3 days").is_err());
+        assert!(parse_lifetime("d").is_err());
+    }
+}

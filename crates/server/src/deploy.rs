@@ -1,0 +1,363 @@
+//! Planning and starting deployments and rollbacks: shared by the local API (Unix socket),
+//! the HTTP API and the web UI. Every start is authorized here against the environment it
+//! turns out to target, recorded with the principal that started it, and audited.
+//!
+//! Where a spec comes from ([`SpecSource`]): a path of a `deploy.toml` on the control
+//! plane's machine (`spec_path`, absolute), or the TOML text itself (`spec`) with the
+//! directory its relative paths (build context or manifest, strategy overrides in
+//! `plans/`) resolve against on the control plane's machine (`base_dir`, absolute). The
+//! source of the newest deployment of each environment is remembered, so a rollback may
+//! leave it out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use cutover_model::{
+    now_ms, DeploymentKind, Instance, InstanceState, Plan, Release, Spec, Strategy,
+};
+use cutover_planner::{PlanInput, PlanKind};
+use cutover_store::{DeploymentRecord, Lease, TypedTree};
+
+use crate::api::Started;
+use crate::auth::{Principal, Role};
+use crate::{audit, ControlPlane, ServerError};
+
+const SPEC_SOURCES_TREE: &str = "spec_sources";
+const STARTERS_TREE: &str = "deployment_starters";
+
+/// Where the spec of a deployment comes from. Give `spec_path`, or `spec` with `base_dir`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpecSource {
+    /// Absolute path of `deploy.toml` on the control plane's machine.
+    #[serde(default)]
+    pub spec_path: Option<String>,
+    /// The text of a `deploy.toml`.
+    #[serde(default)]
+    pub spec: Option<String>,
+    /// With `spec`: absolute directory on the control plane's machine that the spec's
+    /// relative paths resolve against (as if `deploy.toml` lived there).
+    #[serde(default)]
+    pub base_dir: Option<String>,
+}
+
+/// Who started a deployment, kept beside it (separation of duties at approval gates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedBy {
+    pub principal: String,
+    pub at_ms: u64,
+}
+
+/// What to go back to in a rollback: a named release, or the previous one when `None`.
+pub type RollbackTo = Option<String>;
+
+fn spec_sources(cp: &ControlPlane) -> Result<TypedTree<SpecSource>, ServerError> {
+    Ok(cp.store.typed_tree(SPEC_SOURCES_TREE)?)
+}
+
+fn starters(cp: &ControlPlane) -> Result<TypedTree<StartedBy>, ServerError> {
+    Ok(cp.store.typed_tree(STARTERS_TREE)?)
+}
+
+/// The principal recorded as the starter of `deployment_id`, if any.
+pub fn started_by(
+    cp: &ControlPlane,
+    deployment_id: &str,
+) -> Result<Option<StartedBy>, ServerError> {
+    Ok(starters(cp)?.get(deployment_id)?)
+}
+
+/// Read and validate the spec named by `source`.
+pub fn load_spec(source: &SpecSource) -> Result<Spec, ServerError> {
+    match (&source.spec_path, &source.spec, &source.base_dir) {
+        (Some(path), None, None) => {
+            let path = Path::new(path);
+            if !path.is_absolute() {
+                return Err(ServerError::BadRequest(format!(
+                    "spec_path: {} is not absolute; give the absolute path of deploy.toml on the control plane's machine",
+                    path.display()
+                )));
+            }
+            Ok(cutover_spec::load(path)?)
+        }
+        (None, Some(text), Some(base)) => {
+            let base = Path::new(base);
+            if !base.is_absolute() {
+                return Err(ServerError::BadRequest(format!(
+                    "base_dir: {} is not absolute; give the absolute directory the spec's relative paths resolve against",
+                    base.display()
+                )));
+            }
+            Ok(cutover_spec::parse(text, &base.join("deploy.toml"))?)
+        }
+        (None, Some(_), None) => Err(ServerError::BadRequest(
+            "base_dir: is required with spec: the absolute directory on the control plane's machine that relative paths in the spec resolve against".to_string(),
+        )),
+        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(ServerError::BadRequest(
+            "spec_path: give either spec_path, or spec with base_dir, not both".to_string(),
+        )),
+        (None, None, _) => Err(ServerError::BadRequest(
+            "spec_path: a spec is required: give spec_path, or spec with base_dir".to_string(),
+        )),
+    }
+}
+
+/// The source to use: the one given, else (for rollbacks) the remembered one of `env`.
+fn resolve_source(
+    cp: &ControlPlane,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+) -> Result<SpecSource, ServerError> {
+    if let Some(source) = source {
+        return Ok(source.clone());
+    }
+    if let Some(env) = env {
+        if let Some(remembered) = spec_sources(cp)?.get(env)? {
+            return Ok(remembered);
+        }
+    }
+    Err(ServerError::BadRequest(
+        "spec_path: a spec is required (no earlier deployment of this environment left one to reuse): give spec_path, or spec with base_dir".to_string(),
+    ))
+}
+
+pub fn pick_env(spec: &Spec, env: Option<&str>) -> Result<String, ServerError> {
+    let names = || {
+        spec.environments
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match env {
+        Some(env) if spec.environments.contains_key(env) => Ok(env.to_string()),
+        Some(env) => Err(ServerError::BadRequest(format!(
+            "env: environment {env:?} is not in the spec; it has: {}",
+            names()
+        ))),
+        None if spec.environments.len() == 1 => {
+            Ok(spec.environments.keys().next().cloned().unwrap_or_default())
+        }
+        None => Err(ServerError::BadRequest(format!(
+            "env: the spec has several environments ({}); pick one",
+            names()
+        ))),
+    }
+}
+
+/// Strategy text: `plans/<name>.toml` next to the spec if present, else the built-in copy.
+fn load_strategy(
+    spec: &Spec,
+    name: &str,
+    plans_dir: Option<&Path>,
+) -> Result<Strategy, ServerError> {
+    let candidates: Vec<PathBuf> = [
+        Some(spec.base_dir.join("plans")),
+        plans_dir.map(Path::to_path_buf),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|dir| dir.join(format!("{name}.toml")))
+    .collect();
+    for file in candidates {
+        if file.is_file() {
+            let text = std::fs::read_to_string(&file).map_err(|e| ServerError::io(&file, e))?;
+            return Ok(cutover_planner::parse_strategy(
+                &text,
+                &file.display().to_string(),
+            )?);
+        }
+    }
+    match cutover_planner::builtin_strategy(name) {
+        Some(text) => Ok(cutover_planner::parse_strategy(
+            text,
+            &format!("plans/{name}.toml"),
+        )?),
+        None => Err(ServerError::BadRequest(format!(
+            "strategy {name:?} not found: add plans/{name}.toml next to deploy.toml or use blue-green"
+        ))),
+    }
+}
+
+/// Read the spec, look at the world, and plan. `allocate` takes a new deployment number
+/// (for a real start); otherwise the plan shows the number the next deployment would get.
+async fn prepare(
+    cp: &ControlPlane,
+    spec: &Spec,
+    env: &str,
+    requested_by: &str,
+    rollback: Option<&RollbackTo>,
+    allocate: bool,
+) -> Result<Plan, ServerError> {
+    if allocate {
+        if let Some(lease) = cp.store.lease(env)? {
+            return Err(ServerError::Conflict(format!(
+                "environment {env} is busy: deployment {} started by {} holds it; wait for it, or run `cutover resume` if it was interrupted",
+                lease.deployment_id, lease.holder
+            )));
+        }
+    }
+    let current = cp.store.current_release(env)?;
+    // Everything that can refuse the request runs before a deployment number is taken.
+    let rollback = match rollback {
+        None => None,
+        Some(named) => {
+            let target = rollback_target(cp, env, current.as_ref(), named.as_deref())?;
+            let warm: Vec<Instance> = cp
+                .providers
+                .compute
+                .list(&target.app, Some(env))
+                .await?
+                .into_iter()
+                .filter(|i| i.release == target.id && i.state == InstanceState::Running)
+                .collect();
+            Some((target, warm))
+        }
+    };
+    let seq = if allocate {
+        cp.store.next_deployment_seq(env)?
+    } else {
+        cp.store.peek_deployment_seq(env)?
+    };
+    let deployment_id = format!("{env}-{seq}");
+    let created_at_ms = now_ms();
+    let (strategy_name, kind) = match &rollback {
+        None => (spec.strategy.as_str(), PlanKind::Deploy),
+        Some((target, warm_instances)) => (
+            "rollback",
+            PlanKind::Rollback {
+                target,
+                warm_instances,
+            },
+        ),
+    };
+    let strategy = load_strategy(spec, strategy_name, cp.plans_dir.as_deref())?;
+    Ok(cutover_planner::plan(&PlanInput {
+        spec,
+        env,
+        strategy: &strategy,
+        deployment_id: &deployment_id,
+        requested_by,
+        created_at_ms,
+        current: current.as_ref(),
+        kind,
+    })?)
+}
+
+/// The release to go back to: the one named, or the newest succeeded release other than
+/// the current one.
+fn rollback_target(
+    cp: &ControlPlane,
+    env: &str,
+    current: Option<&Release>,
+    named: Option<&str>,
+) -> Result<Release, ServerError> {
+    if let Some(id) = named {
+        return cp.store.release(env, id)?.ok_or_else(|| {
+            ServerError::NotFound(format!(
+                "release {id} of environment {env} not found; `cutover history --env {env}` lists releases"
+            ))
+        });
+    }
+    let current_id = current.map(|r| r.id.as_str());
+    for entry in cp.store.history(env)? {
+        if Some(entry.release_id.as_str()) != current_id && entry.outcome == "succeeded" {
+            if let Some(release) = cp.store.release(env, &entry.release_id)? {
+                return Ok(release);
+            }
+        }
+    }
+    Err(ServerError::BadRequest(format!(
+        "environment {env} has no earlier release to roll back to"
+    )))
+}
+
+/// The role a deployment kind needs.
+fn needed_role() -> Role {
+    Role::Deployer
+}
+
+/// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
+/// environment asked for (a rollback's environment when no source is given).
+pub async fn plan(
+    cp: &ControlPlane,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    rollback: Option<&RollbackTo>,
+) -> Result<Plan, ServerError> {
+    let source = resolve_source(cp, source, env)?;
+    let spec = load_spec(&source)?;
+    let env = pick_env(&spec, env)?;
+    who.require(needed_role(), Some(&env))?;
+    prepare(cp, &spec, &env, &who.name, rollback, false).await
+}
+
+/// Plan and start a deployment (or a rollback when `rollback` is `Some`) as `who`; runs it
+/// in the background. Refused with 403 when `who` may not deploy to the environment, and
+/// 409 when another deployment holds it.
+pub async fn start(
+    cp: &Arc<ControlPlane>,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    rollback: Option<&RollbackTo>,
+) -> Result<Started, ServerError> {
+    let source = resolve_source(cp, source, env)?;
+    let spec = load_spec(&source)?;
+    let env = pick_env(&spec, env)?;
+    who.require(needed_role(), Some(&env))?;
+    let plan = prepare(cp, &spec, &env, &who.name, rollback, true).await?;
+    let lease = Lease {
+        deployment_id: plan.deployment_id.clone(),
+        holder: plan.requested_by.clone(),
+        acquired_at_ms: now_ms(),
+    };
+    cp.store.acquire_lease(&plan.env, lease)?;
+    let record = DeploymentRecord::from_plan(&plan);
+    let saved = starters(cp)
+        .and_then(|t| {
+            t.insert(
+                &plan.deployment_id,
+                &StartedBy {
+                    principal: who.name.clone(),
+                    at_ms: now_ms(),
+                },
+            )?;
+            Ok(())
+        })
+        .and_then(|()| Ok(cp.store.save_plan(&plan, &record)?));
+    if let Err(e) = saved {
+        cp.store.release_lease(&plan.env, &plan.deployment_id)?;
+        return Err(e);
+    }
+    spec_sources(cp)?.insert(&plan.env, &source)?;
+    let action = match &plan.kind {
+        DeploymentKind::Deploy => "deploy",
+        DeploymentKind::Rollback { .. } => "rollback",
+    };
+    audit::record(
+        &cp.store,
+        &who.name,
+        action,
+        &plan.deployment_id,
+        json!({
+            "env": plan.env,
+            "release_id": plan.release_id,
+            "previous_release": plan.previous_release,
+            "plan_digest": plan.digest,
+            "spec_digest": plan.spec_digest,
+            "spec_path": source.spec_path,
+        }),
+    )?;
+    cp.spawn_run(&plan.deployment_id);
+    Ok(Started {
+        deployment_id: plan.deployment_id.clone(),
+        plan_digest: plan.digest.clone(),
+        env: plan.env.clone(),
+        release_id: plan.release_id.clone(),
+    })
+}
