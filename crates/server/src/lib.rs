@@ -20,6 +20,7 @@ mod error;
 mod handlers;
 pub mod http;
 pub mod metrics;
+pub mod ui;
 mod view;
 pub mod watch;
 pub mod webhooks;

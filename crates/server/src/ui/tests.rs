@@ -1,0 +1,635 @@
+//! In-process tests of the UI router (`oneshot`): login and sessions, CSRF, role gating,
+//! and every page rendered for each deployment state against the fake providers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use cutover_executor::fake::{self, FakeHealth, FakeProviders};
+use cutover_executor::ExecutorConfig;
+use cutover_model::{json_digest, ApprovalSpec, DeploymentStatus, Plan};
+use cutover_store::{DeploymentRecord, Lease, Store};
+
+use crate::auth::{self, Grant, Role};
+use crate::ControlPlane;
+
+struct Ui {
+    cp: Arc<ControlPlane>,
+    app: Router,
+    fakes: FakeProviders,
+}
+
+fn ui() -> Ui {
+    let fakes = FakeProviders::new();
+    let cp = ControlPlane::new(
+        Store::temporary().unwrap(),
+        fakes.providers(),
+        ExecutorConfig::default(),
+    );
+    for (name, role, env) in [
+        ("alice", Role::Approver, None),
+        ("victor", Role::Viewer, None),
+        ("dora", Role::Deployer, Some("prod")),
+        ("tester", Role::Admin, None),
+    ] {
+        auth::add_user(
+            &cp.store,
+            "test",
+            name,
+            vec![Grant {
+                role,
+                env: env.map(str::to_string),
+            }],
+            "correct horse battery",
+        )
+        .unwrap();
+    }
+    Ui {
+        app: super::router().with_state(cp.clone()),
+        cp,
+        fakes,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn cookie(&self) -> Option<String> {
+        self.headers
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn get(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+fn post(path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Request<Body> {
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", super::encode_component(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut b =
+        Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Body::from(body)).unwrap()
+}
+
+/// The value of the first `name="csrf"` input of a page.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("page has a csrf field");
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// `cutover_session=<id>` from a Set-Cookie value.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// Log in as `user`; returns the cookie and the session's CSRF token.
+async fn login(app: &Router, user: &str) -> (String, String) {
+    let page = send(app, get("/login", None)).await;
+    let anon = cookie_pair(&page.cookie().unwrap());
+    let csrf = csrf_of(&page.body);
+    let answer = send(
+        app,
+        post(
+            "/login",
+            Some(&anon),
+            &[
+                ("csrf", &csrf),
+                ("username", user),
+                ("password", "correct horse battery"),
+                ("next", "/"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let cookie = cookie_pair(&answer.cookie().unwrap());
+    assert_ne!(cookie, anon, "login gives a new session id");
+    let home = send(app, get("/", Some(&cookie))).await;
+    assert_eq!(home.status, StatusCode::OK);
+    (cookie.clone(), csrf_of(&home.body))
+}
+
+/// Save `plan` as the control plane does (taking a deployment number), without running it.
+fn save(cp: &ControlPlane, plan: &Plan) {
+    cp.store.next_deployment_seq(&plan.env).unwrap();
+    cp.store
+        .save_plan(plan, &DeploymentRecord::from_plan(plan))
+        .unwrap();
+}
+
+fn start(cp: &Arc<ControlPlane>, plan: &Plan) {
+    cp.store.next_deployment_seq(&plan.env).unwrap();
+    cp.store
+        .acquire_lease(
+            &plan.env,
+            Lease {
+                deployment_id: plan.deployment_id.clone(),
+                holder: plan.requested_by.clone(),
+                acquired_at_ms: cutover_model::now_ms(),
+            },
+        )
+        .unwrap();
+    cp.store
+        .save_plan(plan, &DeploymentRecord::from_plan(plan))
+        .unwrap();
+    cp.spawn_run(&plan.deployment_id);
+}
+
+async fn wait_for(
+    cp: &ControlPlane,
+    id: &str,
+    what: impl Fn(&crate::api::DeploymentDetail) -> bool,
+) {
+    for _ in 0..500 {
+        let d = crate::view::detail(&cp.store, id).unwrap();
+        if what(&d) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("deployment {id} did not reach the expected state");
+}
+
+fn approval_gate() -> ApprovalSpec {
+    ApprovalSpec {
+        required: 1,
+        timeout: Duration::from_secs(3600),
+    }
+}
+
+#[tokio::test]
+async fn pages_need_login() {
+    let ui = ui();
+    for path in ["/", "/history", "/deployments/prod-1", "/rollback/prod"] {
+        let answer = send(&ui.app, get(path, None)).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{path}");
+        assert!(answer.location().starts_with("/login?next="), "{path}");
+    }
+    let events = send(&ui.app, get("/ui/deployments/prod-1/events", None)).await;
+    assert_eq!(events.status, StatusCode::UNAUTHORIZED);
+    let css = send(&ui.app, get("/ui/static/cutover.css", None)).await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(css.body.contains(".dag"));
+}
+
+#[tokio::test]
+async fn login_cookie_is_http_only_strict_and_secure_behind_tls() {
+    let ui = ui();
+    let page = send(&ui.app, get("/login", None)).await;
+    let set = page.cookie().unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"));
+    assert!(!set.contains("Secure"));
+    assert!(page.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    let csrf = csrf_of(&page.body);
+    let mut req = post(
+        "/login",
+        Some(&cookie_pair(&set)),
+        &[
+            ("csrf", &csrf),
+            ("username", "alice"),
+            ("password", "correct horse battery"),
+            ("next", "https://evil.example/"),
+        ],
+    );
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let answer = send(&ui.app, req).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(answer.location(), "/", "no open redirect after login");
+    let set = answer.cookie().unwrap();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.ends_with("; Secure")
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_token_are_refused() {
+    let ui = ui();
+    let page = send(&ui.app, get("/login", None)).await;
+    let cookie = cookie_pair(&page.cookie().unwrap());
+    let csrf = csrf_of(&page.body);
+    let answer = send(
+        &ui.app,
+        post(
+            "/login",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("username", "alice"),
+                ("password", "wrong password"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(answer.body.contains("Wrong user name, password or token."));
+    let answer = send(
+        &ui.app,
+        post(
+            "/login",
+            Some(&cookie),
+            &[("csrf", &csrf), ("token", "cut_nope")],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    let still_out = send(&ui.app, get("/", Some(&cookie))).await;
+    assert_eq!(still_out.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn token_login_works() {
+    let ui = ui();
+    let created = auth::create_token(
+        &ui.cp.store,
+        "test",
+        &auth::NewToken {
+            role: Role::Viewer,
+            env: Some("prod".to_string()),
+            name: Some("ci".to_string()),
+            expires_in_ms: None,
+        },
+    )
+    .unwrap();
+    let page = send(&ui.app, get("/login", None)).await;
+    let cookie = cookie_pair(&page.cookie().unwrap());
+    let answer = send(
+        &ui.app,
+        post(
+            "/login",
+            Some(&cookie),
+            &[("csrf", &csrf_of(&page.body)), ("token", &created.token)],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let cookie = cookie_pair(&answer.cookie().unwrap());
+    let home = send(&ui.app, get("/", Some(&cookie))).await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(
+        !home.body.contains(&created.token),
+        "tokens are never rendered"
+    );
+}
+
+#[tokio::test]
+async fn posts_without_the_session_csrf_token_are_refused() {
+    let ui = ui();
+    let (cookie, csrf) = login(&ui.app, "alice").await;
+    let forged = "0".repeat(64);
+    for (path, form) in [
+        ("/logout", vec![]),
+        ("/logout", vec![("csrf", forged.as_str())]),
+        (
+            "/deployments/prod-1/approval",
+            vec![("csrf", forged.as_str()), ("decision", "approve")],
+        ),
+        ("/rollback/prod", vec![("confirm", "prod")]),
+    ] {
+        let answer = send(&ui.app, post(path, Some(&cookie), &form)).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{path} {form:?}");
+        assert!(answer.body.contains("did not come from this site"));
+    }
+    // No session at all: refused the same way.
+    let answer = send(&ui.app, post("/rollback/prod", None, &[("csrf", &csrf)])).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    let answer = send(&ui.app, post("/login", None, &[("csrf", &csrf)])).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    // The session survived the forged logouts; a real one ends it.
+    let answer = send(&ui.app, post("/logout", Some(&cookie), &[("csrf", &csrf)])).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert!(answer.cookie().unwrap().contains("Max-Age=0"));
+    let after = send(&ui.app, get("/", Some(&cookie))).await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn rollback_needs_deployer_role_and_confirmation() {
+    let ui = ui();
+    let plan = fake::deploy_plan("prod-1", "prod", "r1", None, 1);
+    start(&ui.cp, &plan);
+    wait_for(&ui.cp, "prod-1", |d| d.status == "succeeded").await;
+
+    let (viewer, viewer_csrf) = login(&ui.app, "victor").await;
+    let page = send(&ui.app, get("/rollback/prod", Some(&viewer))).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let answer = send(
+        &ui.app,
+        post(
+            "/rollback/prod",
+            Some(&viewer),
+            &[("csrf", &viewer_csrf), ("confirm", "prod")],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert!(answer.body.contains("deployer"));
+    let history = send(&ui.app, get("/history", Some(&viewer))).await;
+    assert!(
+        !history.body.contains("/rollback/prod"),
+        "no button for viewers"
+    );
+
+    let (deployer, deployer_csrf) = login(&ui.app, "dora").await;
+    let answer = send(
+        &ui.app,
+        post(
+            "/rollback/prod",
+            Some(&deployer),
+            &[("csrf", &deployer_csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.body.contains("not confirmed"));
+    let answer = send(
+        &ui.app,
+        post(
+            "/rollback/staging",
+            Some(&deployer),
+            &[("csrf", &deployer_csrf), ("confirm", "staging")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::FORBIDDEN,
+        "dora deploys to prod only"
+    );
+}
+
+#[tokio::test]
+async fn deployment_page_renders_every_state() {
+    let ui = ui();
+    // succeeded
+    let first = fake::deploy_plan("prod-1", "prod", "r1", None, 2);
+    start(&ui.cp, &first);
+    wait_for(&ui.cp, "prod-1", |d| d.status == "succeeded").await;
+    // rolled back: the new release never gets healthy
+    let release = ui.cp.store.current_release("prod").unwrap().unwrap();
+    ui.fakes
+        .set_health("r2", FakeHealth::Unhealthy("503 from /healthz".to_string()));
+    let failing = fake::deploy_plan("prod-2", "prod", "r2", Some(&fake::Blue::of(&release)), 1);
+    start(&ui.cp, &failing);
+    wait_for(&ui.cp, "prod-2", |d| d.status == "rolled_back").await;
+    // planned, never started; then stuck
+    let planned = fake::deploy_plan("staging-1", "staging", "r1", None, 1);
+    save(&ui.cp, &planned);
+    let stuck = fake::deploy_plan("qa-1", "qa", "r1", None, 1);
+    save(&ui.cp, &stuck);
+    ui.cp
+        .store
+        .set_status(
+            "qa-1",
+            DeploymentStatus::Stuck {
+                reason: "undo of provision-0 failed: <b>engine gone</b>".to_string(),
+            },
+        )
+        .unwrap();
+
+    let (cookie, _) = login(&ui.app, "alice").await;
+    for (id, status, must_contain) in [
+        ("prod-1", "succeeded", "release recorded as current"),
+        ("prod-2", "rolled_back", "503 from /healthz"),
+        ("staging-1", "planned", "http-equiv=\"refresh\""),
+        ("qa-1", "stuck", "&#60;b&#62;engine gone&#60;/b&#62;"),
+    ] {
+        let page = send(&ui.app, get(&format!("/deployments/{id}"), Some(&cookie))).await;
+        assert_eq!(page.status, StatusCode::OK, "{id}: {}", page.body);
+        assert!(
+            page.body.contains(&format!(">{status}</span>")),
+            "{id} shows {status}"
+        );
+        assert!(
+            page.body.contains(must_contain),
+            "{id} shows {must_contain}"
+        );
+        assert!(page.body.contains("<svg class=\"dag\""), "{id} has its dag");
+        assert!(!page.body.contains("<b>engine"), "{id}: text is escaped");
+    }
+    let succeeded = send(&ui.app, get("/deployments/prod-1", Some(&cookie))).await;
+    assert!(succeeded
+        .body
+        .contains("class=\"node succeeded\" data-base=\"node\" data-step=\"build\""));
+    assert!(
+        succeeded.body.contains("Scan verdict"),
+        "supply-chain steps are summarized"
+    );
+    assert!(
+        !succeeded.body.contains("http-equiv=\"refresh\""),
+        "finished pages do not refresh"
+    );
+    let undone = send(&ui.app, get("/deployments/prod-2", Some(&cookie))).await;
+    assert!(undone.body.contains("node undone"));
+    assert!(undone.body.contains("node failed"));
+
+    let missing = send(&ui.app, get("/deployments/prod-99", Some(&cookie))).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let index = send(&ui.app, get("/", Some(&cookie))).await;
+    for env in ["prod", "staging", "qa"] {
+        assert!(
+            index.body.contains(&format!(">{env}</h2>")),
+            "index shows {env}"
+        );
+    }
+    assert!(
+        index.body.contains("<strong>r1</strong>"),
+        "current release of prod"
+    );
+    let history = send(&ui.app, get("/history", Some(&cookie))).await;
+    for id in ["prod-1", "prod-2", "staging-1", "qa-1"] {
+        assert!(
+            history.body.contains(&format!("/deployments/{id}\"")),
+            "history lists {id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn approval_gate_shows_the_form_and_only_approvers_decide() {
+    let ui = ui();
+    let plan = fake::deploy_plan_with_approval("prod-1", "prod", "r1", None, 1, approval_gate());
+    start(&ui.cp, &plan);
+    wait_for(&ui.cp, "prod-1", |d| {
+        d.steps
+            .iter()
+            .any(|s| s.kind == "approval" && s.state == "started")
+    })
+    .await;
+
+    // The requester sees the gate but cannot decide.
+    let (requester, requester_csrf) = login(&ui.app, "tester").await;
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&requester))).await;
+    assert!(page.body.contains("Waiting for approval"));
+    assert!(page.body.contains("someone else must approve"));
+    assert!(!page.body.contains("id=\"approve\""));
+
+    // A viewer may not decide even with a valid form.
+    let (viewer, viewer_csrf) = login(&ui.app, "victor").await;
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&viewer))).await;
+    assert!(page.body.contains("need the approver role"));
+    let answer = send(
+        &ui.app,
+        post(
+            "/deployments/prod-1/approval",
+            Some(&viewer),
+            &[
+                ("csrf", &viewer_csrf),
+                ("decision", "approve"),
+                ("plan_digest", &plan.digest),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+
+    // The requester's own approval is refused by the shared rules.
+    let view = cutover_executor::deployment_view(&ui.cp.store, "prod-1").unwrap();
+    let image = view.approval.unwrap().image_id.unwrap();
+    let answer = send(
+        &ui.app,
+        post(
+            "/deployments/prod-1/approval",
+            Some(&requester),
+            &[
+                ("csrf", &requester_csrf),
+                ("decision", "approve"),
+                ("plan_digest", &plan.digest),
+                ("image_id", &image),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+
+    // An approver sees the plan digest and image, and approves.
+    let (approver, approver_csrf) = login(&ui.app, "alice").await;
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    assert!(page.body.contains(&plan.digest) && page.body.contains(&image));
+    assert!(page.body.contains("id=\"approve\""));
+    assert!(page.body.contains("0 of 1 needed"));
+    let answer = send(
+        &ui.app,
+        post(
+            "/deployments/prod-1/approval",
+            Some(&approver),
+            &[
+                ("csrf", &approver_csrf),
+                ("decision", "approve"),
+                ("plan_digest", &csrf_field(&page.body, "plan_digest")),
+                ("image_id", &csrf_field(&page.body, "image_id")),
+                ("comment", "looks good <3"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert_eq!(answer.location(), "/deployments/prod-1");
+    wait_for(&ui.cp, "prod-1", |d| d.status == "succeeded").await;
+}
+
+/// The value of hidden input `name` of a page.
+fn csrf_field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = html.find(&marker).expect("field present");
+    let rest = &html[at + marker.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn escapes_what_users_wrote() {
+    let ui = ui();
+    let mut plan = fake::deploy_plan("prod-1", "prod", "r1", None, 1);
+    plan.requested_by = "<script>alert(1)</script>".to_string();
+    plan.digest = String::new();
+    plan.digest = json_digest(&plan);
+    save(&ui.cp, &plan);
+    let (cookie, _) = login(&ui.app, "alice").await;
+    for path in ["/deployments/prod-1", "/history"] {
+        let page = send(&ui.app, get(path, Some(&cookie))).await;
+        assert!(!page.body.contains("<script>alert"), "{path}");
+        assert!(page.body.contains("&#60;script&#62;"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn live_updates_stream_until_the_deployment_finishes() {
+    let ui = ui();
+    let plan = fake::deploy_plan("prod-1", "prod", "r1", None, 1);
+    start(&ui.cp, &plan);
+    let (cookie, _) = login(&ui.app, "alice").await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        send(&ui.app, get("/ui/deployments/prod-1/events", Some(&cookie))),
+    )
+    .await
+    .expect("the stream ends when the deployment finishes");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert!(answer.body.contains("event: state"));
+    let last = answer
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .last()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(state["status"], "succeeded");
+    assert_eq!(state["finished"], true);
+    assert!(state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["class"] == "succeeded"));
+}
