@@ -330,6 +330,7 @@ pub fn http_app(cp: Arc<ControlPlane>) -> Router {
         router = router.route(def.path, guarded);
     }
     router
+        .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(cp)
