@@ -4,7 +4,7 @@
 //! Run with `cargo bench -p cutover-proxy`. The whole run takes about 25 s. Rows whose tool
 //! (`wrk`, `nginx`) is missing are skipped. Knobs (environment variables):
 //! `CUTOVER_BENCH_SECONDS` (per row, default 5), `CUTOVER_BENCH_CONNECTIONS` (default 32),
-//! `CUTOVER_BENCH_PROXY_THREADS` (proxy worker threads, default 2),
+//! `CUTOVER_PROXY_WORKERS` (the proxy's worker threads, default one per core),
 //! `CUTOVER_BENCH_NGINX_WORKERS` (default `auto`).
 //!
 //! Target: the cutover proxy serves at least 1.2x nginx's requests per second with a p99
@@ -25,7 +25,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 const WRK: &str = "/usr/bin/wrk";
-/// Name of the proxy's runtime threads, to find their CPU time in /proc.
+/// Name of the runtime threads `run` is called on (admin API, accept loops); the proxy's
+/// own worker threads are named `cutover-proxy-N`. Both count as the proxy's CPU time.
 const PROXY_THREAD: &str = "bench-proxy";
 
 /// utime + stime (clock ticks) from a /proc `stat` file, and its command name.
@@ -48,7 +49,7 @@ fn proxy_cpu_ticks() -> u64 {
         .flatten()
         .flatten()
         .filter_map(|task| proc_stat(&task.path().join("stat")))
-        .filter(|(comm, _, _)| comm == PROXY_THREAD)
+        .filter(|(comm, _, _)| comm == PROXY_THREAD || comm.starts_with("cutover-proxy"))
         .map(|(_, ticks, _)| ticks)
         .sum()
 }
@@ -131,14 +132,13 @@ fn start_upstream() -> SocketAddr {
 
 /// The cutover proxy on its own runtime thread, routing `listen` to `upstream`.
 fn start_proxy(state_dir: &Path, listen: &str, upstream: SocketAddr) {
-    let threads = env_or("CUTOVER_BENCH_PROXY_THREADS", 2usize);
     let config = ProxyConfig {
         state_dir: state_dir.to_owned(),
     };
     let admin = AdminClient::new(config.socket_path());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
+            .worker_threads(1)
             .thread_name(PROXY_THREAD)
             .enable_all()
             .build()

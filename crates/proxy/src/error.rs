@@ -34,6 +34,8 @@ pub enum ProxyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the proxy's worker threads")]
+    Workers { source: std::io::Error },
     #[error("cannot install the signal handlers")]
     Signals { source: std::io::Error },
 }

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::stats::{InFlight, Stats};
 use crate::upstream::{Choice, UpstreamSet};
+use crate::workers::Workers;
 
 /// Body sent upstream: the client's own body, or nothing (replayable).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -55,13 +56,24 @@ pub fn upstream_client() -> UpstreamClient {
         .build(connector)
 }
 
+thread_local! {
+    /// Each worker thread has its own upstream pool: a pooled connection is always used by
+    /// the thread whose runtime drives it.
+    static CLIENT: UpstreamClient = upstream_client();
+}
+
+/// This thread's upstream client.
+pub fn thread_client() -> UpstreamClient {
+    CLIENT.with(Clone::clone)
+}
+
 /// What one listen address needs to serve requests.
 pub struct ListenerShared {
     /// Canonical listen address.
     pub listen: String,
     pub set: ArcSwapOption<UpstreamSet>,
-    pub client: UpstreamClient,
     pub stats: Arc<Stats>,
+    pub workers: Arc<Workers>,
 }
 
 /// Body returned to clients: the upstream's streamed body, or a short proxy message. Holds the
@@ -191,6 +203,7 @@ fn upstream_uri(set: &UpstreamSet, (b, a): Choice, original: &Uri) -> Uri {
 /// Serve one client request on the listen address described by `shared`.
 pub async fn forward(
     shared: Arc<ListenerShared>,
+    client: UpstreamClient,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let Some(set) = shared.set.load_full() else {
@@ -229,7 +242,7 @@ pub async fn forward(
             headers.clone()
         };
 
-        match shared.client.request(upstream_request).await {
+        match client.request(upstream_request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

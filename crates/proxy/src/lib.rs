@@ -6,7 +6,8 @@
 //! - [`AdminClient`] and [`ProxyTraffic`] are what the control plane uses to steer it.
 //!
 //! Map of the crate: `upstream` (weighted choice, round-robin, passive health), `forward`
-//! (the request path and retries), `stats` (in-flight counters and drain), `table` (the
+//! (the request path and retries), `workers` (one single-threaded runtime per core
+//! serving connections), `stats` (in-flight counters and drain), `table` (the
 //! persisted routing table), `server` (listeners, startup, shutdown), `admin` (the admin API
 //! on the Unix socket), `client` (its client side).
 //!
@@ -22,9 +23,11 @@ mod server;
 mod stats;
 pub mod table;
 mod upstream;
+mod workers;
 
 pub use api::{DrainRequest, DrainResponse, Health, RouteChange, StatsEntry};
 pub use client::{AdminClient, AdminError, ProxyTraffic};
 pub use error::ProxyError;
 pub use server::{run, run_until, ProxyConfig, PID_FILE, SOCKET_FILE};
 pub use table::ROUTES_FILE;
+pub use workers::WORKERS_ENV;

@@ -17,10 +17,11 @@ use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinSet;
 
 use crate::error::ProxyError;
-use crate::forward::{forward, upstream_client, ListenerShared, UpstreamClient};
+use crate::forward::{forward, thread_client, ListenerShared};
 use crate::stats::Stats;
 use crate::table::{self, RouteTable, ROUTES_FILE};
 use crate::upstream::UpstreamSet;
+use crate::workers::{worker_count, Workers};
 
 /// File name of the admin socket inside the state directory.
 pub const SOCKET_FILE: &str = "proxy.sock";
@@ -81,7 +82,9 @@ pub async fn run_until(
     let routes = table::load_routes(&config.routes_path())?;
     let admin_listener = bind_admin_socket(&socket_path).await?;
 
-    let proxy = Arc::new(Proxy::new(config.clone()));
+    let workers =
+        Workers::start(worker_count()).map_err(|source| ProxyError::Workers { source })?;
+    let proxy = Arc::new(Proxy::new(config.clone(), workers));
     proxy.restore(routes).await;
 
     let pid_path = config.state_dir.join(PID_FILE);
@@ -223,11 +226,28 @@ async fn accept_loop(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Hand the connection to a worker thread; it registers there.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(listen = %shared.listen, error = %err, "cannot hand a connection to a worker");
+                        continue;
+                    }
+                };
+                let worker = shared.workers.pick().clone();
                 let shared = shared.clone();
                 let http = http.clone();
                 let mut drain = drain_rx.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| forward(shared.clone(), req));
+                connections.spawn_on(async move {
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            tracing::warn!(listen = %shared.listen, error = %err, "cannot serve a connection on a worker");
+                            return;
+                        }
+                    };
+                    let client = thread_client();
+                    let service = service_fn(move |req| forward(shared.clone(), client.clone(), req));
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(connection);
                     tokio::select! {
@@ -237,7 +257,7 @@ async fn accept_loop(
                             let _ = connection.await;
                         }
                     }
-                });
+                }, &worker);
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             closed = &mut stop => break closed.ok(),
@@ -301,11 +321,11 @@ pub(crate) struct Proxy {
     config: ProxyConfig,
     state: Mutex<State>,
     pub stats: Arc<Stats>,
-    client: UpstreamClient,
+    workers: Arc<Workers>,
 }
 
 impl Proxy {
-    fn new(config: ProxyConfig) -> Self {
+    fn new(config: ProxyConfig, workers: Workers) -> Self {
         Proxy {
             config,
             state: Mutex::new(State {
@@ -314,7 +334,7 @@ impl Proxy {
                 retiring: JoinSet::new(),
             }),
             stats: Arc::new(Stats::default()),
-            client: upstream_client(),
+            workers: Arc::new(workers),
         }
     }
 
@@ -375,8 +395,8 @@ impl Proxy {
         Ok(Arc::new(ListenerShared {
             listen: listen.to_owned(),
             set: ArcSwapOption::from_pointee(set),
-            client: self.client.clone(),
             stats: self.stats.clone(),
+            workers: self.workers.clone(),
         }))
     }
 
@@ -438,8 +458,8 @@ impl Proxy {
                 let shared = Arc::new(ListenerShared {
                     listen: listen.clone(),
                     set: ArcSwapOption::from_pointee(set),
-                    client: self.client.clone(),
                     stats: self.stats.clone(),
+                    workers: self.workers.clone(),
                 });
                 let handle = ListenerHandle::start(&route.env, shared, listener);
                 state.listeners.insert(listen.clone(), handle);
