@@ -57,6 +57,10 @@ impl ProxyConfig {
 
 /// Run the proxy until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish
 /// briefly and return.
+///
+/// The admin API and the accept loops run on the caller's runtime (one or two threads are
+/// plenty); client connections are served on the proxy's own worker threads, one per core
+/// unless `CUTOVER_PROXY_WORKERS` says otherwise.
 pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate =
