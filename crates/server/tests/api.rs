@@ -1,0 +1,940 @@
+//! The HTTP API in-process: the router built by `http_app`, driven with `oneshot`, over a
+//! store and fake providers. Specs are written to a temporary directory.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use cutover_executor::fake::{FakeHealth, FakeProviders};
+use cutover_executor::{ExecutorConfig, RetryPolicy};
+use cutover_server::audit::AuditEntry;
+use cutover_server::auth::{self, NewToken, Role};
+use cutover_server::http::routes;
+use cutover_server::webhooks::{Delivery, Webhooks};
+use cutover_server::{http_app, ControlPlane, Options};
+use cutover_store::Store;
+
+const SPEC: &str = r#"
+app = "hello"
+
+[build]
+cargo = { manifest = "app/Cargo.toml", bin = "hello" }
+
+[health]
+interval = "5ms"
+timeout = "50ms"
+deadline = "2s"
+
+[environments.staging]
+listen = "127.0.0.1:18090"
+replicas = 1
+retire_after = "0s"
+drain_timeout = "100ms"
+
+[environments.production]
+listen = "127.0.0.1:18091"
+replicas = 1
+drain_timeout = "100ms"
+approval = true
+"#;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    fake: FakeProviders,
+    cp: Arc<ControlPlane>,
+    app: Router,
+}
+
+fn config() -> ExecutorConfig {
+    ExecutorConfig {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        },
+        approval_poll: Duration::from_millis(10),
+        ..ExecutorConfig::default()
+    }
+}
+
+fn write_spec(dir: &Path) {
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::write(
+        dir.join("app/Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("deploy.toml"), SPEC).unwrap();
+}
+
+fn options(webhooks: Webhooks) -> Options {
+    Options {
+        webhooks,
+        watch_interval: Duration::from_millis(20),
+        ..Options::default()
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Self::with_webhooks(Webhooks::default())
+    }
+
+    fn with_webhooks(webhooks: Webhooks) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        write_spec(dir.path());
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let fake = FakeProviders::new();
+        let cp = ControlPlane::with_options(store, fake.providers(), config(), options(webhooks));
+        let app = http_app(cp.clone());
+        Harness { dir, fake, cp, app }
+    }
+
+    fn spec_path(&self) -> String {
+        self.dir.path().join("deploy.toml").display().to_string()
+    }
+
+    fn token(&self, role: Role, env: Option<&str>, name: &str) -> String {
+        auth::create_token(
+            &self.cp.store,
+            "test",
+            &NewToken {
+                role,
+                env: env.map(str::to_string),
+                name: Some(name.to_string()),
+                expires_in_ms: None,
+            },
+        )
+        .unwrap()
+        .token
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let (status, bytes) = self.raw(method, path, token, body, headers).await;
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Vec<u8>) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+            None => request.body(Body::empty()).unwrap(),
+        };
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
+            .await
+            .expect("the response body ends")
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, bytes)
+    }
+
+    async fn deploy(&self, token: &str, env: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(token),
+            Some(json!({"spec_path": self.spec_path(), "env": env})),
+        )
+        .await
+    }
+
+    /// Poll the deployment until `done` says so (at most 10 s).
+    async fn wait_for(&self, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, detail) = self
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/deployments/{id}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{detail}");
+            if done(&detail) {
+                return detail;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "deployment {id} did not get there: {detail:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn wait_finished(&self, token: &str, id: &str) -> Value {
+        self.wait_for(token, id, |d| !d["finished_at_ms"].is_null())
+            .await
+    }
+
+    async fn wait_gate(&self, token: &str, id: &str) -> Value {
+        self.wait_for(token, id, |d| d["approval"]["waiting"] == json!(true))
+            .await
+    }
+}
+
+/// A concrete path for a route template.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "staging-1")
+        .replace("{env}", "staging")
+}
+
+#[tokio::test]
+async fn every_route_refuses_requests_without_a_valid_token() {
+    let h = Harness::new();
+    let revoked = h.token(Role::Admin, None, "old");
+    let id = auth::list_tokens(&h.cp.store).unwrap()[0].id.clone();
+    auth::revoke_token(&h.cp.store, &id).unwrap();
+    for route in routes() {
+        let path = concrete(route.path);
+        for token in [None, Some("cut_000000000000_nope"), Some(revoked.as_str())] {
+            let (status, body) = h
+                .call(route.method.clone(), &path, token, Some(json!({})))
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{} {path} with {token:?}: {body}",
+                route.method
+            );
+            assert_eq!(body["code"], "unauthorized");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_refuses_a_role_that_does_not_allow_it() {
+    let h = Harness::new();
+    // Make the {id} and {env} of the templates exist.
+    let deployer = h.token(Role::Deployer, Some("staging"), "ci");
+    let (status, started) = h.deploy(&deployer, "staging").await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    h.wait_finished(&deployer, "staging-1").await;
+
+    let approver_all = h.token(Role::Approver, None, "approver");
+    let deployer_all = h.token(Role::Deployer, None, "deployer");
+    let viewer_elsewhere = h.token(Role::Viewer, Some("qa"), "viewer");
+    let mut checked = 0;
+    for route in routes() {
+        let path = concrete(route.path);
+        // A role that does not include the route's role, in every environment; for
+        // viewer routes about one environment, a viewer of another environment.
+        let token = match route.role {
+            Role::Deployer => &approver_all,
+            Role::Approver | Role::Admin => &deployer_all,
+            Role::Viewer if route.path.contains('{') => &viewer_elsewhere,
+            Role::Viewer => continue,
+        };
+        let (status, body) = h
+            .call(
+                route.method.clone(),
+                &path,
+                Some(token),
+                Some(json!({
+                    "spec_path": h.spec_path(), "env": "staging",
+                    "decision": "approve", "plan_digest": "x", "image_id": "y",
+                    "role": "viewer",
+                })),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{} {path}: {body}",
+            route.method
+        );
+        assert_eq!(body["code"], "forbidden");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} routes checked");
+
+    // Environment scope: a deployer of staging cannot deploy to production.
+    let (status, body) = h.deploy(&deployer, "production").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("production"));
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_schema() {
+    let h = Harness::new();
+    let viewer = h.token(Role::Viewer, None, "v");
+    let (status, doc) = h
+        .call(Method::GET, "/api/v1/openapi.json", Some(&viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for route in routes() {
+        let method = route.method.as_str().to_lowercase();
+        assert!(
+            doc["paths"][route.path][&method].is_object(),
+            "{} {} is not in the OpenAPI document",
+            route.method,
+            route.path
+        );
+    }
+    for schema in [
+        "Started",
+        "DeploymentDetail",
+        "ApprovalRequest",
+        "ErrorBody",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field() {
+    let h = Harness::new();
+    let admin = h.token(Role::Admin, None, "admin");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/deployments/staging-1/approvals",
+            Some(&admin),
+            Some(json!({"decision": "maybe", "plan_digest": "a", "image_id": "b"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "bad_request");
+    assert!(
+        body["message"].as_str().unwrap().contains("decision"),
+        "{body}"
+    );
+
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&admin),
+            Some(json!({"spec_path": "relative/deploy.toml"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("spec_path"));
+
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&admin),
+            Some(json!({"spec_pth": "/x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("spec_pth"),
+        "{body}"
+    );
+
+    let (status, body) = h
+        .call(
+            Method::GET,
+            "/api/v1/deployments?limit=-3",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+
+    let (status, body) = h
+        .call(
+            Method::GET,
+            "/api/v1/deployments/nope-9",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "not_found");
+
+    let (status, body) = h
+        .call(Method::GET, "/api/v1/nothing", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn a_spec_can_be_uploaded_as_text_with_its_base_directory() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({
+                "spec": SPEC,
+                "base_dir": h.dir.path().display().to_string(),
+                "env": "staging",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(body["text"].as_str().unwrap().contains("build"));
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec": SPEC, "env": "staging"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("base_dir"));
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_same_deployment() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let body = json!({"spec_path": h.spec_path(), "env": "staging"});
+    let key = [("idempotency-key", "build-42")];
+    let (s1, first) = h
+        .call_with(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&deployer),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    let (s2, second) = h
+        .call_with(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&deployer),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(s2, StatusCode::CREATED, "{second}");
+    assert_eq!(first["deployment_id"], second["deployment_id"]);
+    h.wait_finished(&deployer, first["deployment_id"].as_str().unwrap())
+        .await;
+    let (s3, third) = h
+        .call_with(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&deployer),
+            Some(body),
+            &key,
+        )
+        .await;
+    assert_eq!(s3, StatusCode::CREATED);
+    assert_eq!(first["deployment_id"], third["deployment_id"]);
+    assert_eq!(h.cp.store.deployments(None, 100).unwrap().len(), 1);
+    // The same key with another request is refused.
+    let (s4, fourth) = h
+        .call_with(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&deployer),
+            Some(json!({"spec_path": h.spec_path(), "env": "production"})),
+            &key,
+        )
+        .await;
+    assert_eq!(s4, StatusCode::CONFLICT, "{fourth}");
+}
+
+#[tokio::test]
+async fn approval_gate_rules_deployer_self_approval_stale_and_approve() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, Some("production"), "ci");
+    let admin = h.token(Role::Admin, None, "boss");
+    let approver = h.token(Role::Approver, Some("production"), "alice");
+    let (status, started) = h.deploy(&admin, "production").await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let detail = h.wait_gate(&admin, &id).await;
+    let gate = &detail["approval"];
+    let plan_digest = gate["plan_digest"].as_str().unwrap().to_string();
+    let image_id = gate["image_id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/deployments/{id}/approvals");
+    let decision = |plan: &str, image: &str| json!({"decision": "approve", "comment": "lgtm", "plan_digest": plan, "image_id": image});
+
+    // Busy: a second deployment of production is refused while this one waits.
+    let (status, body) = h.deploy(&deployer, "production").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // A deployer cannot approve.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &path,
+            Some(&deployer),
+            Some(decision(&plan_digest, &image_id)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // The token that started it cannot approve it, admin or not.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &path,
+            Some(&admin),
+            Some(decision(&plan_digest, &image_id)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("separation of duties"));
+
+    // Stale: another plan digest, or another image.
+    for (plan, image) in [
+        ("sha256:0000", image_id.as_str()),
+        (plan_digest.as_str(), "sha256:1111"),
+    ] {
+        let (status, body) = h
+            .call(
+                Method::POST,
+                &path,
+                Some(&approver),
+                Some(decision(plan, image)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("stale approval"),
+            "{body}"
+        );
+    }
+
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &path,
+            Some(&approver),
+            Some(decision(&plan_digest, &image_id)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let done = h.wait_finished(&admin, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+
+    // Deciding again after the gate passed is refused.
+    let (status, _) = h
+        .call(
+            Method::POST,
+            &path,
+            Some(&approver),
+            Some(decision(&plan_digest, &image_id)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Every state change is in the audit chain, and it verifies.
+    let (status, entries) = h
+        .call(Method::GET, "/api/v1/audit", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let actions: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["deploy", "approve"]);
+    let (_, report) = h
+        .call(Method::GET, "/api/v1/audit/verify", Some(&admin), None)
+        .await;
+    assert_eq!(report["broken"], Value::Null, "{report}");
+    assert_eq!(report["entries"], 2);
+}
+
+#[tokio::test]
+async fn a_rejection_rolls_the_deployment_back() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let approver = h.token(Role::Approver, None, "bob");
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/approvals"),
+            Some(&approver),
+            Some(json!({
+                "decision": "reject", "comment": "not today",
+                "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let done = h.wait_finished(&deployer, &id).await;
+    assert_eq!(done["status"], "rolled_back", "{done:#}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("not today"),
+        "{done:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_gate_survives_a_restart_of_the_control_plane() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let approver = h.token(Role::Approver, None, "carol");
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
+
+    // "Crash": stop the executor task and drop every handle on the store.
+    let Harness { dir, fake, cp, app } = h;
+    cp.abort_runs();
+    drop(app);
+    drop(cp);
+    let db = dir.path().join("db");
+    let start = Instant::now();
+    let store = loop {
+        match Store::open(&db) {
+            Ok(store) => break store,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "store not released: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let cp = ControlPlane::with_options(
+        store,
+        fake.providers(),
+        config(),
+        options(Webhooks::default()),
+    );
+    assert_eq!(cp.resume_unfinished().unwrap(), vec![id.clone()]);
+    let h = Harness {
+        app: http_app(cp.clone()),
+        dir,
+        fake,
+        cp,
+    };
+    let again = h.wait_gate(&deployer, &id).await["approval"].clone();
+    assert_eq!(again["plan_digest"], gate["plan_digest"]);
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/approvals"),
+            Some(&approver),
+            Some(json!({
+                "decision": "approve",
+                "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let done = h.wait_finished(&deployer, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+}
+
+#[tokio::test]
+async fn events_stream_the_journal_until_the_end() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let (_, started) = h.deploy(&deployer, "staging").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let (status, body) = h
+        .raw(
+            Method::GET,
+            &format!("/api/v1/deployments/{id}/events"),
+            Some(&deployer),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("event: journal"), "{text}");
+    assert!(text.contains("event: deployment"), "{text}");
+    assert!(text.contains("event: end"), "{text}");
+    assert!(text.contains("succeeded"), "{text}");
+}
+
+#[tokio::test]
+async fn rollback_and_history_and_environments() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, Some("staging"), "ci");
+    for n in 1..=2 {
+        let (status, body) = h.deploy(&deployer, "staging").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        h.wait_finished(&deployer, &format!("staging-{n}")).await;
+    }
+    // No spec needed: the environment's last one is reused.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/environments/staging/rollback",
+            Some(&deployer),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let done = h.wait_finished(&deployer, "staging-3").await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["kind"], "rollback");
+
+    let (status, lines) = h
+        .call(
+            Method::GET,
+            "/api/v1/deployments?env=staging&limit=2",
+            Some(&deployer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(lines.as_array().unwrap().len(), 2);
+    assert_eq!(lines[0]["deployment_id"], "staging-3");
+
+    let (status, envs) = h
+        .call(Method::GET, "/api/v1/environments", Some(&deployer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(envs.as_array().unwrap().len(), 1);
+    assert_eq!(envs[0]["env"], "staging");
+    let (status, env) = h
+        .call(
+            Method::GET,
+            "/api/v1/environments/staging",
+            Some(&deployer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(env["current"]["id"], done["release_id"]);
+    let (status, _) = h
+        .call(
+            Method::GET,
+            "/api/v1/environments/nowhere",
+            Some(&h.token(Role::Viewer, None, "v")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn metrics_count_deployments_and_step_durations() {
+    let h = Harness::new();
+    let watcher = h.cp.spawn_watcher();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let (_, started) = h.deploy(&deployer, "staging").await;
+    h.wait_finished(&deployer, started["deployment_id"].as_str().unwrap())
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = h
+        .raw(Method::GET, "/metrics", Some(&deployer), None, &[])
+        .await;
+    watcher.abort();
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("cutover_deployments_total{outcome=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("cutover_deployments_stuck 0"), "{text}");
+    assert!(
+        text.contains("cutover_deployments_waiting_for_approval 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cutover_step_duration_seconds_count{kind=\"build\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cutover_rollbacks_total{kind=\"automatic\"} 0"),
+        "{text}"
+    );
+}
+
+/// A receiver on 127.0.0.1:0 that answers 500 to the first request and 200 after.
+async fn flaky_receiver() -> (
+    String,
+    Arc<AtomicU32>,
+    Arc<std::sync::Mutex<Vec<Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicU32::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (h2, b2) = (hits.clone(), bodies.clone());
+    let app = Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let hits = h2.clone();
+            let bodies = b2.clone();
+            async move {
+                if hits.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                bodies
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                StatusCode::OK
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, hits, bodies, task)
+}
+
+#[tokio::test]
+async fn webhooks_announce_a_rollback_and_retry_after_a_500() {
+    let (url, hits, bodies, receiver) = flaky_receiver().await;
+    let hooks = Webhooks::new(
+        vec![url],
+        Delivery {
+            tries: 3,
+            backoff: Duration::from_millis(10),
+            timeout: Duration::from_secs(2),
+        },
+    )
+    .unwrap();
+    let h = Harness::with_webhooks(hooks);
+    let watcher = h.cp.spawn_watcher();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deployer = h.token(Role::Deployer, None, "ci");
+    // Every instance of the new release (named after its deployment) is unhealthy: the
+    // deployment rolls back.
+    h.fake
+        .set_health("staging-1", FakeHealth::Unhealthy("boom".into()));
+    let (_, started) = h.deploy(&deployer, "staging").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    assert_eq!(started["release_id"], "staging-1");
+    let done = h.wait_finished(&deployer, &id).await;
+    assert_eq!(done["status"], "rolled_back", "{done:#}");
+    let start = Instant::now();
+    while !bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b["cutover"]["event"] == "rolled_back")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no rolled_back webhook: {:?}",
+            bodies.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    watcher.abort();
+    receiver.abort();
+    assert!(
+        hits.load(Ordering::SeqCst) >= 2,
+        "the first 500 was retried"
+    );
+    let got = bodies.lock().unwrap().clone();
+    let rolled = got
+        .iter()
+        .find(|b| b["cutover"]["event"] == "rolled_back")
+        .unwrap();
+    assert_eq!(rolled["cutover"]["deployment"], id.as_str());
+    assert!(rolled["text"].as_str().unwrap().contains("rolled back"));
+    assert!(!rolled.to_string().contains("cut_"), "no token in webhooks");
+}
+
+#[tokio::test]
+async fn tampering_with_the_audit_chain_is_reported() {
+    let h = Harness::new();
+    let admin = h.token(Role::Admin, None, "admin");
+    for name in ["a", "b", "c"] {
+        let (status, _) = h
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(&admin),
+                Some(json!({"role": "viewer", "name": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (_, report) = h
+        .call(Method::GET, "/api/v1/audit/verify", Some(&admin), None)
+        .await;
+    assert_eq!(report["entries"], 3);
+    assert_eq!(report["broken"], Value::Null);
+    // No secret in the log.
+    let (_, entries) = h
+        .call(Method::GET, "/api/v1/audit", Some(&admin), None)
+        .await;
+    assert!(!entries.to_string().contains("cut_"), "{entries}");
+
+    let tree = h.cp.store.typed_tree::<AuditEntry>("audit").unwrap();
+    let (key, mut entry) = tree.scan_prefix("").unwrap().remove(1);
+    entry.details = json!({"role": "admin"});
+    tree.insert(&key, &entry).unwrap();
+    let (_, report) = h
+        .call(Method::GET, "/api/v1/audit/verify", Some(&admin), None)
+        .await;
+    assert_eq!(report["broken"]["seq"], 2, "{report}");
+
+    tree.remove(&key).unwrap();
+    let (_, report) = h
+        .call(Method::GET, "/api/v1/audit/verify", Some(&admin), None)
+        .await;
+    assert_eq!(report["broken"]["seq"], 2, "{report}");
+    assert!(report["broken"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("deleted"));
+}
