@@ -3,6 +3,8 @@
 //! generator that counts failed requests and the releases that served them, and cleanup of
 //! every container, image, process and file a test made.
 
+pub mod browser;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
