@@ -183,11 +183,22 @@ fn start_proxy(state_dir: &Path, listen: &str, upstream: SocketAddr) {
     });
 }
 
-/// nginx as a keep-alive reverse proxy to `upstream`; killed when dropped.
+/// nginx as a keep-alive reverse proxy to `upstream`; stopped when dropped.
 struct Nginx(std::process::Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
