@@ -230,7 +230,12 @@ impl Drop for Browser {
 }
 
 /// One WebDriver command; returns its `value`, or the driver's error message.
-fn call(agent: &ureq::Agent, method: &str, url: &str, body: Option<&Value>) -> Result<Value, String> {
+fn call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
     let result = match (method, body) {
         ("POST", Some(body)) => agent
             .post(url)

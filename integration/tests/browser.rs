@@ -210,7 +210,11 @@ fn approver_watches_a_deployment_live_and_approves_it() {
         .goto(&format!("{}{page}", server.base))
         .expect("open the deployment page");
     browser
-        .wait_until("the login form", WAIT, "return !!document.getElementById('username');")
+        .wait_until(
+            "the login form",
+            WAIT,
+            "return !!document.getElementById('username');",
+        )
         .expect("login page");
     shot(&browser, "login-laptop");
     browser.type_into("#username", "alice").expect("type user");
@@ -234,7 +238,9 @@ fn approver_watches_a_deployment_live_and_approves_it() {
         .execute("window.__noReload = 42; return true;", json!([]))
         .expect("set marker");
     let build_class = "var n = document.querySelector('g[data-step=\"build\"]'); return n ? n.getAttribute('class') : null;";
-    let before = browser.execute(build_class, json!([])).expect("build class");
+    let before = browser
+        .execute(build_class, json!([]))
+        .expect("build class");
     assert_eq!(
         before,
         json!("node running"),
@@ -254,7 +260,10 @@ fn approver_watches_a_deployment_live_and_approves_it() {
             json!([]),
         )
         .expect("live counter");
-    assert!(live.as_str().is_some(), "updates came over server-sent events");
+    assert!(
+        live.as_str().is_some(),
+        "updates came over server-sent events"
+    );
 
     // The gate: the page reloads itself to show the approval form.
     browser
@@ -265,11 +274,17 @@ fn approver_watches_a_deployment_live_and_approves_it() {
         )
         .expect("approval form");
     let text = browser
-        .execute("return document.getElementById('approval').innerText;", json!([]))
+        .execute(
+            "return document.getElementById('approval').innerText;",
+            json!([]),
+        )
         .expect("approval text");
     let text = text.as_str().unwrap_or_default().to_string();
     let plan = server.cp.store.plan(&id).unwrap().unwrap();
-    assert!(text.contains(&plan.digest), "the gate names the plan digest");
+    assert!(
+        text.contains(&plan.digest),
+        "the gate names the plan digest"
+    );
     assert!(text.contains("0 of 1 needed"), "{text}");
     assert!(text.contains("tester"), "the gate names who started it");
     shot(&browser, "approval-laptop");
@@ -330,7 +345,9 @@ fn approver_watches_a_deployment_live_and_approves_it() {
         .expect("environments page");
     shot(&browser, "environments-phone");
     browser.resize(LAPTOP.0, LAPTOP.1).expect("laptop width");
-    browser.goto(&format!("{}/history", server.base)).expect("history");
+    browser
+        .goto(&format!("{}/history", server.base))
+        .expect("history");
     browser
         .wait_until(
             "the history page",

@@ -1,5 +1,6 @@
-//! Layout of a plan's DAG for the deployment page: layered by dependency depth, left to
-//! right, in plan order within a layer. Pure and deterministic: the same steps give the
+//! Layout of a plan's DAG for the deployment page: layered by dependency depth, top to
+//! bottom (long chains stay readable on a phone), in plan order within a layer, each layer
+//! centred. Pure and deterministic: the same steps give the
 //! same picture. The template draws it as inline SVG (askama escapes every text).
 
 use std::collections::HashMap;
@@ -8,8 +9,10 @@ use crate::api::StepLine;
 
 pub const NODE_WIDTH: u32 = 168;
 pub const NODE_HEIGHT: u32 = 46;
-pub const LAYER_GAP: u32 = 44;
-pub const ROW_GAP: u32 = 14;
+/// Vertical space between layers (edges run there).
+pub const LAYER_GAP: u32 = 26;
+/// Horizontal space between the nodes of one layer.
+pub const ROW_GAP: u32 = 16;
 pub const MARGIN: u32 = 8;
 
 /// One box of the drawing.
@@ -117,15 +120,21 @@ pub fn layout(steps: &[StepLine]) -> Layout {
         let mut visiting = vec![false; steps.len()];
         compute_depth(i, steps, &index, &mut depth, &mut visiting);
     }
-    let mut rows_used: Vec<u32> = Vec::new();
+    let layers = depth.iter().map(|d| d.unwrap_or(0) + 1).max().unwrap_or(0) as usize;
+    let mut per_layer = vec![0u32; layers];
+    for d in &depth {
+        per_layer[d.unwrap_or(0) as usize] += 1;
+    }
+    let widest = per_layer.iter().copied().max().unwrap_or(0);
+    let mut rows_used = vec![0u32; layers];
     let mut nodes = Vec::with_capacity(steps.len());
     for (i, step) in steps.iter().enumerate() {
         let layer = depth[i].unwrap_or(0);
-        if rows_used.len() <= layer as usize {
-            rows_used.resize(layer as usize + 1, 0);
-        }
         let row = rows_used[layer as usize];
         rows_used[layer as usize] += 1;
+        // Centre the layer: shift it by half the width it lacks against the widest one.
+        let lack = widest - per_layer[layer as usize];
+        let x2 = 2 * MARGIN + lack * (NODE_WIDTH + ROW_GAP) + 2 * row * (NODE_WIDTH + ROW_GAP);
         nodes.push(Node {
             id: step.id.clone(),
             kind: step.kind.clone(),
@@ -133,8 +142,8 @@ pub fn layout(steps: &[StepLine]) -> Layout {
             summary: step_summary(step),
             layer,
             row,
-            x: MARGIN + layer * (NODE_WIDTH + LAYER_GAP),
-            y: MARGIN + row * (NODE_HEIGHT + ROW_GAP),
+            x: x2 / 2,
+            y: MARGIN + layer * (NODE_HEIGHT + LAYER_GAP),
         });
     }
     let mut edges = Vec::new();
@@ -144,23 +153,22 @@ pub fn layout(steps: &[StepLine]) -> Layout {
                 continue;
             };
             let (from, to) = (&nodes[j], &nodes[i]);
-            let x1 = from.x + NODE_WIDTH;
-            let y1 = from.y + NODE_HEIGHT / 2;
-            let x2 = to.x;
-            let y2 = to.y + NODE_HEIGHT / 2;
-            let mid = (x1 + x2) / 2;
+            let x1 = from.x + NODE_WIDTH / 2;
+            let y1 = from.y + NODE_HEIGHT;
+            let x2 = to.x + NODE_WIDTH / 2;
+            let y2 = to.y;
+            let mid = (y1 + y2) / 2;
             edges.push(Edge {
                 from: dep.clone(),
                 to: step.id.clone(),
-                path: format!("M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"),
+                path: format!("M{x1},{y1} C{x1},{mid} {x2},{mid} {x2},{y2}"),
             });
         }
     }
-    let layers = rows_used.len() as u32;
-    let max_rows = rows_used.iter().copied().max().unwrap_or(0);
+    let layers = layers as u32;
     Layout {
-        width: 2 * MARGIN + layers * NODE_WIDTH + layers.saturating_sub(1) * LAYER_GAP,
-        height: 2 * MARGIN + max_rows * NODE_HEIGHT + max_rows.saturating_sub(1) * ROW_GAP,
+        width: 2 * MARGIN + widest * NODE_WIDTH + widest.saturating_sub(1) * ROW_GAP,
+        height: 2 * MARGIN + layers * NODE_HEIGHT + layers.saturating_sub(1) * LAYER_GAP,
         nodes,
         edges,
     }
@@ -263,10 +271,15 @@ mod tests {
                 ("retire", 6, 0),
             ]
         );
+        // Two nodes in the widest layer; single nodes are centred between them.
+        let build = &layout.nodes[0];
+        assert_eq!((build.x, build.y), (8 + 92, 8));
+        let p0 = &layout.nodes[2];
         let p1 = &layout.nodes[3];
-        assert_eq!((p1.x, p1.y), (8 + 2 * 212, 8 + 60));
-        assert_eq!(layout.width, 16 + 7 * 168 + 6 * 44);
-        assert_eq!(layout.height, 16 + 2 * 46 + 14);
+        assert_eq!((p0.x, p0.y), (8, 8 + 2 * 72));
+        assert_eq!((p1.x, p1.y), (8 + 184, 8 + 2 * 72));
+        assert_eq!(layout.width, 16 + 2 * 168 + 16);
+        assert_eq!(layout.height, 16 + 7 * 46 + 6 * 26);
     }
 
     #[test]
@@ -292,7 +305,8 @@ mod tests {
         assert_eq!(got, expected);
         assert_eq!(got.len(), 11);
         let edge = &layout.edges[0];
-        assert_eq!(edge.path, "M176,31 C198,31 198,31 220,31");
+        // build (centred) to approval (centred): straight down.
+        assert_eq!(edge.path, "M184,54 C184,67 184,67 184,80");
     }
 
     #[test]
@@ -333,5 +347,6 @@ mod tests {
         let layout = layout(&[]);
         assert!(layout.nodes.is_empty());
         assert_eq!((layout.width, layout.height), (16, 16));
+        assert!(layout.edges.is_empty());
     }
 }

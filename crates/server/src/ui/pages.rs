@@ -89,6 +89,10 @@ pub struct DeploymentPage {
     pub chrome: Chrome,
     pub d: DeploymentDetail,
     pub status_class: &'static str,
+    /// The status for people (`waiting for approval` while at a gate).
+    pub status_text: String,
+    /// Whether the deployment waits at a gate (as the live updates tell it).
+    pub waiting: bool,
     pub finished: bool,
     pub created: String,
     pub finished_at: String,
@@ -354,8 +358,16 @@ pub fn snapshot(cp: &ControlPlane, id: &str) -> Result<(DeploymentDetail, Snapsh
             .iter()
             .any(|s| s.kind == "approval" && s.state == "started");
     let snapshot = Snapshot {
-        status: d.status.clone(),
-        class: status_class(&d.status),
+        status: if waiting {
+            "waiting for approval".to_string()
+        } else {
+            d.status.clone()
+        },
+        class: if waiting {
+            "waiting"
+        } else {
+            status_class(&d.status)
+        },
         reason: d.reason.clone(),
         finished: d.finished_at_ms.is_some(),
         finished_at: d.finished_at_ms.map(format_ms).unwrap_or_default(),
@@ -441,6 +453,8 @@ pub fn deployment_page(
     Ok(DeploymentPage {
         chrome,
         status_class: snap.class,
+        status_text: snap.status.clone(),
+        waiting: snap.waiting,
         finished: snap.finished,
         created: format_ms(d.created_at_ms),
         finished_at: if snap.finished_at.is_empty() {
