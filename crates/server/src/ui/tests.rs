@@ -622,7 +622,7 @@ async fn live_updates_stream_until_the_deployment_finishes() {
         .body
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .next_back()
         .unwrap();
     let state: serde_json::Value = serde_json::from_str(last).unwrap();
     assert_eq!(state["status"], "succeeded");
