@@ -10,6 +10,7 @@ mod daemon;
 mod follow;
 mod render;
 mod serve;
+mod server_cmds;
 mod supply_cmds;
 
 use std::path::{Path, PathBuf};
@@ -125,12 +126,21 @@ enum Command {
         /// With --stop: leave the proxy running so traffic keeps flowing.
         #[arg(long, requires = "stop")]
         keep_proxy: bool,
+        /// Also serve the HTTP API for CI (`/api/v1`), `/metrics` and the web UI on host:port.
+        #[arg(long, env = "CUTOVER_HTTP")]
+        http: Option<String>,
+        /// POST deployment events (failed, rolled back, stuck, waiting for approval) to this
+        /// http:// URL; repeatable.
+        #[arg(long, env = "CUTOVER_WEBHOOKS", value_delimiter = ',')]
+        webhook: Vec<String>,
     },
     /// Run the data-plane proxy in the foreground (started by the control plane).
     #[command(hide = true)]
     Proxy,
     #[command(flatten)]
     Supply(supply_cmds::SupplyCommand),
+    #[command(flatten)]
+    Server(server_cmds::ServerCommand),
 }
 
 fn main() -> ExitCode {
@@ -222,15 +232,33 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Status { env, deployment } => status(&ctx, env, deployment).await,
         Command::History { env, limit } => history(&ctx, env, limit).await,
         Command::Resume => resume(&ctx).await,
-        Command::Serve { stop: false, .. } => {
-            serve::run(ctx.state).await?;
+        Command::Serve {
+            stop: false,
+            http,
+            webhook,
+            ..
+        } => {
+            serve::run(
+                ctx.state,
+                serve::ServeOptions {
+                    http,
+                    webhooks: webhook,
+                },
+            )
+            .await?;
             Ok(0)
         }
         Command::Serve {
             stop: true,
             keep_proxy,
+            ..
         } => stop(&ctx, keep_proxy).await,
-        Command::Supply(command) => supply_cmds::run(command, &ctx.state, ctx.output == Output::Json).await,
+        Command::Server(command) => {
+            server_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+        }
+        Command::Supply(command) => {
+            supply_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+        }
         Command::Proxy => {
             cutover_proxy::run(cutover_proxy::ProxyConfig {
                 state_dir: ctx.state.0.clone(),

@@ -10,15 +10,61 @@ use cutover_docker::DockerProvider;
 use cutover_executor::ExecutorConfig;
 use cutover_model::Providers;
 use cutover_proxy::{AdminClient, ProxyTraffic};
-use cutover_server::ControlPlane;
+use cutover_server::metrics::{ProxyStatLine, ProxyStats};
+use cutover_server::webhooks::{Delivery, Webhooks};
+use cutover_server::{ControlPlane, Options};
 use cutover_store::Store;
 
 use crate::chain::LocalSupplyChain;
 use crate::client::StateDir;
 use crate::daemon;
 
+/// What `cutover serve` listens on besides its Unix socket, and where it sends webhooks.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// `host:port` of the HTTP API for CI and `/metrics` (none: no HTTP listener).
+    pub http: Option<String>,
+    /// `http://` URLs that get deployment events.
+    pub webhooks: Vec<String>,
+}
+
+/// Proxy counters for `/metrics`, from the proxy's admin API.
+struct ProxyAdminStats(AdminClient);
+
+#[async_trait::async_trait]
+impl ProxyStats for ProxyAdminStats {
+    async fn stats(&self) -> Result<Vec<ProxyStatLine>, String> {
+        let entries = self.0.stats().await.map_err(|e| e.to_string())?;
+        Ok(entries
+            .into_iter()
+            .map(|e| ProxyStatLine {
+                listen: e.listen,
+                release: e.release,
+                requests: e.requests,
+                errors: e.errors,
+                in_flight: e.in_flight,
+            })
+            .collect())
+    }
+}
+
 /// Run the control plane in the foreground until `cutover serve --stop` or a signal.
-pub async fn run(state: StateDir) -> Result<()> {
+pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
+    let http: Option<std::net::SocketAddr> = match &serve.http {
+        Some(addr) => Some(addr.parse().with_context(|| {
+            format!("--http {addr:?} is not an address: use host:port, e.g. 127.0.0.1:8700")
+        })?),
+        None => None,
+    };
+    let webhooks: Vec<String> = serve
+        .webhooks
+        .iter()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let webhooks = Webhooks::new(webhooks, Delivery::default())
+        .map_err(anyhow::Error::msg)
+        .context("--webhook")?;
     std::fs::create_dir_all(&state.0)
         .with_context(|| format!("cannot create the state directory {}", state.0.display()))?;
     let store = Store::open(&state.db())?;
@@ -34,10 +80,19 @@ pub async fn run(state: StateDir) -> Result<()> {
         images: docker.clone(),
         compute: docker.clone(),
         health: docker.clone(),
-        traffic: Arc::new(ProxyTraffic::new(admin)),
+        traffic: Arc::new(ProxyTraffic::new(admin.clone())),
         supply: Some(Arc::new(LocalSupplyChain::new(docker, &state.0))),
     };
-    let cp = ControlPlane::new(store, providers, ExecutorConfig::default());
+    let cp = ControlPlane::with_options(
+        store,
+        providers,
+        ExecutorConfig::default(),
+        Options {
+            webhooks,
+            proxy_stats: Some(Arc::new(ProxyAdminStats(admin))),
+            ..Options::default()
+        },
+    );
     let signals = {
         let cp = cp.clone();
         tokio::spawn(async move {
@@ -52,7 +107,7 @@ pub async fn run(state: StateDir) -> Result<()> {
         })
     };
     tracing::info!(state_dir = %state.0.display(), pid = std::process::id(), "control plane listening");
-    let result = cutover_server::serve_unix(cp, &state.control_socket()).await;
+    let result = cutover_server::serve(cp, &state.control_socket(), http).await;
     supervisor.abort();
     signals.abort();
     let _ = std::fs::remove_file(state.serve_pid());

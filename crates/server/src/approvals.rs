@@ -59,10 +59,12 @@ pub async fn decide(
     let view = cutover_executor::deployment_view(&cp.store, deployment_id)?;
     let gate = match &view.approval {
         Some(gate) if gate.waiting => gate,
-        _ => return Err(ServerError::Conflict(format!(
+        _ => {
+            return Err(ServerError::Conflict(format!(
             "deployment {deployment_id} is not waiting for approval (it is {}); nothing to decide",
             record.status.label()
-        ))),
+        )))
+        }
     };
     let starter = crate::deploy::started_by(cp, deployment_id)?;
     if who.name == record.requested_by || starter.as_ref().is_some_and(|s| s.principal == who.name)

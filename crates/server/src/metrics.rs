@@ -62,12 +62,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             step_durations: Family::new_with_constructor(|| {
-                Histogram::new(
-                    [
-                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-                    ]
-                    .into_iter(),
-                )
+                Histogram::new([
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                ])
             }),
             webhook_failures: Counter::default(),
         }

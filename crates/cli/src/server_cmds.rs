@@ -1,0 +1,374 @@
+//! `cutover token`, `cutover user`, `cutover approve` and `cutover audit`: administration
+//! of the control plane over its Unix socket, where the local user acts with admin rights.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+
+use cutover_model::format_ms;
+use cutover_server::api::{
+    DeploymentDetail, LocalActor, LocalDecision, LocalNewToken, LocalNewUser, UserLine,
+};
+use cutover_server::audit::{AuditEntry, VerifyReport};
+use cutover_server::auth::{self, CreatedToken, NewToken, Role, TokenRecord};
+
+use crate::client::{connect_or_start, StateDir};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Viewer,
+    Deployer,
+    Approver,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::Deployer => Role::Deployer,
+            RoleArg::Approver => Role::Approver,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ServerCommand {
+    /// API tokens for CI: create (shown once), list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// People who log in to the web UI (argon2id password hashes).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Approve (or --reject) a deployment waiting at an approval gate, as the local user.
+    Approve {
+        /// The deployment id, e.g. production-3.
+        deployment: String,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// The hash-chained audit log: verify it, or export it as JSON lines.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (the only time it is shown).
+    Create {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Limit it to one environment (default: all).
+        #[arg(long)]
+        env: Option<String>,
+        /// Lifetime, e.g. 30d, 12h (default: never expires).
+        #[arg(long)]
+        expires: Option<String>,
+        /// A name to recognize it by, e.g. ci.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Tokens with their role, scope, expiry and last use (never the secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user (or reset one); the password is read from CUTOVER_PASSWORD or stdin.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Users and their roles.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the chain; exit 1 and name the first broken link if an entry was edited or deleted.
+    Verify,
+    /// Write entries as JSON lines (for a SIEM).
+    Export {
+        /// Only entries from this long ago (e.g. 24h, 7d) on.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+fn actor() -> String {
+    crate::user()
+}
+
+pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result<u8> {
+    let (client, _) = connect_or_start(state).await?;
+    match command {
+        ServerCommand::Token { command } => match command {
+            TokenCommand::Create {
+                role,
+                env,
+                expires,
+                name,
+            } => {
+                let expires_in_ms = match expires {
+                    Some(text) => Some(
+                        auth::parse_lifetime(&text)
+                            .map_err(anyhow::Error::msg)
+                            .context("--expires")?
+                            .as_millis() as u64,
+                    ),
+                    None => None,
+                };
+                let created: CreatedToken = client
+                    .post(
+                        "/v1/tokens",
+                        &LocalNewToken {
+                            token: NewToken {
+                                role: role.into(),
+                                env,
+                                name,
+                                expires_in_ms,
+                            },
+                            requested_by: actor(),
+                        },
+                    )
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&created)?);
+                } else {
+                    eprintln!(
+                        "token {} ({} for {}) created; it is shown only now:",
+                        created.record.id,
+                        created.record.role,
+                        created.record.env.as_deref().unwrap_or("all environments")
+                    );
+                    println!("{}", created.token);
+                }
+                Ok(0)
+            }
+            TokenCommand::List => {
+                let tokens: Vec<TokenRecord> = client.get("/v1/tokens").await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&tokens)?);
+                    return Ok(0);
+                }
+                println!(
+                    "{:<12}  {:<12}  {:<8}  {:<12}  {:<20}  {:<20}  {:<20}  STATE",
+                    "ID", "NAME", "ROLE", "ENV", "CREATED", "EXPIRES", "LAST USED"
+                );
+                let now = cutover_model::now_ms();
+                for t in tokens {
+                    let state = if t.revoked_at_ms.is_some() {
+                        "revoked"
+                    } else if t.expires_at_ms.is_some_and(|e| e <= now) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<12}  {:<12}  {:<8}  {:<12}  {:<20}  {:<20}  {:<20}  {state}",
+                        t.id,
+                        t.name.as_deref().unwrap_or("-"),
+                        t.role,
+                        t.env.as_deref().unwrap_or("*"),
+                        format_ms(t.created_at_ms),
+                        t.expires_at_ms.map_or("never".to_string(), format_ms),
+                        t.last_used_ms.map_or("never".to_string(), format_ms),
+                    );
+                }
+                Ok(0)
+            }
+            TokenCommand::Revoke { id } => {
+                let record: TokenRecord = client
+                    .post(
+                        &format!("/v1/tokens/{}/revoke", crate::encode(&id)),
+                        &LocalActor {
+                            requested_by: actor(),
+                        },
+                    )
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&record)?);
+                } else {
+                    println!("token {} revoked", record.id);
+                }
+                Ok(0)
+            }
+        },
+        ServerCommand::User { command } => match command {
+            UserCommand::Add { name, role, env } => {
+                let password = read_password()?;
+                let user: UserLine = client
+                    .post(
+                        "/v1/users",
+                        &LocalNewUser {
+                            name,
+                            role: role.into(),
+                            env,
+                            password,
+                            requested_by: actor(),
+                        },
+                    )
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&user)?);
+                } else {
+                    println!("user {} saved", user.name);
+                }
+                Ok(0)
+            }
+            UserCommand::List => {
+                let users: Vec<UserLine> = client.get("/v1/users").await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&users)?);
+                    return Ok(0);
+                }
+                for u in users {
+                    let grants: Vec<String> = u
+                        .grants
+                        .iter()
+                        .map(|g| format!("{}@{}", g.role, g.env.as_deref().unwrap_or("*")))
+                        .collect();
+                    println!("{:<20}  {}", u.name, grants.join(", "));
+                }
+                Ok(0)
+            }
+        },
+        ServerCommand::Approve {
+            deployment,
+            reject,
+            comment,
+        } => {
+            let detail: DeploymentDetail = client
+                .get(&format!("/v1/deployments/{}", crate::encode(&deployment)))
+                .await?;
+            let Some(gate) = detail.approval.filter(|g| g.waiting) else {
+                bail!(
+                    "deployment {deployment} is not waiting for approval (it is {}); see `cutover status --deployment {deployment}`",
+                    detail.status
+                );
+            };
+            let Some(image_id) = gate.image_id.clone() else {
+                bail!("deployment {deployment} has no built image to approve yet; try again in a moment");
+            };
+            let decision = if reject { "reject" } else { "approve" };
+            if !json {
+                eprintln!(
+                    "{decision} {deployment} ({} to {}): plan {} image {} ({})",
+                    detail.release_id,
+                    detail.env,
+                    gate.plan_digest,
+                    image_id,
+                    gate.image_tag.as_deref().unwrap_or("-")
+                );
+            }
+            let _: serde_json::Value = client
+                .post(
+                    "/v1/approvals",
+                    &LocalDecision {
+                        deployment_id: deployment.clone(),
+                        decision: decision.to_string(),
+                        plan_digest: gate.plan_digest.clone(),
+                        image_id,
+                        comment,
+                        requested_by: actor(),
+                    },
+                )
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"deployment": deployment, "decision": decision})
+                );
+            } else {
+                println!(
+                    "{} {deployment}",
+                    if reject { "rejected" } else { "approved" }
+                );
+            }
+            Ok(0)
+        }
+        ServerCommand::Audit { command } => match command {
+            AuditCommand::Verify => {
+                let report: VerifyReport = client.get("/v1/audit/verify").await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+                match report.broken {
+                    None => {
+                        if !json {
+                            println!(
+                                "audit log intact: {} entries, every link checks",
+                                report.entries
+                            );
+                        }
+                        Ok(0)
+                    }
+                    Some(broken) => {
+                        eprintln!(
+                            "audit log BROKEN at entry {}: {} ({} entries before it check)",
+                            broken.seq, broken.reason, report.entries
+                        );
+                        Ok(1)
+                    }
+                }
+            }
+            AuditCommand::Export { since } => {
+                let path = match since {
+                    Some(text) => {
+                        let ago = auth::parse_lifetime(&text)
+                            .map_err(anyhow::Error::msg)
+                            .context("--since")?;
+                        let since_ms =
+                            cutover_model::now_ms().saturating_sub(ago.as_millis() as u64);
+                        format!("/v1/audit?since_ms={since_ms}")
+                    }
+                    None => "/v1/audit".to_string(),
+                };
+                let entries: Vec<AuditEntry> = client.get(&path).await?;
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                for entry in entries {
+                    writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+                }
+                Ok(0)
+            }
+        },
+    }
+}
+
+/// The password from `CUTOVER_PASSWORD`, else the first line of stdin.
+fn read_password() -> Result<String> {
+    if let Ok(password) = std::env::var("CUTOVER_PASSWORD") {
+        return Ok(password);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+        std::io::stderr().flush().ok();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        bail!("no password given: set CUTOVER_PASSWORD or pass it on stdin");
+    }
+    Ok(password)
+}
