@@ -633,3 +633,86 @@ async fn live_updates_stream_until_the_deployment_finishes() {
         .iter()
         .all(|s| s["class"] == "succeeded"));
 }
+
+const SPEC: &str = r#"
+app = "hello"
+
+[build]
+cargo = { manifest = "app/Cargo.toml", bin = "hello" }
+
+[health]
+interval = "5ms"
+timeout = "50ms"
+deadline = "2s"
+
+[environments.staging]
+listen = "127.0.0.1:18190"
+replicas = 1
+retire_after = "10m"
+drain_timeout = "100ms"
+"#;
+
+#[tokio::test]
+async fn rollback_from_history_after_confirmation() {
+    let ui = ui();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("app")).unwrap();
+    std::fs::write(
+        dir.path().join("app/Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("deploy.toml"), SPEC).unwrap();
+    let source = crate::deploy::SpecSource {
+        spec_path: Some(dir.path().join("deploy.toml").display().to_string()),
+        ..Default::default()
+    };
+    let ci = auth::Principal {
+        name: "ci".to_string(),
+        grants: vec![Grant {
+            role: Role::Deployer,
+            env: None,
+        }],
+    };
+    for n in 1..=2 {
+        let started = crate::deploy::start(&ui.cp, &ci, Some(&source), Some("staging"), None)
+            .await
+            .unwrap();
+        assert_eq!(started.deployment_id, format!("staging-{n}"));
+        wait_for(&ui.cp, &started.deployment_id, |d| d.status == "succeeded").await;
+    }
+    let first = ui.cp.store.deployment("staging-1").unwrap().unwrap();
+
+    let (cookie, csrf) = login(&ui.app, "tester").await;
+    let history = send(&ui.app, get("/history", Some(&cookie))).await;
+    assert!(history.body.contains("href=\"/rollback/staging\""));
+    assert!(history
+        .body
+        .contains(&format!("Roll back to {}", first.release_id)));
+    let confirm = send(&ui.app, get("/rollback/staging", Some(&cookie))).await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+    assert!(
+        confirm.body.contains("still warm"),
+        "the blue release is warm"
+    );
+    let answer = send(
+        &ui.app,
+        post(
+            "/rollback/staging",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("confirm", "staging"),
+                ("release", &csrf_field(&confirm.body, "release")),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert_eq!(answer.location(), "/deployments/staging-3");
+    wait_for(&ui.cp, "staging-3", |d| d.status == "succeeded").await;
+    let done = crate::view::detail(&ui.cp.store, "staging-3").unwrap();
+    assert_eq!(done.kind, "rollback");
+    assert_eq!(done.release_id, first.release_id);
+    assert_eq!(done.requested_by, "tester");
+}
