@@ -977,10 +977,10 @@ async fn audit_verify(
     Ok(Json(audit::verify(&cp.store)?))
 }
 
-/// Prometheus metrics (text format 0.0.4).
+/// Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses(
-        (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ))]
 async fn metrics(State(cp): Cp, Extension(_who): Who) -> Result<Response, ServerError> {

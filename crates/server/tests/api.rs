@@ -938,3 +938,40 @@ async fn tampering_with_the_audit_chain_is_reported() {
         .unwrap()
         .contains("deleted"));
 }
+
+#[tokio::test]
+async fn the_local_socket_api_approves_as_the_local_user() {
+    let h = Harness::new();
+    let local = cutover_server::app(h.cp.clone());
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
+    let post = |body: Value| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v1/approvals")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let decision = |by: &str| {
+        json!({
+            "deployment_id": id, "decision": "approve", "requested_by": by,
+            "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+        })
+    };
+    // The principal that started it (the CI token) cannot approve it locally either.
+    let starter = format!("token:ci:{}", auth::list_tokens(&h.cp.store).unwrap()[0].id);
+    let response = local
+        .clone()
+        .oneshot(post(decision(&starter)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let response = local.clone().oneshot(post(decision("dave"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let done = h.wait_finished(&deployer, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["approval"]["approved_by"], json!(["dave"]));
+}
