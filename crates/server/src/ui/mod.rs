@@ -236,8 +236,17 @@ fn current_session(
 /// The logged-in visitor, or a redirect to the login page.
 fn visitor(cp: &ControlPlane, headers: &HeaderMap, uri: &Uri) -> Result<Visitor, UiError> {
     match current_session(cp, headers)? {
-        Some((_, session)) => match session.principal.clone() {
-            Some(principal) => Ok(Visitor { session, principal }),
+        Some((id, session)) => match session.principal.as_ref() {
+            Some(logged_in) => match current_principal(&cp.store, logged_in)? {
+                Some(principal) => Ok(Visitor { session, principal }),
+                None => {
+                    // Revoked, expired or removed since login: the session ends here.
+                    Sessions::open(&cp.store)?.remove(&id)?;
+                    Err(UiError::Login {
+                        next: uri.path().to_string(),
+                    })
+                }
+            },
             None => Err(UiError::Login {
                 next: uri.path().to_string(),
             }),
@@ -251,6 +260,35 @@ fn visitor(cp: &ControlPlane, headers: &HeaderMap, uri: &Uri) -> Result<Visitor,
     }
 }
 
+/// The principal of a session as it stands now: a token's or user's current grants, or
+/// `None` when the token was revoked or expired or the user removed since login.
+fn current_principal(
+    store: &cutover_store::Store,
+    logged_in: &Principal,
+) -> Result<Option<Principal>, ServerError> {
+    if logged_in.name.starts_with("token:") {
+        let now = now_ms();
+        return Ok(auth::list_tokens(store)?
+            .into_iter()
+            .find(|t| t.principal_name() == logged_in.name)
+            .filter(|t| t.revoked_at_ms.is_none() && t.expires_at_ms.is_none_or(|at| at > now))
+            .map(|t| Principal {
+                name: t.principal_name(),
+                grants: vec![auth::Grant {
+                    role: t.role,
+                    env: t.env,
+                }],
+            }));
+    }
+    Ok(auth::list_users(store)?
+        .into_iter()
+        .find(|u| u.name == logged_in.name)
+        .map(|u| Principal {
+            name: u.name,
+            grants: u.grants,
+        }))
+}
+
 /// A logged-in visitor whose POST carries the session's CSRF token. The token is checked
 /// before anything else, so a forged form learns nothing.
 fn poster(
@@ -260,14 +298,7 @@ fn poster(
     csrf: Option<&str>,
 ) -> Result<Visitor, UiError> {
     match current_session(cp, headers)? {
-        Some((_, session)) if session::csrf_matches(&session, csrf) => {
-            match session.principal.clone() {
-                Some(principal) => Ok(Visitor { session, principal }),
-                None => Err(UiError::Login {
-                    next: uri.path().to_string(),
-                }),
-            }
-        }
+        Some((_, session)) if session::csrf_matches(&session, csrf) => visitor(cp, headers, uri),
         _ => Err(UiError::Csrf),
     }
 }
