@@ -18,12 +18,16 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use cutover_docker::DockerProvider;
-use cutover_model::{now_ms, GateSpec, ImageInfo, ProviderError, ScanOutcome, SignRequest, SupplyChain};
-use cutover_signing::{
-    verify_bundle, AttestInputs, AttestationBundle, KeyPair, ProvenanceInputs, PublicKey, SourceInfo,
-    VerifyPolicy, DEFAULT_BUILDER_ID, SCAN_VERDICT_PREDICATE,
+use cutover_model::{
+    now_ms, GateSpec, ImageInfo, ProviderError, ScanOutcome, SignRequest, SupplyChain,
 };
-use cutover_supply::{AdvisoryDb, Date, Exceptions, GatePolicy, Limits, RuleSet, ScanReport, Severity, Verdict};
+use cutover_signing::{
+    verify_bundle, AttestInputs, AttestationBundle, KeyPair, ProvenanceInputs, PublicKey,
+    SourceInfo, VerifyPolicy, DEFAULT_BUILDER_ID, SCAN_VERDICT_PREDICATE,
+};
+use cutover_supply::{
+    AdvisoryDb, Date, Exceptions, GatePolicy, Limits, RuleSet, ScanReport, Severity, Verdict,
+};
 
 /// Paths of the supply-chain state under a state directory.
 #[derive(Debug, Clone)]
@@ -44,7 +48,9 @@ impl SupplyPaths {
         self.root.join("keys")
     }
     pub fn image_dir(&self, image_id: &str) -> PathBuf {
-        self.root.join("supply").join(image_id.trim_start_matches("sha256:"))
+        self.root
+            .join("supply")
+            .join(image_id.trim_start_matches("sha256:"))
     }
     pub fn sbom(&self, image_id: &str) -> PathBuf {
         self.image_dir(image_id).join("sbom.cdx.json")
@@ -73,7 +79,11 @@ impl LocalSupplyChain {
 
     /// The scan report of `image` for the current advisory database and `rules`, from the
     /// cache or by exporting and scanning the image.
-    pub async fn report(&self, image: &ImageInfo, rules: Option<&Path>) -> Result<(ScanReport, bool), ProviderError> {
+    pub async fn report(
+        &self,
+        image: &ImageInfo,
+        rules: Option<&Path>,
+    ) -> Result<(ScanReport, bool), ProviderError> {
         let db_path = self.paths.advisories();
         let db_stamp = std::fs::metadata(&db_path)
             .and_then(|m| m.modified())
@@ -82,7 +92,11 @@ impl LocalSupplyChain {
             .map(|d| d.as_nanos().to_string())
             .unwrap_or_else(|| "none".to_string());
         let key = cutover_model::sha256_digest(
-            format!("{db_stamp}\0{}", rules.map(|r| r.display().to_string()).unwrap_or_default()).as_bytes(),
+            format!(
+                "{db_stamp}\0{}",
+                rules.map(|r| r.display().to_string()).unwrap_or_default()
+            )
+            .as_bytes(),
         );
         let dir = self.paths.image_dir(&image.id);
         let cached = dir.join(format!("report-{}.json", &key[7..19]));
@@ -118,7 +132,6 @@ impl LocalSupplyChain {
         write_json(&self.paths.sbom(&image.id), &sbom)?;
         Ok((report, has_db))
     }
-
 }
 
 /// Load (or make) the local signing key under `keys_dir`.
@@ -159,7 +172,8 @@ pub fn local_public_key(keys_dir: &Path) -> Result<PublicKey, ProviderError> {
 
 fn rand_bytes() -> Result<[u8; 32], ProviderError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ProviderError::permanent(format!("no randomness from the os: {e}")))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ProviderError::permanent(format!("no randomness from the os: {e}")))?;
     Ok(bytes)
 }
 
@@ -180,7 +194,8 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ProviderErro
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default()).map_err(|e| io_error(&tmp, e))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default())
+        .map_err(|e| io_error(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
 }
 
@@ -196,7 +211,11 @@ fn permanent(e: impl std::fmt::Display) -> ProviderError {
 pub fn gate_policy(gate: &GateSpec) -> Result<GatePolicy, ProviderError> {
     let fail_on = match gate.fail_on.as_str() {
         "none" => None,
-        other => Some(other.parse::<Severity>().map_err(ProviderError::permanent)?),
+        other => Some(
+            other
+                .parse::<Severity>()
+                .map_err(ProviderError::permanent)?,
+        ),
     };
     Ok(GatePolicy {
         fail_on,
@@ -210,7 +229,12 @@ pub fn judge(report: &ScanReport, gate: &GateSpec, has_db: bool) -> Result<Verdi
         Some(path) => Exceptions::load(path).map_err(permanent)?,
         None => Exceptions::none(),
     };
-    let mut verdict = cutover_supply::evaluate(&report.findings, &gate_policy(gate)?, &exceptions, Date::today());
+    let mut verdict = cutover_supply::evaluate(
+        &report.findings,
+        &gate_policy(gate)?,
+        &exceptions,
+        Date::today(),
+    );
     if !has_db {
         verdict
             .reasons
@@ -245,7 +269,13 @@ fn git_commit(dir: &Path) -> Option<String> {
 
 #[async_trait]
 impl SupplyChain for LocalSupplyChain {
-    async fn scan(&self, image: &ImageInfo, _app: &str, env: &str, gate: &GateSpec) -> Result<ScanOutcome, ProviderError> {
+    async fn scan(
+        &self,
+        image: &ImageInfo,
+        _app: &str,
+        env: &str,
+        gate: &GateSpec,
+    ) -> Result<ScanOutcome, ProviderError> {
         let (report, has_db) = self.report(image, gate.secret_rules.as_deref()).await?;
         let verdict = judge(&report, gate, has_db)?;
         let record = json!({
@@ -269,7 +299,11 @@ impl SupplyChain for LocalSupplyChain {
         })
     }
 
-    async fn sign(&self, image: &ImageInfo, request: &SignRequest) -> Result<String, ProviderError> {
+    async fn sign(
+        &self,
+        image: &ImageInfo,
+        request: &SignRequest,
+    ) -> Result<String, ProviderError> {
         let read = |path: PathBuf, what: &str| -> Result<serde_json::Value, ProviderError> {
             let text = std::fs::read_to_string(&path).map_err(|_| {
                 ProviderError::permanent(format!(
@@ -331,7 +365,12 @@ impl SupplyChain for LocalSupplyChain {
         Ok(key.key_id().to_string())
     }
 
-    async fn verify(&self, image: &ImageInfo, env: &str, trusted_keys: &[PathBuf]) -> Result<Vec<String>, ProviderError> {
+    async fn verify(
+        &self,
+        image: &ImageInfo,
+        env: &str,
+        trusted_keys: &[PathBuf],
+    ) -> Result<Vec<String>, ProviderError> {
         verify_image(&self.paths, &image.id, env, trusted_keys)
     }
 }

@@ -111,22 +111,40 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
                 exceptions,
                 secret_rules: rules,
             };
-            scan(&paths, &state.0, &image, &gate, sarif.as_deref(), sbom.as_deref(), json).await
+            scan(
+                &paths,
+                &state.0,
+                &image,
+                &gate,
+                sarif.as_deref(),
+                sbom.as_deref(),
+                json,
+            )
+            .await
         }
         SupplyCommand::Verify { target, env, keys } => {
             let image_id = resolve_image(state, &target, Some(&env)).await?;
             match chain::verify_image(&paths, &image_id, &env, &keys) {
                 Ok(key_ids) => {
                     if json {
-                        println!("{}", serde_json::json!({"image": image_id, "verified": true, "key_ids": key_ids}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"image": image_id, "verified": true, "key_ids": key_ids})
+                        );
                     } else {
-                        println!("verified: image {image_id} is signed by {} and passed its gate", key_ids.join(", "));
+                        println!(
+                            "verified: image {image_id} is signed by {} and passed its gate",
+                            key_ids.join(", ")
+                        );
                     }
                     Ok(0)
                 }
                 Err(e) => {
                     if json {
-                        println!("{}", serde_json::json!({"image": image_id, "verified": false, "error": e.message}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"image": image_id, "verified": false, "error": e.message})
+                        );
                     }
                     eprintln!("error: {}", e.message);
                     Ok(EXIT_REFUSED)
@@ -143,20 +161,35 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             Ok(0)
         }
         SupplyCommand::Keys {
-            command: KeysCommand::Generate { name, dir, algorithm },
+            command:
+                KeysCommand::Generate {
+                    name,
+                    dir,
+                    algorithm,
+                },
         } => {
-            let passphrase = cutover_signing::passphrase_from_env()
-                .context("set CUTOVER_KEY_PASSPHRASE to the passphrase that encrypts the private key")?;
+            let passphrase = cutover_signing::passphrase_from_env().context(
+                "set CUTOVER_KEY_PASSPHRASE to the passphrase that encrypts the private key",
+            )?;
             let algorithm = algorithm.parse::<cutover_signing::Algorithm>()?;
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let (private, public, id) = cutover_signing::generate_to_files(&dir, &name, algorithm, &passphrase)?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let (private, public, id) =
+                cutover_signing::generate_to_files(&dir, &name, algorithm, &passphrase)?;
             if json {
-                println!("{}", serde_json::json!({"private_key": private, "public_key": public, "key_id": id}));
+                println!(
+                    "{}",
+                    serde_json::json!({"private_key": private, "public_key": public, "key_id": id})
+                );
             } else {
                 println!("private key  {} (encrypted, mode 0600)", private.display());
                 println!("public key   {}", public.display());
                 println!("key id       {id}");
-                println!("use it: [supply] signing_key = \"{}\"; trust it: trusted_keys = [\"{}\"]", private.display(), public.display());
+                println!(
+                    "use it: [supply] signing_key = \"{}\"; trust it: trusted_keys = [\"{}\"]",
+                    private.display(),
+                    public.display()
+                );
             }
             Ok(0)
         }
@@ -164,12 +197,16 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             command: AdvisoriesCommand::Import { source },
         } => {
             let (db, report) = AdvisoryDb::import(&source)?;
-            std::fs::create_dir_all(&state.0).with_context(|| format!("cannot create {}", state.0.display()))?;
+            std::fs::create_dir_all(&state.0)
+                .with_context(|| format!("cannot create {}", state.0.display()))?;
             db.save(paths.advisories())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                    "files": report.files, "imported": report.imported, "withdrawn": report.withdrawn, "warnings": report.warnings,
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "files": report.files, "imported": report.imported, "withdrawn": report.withdrawn, "warnings": report.warnings,
+                    }))?
+                );
             } else {
                 println!(
                     "imported {} advisories from {} files ({} withdrawn) into {}",
@@ -206,7 +243,10 @@ async fn scan(
             Some(path) => RuleSet::load(path)?,
             None => RuleSet::default_rules(),
         };
-        (cutover_supply::scan(image, &db, &rules, Limits::default())?, paths.advisories().exists())
+        (
+            cutover_supply::scan(image, &db, &rules, Limits::default())?,
+            paths.advisories().exists(),
+        )
     } else {
         let docker = Arc::new(DockerProvider::connect().await?);
         let info = lookup_image(&docker, image).await?;
@@ -215,12 +255,16 @@ async fn scan(
     };
     let verdict = chain::judge(&report, gate, has_db)?;
     if let Some(path) = sarif {
-        std::fs::write(path, serde_json::to_vec_pretty(&cutover_supply::to_sarif(&report))?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&cutover_supply::to_sarif(&report))?,
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = sbom {
         let doc = cutover_supply::sbom(&report.image, &report.packages);
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if json {
         println!(
@@ -249,7 +293,9 @@ async fn scan(
 async fn lookup_image(docker: &DockerProvider, reference: &str) -> Result<ImageInfo> {
     match docker.inspect_image(reference).await? {
         Some(info) => Ok(info),
-        None => bail!("image {reference} not found in the docker engine; build it or pass a tarball"),
+        None => {
+            bail!("image {reference} not found in the docker engine; build it or pass a tarball")
+        }
     }
 }
 
@@ -265,7 +311,11 @@ async fn resolve_image(state: &StateDir, target: &str, env: Option<&str>) -> Res
         path.push_str(&format!("&env={env}"));
     }
     if let Ok(lines) = client.get::<Vec<HistoryLine>>(&path).await {
-        if let Some(id) = lines.iter().find(|l| l.release_id == target).and_then(|l| l.image_id.clone()) {
+        if let Some(id) = lines
+            .iter()
+            .find(|l| l.release_id == target)
+            .and_then(|l| l.image_id.clone())
+        {
             return Ok(id);
         }
     }
