@@ -171,11 +171,21 @@ impl DockerProvider {
         deployment: &str,
         existing: ContainerInspectResponse,
     ) -> Result<Instance, ProviderError> {
-        let found = container_labels(&existing).get(labels::DEPLOYMENT).cloned();
-        if found.as_deref() != Some(deployment) {
-            let owner = found
-                .map(|d| format!("deployment {d}"))
-                .unwrap_or_else(|| "something other than cutover".to_string());
+        let have = container_labels(&existing);
+        let found = have.get(labels::DEPLOYMENT).cloned();
+        // Same deployment id but another plan: left over from a wiped state directory.
+        let other_plan = spec
+            .labels
+            .get(labels::PLAN)
+            .is_some_and(|plan| have.get(labels::PLAN) != Some(plan));
+        if found.as_deref() != Some(deployment) || other_plan {
+            let owner = match (found, other_plan) {
+                (Some(d), true) => format!(
+                    "an earlier deployment {d} (another plan, e.g. from a removed state directory)"
+                ),
+                (Some(d), false) => format!("deployment {d}"),
+                (None, _) => "something other than cutover".to_string(),
+            };
             return Err(ProviderError::permanent(format!(
                 "container {} already exists and belongs to {owner}; remove it or let that deployment finish",
                 spec.name

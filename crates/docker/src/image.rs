@@ -178,13 +178,15 @@ impl DockerProvider {
         tag: &str,
         wanted: &BTreeMap<String, String>,
     ) -> Result<Option<ImageInfo>, ProviderError> {
-        let Some(deployment) = wanted.get(labels::DEPLOYMENT) else {
+        // The plan label is unique per plan; older plans only carry the deployment label.
+        let key = [labels::PLAN, labels::DEPLOYMENT]
+            .into_iter()
+            .find_map(|k| wanted.get(k).map(|v| (k, v)));
+        let Some((key, value)) = key else {
             return Ok(None);
         };
         let found = self.inspect_image_labels(tag).await?;
-        Ok(found.and_then(|(info, have)| {
-            (have.get(labels::DEPLOYMENT) == Some(deployment)).then_some(info)
-        }))
+        Ok(found.and_then(|(info, have)| (have.get(key) == Some(value)).then_some(info)))
     }
 
     async fn build_archive(

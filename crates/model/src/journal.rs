@@ -21,15 +21,41 @@ pub struct JournalEntry {
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum JournalEvent {
     /// Execution began (or resumed after a crash: `resumed` counts restarts).
-    DeploymentStarted { resumed: u32 },
-    StepStarted { step: String, attempt: u32 },
+    DeploymentStarted {
+        resumed: u32,
+    },
+    StepStarted {
+        step: String,
+        attempt: u32,
+    },
     /// `duration_ms`: time spent in the step's action (provider calls and waits).
-    StepSucceeded { step: String, output: StepOutput, duration_ms: u64 },
+    StepSucceeded {
+        step: String,
+        output: StepOutput,
+        duration_ms: u64,
+    },
     /// `transient` failures are retried (a new `StepStarted` follows); others unwind.
-    StepFailed { step: String, attempt: u32, error: String, transient: bool, duration_ms: u64 },
-    UnwindStarted { reason: String },
-    UndoStarted { step: String },
-    UndoSucceeded { step: String },
-    UndoFailed { step: String, error: String },
-    DeploymentFinished { status: DeploymentStatus },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+        transient: bool,
+        duration_ms: u64,
+    },
+    UnwindStarted {
+        reason: String,
+    },
+    UndoStarted {
+        step: String,
+    },
+    UndoSucceeded {
+        step: String,
+    },
+    UndoFailed {
+        step: String,
+        error: String,
+    },
+    DeploymentFinished {
+        status: DeploymentStatus,
+    },
 }

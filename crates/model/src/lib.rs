@@ -18,9 +18,7 @@ pub use provider::{
     Compute, DrainReport, HealthProbe, ImageBuilder, Probe, Providers, ScanOutcome, SignRequest,
     SupplyChain, Traffic,
 };
-pub use release::{
-    Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route,
-};
+pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};
 pub use spec::{
     ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,
 };
@@ -34,6 +32,9 @@ pub mod labels {
     pub const ENV: &str = "cutover.env";
     pub const RELEASE: &str = "cutover.release";
     pub const DEPLOYMENT: &str = "cutover.deployment";
+    /// `<deployment id>@<plan created at ms>`: unique to one plan even when a state
+    /// directory is wiped and deployment numbers start again. Providers key idempotency on it.
+    pub const PLAN: &str = "cutover.plan";
     pub const STEP: &str = "cutover.step";
     pub const REPLICA: &str = "cutover.replica";
 }

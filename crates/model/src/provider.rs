@@ -35,8 +35,11 @@ pub trait ImageBuilder: Send + Sync {
 pub trait Compute: Send + Sync {
     /// Start the instance named `spec.name` from `image`. When it already exists (an earlier
     /// attempt), make sure it runs and return it; never start a second one.
-    async fn provision(&self, spec: &InstanceSpec, image: &ImageInfo)
-        -> Result<Instance, ProviderError>;
+    async fn provision(
+        &self,
+        spec: &InstanceSpec,
+        image: &ImageInfo,
+    ) -> Result<Instance, ProviderError>;
 
     /// Current state of an instance, `None` when it does not exist.
     async fn inspect(&self, name: &str) -> Result<Option<Instance>, ProviderError>;
@@ -125,7 +128,8 @@ pub trait SupplyChain: Send + Sync {
     ) -> Result<ScanOutcome, ProviderError>;
 
     /// Sign provenance, SBOM and scan verdict for `image`; returns the key id.
-    async fn sign(&self, image: &ImageInfo, request: &SignRequest) -> Result<String, ProviderError>;
+    async fn sign(&self, image: &ImageInfo, request: &SignRequest)
+        -> Result<String, ProviderError>;
 
     /// Verify `image`'s attestations against `trusted_keys` (empty: the local key); fails
     /// closed with a permanent error. Returns the key ids that signed.

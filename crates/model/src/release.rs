@@ -96,12 +96,18 @@ pub enum DeploymentStatus {
     Planned,
     Running,
     /// A step failed; undo is running.
-    Unwinding { reason: String },
+    Unwinding {
+        reason: String,
+    },
     Succeeded,
     /// Failed and fully undone: traffic on the previous release, new instances removed.
-    RolledBack { reason: String },
+    RolledBack {
+        reason: String,
+    },
     /// An undo failed: needs a human. Loud everywhere.
-    Stuck { reason: String },
+    Stuck {
+        reason: String,
+    },
 }
 
 impl DeploymentStatus {

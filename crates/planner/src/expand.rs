@@ -442,6 +442,10 @@ fn expand(
             labels::DEPLOYMENT.to_string(),
             input.deployment_id.to_string(),
         );
+        l.insert(
+            labels::PLAN.to_string(),
+            format!("{}@{}", input.deployment_id, input.created_at_ms),
+        );
         l.insert(labels::STEP.to_string(), step.to_string());
         if let Some(r) = replica {
             l.insert(labels::REPLICA.to_string(), r.to_string());

@@ -370,7 +370,10 @@ pub fn evaluate(
             continue;
         }
         *counts.entry(v.severity).or_default() += 1;
-        if policy.fail_on.is_some_and(|threshold| v.severity >= threshold) {
+        if policy
+            .fail_on
+            .is_some_and(|threshold| v.severity >= threshold)
+        {
             failing.push(v.to_string());
         }
     }
