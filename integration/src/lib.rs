@@ -43,6 +43,34 @@ pub fn cutover_bin() -> PathBuf {
     .clone()
 }
 
+/// The example app built as a static binary (what the cargo build of a deploy makes), for
+/// tests that assemble their own Docker build context around it.
+pub fn static_hello_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target"));
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "hello",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build for the hello binary");
+        assert!(status.success(), "building the static hello binary failed");
+        target.join("x86_64-unknown-linux-gnu/release/hello")
+    })
+    .clone()
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -61,6 +89,10 @@ pub struct AppConfig {
     pub delay_ms: u64,
     pub retire_after: String,
     pub deadline: String,
+    /// Body of `[build]`; `None` builds examples/hello with cargo.
+    pub build: Option<String>,
+    /// Body of `[environments.production.gate]`, if any.
+    pub gate: Option<String>,
 }
 
 impl Default for AppConfig {
@@ -73,6 +105,8 @@ impl Default for AppConfig {
             delay_ms: 0,
             retire_after: "5m".into(),
             deadline: "20s".into(),
+            build: None,
+            gate: None,
         }
     }
 }
@@ -171,7 +205,7 @@ impl Project {
             r#"app = "{app}"
 
 [build]
-cargo = {{ manifest = "{manifest}", bin = "hello", profile = "release" }}
+{build}
 
 [container]
 port = 8080
@@ -193,9 +227,17 @@ listen = "{listen}"
 replicas = {replicas}
 retire_after = "{retire_after}"
 drain_timeout = "5s"
-"#,
+{gate}"#,
             app = self.app,
-            manifest = manifest.display(),
+            build = config.build.clone().unwrap_or_else(|| format!(
+                "cargo = {{ manifest = \"{}\", bin = \"hello\", profile = \"release\" }}",
+                manifest.display()
+            )),
+            gate = config
+                .gate
+                .as_ref()
+                .map(|g| format!("\n[environments.production.gate]\n{g}\n"))
+                .unwrap_or_default(),
             listen = self.listen(),
             replicas = config.replicas,
             retire_after = config.retire_after,

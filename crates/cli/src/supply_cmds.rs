@@ -216,7 +216,7 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
                     paths.advisories().display()
                 );
                 for skipped in &report.warnings {
-                    eprintln!("warning: skipped {skipped}");
+                    eprintln!("warning: {skipped}");
                 }
             }
             Ok(0)
