@@ -218,6 +218,18 @@ fn a_vulnerable_package_fails_the_gate_unless_a_live_exception_covers_it() {
     write_exceptions(p.dir.path(), "2999-01-01");
     p.write_spec(&spec(Some("exceptions = \"exceptions.toml\"")));
     p.cutover(&["deploy"]).assert_code(0);
+    // Using an exception is on the audit record.
+    let audit = p.cutover(&["audit", "export"]);
+    audit.assert_code(0);
+    let used = audit
+        .stdout
+        .lines()
+        .find(|l| l.contains("exception.use"))
+        .unwrap_or_else(|| panic!("no exception.use in the audit log: {}", audit.stdout));
+    assert!(
+        used.contains("RUSTSEC-2021-0003") && used.contains("CVE-2021-25900"),
+        "{used}"
+    );
 
     // Once expired, it covers nothing and says so.
     write_exceptions(p.dir.path(), "2020-01-01");

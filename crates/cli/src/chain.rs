@@ -67,13 +67,21 @@ impl SupplyPaths {
 pub struct LocalSupplyChain {
     docker: Arc<DockerProvider>,
     paths: SupplyPaths,
+    /// The control plane's store, for audit records of exceptions used by a gate (none for
+    /// stand-alone scans).
+    audit: Option<cutover_store::Store>,
 }
 
 impl LocalSupplyChain {
-    pub fn new(docker: Arc<DockerProvider>, state_dir: &Path) -> LocalSupplyChain {
+    pub fn new(
+        docker: Arc<DockerProvider>,
+        state_dir: &Path,
+        audit: Option<cutover_store::Store>,
+    ) -> LocalSupplyChain {
         LocalSupplyChain {
             docker,
             paths: SupplyPaths::new(state_dir),
+            audit,
         }
     }
 
@@ -272,7 +280,7 @@ impl SupplyChain for LocalSupplyChain {
     async fn scan(
         &self,
         image: &ImageInfo,
-        _app: &str,
+        app: &str,
         env: &str,
         gate: &GateSpec,
     ) -> Result<ScanOutcome, ProviderError> {
@@ -292,6 +300,25 @@ impl SupplyChain for LocalSupplyChain {
             "at_ms": now_ms(),
         });
         write_json(&self.paths.verdict(&image.id, env), &record)?;
+        if let Some(store) = &self.audit {
+            for used in &verdict.suppressed {
+                let details = json!({
+                    "env": env,
+                    "app": app,
+                    "finding": used.finding,
+                    "exception": used.exception,
+                    "reason": used.reason,
+                    "owner": used.owner,
+                    "expires": used.expires.to_string(),
+                });
+                cutover_server::audit::record(store, "gate", "exception.use", &image.id, details)
+                    .map_err(|e| {
+                    ProviderError::transient(format!(
+                        "cannot write the audit record of an exception: {e}"
+                    ))
+                })?;
+            }
+        }
         Ok(ScanOutcome {
             passed: verdict.passed,
             summary: summary(&report, &verdict),

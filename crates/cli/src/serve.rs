@@ -81,7 +81,11 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         compute: docker.clone(),
         health: docker.clone(),
         traffic: Arc::new(ProxyTraffic::new(admin.clone())),
-        supply: Some(Arc::new(LocalSupplyChain::new(docker, &state.0))),
+        supply: Some(Arc::new(LocalSupplyChain::new(
+            docker,
+            &state.0,
+            Some(store.clone()),
+        ))),
     };
     let cp = ControlPlane::with_options(
         store,

@@ -250,7 +250,7 @@ async fn scan(
     } else {
         let docker = Arc::new(DockerProvider::connect().await?);
         let info = lookup_image(&docker, image).await?;
-        let supply = LocalSupplyChain::new(docker, state_dir);
+        let supply = LocalSupplyChain::new(docker, state_dir, None);
         supply.report(&info, gate.secret_rules.as_deref()).await?
     };
     let verdict = chain::judge(&report, gate, has_db)?;

