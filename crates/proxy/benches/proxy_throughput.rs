@@ -10,13 +10,16 @@
 //! Target: the cutover proxy serves at least 1.2x nginx's requests per second with a p99
 //! latency no worse than nginx's.
 //!
-//! Measured on a shared 2-core VM (wrk, the upstream, and the proxy all on the same two
-//! cores, other builds running): cutover 0.66x-0.91x nginx's requests/s, p99 similar; CPU per
-//! request about 12-18 us for cutover against 9-13 us for nginx. Almost all of it is the
-//! kernel's loopback TCP path inside `writev`; the rest is hyper's connection tasks, the
-//! legacy client's pool and allocation. The target is not met on this machine. The `cpu us/req`
-//! column is the number to compare across changes: it moves much less with background load
-//! than requests/s does.
+//! Measured on a quiet 2-core VM (wrk, the upstream and the proxy share the two cores), with
+//! the per-thread connection pool: cutover 0.89x-0.95x nginx's requests/s, CPU per request
+//! 14.9-15.6 us against 12.1-12.7 us for nginx (with hyper-util's legacy client it was
+//! 17.6-18.8 us and 0.71x-0.90x). Profiles put about two thirds of the proxy's time in the
+//! kernel (loopback TCP inside `writev`/`recvfrom`, at 2 reads and 2 writes per request, and
+//! the context switches that waking wrk and the upstream causes); a per-request allocator
+//! swap (mimalloc) and driving upstream connections inside the request task instead of their
+//! own task changed nothing measurable. The target is not met on this machine. The
+//! `cpu us/req` column is the number to compare across changes: it moves much less with
+//! background load than requests/s does.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

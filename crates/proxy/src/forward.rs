@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -14,10 +13,8 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::pool::{self, Lease};
 use crate::stats::{InFlight, Stats};
 use crate::upstream::{Choice, UpstreamSet};
 use crate::workers::Workers;
@@ -25,47 +22,14 @@ use crate::workers::Workers;
 /// Body sent upstream: the client's own body, or nothing (replayable).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
-/// The shared pool of upstream connections.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
 /// Retries after the first attempt, at most.
 pub const MAX_RETRIES: usize = 2;
 
 /// Upstream bodies up to this size (with a known length) are read whole before answering.
 pub const BUFFERED_BODY_MAX: u64 = 16 * 1024;
 
-/// How long pooled idle upstream connections are kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-
 static RELEASE_HEADER: HeaderName = HeaderName::from_static(cutover_model::RELEASE_HEADER);
 static NO_RELEASE: HeaderValue = HeaderValue::from_static("none");
-
-/// Build the upstream client: HTTP/1.1, keep-alive pool, no Nagle.
-pub fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    connector.set_keepalive(Some(Duration::from_secs(30)));
-    connector.set_reuse_address(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(512)
-        .retry_canceled_requests(true)
-        .set_host(false)
-        .build(connector)
-}
-
-thread_local! {
-    /// Each worker thread has its own upstream pool: a pooled connection is always used by
-    /// the thread whose runtime drives it.
-    static CLIENT: UpstreamClient = upstream_client();
-}
-
-/// This thread's upstream client.
-pub fn thread_client() -> UpstreamClient {
-    CLIENT.with(Clone::clone)
-}
 
 /// What one listen address needs to serve requests.
 pub struct ListenerShared {
@@ -77,10 +41,12 @@ pub struct ListenerShared {
 }
 
 /// Body returned to clients: the upstream's streamed body, or a short proxy message. Holds the
-/// in-flight guard so drain waits until the body has been sent.
+/// in-flight guard so drain waits until the body has been sent, and the upstream connection
+/// of a streamed body, which goes back to the pool once the body has been read to the end.
 pub struct ProxyBody {
     kind: Kind,
     in_flight: Option<InFlight>,
+    lease: Option<Lease>,
 }
 
 enum Kind {
@@ -93,6 +59,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(text.into())),
             in_flight: None,
+            lease: None,
         }
     }
 }
@@ -112,6 +79,9 @@ impl Body for ProxyBody {
         };
         if let Poll::Ready(None) = polled {
             this.in_flight = None;
+            if let Some(lease) = this.lease.take() {
+                lease.give_back();
+            }
         }
         polled
     }
@@ -186,24 +156,22 @@ fn proxy_response(
     response
 }
 
-fn upstream_uri(set: &UpstreamSet, (b, a): Choice, original: &Uri) -> Uri {
+/// The origin-form target (`/path?query`) sent upstream.
+fn upstream_uri(original: &Uri) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(set.backends[b].addrs[a].authority.clone());
     parts.path_and_query = Some(
         original
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
-    // Scheme, authority and path are all present and valid, so this cannot fail.
+    // A path alone is a valid URI, so this cannot fail.
     Uri::from_parts(parts).unwrap_or_default()
 }
 
 /// Serve one client request on the listen address described by `shared`.
 pub async fn forward(
     shared: Arc<ListenerShared>,
-    client: UpstreamClient,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let Some(set) = shared.set.load_full() else {
@@ -215,7 +183,7 @@ pub async fn forward(
 
     let (parts, body) = request.into_parts();
     let method = parts.method;
-    let original_uri = parts.uri;
+    let uri = upstream_uri(&parts.uri);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     // A request without a body can be replayed on another upstream.
@@ -234,7 +202,7 @@ pub async fn forward(
             _ => Either::Right(Empty::new()),
         });
         *upstream_request.method_mut() = method.clone();
-        *upstream_request.uri_mut() = upstream_uri(&set, choice, &original_uri);
+        *upstream_request.uri_mut() = uri.clone();
         *upstream_request.version_mut() = Version::HTTP_11;
         *upstream_request.headers_mut() = if last {
             std::mem::take(&mut headers)
@@ -242,8 +210,9 @@ pub async fn forward(
             headers.clone()
         };
 
-        match client.request(upstream_request).await {
-            Ok(response) => {
+        let authority = &backend.addrs[choice.1].authority;
+        match pool::send(authority, upstream_request).await {
+            Ok((response, lease)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts
@@ -251,9 +220,13 @@ pub async fn forward(
                     .insert(RELEASE_HEADER.clone(), backend.release.clone());
                 // A small body of known length is read whole, so the head and the body reach
                 // the client in one write instead of two; larger bodies are streamed.
+                let mut streamed_lease = None;
                 let kind = match body.size_hint().exact() {
                     Some(len) if len <= BUFFERED_BODY_MAX => match body.collect().await {
-                        Ok(collected) => Kind::Full(Some(collected.to_bytes())),
+                        Ok(collected) => {
+                            lease.give_back();
+                            Kind::Full(Some(collected.to_bytes()))
+                        }
                         Err(err) => {
                             tracing::warn!(
                                 listen = %shared.listen,
@@ -272,7 +245,10 @@ pub async fn forward(
                             ));
                         }
                     },
-                    _ => Kind::Upstream(body),
+                    _ => {
+                        streamed_lease = Some(lease);
+                        Kind::Upstream(body)
+                    }
                 };
                 backend.counters.count_request();
                 return Ok(Response::from_parts(
@@ -280,12 +256,13 @@ pub async fn forward(
                     ProxyBody {
                         kind,
                         in_flight: Some(in_flight),
+                        lease: streamed_lease,
                     },
                 ));
             }
             Err(err) => {
                 let upstream = &backend.addrs[choice.1];
-                let not_sent = err.is_connect();
+                let not_sent = err.not_sent();
                 if not_sent {
                     upstream.mark_down();
                 }

@@ -19,6 +19,7 @@ pub mod api;
 mod client;
 mod error;
 mod forward;
+mod pool;
 mod server;
 mod stats;
 pub mod table;

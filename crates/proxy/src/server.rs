@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinSet;
 
 use crate::error::ProxyError;
-use crate::forward::{forward, thread_client, ListenerShared};
+use crate::forward::{forward, ListenerShared};
 use crate::stats::Stats;
 use crate::table::{self, RouteTable, ROUTES_FILE};
 use crate::upstream::UpstreamSet;
@@ -250,8 +250,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let client = thread_client();
-                    let service = service_fn(move |req| forward(shared.clone(), client.clone(), req));
+                    let service = service_fn(move |req| forward(shared.clone(), req));
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(connection);
                     tokio::select! {
