@@ -249,7 +249,7 @@ fn check_env_name(env: Option<&str>) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Create a token; returns it (shown once) with its record.
+/// Create a token; returns it (shown once) with its record. Audited.
 pub fn create_token(
     store: &Store,
     created_by: &str,
@@ -290,6 +290,18 @@ pub fn create_token(
     };
     tokens(store)?.insert(&id, &record)?;
     store.flush()?;
+    crate::audit::record(
+        store,
+        created_by,
+        "token.create",
+        &record.id,
+        serde_json::json!({
+            "name": record.name,
+            "role": record.role,
+            "env": record.env,
+            "expires_at_ms": record.expires_at_ms,
+        }),
+    )?;
     Ok(CreatedToken { token, record })
 }
 
@@ -300,8 +312,9 @@ pub fn list_tokens(store: &Store) -> Result<Vec<TokenRecord>, ServerError> {
     Ok(all)
 }
 
-/// Revoke a token by id. Revoking twice is fine; an unknown id is 404.
-pub fn revoke_token(store: &Store, id: &str) -> Result<TokenRecord, ServerError> {
+/// Revoke a token by id on behalf of `actor`. Revoking twice is fine; an unknown id is 404.
+/// Audited.
+pub fn revoke_token(store: &Store, actor: &str, id: &str) -> Result<TokenRecord, ServerError> {
     let tree = tokens(store)?;
     let mut record = tree.get(id)?.ok_or_else(|| {
         ServerError::NotFound(format!(
@@ -313,6 +326,13 @@ pub fn revoke_token(store: &Store, id: &str) -> Result<TokenRecord, ServerError>
         tree.insert(id, &record)?;
         store.flush()?;
     }
+    crate::audit::record(
+        store,
+        actor,
+        "token.revoke",
+        id,
+        serde_json::json!({ "name": record.name }),
+    )?;
     Ok(record)
 }
 
@@ -527,10 +547,10 @@ mod tests {
         forged.push('x');
         assert_eq!(authenticate_bearer(&store, &forged).unwrap(), None);
         assert_eq!(authenticate_bearer(&store, "garbage").unwrap(), None);
-        revoke_token(&store, &created.record.id).unwrap();
+        revoke_token(&store, "test", &created.record.id).unwrap();
         assert_eq!(authenticate_bearer(&store, &created.token).unwrap(), None);
         assert!(matches!(
-            revoke_token(&store, "nope"),
+            revoke_token(&store, "test", "nope"),
             Err(ServerError::NotFound(_))
         ));
     }

@@ -120,18 +120,6 @@ async fn create_token(
     Json(req): Json<LocalNewToken>,
 ) -> Result<Json<CreatedToken>, ServerError> {
     let created = auth::create_token(&cp.store, &req.requested_by, &req.token)?;
-    audit::record(
-        &cp.store,
-        &req.requested_by,
-        "token.create",
-        &created.record.id,
-        serde_json::json!({
-            "name": created.record.name,
-            "role": created.record.role,
-            "env": created.record.env,
-            "expires_at_ms": created.record.expires_at_ms,
-        }),
-    )?;
     Ok(Json(created))
 }
 
@@ -144,14 +132,7 @@ async fn revoke_token(
     UrlPath(id): UrlPath<String>,
     Json(req): Json<LocalActor>,
 ) -> Result<Json<TokenRecord>, ServerError> {
-    let record = auth::revoke_token(&cp.store, &id)?;
-    audit::record(
-        &cp.store,
-        &req.requested_by,
-        "token.revoke",
-        &id,
-        serde_json::json!({ "name": record.name }),
-    )?;
+    let record = auth::revoke_token(&cp.store, &req.requested_by, &id)?;
     Ok(Json(record))
 }
 

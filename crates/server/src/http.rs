@@ -907,18 +907,6 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ServerError> {
     who.require(Role::Admin, None)?;
     let created = auth::create_token(&cp.store, &who.name, &req)?;
-    audit::record(
-        &cp.store,
-        &who.name,
-        "token.create",
-        &created.record.id,
-        serde_json::json!({
-            "name": created.record.name,
-            "role": created.record.role,
-            "env": created.record.env,
-            "expires_at_ms": created.record.expires_at_ms,
-        }),
-    )?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -936,14 +924,7 @@ async fn revoke_token(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TokenRecord>, ServerError> {
     who.require(Role::Admin, None)?;
-    let record = auth::revoke_token(&cp.store, &id)?;
-    audit::record(
-        &cp.store,
-        &who.name,
-        "token.revoke",
-        &id,
-        serde_json::json!({ "name": record.name }),
-    )?;
+    let record = auth::revoke_token(&cp.store, &who.name, &id)?;
     Ok(Json(record))
 }
 
