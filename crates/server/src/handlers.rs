@@ -17,7 +17,7 @@ use crate::api::{
 };
 use crate::audit::{AuditEntry, VerifyReport};
 use crate::auth::{CreatedToken, Grant, Principal, TokenRecord};
-use crate::deploy::SpecSource;
+use crate::deploy::{RollbackTo, SpecSource};
 use crate::view;
 use crate::{approvals, audit, auth, deploy, ControlPlane, ServerError};
 
@@ -51,23 +51,28 @@ async fn health() -> Json<Health> {
     })
 }
 
-fn source_of(req: &DeployRequest) -> SpecSource {
-    SpecSource {
-        spec_path: Some(req.spec_path.clone()),
-        ..SpecSource::default()
-    }
+/// What the shared plan/start functions take from a local request: who asks (the local user,
+/// with admin rights on this socket), the spec, and the rollback target if any.
+fn local_args(req: &DeployRequest) -> (Principal, SpecSource, Option<RollbackTo>) {
+    (
+        Principal::local(&req.requested_by),
+        SpecSource {
+            spec_path: Some(req.spec_path.clone()),
+            ..SpecSource::default()
+        },
+        req.rollback.as_ref().map(|r| r.release.clone()),
+    )
 }
 
 async fn plan_only(
     State(cp): Cp,
     Json(req): Json<DeployRequest>,
 ) -> Result<Json<Plan>, ServerError> {
-    let who = Principal::local(&req.requested_by);
-    let rollback = req.rollback.as_ref().map(|r| r.release.clone());
+    let (who, source, rollback) = local_args(&req);
     let plan = deploy::plan(
         &cp,
         &who,
-        Some(&source_of(&req)),
+        Some(&source),
         req.env.as_deref(),
         rollback.as_ref(),
     )
@@ -79,12 +84,11 @@ async fn start_deployment(
     State(cp): Cp,
     Json(req): Json<DeployRequest>,
 ) -> Result<Json<Started>, ServerError> {
-    let who = Principal::local(&req.requested_by);
-    let rollback = req.rollback.as_ref().map(|r| r.release.clone());
+    let (who, source, rollback) = local_args(&req);
     let started = deploy::start(
         &cp,
         &who,
-        Some(&source_of(&req)),
+        Some(&source),
         req.env.as_deref(),
         rollback.as_ref(),
     )
