@@ -21,6 +21,26 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The cargo target directory the tests build into.
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"))
+}
+
+/// `cargo build --quiet <args>` in the repository, with extra environment.
+fn cargo_build(args: &[&str], env: &[(&str, &str)]) {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("build")
+        .arg("--quiet")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(repo_root())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo build {args:?}: {e}"));
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
 /// Path of the `cutover` binary: `CUTOVER_BIN`, else the workspace's debug build (built on
 /// first use).
 pub fn cutover_bin() -> PathBuf {
@@ -29,16 +49,8 @@ pub fn cutover_bin() -> PathBuf {
         if let Ok(bin) = std::env::var("CUTOVER_BIN") {
             return PathBuf::from(bin);
         }
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo_root().join("target"));
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "cutover-cli", "--bin", "cutover"])
-            .current_dir(repo_root())
-            .status()
-            .expect("run cargo build for the cutover binary");
-        assert!(status.success(), "building the cutover binary failed");
-        target.join("debug").join("cutover")
+        cargo_build(&["-p", "cutover-cli", "--bin", "cutover"], &[]);
+        target_dir().join("debug").join("cutover")
     })
     .clone()
 }
@@ -48,25 +60,17 @@ pub fn cutover_bin() -> PathBuf {
 pub fn static_hello_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo_root().join("target"));
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
+        cargo_build(
+            &[
                 "--release",
                 "-p",
                 "hello",
                 "--target",
                 "x86_64-unknown-linux-gnu",
-            ])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .current_dir(repo_root())
-            .status()
-            .expect("run cargo build for the hello binary");
-        assert!(status.success(), "building the static hello binary failed");
-        target.join("x86_64-unknown-linux-gnu/release/hello")
+            ],
+            &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+        );
+        target_dir().join("x86_64-unknown-linux-gnu/release/hello")
     })
     .clone()
 }
@@ -314,6 +318,16 @@ drain_timeout = "5s"
             .collect();
         r.sort();
         r
+    }
+
+    /// The current release of the (first) environment, from `cutover status`.
+    pub fn current_release(&self) -> String {
+        let run = self.cutover(&["status", "-o", "json"]);
+        run.assert_code(0);
+        run.json()[0]["current"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// GET / through the proxy: (status, release header, body).

@@ -4,15 +4,6 @@ use std::time::{Duration, Instant};
 
 use cutover_integration::{alive, kill, wait_for, AppConfig, Load, Project};
 
-fn current_release(p: &Project) -> String {
-    let run = p.cutover(&["status", "-o", "json"]);
-    run.assert_code(0);
-    run.json()[0]["current"]["id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 /// Deploy v1 with one replica, then write `next` as the spec; returns the first release.
 fn deployed_once_then(p: &Project, next: AppConfig) -> String {
     p.write_spec(&AppConfig {
@@ -20,7 +11,7 @@ fn deployed_once_then(p: &Project, next: AppConfig) -> String {
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let first = current_release(p);
+    let first = p.current_release();
     p.write_spec(&AppConfig {
         replicas: 1,
         ..next
@@ -35,7 +26,7 @@ fn deploy_redeploy_under_load_then_warm_rollback() {
     let run = p.cutover(&["deploy"]);
     run.assert_code(0);
     assert!(run.stdout.contains("succeeded"), "{}", run.stdout);
-    let first = current_release(&p);
+    let first = p.current_release();
     let (status, release, body) = p.get().expect("first release answers");
     assert_eq!(
         (status, release.as_str(), body.trim()),
@@ -53,7 +44,7 @@ fn deploy_redeploy_under_load_then_warm_rollback() {
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let second = current_release(&p);
+    let second = p.current_release();
     assert_ne!(first, second);
     wait_for(
         "responses from the new release",
@@ -122,7 +113,7 @@ fn deploy_redeploy_under_load_then_warm_rollback() {
         "failed requests during rollback: {:?}",
         report.failures
     );
-    assert_eq!(current_release(&p), first);
+    assert_eq!(p.current_release(), first);
     assert!(took < Duration::from_secs(5), "warm rollback took {took:?}");
     // It rebuilt nothing and provisioned nothing: the same containers serve.
     let history = p.cutover(&["history", "-o", "json"]).json();
@@ -139,7 +130,7 @@ fn cold_rollback_reprovisions_from_the_pinned_image() {
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let first = current_release(&p);
+    let first = p.current_release();
     p.write_spec(&AppConfig {
         version: "v2".into(),
         retire_after: "1s".into(),
@@ -147,7 +138,7 @@ fn cold_rollback_reprovisions_from_the_pinned_image() {
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let second = current_release(&p);
+    let second = p.current_release();
     // The reaper retires the first release after retire_after.
     wait_for(
         "the first release to be retired",
@@ -156,7 +147,7 @@ fn cold_rollback_reprovisions_from_the_pinned_image() {
     );
     let run = p.cutover(&["rollback"]);
     run.assert_code(0);
-    assert_eq!(current_release(&p), first);
+    assert_eq!(p.current_release(), first);
     let (status, release, body) = p.get().expect("rolled back release answers");
     assert_eq!(
         (status, release.as_str(), body.trim()),
@@ -193,7 +184,7 @@ fn failing_health_check_rolls_back_automatically() {
     let run = p.cutover(&["deploy"]);
     run.assert_code(3);
     assert!(run.stdout.contains("rolled back"), "{}", run.stdout);
-    assert_eq!(current_release(&p), first);
+    assert_eq!(p.current_release(), first);
     let (_, release, body) = p.get().expect("blue still answers");
     assert_eq!(
         (release.as_str(), body.trim()),
@@ -231,7 +222,7 @@ fn crash_looping_release_rolls_back_fast() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(current_release(&p), first);
+    assert_eq!(p.current_release(), first);
     assert_eq!(p.running_releases(), vec![first]);
     assert!(
         !p.containers().iter().any(|c| !c.2),
@@ -245,7 +236,7 @@ fn sigkill_of_the_control_plane_mid_deploy_loses_no_request_and_resumes() {
     let p = Project::new("sigkill");
     p.write_spec(&AppConfig::default());
     p.cutover(&["deploy"]).assert_code(0);
-    let mut releases = vec![current_release(&p)];
+    let mut releases = vec![p.current_release()];
     // Kill the control plane at different points of successive deploys.
     for (round, point) in [
         "build",
@@ -298,7 +289,7 @@ fn sigkill_of_the_control_plane_mid_deploy_loses_no_request_and_resumes() {
             "round {round} ({point}): failed requests {:?}",
             report.failures
         );
-        let new = current_release(&p);
+        let new = p.current_release();
         assert_eq!(
             new, id,
             "round {round}: the interrupted deployment finished"
@@ -338,7 +329,7 @@ fn sigkill_of_the_proxy_restores_it_with_its_routes() {
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let release = current_release(&p);
+    let release = p.current_release();
     let pid = p.proxy_pid().expect("proxy pid");
     kill(pid, libc::SIGKILL);
     wait_for("the proxy to die", Duration::from_secs(5), || !alive(pid));

@@ -8,15 +8,6 @@ use cutover_integration::{repo_root, static_hello_binary, AppConfig, Project};
 /// A fake AWS key pair planted in an image; it must never be printed anywhere.
 const CANARY_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYCANARY0SECRET";
 
-fn current_release(p: &Project) -> String {
-    let run = p.cutover(&["status", "-o", "json"]);
-    run.assert_code(0);
-    run.json()[0]["current"]["id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 /// A Docker build context around the static example binary, plus `extra` files.
 fn context(p: &Project, extra: &[(&str, &str)]) -> String {
     let dir = p.dir.path().join("ctx");
@@ -60,7 +51,7 @@ fn every_deploy_is_scanned_signed_and_verified() {
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let release = current_release(&p);
+    let release = p.current_release();
     let steps = steps(&p, &release);
     let order: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
     let pos = |id: &str| {
@@ -99,14 +90,14 @@ fn tampered_attestations_refuse_the_rollback_and_provision_nothing() {
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let first = current_release(&p);
+    let first = p.current_release();
     p.write_spec(&AppConfig {
         replicas: 1,
         version: "v2".into(),
         ..AppConfig::default()
     });
     p.cutover(&["deploy"]).assert_code(0);
-    let second = current_release(&p);
+    let second = p.current_release();
 
     // Edit the first release's signed statements (as an attacker with file access would).
     let history = p.cutover(&["history", "-o", "json"]).json();
@@ -144,7 +135,7 @@ fn tampered_attestations_refuse_the_rollback_and_provision_nothing() {
         "names the failed step: {}",
         run.stdout
     );
-    assert_eq!(current_release(&p), second, "traffic stays where it was");
+    assert_eq!(p.current_release(), second, "traffic stays where it was");
     let (_, served_by, _) = p.get().expect("still answers");
     assert_eq!(served_by, second);
     assert_eq!(
@@ -239,7 +230,7 @@ fn a_vulnerable_package_fails_the_gate_unless_a_live_exception_covers_it() {
 
     // Stand-alone scan with SARIF output, for CI dashboards.
     let sarif = p.dir.path().join("scan.sarif");
-    let image = format!("cutover/{}:{}", p.app, current_release(&p));
+    let image = format!("cutover/{}:{}", p.app, p.current_release());
     let scan = p.cutover(&["scan", &image, "--sarif", &sarif.display().to_string()]);
     scan.assert_code(6);
     let doc: serde_json::Value =

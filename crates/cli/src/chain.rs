@@ -118,18 +118,9 @@ impl LocalSupplyChain {
         let tar = dir.join("image.tar");
         self.docker.export_image(&image.id, &tar).await?;
         let rules = rules.map(Path::to_path_buf);
-        let scan_tar = tar.clone();
-        let report = tokio::task::spawn_blocking(move || -> Result<ScanReport, ProviderError> {
-            let db = if db_path.exists() {
-                AdvisoryDb::load(&db_path).map_err(permanent)?
-            } else {
-                AdvisoryDb::default()
-            };
-            let rules = match &rules {
-                Some(path) => RuleSet::load(path).map_err(permanent)?,
-                None => RuleSet::default_rules(),
-            };
-            cutover_supply::scan(&scan_tar, &db, &rules, Limits::default()).map_err(permanent)
+        let (paths, scan_tar) = (self.paths.clone(), tar.clone());
+        let report = tokio::task::spawn_blocking(move || {
+            scan_tarball(&paths, &scan_tar, rules.as_deref()).map(|(report, _)| report)
         })
         .await
         .map_err(|e| ProviderError::transient(format!("the scan task failed: {e}")))?;
@@ -140,6 +131,28 @@ impl LocalSupplyChain {
         write_json(&self.paths.sbom(&image.id), &sbom)?;
         Ok((report, has_db))
     }
+}
+
+/// Scan an image tarball against the imported advisory database (if any) and `rules` (or
+/// the built-in secret rules). Returns the report and whether a database was there.
+pub fn scan_tarball(
+    paths: &SupplyPaths,
+    tar: &Path,
+    rules: Option<&Path>,
+) -> Result<(ScanReport, bool), ProviderError> {
+    let db_path = paths.advisories();
+    let has_db = db_path.exists();
+    let db = if has_db {
+        AdvisoryDb::load(&db_path).map_err(permanent)?
+    } else {
+        AdvisoryDb::default()
+    };
+    let rules = match rules {
+        Some(path) => RuleSet::load(path).map_err(permanent)?,
+        None => RuleSet::default_rules(),
+    };
+    let report = cutover_supply::scan(tar, &db, &rules, Limits::default()).map_err(permanent)?;
+    Ok((report, has_db))
 }
 
 /// Load (or make) the local signing key under `keys_dir`.

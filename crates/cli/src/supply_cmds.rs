@@ -10,7 +10,7 @@ use clap::Subcommand;
 use cutover_docker::DockerProvider;
 use cutover_model::{GateSpec, ImageBuilder, ImageInfo};
 use cutover_server::api::HistoryLine;
-use cutover_supply::{AdvisoryDb, Limits, RuleSet};
+use cutover_supply::AdvisoryDb;
 
 use crate::chain::{self, LocalSupplyChain, SupplyPaths};
 use crate::client::{Client, StateDir};
@@ -234,19 +234,7 @@ async fn scan(
     json: bool,
 ) -> Result<u8> {
     let (report, has_db) = if Path::new(image).is_file() {
-        let db = if paths.advisories().exists() {
-            AdvisoryDb::load(paths.advisories())?
-        } else {
-            AdvisoryDb::default()
-        };
-        let rules = match &gate.secret_rules {
-            Some(path) => RuleSet::load(path)?,
-            None => RuleSet::default_rules(),
-        };
-        (
-            cutover_supply::scan(image, &db, &rules, Limits::default())?,
-            paths.advisories().exists(),
-        )
+        chain::scan_tarball(paths, Path::new(image), gate.secret_rules.as_deref())?
     } else {
         let docker = Arc::new(DockerProvider::connect().await?);
         let info = lookup_image(&docker, image).await?;

@@ -116,11 +116,7 @@ fn critical_path(detail: &serde_json::Value) -> (u64, u64) {
 
 /// One warm rollback under polling clients: (switch time, command time, requests, target).
 fn measure_rollback(p: &Project) -> (Duration, Duration, usize, String) {
-    let status = p.cutover(&["status", "-o", "json"]).json();
-    let current = status[0]["current"]["id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let current = p.current_release();
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::new(Mutex::new(Vec::new()));
     let url = p.url();
@@ -147,11 +143,7 @@ fn measure_rollback(p: &Project) -> (Duration, Duration, usize, String) {
         let _ = c.join();
     }
     let seen = seen.lock().expect("lock");
-    let status = p.cutover(&["status", "-o", "json"]).json();
-    let target = status[0]["current"]["id"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let target = p.current_release();
     assert_ne!(target, current, "rollback changed the current release");
     // The switch is done once no response from another release completes after it.
     let last_other = seen
