@@ -5,8 +5,8 @@
 //! - [`run`] is the process (`cutover proxy --state-dir DIR`).
 //! - [`AdminClient`] and [`ProxyTraffic`] are what the control plane uses to steer it.
 //!
-//! Map of the crate: `upstream` (weighted choice, round-robin, passive health), `forward`
-//! (the request path and retries), `workers` (one single-threaded runtime per core
+//! Map of the crate: `coarse_timer` (the cheap timer behind client-connection timeouts), `upstream` (weighted choice, round-robin, passive health), `forward`
+//! (the request path and retries), `workers` (single-threaded runtimes, one per two cores,
 //! serving connections), `stats` (in-flight counters and drain), `table` (the
 //! persisted routing table), `server` (listeners, startup, shutdown), `admin` (the admin API
 //! on the Unix socket), `client` (its client side).
@@ -17,6 +17,7 @@
 mod admin;
 pub mod api;
 mod client;
+mod coarse_timer;
 mod error;
 mod forward;
 mod pool;

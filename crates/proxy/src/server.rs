@@ -11,11 +11,12 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use cutover_model::Route;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinSet;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::error::ProxyError;
 use crate::forward::{forward, ListenerShared};
 use crate::stats::Stats;
@@ -59,8 +60,8 @@ impl ProxyConfig {
 /// briefly and return.
 ///
 /// The admin API and the accept loops run on the caller's runtime (one or two threads are
-/// plenty); client connections are served on the proxy's own worker threads, one per core
-/// unless `CUTOVER_PROXY_WORKERS` says otherwise.
+/// plenty); client connections are served on the proxy's own worker threads, one for every
+/// two cores unless `CUTOVER_PROXY_WORKERS` says otherwise.
 pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate =
@@ -212,7 +213,7 @@ async fn accept_loop(
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    http.timer(CoarseTimer)
         .keep_alive(true)
         .header_read_timeout(Duration::from_secs(30));
     let http = Arc::new(http);
