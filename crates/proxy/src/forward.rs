@@ -110,7 +110,16 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == "proxy-connection"
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names says so without hashing
+    // each hop-by-hop name (headers named in `Connection` need `Connection` itself).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         // Headers named in `Connection` are hop-by-hop too.
         let named: Vec<HeaderName> = connection
@@ -222,10 +231,10 @@ pub async fn forward(
                 // the client in one write instead of two; larger bodies are streamed.
                 let mut streamed_lease = None;
                 let kind = match body.size_hint().exact() {
-                    Some(len) if len <= BUFFERED_BODY_MAX => match body.collect().await {
-                        Ok(collected) => {
+                    Some(len) if len <= BUFFERED_BODY_MAX => match read_small_body(body).await {
+                        Ok(bytes) => {
                             lease.give_back();
-                            Kind::Full(Some(collected.to_bytes()))
+                            Kind::Full(Some(bytes))
                         }
                         Err(err) => {
                             tracing::warn!(
@@ -304,6 +313,32 @@ pub async fn forward(
     ))
 }
 
+/// Read a small body whole. It usually comes as one frame, which is kept as it is.
+async fn read_small_body(mut body: Incoming) -> Result<Bytes, hyper::Error> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        // A body of known length has no trailers; anything else than data is skipped.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match (&mut joined, first.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(before)) => {
+                let mut both = bytes::BytesMut::with_capacity(before.len() + data.len());
+                both.extend_from_slice(&before);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok(match joined {
+        Some(joined) => joined.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
 fn no_route(shared: &ListenerShared) -> Response<ProxyBody> {
     let counters = shared.stats.counters(&shared.listen, "none");
     counters.count_request();
@@ -334,6 +369,21 @@ mod tests {
         let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
         assert_eq!(names, vec!["accept", "host"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.test"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("a/b"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("c/d"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+        let mut proxy_connection = before.clone();
+        proxy_connection.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut proxy_connection);
+        assert_eq!(proxy_connection, before);
     }
 
     #[test]

@@ -595,3 +595,79 @@ async fn moving_or_removing_a_route_closes_its_old_address() {
     proxy.stop().await;
     up.shut_down().await;
 }
+
+/// An upstream written by hand: each answer's head names hop-by-hop headers and its body
+/// arrives in two writes, so the proxy reads a small body made of two frames.
+async fn split_body_upstream() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buffer.drain(..end + 4);
+                        let head = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\
+                                    Connection: keep-alive, x-hop\r\nX-Hop: 1\r\n\
+                                    Keep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\nhello";
+                        if stream.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        if stream.write_all(b"world").await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_pieces_arrives_whole_and_hop_by_hop_headers_stay_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, upstream_task) = split_body_upstream().await;
+    let proxy = TestProxy::start(dir.path()).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    proxy
+        .admin
+        .set_route(&route(
+            "production",
+            &listen,
+            &[("rel", 100, vec![upstream.to_string()])],
+        ))
+        .await
+        .unwrap();
+    let client = http_client();
+    // Several requests: the pooled upstream connection is reused after each split body.
+    for _ in 0..3 {
+        let response = client
+            .get(format!("http://{listen}/").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers().clone();
+        assert_eq!(headers.get(RELEASE_HEADER).unwrap(), "rel");
+        assert_eq!(headers.get("x-kept").unwrap(), "yes");
+        assert!(
+            headers.get("x-hop").is_none(),
+            "a header named in Connection leaked"
+        );
+        assert!(headers.get("keep-alive").is_none());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"helloworld");
+    }
+    proxy.stop().await;
+    upstream_task.abort();
+}
