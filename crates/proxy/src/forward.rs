@@ -195,28 +195,38 @@ pub async fn forward(
     let uri = upstream_uri(&parts.uri);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    // A request without a body can be replayed on another upstream.
+    // A request without a body can be built again and resent after an upstream saw it (if its
+    // method allows); one with a body can go elsewhere only while nothing of it was sent.
     let replayable = body.is_end_stream();
     let mut body = Some(body);
+    // The request the last attempt handed back unsent, ready for the next attempt.
+    let mut unsent: Option<Request<UpstreamBody>> = None;
     let mut tried: [Choice; MAX_RETRIES + 1] = [(usize::MAX, usize::MAX); MAX_RETRIES + 1];
 
     for attempt in 0..=MAX_RETRIES {
         tried[attempt] = choice;
         let backend = &set.backends[choice.0];
         let in_flight = backend.counters.enter();
-        let last = !replayable || attempt == MAX_RETRIES;
+        let final_attempt = attempt == MAX_RETRIES;
 
-        let mut upstream_request = Request::new(match body.take() {
-            Some(incoming) if !replayable => Either::Left(incoming),
-            _ => Either::Right(Empty::new()),
-        });
-        *upstream_request.method_mut() = method.clone();
-        *upstream_request.uri_mut() = uri.clone();
-        *upstream_request.version_mut() = Version::HTTP_11;
-        *upstream_request.headers_mut() = if last {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
+        let upstream_request = match unsent.take() {
+            Some(request) => request,
+            None => {
+                let mut request = Request::new(match body.take() {
+                    Some(incoming) if !replayable => Either::Left(incoming),
+                    _ => Either::Right(Empty::new()),
+                });
+                *request.method_mut() = method.clone();
+                *request.uri_mut() = uri.clone();
+                *request.version_mut() = Version::HTTP_11;
+                // The head is kept for a resend only where one can happen.
+                *request.headers_mut() = if replayable && !final_attempt {
+                    headers.clone()
+                } else {
+                    std::mem::take(&mut headers)
+                };
+                request
+            }
         };
 
         let authority = &backend.addrs[choice.1].authority;
@@ -269,13 +279,15 @@ pub async fn forward(
                     },
                 ));
             }
-            Err(err) => {
+            Err(failed) => {
                 let upstream = &backend.addrs[choice.1];
-                let not_sent = err.not_sent();
-                if not_sent {
+                let err = failed.error;
+                if err.not_sent() {
                     upstream.mark_down();
                 }
-                let retry_allowed = !last && (not_sent || is_idempotent(&method));
+                unsent = failed.unsent;
+                let retry_allowed =
+                    !final_attempt && (unsent.is_some() || (replayable && is_idempotent(&method)));
                 let next = if retry_allowed {
                     set.retry_choice(&tried[..=attempt])
                 } else {

@@ -5,14 +5,17 @@
 //! - [`run`] is the process (`cutover proxy --state-dir DIR`).
 //! - [`AdminClient`] and [`ProxyTraffic`] are what the control plane uses to steer it.
 //!
-//! Map of the crate: `coarse_timer` (the cheap timer behind client-connection timeouts), `upstream` (weighted choice, round-robin, passive health), `forward`
+//! Map of the crate: `coarse_timer` (the cheap timer behind connection and response
+//! timeouts), `upstream` (weighted choice, round-robin, passive health), `forward`
 //! (the request path and retries), `workers` (single-threaded runtimes, one per two cores,
 //! serving connections), `stats` (in-flight counters and drain), `table` (the
 //! persisted routing table), `server` (listeners, startup, shutdown), `admin` (the admin API
 //! on the Unix socket), `client` (its client side).
 //!
-//! Deliberately absent: TLS, HTTP/2, websocket upgrades, request buffering for retries of
-//! requests with a body.
+//! A request with a body is resent elsewhere only while no byte of it reached an upstream
+//! (connection refused, pooled connection closed); it is never buffered for a replay.
+//!
+//! Deliberately absent: TLS, HTTP/2, websocket upgrades.
 
 mod admin;
 pub mod api;

@@ -5,7 +5,9 @@
 //! back to the pool once its response body has been read to the end; a response dropped
 //! half-read closes its connection. A request that a pooled connection could not send (it
 //! was closed under us) comes back untouched and is sent on a fresh connection, so a
-//! keep-alive connection closed by the upstream never fails a request.
+//! keep-alive connection closed by the upstream never fails a request. A request that no
+//! connection could carry is handed back to the caller with the error, body and all, so it
+//! can go to another upstream even when its body cannot be replayed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -124,25 +126,46 @@ async fn connect(authority: &Authority) -> Result<Sender, SendError> {
     Ok(sender)
 }
 
+/// A request that got no response: why, and the request itself when nothing of it was sent.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: SendError,
+    /// The untouched request (body included) when the upstream never saw it.
+    pub unsent: Option<Request<UpstreamBody>>,
+}
+
+impl Failed {
+    fn unsent(error: SendError, request: Request<UpstreamBody>) -> Self {
+        Failed {
+            error,
+            unsent: Some(request),
+        }
+    }
+}
+
 /// Send `request` to `authority` over a pooled connection (or a new one).
 pub async fn send(
     authority: &Authority,
     mut request: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Lease), SendError> {
+) -> Result<(Response<Incoming>, Lease), Failed> {
     loop {
         let (mut sender, pooled) = match take(authority) {
             Some(sender) => (sender, true),
-            None => (connect(authority).await?, false),
+            None => match connect(authority).await {
+                Ok(sender) => (sender, false),
+                Err(error) => return Err(Failed::unsent(error, request)),
+            },
         };
         if sender.ready().await.is_err() {
             if pooled {
                 continue;
             }
             // A fresh connection that is not ready has failed before sending.
-            return Err(SendError::Connect(std::io::Error::new(
+            let error = SendError::Connect(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "the new upstream connection closed at once",
-            )));
+            ));
+            return Err(Failed::unsent(error, request));
         }
         match sender.try_send_request(request).await {
             Ok(response) => {
@@ -157,8 +180,15 @@ pub async fn send(
             Err(mut err) => match err.take_message() {
                 // Not written: a pooled connection closed under us; try another.
                 Some(back) if pooled => request = back,
-                Some(_) => return Err(SendError::NotSent(err.into_error())),
-                None => return Err(SendError::Sent(err.into_error())),
+                Some(back) => {
+                    return Err(Failed::unsent(SendError::NotSent(err.into_error()), back))
+                }
+                None => {
+                    return Err(Failed {
+                        error: SendError::Sent(err.into_error()),
+                        unsent: None,
+                    })
+                }
             },
         }
     }

@@ -408,6 +408,50 @@ async fn a_refused_upstream_is_retried_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_goes_elsewhere_when_its_upstream_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let alive = Upstream::start("alive").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = TestProxy::start(dir.path()).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    for round in 0..3 {
+        // A fresh route starts its round robin at the first address: the refusing one.
+        let release = format!("rel-{round}");
+        proxy
+            .admin
+            .set_route(&route(
+                "production",
+                &listen,
+                &[(release.as_str(), 100, vec![dead.clone(), alive.addr()])],
+            ))
+            .await
+            .unwrap();
+        let payload: Bytes = format!("payload {round} ")
+            .repeat(8 * 1024)
+            .into_bytes()
+            .into();
+        let request = Request::post(format!("http://{listen}/echo"))
+            .body(Full::new(payload.clone()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers().get(RELEASE_HEADER).unwrap(),
+            release.as_str()
+        );
+        let echoed = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(echoed.len(), payload.len());
+        assert!(echoed == payload, "the body arrived changed");
+    }
+    proxy.stop().await;
+    alive.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_serves_the_saved_routes() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start("up").await;
