@@ -170,6 +170,7 @@ pub(crate) async fn perform(
             release,
             instance_steps,
             weight,
+            response_timeout,
         } => {
             let mut addrs = Vec::new();
             for s in instance_steps {
@@ -201,6 +202,7 @@ pub(crate) async fn perform(
                 env: plan.env.clone(),
                 listen: listen.clone(),
                 backends,
+                response_timeout: *response_timeout,
             };
             p.traffic.set_route(&route).await?;
             Ok(StepOutput::Shifted { previous })

@@ -464,6 +464,7 @@ fn tail_steps(
                 release: release.to_string(),
                 instance_steps: instance_steps.clone(),
                 weight: *weight,
+                response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
             },
         ));
         deps = vec![id];

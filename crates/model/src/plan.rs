@@ -226,6 +226,13 @@ pub enum Action {
         instance_steps: Vec<String>,
         /// Percent of traffic for `release`; the rest stays on the previous release.
         weight: u8,
+        /// The proxy's wait for an upstream's answer on this route (plans saved before it
+        /// existed get the default).
+        #[serde(
+            with = "duration_ms",
+            default = "crate::spec::default_response_timeout"
+        )]
+        response_timeout: Duration,
     },
     Drain {
         listen: String,

@@ -56,6 +56,13 @@ pub struct Route {
     pub env: String,
     pub listen: String,
     pub backends: Vec<Backend>,
+    /// How long the proxy waits for an upstream's answer (the head and a small body) before
+    /// it answers 504 itself; tables saved without it get the default.
+    #[serde(
+        with = "crate::spec::duration_ms",
+        default = "crate::spec::default_response_timeout"
+    )]
+    pub response_timeout: std::time::Duration,
 }
 
 impl Route {

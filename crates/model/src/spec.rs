@@ -191,6 +191,10 @@ pub struct EnvironmentSpec {
     /// How long in-flight requests on the old set may take to finish, default 10s.
     #[serde(with = "duration_ms")]
     pub drain_timeout: Duration,
+    /// How long the proxy waits for an upstream's answer to one request before it answers
+    /// 504 itself, default 30s.
+    #[serde(with = "duration_ms", default = "default_response_timeout")]
+    pub response_timeout: Duration,
     /// Whether a human approval gate is required, default false (true when `protected`).
     pub approval: bool,
     /// Protected environments require approval and (later) stricter policy, default false.
@@ -211,6 +215,7 @@ impl EnvironmentSpec {
             replicas: 2,
             retire_after: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(10),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             approval: false,
             protected: false,
             approvals: ApprovalSpec::default(),
@@ -218,6 +223,14 @@ impl EnvironmentSpec {
             trusted_keys: Vec::new(),
         }
     }
+}
+
+/// How long the proxy waits for an upstream's answer unless the environment says otherwise.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serde default for fields saved before the response timeout existed.
+pub fn default_response_timeout() -> Duration {
+    DEFAULT_RESPONSE_TIMEOUT
 }
 
 /// Serde helper: durations as whole milliseconds (stable, digest-friendly).

@@ -548,6 +548,7 @@ fn expand(
                     release: release.to_string(),
                     instance_steps: instance_steps.clone(),
                     weight: template.weight.unwrap_or(100),
+                    response_timeout: env.response_timeout,
                 },
                 StepKind::Drain => Action::Drain {
                     listen: env.listen.clone(),

@@ -248,8 +248,12 @@ fn describe(action: &Action) -> Vec<String> {
             release,
             instance_steps,
             weight,
+            response_timeout,
         } => vec![
-            format!("send {weight}% of {listen} to release {release}"),
+            format!(
+                "send {weight}% of {listen} to release {release}, response timeout {}",
+                dur(*response_timeout)
+            ),
             format!("instances of {}", instance_steps.join(", ")),
         ],
         Action::Drain {

@@ -201,6 +201,7 @@ fn start_proxy(state_dir: &Path, listen: &str, upstream: SocketAddr) {
             addrs: vec![upstream.to_string()],
             weight: 100,
         }],
+        response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

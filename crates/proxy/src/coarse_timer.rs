@@ -1,14 +1,15 @@
-//! A coarse timer for hyper's client-connection timeouts (the header read timeout, which also
-//! closes keep-alive connections left idle).
+//! A coarse timer for the proxy's long timeouts: hyper's client-connection timeout (the header
+//! read timeout, which also closes keep-alive connections left idle) and each route's upstream
+//! response timeout.
 //!
-//! hyper arms that timeout for every request it reads. With tokio's timer each arming takes
-//! the timer wheel's lock and, when the new deadline is the earliest one, wakes the runtime's
-//! driver through its eventfd: a `write` system call on about every fourth request and an
-//! extra `epoll_wait` to go with it. These timeouts are tens of seconds long, so precision is
-//! worthless here: a [`CoarseSleep`] only checks the clock when polled, and a sleep that is
-//! still pending is put on one process-wide list that a single thread sweeps every
-//! [`TICK`], waking the sleeps whose deadline has passed and dropping those nobody waits on
-//! any more. A timeout therefore fires between 0 and [`TICK`] late.
+//! Both are armed for every request. With tokio's timer each arming takes the timer wheel's
+//! lock and, when the new deadline is the earliest one, wakes the runtime's driver through its
+//! eventfd: a `write` system call on about every fourth request and an extra `epoll_wait` to
+//! go with it. These timeouts are seconds long, so precision is worthless here: a
+//! [`CoarseSleep`] only checks the clock when polled, and a sleep that is still pending is put
+//! on one process-wide list that a single thread sweeps every [`TICK`], waking the sleeps
+//! whose deadline has passed and dropping those nobody waits on any more. A timeout therefore
+//! fires between 0 and [`TICK`] late.
 
 use std::future::Future;
 use std::pin::Pin;

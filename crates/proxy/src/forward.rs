@@ -2,9 +2,11 @@
 //! connection, tag the response with the release that served it, retry what is safe to retry.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -14,9 +16,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 
+use crate::coarse_timer::CoarseSleep;
 use crate::pool::{self, Lease};
 use crate::stats::{InFlight, Stats};
-use crate::upstream::{Choice, UpstreamSet};
+use crate::upstream::{BackendSet, Choice, Upstream, UpstreamSet};
 use crate::workers::Workers;
 
 /// Body sent upstream: the client's own body, or nothing (replayable).
@@ -229,8 +232,20 @@ pub async fn forward(
             }
         };
 
-        let authority = &backend.addrs[choice.1].authority;
-        match pool::send(authority, upstream_request).await {
+        let upstream = &backend.addrs[choice.1];
+        // One deadline covers the connection, the response head and a small body.
+        let deadline = Instant::now() + set.response_timeout;
+        let Some(sent) = within(deadline, pool::send(&upstream.authority, upstream_request)).await
+        else {
+            return Ok(timed_out(
+                &shared,
+                backend,
+                upstream,
+                set.response_timeout,
+                in_flight,
+            ));
+        };
+        match sent {
             Ok((response, lease)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -241,29 +256,39 @@ pub async fn forward(
                 // the client in one write instead of two; larger bodies are streamed.
                 let mut streamed_lease = None;
                 let kind = match body.size_hint().exact() {
-                    Some(len) if len <= BUFFERED_BODY_MAX => match read_small_body(body).await {
-                        Ok(bytes) => {
-                            lease.give_back();
-                            Kind::Full(Some(bytes))
+                    Some(len) if len <= BUFFERED_BODY_MAX => {
+                        match within(deadline, read_small_body(body)).await {
+                            Some(Ok(bytes)) => {
+                                lease.give_back();
+                                Kind::Full(Some(bytes))
+                            }
+                            Some(Err(err)) => {
+                                tracing::warn!(
+                                    listen = %shared.listen,
+                                    release = backend.release_str(),
+                                    upstream = %upstream.authority,
+                                    error = %crate::admin::error_text(&err),
+                                    "upstream response body failed"
+                                );
+                                return Ok(failed_response(
+                                    in_flight,
+                                    StatusCode::BAD_GATEWAY,
+                                    backend.release.clone(),
+                                    "bad gateway: the upstream of this release broke off its answer\n",
+                                ));
+                            }
+                            // The lease and the half-read body are dropped: that connection closes.
+                            None => {
+                                return Ok(timed_out(
+                                    &shared,
+                                    backend,
+                                    upstream,
+                                    set.response_timeout,
+                                    in_flight,
+                                ))
+                            }
                         }
-                        Err(err) => {
-                            tracing::warn!(
-                                listen = %shared.listen,
-                                release = backend.release_str(),
-                                upstream = %backend.addrs[choice.1].authority,
-                                error = %crate::admin::error_text(&err),
-                                "upstream response body failed"
-                            );
-                            let counters = in_flight.counters();
-                            counters.count_request();
-                            counters.count_error();
-                            return Ok(proxy_response(
-                                StatusCode::BAD_GATEWAY,
-                                backend.release.clone(),
-                                "bad gateway: the upstream of this release broke off its answer\n",
-                            ));
-                        }
-                    },
+                    }
                     _ => {
                         streamed_lease = Some(lease);
                         Kind::Upstream(body)
@@ -280,7 +305,6 @@ pub async fn forward(
                 ));
             }
             Err(failed) => {
-                let upstream = &backend.addrs[choice.1];
                 let err = failed.error;
                 if err.not_sent() {
                     upstream.mark_down();
@@ -304,14 +328,12 @@ pub async fn forward(
                 match next {
                     Some(next) => choice = next,
                     None => {
-                        let counters = in_flight.counters();
-                        counters.count_request();
-                        counters.count_error();
-                        return Ok(proxy_response(
+                        return Ok(failed_response(
+                            in_flight,
                             StatusCode::BAD_GATEWAY,
                             backend.release.clone(),
                             "bad gateway: the upstream of this release did not answer\n",
-                        ));
+                        ))
                     }
                 }
             }
@@ -323,6 +345,56 @@ pub async fn forward(
         NO_RELEASE.clone(),
         "bad gateway: no upstream answered\n",
     ))
+}
+
+/// `future`'s output, or `None` when `deadline` passes first (checked by the coarse timer:
+/// up to one tick late, and no timer-wheel wake-up per request).
+async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut sleep = std::pin::pin!(CoarseSleep::until(deadline));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// The proxy's own answer for a request that failed, counted as an error of its release.
+fn failed_response(
+    in_flight: InFlight,
+    status: StatusCode,
+    release: HeaderValue,
+    text: &'static str,
+) -> Response<ProxyBody> {
+    let counters = in_flight.counters();
+    counters.count_request();
+    counters.count_error();
+    proxy_response(status, release, text)
+}
+
+/// 504 for an upstream that did not answer within the route's response timeout.
+fn timed_out(
+    shared: &ListenerShared,
+    backend: &BackendSet,
+    upstream: &Upstream,
+    timeout: Duration,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    tracing::warn!(
+        listen = %shared.listen,
+        release = backend.release_str(),
+        upstream = %upstream.authority,
+        timeout_ms = timeout.as_millis() as u64,
+        "upstream did not answer within the response timeout"
+    );
+    failed_response(
+        in_flight,
+        StatusCode::GATEWAY_TIMEOUT,
+        backend.release.clone(),
+        "gateway timeout: the upstream of this release did not answer in time\n",
+    )
 }
 
 /// Read a small body whole. It usually comes as one frame, which is kept as it is.

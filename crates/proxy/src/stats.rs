@@ -81,7 +81,7 @@ pub struct StatsEntry {
     pub release: String,
     /// Requests answered (by the upstream or by the proxy).
     pub requests: u64,
-    /// 5xx responses the proxy generated itself (no route, upstream unreachable).
+    /// 5xx responses the proxy generated itself (no route, upstream unreachable or too slow).
     pub errors: u64,
     pub in_flight: u64,
 }

@@ -83,6 +83,12 @@ pub fn validate_route(route: &Route) -> Result<String, String> {
         return Err("route has an empty `env`; name the environment it serves".to_owned());
     }
     let listen = canonical_listen(&route.listen)?;
+    if route.response_timeout.is_zero() {
+        return Err(format!(
+            "route of env `{}` has a zero `response_timeout`; give upstreams at least 1 ms to answer",
+            route.env
+        ));
+    }
     for backend in &route.backends {
         if backend.release.is_empty() || http::HeaderValue::from_str(&backend.release).is_err() {
             return Err(format!(
@@ -119,6 +125,7 @@ mod tests {
                 addrs: vec!["127.0.0.1:9001".to_owned(), "127.0.0.1:9002".to_owned()],
                 weight: 100,
             }],
+            response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
         }
     }
 
@@ -160,6 +167,18 @@ mod tests {
     }
 
     #[test]
+    fn a_table_saved_before_response_timeouts_gets_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ROUTES_FILE);
+        fs::write(
+            &path,
+            br#"[{"env":"production","listen":"127.0.0.1:8080","backends":[{"release":"production-1","addrs":["127.0.0.1:9001","127.0.0.1:9002"],"weight":100}]}]"#,
+        )
+        .unwrap();
+        assert_eq!(load_routes(&path).unwrap(), vec![route("production", 8080)]);
+    }
+
+    #[test]
     fn a_corrupt_table_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(ROUTES_FILE);
@@ -178,6 +197,11 @@ mod tests {
         let mut bad = route("production", 8080);
         bad.backends[0].addrs.push("no port".to_owned());
         assert!(validate_route(&bad).unwrap_err().contains("no port"));
+        let mut bad = route("production", 8080);
+        bad.response_timeout = std::time::Duration::ZERO;
+        assert!(validate_route(&bad)
+            .unwrap_err()
+            .contains("zero `response_timeout`"));
         assert_eq!(
             validate_route(&route("production", 8080)).unwrap(),
             "127.0.0.1:8080"

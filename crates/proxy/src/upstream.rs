@@ -80,6 +80,8 @@ pub type Choice = (usize, usize);
 pub struct UpstreamSet {
     /// Backends that have at least one address.
     pub backends: Vec<BackendSet>,
+    /// How long one attempt may wait for its upstream's answer.
+    pub response_timeout: Duration,
     total_weight: u64,
     /// A multiplier coprime with `total_weight`: it visits every weight slot once per cycle
     /// while interleaving the backends.
@@ -132,6 +134,7 @@ impl UpstreamSet {
             .unwrap_or(1);
         Ok(UpstreamSet {
             backends,
+            response_timeout: route.response_timeout,
             total_weight,
             stride,
             next: AtomicUsize::new(0),
@@ -228,6 +231,7 @@ mod tests {
                         .collect(),
                 })
                 .collect(),
+            response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
         }
     }
 

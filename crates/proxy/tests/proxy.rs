@@ -176,6 +176,7 @@ fn route(env: &str, listen: &str, backends: &[(&str, u32, Vec<String>)]) -> Rout
                 addrs: addrs.clone(),
             })
             .collect(),
+        response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
     }
 }
 
@@ -714,4 +715,104 @@ async fn a_body_in_pieces_arrives_whole_and_hop_by_hop_headers_stay_behind() {
     }
     proxy.stop().await;
     upstream_task.abort();
+}
+
+/// An upstream that reads one request head, writes `answer` (possibly nothing, or a head
+/// without all of its body) and then stalls; it reports each connection the proxy closed.
+async fn stalling_upstream(
+    answer: &'static [u8],
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 1024];
+                let mut answered = false;
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                    if !answered && buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        answered = true;
+                        if stream.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, closed_rx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_answer_in_time_gets_a_504_and_its_connection_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let alive = Upstream::start("alive").await;
+    let proxy = TestProxy::start(dir.path()).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let timeout = Duration::from_millis(500);
+    let client = http_client();
+    // Silent after the request; then a head whose body stops short.
+    let answers: [&'static [u8]; 2] = [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"];
+    for (n, answer) in answers.into_iter().enumerate() {
+        let (upstream, mut closed, task) = stalling_upstream(answer).await;
+        let mut stalled = route(
+            "production",
+            &listen,
+            &[(&format!("stalled-{n}"), 100, vec![upstream.to_string()])],
+        );
+        stalled.response_timeout = timeout;
+        proxy.admin.set_route(&stalled).await.unwrap();
+        let started = Instant::now();
+        let (status, release, body) = get(&client, &format!("http://{listen}/")).await.unwrap();
+        let waited = started.elapsed();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "answer {n}: {body}");
+        assert_eq!(release, format!("stalled-{n}"));
+        assert!(body.starts_with("gateway timeout"), "{body}");
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_millis(1000),
+            "answer {n}: the 504 came after {waited:?}"
+        );
+        // The proxy gave up on that upstream connection instead of pooling it.
+        tokio::time::timeout(Duration::from_secs(2), closed.recv())
+            .await
+            .expect("the proxy closes the stalled upstream connection")
+            .unwrap();
+        task.abort();
+    }
+    // An upstream that answers within the timeout is served as usual on the same address.
+    let mut patient = route(
+        "production",
+        &listen,
+        &[("alive-1", 100, vec![alive.addr()])],
+    );
+    patient.response_timeout = timeout;
+    proxy.admin.set_route(&patient).await.unwrap();
+    let (status, release, body) = get(&client, &format!("http://{listen}/slow"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, release.as_str(), body.as_str()),
+        (StatusCode::OK, "alive-1", "alive")
+    );
+    let stats = proxy.admin.stats().await.unwrap();
+    let errors: u64 = stats
+        .iter()
+        .filter(|s| s.release.starts_with("stalled-"))
+        .map(|s| s.errors)
+        .sum();
+    assert_eq!(errors, 2, "{stats:?}");
+    proxy.stop().await;
+    alive.shut_down().await;
 }

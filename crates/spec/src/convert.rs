@@ -686,6 +686,13 @@ fn convert_environments(
         ) {
             spec.drain_timeout = d;
         }
+        if let Some(d) = positive_duration(
+            raw_env.response_timeout.as_ref(),
+            &field("response_timeout"),
+            errors,
+        ) {
+            spec.response_timeout = d;
+        }
         spec.protected = raw_env
             .protected
             .as_ref()

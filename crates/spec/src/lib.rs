@@ -45,6 +45,7 @@
 //! replicas = 2                     # 1..=64; default 2
 //! retire_after = "5m"              # keep the previous release warm this long; "0s" retires at once; default 5m
 //! drain_timeout = "10s"            # wait this long for in-flight requests; > 0; default 10s
+//! response_timeout = "30s"         # the proxy answers 504 when an upstream takes longer; > 0; default 30s
 //! approval = false                 # require a human approval; default false (always true when protected)
 //! protected = false                # protected environments always require approval; default false
 //! trusted_keys = []                # public keys (PEM) whose signatures verify; must exist; default [] = the local key

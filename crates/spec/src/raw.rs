@@ -77,6 +77,7 @@ pub(crate) struct RawEnvironment {
     pub replicas: Option<S<i64>>,
     pub retire_after: Option<S<String>>,
     pub drain_timeout: Option<S<String>>,
+    pub response_timeout: Option<S<String>>,
     pub approval: Option<S<bool>>,
     pub protected: Option<S<bool>>,
     pub approvals: Option<S<RawApprovals>>,

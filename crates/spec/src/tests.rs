@@ -327,6 +327,14 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "must be between 1 and 10 (distinct approvers), got 11",
     ),
     (
+        "response_timeout zero",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nresponse_timeout = \"0s\"\n",
+        6,
+        20,
+        "environments.production.response_timeout",
+        "must be longer than 0",
+    ),
+    (
         "approvals.timeout zero",
         "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\napproval = true\n[environments.production.approvals]\ntimeout = \"0s\"\n",
         8,
@@ -616,6 +624,7 @@ listen = "0.0.0.0:80"
 replicas = 4
 retire_after = "1h"
 drain_timeout = "30s"
+response_timeout = "2m"
 protected = true
 approval = false
 trusted_keys = ["keys/release.pub", "./keys/ci.pub"]
@@ -694,6 +703,7 @@ fail_on_secrets = false
             replicas: 4,
             retire_after: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(120),
             // Protected wins over `approval = false`.
             approval: true,
             protected: true,
@@ -717,6 +727,7 @@ fail_on_secrets = false
             replicas: 1,
             retire_after: Duration::ZERO,
             drain_timeout: Duration::from_secs(1),
+            response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
             approval: true,
             protected: false,
             approvals: ApprovalSpec::default(),
