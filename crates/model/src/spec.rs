@@ -191,8 +191,8 @@ pub struct EnvironmentSpec {
     /// How long in-flight requests on the old set may take to finish, default 10s.
     #[serde(with = "duration_ms")]
     pub drain_timeout: Duration,
-    /// How long the proxy waits for an upstream's answer to one request before it answers
-    /// 504 itself, default 30s.
+    /// How long the proxy gives an upstream to take one request (its body included) and
+    /// answer it before it answers 504 itself, default 30s.
     #[serde(with = "duration_ms", default = "default_response_timeout")]
     pub response_timeout: Duration,
     /// Whether a human approval gate is required, default false (true when `protected`).
