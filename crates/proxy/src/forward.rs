@@ -235,8 +235,14 @@ pub async fn forward(
         let upstream = &backend.addrs[choice.1];
         // One deadline covers the connection, the response head and a small body.
         let deadline = Instant::now() + set.response_timeout;
-        let Some(sent) = within(deadline, pool::send(&upstream.authority, upstream_request)).await
+        let Some(sent) = within(deadline, async {
+            let (response, lease) = pool::send(&upstream.authority, upstream_request).await?;
+            let (parts, body) = response.into_parts();
+            Ok::<_, pool::Failed>((parts, answer_body(body, lease).await))
+        })
+        .await
         else {
+            // A lease and a half-read body were dropped with the attempt: that connection closes.
             return Ok(timed_out(
                 &shared,
                 backend,
@@ -246,54 +252,11 @@ pub async fn forward(
             ));
         };
         match sent {
-            Ok((response, lease)) => {
-                let (mut parts, body) = response.into_parts();
+            Ok((mut parts, Ok((kind, streamed_lease)))) => {
                 strip_hop_by_hop(&mut parts.headers);
                 parts
                     .headers
                     .insert(RELEASE_HEADER.clone(), backend.release.clone());
-                // A small body of known length is read whole, so the head and the body reach
-                // the client in one write instead of two; larger bodies are streamed.
-                let mut streamed_lease = None;
-                let kind = match body.size_hint().exact() {
-                    Some(len) if len <= BUFFERED_BODY_MAX => {
-                        match within(deadline, read_small_body(body)).await {
-                            Some(Ok(bytes)) => {
-                                lease.give_back();
-                                Kind::Full(Some(bytes))
-                            }
-                            Some(Err(err)) => {
-                                tracing::warn!(
-                                    listen = %shared.listen,
-                                    release = backend.release_str(),
-                                    upstream = %upstream.authority,
-                                    error = %crate::admin::error_text(&err),
-                                    "upstream response body failed"
-                                );
-                                return Ok(failed_response(
-                                    in_flight,
-                                    StatusCode::BAD_GATEWAY,
-                                    backend.release.clone(),
-                                    "bad gateway: the upstream of this release broke off its answer\n",
-                                ));
-                            }
-                            // The lease and the half-read body are dropped: that connection closes.
-                            None => {
-                                return Ok(timed_out(
-                                    &shared,
-                                    backend,
-                                    upstream,
-                                    set.response_timeout,
-                                    in_flight,
-                                ))
-                            }
-                        }
-                    }
-                    _ => {
-                        streamed_lease = Some(lease);
-                        Kind::Upstream(body)
-                    }
-                };
                 backend.counters.count_request();
                 return Ok(Response::from_parts(
                     parts,
@@ -302,6 +265,21 @@ pub async fn forward(
                         in_flight: Some(in_flight),
                         lease: streamed_lease,
                     },
+                ));
+            }
+            Ok((_, Err(err))) => {
+                tracing::warn!(
+                    listen = %shared.listen,
+                    release = backend.release_str(),
+                    upstream = %upstream.authority,
+                    error = %crate::admin::error_text(&err),
+                    "upstream response body failed"
+                );
+                return Ok(failed_response(
+                    in_flight,
+                    StatusCode::BAD_GATEWAY,
+                    backend.release.clone(),
+                    "bad gateway: the upstream of this release broke off its answer\n",
                 ));
             }
             Err(failed) => {
@@ -345,6 +323,20 @@ pub async fn forward(
         NO_RELEASE.clone(),
         "bad gateway: no upstream answered\n",
     ))
+}
+
+/// The body to send the client. A small body of known length is read whole, so the head and
+/// the body reach the client in one write instead of two, and its connection goes back to the
+/// pool at once; a larger body is streamed and keeps its connection (returned) until it ends.
+async fn answer_body(body: Incoming, lease: Lease) -> Result<(Kind, Option<Lease>), hyper::Error> {
+    match body.size_hint().exact() {
+        Some(len) if len <= BUFFERED_BODY_MAX => {
+            let bytes = read_small_body(body).await?;
+            lease.give_back();
+            Ok((Kind::Full(Some(bytes)), None))
+        }
+        _ => Ok((Kind::Upstream(body), Some(lease))),
+    }
 }
 
 /// `future`'s output, or `None` when `deadline` passes first (checked by the coarse timer:
