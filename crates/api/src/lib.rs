@@ -1,0 +1,13 @@
+//! The control plane's API as data: request and response bodies of `/api/v1`, the enums
+//! that cross crate boundaries (deployment and step states, decisions, error codes), the
+//! one error body every answer uses, and the clients that speak it ([`unix::UnixHttp`]
+//! for HTTP/1.1 over a Unix socket, [`client::ApiClient`] for `/api/v1` on top of it).
+//!
+//! The server, the CLI and the web UI all use these types, so a field renamed here is
+//! renamed everywhere; the OpenAPI document is generated from their schemas.
+
+pub mod client;
+mod types;
+pub mod unix;
+
+pub use types::*;
