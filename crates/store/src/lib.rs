@@ -9,6 +9,11 @@
 //!
 //! New typed trees (tokens, audit chain) are one call away: see
 //! [`Store::typed_tree`].
+//!
+//! Changes are published: [`Store::subscribe`] hands out a receiver of [`StoreEvent`]s,
+//! sent after each write (and its flush) succeeded, so followers wait for a change instead
+//! of polling. Writes made directly through a [`TypedTree`] or the `kv_*` settings are not
+//! published.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -20,9 +25,28 @@ use cutover_model::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::broadcast;
 
 /// Name of the file holding the pid of the process that owns the store.
 const PID_FILE: &str = "cutover.pid";
+
+/// How many events a subscriber may fall behind before it gets
+/// [`broadcast::error::RecvError::Lagged`] (and should re-read what it shows).
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// A change made through a [`Store`], published after the write (and its flush) succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A journal entry was appended (and flushed).
+    Journal { deployment_id: String, seq: u64 },
+    /// A deployment record was created or its status changed.
+    Deployment { deployment_id: String },
+    /// An approval decision was recorded.
+    Approval { deployment_id: String },
+    /// Anything else that status pages show changed: releases, current pointer, leases,
+    /// retirements, history, the environment list.
+    Environment { env: String },
+}
 
 /// Errors of the state store. Messages say what failed and what to do.
 #[derive(Debug, Error)]
@@ -311,6 +335,8 @@ pub struct Store {
     kv: TypedTree<serde_json::Value>,
     /// Serializes journal appends so sequence numbers are dense.
     journal_lock: Arc<Mutex<()>>,
+    /// Where [`StoreEvent`]s go; shared by every clone.
+    events: broadcast::Sender<StoreEvent>,
 }
 
 impl std::fmt::Debug for Store {
@@ -382,6 +408,7 @@ impl Store {
             approvals: typed(&db, "approvals")?,
             kv: typed(&db, "kv")?,
             journal_lock: Arc::new(Mutex::new(())),
+            events: broadcast::channel(EVENT_CAPACITY).0,
             dir,
             db,
         })
@@ -397,6 +424,24 @@ impl Store {
     /// `sequences`, `retirements`, `approvals` and `kv`; pick another name.
     pub fn typed_tree<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<TypedTree<T>> {
         typed(&self.db, name)
+    }
+
+    /// Subscribe to changes made through this store (and its clones) from now on. A
+    /// receiver that falls more than [`EVENT_CAPACITY`] events behind gets
+    /// [`broadcast::error::RecvError::Lagged`]; it should then re-read the state it shows.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    /// Send `event` to the subscribers, if any (having none is not an error).
+    fn publish(&self, event: StoreEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn publish_env(&self, env: &str) {
+        self.publish(StoreEvent::Environment {
+            env: env.to_string(),
+        });
     }
 
     /// Make every write so far durable.
@@ -419,7 +464,11 @@ impl Store {
             });
         }
         self.deployments.insert_if_absent(&record.id, record)?;
-        self.flush()
+        self.flush()?;
+        self.publish(StoreEvent::Deployment {
+            deployment_id: record.id.clone(),
+        });
+        Ok(())
     }
 
     pub fn plan(&self, id: &str) -> Result<Option<Plan>> {
@@ -461,6 +510,9 @@ impl Store {
         record.status = status;
         self.deployments.insert(id, &record)?;
         self.flush()?;
+        self.publish(StoreEvent::Deployment {
+            deployment_id: id.to_string(),
+        });
         Ok(record)
     }
 
@@ -513,6 +565,10 @@ impl Store {
             .insert(journal_key(deployment_id, seq), bytes)
             .map_err(db_err(format!("append to journal of {deployment_id}")))?;
         self.flush()?;
+        self.publish(StoreEvent::Journal {
+            deployment_id: deployment_id.to_string(),
+            seq,
+        });
         Ok(entry)
     }
 
@@ -550,13 +606,17 @@ impl Store {
                 id: release.id.clone(),
             });
         }
-        self.flush()
+        self.flush()?;
+        self.publish_env(&release.env);
+        Ok(())
     }
 
     /// Remove a release that never became current (undo of a failed deployment's record).
     pub fn remove_release(&self, env: &str, id: &str) -> Result<()> {
         self.releases.remove(&key(&[env, id]))?;
-        self.flush()
+        self.flush()?;
+        self.publish_env(env);
+        Ok(())
     }
 
     pub fn release(&self, env: &str, id: &str) -> Result<Option<Release>> {
@@ -595,20 +655,26 @@ impl Store {
     /// Make `release_id` current for `env`. Flushed.
     pub fn set_current(&self, env: &str, release_id: &str) -> Result<()> {
         self.current.insert(env, &release_id.to_string())?;
-        self.flush()
+        self.flush()?;
+        self.publish_env(env);
+        Ok(())
     }
 
     /// Forget the current release of `env` (undo of a first deployment). Flushed.
     pub fn clear_current(&self, env: &str) -> Result<()> {
         self.current.remove(env)?;
-        self.flush()
+        self.flush()?;
+        self.publish_env(env);
+        Ok(())
     }
 
     /// Insert or update the history line of `entry.deployment_id` in `env`. Flushed.
     pub fn record_history(&self, env: &str, entry: &HistoryEntry) -> Result<()> {
         self.history
             .insert(&key(&[env, &entry.deployment_id]), entry)?;
-        self.flush()
+        self.flush()?;
+        self.publish_env(env);
+        Ok(())
     }
 
     /// History of `env`, newest first.
@@ -640,6 +706,7 @@ impl Store {
             });
         }
         self.flush()?;
+        self.publish_env(env);
         Ok(held)
     }
 
@@ -665,6 +732,7 @@ impl Store {
                 .map_err(db_err(format!("release lease of {env}")))?;
             if swapped.is_ok() {
                 self.flush()?;
+                self.publish_env(env);
                 return Ok(true);
             }
         }
@@ -689,6 +757,7 @@ impl Store {
             .map_err(db_err(format!("bump deployment sequence of {env}")))?
             .expect("update_and_fetch always stores a value");
         self.flush()?;
+        self.publish_env(env);
         let bytes: [u8; 8] = new.as_ref().try_into().map_err(|_| StoreError::Db {
             context: format!("deployment sequence of {env} has a bad encoding"),
             source: sled::Error::Unsupported("sequence value is not 8 bytes".to_string()),
@@ -724,20 +793,27 @@ impl Store {
     pub fn schedule_retirement(&self, retirement: &Retirement) -> Result<()> {
         self.retirements
             .insert(&key(&[&retirement.env, &retirement.release]), retirement)?;
-        self.flush()
+        self.flush()?;
+        self.publish_env(&retirement.env);
+        Ok(())
     }
 
     /// Drop a pending retirement; returns it if there was one. Flushed.
     pub fn cancel_retirement(&self, env: &str, release: &str) -> Result<Option<Retirement>> {
         let removed = self.retirements.remove(&key(&[env, release]))?;
         self.flush()?;
+        if removed.is_some() {
+            self.publish_env(env);
+        }
         Ok(removed)
     }
 
     /// Mark a retirement done (its instances are gone). Flushed.
     pub fn complete_retirement(&self, env: &str, release: &str) -> Result<()> {
         self.retirements.remove(&key(&[env, release]))?;
-        self.flush()
+        self.flush()?;
+        self.publish_env(env);
+        Ok(())
     }
 
     pub fn retirement(&self, env: &str, release: &str) -> Result<Option<Retirement>> {
@@ -788,7 +864,11 @@ impl Store {
         }
         self.approvals
             .insert(&key(&[&approval.deployment_id, &approval.by]), approval)?;
-        self.flush()
+        self.flush()?;
+        self.publish(StoreEvent::Approval {
+            deployment_id: approval.deployment_id.clone(),
+        });
+        Ok(())
     }
 
     /// Every approval (or rejection) recorded for `deployment_id`, oldest first.

@@ -382,3 +382,176 @@ fn decisions_serialize_kebab_case() {
         Decision::Reject
     );
 }
+
+/// Every event queued on `rx` right now.
+fn drain(rx: &mut broadcast::Receiver<StoreEvent>) -> Vec<StoreEvent> {
+    let mut out = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        out.push(event);
+    }
+    out
+}
+
+fn env_event(env: &str) -> StoreEvent {
+    StoreEvent::Environment {
+        env: env.to_string(),
+    }
+}
+
+#[test]
+fn every_mutation_publishes_after_it_is_written() {
+    let store = Store::temporary().unwrap();
+    let mut rx = store.subscribe();
+    let p = plan("d1", "prod", "sha256:1");
+    store
+        .save_plan(&p, &DeploymentRecord::from_plan(&p))
+        .unwrap();
+    assert_eq!(
+        drain(&mut rx),
+        vec![StoreEvent::Deployment {
+            deployment_id: "d1".to_string()
+        }]
+    );
+
+    for expected_seq in 0..2 {
+        let entry = store
+            .append("d1", JournalEvent::DeploymentStarted { resumed: 0 })
+            .unwrap();
+        assert_eq!(entry.seq, expected_seq);
+        // The entry is readable by the time its event arrives.
+        let events = drain(&mut rx);
+        assert_eq!(
+            events,
+            vec![StoreEvent::Journal {
+                deployment_id: "d1".to_string(),
+                seq: expected_seq
+            }]
+        );
+        assert_eq!(store.journal("d1").unwrap().len() as u64, expected_seq + 1);
+    }
+
+    store.set_status("d1", DeploymentStatus::Running).unwrap();
+    assert_eq!(
+        drain(&mut rx),
+        vec![StoreEvent::Deployment {
+            deployment_id: "d1".to_string()
+        }]
+    );
+
+    store
+        .add_approval(&approval("d1", "bob", Decision::Approve, 7))
+        .unwrap();
+    assert_eq!(
+        drain(&mut rx),
+        vec![StoreEvent::Approval {
+            deployment_id: "d1".to_string()
+        }]
+    );
+
+    store.next_deployment_seq("prod").unwrap();
+    store.put_release(&release("prod", "r1", 1)).unwrap();
+    store.set_current("prod", "r1").unwrap();
+    store.clear_current("prod").unwrap();
+    store.remove_release("prod", "r1").unwrap();
+    store
+        .record_history(
+            "prod",
+            &HistoryEntry {
+                release_id: "r1".to_string(),
+                deployment_id: "d1".to_string(),
+                kind: DeploymentKind::Deploy,
+                outcome: "recorded".to_string(),
+                at_ms: 1,
+                by: "alice".to_string(),
+            },
+        )
+        .unwrap();
+    store.acquire_lease("prod", lease("d1")).unwrap();
+    store.release_lease("prod", "d1").unwrap();
+    let retirement = Retirement {
+        env: "prod".to_string(),
+        release: "r0".to_string(),
+        instances: vec![],
+        due_at_ms: 10,
+        deployment_id: "d1".to_string(),
+    };
+    store.schedule_retirement(&retirement).unwrap();
+    store.cancel_retirement("prod", "r0").unwrap();
+    store.schedule_retirement(&retirement).unwrap();
+    store.complete_retirement("prod", "r0").unwrap();
+    assert_eq!(drain(&mut rx), vec![env_event("prod"); 12]);
+}
+
+#[test]
+fn refused_or_empty_writes_publish_nothing() {
+    let store = Store::temporary().unwrap();
+    let p = plan("d1", "prod", "sha256:1");
+    store
+        .save_plan(&p, &DeploymentRecord::from_plan(&p))
+        .unwrap();
+    store.acquire_lease("prod", lease("d1")).unwrap();
+    let mut rx = store.subscribe();
+    let other = plan("d1", "prod", "sha256:2");
+    assert!(store
+        .save_plan(&other, &DeploymentRecord::from_plan(&other))
+        .is_err());
+    assert!(store.acquire_lease("prod", lease("d2")).is_err());
+    assert!(!store.release_lease("prod", "d2").unwrap());
+    assert!(store
+        .cancel_retirement("prod", "nothing")
+        .unwrap()
+        .is_none());
+    assert!(store
+        .set_status("missing", DeploymentStatus::Running)
+        .is_err());
+    assert_eq!(drain(&mut rx), vec![]);
+}
+
+#[test]
+fn clones_share_one_channel_and_late_subscribers_see_only_new_events() {
+    let store = Store::temporary().unwrap();
+    let clone = store.clone();
+    clone.set_current("prod", "r1").unwrap();
+    let mut rx = store.subscribe();
+    assert_eq!(drain(&mut rx), vec![]);
+    clone.set_current("prod", "r2").unwrap();
+    assert_eq!(drain(&mut rx), vec![env_event("prod")]);
+}
+
+#[test]
+fn a_lagging_subscriber_is_told_it_lagged() {
+    let store = Store::temporary().unwrap();
+    let mut rx = store.subscribe();
+    for _ in 0..EVENT_CAPACITY + 5 {
+        store.set_current("prod", "r1").unwrap();
+    }
+    match rx.try_recv() {
+        Err(broadcast::error::TryRecvError::Lagged(missed)) => assert_eq!(missed, 5),
+        other => panic!("expected Lagged, got {other:?}"),
+    }
+    // After the lag it keeps receiving the newest events.
+    assert_eq!(rx.try_recv().unwrap(), env_event("prod"));
+}
+
+#[tokio::test]
+async fn an_async_subscriber_wakes_on_a_write_from_another_thread() {
+    let store = Store::temporary().unwrap();
+    let mut rx = store.subscribe();
+    let writer = store.clone();
+    let handle = std::thread::spawn(move || {
+        writer
+            .add_approval(&approval("d9", "bob", Decision::Reject, 1))
+            .unwrap()
+    });
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within the deadline")
+        .unwrap();
+    handle.join().unwrap();
+    assert_eq!(
+        event,
+        StoreEvent::Approval {
+            deployment_id: "d9".to_string()
+        }
+    );
+}
