@@ -31,64 +31,7 @@ pub const TOKEN_PREFIX: &str = "cut_";
 /// `last_used_ms` is written at most this often per token.
 const LAST_USED_RESOLUTION_MS: u64 = 60_000;
 
-/// A role. `Deployer` and `Approver` are siblings: neither includes the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    Viewer,
-    Deployer,
-    Approver,
-    Admin,
-}
-
-impl Role {
-    /// Whether holding `self` allows what `needed` allows.
-    pub fn includes(self, needed: Role) -> bool {
-        match (self, needed) {
-            (Role::Admin, _) => true,
-            (_, Role::Viewer) => true,
-            (held, needed) => held == needed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Deployer => "deployer",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "deployer" => Ok(Role::Deployer),
-            "approver" => Ok(Role::Approver),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}: use viewer, deployer, approver or admin"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// One role in one environment (`env: Some`) or in every environment (`env: None`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Grant {
-    pub role: Role,
-    pub env: Option<String>,
-}
+pub use cutover_api::{CreatedToken, Grant, NewToken, Role, TokenRecord};
 
 /// Someone (a person or a token) whose requests are being served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,50 +88,6 @@ impl Principal {
             }],
         }
     }
-}
-
-/// A stored API token (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TokenRecord {
-    pub id: String,
-    pub name: Option<String>,
-    pub role: Role,
-    pub env: Option<String>,
-    /// `sha256:<hex>` of the whole token.
-    pub hash: String,
-    pub created_at_ms: u64,
-    pub created_by: String,
-    pub expires_at_ms: Option<u64>,
-    pub last_used_ms: Option<u64>,
-    pub revoked_at_ms: Option<u64>,
-}
-
-impl TokenRecord {
-    /// The principal name requests with this token act as.
-    pub fn principal_name(&self) -> String {
-        match &self.name {
-            Some(name) => format!("token:{name}:{}", self.id),
-            None => format!("token:{}", self.id),
-        }
-    }
-}
-
-/// What to create.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    pub role: Role,
-    pub env: Option<String>,
-    pub name: Option<String>,
-    /// Lifetime in milliseconds; none means it never expires.
-    pub expires_in_ms: Option<u64>,
-}
-
-/// A freshly created token: the only time the secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CreatedToken {
-    pub token: String,
-    pub record: TokenRecord,
 }
 
 /// A stored user (never the password).

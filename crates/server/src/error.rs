@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use thiserror::Error;
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, ErrorCode};
 
 /// Errors of the control plane. Each maps to an HTTP status and a stable code; the message
 /// is for people and carries no internals beyond what helps them act.
@@ -57,43 +57,67 @@ impl ServerError {
         }
     }
 
-    /// The HTTP status and the stable code of this error.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// The stable code of this error (its HTTP status is [`ErrorCode::status`]).
+    pub fn code(&self) -> ErrorCode {
         match self {
             ServerError::BadRequest(_) | ServerError::Spec(_) | ServerError::Plan(_) => {
-                (StatusCode::BAD_REQUEST, "bad_request")
+                ErrorCode::BadRequest
             }
-            ServerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ServerError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ServerError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            ServerError::Store(cutover_store::StoreError::LeaseHeld { .. }) => {
-                (StatusCode::CONFLICT, "conflict")
-            }
-            ServerError::Store(cutover_store::StoreError::NotFound { .. }) => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
-            ServerError::Provider(e) if e.is_transient() => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ServerError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ServerError::Forbidden(_) => ErrorCode::Forbidden,
+            ServerError::NotFound(_) => ErrorCode::NotFound,
+            ServerError::Conflict(_) => ErrorCode::Conflict,
+            ServerError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ServerError::Store(cutover_store::StoreError::LeaseHeld { .. }) => ErrorCode::Conflict,
+            ServerError::Store(cutover_store::StoreError::NotFound { .. }) => ErrorCode::NotFound,
+            ServerError::Provider(e) if e.is_transient() => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status and the stable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        let code = self.code();
+        (
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code.as_str(),
+        )
+    }
+
+    /// The body clients see. Server-side failures say only that they happened, with an id
+    /// that names the log line carrying the detail: store errors, paths and provider
+    /// internals stay in the log.
+    pub fn body(&self) -> ErrorBody {
+        let code = self.code();
+        if code.status() < 500 {
+            return ErrorBody {
+                code,
+                message: self.to_string(),
+                error_id: None,
+            };
+        }
+        let id = error_id();
+        tracing::error!(error_id = %id, error = %self, "request failed");
+        ErrorBody {
+            code,
+            message: match code {
+                ErrorCode::Unavailable => format!(
+                    "a component the control plane needs is unavailable; retry in a moment (error id {id})"
+                ),
+                _ => format!(
+                    "internal error (id {id}); the control plane's log has the detail under that id"
+                ),
+            },
+            error_id: Some(id),
         }
     }
 }
 
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
-        let body = ErrorBody {
-            code: code.to_string(),
-            message: self.to_string(),
-        };
+        let body = self.body();
+        let status =
+            StatusCode::from_u16(body.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -103,4 +127,14 @@ impl IntoResponse for ServerError {
         }
         response
     }
+}
+
+/// A short random id for an internal error, shared by its answer and its log line.
+fn error_id() -> String {
+    let mut bytes = [0u8; 6];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // Still unique enough to find the line: the time.
+        return format!("t{}", cutover_model::now_ms());
+    }
+    hex::encode(bytes)
 }

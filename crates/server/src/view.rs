@@ -3,8 +3,13 @@
 use cutover_model::{DeploymentKind, DeploymentStatus};
 use cutover_store::Store;
 
-use crate::api::{ApprovalInfo, DecisionLine, DeploymentDetail, StepLine};
-use crate::ServerError;
+use cutover_model::{Instance, InstanceState};
+
+use crate::api::{
+    EnvStatus, HistoryLine, InstanceLine, WarmRelease,
+    ApprovalInfo, Decision, DecisionLine, DeploymentDetail, DeploymentState, StepLine, StepState,
+};
+use crate::{ControlPlane, ServerError};
 
 /// Everything about one deployment: record, steps (replayed from the journal) and journal.
 pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> {
@@ -32,8 +37,8 @@ pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> 
             .map(|v| DecisionLine {
                 by: v.approval.by,
                 decision: match v.approval.decision {
-                    cutover_store::Decision::Approve => "approve".to_string(),
-                    cutover_store::Decision::Reject => "reject".to_string(),
+                    cutover_store::Decision::Approve => Decision::Approve,
+                    cutover_store::Decision::Reject => Decision::Reject,
                 },
                 comment: v.approval.comment,
                 plan_digest: v.approval.plan_digest,
@@ -64,7 +69,7 @@ pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> 
                 id: s.id,
                 kind: s.kind.as_str().to_string(),
                 depends_on: s.depends_on,
-                state: s.state.to_string(),
+                state: step_state(s.state),
                 attempts: s.attempts,
                 started_at_ms: s.started_at_ms,
                 finished_at_ms: s.finished_at_ms,
@@ -78,20 +83,148 @@ pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> 
     })
 }
 
+/// The status of each of `envs`.
+pub async fn env_statuses(
+    cp: &ControlPlane,
+    envs: Vec<String>,
+) -> Result<Vec<EnvStatus>, ServerError> {
+    let mut out = Vec::new();
+    for env in envs {
+        let current = cp.store.current_release(&env)?;
+        let app = current.as_ref().map(|r| r.app.clone());
+        let instances = match &app {
+            Some(app) => cp
+                .providers
+                .compute
+                .list(app, Some(&env))
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let latest = cp
+            .store
+            .deployments(Some(&env), 1)?
+            .into_iter()
+            .next()
+            .map(|d| detail(&cp.store, &d.id))
+            .transpose()?;
+        out.push(EnvStatus {
+            route: cp.providers.traffic.route(&env).await.ok().flatten(),
+            active: cp.store.lease(&env)?.map(|l| l.deployment_id),
+            latest,
+            instances: instances.iter().map(instance_line).collect(),
+            warm: cp
+                .store
+                .retirements(&env)?
+                .into_iter()
+                .map(|r| WarmRelease {
+                    release: r.release,
+                    retire_at_ms: r.due_at_ms,
+                })
+                .collect(),
+            current,
+            env,
+        });
+    }
+    Ok(out)
+}
+
+pub fn instance_line(i: &Instance) -> InstanceLine {
+    InstanceLine {
+        name: i.name.clone(),
+        release: i.release.clone(),
+        addr: i.addr.clone(),
+        state: match &i.state {
+            InstanceState::Running => "running".to_string(),
+            InstanceState::Restarting => "restarting".to_string(),
+            InstanceState::Exited { code } => format!("exited({code})"),
+            InstanceState::Other { detail } => detail.clone(),
+        },
+    }
+}
+
+/// History lines of `records`.
+pub fn history_lines(
+    cp: &ControlPlane,
+    records: Vec<cutover_store::DeploymentRecord>,
+) -> Result<Vec<HistoryLine>, ServerError> {
+    let mut out = Vec::with_capacity(records.len());
+    for d in records {
+        let image_id = cp.store.release(&d.env, &d.release_id)?.map(|r| r.image.id);
+        let (status, reason) = status_parts(&d.status);
+        out.push(HistoryLine {
+            kind: kind_label(&d.kind).to_string(),
+            deployment_id: d.id,
+            env: d.env,
+            release_id: d.release_id,
+            image_id,
+            requested_by: d.requested_by,
+            created_at_ms: d.created_at_ms,
+            finished_at_ms: d.finished_at_ms,
+            status,
+            reason,
+        });
+    }
+    Ok(out)
+}
+
 /// The status label and, for failures, the reason.
-pub fn status_parts(status: &DeploymentStatus) -> (String, Option<String>) {
+pub fn status_parts(status: &DeploymentStatus) -> (DeploymentState, Option<String>) {
     let reason = match status {
         DeploymentStatus::Unwinding { reason }
         | DeploymentStatus::RolledBack { reason }
         | DeploymentStatus::Stuck { reason } => Some(reason.clone()),
         _ => None,
     };
-    (status.label().to_string(), reason)
+    (DeploymentState::from(status), reason)
 }
 
 pub fn kind_label(kind: &DeploymentKind) -> &'static str {
     match kind {
         DeploymentKind::Deploy => "deploy",
         DeploymentKind::Rollback { .. } => "rollback",
+    }
+}
+
+/// The API's word for a step state label of the executor's view.
+pub fn step_state(label: &str) -> StepState {
+    serde_json::from_value(serde_json::Value::from(label)).unwrap_or_else(|_| {
+        tracing::error!(label, "the executor reported a step state the API does not know");
+        StepState::NotStarted
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_executor::StepState as S;
+
+    #[test]
+    fn every_executor_step_state_has_an_api_state() {
+        let output = || cutover_model::StepOutput::None;
+        let states = [
+            (S::NotStarted, StepState::NotStarted),
+            (S::Started { attempt: 1 }, StepState::Started),
+            (S::Succeeded { output: output() }, StepState::Succeeded),
+            (
+                S::Failed {
+                    attempt: 1,
+                    error: String::new(),
+                    transient: false,
+                },
+                StepState::Failed,
+            ),
+            (S::UndoStarted { output: None }, StepState::UndoStarted),
+            (S::Undone, StepState::Undone),
+            (
+                S::UndoFailed {
+                    error: String::new(),
+                },
+                StepState::UndoFailed,
+            ),
+        ];
+        for (executor, api) in states {
+            assert_eq!(step_state(executor.label()), api);
+        }
     }
 }

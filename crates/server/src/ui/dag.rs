@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::api::StepLine;
+use crate::api::{StepLine, StepState};
 
 pub const NODE_WIDTH: u32 = 168;
 pub const NODE_HEIGHT: u32 = 46;
@@ -58,32 +58,30 @@ impl Layout {
     }
 }
 
-/// The CSS class for a step state label of the executor's view (`not-started`, `started`,
-/// ...). An approval step that has started is `waiting` (for people, not machines).
-pub fn state_class(kind: &str, state: &str) -> &'static str {
+/// The CSS class of a step state. An approval step that has started is `waiting` (for
+/// people, not machines).
+pub fn state_class(kind: &str, state: StepState) -> &'static str {
     match state {
-        "not-started" => "pending",
-        "started" if kind == "approval" => "waiting",
-        "started" | "undo-started" => "running",
-        "succeeded" => "succeeded",
-        "failed" | "undo-failed" => "failed",
-        "undone" => "undone",
-        _ => "pending",
+        StepState::NotStarted => "pending",
+        StepState::Started if kind == "approval" => "waiting",
+        StepState::Started | StepState::UndoStarted => "running",
+        StepState::Succeeded => "succeeded",
+        StepState::Failed | StepState::UndoFailed => "failed",
+        StepState::Undone => "undone",
     }
 }
 
 /// The state of a step for people.
-pub fn state_label(kind: &str, state: &str) -> &'static str {
+pub fn state_label(kind: &str, state: StepState) -> &'static str {
     match state {
-        "not-started" => "pending",
-        "started" if kind == "approval" => "waiting for approval",
-        "started" => "running",
-        "succeeded" => "succeeded",
-        "failed" => "failed",
-        "undo-started" => "undoing",
-        "undone" => "undone",
-        "undo-failed" => "undo failed",
-        _ => "unknown",
+        StepState::NotStarted => "pending",
+        StepState::Started if kind == "approval" => "waiting for approval",
+        StepState::Started => "running",
+        StepState::Succeeded => "succeeded",
+        StepState::Failed => "failed",
+        StepState::UndoStarted => "undoing",
+        StepState::Undone => "undone",
+        StepState::UndoFailed => "undo failed",
     }
 }
 
@@ -100,7 +98,7 @@ pub fn format_duration_ms(ms: u64) -> String {
 
 /// State and timing in one line: `succeeded · 1.2s`.
 pub fn step_summary(step: &StepLine) -> String {
-    let label = state_label(&step.kind, &step.state);
+    let label = state_label(&step.kind, step.state);
     match step.duration_ms {
         Some(ms) => format!("{label} · {}", format_duration_ms(ms)),
         None => label.to_string(),
@@ -138,7 +136,7 @@ pub fn layout(steps: &[StepLine]) -> Layout {
         nodes.push(Node {
             id: step.id.clone(),
             kind: step.kind.clone(),
-            class: state_class(&step.kind, &step.state),
+            class: state_class(&step.kind, step.state),
             summary: step_summary(step),
             layer,
             row,
@@ -208,7 +206,7 @@ mod tests {
             id: id.to_string(),
             kind: kind.to_string(),
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
-            state: state.to_string(),
+            state: serde_json::from_value(serde_json::Value::from(state)).expect("a step state"),
             attempts: 0,
             started_at_ms: None,
             finished_at_ms: None,
@@ -315,8 +313,8 @@ mod tests {
         assert_eq!(layout.nodes[0].class, "succeeded");
         assert_eq!(layout.nodes[1].class, "waiting");
         assert_eq!(layout.nodes[2].class, "pending");
-        assert_eq!(state_class("provision", "started"), "running");
-        assert_eq!(state_class("provision", "undo-failed"), "failed");
+        assert_eq!(state_class("provision", StepState::Started), "running");
+        assert_eq!(state_class("provision", StepState::UndoFailed), "failed");
         assert_eq!(state_class("provision", "undone"), "undone");
         assert_eq!(layout.nodes[1].summary, "waiting for approval");
     }

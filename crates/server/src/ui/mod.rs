@@ -532,8 +532,8 @@ async fn index(State(cp): Cp, headers: HeaderMap, uri: Uri) -> Result<Response, 
             latest: latest.map(|d| {
                 let (status, _) = view::status_parts(&d.status);
                 pages::LatestLine {
-                    class: pages::status_class(&status),
-                    status,
+                    class: pages::status_class(status),
+                    status: status.to_string(),
                     id: d.id,
                 }
             }),
@@ -680,7 +680,7 @@ async fn history(State(cp): Cp, headers: HeaderMap, uri: Uri) -> Result<Response
         let image = cp.store.release(&d.env, &d.release_id)?.map(|r| r.image.id);
         let (status, reason) = view::status_parts(&d.status);
         rows.push(pages::HistoryRow {
-            class: pages::status_class(&status),
+            class: pages::status_class(status),
             kind: view::kind_label(&d.kind).to_string(),
             image_short: image
                 .as_deref()
@@ -689,7 +689,7 @@ async fn history(State(cp): Cp, headers: HeaderMap, uri: Uri) -> Result<Response
             image,
             id: d.id,
             env: d.env,
-            status,
+            status: status.to_string(),
             reason,
             release: d.release_id,
             by: d.requested_by,

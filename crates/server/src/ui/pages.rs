@@ -9,7 +9,7 @@ use cutover_model::{
 };
 use cutover_store::Decision;
 
-use crate::api::{DeploymentDetail, StepLine};
+use crate::api::{DeploymentDetail, DeploymentState, StepLine, StepState};
 use crate::auth::{Principal, Role};
 use crate::ui::dag::{self, Layout};
 use crate::{ControlPlane, ServerError};
@@ -198,15 +198,14 @@ pub struct RollbackPage {
     pub warm: bool,
 }
 
-/// CSS class of a deployment status label.
-pub fn status_class(status: &str) -> &'static str {
+/// CSS class of a deployment state.
+pub fn status_class(status: DeploymentState) -> &'static str {
     match status {
-        "planned" => "pending",
-        "running" | "unwinding" => "running",
-        "succeeded" => "succeeded",
-        "rolled_back" => "failed",
-        "stuck" => "stuck",
-        _ => "pending",
+        DeploymentState::Planned => "pending",
+        DeploymentState::Running | DeploymentState::Unwinding => "running",
+        DeploymentState::Succeeded => "succeeded",
+        DeploymentState::RolledBack => "failed",
+        DeploymentState::Stuck => "stuck",
     }
 }
 
@@ -306,8 +305,8 @@ pub fn step_rows(d: &DeploymentDetail) -> Vec<StepRow> {
             id: s.id.clone(),
             kind: s.kind.clone(),
             title: supply_title(&s.kind).unwrap_or("").to_string(),
-            class: dag::state_class(&s.kind, &s.state),
-            label: dag::state_label(&s.kind, &s.state),
+            class: dag::state_class(&s.kind, s.state),
+            label: dag::state_label(&s.kind, s.state),
             summary: dag::step_summary(s),
             attempts: s.attempts,
             started: s.started_at_ms.map(time_of_day).unwrap_or_default(),
@@ -353,28 +352,33 @@ pub fn image_of(plan: Option<&Plan>, journal: &[JournalEntry]) -> Option<String>
 
 pub fn snapshot(cp: &ControlPlane, id: &str) -> Result<(DeploymentDetail, Snapshot), ServerError> {
     let d = crate::view::detail(&cp.store, id)?;
+    let snapshot = snapshot_of(&d);
+    Ok((d, snapshot))
+}
+
+/// What the live page shows of a deployment.
+pub fn snapshot_of(d: &DeploymentDetail) -> Snapshot {
     let waiting = d.finished_at_ms.is_none()
         && d.steps
             .iter()
-            .any(|s| s.kind == "approval" && s.state == "started");
-    let snapshot = Snapshot {
+            .any(|s| s.kind == "approval" && s.state == StepState::Started);
+    Snapshot {
         status: if waiting {
             "waiting for approval".to_string()
         } else {
-            d.status.clone()
+            d.status.to_string()
         },
         class: if waiting {
             "waiting"
         } else {
-            status_class(&d.status)
+            status_class(d.status)
         },
         reason: d.reason.clone(),
         finished: d.finished_at_ms.is_some(),
         finished_at: d.finished_at_ms.map(format_ms).unwrap_or_default(),
         waiting,
-        steps: step_rows(&d),
-    };
-    Ok((d, snapshot))
+        steps: step_rows(d),
+    }
 }
 
 /// The deployment page for `who`.
