@@ -25,7 +25,8 @@ use crate::ServerError;
 const AUDIT_TREE: &str = "audit";
 const HEAD_KEY: &str = "audit.head";
 
-/// Serializes appends (one control plane owns a store; this keeps seq dense within it).
+/// Serializes the in-memory part of an append (reading the head, writing the entry and
+/// the new head) so seq stays dense; never held across the flush.
 static APPEND_LOCK: Mutex<()> = Mutex::new(());
 
 /// One audit record.
@@ -115,7 +116,8 @@ fn entry_hash(entry: &AuditEntry) -> String {
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
-/// Append an entry to the chain (flushed before returning).
+/// Append an entry to the chain (flushed before returning). The flush waits for the disk:
+/// from async code call [`record_async`], which runs it off the async workers.
 pub fn record(
     store: &Store,
     actor: &str,
@@ -123,34 +125,57 @@ pub fn record(
     target: &str,
     details: Value,
 ) -> Result<(), ServerError> {
-    let _guard = APPEND_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let head: Option<Head> = store.kv_get(HEAD_KEY)?;
-    let (seq, prev_hash) = match head {
-        Some(h) => (h.seq + 1, h.hash),
-        None => (1, String::new()),
-    };
-    let mut entry = AuditEntry {
-        seq,
-        at_ms: now_ms(),
-        actor: actor.to_string(),
-        action: action.to_string(),
-        target: target.to_string(),
-        details,
-        prev_hash,
-        hash: String::new(),
-    };
-    entry.hash = entry_hash(&entry);
-    tree(store)?.insert(&key(seq), &entry)?;
-    // kv_set flushes, making both writes durable.
-    store.kv_set(
-        HEAD_KEY,
-        &Head {
+    let seq = {
+        let _guard = APPEND_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let head: Option<Head> = store.kv_get(HEAD_KEY)?;
+        let (seq, prev_hash) = match head {
+            Some(h) => (h.seq + 1, h.hash),
+            None => (1, String::new()),
+        };
+        let mut entry = AuditEntry {
             seq,
-            hash: entry.hash.clone(),
-        },
-    )?;
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            details,
+            prev_hash,
+            hash: String::new(),
+        };
+        entry.hash = entry_hash(&entry);
+        tree(store)?.insert(&key(seq), &entry)?;
+        store.kv_put(
+            HEAD_KEY,
+            &Head {
+                seq,
+                hash: entry.hash,
+            },
+        )?;
+        seq
+    };
+    // Outside the lock: one append waiting for the disk does not hold up the next.
+    store.flush()?;
     tracing::info!(actor, action, target, seq, "audit");
     Ok(())
+}
+
+/// [`record`] on tokio's blocking pool, so the flush never stalls an async worker.
+pub async fn record_async(
+    store: &Store,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: Value,
+) -> Result<(), ServerError> {
+    let (actor, action, target) = (actor.to_string(), action.to_string(), target.to_string());
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || record(&store, &actor, &action, &target, details))
+        .await
+        .map_err(|_| {
+            ServerError::Store(cutover_store::StoreError::Worker {
+                context: "the audit log".to_string(),
+            })
+        })?
 }
 
 /// Entries at or after `since_ms` (all when `None`), oldest first.
@@ -262,6 +287,46 @@ mod tests {
             .unwrap();
         }
         store
+    }
+
+    #[test]
+    fn concurrent_appends_keep_one_dense_chain() {
+        let store = Store::temporary().unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        record(&store, "alice", "deploy", &format!("t{t}-{i}"), json!({})).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let report = verify(&store).unwrap();
+        assert_eq!(report.entries, 40);
+        assert_eq!(report.broken, None);
+    }
+
+    // Current-thread runtime, as in the server's tests: the flush runs on the blocking pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn async_records_are_durable_and_chained() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..3 {
+                record_async(&store, "bob", "approve", &format!("d{i}"), json!({"i": i}))
+                    .await
+                    .unwrap();
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let report = verify(&store).unwrap();
+        assert_eq!(report.entries, 3);
+        assert_eq!(report.broken, None);
+        assert_eq!(export(&store, None).unwrap()[2].target, "d2");
     }
 
     #[test]

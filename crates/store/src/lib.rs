@@ -15,15 +15,14 @@
 //! of polling. Writes made directly through a [`TypedTree`] or the `kv_*` settings are not
 //! published.
 
-use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
 use cutover_model::{
-    format_ms, now_ms, DeploymentKind, DeploymentStatus, JournalEntry, JournalEvent, Plan, Release,
+    format_ms, now_ms, DeploymentKind, DeploymentStatus, ErrorClass, JournalEntry, JournalEvent,
+    Plan, ProviderError, Release,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
@@ -104,6 +103,49 @@ pub enum StoreError {
 
     #[error("the approval is not valid: {detail}")]
     InvalidApproval { detail: String },
+
+    #[error("the state store worker for {context} stopped before finishing; retry, and look for a panic in the log")]
+    Worker { context: String },
+}
+
+impl StoreError {
+    /// Whether retrying the same operation may succeed. Only I/O trouble (a full disk, a
+    /// lock held by a process that may stop) is transient; corruption, refused writes and
+    /// missing entries are permanent, so nothing retries them.
+    pub fn class(&self) -> ErrorClass {
+        let io = |source: &sled::Error| match source {
+            sled::Error::Io(_) => ErrorClass::Transient,
+            sled::Error::CollectionNotFound(_)
+            | sled::Error::Unsupported(_)
+            | sled::Error::ReportableBug(_)
+            | sled::Error::Corruption { .. } => ErrorClass::Permanent,
+        };
+        match self {
+            StoreError::InUse { .. } => ErrorClass::Transient,
+            StoreError::Open { source, .. } | StoreError::Db { source, .. } => io(source),
+            StoreError::Corrupt { .. }
+            | StoreError::PlanExists { .. }
+            | StoreError::ReleaseExists { .. }
+            | StoreError::LeaseHeld { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::InvalidApproval { .. }
+            | StoreError::Worker { .. } => ErrorClass::Permanent,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+}
+
+/// A store error met by a provider call keeps its class: corruption is not retried.
+impl From<StoreError> for ProviderError {
+    fn from(e: StoreError) -> Self {
+        ProviderError {
+            class: e.class(),
+            message: format!("state store: {e}"),
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -206,6 +248,15 @@ pub struct Approval {
     pub at_ms: u64,
 }
 
+/// What [`TypedTree::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim<T> {
+    /// The key was free; the value given is now stored under it.
+    Inserted,
+    /// The key was taken; this is the value stored under it.
+    Existing(T),
+}
+
 /// A sled tree whose values are JSON-encoded `T` under string keys.
 pub struct TypedTree<T> {
     name: String,
@@ -256,19 +307,69 @@ impl<T: Serialize + DeserializeOwned> TypedTree<T> {
     }
 
     /// Insert `value` unless the key exists; returns the value now stored (atomic).
-    pub fn insert_if_absent(&self, key: &str, value: &T) -> Result<T> {
+    pub fn insert_if_absent(&self, key: &str, value: &T) -> Result<T>
+    where
+        T: Clone,
+    {
+        match self.claim(key, value)? {
+            Claim::Inserted => Ok(value.clone()),
+            Claim::Existing(current) => Ok(current),
+        }
+    }
+
+    /// Store `value` under `key` only if the key is free, atomically: of several
+    /// claimers of one key (threads or tasks), exactly one gets [`Claim::Inserted`]; the
+    /// others get the winner's value. Not flushed: call [`Store::flush`] before a side
+    /// effect that the claim guards.
+    pub fn claim(&self, key: &str, value: &T) -> Result<Claim<T>> {
         let bytes = Self::encode(value);
-        match self
-            .tree
-            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(bytes))
-            .map_err(db_err(format!("write {}/{key}", self.name)))?
-        {
-            Ok(()) => Ok(self.decode(key.as_bytes(), &Self::encode(value))?),
-            Err(cas) => match cas.current {
-                Some(current) => self.decode(key.as_bytes(), &current),
-                // Raced with a removal: try once more.
-                None => self.insert_if_absent(key, value),
-            },
+        loop {
+            match self
+                .tree
+                .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(bytes.clone()))
+                .map_err(db_err(format!("claim {}/{key}", self.name)))?
+            {
+                Ok(()) => return Ok(Claim::Inserted),
+                Err(cas) => match cas.current {
+                    Some(current) => {
+                        return Ok(Claim::Existing(self.decode(key.as_bytes(), &current)?))
+                    }
+                    // The holder removed it between the two looks: try again.
+                    None => continue,
+                },
+            }
+        }
+    }
+
+    /// Replace the value under `key` with `new` (`None` removes it) only if the stored
+    /// value equals `old` (`None`: the key is absent), atomically. Returns whether it
+    /// swapped. Values are compared decoded, so two encodings of one value are equal. Not
+    /// flushed.
+    pub fn compare_and_swap(&self, key: &str, old: Option<&T>, new: Option<&T>) -> Result<bool>
+    where
+        T: PartialEq,
+    {
+        let context = || format!("compare and swap {}/{key}", self.name);
+        let new_bytes = new.map(Self::encode);
+        loop {
+            let current = self.tree.get(key.as_bytes()).map_err(db_err(context()))?;
+            let matches = match (&current, old) {
+                (None, None) => true,
+                (Some(bytes), Some(old)) => self.decode(key.as_bytes(), bytes)? == *old,
+                _ => false,
+            };
+            if !matches {
+                return Ok(false);
+            }
+            match self
+                .tree
+                .compare_and_swap(key.as_bytes(), current, new_bytes.clone())
+                .map_err(db_err(context()))?
+            {
+                Ok(()) => return Ok(true),
+                // Changed between the read and the swap: look again.
+                Err(_) => continue,
+            }
         }
     }
 
@@ -333,8 +434,6 @@ pub struct Store {
     retirements: TypedTree<Retirement>,
     approvals: TypedTree<Approval>,
     kv: TypedTree<serde_json::Value>,
-    /// Serializes journal appends so sequence numbers are dense.
-    journal_lock: Arc<Mutex<()>>,
     /// Where [`StoreEvent`]s go; shared by every clone.
     events: broadcast::Sender<StoreEvent>,
 }
@@ -407,7 +506,6 @@ impl Store {
             retirements: typed(&db, "retirements")?,
             approvals: typed(&db, "approvals")?,
             kv: typed(&db, "kv")?,
-            journal_lock: Arc::new(Mutex::new(())),
             events: broadcast::channel(EVENT_CAPACITY).0,
             dir,
             db,
@@ -448,6 +546,34 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush().map_err(db_err("flush to disk"))?;
         Ok(())
+    }
+
+    /// Run `work` (store reads and writes, flushes included) on tokio's blocking pool, so
+    /// an async worker thread never waits for the disk. Works on current-thread runtimes.
+    pub async fn run_blocking<R, F>(&self, context: &str, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Store) -> Result<R> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|_| StoreError::Worker {
+                context: context.to_string(),
+            })?
+    }
+
+    /// [`Store::append`] off the async workers: the entry is durable when this returns.
+    pub async fn append_async(
+        &self,
+        deployment_id: &str,
+        event: JournalEvent,
+    ) -> Result<JournalEntry> {
+        let id = deployment_id.to_string();
+        self.run_blocking(&format!("the journal of {deployment_id}"), move |store| {
+            store.append(&id, event)
+        })
+        .await
     }
 
     // ----- plans and deployment records -----
@@ -537,33 +663,48 @@ impl Store {
     // ----- journal -----
 
     /// Append an event to a deployment's journal; assigns the next sequence number and the
-    /// time. Flushed before returning.
+    /// time. Flushed before returning. Sequence numbers are dense without a lock: the entry
+    /// takes the key after the last one with a compare-and-swap, and a writer that lost the
+    /// key to another tries the next one; no lock is held across the flush.
     pub fn append(&self, deployment_id: &str, event: JournalEvent) -> Result<JournalEntry> {
-        let _guard = self
-            .journal_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut prefix = deployment_id.as_bytes().to_vec();
         prefix.push(0);
-        let seq = match self.journal.scan_prefix(&prefix).next_back() {
-            Some(item) => {
-                let (k, _) = item.map_err(db_err(format!("read journal of {deployment_id}")))?;
-                let tail: [u8; 8] = k[k.len() - 8..]
-                    .try_into()
-                    .expect("journal key ends in seq");
-                u64::from_be_bytes(tail) + 1
+        let at_ms = now_ms();
+        let entry = loop {
+            let seq = match self.journal.scan_prefix(&prefix).next_back() {
+                Some(item) => {
+                    let (k, _) =
+                        item.map_err(db_err(format!("read journal of {deployment_id}")))?;
+                    let tail: [u8; 8] =
+                        k[k.len() - 8..].try_into().map_err(|_| StoreError::Db {
+                            context: format!("journal key of {deployment_id} has a bad encoding"),
+                            source: sled::Error::Unsupported(
+                                "journal key does not end in an 8-byte sequence number".to_string(),
+                            ),
+                        })?;
+                    u64::from_be_bytes(tail) + 1
+                }
+                None => 0,
+            };
+            let entry = JournalEntry {
+                seq,
+                at_ms,
+                event: event.clone(),
+            };
+            let bytes = serde_json::to_vec(&entry).expect("journal entries serialize to json");
+            let taken = self
+                .journal
+                .compare_and_swap(
+                    journal_key(deployment_id, seq),
+                    None as Option<&[u8]>,
+                    Some(bytes),
+                )
+                .map_err(db_err(format!("append to journal of {deployment_id}")))?;
+            if taken.is_ok() {
+                break entry;
             }
-            None => 0,
         };
-        let entry = JournalEntry {
-            seq,
-            at_ms: now_ms(),
-            event,
-        };
-        let bytes = serde_json::to_vec(&entry).expect("journal entries serialize to json");
-        self.journal
-            .insert(journal_key(deployment_id, seq), bytes)
-            .map_err(db_err(format!("append to journal of {deployment_id}")))?;
+        let seq = entry.seq;
         self.flush()?;
         self.publish(StoreEvent::Journal {
             deployment_id: deployment_id.to_string(),
@@ -902,9 +1043,15 @@ impl Store {
 
     /// Set a setting. Flushed.
     pub fn kv_set<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        let value = serde_json::to_value(value).expect("settings serialize to json");
-        self.kv.insert(name, &value)?;
+        self.kv_put(name, value)?;
         self.flush()
+    }
+
+    /// Set a setting without flushing: call [`Store::flush`] (outside any lock) before
+    /// relying on it.
+    pub fn kv_put<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let value = serde_json::to_value(value).expect("settings serialize to json");
+        self.kv.insert(name, &value)
     }
 
     pub fn kv_remove(&self, name: &str) -> Result<()> {

@@ -555,3 +555,266 @@ async fn an_async_subscriber_wakes_on_a_write_from_another_thread() {
         }
     );
 }
+
+#[test]
+fn claims_say_who_inserted() {
+    let store = Store::temporary().unwrap();
+    let tree = store.typed_tree::<String>("claims").unwrap();
+    assert_eq!(
+        tree.claim("k", &"first".to_string()).unwrap(),
+        Claim::Inserted
+    );
+    assert_eq!(
+        tree.claim("k", &"second".to_string()).unwrap(),
+        Claim::Existing("first".to_string())
+    );
+    assert_eq!(tree.get("k").unwrap().as_deref(), Some("first"));
+}
+
+#[test]
+fn concurrent_claimers_have_exactly_one_winner() {
+    let store = Store::temporary().unwrap();
+    let tree = store.typed_tree::<u32>("claims").unwrap();
+    for round in 0..20 {
+        let key = format!("key-{round}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8u32)
+            .map(|i| {
+                let tree = tree.clone();
+                let key = key.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (i, tree.claim(&key, &i).unwrap())
+                })
+            })
+            .collect();
+        let results: Vec<(u32, Claim<u32>)> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<u32> = results
+            .iter()
+            .filter(|(_, c)| *c == Claim::Inserted)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let winner = winners[0];
+        assert_eq!(tree.get(&key).unwrap(), Some(winner));
+        for (i, claim) in results {
+            if i != winner {
+                assert_eq!(claim, Claim::Existing(winner), "round {round}");
+            }
+        }
+    }
+}
+
+#[test]
+fn compare_and_swap_releases_and_replaces_only_what_it_names() {
+    let store = Store::temporary().unwrap();
+    let tree = store.typed_tree::<String>("claims").unwrap();
+    let a = "a".to_string();
+    let b = "b".to_string();
+    // Absent: only `old: None` matches.
+    assert!(!tree.compare_and_swap("k", Some(&a), Some(&b)).unwrap());
+    assert_eq!(tree.get("k").unwrap(), None);
+    assert!(tree.compare_and_swap("k", None, Some(&a)).unwrap());
+    // Present: a stale `old` changes nothing.
+    assert!(!tree.compare_and_swap("k", None, Some(&b)).unwrap());
+    assert!(!tree.compare_and_swap("k", Some(&b), None).unwrap());
+    assert_eq!(tree.get("k").unwrap(), Some(a.clone()));
+    assert!(tree.compare_and_swap("k", Some(&a), Some(&b)).unwrap());
+    assert_eq!(tree.get("k").unwrap(), Some(b.clone()));
+    // Releasing a claim frees the key for the next claimer.
+    assert!(tree.compare_and_swap("k", Some(&b), None).unwrap());
+    assert_eq!(tree.get("k").unwrap(), None);
+    assert_eq!(tree.claim("k", &a).unwrap(), Claim::Inserted);
+}
+
+#[test]
+fn compare_and_swap_compares_values_not_bytes() {
+    let store = Store::temporary().unwrap();
+    let tree = store.typed_tree::<serde_json::Value>("claims").unwrap();
+    // Stored with spaces and another key order than serde_json writes.
+    tree.tree
+        .insert("k", br#"{ "b": 1,  "a": 2 }"#.to_vec())
+        .unwrap();
+    let old = serde_json::json!({"a": 2, "b": 1});
+    assert!(tree
+        .compare_and_swap("k", Some(&old), Some(&serde_json::json!(3)))
+        .unwrap());
+    assert_eq!(tree.get("k").unwrap(), Some(serde_json::json!(3)));
+}
+
+#[test]
+fn concurrent_appends_stay_dense() {
+    let store = Store::temporary().unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|i| {
+                        store
+                            .append("d1", JournalEvent::DeploymentStarted { resumed: i })
+                            .unwrap()
+                            .seq
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..100).collect::<Vec<u64>>());
+    let stored: Vec<u64> = store.journal("d1").unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(stored, seqs);
+}
+
+// A current-thread runtime: `block_in_place` would panic here, `spawn_blocking` does not.
+#[tokio::test(flavor = "current_thread")]
+async fn async_writes_run_off_the_runtime_and_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut rx = store.subscribe();
+        let entry = store
+            .append_async("d1", JournalEvent::DeploymentStarted { resumed: 0 })
+            .await
+            .unwrap();
+        assert_eq!(entry.seq, 0);
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            StoreEvent::Journal {
+                deployment_id: "d1".to_string(),
+                seq: 0
+            }
+        );
+        store
+            .run_blocking("set current", |s| s.set_current("prod", "r1"))
+            .await
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.journal("d1").unwrap().len(), 1);
+    assert_eq!(
+        store.current_release_id("prod").unwrap().as_deref(),
+        Some("r1")
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_blocking_write_is_an_error_not_a_panic() {
+    let store = Store::temporary().unwrap();
+    let err = store
+        .run_blocking::<(), _>("a test write", |_| panic!("boom"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Worker { .. }), "{err:?}");
+    assert!(!err.is_transient());
+}
+
+#[test]
+fn only_io_errors_are_transient() {
+    let io = || sled::Error::Io(std::io::Error::other("disk full"));
+    let transient = [
+        StoreError::Db {
+            context: "write".to_string(),
+            source: io(),
+        },
+        StoreError::Open {
+            dir: PathBuf::from("/x"),
+            source: io(),
+        },
+        StoreError::InUse {
+            dir: PathBuf::from("/x"),
+            pid: Some(1),
+        },
+    ];
+    for e in &transient {
+        assert!(e.is_transient(), "{e:?}");
+        assert_eq!(
+            ProviderError::from(clone_err(e)).class,
+            ErrorClass::Transient
+        );
+    }
+    let permanent = [
+        StoreError::Db {
+            context: "read".to_string(),
+            source: sled::Error::Corruption { at: None, bt: () },
+        },
+        StoreError::Db {
+            context: "read".to_string(),
+            source: sled::Error::Unsupported("bad".to_string()),
+        },
+        StoreError::Db {
+            context: "read".to_string(),
+            source: sled::Error::ReportableBug("bug".to_string()),
+        },
+        StoreError::Corrupt {
+            tree: "plans".to_string(),
+            key: "d1".to_string(),
+            source: serde_json::from_slice::<u8>(b"{").unwrap_err(),
+        },
+        StoreError::NotFound {
+            what: "deployment",
+            id: "d1".to_string(),
+        },
+        StoreError::LeaseHeld {
+            env: "prod".to_string(),
+            holder: lease("d1"),
+        },
+    ];
+    for e in &permanent {
+        assert!(!e.is_transient(), "{e:?}");
+        let provider = ProviderError::from(clone_err(e));
+        assert_eq!(provider.class, ErrorClass::Permanent);
+        assert!(provider.message.starts_with("state store: "), "{provider}");
+    }
+}
+
+/// StoreError is not Clone (it holds sources); rebuild the few kinds the test uses.
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Db { context, source } => StoreError::Db {
+            context: context.clone(),
+            source: source.clone(),
+        },
+        StoreError::Open { dir, source } => StoreError::Open {
+            dir: dir.clone(),
+            source: source.clone(),
+        },
+        StoreError::InUse { dir, pid } => StoreError::InUse {
+            dir: dir.clone(),
+            pid: *pid,
+        },
+        StoreError::Corrupt { tree, key, .. } => StoreError::Corrupt {
+            tree: tree.clone(),
+            key: key.clone(),
+            source: serde_json::from_slice::<u8>(b"{").unwrap_err(),
+        },
+        StoreError::NotFound { what, id } => StoreError::NotFound {
+            what,
+            id: id.clone(),
+        },
+        StoreError::LeaseHeld { env, holder } => StoreError::LeaseHeld {
+            env: env.clone(),
+            holder: holder.clone(),
+        },
+        other => panic!("clone_err does not handle {other:?}"),
+    }
+}
+
+#[test]
+fn a_corrupt_value_reads_as_a_permanent_error() {
+    let store = Store::temporary().unwrap();
+    store
+        .deployments
+        .tree
+        .insert("d1", b"not json".to_vec())
+        .unwrap();
+    let err = store.deployment("d1").unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(!err.is_transient());
+}
