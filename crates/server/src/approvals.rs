@@ -8,7 +8,7 @@
 //! stale). Accepted decisions are stored (the executor counts them), audited and announced
 //! to webhooks.
 
-use serde::{Deserialize, Serialize};
+
 use serde_json::json;
 
 use cutover_model::now_ms;
@@ -18,20 +18,10 @@ use crate::auth::{Principal, Role};
 use crate::webhooks::Event;
 use crate::{audit, ControlPlane, ServerError};
 
-/// A decision as the API takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum DecisionBody {
-    Approve,
-    Reject,
-}
-
-impl From<DecisionBody> for Decision {
-    fn from(d: DecisionBody) -> Decision {
-        match d {
-            DecisionBody::Approve => Decision::Approve,
-            DecisionBody::Reject => Decision::Reject,
-        }
+fn stored(decision: crate::api::Decision) -> Decision {
+    match decision {
+        crate::api::Decision::Approve => Decision::Approve,
+        crate::api::Decision::Reject => Decision::Reject,
     }
 }
 
@@ -40,7 +30,7 @@ pub async fn decide(
     cp: &ControlPlane,
     who: &Principal,
     deployment_id: &str,
-    decision: Decision,
+    decision: crate::api::Decision,
     plan_digest: &str,
     image_id: &str,
     comment: &str,
@@ -56,6 +46,7 @@ pub async fn decide(
             "comment: must be at most 4096 bytes".to_string(),
         ));
     }
+    let decision = stored(decision);
     let view = cutover_executor::deployment_view(&cp.store, deployment_id)?;
     let gate = match &view.approval {
         Some(gate) if gate.waiting => gate,

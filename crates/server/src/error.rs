@@ -30,6 +30,8 @@ pub enum ServerError {
     Conflict(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -68,6 +70,7 @@ impl ServerError {
             ServerError::NotFound(_) => ErrorCode::NotFound,
             ServerError::Conflict(_) => ErrorCode::Conflict,
             ServerError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ServerError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ServerError::Store(cutover_store::StoreError::LeaseHeld { .. }) => ErrorCode::Conflict,
             ServerError::Store(cutover_store::StoreError::NotFound { .. }) => ErrorCode::NotFound,
             ServerError::Provider(e) if e.is_transient() => ErrorCode::Unavailable,

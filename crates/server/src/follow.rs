@@ -111,3 +111,28 @@ impl ControlPlane {
         Ok(rx)
     }
 }
+
+/// The details of a followed deployment: the one now, then each change, ending after the
+/// first finished one. Wakes only when the deployment changes.
+pub fn changes(
+    cp: Arc<ControlPlane>,
+    id: String,
+    live: Live,
+) -> impl futures_util::Stream<Item = Arc<DeploymentDetail>> {
+    futures_util::stream::unfold(Some((cp, id, live, true)), |state| async move {
+        let (cp, id, mut live, first) = state?;
+        if !first {
+            if live.changed().await.is_err() {
+                // The publisher stopped (the deployment finished, or it had no followers
+                // left when this one came): follow again, which reads the store afresh.
+                live = cp.follow(&id).ok()?;
+            }
+        }
+        let detail = live.borrow_and_update().clone();
+        let next = detail
+            .finished_at_ms
+            .is_none()
+            .then_some((cp, id, live, false));
+        Some((detail, next))
+    })
+}

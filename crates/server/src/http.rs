@@ -1,45 +1,58 @@
-//! The HTTP API for CI (`/api/v1`, JSON, bearer tokens) and `/metrics`.
+//! The control plane's one API (`/api/v1`, JSON), `/metrics`, and the web UI's routes, as
+//! one router with two doors in front of it:
 //!
-//! Every route is declared once in [`routes`] with the least role it needs; the router is
-//! built from that table, each route behind the authentication layer, so nothing is
-//! reachable without a valid token (401) and a role that allows it somewhere (403).
-//! Handlers then check the role against the environment they act on. The OpenAPI document
-//! ([`ApiDoc`], served at `/api/v1/openapi.json`) is generated from the handlers'
-//! annotations; a test checks that every route of the table is in it.
+//! - the Unix socket (`control.sock`, 0600): the caller is the socket's peer, proven by the
+//!   kernel ([`LocalPeer`], from `SO_PEERCRED`), with admin rights; a bearer token sent
+//!   there makes it act as the token's owner instead;
+//! - the TCP listener (`--http`): a bearer token (CI) or a web session (the UI's own routes).
 //!
-//! Errors are JSON `{code, message}` with the stable codes of [`ServerError`].
+//! Every API route is declared once in [`routes`] with the least role it needs; the router
+//! is built from that table with each route behind the authentication layer, so nothing of
+//! the API is reachable without a proven caller (401) whose role allows it somewhere (403).
+//! Handlers then check the role against the environment they act on. The web UI's pages
+//! ([`crate::ui::router`]) are merged beside the table and authenticate with sessions.
+//! The OpenAPI document ([`ApiDoc`], at `/api/v1/openapi.json`) is generated from the
+//! handlers' annotations and the schemas of `cutover-api`; a test checks every route of
+//! the table is in it.
+//!
+//! Errors are [`ErrorBody`] with the stable codes of [`crate::api::ErrorCode`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
+use axum::serve::IncomingStream;
 use axum::{Extension, Json, Router};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::net::UnixListener;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::OpenApi;
 
 use cutover_model::now_ms;
-use cutover_store::TypedTree;
+use cutover_store::{Claim, TypedTree};
 
 use crate::api::{
-    ApprovalInfo, DecisionLine, DeploymentDetail, EnvStatus, ErrorBody, HistoryLine, InstanceLine,
-    Started, StepLine, WarmRelease,
+    events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, CreatedToken, Decision,
+    DecisionLine, DeploymentDetail, DeploymentState, EnvStatus, EnvironmentsQuery, ErrorBody,
+    ErrorCode, Grant, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser,
+    PlanRequest, PlanResponse, Resumed, Role, RollbackRequest, RollbackTo, Started, StepLine,
+    StepState, TokenRecord, UserLine, WarmRelease,
 };
-use crate::approvals::DecisionBody;
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
-use crate::auth::{CreatedToken, NewToken, Principal, Role, TokenRecord};
+use crate::auth::Principal;
 use crate::deploy::SpecSource;
-use crate::handlers::{env_statuses, history_lines};
+use crate::view::{env_statuses, history_lines};
 use crate::{approvals, audit, auth, deploy, view, ControlPlane, ServerError};
 
 type Cp = State<Arc<ControlPlane>>;
@@ -47,37 +60,151 @@ type Cp = State<Arc<ControlPlane>>;
 /// The idempotency header of POSTs that start work.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 const IDEMPOTENCY_TREE: &str = "idempotency_keys";
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+// ----- the doors -----
+
+/// The peer of a connection on the control socket, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPeer {
+    pub uid: Option<u32>,
+    /// The account name of `uid` (`uid-<n>` when it has none).
+    pub name: String,
+}
+
+impl LocalPeer {
+    /// A peer with this account name (tests that drive the router in-process).
+    pub fn named(name: &str) -> LocalPeer {
+        LocalPeer {
+            uid: None,
+            name: name.to_string(),
+        }
+    }
+
+    fn of_uid(uid: Option<u32>) -> LocalPeer {
+        let name = match uid {
+            Some(uid) => account_name(uid).unwrap_or_else(|| format!("uid-{uid}")),
+            None => "unknown-peer".to_string(),
+        };
+        LocalPeer { uid, name }
+    }
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for LocalPeer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        LocalPeer::of_uid(stream.io().peer_cred().ok().map(|c| c.uid()))
+    }
+}
+
+/// The account name of `uid` from the system's user database.
+fn account_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: getpwuid_r writes only into `pwd` and `buf` (whose length it is told) and
+    // sets `result` to null or to `pwd`; both outlive the call, and `pw_name` points into
+    // `buf`, read before `buf` is dropped.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// The authentication layer: a bearer token, else the socket's peer. Puts the
+/// [`Principal`] in the request's extensions.
+async fn authenticate(
+    State((cp, role)): State<(Arc<ControlPlane>, Role)>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    let principal = match request.headers().get(header::AUTHORIZATION) {
+        Some(value) => bearer_principal(&cp, value)?,
+        None => match request.extensions().get::<ConnectInfo<LocalPeer>>() {
+            Some(ConnectInfo(peer)) => Principal::local(&peer.name),
+            None => {
+                return Err(ServerError::Unauthorized(
+                    "missing bearer token: send Authorization: Bearer <token> (an admin creates one with `cutover token create`)"
+                        .to_string(),
+                ))
+            }
+        },
+    };
+    if !principal.can_somewhere(role) {
+        return Err(ServerError::Forbidden(format!(
+            "{} lacks the {role} role this endpoint needs; ask an admin for a token with it",
+            principal.name
+        )));
+    }
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
+fn bearer_principal(cp: &ControlPlane, value: &HeaderValue) -> Result<Principal, ServerError> {
+    let text = value.to_str().unwrap_or("");
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            ServerError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`".to_string(),
+            )
+        })?
+        .trim();
+    auth::authenticate_bearer(&cp.store, token)?.ok_or_else(|| {
+        ServerError::Unauthorized(
+            "the token is not valid (unknown, expired or revoked); ask an admin for a new one"
+                .to_string(),
+        )
+    })
+}
+
+type Who = Extension<Principal>;
 
 // ----- extractors that answer with the API's error format -----
 
-/// `Json` whose rejections are `{code, message}` naming the bad field.
+/// `Json` whose rejections are [`ErrorBody`]s naming the bad field by its path.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ServerError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ServerError::UnsupportedMediaType(
-                    "send the body as JSON with the header Content-Type: application/json"
-                        .to_string(),
-                ))
-            }
-            Err(rejection) => {
-                let text = rejection.body_text();
-                // axum says "Failed to ... target type: <path>: <serde error>"; keep the part
-                // that names the field.
-                let detail = text
-                    .split_once("type: ")
-                    .or_else(|| text.split_once("JSON: "))
-                    .map_or(text.as_str(), |(_, d)| d);
-                Err(ServerError::BadRequest(format!(
-                    "invalid request body: {detail}"
-                )))
-            }
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+        if !json {
+            return Err(ServerError::UnsupportedMediaType(
+                "send the body as JSON with the header Content-Type: application/json"
+                    .to_string(),
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ServerError::PayloadTooLarge("the request body is too large".to_string())
+            } else {
+                ServerError::BadRequest("could not read the request body".to_string())
+            }
+        })?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de)
+            .map(ApiJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." { "body".to_string() } else { path };
+                ServerError::BadRequest(format!("{field}: {}", e.into_inner()))
+            })
     }
 }
 
@@ -123,97 +250,12 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-// ----- request and response bodies of this API -----
-
-/// What to plan: a spec (by path, or as text with the directory it belongs to) and an
-/// environment (may be left out when the spec has exactly one).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanRequest {
-    /// Absolute path of `deploy.toml` on the control plane's machine.
-    #[serde(default)]
-    pub spec_path: Option<String>,
-    /// The text of a `deploy.toml` (give `base_dir` with it).
-    #[serde(default)]
-    pub spec: Option<String>,
-    /// Absolute directory on the control plane's machine that relative paths in `spec`
-    /// resolve against.
-    #[serde(default)]
-    pub base_dir: Option<String>,
-    #[serde(default)]
-    pub env: Option<String>,
-}
-
-impl PlanRequest {
-    fn source(&self) -> SpecSource {
-        SpecSource {
-            spec_path: self.spec_path.clone(),
-            spec: self.spec.clone(),
-            base_dir: self.base_dir.clone(),
-        }
+fn source_of(req: &PlanRequest) -> SpecSource {
+    SpecSource {
+        spec_path: req.spec_path.clone(),
+        spec: req.spec.clone(),
+        base_dir: req.base_dir.clone(),
     }
-}
-
-/// A plan and its text rendering.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PlanResponse {
-    /// The immutable plan (DAG of steps) with its digest.
-    #[schema(value_type = Object)]
-    pub plan: cutover_model::Plan,
-    pub digest: String,
-    /// The plan as `cutover plan` prints it.
-    pub text: String,
-}
-
-/// A rollback: to `to`, or to the previous release. The spec may be left out: the one of
-/// the environment's newest deployment is used.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackRequest {
-    #[serde(default)]
-    pub to: Option<String>,
-    #[serde(default)]
-    pub spec_path: Option<String>,
-    #[serde(default)]
-    pub spec: Option<String>,
-    #[serde(default)]
-    pub base_dir: Option<String>,
-}
-
-/// A decision at an approval gate; it names the plan digest and image id it approves
-/// (see the deployment's `approval` field).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApprovalRequest {
-    pub decision: DecisionBody,
-    #[serde(default)]
-    pub comment: String,
-    pub plan_digest: String,
-    pub image_id: String,
-}
-
-/// A decision that was recorded.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ApprovalAccepted {
-    pub deployment_id: String,
-    pub decision: DecisionBody,
-    pub by: String,
-}
-
-#[derive(Debug, Clone, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct HistoryQuery {
-    /// Only this environment.
-    pub env: Option<String>,
-    /// At most this many (1 to 500, default 50).
-    pub limit: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// Only entries at or after this time (unix ms).
-    pub since_ms: Option<u64>,
 }
 
 // ----- the route table -----
@@ -241,86 +283,53 @@ fn route(
     }
 }
 
-/// Every route of the HTTP API. Nothing is served that is not in this table.
+/// Every route of the API. Nothing of the API is served that is not in this table.
 pub fn routes() -> Vec<RouteDef> {
     use Method as M;
+    use Role::{Admin, Approver, Deployer, Viewer};
     vec![
-        route(
-            M::GET,
-            "/api/v1/openapi.json",
-            Role::Viewer,
-            get(openapi_json),
-        ),
-        route(M::POST, "/api/v1/plans", Role::Deployer, post(create_plan)),
-        route(
-            M::POST,
-            "/api/v1/deployments",
-            Role::Deployer,
-            post(start_deployment),
-        ),
-        route(
-            M::GET,
-            "/api/v1/deployments",
-            Role::Viewer,
-            get(list_deployments),
-        ),
-        route(
-            M::GET,
-            "/api/v1/deployments/{id}",
-            Role::Viewer,
-            get(get_deployment),
-        ),
+        route(M::GET, "/api/v1/health", Viewer, get(health)),
+        route(M::GET, "/api/v1/openapi.json", Viewer, get(openapi_json)),
+        route(M::POST, "/api/v1/plans", Deployer, post(create_plan)),
+        route(M::POST, "/api/v1/deployments", Deployer, post(start_deployment)),
+        route(M::GET, "/api/v1/deployments", Viewer, get(list_deployments)),
+        route(M::GET, "/api/v1/deployments/{id}", Viewer, get(get_deployment)),
         route(
             M::GET,
             "/api/v1/deployments/{id}/events",
-            Role::Viewer,
+            Viewer,
             get(deployment_events),
         ),
         route(
             M::POST,
             "/api/v1/deployments/{id}/approvals",
-            Role::Approver,
+            Approver,
             post(decide),
         ),
-        route(
-            M::GET,
-            "/api/v1/environments",
-            Role::Viewer,
-            get(list_environments),
-        ),
-        route(
-            M::GET,
-            "/api/v1/environments/{env}",
-            Role::Viewer,
-            get(get_environment),
-        ),
+        route(M::POST, "/api/v1/resume", Admin, post(resume)),
+        route(M::GET, "/api/v1/environments", Viewer, get(list_environments)),
+        route(M::GET, "/api/v1/environments/{env}", Viewer, get(get_environment)),
         route(
             M::POST,
             "/api/v1/environments/{env}/rollback",
-            Role::Deployer,
+            Deployer,
             post(rollback),
         ),
-        route(M::GET, "/api/v1/tokens", Role::Admin, get(list_tokens)),
-        route(M::POST, "/api/v1/tokens", Role::Admin, post(create_token)),
-        route(
-            M::POST,
-            "/api/v1/tokens/{id}/revoke",
-            Role::Admin,
-            post(revoke_token),
-        ),
-        route(M::GET, "/api/v1/audit", Role::Admin, get(audit_export)),
-        route(
-            M::GET,
-            "/api/v1/audit/verify",
-            Role::Admin,
-            get(audit_verify),
-        ),
-        route(M::GET, "/metrics", Role::Viewer, get(metrics)),
+        route(M::GET, "/api/v1/tokens", Admin, get(list_tokens)),
+        route(M::POST, "/api/v1/tokens", Admin, post(create_token)),
+        route(M::POST, "/api/v1/tokens/{id}/revoke", Admin, post(revoke_token)),
+        route(M::GET, "/api/v1/users", Admin, get(list_users)),
+        route(M::POST, "/api/v1/users", Admin, post(add_user)),
+        route(M::GET, "/api/v1/audit", Admin, get(audit_export)),
+        route(M::GET, "/api/v1/audit/verify", Admin, get(audit_verify)),
+        route(M::POST, "/api/v1/shutdown", Admin, post(shutdown)),
+        route(M::GET, "/metrics", Viewer, get(metrics)),
     ]
 }
 
-/// The HTTP application: the API, `/metrics`, and JSON answers for unknown paths.
-pub fn http_app(cp: Arc<ControlPlane>) -> Router {
+/// The control plane's router: the API table, `/metrics`, the web UI, and JSON answers
+/// for unknown paths. Both doors serve it.
+pub fn router(cp: Arc<ControlPlane>) -> Router {
     let mut router: Router<Arc<ControlPlane>> = Router::new();
     for def in routes() {
         let guarded = def.handler.route_layer(middleware::from_fn_with_state(
@@ -342,55 +351,147 @@ async fn not_found() -> ServerError {
 
 async fn method_not_allowed() -> Response {
     let body = ErrorBody {
-        code: "method_not_allowed".to_string(),
+        code: ErrorCode::MethodNotAllowed,
         message: "this endpoint does not take that method; see /api/v1/openapi.json".to_string(),
+        error_id: None,
     };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
-/// The authentication layer: a valid bearer token, with a role that allows the route in
-/// some environment. Puts the [`Principal`] in the request's extensions.
-async fn authenticate(
-    State((cp, role)): State<(Arc<ControlPlane>, Role)>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ServerError> {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            ServerError::Unauthorized(
-                "missing bearer token: send Authorization: Bearer <token> (an admin creates one with `cutover token create`)"
-                    .to_string(),
-            )
-        })?;
-    let token = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .ok_or_else(|| {
-            ServerError::Unauthorized(
-                "the Authorization header must be `Bearer <token>`".to_string(),
-            )
-        })?
-        .trim();
-    let principal = auth::authenticate_bearer(&cp.store, token)?.ok_or_else(|| {
-        ServerError::Unauthorized(
-            "the token is not valid (unknown, expired or revoked); ask an admin for a new one"
-                .to_string(),
-        )
-    })?;
-    if !principal.can_somewhere(role) {
-        return Err(ServerError::Forbidden(format!(
-            "{} lacks the {role} role this endpoint needs; ask an admin for a token with it",
-            principal.name
-        )));
-    }
-    request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
+// ----- idempotency -----
+
+/// What an idempotency key maps to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    /// sha256 of the request (what it does and its body).
+    request: String,
+    /// `None` while the first request is being served.
+    started: Option<Started>,
+    at_ms: u64,
+    /// The control plane process serving it (a claim of a process that died is stale).
+    owner: String,
 }
 
-type Who = Extension<Principal>;
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ServerError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(str::trim).unwrap_or("");
+    if key.is_empty() || key.len() > 255 || key.contains('\0') {
+        return Err(ServerError::BadRequest(
+            "Idempotency-Key: must be 1 to 255 visible ASCII characters".to_string(),
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Releases a claim whose request did not finish (an error, or the client went away and
+/// the handler was dropped), so that a retry runs.
+struct ClaimGuard {
+    tree: TypedTree<IdempotencyRecord>,
+    key: String,
+    claim: Option<IdempotencyRecord>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            if let Err(e) = self.tree.compare_and_swap(&self.key, Some(&claim), None) {
+                tracing::warn!(error = %e, "could not release an idempotency key; it expires in 24h");
+            }
+        }
+    }
+}
+
+/// Drop remembered keys older than [`IDEMPOTENCY_TTL_MS`]. Returns how many.
+pub fn purge_idempotency_keys(cp: &ControlPlane, now: u64) -> Result<usize, ServerError> {
+    let tree: TypedTree<IdempotencyRecord> = cp.store.typed_tree(IDEMPOTENCY_TREE)?;
+    let mut purged = 0;
+    for (key, record) in tree.scan_prefix("")? {
+        if now.saturating_sub(record.at_ms) >= IDEMPOTENCY_TTL_MS
+            && tree.compare_and_swap(&key, Some(&record), None)?
+        {
+            purged += 1;
+        }
+    }
+    Ok(purged)
+}
+
+/// Run `start` at most once per (principal, key) within [`IDEMPOTENCY_TTL_MS`]: the same
+/// key with the same request returns the first answer; with another request it is
+/// refused. The key is claimed atomically; a claim whose request failed, was abandoned, or
+/// whose control plane died is released, so the retry runs.
+async fn idempotent<F>(
+    cp: &ControlPlane,
+    who: &Principal,
+    key: Option<String>,
+    request: &[u8],
+    start: F,
+) -> Result<Response, ServerError>
+where
+    F: std::future::Future<Output = Result<Started, ServerError>>,
+{
+    let Some(key) = key else {
+        return Ok((StatusCode::CREATED, Json(start.await?)).into_response());
+    };
+    let tree: TypedTree<IdempotencyRecord> = cp.store.typed_tree(IDEMPOTENCY_TREE)?;
+    let store_key = format!("{}\0{key}", who.name);
+    let digest = hex::encode(Sha256::digest(request));
+    let mine = IdempotencyRecord {
+        request: digest.clone(),
+        started: None,
+        at_ms: now_ms(),
+        owner: cp.instance_id.clone(),
+    };
+    loop {
+        let held = match tree.claim(&store_key, &mine)? {
+            Claim::Inserted => break,
+            Claim::Existing(held) => held,
+        };
+        let expired = mine.at_ms.saturating_sub(held.at_ms) >= IDEMPOTENCY_TTL_MS;
+        let abandoned = held.started.is_none() && held.owner != cp.instance_id;
+        if expired || abandoned {
+            // Take it over; if someone else did first, look again.
+            if tree.compare_and_swap(&store_key, Some(&held), Some(&mine))? {
+                break;
+            }
+            continue;
+        }
+        if held.request != digest {
+            return Err(ServerError::Conflict(
+                "Idempotency-Key: this key was used for a different request; use a new key for a new request".to_string(),
+            ));
+        }
+        return match held.started {
+            Some(started) => {
+                let mut response = (StatusCode::CREATED, Json(started)).into_response();
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                Ok(response)
+            }
+            None => Err(ServerError::Conflict(
+                "Idempotency-Key: a request with this key is still being served; retry in a moment"
+                    .to_string(),
+            )),
+        };
+    }
+    let mut guard = ClaimGuard {
+        tree: tree.clone(),
+        key: store_key.clone(),
+        claim: Some(mine.clone()),
+    };
+    let started = start.await?;
+    let done = IdempotencyRecord {
+        started: Some(started.clone()),
+        ..mine.clone()
+    };
+    if tree.compare_and_swap(&store_key, Some(&mine), Some(&done))? {
+        guard.claim = None;
+        cp.store.flush()?;
+    }
+    Ok((StatusCode::CREATED, Json(started)).into_response())
+}
 
 // ----- OpenAPI -----
 
@@ -398,9 +499,10 @@ type Who = Extension<Principal>;
 #[openapi(
     info(
         title = "cutover API",
-        description = "Plan, start, follow, approve and roll back deployments. Every endpoint needs `Authorization: Bearer <token>` (`cutover token create`). Errors are JSON `{code, message}` with stable codes: bad_request, unauthorized, forbidden, not_found, conflict, unsupported_media_type, unavailable, internal."
+        description = "Plan, start, follow, approve and roll back deployments. Over TCP every endpoint needs `Authorization: Bearer <token>` (`cutover token create`); on the control socket the caller is the socket's peer. Errors are JSON `{code, message, error_id?}` with stable codes: bad_request, unauthorized, forbidden, not_found, method_not_allowed, conflict, payload_too_large, unsupported_media_type, unavailable, internal (internal errors carry only an id that names the log line with the detail)."
     ),
     paths(
+        health,
         openapi_json,
         create_plan,
         start_deployment,
@@ -408,21 +510,26 @@ type Who = Extension<Principal>;
         get_deployment,
         deployment_events,
         decide,
+        resume,
         list_environments,
         get_environment,
         rollback,
         list_tokens,
         create_token,
         revoke_token,
+        list_users,
+        add_user,
         audit_export,
         audit_verify,
+        shutdown,
         metrics,
     ),
     components(schemas(
         ErrorBody, PlanRequest, PlanResponse, Started, DeploymentDetail, StepLine, ApprovalInfo,
         DecisionLine, HistoryLine, EnvStatus, InstanceLine, WarmRelease, RollbackRequest,
-        ApprovalRequest, ApprovalAccepted, DecisionBody, TokenRecord, NewToken, CreatedToken,
-        Role, AuditEntry, VerifyReport, BrokenLink
+        ApprovalRequest, ApprovalAccepted, Decision, TokenRecord, NewToken, CreatedToken,
+        Role, Grant, NewUser, UserLine, AuditEntry, VerifyReport, BrokenLink, DeploymentState,
+        StepState, ErrorCode, RollbackTo, Resumed, Health
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -471,99 +578,20 @@ async fn create_plan(
     Extension(who): Who,
     ApiJson(req): ApiJson<PlanRequest>,
 ) -> Result<Json<PlanResponse>, ServerError> {
-    let plan = deploy::plan(&cp, &who, Some(&req.source()), req.env.as_deref(), None).await?;
+    let rollback = req.rollback.as_ref().map(|r| r.to.clone());
+    let plan = deploy::plan(
+        &cp,
+        &who,
+        Some(&source_of(&req)),
+        req.env.as_deref(),
+        rollback.as_ref(),
+    )
+    .await?;
     Ok(Json(PlanResponse {
         digest: plan.digest.clone(),
         text: cutover_planner::render_text(&plan),
         plan,
     }))
-}
-
-/// What an idempotency key maps to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct IdempotencyRecord {
-    /// sha256 of the request (method, path, body).
-    request: String,
-    /// `None` while the first request is being served.
-    started: Option<Started>,
-    at_ms: u64,
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ServerError> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
-        return Ok(None);
-    };
-    let key = value.to_str().ok().map(str::trim).unwrap_or("");
-    if key.is_empty() || key.len() > 255 || key.contains('\0') {
-        return Err(ServerError::BadRequest(
-            "Idempotency-Key: must be 1 to 255 visible ASCII characters".to_string(),
-        ));
-    }
-    Ok(Some(key.to_string()))
-}
-
-/// Run `start` at most once per (principal, key): the same key with the same request
-/// returns the first answer; with another request it is refused.
-async fn idempotent<F>(
-    cp: &ControlPlane,
-    who: &Principal,
-    key: Option<String>,
-    request: &[u8],
-    start: F,
-) -> Result<Response, ServerError>
-where
-    F: std::future::Future<Output = Result<Started, ServerError>>,
-{
-    let Some(key) = key else {
-        return Ok((StatusCode::CREATED, Json(start.await?)).into_response());
-    };
-    let tree: TypedTree<IdempotencyRecord> = cp.store.typed_tree(IDEMPOTENCY_TREE)?;
-    let store_key = format!("{}\0{key}", who.name);
-    let digest = hex::encode(Sha256::digest(request));
-    let mine = IdempotencyRecord {
-        request: digest.clone(),
-        started: None,
-        at_ms: now_ms(),
-    };
-    let held = tree.insert_if_absent(&store_key, &mine)?;
-    if held.at_ms != mine.at_ms || held.request != digest || held.started.is_some() {
-        if held.request != digest {
-            return Err(ServerError::Conflict(
-                "Idempotency-Key: this key was used for a different request; use a new key for a new request".to_string(),
-            ));
-        }
-        return match held.started {
-            Some(started) => {
-                let mut response = (StatusCode::CREATED, Json(started)).into_response();
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                Ok(response)
-            }
-            None => Err(ServerError::Conflict(
-                "Idempotency-Key: a request with this key is still being served; retry in a moment"
-                    .to_string(),
-            )),
-        };
-    }
-    match start.await {
-        Ok(started) => {
-            tree.insert(
-                &store_key,
-                &IdempotencyRecord {
-                    started: Some(started.clone()),
-                    ..mine
-                },
-            )?;
-            cp.store.flush()?;
-            Ok((StatusCode::CREATED, Json(started)).into_response())
-        }
-        Err(e) => {
-            // Nothing started: the key may be used again.
-            tree.remove(&store_key)?;
-            Err(e)
-        }
-    }
 }
 
 /// Plan and start a deployment (needs deployer for the environment). Send an
@@ -585,12 +613,19 @@ async fn start_deployment(
 ) -> Result<Response, ServerError> {
     let key = idempotency_key(&headers)?;
     let fingerprint = serde_json::to_vec(&("deploy", &req)).unwrap_or_default();
+    let rollback = req.rollback.as_ref().map(|r| r.to.clone());
     idempotent(
         &cp,
         &who,
         key,
         &fingerprint,
-        deploy::start(&cp, &who, Some(&req.source()), req.env.as_deref(), None),
+        deploy::start(
+            &cp,
+            &who,
+            Some(&source_of(&req)),
+            req.env.as_deref(),
+            rollback.as_ref(),
+        ),
     )
     .await
 }
@@ -657,26 +692,47 @@ async fn get_deployment(
     Ok(Json(visible_detail(&cp, &who, &id)?))
 }
 
-/// Where an event stream is.
-struct Follow {
-    cp: Arc<ControlPlane>,
-    id: String,
-    /// Journal entries sent.
-    sent: usize,
-    /// The detail last sent (status and steps), to send changes only.
-    last: Option<String>,
-    done: bool,
-}
-
 fn sse_json<T: Serialize>(event: &str, value: &T) -> SseEvent {
     SseEvent::default()
         .event(event)
         .data(serde_json::to_string(value).unwrap_or_else(|_| "null".to_string()))
 }
 
+/// What the event stream sends for one new state of the deployment: the journal entries
+/// not sent yet, the detail (without journal) when it changed, `end` once it finished.
+fn stream_events(
+    detail: &DeploymentDetail,
+    sent: &mut usize,
+    last: &mut Option<String>,
+) -> Vec<SseEvent> {
+    let mut out: Vec<SseEvent> = detail
+        .journal
+        .iter()
+        .skip(*sent)
+        .map(|entry| sse_json(events::JOURNAL, entry).id(entry.seq.to_string()))
+        .collect();
+    *sent = (*sent).max(detail.journal.len());
+    let summary = DeploymentDetail {
+        journal: Vec::new(),
+        ..detail.clone()
+    };
+    let text = serde_json::to_string(&summary).unwrap_or_default();
+    if last.as_deref() != Some(text.as_str()) {
+        out.push(SseEvent::default().event(events::DEPLOYMENT).data(text.clone()));
+        *last = Some(text);
+    }
+    if detail.finished_at_ms.is_some() {
+        let end = serde_json::json!({"status": detail.status, "reason": detail.reason});
+        out.push(sse_json(events::END, &end));
+    }
+    out
+}
+
 /// Progress of a deployment as server-sent events: `journal` (each journal entry, with its
 /// sequence number as the event id; send `Last-Event-ID` to resume), `deployment` (the
-/// whole detail whenever it changed) and finally `end` when the deployment finished.
+/// whole detail without its journal whenever it changed) and finally `end` when the
+/// deployment finished. Driven by the store's change events: nothing is sent, and nothing
+/// wakes, while the deployment does not change (but a keep-alive comment every 15 s).
 #[utoipa::path(get, path = "/api/v1/deployments/{id}/events", tag = "deployments",
     params(
         ("id" = String, Path, description = "Deployment id"),
@@ -693,55 +749,24 @@ async fn deployment_events(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ServerError> {
-    visible_detail(&cp, &who, &id)?;
-    let sent = headers
+    let record = cp.store.deployment(&id)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "deployment {id} not found; GET /api/v1/deployments lists deployments"
+        ))
+    })?;
+    who.require(Role::Viewer, Some(&record.env))?;
+    let mut sent = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map_or(0, |seq| seq.saturating_add(1));
-    let start = Follow {
-        cp,
-        id,
-        sent,
-        last: None,
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(start, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        loop {
-            let detail = match view::detail(&st.cp.store, &st.id) {
-                Ok(detail) => detail,
-                Err(e) => {
-                    st.done = true;
-                    let body = ErrorBody {
-                        code: e.status_and_code().1.to_string(),
-                        message: e.to_string(),
-                    };
-                    return Some((Ok(sse_json("error", &body)), st));
-                }
-            };
-            if let Some(entry) = detail.journal.get(st.sent) {
-                st.sent += 1;
-                let event = sse_json("journal", entry).id(entry.seq.to_string());
-                return Some((Ok(event), st));
-            }
-            let mut summary = detail.clone();
-            summary.journal.clear();
-            let text = serde_json::to_string(&summary).unwrap_or_default();
-            if st.last.as_deref() != Some(text.as_str()) {
-                st.last = Some(text.clone());
-                return Some((Ok(SseEvent::default().event("deployment").data(text)), st));
-            }
-            if detail.finished_at_ms.is_some() {
-                st.done = true;
-                let end = serde_json::json!({"status": detail.status, "reason": detail.reason});
-                return Some((Ok(sse_json("end", &end)), st));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let mut last = None;
+    let live = cp.follow(&id)?;
+    let stream = crate::follow::changes(cp, id, live)
+        .flat_map(move |detail| {
+            futures_util::stream::iter(stream_events(&detail, &mut sent, &mut last))
+        })
+        .map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -768,7 +793,7 @@ async fn decide(
         &cp,
         &who,
         &id,
-        req.decision.into(),
+        req.decision,
         &req.plan_digest,
         &req.image_id,
         &req.comment,
@@ -786,7 +811,7 @@ async fn decide(
 
 /// Environments the caller may view, with their current release, traffic and latest
 /// deployment.
-#[utoipa::path(get, path = "/api/v1/environments", tag = "environments",
+#[utoipa::path(get, path = "/api/v1/environments", tag = "environments", params(EnvironmentsQuery),
     responses(
         (status = 200, body = Vec<EnvStatus>),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -794,13 +819,28 @@ async fn decide(
 async fn list_environments(
     State(cp): Cp,
     Extension(who): Who,
+    ApiQuery(q): ApiQuery<EnvironmentsQuery>,
 ) -> Result<Json<Vec<EnvStatus>>, ServerError> {
-    let envs: Vec<String> = cp
-        .store
-        .environments()?
-        .into_iter()
-        .filter(|e| who.can(Role::Viewer, Some(e)))
-        .collect();
+    let envs: Vec<String> = match &q.names {
+        Some(names) => {
+            let names: Vec<String> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+            for name in &names {
+                who.require(Role::Viewer, Some(name))?;
+            }
+            names
+        }
+        None => cp
+            .store
+            .environments()?
+            .into_iter()
+            .filter(|e| who.can(Role::Viewer, Some(e)))
+            .collect(),
+    };
     Ok(Json(env_statuses(&cp, envs).await?))
 }
 
@@ -926,6 +966,121 @@ async fn revoke_token(
     who.require(Role::Admin, None)?;
     let record = auth::revoke_token(&cp.store, &who.name, &id)?;
     Ok(Json(record))
+}
+
+/// Users who log in to the web UI (never their password hashes). Admin for all
+/// environments.
+#[utoipa::path(get, path = "/api/v1/users", tag = "admin",
+    responses(
+        (status = 200, body = Vec<UserLine>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+async fn list_users(
+    State(cp): Cp,
+    Extension(who): Who,
+) -> Result<Json<Vec<UserLine>>, ServerError> {
+    who.require(Role::Admin, None)?;
+    Ok(Json(
+        auth::list_users(&cp.store)?
+            .into_iter()
+            .map(|u| UserLine {
+                name: u.name,
+                grants: u.grants,
+                created_at_ms: u.created_at_ms,
+            })
+            .collect(),
+    ))
+}
+
+/// Add a user with one role (in one environment, or all). Admin for all environments.
+#[utoipa::path(post, path = "/api/v1/users", tag = "admin", request_body = NewUser,
+    responses(
+        (status = 201, body = UserLine),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+    ))]
+async fn add_user(
+    State(cp): Cp,
+    Extension(who): Who,
+    ApiJson(req): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<UserLine>), ServerError> {
+    who.require(Role::Admin, None)?;
+    let user = auth::add_user(
+        &cp.store,
+        &who.name,
+        &req.name,
+        vec![Grant {
+            role: req.role,
+            env: req.env.clone(),
+        }],
+        &req.password,
+    )?;
+    audit::record(
+        &cp.store,
+        &who.name,
+        "user.add",
+        &user.name,
+        serde_json::json!({ "role": req.role, "env": req.env }),
+    )?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserLine {
+            name: user.name,
+            grants: user.grants,
+            created_at_ms: user.created_at_ms,
+        }),
+    ))
+}
+
+/// The control plane answering: its pid and version.
+#[utoipa::path(get, path = "/api/v1/health", tag = "meta",
+    responses(
+        (status = 200, body = Health),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+async fn health(Extension(_who): Who) -> Json<Health> {
+    Json(Health {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// Resume every deployment a crash interrupted (they also resume when the control plane
+/// starts). Admin for all environments.
+#[utoipa::path(post, path = "/api/v1/resume", tag = "deployments",
+    responses(
+        (status = 200, body = Resumed),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+async fn resume(State(cp): Cp, Extension(who): Who) -> Result<Json<Resumed>, ServerError> {
+    who.require(Role::Admin, None)?;
+    Ok(Json(Resumed {
+        deployments: cp.resume_unfinished()?,
+    }))
+}
+
+/// Stop the control plane (deployments resume at its next start; traffic is not
+/// affected). Only on the control socket.
+#[utoipa::path(post, path = "/api/v1/shutdown", tag = "admin",
+    responses(
+        (status = 200, body = Health),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+async fn shutdown(
+    State(cp): Cp,
+    Extension(who): Who,
+    peer: Option<Extension<ConnectInfo<LocalPeer>>>,
+) -> Result<Json<Health>, ServerError> {
+    who.require(Role::Admin, None)?;
+    if peer.is_none() {
+        return Err(ServerError::Forbidden(
+            "the control plane stops only from its own machine: run `cutover serve --stop` there"
+                .to_string(),
+        ));
+    }
+    cp.request_shutdown();
+    Ok(health(Extension(who)).await)
 }
 
 /// The audit log, oldest first. Admin for all environments.

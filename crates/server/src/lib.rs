@@ -1,23 +1,22 @@
 //! The control plane: owns the sled store (one process per database), plans and runs
 //! deployments with the executor, resumes unfinished ones at start, retires warm releases
-//! when they are due, and answers two APIs:
+//! when they are due, and serves one API ([`http::router`]: `/api/v1`, `/metrics`, the web
+//! UI) through two doors: the Unix socket `control.sock` (mode 0600; the caller is the
+//! socket's peer, proven by the kernel) and, when `cutover serve --http ADDR` asks for it,
+//! a TCP listener (bearer tokens, web sessions).
 //!
-//! - the local API (`/v1/...`, [`app`]) on a Unix socket (mode 0600): the CLI's channel;
-//!   requests there act as the local user with admin rights;
-//! - the HTTP API for CI (`/api/v1/...`, bearer tokens, OpenAPI at
-//!   `/api/v1/openapi.json`) and `/metrics` ([`http_app`]), on a TCP address when
-//!   `cutover serve --http ADDR` asks for it.
-//!
-//! Routers are built by functions so tests drive them in-process. Authorization lives in
+//! The router is built by a function so tests drive it in-process. Authorization lives in
 //! [`auth`], approval rules in [`approvals`], the hash-chained audit log in [`audit`].
+//! Nothing polls: followers ([`follow`]), the watcher and the metrics are fed by the
+//! store's change events.
 
-pub mod api;
+pub use cutover_api as api;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod deploy;
 mod error;
-mod handlers;
+pub mod follow;
 pub mod http;
 pub mod metrics;
 pub mod ui;
@@ -39,8 +38,7 @@ use cutover_store::Store;
 use tokio::sync::Notify;
 
 pub use error::ServerError;
-pub use handlers::app;
-pub use http::http_app;
+pub use http::{router, LocalPeer};
 pub use view::detail;
 
 /// Optional parts of a control plane.
@@ -51,8 +49,6 @@ pub struct Options {
     pub webhooks: webhooks::Webhooks,
     /// Where proxy counters for `/metrics` come from.
     pub proxy_stats: Option<Arc<dyn metrics::ProxyStats>>,
-    /// How often the background watcher looks at deployments.
-    pub watch_interval: Duration,
 }
 
 impl Default for Options {
@@ -61,7 +57,6 @@ impl Default for Options {
             plans_dir: None,
             webhooks: webhooks::Webhooks::default(),
             proxy_stats: None,
-            watch_interval: Duration::from_millis(250),
         }
     }
 }
@@ -79,7 +74,10 @@ pub struct ControlPlane {
     pub webhooks: webhooks::Webhooks,
     pub metrics: metrics::Metrics,
     pub proxy_stats: Option<Arc<dyn metrics::ProxyStats>>,
-    watch_interval: Duration,
+    /// The deployments followed now, each with one publisher.
+    pub hub: follow::Hub,
+    /// Random id of this control plane process (claims of a dead process are stale).
+    pub instance_id: String,
 }
 
 impl ControlPlane {
@@ -107,7 +105,8 @@ impl ControlPlane {
             webhooks,
             metrics,
             proxy_stats: options.proxy_stats,
-            watch_interval: options.watch_interval,
+            hub: follow::Hub::default(),
+            instance_id: instance_id(),
         })
     }
 
@@ -179,29 +178,32 @@ impl ControlPlane {
 
     /// Start the background watcher (metrics, step logs, webhooks).
     pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        watch::spawn(self.clone(), self.watch_interval)
+        watch::spawn(self.clone())
     }
 }
 
-/// Serve the local API on a Unix socket at `socket` (mode 0600) until shutdown is
-/// requested. Resumes unfinished deployments first and runs the retirement reaper and the
-/// watcher in the background.
+fn instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return format!("{}-{}", std::process::id(), cutover_model::now_ms());
+    }
+    hex::encode(bytes)
+}
+
+/// Serve the router on the Unix socket `socket` (mode 0600) until shutdown is requested.
+/// Resumes unfinished deployments first and runs the retirement reaper and the watcher in
+/// the background.
 pub async fn serve_unix(cp: Arc<ControlPlane>, socket: &Path) -> Result<(), ServerError> {
     serve(cp, socket, None).await
 }
 
-/// Like [`serve_unix`], and also serve [`http_app`] on `http` when given.
+/// Like [`serve_unix`], and also serve the router on the TCP address `http` when given.
 pub async fn serve(
     cp: Arc<ControlPlane>,
     socket: &Path,
     http: Option<SocketAddr>,
 ) -> Result<(), ServerError> {
-    if socket.exists() {
-        std::fs::remove_file(socket).map_err(|e| ServerError::io(socket, e))?;
-    }
-    let listener =
-        tokio::net::UnixListener::bind(socket).map_err(|e| ServerError::io(socket, e))?;
-    set_owner_only(socket)?;
+    let listener = bind_owner_only(socket)?;
     let http_listener = match http {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -216,23 +218,19 @@ pub async fn serve(
     if !resumed.is_empty() {
         tracing::info!(deployments = ?resumed, "resuming unfinished deployments");
     }
-    let reaper = {
-        let cp = cp.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-                if let Err(e) = cp.reap_once().await {
-                    tracing::warn!(error = %e, "retiring warm releases failed; will retry");
-                }
-            }
-        })
-    };
+    match http::purge_idempotency_keys(&cp, cutover_model::now_ms()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(keys = n, "expired idempotency keys removed"),
+        Err(e) => tracing::warn!(error = %e, "could not remove expired idempotency keys"),
+    }
+    let reaper = tokio::spawn(reaper(cp.clone()));
     let watcher = cp.spawn_watcher();
     let http_task = http_listener.map(|l| {
         let cp = cp.clone();
         tokio::spawn(async move {
             let shutdown_cp = cp.clone();
-            if let Err(e) = axum::serve(l, http_app(cp))
+            let app = router(cp).into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(l, app)
                 .with_graceful_shutdown(async move { shutdown_cp.shutdown.notified().await })
                 .await
             {
@@ -241,7 +239,8 @@ pub async fn serve(
         })
     });
     let shutdown_cp = cp.clone();
-    let result = axum::serve(listener, app(cp.clone()))
+    let app = router(cp.clone()).into_make_service_with_connect_info::<LocalPeer>();
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown_cp.shutdown.notified().await })
         .await
         .map_err(|e| ServerError::io(socket, e));
@@ -252,6 +251,67 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(socket);
     result
+}
+
+/// Retire warm releases when they are due: sleeps until the earliest due time, or until
+/// the store says a retirement may have changed; never more often than once a second.
+async fn reaper(cp: Arc<ControlPlane>) {
+    const AT_LEAST_EVERY: Duration = Duration::from_secs(3600);
+    const AT_MOST_EVERY: Duration = Duration::from_secs(1);
+    let mut events = cp.store.subscribe();
+    loop {
+        if let Err(e) = cp.reap_once().await {
+            tracing::warn!(error = %e, "retiring warm releases failed; will retry");
+        }
+        let now = cutover_model::now_ms();
+        let wait = match cp.store.due_retirements(u64::MAX) {
+            Ok(all) => all
+                .iter()
+                .map(|r| Duration::from_millis(r.due_at_ms.saturating_sub(now)))
+                .min()
+                .unwrap_or(AT_LEAST_EVERY)
+                .min(AT_LEAST_EVERY),
+            Err(_) => AT_MOST_EVERY,
+        }
+        .max(AT_MOST_EVERY);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                event = events.recv() => match event {
+                    // Retirements are scheduled and deployments end under environment
+                    // and deployment events; look again, at most once a second.
+                    Ok(cutover_store::StoreEvent::Environment { .. })
+                    | Ok(cutover_store::StoreEvent::Deployment { .. })
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        tokio::time::sleep(AT_MOST_EVERY).await;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Bind a Unix socket that only its owner may connect to: created under a umask of 077,
+/// so there is no moment at which others could connect.
+fn bind_owner_only(socket: &Path) -> Result<tokio::net::UnixListener, ServerError> {
+    if socket.exists() {
+        std::fs::remove_file(socket).map_err(|e| ServerError::io(socket, e))?;
+    }
+    // SAFETY: umask only swaps the process's file mode mask; restored right after.
+    let old = unsafe { libc::umask(0o077) };
+    let bound = tokio::net::UnixListener::bind(socket);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| ServerError::io(socket, e))?;
+    set_owner_only(socket)?;
+    Ok(listener)
 }
 
 fn set_owner_only(path: &Path) -> Result<(), ServerError> {

@@ -1,9 +1,10 @@
 //! Prometheus metrics (text format at `/metrics`).
 //!
-//! Counts that the store knows exactly (deployments by outcome, rollbacks, stuck and
-//! waiting deployments) are read from it at scrape time, so they survive restarts. Step
-//! durations are observed by the background watcher as journal entries appear. Proxy
-//! requests and errors come from the proxy's admin API when the control plane has one.
+//! Deployment counts (by outcome, rollbacks, stuck, running and waiting deployments) are
+//! kept in memory by the background watcher: read from the store once at start (so they
+//! survive restarts), then updated by its change events, so a scrape reads no store. Step
+//! durations are observed by the watcher as journal entries appear. Proxy requests and
+//! errors come from the proxy's admin API when the control plane has one.
 
 use std::sync::Arc;
 
@@ -15,7 +16,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use cutover_model::{DeploymentKind, DeploymentStatus};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::api::DeploymentState;
 
 use crate::{ControlPlane, ServerError};
 
@@ -51,11 +55,21 @@ struct ProxyLabel {
     release: String,
 }
 
+/// What the metrics count of one deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeploymentFacts {
+    pub status: DeploymentState,
+    /// A rollback deployment (a manual rollback).
+    pub rollback: bool,
+    pub waiting: bool,
+}
+
 /// Metrics kept in memory between scrapes.
 #[derive(Clone)]
 pub struct Metrics {
     step_durations: Family<KindLabel, Histogram>,
     pub(crate) webhook_failures: Counter,
+    deployments: Arc<Mutex<HashMap<String, DeploymentFacts>>>,
 }
 
 impl Default for Metrics {
@@ -67,11 +81,20 @@ impl Default for Metrics {
                 ])
             }),
             webhook_failures: Counter::default(),
+            deployments: Arc::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Record what deployment `id` is now.
+    pub fn set_deployment(&self, id: &str, facts: DeploymentFacts) {
+        self.deployments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), facts);
+    }
+
     /// Record how long a step of `kind` took.
     pub fn observe_step(&self, kind: &str, duration_ms: u64) {
         self.step_durations
@@ -101,39 +124,43 @@ pub async fn render(cp: &ControlPlane) -> Result<String, ServerError> {
             kind: kind.to_string(),
         }));
     }
-    for record in cp.store.deployments(None, usize::MAX)? {
-        if record.status.is_finished() {
+    let facts: Vec<DeploymentFacts> = cp
+        .metrics
+        .deployments
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .copied()
+        .collect();
+    for f in facts {
+        if f.status.is_finished() {
             outcomes
                 .get_or_create(&OutcomeLabel {
-                    outcome: record.status.label().to_string(),
+                    outcome: f.status.as_str().to_string(),
                 })
                 .inc();
         }
-        if matches!(record.kind, DeploymentKind::Rollback { .. }) {
+        if f.rollback {
             rollbacks
                 .get_or_create(&KindLabel {
                     kind: "manual".to_string(),
                 })
                 .inc();
         }
-        match &record.status {
-            DeploymentStatus::RolledBack { .. } => {
+        match f.status {
+            DeploymentState::RolledBack => {
                 rollbacks
                     .get_or_create(&KindLabel {
                         kind: "automatic".to_string(),
                     })
                     .inc();
             }
-            DeploymentStatus::Stuck { .. } => {
+            DeploymentState::Stuck => {
                 stuck.inc();
             }
-            DeploymentStatus::Running | DeploymentStatus::Unwinding { .. } => {
+            DeploymentState::Running | DeploymentState::Unwinding => {
                 running.inc();
-                if cutover_executor::deployment_view(&cp.store, &record.id)
-                    .ok()
-                    .and_then(|v| v.approval)
-                    .is_some_and(|a| a.waiting)
-                {
+                if f.waiting {
                     waiting.inc();
                 }
             }

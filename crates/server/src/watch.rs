@@ -1,21 +1,23 @@
-//! The background watcher: follows deployment records and journals, feeds step durations
-//! to the metrics, logs each step's outcome with its deployment and step, and sends
-//! webhooks when a deployment fails, rolls back, gets stuck or starts waiting for approval.
+//! The background watcher: follows the store's change events, feeds step durations and
+//! deployment counts to the metrics, logs each step's outcome with its deployment and
+//! step, and sends webhooks when a deployment fails, rolls back, gets stuck or starts
+//! waiting for approval.
 //!
-//! It polls the store (the executor may run in this process or have run before a restart).
-//! What exists when it starts is its baseline: no webhook is sent for it again.
+//! What exists when it starts is its baseline (read once): no webhook is sent for it
+//! again. After that it reads only the deployment an event names, so it costs nothing
+//! while nothing happens.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use cutover_model::{DeploymentStatus, JournalEvent};
+use tokio::sync::broadcast::error::RecvError;
 
+use cutover_model::{DeploymentKind, DeploymentStatus, JournalEvent};
+use cutover_store::StoreEvent;
+
+use crate::metrics::DeploymentFacts;
 use crate::webhooks::Event;
 use crate::{ControlPlane, ServerError};
-
-/// How many of the newest deployments each pass looks at.
-const WINDOW: usize = 200;
 
 #[derive(Debug, Default)]
 struct Tracked {
@@ -28,37 +30,48 @@ struct Tracked {
     kinds: HashMap<String, &'static str>,
 }
 
-/// State of the watcher between passes.
+/// State of the watcher between events.
 #[derive(Default)]
 pub struct Watcher {
     tracked: HashMap<String, Tracked>,
-    primed: bool,
 }
 
 impl Watcher {
-    /// Look at the store once: observe new journal entries, send webhooks for transitions.
-    pub fn pass(&mut self, cp: &ControlPlane) -> Result<(), ServerError> {
-        let baseline = !self.primed;
-        self.primed = true;
-        for record in cp.store.deployments(None, WINDOW)? {
-            let tracked = self.tracked.entry(record.id.clone()).or_default();
-            if tracked.finished {
-                continue;
+    /// Take what the store holds now as the baseline: counted in the metrics, announced
+    /// to nobody.
+    pub fn prime(&mut self, cp: &ControlPlane) -> Result<(), ServerError> {
+        for record in cp.store.deployments(None, usize::MAX)? {
+            self.observe(cp, &record.id, true)?;
+        }
+        Ok(())
+    }
+
+    /// Look at deployment `id` again: new journal entries, status transitions.
+    pub fn observe(
+        &mut self,
+        cp: &ControlPlane,
+        id: &str,
+        baseline: bool,
+    ) -> Result<(), ServerError> {
+        let Some(record) = cp.store.deployment(id)? else {
+            return Ok(());
+        };
+        let tracked = self.tracked.entry(record.id.clone()).or_default();
+        if tracked.finished {
+            return Ok(());
+        }
+        if tracked.kinds.is_empty() {
+            if let Some(plan) = cp.store.plan(&record.id)? {
+                tracked.kinds = plan
+                    .steps
+                    .iter()
+                    .map(|s| (s.id.clone(), s.kind.as_str()))
+                    .collect();
             }
-            if tracked.kinds.is_empty() {
-                if let Some(plan) = cp.store.plan(&record.id)? {
-                    tracked.kinds = plan
-                        .steps
-                        .iter()
-                        .map(|s| (s.id.clone(), s.kind.as_str()))
-                        .collect();
-                }
-            }
-            let journal = cp.store.journal(&record.id)?;
+        }
+        let journal = cp.store.journal(&record.id)?;
+        if !baseline {
             for entry in journal.iter().skip(tracked.seen) {
-                if baseline {
-                    break;
-                }
                 match &entry.event {
                     JournalEvent::StepSucceeded {
                         step, duration_ms, ..
@@ -84,62 +97,95 @@ impl Watcher {
                     _ => {}
                 }
             }
-            tracked.seen = journal.len();
+        }
+        tracked.seen = journal.len();
 
-            let status = record.status.label().to_string();
-            let waiting = matches!(
-                record.status,
-                DeploymentStatus::Running | DeploymentStatus::Planned
-            ) && cutover_executor::deployment_view(&cp.store, &record.id)
-                .ok()
-                .and_then(|v| v.approval)
-                .is_some_and(|a| a.waiting);
-            let event = |name: &str, reason: Option<String>| Event {
-                event: name.to_string(),
-                deployment: record.id.clone(),
-                env: record.env.clone(),
-                release: record.release_id.clone(),
-                reason,
-            };
-            if !baseline {
-                if status != tracked.status {
-                    match &record.status {
-                        DeploymentStatus::Unwinding { reason } => {
-                            cp.webhooks.notify(event("failed", Some(reason.clone())))
-                        }
-                        DeploymentStatus::RolledBack { reason } => cp
-                            .webhooks
-                            .notify(event("rolled_back", Some(reason.clone()))),
-                        DeploymentStatus::Stuck { reason } => {
-                            cp.webhooks.notify(event("stuck", Some(reason.clone())))
-                        }
-                        _ => {}
+        let status = record.status.label().to_string();
+        let waiting = matches!(
+            record.status,
+            DeploymentStatus::Running | DeploymentStatus::Planned
+        ) && cutover_executor::deployment_view(&cp.store, &record.id)
+            .ok()
+            .and_then(|v| v.approval)
+            .is_some_and(|a| a.waiting);
+        let event = |name: &str, reason: Option<String>| Event {
+            event: name.to_string(),
+            deployment: record.id.clone(),
+            env: record.env.clone(),
+            release: record.release_id.clone(),
+            reason,
+        };
+        if !baseline {
+            if status != tracked.status {
+                match &record.status {
+                    DeploymentStatus::Unwinding { reason } => {
+                        cp.webhooks.notify(event("failed", Some(reason.clone())))
                     }
-                }
-                if waiting && !tracked.waiting {
-                    cp.webhooks.notify(event(
-                        "waiting_for_approval",
-                        Some(format!("requested by {}", record.requested_by)),
-                    ));
+                    DeploymentStatus::RolledBack { reason } => cp
+                        .webhooks
+                        .notify(event("rolled_back", Some(reason.clone()))),
+                    DeploymentStatus::Stuck { reason } => {
+                        cp.webhooks.notify(event("stuck", Some(reason.clone())))
+                    }
+                    _ => {}
                 }
             }
-            tracked.status = status;
-            tracked.waiting = waiting;
-            tracked.finished = record.status.is_finished();
+            if waiting && !tracked.waiting {
+                cp.webhooks.notify(event(
+                    "waiting_for_approval",
+                    Some(format!("requested by {}", record.requested_by)),
+                ));
+            }
+        }
+        tracked.status = status;
+        tracked.waiting = waiting;
+        tracked.finished = record.status.is_finished();
+        cp.metrics.set_deployment(
+            &record.id,
+            DeploymentFacts {
+                status: (&record.status).into(),
+                rollback: matches!(record.kind, DeploymentKind::Rollback { .. }),
+                waiting,
+            },
+        );
+        Ok(())
+    }
+
+    /// Look again at every deployment not known to have finished (after missed events).
+    fn observe_unfinished(&mut self, cp: &ControlPlane) -> Result<(), ServerError> {
+        for record in cp.store.unfinished()? {
+            self.observe(cp, &record.id, false)?;
         }
         Ok(())
     }
 }
 
-/// Run the watcher every `interval` until the task is aborted.
-pub fn spawn(cp: Arc<ControlPlane>, interval: Duration) -> tokio::task::JoinHandle<()> {
+/// Run the watcher until the task is aborted.
+pub fn spawn(cp: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
+    // Subscribe before the baseline, so nothing between the two is missed.
+    let mut events = cp.store.subscribe();
     tokio::spawn(async move {
         let mut watcher = Watcher::default();
+        if let Err(e) = watcher.prime(&cp) {
+            tracing::warn!(error = %e, "reading the deployments for the watcher failed");
+        }
         loop {
-            if let Err(e) = watcher.pass(&cp) {
-                tracing::warn!(error = %e, "watching deployments failed; will retry");
+            let result = match events.recv().await {
+                Ok(StoreEvent::Journal { deployment_id, .. })
+                | Ok(StoreEvent::Deployment { deployment_id })
+                | Ok(StoreEvent::Approval { deployment_id }) => {
+                    watcher.observe(&cp, &deployment_id, false)
+                }
+                Ok(StoreEvent::Environment { .. }) => Ok(()),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "the watcher fell behind; reading again");
+                    watcher.observe_unfinished(&cp)
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "watching deployments failed; will look again at the next change");
             }
-            tokio::time::sleep(interval).await;
         }
     })
 }

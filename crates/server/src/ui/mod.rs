@@ -25,11 +25,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
 use cutover_model::{format_ms, now_ms};
-use cutover_store::Decision;
+use crate::api::Decision;
 
 use crate::auth::{self, Principal, Role};
 use crate::{view, ControlPlane, ServerError};
@@ -42,7 +42,6 @@ const JS: &str = include_str!("../../../../web/static/cutover.js");
 /// How long one live-update stream runs before the browser reconnects (and the session is
 /// checked again).
 const STREAM_LIFETIME: Duration = Duration::from_secs(300);
-const POLL_EVERY: Duration = Duration::from_millis(200);
 
 type Cp = State<Arc<ControlPlane>>;
 
@@ -575,37 +574,19 @@ async fn events(
         }
         Err(e) => return Err(e),
     };
-    let (d, _) = pages::snapshot(&cp, &id)?;
-    v.principal.require(Role::Viewer, Some(&d.env))?;
+    let live = cp.follow(&id)?;
+    let env = live.borrow().env.clone();
+    v.principal.require(Role::Viewer, Some(&env))?;
     let deadline = tokio::time::Instant::now() + STREAM_LIFETIME;
-    let stream = futures_util::stream::unfold(
-        (cp, id, None::<String>, false),
-        move |(cp, id, last, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                if tokio::time::Instant::now() >= deadline {
-                    return None;
-                }
-                let (event, finished, json) = match pages::snapshot(&cp, &id) {
-                    Ok((_, snap)) => {
-                        let json = serde_json::to_string(&snap).unwrap_or_default();
-                        (Event::default().event("state"), snap.finished, json)
-                    }
-                    Err(e) => {
-                        let (_, code) = e.status_and_code();
-                        (Event::default().event("failure"), true, code.to_string())
-                    }
-                };
-                if last.as_deref() != Some(json.as_str()) {
-                    let event = event.data(json.clone());
-                    return Some((Ok(event), (cp, id, Some(json), finished)));
-                }
-                tokio::time::sleep(POLL_EVERY).await;
-            }
-        },
-    );
+    let mut last: Option<String> = None;
+    let stream = crate::follow::changes(cp, id, live)
+        .filter_map(move |detail| {
+            let json = serde_json::to_string(&pages::snapshot_of(&detail)).unwrap_or_default();
+            let fresh = last.as_deref() != Some(json.as_str());
+            last = Some(json.clone());
+            std::future::ready(fresh.then(|| Ok(Event::default().event("state").data(json))))
+        })
+        .take_until(tokio::time::sleep_until(deadline));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
