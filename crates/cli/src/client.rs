@@ -1,18 +1,14 @@
-//! The CLI's client of the control plane: JSON over HTTP/1.1 on the control socket, and
-//! starting the control plane in the background when it is not running.
+//! The CLI's client of the control plane (`/api/v1` over the control socket, from
+//! `cutover-api`), and starting the control plane in the background when it is not
+//! running.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tokio::net::UnixStream;
+use anyhow::Context;
 
-use cutover_server::api::{ErrorBody, Health};
+pub use cutover_api::client::{ApiClient, CallError};
+use cutover_server::api::Health;
 
 use crate::daemon;
 
@@ -38,122 +34,55 @@ impl StateDir {
     }
 }
 
-/// Errors talking to the control plane.
-#[derive(Debug)]
-pub enum CallError {
-    /// Nothing answers on the socket.
-    Unreachable(String),
-    /// The control plane answered with an error.
-    Api { code: String, message: String },
+/// The client of the project's control plane: `/api/v1` on its socket, as the socket's
+/// peer, or as the owner of `CUTOVER_TOKEN` when it is set.
+pub fn client(state: &StateDir) -> ApiClient {
+    let token = std::env::var("CUTOVER_TOKEN").ok().filter(|t| !t.is_empty());
+    ApiClient::unix(state.control_socket()).with_token(token.as_deref())
 }
 
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Unreachable(e) => write!(f, "cannot reach the control plane: {e}"),
-            CallError::Api { message, .. } => f.write_str(message),
-        }
-    }
-}
-
-impl std::error::Error for CallError {}
-
-#[derive(Debug, Clone)]
-pub struct Client {
-    socket: PathBuf,
-}
-
-impl Client {
-    pub fn new(socket: PathBuf) -> Client {
-        Client { socket }
-    }
-
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
-        self.call("GET", path, None::<&()>).await
-    }
-
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, CallError> {
-        self.call("POST", path, Some(body)).await
-    }
-
-    async fn call<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<T, CallError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| CallError::Unreachable(format!("{}: {e}", self.socket.display())))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let bytes = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| CallError::Unreachable(e.to_string()))?,
-            None => Vec::new(),
-        };
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "cutover")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let err: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
-                code: "internal".to_string(),
-                message: String::from_utf8_lossy(&body).into_owned(),
-            });
-            return Err(CallError::Api {
-                code: err.code,
-                message: err.message,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| CallError::Api {
-            code: "decode".to_string(),
-            message: format!("cannot read the control plane's answer to {path}: {e}"),
-        })
-    }
+/// Whether a control plane answers on the socket (any answer counts, even a refusal).
+async fn answers(client: &ApiClient) -> bool {
+    !matches!(
+        client.get::<Health>("/api/v1/health").await,
+        Err(CallError::Unreachable(_))
+    )
 }
 
 /// Connect to the project's control plane, starting it in the background when nothing
 /// answers. Returns the client and whether it was started now.
-pub async fn connect_or_start(state: &StateDir) -> anyhow::Result<(Client, bool)> {
-    let client = Client::new(state.control_socket());
-    if client.get::<Health>("/v1/health").await.is_ok() {
+///
+/// Starting happens under an exclusive lock on `start.lock` in the state directory: of
+/// several commands that find no control plane at the same moment, one starts it and the
+/// others wait for the lock, then find it answering.
+pub async fn connect_or_start(state: &StateDir) -> anyhow::Result<(ApiClient, bool)> {
+    let client = client(state);
+    if answers(&client).await {
+        return Ok((client, false));
+    }
+    create_state_dir(&state.0)?;
+    let lock_path = state.0.join("start.lock");
+    let lock = tokio::task::spawn_blocking(move || StartLock::acquire(&lock_path))
+        .await
+        .context("waiting for the start lock")??;
+    if answers(&client).await {
         return Ok((client, false));
     }
     let dir = state.0.to_string_lossy().into_owned();
     let pid = daemon::spawn_detached(&["serve", "--state-dir", &dir], &state.serve_log())?;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        if client.get::<Health>("/v1/health").await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if answers(&client).await {
+            drop(lock);
             return Ok((client, true));
         }
         if !daemon::alive(pid) {
-            // Another client may have started one at the same moment.
-            if client.get::<Health>("/v1/health").await.is_ok() {
+            if answers(&client).await {
                 return Ok((client, false));
             }
             anyhow::bail!(
-                "the control plane exited at start; its log {} ends with:\n{}",
+                "the control plane exited at start; the end of its log {}:\n{}",
                 state.serve_log().display(),
                 daemon::log_tail(&state.serve_log(), 10)
             );
@@ -163,6 +92,46 @@ pub async fn connect_or_start(state: &StateDir) -> anyhow::Result<(Client, bool)
         "the control plane did not answer within 30s; see {}",
         state.serve_log().display()
     )
+}
+
+/// Create the state directory, readable by its owner only.
+pub fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))
+}
+
+/// An exclusive `flock` on a file, released when dropped (or when the process dies).
+struct StartLock {
+    _file: std::fs::File,
+}
+
+impl StartLock {
+    fn acquire(path: &Path) -> anyhow::Result<StartLock> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open the start lock {}", path.display()))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(StartLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+    }
 }
 
 /// Absolute form of a path, relative to the working directory.

@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -58,9 +58,40 @@ pub fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Send SIGTERM to the pid in `pid_file` and wait up to `timeout` for it to exit.
-/// Returns whether a process was stopped.
-pub fn terminate(pid_file: &Path, timeout: Duration) -> bool {
+/// Wait until process `pid` exits, or `timeout` passes; returns whether it exited. Waits on
+/// a pidfd (readable once the process has exited), so nothing wakes meanwhile.
+pub async fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    let Some(fd) = pidfd(pid) else {
+        // No such process (or no pidfd support): it is gone as far as we can tell.
+        return !alive(pid);
+    };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open (and the same descriptor) for
+    // as long as the AsyncFd lives.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    let Ok(fd) = registered else {
+        return !alive(pid);
+    };
+    tokio::time::timeout(timeout, fd.readable()).await.is_ok() || !alive(pid)
+}
+
+/// A pidfd for `pid`, if the process exists.
+fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor was just returned to us and is owned by nobody else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Send SIGTERM to the pid in `pid_file` and wait up to `timeout` for it to exit (then
+/// SIGKILL). Returns whether a process was stopped.
+pub async fn terminate(pid_file: &Path, timeout: Duration) -> bool {
     let Some(pid) = read_pid(pid_file) else {
         return false;
     };
@@ -71,22 +102,24 @@ pub fn terminate(pid_file: &Path, timeout: Duration) -> bool {
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     }
-    let start = Instant::now();
-    while alive(pid) && start.elapsed() < timeout {
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    if alive(pid) {
+    if !wait_exit(pid, timeout).await {
         // SAFETY: plain kill(2).
         unsafe {
             libc::kill(pid as i32, libc::SIGKILL);
         }
+        wait_exit(pid, Duration::from_secs(2)).await;
     }
     true
 }
 
-/// The last lines of a log file, for error messages when a daemon failed to start.
+/// The last lines of a log file, indented, for error messages when a daemon failed to
+/// start (its own `error: ` prefix dropped, so the message does not repeat it).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| format!("  {}", l.strip_prefix("error: ").unwrap_or(l)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

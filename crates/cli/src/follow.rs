@@ -1,74 +1,152 @@
-//! Following a deployment until it ends: progress lines (a spinner on a terminal), and a
-//! restart of the control plane if it dies meanwhile (the restart resumes the deployment).
+//! Following a deployment until it ends: the control plane's event stream
+//! (`/api/v1/deployments/{id}/events`, server-sent events on the control socket) rendered
+//! as progress lines (a spinner on a terminal), and a restart of the control plane if it
+//! dies meanwhile (the restart resumes the deployment; the stream resumes after the last
+//! journal entry shown).
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Result;
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cutover_server::api::DeploymentDetail;
+use cutover_model::JournalEntry;
+use cutover_server::api::{events, DeploymentDetail, DeploymentState, ErrorBody, StepState};
 
-use crate::client::{connect_or_start, CallError, Client, StateDir};
+use crate::client::{client, connect_or_start, CallError, StateDir};
 use crate::render;
+
+/// Exit codes of the CLI (the table in `cutover --help`).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const ROLLED_BACK: u8 = 3;
+    pub const STUCK: u8 = 4;
+    pub const BUSY: u8 = 5;
+    pub const SUPPLY_CHAIN: u8 = 6;
+}
 
 /// Follow deployment `id`; returns the exit code its outcome maps to.
 pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
-    let mut client = Client::new(state.control_socket());
+    let mut client = client(state);
     let progress = Progress::new(!json);
-    let mut printed = 0usize;
+    let detail_path = format!("/api/v1/deployments/{}", crate::encode(id));
+    let events_path = format!("{detail_path}/events");
+    let mut shown: Option<u64> = None;
     let mut restarts = 0u32;
+    let mut start_ms: Option<u64> = None;
     loop {
-        let path = format!("/v1/deployments/{id}?after={printed}&wait_ms=1000");
-        match client.get::<DeploymentDetail>(&path).await {
+        let lost = match follow_once(
+            &client,
+            &detail_path,
+            &events_path,
+            &progress,
+            &mut shown,
+            &mut start_ms,
+        )
+        .await
+        {
             Ok(detail) => {
-                let start = detail.created_at_ms;
-                for entry in detail.journal.iter().skip(printed) {
-                    progress.line(&render::journal_line(entry, start));
+                progress.finish();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&detail)?);
+                } else {
+                    println!("{}", render::outcome(&detail));
                 }
-                printed = detail.journal.len();
-                let running: Vec<&str> = detail
-                    .steps
-                    .iter()
-                    .filter(|s| s.state == "started")
-                    .map(|s| s.id.as_str())
-                    .collect();
-                progress.message(&format!("{id}: {}", running.join(", ")));
-                if let Some(code) = exit_code(&detail.status) {
-                    progress.finish();
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&detail)?);
-                    } else {
-                        println!("{}", render::outcome(&detail));
-                    }
-                    return Ok(code);
-                }
+                return Ok(exit_code(&detail));
             }
-            Err(CallError::Unreachable(e)) => {
-                restarts += 1;
-                if restarts > 20 {
-                    anyhow::bail!(
-                        "the control plane keeps dying ({e}); see {}",
-                        state.serve_log().display()
-                    );
-                }
-                progress.line(
-                    "the control plane stopped answering; restarting it to resume the deployment",
-                );
-                client = connect_or_start(state).await?.0;
-            }
+            Err(CallError::Unreachable(e)) => e.to_string(),
             Err(e) => return Err(e.into()),
+        };
+        restarts += 1;
+        if restarts > 20 {
+            anyhow::bail!(
+                "the control plane keeps dying ({lost}); see {}",
+                state.serve_log().display()
+            );
         }
+        progress.line("the control plane stopped answering; restarting it to resume the deployment");
+        client = connect_or_start(state).await?.0;
     }
 }
 
-/// Exit code of a finished deployment; `None` while it runs.
-fn exit_code(status: &str) -> Option<u8> {
-    match status {
-        "succeeded" => Some(0),
-        "rolled_back" => Some(3),
-        "stuck" => Some(4),
-        _ => None,
+/// Follow until the deployment ends (its final detail) or the connection is lost
+/// (`Unreachable`: the caller restarts the control plane and calls again).
+async fn follow_once(
+    client: &crate::client::ApiClient,
+    detail_path: &str,
+    events_path: &str,
+    progress: &Progress,
+    shown: &mut Option<u64>,
+    start_ms: &mut Option<u64>,
+) -> Result<DeploymentDetail, CallError> {
+    if start_ms.is_none() {
+        let detail: DeploymentDetail = client.get(detail_path).await?;
+        *start_ms = Some(detail.created_at_ms);
+    }
+    let start = start_ms.unwrap_or_default();
+    let decode = |what: &str, e: serde_json::Error| CallError::Decode {
+        what: what.to_string(),
+        detail: e.to_string(),
+    };
+    let mut stream = client.events(events_path, *shown).await?;
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        match event.event.as_str() {
+            events::JOURNAL => {
+                let entry: JournalEntry =
+                    serde_json::from_str(&event.data).map_err(|e| decode("a journal event", e))?;
+                progress.line(&render::journal_line(&entry, start));
+                *shown = Some(entry.seq);
+            }
+            events::DEPLOYMENT => {
+                let detail: DeploymentDetail = serde_json::from_str(&event.data)
+                    .map_err(|e| decode("a deployment event", e))?;
+                let running: Vec<&str> = detail
+                    .steps
+                    .iter()
+                    .filter(|s| s.state == StepState::Started)
+                    .map(|s| s.id.as_str())
+                    .collect();
+                progress.message(&format!("{}: {}", detail.id, running.join(", ")));
+            }
+            events::END => return client.get(detail_path).await,
+            events::ERROR => {
+                let body: ErrorBody =
+                    serde_json::from_str(&event.data).map_err(|e| decode("an error event", e))?;
+                return Err(CallError::Api(body));
+            }
+            _ => {}
+        }
+    }
+    // The stream ended without `end`: the control plane went away.
+    Err(CallError::Unreachable(cutover_api::unix::UnixHttpError::Unreachable {
+        socket: std::path::PathBuf::from("the control socket"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "the event stream ended before the deployment did",
+        ),
+    }))
+}
+
+/// Exit code of a finished deployment: rolled back because the supply chain refused the
+/// image (a scan, sign or verify step failed) is 6, any other rollback 3, stuck 4.
+pub fn exit_code(detail: &DeploymentDetail) -> u8 {
+    match detail.status {
+        DeploymentState::Succeeded => exit::OK,
+        DeploymentState::Stuck => exit::STUCK,
+        DeploymentState::RolledBack => match detail.failed_step() {
+            Some(step) if matches!(step.kind.as_str(), "scan" | "sign" | "verify") => {
+                exit::SUPPLY_CHAIN
+            }
+            _ => exit::ROLLED_BACK,
+        },
+        // Not finished: the caller only asks about finished deployments.
+        DeploymentState::Planned | DeploymentState::Running | DeploymentState::Unwinding => {
+            exit::ERROR
+        }
     }
 }
 

@@ -20,12 +20,13 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use cutover_model::Plan;
 use cutover_server::api::{
-    DeployRequest, EnvStatus, HistoryLine, Resumed, RollbackTarget, Started,
+    DeploymentState, EnvStatus, ErrorCode, HistoryLine, PlanRequest, PlanResponse, Resumed,
+    RollbackTo, Started,
 };
 
-use client::{connect_or_start, CallError, Client, StateDir};
+use client::{connect_or_start, ApiClient, CallError, StateDir};
+use follow::exit;
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -186,17 +187,17 @@ fn init_tracing(daemon: bool) {
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<cutover_spec::SpecError>().is_some() {
-            return 2;
+            return exit::BAD_INPUT;
         }
-        if let Some(CallError::Api { code, .. }) = cause.downcast_ref::<CallError>() {
-            return match code.as_str() {
-                "bad_request" | "not_found" => 2,
-                "conflict" => 5,
-                _ => 1,
+        if let Some(CallError::Api(body)) = cause.downcast_ref::<CallError>() {
+            return match body.code {
+                ErrorCode::BadRequest | ErrorCode::NotFound => exit::BAD_INPUT,
+                ErrorCode::Conflict => exit::BUSY,
+                _ => exit::ERROR,
             };
         }
     }
-    1
+    exit::ERROR
 }
 
 struct Context_ {
@@ -218,16 +219,11 @@ async fn run(cli: Cli) -> Result<u8> {
     };
     match cli.command {
         Command::Plan { env, rollback, to } => {
-            plan(
-                &ctx,
-                env,
-                rollback.then_some(RollbackTarget { release: to }),
-            )
-            .await
+            plan(&ctx, env, rollback.then_some(RollbackTo { to })).await
         }
         Command::Deploy { env, detach } => start(&ctx, env, None, detach).await,
         Command::Rollback { env, to, detach } => {
-            start(&ctx, env, Some(RollbackTarget { release: to }), detach).await
+            start(&ctx, env, Some(RollbackTo { to }), detach).await
         }
         Command::Status { env, deployment } => status(&ctx, env, deployment).await,
         Command::History { env, limit } => history(&ctx, env, limit).await,
@@ -269,24 +265,6 @@ async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// Who is asking: `CUTOVER_USER`, else `USER`, else the account name of the uid.
-fn user() -> String {
-    if let Ok(user) = std::env::var("CUTOVER_USER").or_else(|_| std::env::var("USER")) {
-        return user;
-    }
-    // SAFETY: getpwuid returns a pointer into static storage or null; read at once.
-    unsafe {
-        let uid = libc::getuid();
-        let pw = libc::getpwuid(uid);
-        if !pw.is_null() && !(*pw).pw_name.is_null() {
-            return std::ffi::CStr::from_ptr((*pw).pw_name)
-                .to_string_lossy()
-                .into_owned();
-        }
-        format!("uid-{uid}")
-    }
-}
-
 /// Validate the spec here first, so bad input fails fast and starts nothing.
 fn check_spec(ctx: &Context_) -> Result<()> {
     cutover_spec::load(&ctx.spec)?;
@@ -294,10 +272,10 @@ fn check_spec(ctx: &Context_) -> Result<()> {
 }
 
 /// Connect, and say so when starting the control plane resumed interrupted work.
-async fn connect(ctx: &Context_) -> Result<Client> {
+async fn connect(ctx: &Context_) -> Result<ApiClient> {
     let (client, started) = connect_or_start(&ctx.state).await?;
     if started {
-        let resumed: Resumed = client.post("/v1/resume", &()).await?;
+        let resumed: Resumed = client.post("/api/v1/resume", &()).await?;
         for id in &resumed.deployments {
             eprintln!(
                 "note: resuming interrupted deployment {id} (follow it with `cutover resume`)"
@@ -307,25 +285,25 @@ async fn connect(ctx: &Context_) -> Result<Client> {
     Ok(client)
 }
 
-fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTarget>) -> DeployRequest {
-    DeployRequest {
-        spec_path: ctx.spec.to_string_lossy().into_owned(),
+fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> PlanRequest {
+    PlanRequest {
+        spec_path: Some(ctx.spec.to_string_lossy().into_owned()),
         env,
-        requested_by: user(),
         rollback,
+        ..PlanRequest::default()
     }
 }
 
-async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTarget>) -> Result<u8> {
+async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let plan: Plan = client
-        .post("/v1/plan", &request(ctx, env, rollback))
+    let planned: PlanResponse = client
+        .post("/api/v1/plans", &request(ctx, env, rollback))
         .await?;
     match ctx.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        Output::Dot => print!("{}", cutover_planner::render_dot(&plan)),
-        Output::Text => print!("{}", cutover_planner::render_text(&plan)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&planned.plan)?),
+        Output::Dot => print!("{}", cutover_planner::render_dot(&planned.plan)),
+        Output::Text => print!("{}", planned.text),
     }
     Ok(0)
 }
@@ -333,13 +311,13 @@ async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTarg
 async fn start(
     ctx: &Context_,
     env: Option<String>,
-    rollback: Option<RollbackTarget>,
+    rollback: Option<RollbackTo>,
     detach: bool,
 ) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
     let started: Started = client
-        .post("/v1/deployments", &request(ctx, env, rollback))
+        .post("/api/v1/deployments", &request(ctx, env, rollback))
         .await?;
     if detach {
         match ctx.output {
@@ -358,7 +336,7 @@ async fn start(
 
 async fn resume(ctx: &Context_) -> Result<u8> {
     let client = connect(ctx).await?;
-    let resumed: Resumed = client.post("/v1/resume", &()).await?;
+    let resumed: Resumed = client.post("/api/v1/resume", &()).await?;
     if resumed.deployments.is_empty() {
         if ctx.output == Output::Json {
             println!("[]");
@@ -378,7 +356,7 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
     let client = connect(ctx).await?;
     if let Some(id) = deployment {
         let detail: cutover_server::api::DeploymentDetail = client
-            .get(&format!("/v1/deployments/{}", encode(&id)))
+            .get(&format!("/api/v1/deployments/{}", encode(&id)))
             .await?;
         match ctx.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&detail)?),
@@ -386,13 +364,18 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
         }
         return Ok(0);
     }
-    let mut path = format!(
-        "/v1/status?spec_path={}",
-        encode(&ctx.spec.to_string_lossy())
-    );
-    if let Some(env) = &env {
-        path.push_str(&format!("&env={}", encode(env)));
-    }
+    // The environment asked for, else those of the spec, else every one the control plane
+    // knows.
+    let names: Option<Vec<String>> = match env {
+        Some(env) => Some(vec![env]),
+        None => cutover_spec::load(&ctx.spec)
+            .ok()
+            .map(|spec| spec.environments.keys().cloned().collect()),
+    };
+    let path = match names {
+        Some(names) => format!("/api/v1/environments?names={}", encode(&names.join(","))),
+        None => "/api/v1/environments".to_string(),
+    };
     let envs: Vec<EnvStatus> = client.get(&path).await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&envs)?),
@@ -401,18 +384,18 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
     Ok(
         if envs
             .iter()
-            .any(|e| e.latest.as_ref().is_some_and(|d| d.status == "stuck"))
+            .any(|e| e.latest.as_ref().is_some_and(|d| d.status == DeploymentState::Stuck))
         {
-            4
+            exit::STUCK
         } else {
-            0
+            exit::OK
         },
     )
 }
 
 async fn history(ctx: &Context_, env: Option<String>, limit: usize) -> Result<u8> {
     let client = connect(ctx).await?;
-    let mut path = format!("/v1/history?limit={limit}");
+    let mut path = format!("/api/v1/deployments?limit={limit}");
     if let Some(env) = &env {
         path.push_str(&format!("&env={}", encode(env)));
     }
@@ -425,25 +408,23 @@ async fn history(ctx: &Context_, env: Option<String>, limit: usize) -> Result<u8
 }
 
 async fn stop(ctx: &Context_, keep_proxy: bool) -> Result<u8> {
-    let client = Client::new(ctx.state.control_socket());
+    let client = client::client(&ctx.state);
     let stopped_cp = match client
-        .post::<_, cutover_server::api::Health>("/v1/shutdown", &())
+        .post::<_, cutover_server::api::Health>("/api/v1/shutdown", &())
         .await
     {
         Ok(health) => {
-            let start = std::time::Instant::now();
-            while daemon::alive(health.pid) && start.elapsed() < Duration::from_secs(10) {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            daemon::wait_exit(health.pid, Duration::from_secs(10)).await;
             true
         }
-        Err(_) => daemon::terminate(&ctx.state.serve_pid(), Duration::from_secs(5)),
+        Err(_) => daemon::terminate(&ctx.state.serve_pid(), Duration::from_secs(5)).await,
     };
     let stopped_proxy = !keep_proxy
         && daemon::terminate(
             &ctx.state.proxy_dir().join("proxy.pid"),
             Duration::from_secs(15),
-        );
+        )
+        .await;
     if ctx.output == Output::Json {
         println!(
             "{}",

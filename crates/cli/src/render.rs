@@ -225,7 +225,7 @@ pub fn history(lines: &[HistoryLine]) -> String {
             .unwrap_or_else(|| "-".to_string());
         let outcome = match &l.reason {
             Some(r) => format!("{}: {r}", l.status),
-            None => l.status.clone(),
+            None => l.status.to_string(),
         };
         let _ = writeln!(
             out,

@@ -65,8 +65,7 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     let webhooks = Webhooks::new(webhooks, Delivery::default())
         .map_err(anyhow::Error::msg)
         .context("--webhook")?;
-    std::fs::create_dir_all(&state.0)
-        .with_context(|| format!("cannot create the state directory {}", state.0.display()))?;
+    crate::client::create_state_dir(&state.0)?;
     let store = Store::open(&state.db())?;
     std::fs::write(state.serve_pid(), std::process::id().to_string())
         .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
@@ -129,7 +128,7 @@ async fn ensure_proxy(state: &StateDir, admin: &AdminClient) -> Result<()> {
 async fn start_proxy(state: &StateDir, admin: &AdminClient) -> Result<()> {
     let dir = state.proxy_dir();
     // A proxy that lives but does not answer is killed before a new one takes its socket.
-    daemon::terminate(&dir.join("proxy.pid"), Duration::from_secs(2));
+    daemon::terminate(&dir.join("proxy.pid"), Duration::from_secs(2)).await;
     let dir_arg = dir.to_string_lossy().into_owned();
     let pid = daemon::spawn_detached(&["proxy", "--state-dir", &dir_arg], &dir.join("proxy.log"))?;
     let start = Instant::now();
@@ -153,10 +152,17 @@ async fn start_proxy(state: &StateDir, admin: &AdminClient) -> Result<()> {
     )
 }
 
-/// Check the proxy often; restart it (it restores its routes from disk) when it is gone.
+/// Restart the proxy (it restores its routes from disk) when it is gone: wakes when its
+/// process exits (a pidfd), and every 10 s to check that it still answers.
 async fn supervise_proxy(state: StateDir, admin: AdminClient) {
+    const CHECK_EVERY: Duration = Duration::from_secs(10);
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        match daemon::read_pid(&state.proxy_dir().join("proxy.pid")) {
+            Some(pid) => {
+                daemon::wait_exit(pid, CHECK_EVERY).await;
+            }
+            None => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
         if admin.health().await.is_ok() {
             continue;
         }

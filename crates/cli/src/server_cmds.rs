@@ -1,5 +1,6 @@
 //! `cutover token`, `cutover user`, `cutover approve` and `cutover audit`: administration
-//! of the control plane over its Unix socket, where the local user acts with admin rights.
+//! of the control plane through `/api/v1` on its Unix socket, where the socket's peer (the
+//! local account) acts with admin rights, or as the owner of `CUTOVER_TOKEN` when set.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -8,7 +9,7 @@ use clap::{Subcommand, ValueEnum};
 
 use cutover_model::format_ms;
 use cutover_server::api::{
-    DeploymentDetail, LocalActor, LocalDecision, LocalNewToken, LocalNewUser, UserLine,
+    ApprovalAccepted, ApprovalRequest, Decision, DeploymentDetail, NewUser, UserLine,
 };
 use cutover_server::audit::{AuditEntry, VerifyReport};
 use cutover_server::auth::{self, CreatedToken, NewToken, Role, TokenRecord};
@@ -110,10 +111,6 @@ pub enum AuditCommand {
     },
 }
 
-fn actor() -> String {
-    crate::user()
-}
-
 pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result<u8> {
     let (client, _) = connect_or_start(state).await?;
     match command {
@@ -135,15 +132,12 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                 };
                 let created: CreatedToken = client
                     .post(
-                        "/v1/tokens",
-                        &LocalNewToken {
-                            token: NewToken {
-                                role: role.into(),
-                                env,
-                                name,
-                                expires_in_ms,
-                            },
-                            requested_by: actor(),
+                        "/api/v1/tokens",
+                        &NewToken {
+                            role: role.into(),
+                            env,
+                            name,
+                            expires_in_ms,
                         },
                     )
                     .await?;
@@ -161,7 +155,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                 Ok(0)
             }
             TokenCommand::List => {
-                let tokens: Vec<TokenRecord> = client.get("/v1/tokens").await?;
+                let tokens: Vec<TokenRecord> = client.get("/api/v1/tokens").await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&tokens)?);
                     return Ok(0);
@@ -195,10 +189,8 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             TokenCommand::Revoke { id } => {
                 let record: TokenRecord = client
                     .post(
-                        &format!("/v1/tokens/{}/revoke", crate::encode(&id)),
-                        &LocalActor {
-                            requested_by: actor(),
-                        },
+                        &format!("/api/v1/tokens/{}/revoke", crate::encode(&id)),
+                        &(),
                     )
                     .await?;
                 if json {
@@ -214,13 +206,12 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                 let password = read_password()?;
                 let user: UserLine = client
                     .post(
-                        "/v1/users",
-                        &LocalNewUser {
+                        "/api/v1/users",
+                        &NewUser {
                             name,
                             role: role.into(),
                             env,
                             password,
-                            requested_by: actor(),
                         },
                     )
                     .await?;
@@ -232,7 +223,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                 Ok(0)
             }
             UserCommand::List => {
-                let users: Vec<UserLine> = client.get("/v1/users").await?;
+                let users: Vec<UserLine> = client.get("/api/v1/users").await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&users)?);
                     return Ok(0);
@@ -254,7 +245,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             comment,
         } => {
             let detail: DeploymentDetail = client
-                .get(&format!("/v1/deployments/{}", crate::encode(&deployment)))
+                .get(&format!("/api/v1/deployments/{}", crate::encode(&deployment)))
                 .await?;
             let Some(gate) = detail.approval.filter(|g| g.waiting) else {
                 bail!(
@@ -265,10 +256,15 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             let Some(image_id) = gate.image_id.clone() else {
                 bail!("deployment {deployment} has no built image to approve yet; try again in a moment");
             };
-            let decision = if reject { "reject" } else { "approve" };
+            let decision = if reject {
+                Decision::Reject
+            } else {
+                Decision::Approve
+            };
             if !json {
                 eprintln!(
-                    "{decision} {deployment} ({} to {}): plan {} image {} ({})",
+                    "{} {deployment} ({} to {}): plan {} image {} ({})",
+                    decision.as_str(),
                     detail.release_id,
                     detail.env,
                     gate.plan_digest,
@@ -276,16 +272,17 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                     gate.image_tag.as_deref().unwrap_or("-")
                 );
             }
-            let _: serde_json::Value = client
+            let _: ApprovalAccepted = client
                 .post(
-                    "/v1/approvals",
-                    &LocalDecision {
-                        deployment_id: deployment.clone(),
-                        decision: decision.to_string(),
+                    &format!(
+                        "/api/v1/deployments/{}/approvals",
+                        crate::encode(&deployment)
+                    ),
+                    &ApprovalRequest {
+                        decision,
                         plan_digest: gate.plan_digest.clone(),
                         image_id,
                         comment,
-                        requested_by: actor(),
                     },
                 )
                 .await?;
@@ -304,7 +301,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
         }
         ServerCommand::Audit { command } => match command {
             AuditCommand::Verify => {
-                let report: VerifyReport = client.get("/v1/audit/verify").await?;
+                let report: VerifyReport = client.get("/api/v1/audit/verify").await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 }
@@ -335,9 +332,9 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                             .context("--since")?;
                         let since_ms =
                             cutover_model::now_ms().saturating_sub(ago.as_millis() as u64);
-                        format!("/v1/audit?since_ms={since_ms}")
+                        format!("/api/v1/audit?since_ms={since_ms}")
                     }
-                    None => "/v1/audit".to_string(),
+                    None => "/api/v1/audit".to_string(),
                 };
                 let entries: Vec<AuditEntry> = client.get(&path).await?;
                 let stdout = std::io::stdout();

@@ -13,7 +13,7 @@ use cutover_server::api::HistoryLine;
 use cutover_supply::AdvisoryDb;
 
 use crate::chain::{self, LocalSupplyChain, SupplyPaths};
-use crate::client::{Client, StateDir};
+use crate::client::{client, StateDir};
 
 /// Exit code when a gate fails or verification refuses an image.
 pub const EXIT_REFUSED: u8 = 6;
@@ -293,8 +293,8 @@ async fn resolve_image(state: &StateDir, target: &str, env: Option<&str>) -> Res
         return Ok(target.to_string());
     }
     // A release id: ask the control plane's history, if one runs for this state directory.
-    let client = Client::new(state.control_socket());
-    let mut path = "/v1/history?limit=1000".to_string();
+    let client = client(state);
+    let mut path = "/api/v1/deployments?limit=500".to_string();
     if let Some(env) = env {
         path.push_str(&format!("&env={env}"));
     }
