@@ -1,4 +1,4 @@
-//! The HTTP API in-process: the router built by `http_app`, driven with `oneshot`, over a
+//! The HTTP API in-process: the router built by `router`, driven with `oneshot`, over a
 //! store and fake providers. Specs are written to a temporary directory.
 
 use std::path::Path;
@@ -19,7 +19,7 @@ use cutover_server::audit::AuditEntry;
 use cutover_server::auth::{self, NewToken, Role};
 use cutover_server::http::routes;
 use cutover_server::webhooks::{Delivery, Webhooks};
-use cutover_server::{http_app, ControlPlane, Options};
+use cutover_server::{router, ControlPlane, LocalPeer, Options};
 use cutover_store::Store;
 
 const SPEC: &str = r#"
@@ -78,7 +78,6 @@ fn write_spec(dir: &Path) {
 fn options(webhooks: Webhooks) -> Options {
     Options {
         webhooks,
-        watch_interval: Duration::from_millis(20),
         ..Options::default()
     }
 }
@@ -94,7 +93,7 @@ impl Harness {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let fake = FakeProviders::new();
         let cp = ControlPlane::with_options(store, fake.providers(), config(), options(webhooks));
-        let app = http_app(cp.clone());
+        let app = router(cp.clone());
         Harness { dir, fake, cp, app }
     }
 
@@ -663,7 +662,7 @@ async fn a_gate_survives_a_restart_of_the_control_plane() {
     );
     assert_eq!(cp.resume_unfinished().unwrap(), vec![id.clone()]);
     let h = Harness {
-        app: http_app(cp.clone()),
+        app: router(cp.clone()),
         dir,
         fake,
         cp,
@@ -944,38 +943,63 @@ async fn tampering_with_the_audit_chain_is_reported() {
 }
 
 #[tokio::test]
-async fn the_local_socket_api_approves_as_the_local_user() {
+async fn the_control_socket_approves_as_its_peer_and_a_token_sent_there_is_its_owner() {
     let h = Harness::new();
-    let local = cutover_server::app(h.cp.clone());
     let deployer = h.token(Role::Deployer, None, "ci");
     let (_, started) = h.deploy(&deployer, "production").await;
     let id = started["deployment_id"].as_str().unwrap().to_string();
     let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
-    let post = |body: Value| {
-        Request::builder()
+    let post = |peer: &str, token: Option<&str>| {
+        let mut request = Request::builder()
             .method(Method::POST)
-            .uri("/v1/approvals")
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap()
+            .uri(format!("/api/v1/deployments/{id}/approvals"))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut request = request
+            .body(Body::from(
+                json!({
+                    "decision": "approve",
+                    "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+                })
+                .to_string(),
+            ))
+            .unwrap();
+        // What the socket's door puts in every request: the peer the kernel names.
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(LocalPeer::named(peer)));
+        request
     };
-    let decision = |by: &str| {
-        json!({
-            "deployment_id": id, "decision": "approve", "requested_by": by,
-            "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
-        })
-    };
-    // The principal that started it (the CI token) cannot approve it locally either.
-    let starter = format!("token:ci:{}", auth::list_tokens(&h.cp.store).unwrap()[0].id);
-    let response = local
+    // The CI token that started it cannot approve it through the socket either: sent
+    // there, a token is its owner, whoever the peer is.
+    let response = h
+        .app
         .clone()
-        .oneshot(post(decision(&starter)))
+        .oneshot(post("dave", Some(&deployer)))
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::CONFLICT);
-    let response = local.clone().oneshot(post(decision("dave"))).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // Without a token the caller is the socket's peer, with admin rights.
+    let response = h.app.clone().oneshot(post("dave", None)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
     let done = h.wait_finished(&deployer, &id).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["approval"]["approved_by"], json!(["dave"]));
+}
+
+#[tokio::test]
+async fn without_a_peer_or_a_token_nothing_is_served() {
+    let h = Harness::new();
+    let (status, body) = h
+        .call(Method::GET, "/api/v1/health", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // Shutting down is for the socket's peer only, not for an admin token over TCP.
+    let admin = h.token(Role::Admin, None, "root");
+    let (status, body) = h
+        .call(Method::POST, "/api/v1/shutdown", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }

@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(layout.nodes[2].class, "pending");
         assert_eq!(state_class("provision", StepState::Started), "running");
         assert_eq!(state_class("provision", StepState::UndoFailed), "failed");
-        assert_eq!(state_class("provision", "undone"), "undone");
+        assert_eq!(state_class("provision", StepState::Undone), "undone");
         assert_eq!(layout.nodes[1].summary, "waiting for approval");
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
+
+use crate::api::{DeploymentState, StepState};
 use axum::Router;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -355,7 +357,7 @@ async fn rollback_needs_deployer_role_and_confirmation() {
     let ui = ui();
     let plan = fake::deploy_plan("prod-1", "prod", "r1", None, 1);
     start(&ui.cp, &plan);
-    wait_for(&ui.cp, "prod-1", |d| d.status == "succeeded").await;
+    wait_for(&ui.cp, "prod-1", |d| d.status == DeploymentState::Succeeded).await;
 
     let (viewer, viewer_csrf) = login(&ui.app, "victor").await;
     let page = send(&ui.app, get("/rollback/prod", Some(&viewer))).await;
@@ -411,14 +413,14 @@ async fn deployment_page_renders_every_state() {
     // succeeded
     let first = fake::deploy_plan("prod-1", "prod", "r1", None, 2);
     start(&ui.cp, &first);
-    wait_for(&ui.cp, "prod-1", |d| d.status == "succeeded").await;
+    wait_for(&ui.cp, "prod-1", |d| d.status == DeploymentState::Succeeded).await;
     // rolled back: the new release never gets healthy
     let release = ui.cp.store.current_release("prod").unwrap().unwrap();
     ui.fakes
         .set_health("r2", FakeHealth::Unhealthy("503 from /healthz".to_string()));
     let failing = fake::deploy_plan("prod-2", "prod", "r2", Some(&fake::Blue::of(&release)), 1);
     start(&ui.cp, &failing);
-    wait_for(&ui.cp, "prod-2", |d| d.status == "rolled_back").await;
+    wait_for(&ui.cp, "prod-2", |d| d.status == DeploymentState::RolledBack).await;
     // planned, never started; then stuck
     let planned = fake::deploy_plan("staging-1", "staging", "r1", None, 1);
     save(&ui.cp, &planned);
@@ -501,7 +503,7 @@ async fn approval_gate_shows_the_form_and_only_approvers_decide() {
     wait_for(&ui.cp, "prod-1", |d| {
         d.steps
             .iter()
-            .any(|s| s.kind == "approval" && s.state == "started")
+            .any(|s| s.kind == "approval" && s.state == StepState::Started)
     })
     .await;
 
@@ -573,7 +575,7 @@ async fn approval_gate_shows_the_form_and_only_approvers_decide() {
     .await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
     assert_eq!(answer.location(), "/deployments/prod-1");
-    wait_for(&ui.cp, "prod-1", |d| d.status == "succeeded").await;
+    wait_for(&ui.cp, "prod-1", |d| d.status == DeploymentState::Succeeded).await;
 }
 
 /// The value of hidden input `name` of a page.
@@ -679,7 +681,7 @@ async fn rollback_from_history_after_confirmation() {
             .await
             .unwrap();
         assert_eq!(started.deployment_id, format!("staging-{n}"));
-        wait_for(&ui.cp, &started.deployment_id, |d| d.status == "succeeded").await;
+        wait_for(&ui.cp, &started.deployment_id, |d| d.status == DeploymentState::Succeeded).await;
     }
     let first = ui.cp.store.deployment("staging-1").unwrap().unwrap();
 
@@ -710,7 +712,7 @@ async fn rollback_from_history_after_confirmation() {
     .await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
     assert_eq!(answer.location(), "/deployments/staging-3");
-    wait_for(&ui.cp, "staging-3", |d| d.status == "succeeded").await;
+    wait_for(&ui.cp, "staging-3", |d| d.status == DeploymentState::Succeeded).await;
     let done = crate::view::detail(&ui.cp.store, "staging-3").unwrap();
     assert_eq!(done.kind, "rollback");
     assert_eq!(done.release_id, first.release_id);
