@@ -1,0 +1,206 @@
+//! Control-plane cost while nothing happens and while many people follow a deployment.
+//!
+//! Runs the real `cutover` (`CUTOVER_BIN`, else the workspace's debug build) against the
+//! local Docker Engine: starts `cutover serve --http`, measures the control plane's CPU
+//! time and wake-ups (voluntary and involuntary context switches of all its threads, from
+//! /proc) over a window in three phases, and prints a table:
+//!
+//! 1. idle: no deployment at all;
+//! 2. gate: one deployment waiting at its approval gate, nobody following it;
+//! 3. followers: the same, with N followers (half `cutover resume` processes following it
+//!    on the control socket, half server-sent-event streams of `/api/v1` over TCP).
+//!
+//! The reference is the deployment's own cost (phase 2): the followers' cost is phase 3
+//! minus phase 2. Everything is on 127.0.0.1, bounded in time, and cleaned up at the end.
+//!
+//! `cargo run -p cutover-integration --bin bench-control -- [--followers N] [--seconds S]`
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cutover_integration::{cutover_bin, free_port, wait_for, AppConfig, Project};
+
+struct Sample {
+    cpu_ticks: u64,
+    switches: u64,
+    at: Instant,
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn sample(pid: u32) -> Sample {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("control plane stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let cpu_ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Sample {
+        cpu_ticks,
+        switches,
+        at: Instant::now(),
+    }
+}
+
+/// CPU as % of one core, and wake-ups per second, over `window`.
+fn measure(pid: u32, window: Duration) -> (f64, f64) {
+    let a = sample(pid);
+    std::thread::sleep(window);
+    let b = sample(pid);
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    let cpu = (b.cpu_ticks - a.cpu_ticks) as f64 / ticks_per_second() / secs * 100.0;
+    let wakeups = (b.switches - a.switches) as f64 / secs;
+    (cpu, wakeups)
+}
+
+/// An SSE follower: a thread reading the stream until the socket is shut down.
+struct SseFollower {
+    stream: TcpStream,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+fn sse_follower(addr: &str, token: &str, id: &str) -> SseFollower {
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP API");
+    write!(
+        stream,
+        "GET /api/v1/deployments/{id}/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut reader = stream.try_clone().expect("clone stream");
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut total = 0u64;
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    SseFollower { stream, thread }
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let followers = arg("--followers", 100) as usize;
+    let window = Duration::from_secs(arg("--seconds", 10));
+    let bin = cutover_bin();
+    let project = Project::new("bench-control");
+    project.write_spec(&AppConfig::default());
+    let mut spec = std::fs::read_to_string(project.spec_path()).unwrap();
+    spec = spec.replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\napproval = true",
+    );
+    std::fs::write(project.spec_path(), spec).unwrap();
+
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut serve = project
+        .command(&["serve", "--http", &http])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cutover serve");
+    wait_for("the control plane", Duration::from_secs(30), || {
+        project.serve_pid().is_some() && TcpStream::connect(&http).is_ok()
+    });
+    let pid = serve.id();
+    std::thread::sleep(Duration::from_secs(2)); // settle after start-up
+    let idle = measure(pid, window);
+
+    let token = project.cutover(&["token", "create", "--role", "viewer", "-o", "json"]);
+    let token = token.json()["token"].as_str().expect("a token").to_string();
+    let started = project.cutover(&["deploy", "--detach", "-o", "json"]);
+    let id = started.json()["deployment_id"]
+        .as_str()
+        .expect("a deployment id")
+        .to_string();
+    wait_for("the approval gate", Duration::from_secs(300), || {
+        let status = project.cutover(&["status", "--deployment", &id, "-o", "json"]);
+        status.json()["approval"]["waiting"] == true
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let gate = measure(pid, window);
+
+    let cli: Vec<Child> = (0..followers / 2)
+        .map(|_| {
+            project
+                .command(&["resume"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start cutover resume")
+        })
+        .collect();
+    let sse: Vec<SseFollower> = (0..followers - followers / 2)
+        .map(|_| sse_follower(&http, &token, &id))
+        .collect();
+    std::thread::sleep(Duration::from_secs(3)); // every follower connected and caught up
+    let followed = measure(pid, window);
+
+    for mut c in cli {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut sse_bytes = 0;
+    for f in sse {
+        let _ = f.stream.shutdown(std::net::Shutdown::Both);
+        sse_bytes += f.thread.join().unwrap_or(0);
+    }
+    let _ = project.cutover(&["serve", "--stop"]);
+    let _ = serve.wait();
+
+    println!(
+        "control plane {} ({}), window {}s, {followers} followers ({} cli + {} sse, {sse_bytes} sse bytes)",
+        bin.display(),
+        Path::new(&bin).metadata().map(|m| m.len()).unwrap_or(0),
+        window.as_secs(),
+        followers / 2,
+        followers - followers / 2
+    );
+    println!("| phase | cpu % of one core | wake-ups/s |");
+    println!("|---|---|---|");
+    println!("| idle (no deployment) | {:.2} | {:.1} |", idle.0, idle.1);
+    println!("| deployment waiting at its gate | {:.2} | {:.1} |", gate.0, gate.1);
+    println!(
+        "| + {followers} followers | {:.2} | {:.1} |",
+        followed.0, followed.1
+    );
+    println!(
+        "| followers' share (row 3 - row 2) | {:.2} | {:.1} |",
+        followed.0 - gate.0,
+        followed.1 - gate.1
+    );
+}
