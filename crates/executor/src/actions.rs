@@ -9,7 +9,8 @@ use cutover_model::{
     InstanceState, JournalEvent, Probe, ProviderError, Release, Route, SignRequest, Step,
     StepOutput, SupplyChain,
 };
-use cutover_store::{HistoryEntry, Retirement, StoreError};
+use cutover_store::{HistoryEntry, Retirement, StoreError, StoreEvent};
+use tokio::sync::broadcast;
 
 use crate::{approval, Ctx};
 
@@ -18,8 +19,9 @@ use crate::{approval, Ctx};
 /// still knows what to put back.
 pub(crate) const SHIFT_PREVIOUS_TREE: &str = "executor_shift_previous";
 
+/// A store error keeps its class: I/O trouble is retried, corruption is not.
 fn store_error(e: StoreError) -> ProviderError {
-    ProviderError::transient(format!("state store: {e}"))
+    e.into()
 }
 
 fn instance_output<'a>(
@@ -225,31 +227,31 @@ pub(crate) async fn perform(
             instances,
             after,
         } => {
-            let Some(release) = release else {
+            let Some(release) = release.clone() else {
                 return Ok(StepOutput::None);
             };
-            if let Some(existing) = ctx
-                .store
-                .retirement(&plan.env, release)
-                .map_err(store_error)?
-            {
-                if existing.deployment_id == plan.deployment_id {
-                    return Ok(StepOutput::RetireScheduled {
-                        at_ms: existing.due_at_ms,
-                    });
-                }
-            }
-            let due = now_ms().saturating_add(after.as_millis() as u64);
+            let (plan, instances, after) = (plan.clone(), instances.clone(), *after);
             ctx.store
-                .schedule_retirement(&Retirement {
-                    env: plan.env.clone(),
-                    release: release.clone(),
-                    instances: instances.clone(),
-                    due_at_ms: due,
-                    deployment_id: plan.deployment_id.clone(),
+                .write_async(move |store| {
+                    if let Some(existing) = store.retirement(&plan.env, &release)? {
+                        if existing.deployment_id == plan.deployment_id {
+                            return Ok(StepOutput::RetireScheduled {
+                                at_ms: existing.due_at_ms,
+                            });
+                        }
+                    }
+                    let due = now_ms().saturating_add(after.as_millis() as u64);
+                    store.schedule_retirement(&Retirement {
+                        env: plan.env.clone(),
+                        release,
+                        instances,
+                        due_at_ms: due,
+                        deployment_id: plan.deployment_id.clone(),
+                    })?;
+                    Ok(StepOutput::RetireScheduled { at_ms: due })
                 })
-                .map_err(store_error)?;
-            Ok(StepOutput::RetireScheduled { at_ms: due })
+                .await
+                .map_err(store_error)
         }
         Action::Record {
             release,
@@ -259,50 +261,46 @@ pub(crate) async fn perform(
             health,
             replicas,
         } => {
-            let store = &ctx.store;
-            if store
-                .release(&plan.env, release)
-                .map_err(store_error)?
-                .is_none()
-            {
-                let mut instances = Vec::new();
-                for s in instance_steps {
-                    instances.push(instance_output(outputs, s)?.name.clone());
-                }
-                let image = resolve_image(ctx, image, outputs, false).await?;
-                store
-                    .put_release(&Release {
-                        id: release.clone(),
-                        app: plan.app.clone(),
-                        env: plan.env.clone(),
-                        deployment_id: plan.deployment_id.clone(),
-                        image,
-                        plan_digest: plan.digest.clone(),
-                        spec_digest: plan.spec_digest.clone(),
-                        created_by: plan.requested_by.clone(),
-                        created_at_ms: now_ms(),
-                        replicas: *replicas,
-                        container: container.clone(),
-                        health: health.clone(),
-                        instances,
-                    })
-                    .map_err(store_error)?;
+            let mut instances = Vec::new();
+            for s in instance_steps {
+                instances.push(instance_output(outputs, s)?.name.clone());
             }
-            store
-                .set_current(&plan.env, release)
-                .map_err(store_error)?;
-            store
-                .record_history(
-                    &plan.env,
-                    &HistoryEntry {
-                        release_id: release.clone(),
-                        deployment_id: plan.deployment_id.clone(),
-                        kind: plan.kind.clone(),
-                        outcome: "recorded".to_string(),
-                        at_ms: now_ms(),
-                        by: plan.requested_by.clone(),
-                    },
-                )
+            let image = resolve_image(ctx, image, outputs, false).await?;
+            let (plan, release) = (plan.clone(), release.clone());
+            let (container, health, replicas) = (container.clone(), health.clone(), *replicas);
+            ctx.store
+                .write_async(move |store| {
+                    if store.release(&plan.env, &release)?.is_none() {
+                        store.put_release(&Release {
+                            id: release.clone(),
+                            app: plan.app.clone(),
+                            env: plan.env.clone(),
+                            deployment_id: plan.deployment_id.clone(),
+                            image,
+                            plan_digest: plan.digest.clone(),
+                            spec_digest: plan.spec_digest.clone(),
+                            created_by: plan.requested_by.clone(),
+                            created_at_ms: now_ms(),
+                            replicas,
+                            container,
+                            health,
+                            instances,
+                        })?;
+                    }
+                    store.set_current(&plan.env, &release)?;
+                    store.record_history(
+                        &plan.env,
+                        &HistoryEntry {
+                            release_id: release.clone(),
+                            deployment_id: plan.deployment_id.clone(),
+                            kind: plan.kind.clone(),
+                            outcome: "recorded".to_string(),
+                            at_ms: now_ms(),
+                            by: plan.requested_by.clone(),
+                        },
+                    )
+                })
+                .await
                 .map_err(store_error)?;
             Ok(StepOutput::Recorded)
         }
@@ -333,8 +331,15 @@ fn first_started_ms(ctx: &Ctx, step: &Step) -> Result<u64, ProviderError> {
         .unwrap_or_else(now_ms))
 }
 
-/// Wait (polling the store) until enough valid approvals name this plan and image, a
-/// valid rejection arrives, or the gate times out.
+/// The shortest time the approval gate waits between two reads of the store when no
+/// event arrives.
+pub const MIN_APPROVAL_REREAD: Duration = Duration::from_secs(1);
+
+/// Wait until enough valid approvals name this plan and image, a valid rejection arrives,
+/// or the gate times out. The gate reads the approvals when it starts, then again on each
+/// [`StoreEvent::Approval`] for its deployment (or when its receiver lagged); between
+/// events it sleeps, waking at most every `approval_poll` (at least a second) as a safety
+/// net.
 async fn wait_for_approval(
     ctx: &Ctx,
     step: &Step,
@@ -342,10 +347,12 @@ async fn wait_for_approval(
     gate: &ApprovalSpec,
 ) -> Result<StepOutput, ProviderError> {
     let plan = &ctx.plan;
+    // Subscribed before the first read, so a decision recorded in between is not missed.
+    let mut events = ctx.store.subscribe();
     let needed = approval::required(gate.required);
     let timeout_ms = u64::try_from(gate.timeout.as_millis()).unwrap_or(u64::MAX);
     let deadline = first_started_ms(ctx, step)?.saturating_add(timeout_ms);
-    let poll = ctx.config.approval_poll.max(Duration::from_millis(1));
+    let reread = ctx.config.approval_poll.max(MIN_APPROVAL_REREAD);
     let mut logged = false;
     loop {
         match ctx.store.approvals(&plan.deployment_id) {
@@ -388,7 +395,30 @@ async fn wait_for_approval(
             );
             logged = true;
         }
-        tokio::time::sleep(poll.min(Duration::from_millis(deadline - now))).await;
+        let wake = tokio::time::Instant::now() + reread.min(Duration::from_millis(deadline - now));
+        wait_for_decision(&mut events, &plan.deployment_id, wake).await;
+    }
+}
+
+/// Sleep until an approval of `deployment_id` is recorded, the receiver lagged (some
+/// events were lost, so the caller must look), or `wake`.
+async fn wait_for_decision(
+    events: &mut broadcast::Receiver<StoreEvent>,
+    deployment_id: &str,
+    wake: tokio::time::Instant,
+) {
+    loop {
+        match tokio::time::timeout_at(wake, events.recv()).await {
+            Ok(Ok(StoreEvent::Approval { deployment_id: id })) if id == deployment_id => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => return,
+            // No sender left: nothing more will arrive; sleep out the time.
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                tokio::time::sleep_until(wake).await;
+                return;
+            }
+            Err(_elapsed) => return,
+        }
     }
 }
 

@@ -115,7 +115,9 @@ pub struct ExecutorConfig {
     pub max_parallel: usize,
     pub retry: RetryPolicy,
     pub faults: Option<Arc<FaultInjector>>,
-    /// How often a step waiting at an approval gate looks for new approvals; default 200ms.
+    /// The longest a step waiting at an approval gate sleeps without reading the approvals
+    /// again when no event arrives; at least [`actions::MIN_APPROVAL_REREAD`] (one second),
+    /// default 30s. A decision recorded in the store wakes the gate at once.
     pub approval_poll: Duration,
 }
 
@@ -125,7 +127,7 @@ impl Default for ExecutorConfig {
             max_parallel: 4,
             retry: RetryPolicy::default(),
             faults: None,
-            approval_poll: Duration::from_millis(200),
+            approval_poll: Duration::from_secs(30),
         }
     }
 }
@@ -146,9 +148,11 @@ pub(crate) struct Ctx {
     pub plan: Arc<Plan>,
 }
 
-enum StepResult {
-    Succeeded(StepOutput, u64),
-    Failed(String, u64),
+/// How a step's task ended, with every journal entry it wrote, in order: the run applies
+/// them to its state through the transition table, as a replay would.
+struct StepResult {
+    succeeded: bool,
+    entries: Vec<JournalEntry>,
 }
 
 const JOURNAL_WRITE_ATTEMPTS: u32 = 8;
@@ -158,14 +162,17 @@ impl Ctx {
         &self.plan.deployment_id
     }
 
-    /// Append to the journal, retrying store errors; the write is never skipped (after the
-    /// last attempt the run stops, resumable).
+    /// Append to the journal (durable on return, written off the async workers), retrying
+    /// transient store errors; the write is never skipped (after the last attempt, or at a
+    /// permanent error, the run stops, resumable).
     async fn journal(&self, event: JournalEvent) -> Result<JournalEntry, ExecError> {
         let mut attempt = 1;
         let entry = loop {
-            match self.store.append(self.id(), event.clone()) {
+            match self.store.append_async(self.id(), event.clone()).await {
                 Ok(entry) => break entry,
-                Err(e) if attempt >= JOURNAL_WRITE_ATTEMPTS => return Err(e.into()),
+                Err(e) if attempt >= JOURNAL_WRITE_ATTEMPTS || !e.is_transient() => {
+                    return Err(e.into())
+                }
                 Err(e) => {
                     tracing::warn!(deployment = self.id(), error = %e, attempt, "journal write failed, retrying");
                     tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
@@ -179,6 +186,36 @@ impl Ctx {
             }
         }
         Ok(entry)
+    }
+
+    /// Append `event` and move `state` by it through the transition table.
+    async fn journal_into(
+        &self,
+        state: &mut Replayed,
+        event: JournalEvent,
+    ) -> Result<JournalEntry, ExecError> {
+        let entry = self.journal(event).await?;
+        self.apply(state, &entry)?;
+        Ok(entry)
+    }
+
+    /// Move `state` by `entry`; an illegal transition means the run and its journal
+    /// disagree, which is reported like a corrupt journal.
+    fn apply(&self, state: &mut Replayed, entry: &JournalEntry) -> Result<(), ExecError> {
+        state.apply(entry).map_err(|c| ExecError::CorruptJournal {
+            deployment: self.id().to_string(),
+            seq: c.seq,
+            detail: c.detail,
+        })
+    }
+
+    /// Run store writes without blocking the async worker on their flush
+    /// ([`Store::write_async`]).
+    async fn store_write<R>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<R, StoreError>,
+    ) -> Result<R, ExecError> {
+        Ok(self.store.write_async(work).await?)
     }
 
     fn crash(&self, step: &str, point: CrashPoint) -> Result<(), ExecError> {
@@ -199,13 +236,16 @@ impl Ctx {
         mut attempt: u32,
     ) -> Result<StepResult, ExecError> {
         let retry = &self.config.retry;
+        let mut entries = Vec::new();
         loop {
             self.crash(&step.id, CrashPoint::BeforeStarted)?;
-            self.journal(JournalEvent::StepStarted {
-                step: step.id.clone(),
-                attempt,
-            })
-            .await?;
+            entries.push(
+                self.journal(JournalEvent::StepStarted {
+                    step: step.id.clone(),
+                    attempt,
+                })
+                .await?,
+            );
             self.crash(&step.id, CrashPoint::AfterStarted)?;
             let clock = Instant::now();
             let faults = self.config.faults.as_ref();
@@ -223,25 +263,31 @@ impl Ctx {
             match result {
                 Ok(output) => {
                     self.crash(&step.id, CrashPoint::AfterAction)?;
-                    let done = self
-                        .journal(JournalEvent::StepSucceeded {
+                    entries.push(
+                        self.journal(JournalEvent::StepSucceeded {
                             step: step.id.clone(),
-                            output: output.clone(),
+                            output,
                             duration_ms,
                         })
-                        .await?;
-                    return Ok(StepResult::Succeeded(output, done.seq));
+                        .await?,
+                    );
+                    return Ok(StepResult {
+                        succeeded: true,
+                        entries,
+                    });
                 }
                 Err(e) if e.is_transient() && attempt < retry.max_attempts.max(1) => {
                     tracing::info!(deployment = self.id(), step = step.id, attempt, error = %e, "transient failure, retrying");
-                    self.journal(JournalEvent::StepFailed {
-                        step: step.id.clone(),
-                        attempt,
-                        error: e.message.clone(),
-                        transient: true,
-                        duration_ms,
-                    })
-                    .await?;
+                    entries.push(
+                        self.journal(JournalEvent::StepFailed {
+                            step: step.id.clone(),
+                            attempt,
+                            error: e.message.clone(),
+                            transient: true,
+                            duration_ms,
+                        })
+                        .await?,
+                    );
                     tokio::time::sleep(retry.delay_after(attempt)).await;
                     attempt += 1;
                 }
@@ -251,16 +297,20 @@ impl Ctx {
                     } else {
                         e.message.clone()
                     };
-                    let failed = self
-                        .journal(JournalEvent::StepFailed {
+                    entries.push(
+                        self.journal(JournalEvent::StepFailed {
                             step: step.id.clone(),
                             attempt,
-                            error: error.clone(),
+                            error,
                             transient: false,
                             duration_ms,
                         })
-                        .await?;
-                    return Ok(StepResult::Failed(error, failed.seq));
+                        .await?,
+                    );
+                    return Ok(StepResult {
+                        succeeded: false,
+                        entries,
+                    });
                 }
             }
         }
@@ -301,17 +351,17 @@ impl Executor {
         }
     }
 
-    /// Resume every deployment that was running when the process stopped, all at once (one
-    /// waiting at an approval gate must not hold up the others). Returns each deployment's
-    /// id with its outcome, oldest deployment first.
+    /// Resume every deployment [`resumable`] names, all at once (one waiting at an approval
+    /// gate must not hold up the others). Returns each deployment's id with its outcome,
+    /// oldest deployment first.
     pub async fn resume_unfinished(
         &self,
     ) -> Result<Vec<(String, Result<DeploymentStatus, ExecError>)>, ExecError> {
-        let records = self.store.unfinished()?;
+        let records = resumable(&self.store)?;
         let mut tasks = JoinSet::new();
-        for (index, record) in records.iter().enumerate() {
+        for (index, id) in records.iter().enumerate() {
             let exec = self.clone();
-            let id = record.id.clone();
+            let id = id.clone();
             tasks.spawn(async move { (index, exec.run(&id).await) });
         }
         let mut results: Vec<Option<Result<DeploymentStatus, ExecError>>> =
@@ -325,13 +375,13 @@ impl Executor {
         Ok(records
             .into_iter()
             .zip(results)
-            .map(|(record, result)| {
+            .map(|(id, result)| {
                 let result = result.unwrap_or_else(|| {
                     Err(ExecError::TaskFailed {
-                        deployment: record.id.clone(),
+                        deployment: id.clone(),
                     })
                 });
-                (record.id, result)
+                (id, result)
             })
             .collect())
     }
@@ -361,28 +411,30 @@ impl Executor {
         if let Some(status) = state.finished.clone() {
             // Finished in the journal; make sure the record and lease agree (a crash may
             // have come between the last journal write and them).
-            settle(&ctx, &status)?;
+            settle(&ctx, &status).await?;
             return Ok(status);
         }
-        self.store.acquire_lease(
-            &ctx.plan.env,
+        let (env, lease) = (
+            ctx.plan.env.clone(),
             Lease {
                 deployment_id: deployment_id.to_string(),
                 holder: ctx.plan.requested_by.clone(),
                 acquired_at_ms: now_ms(),
             },
-        )?;
-        ctx.journal(JournalEvent::DeploymentStarted {
-            resumed: state.starts,
-        })
-        .await?;
+        );
+        ctx.store_write(move |store| store.acquire_lease(&env, lease))
+            .await?;
+        let resumed = state.starts;
+        ctx.journal_into(&mut state, JournalEvent::DeploymentStarted { resumed })
+            .await?;
 
         let reason = match (&state.unwind_reason, first_failure(&ctx.plan, &state)) {
             (Some(reason), _) => Some(reason.clone()),
             (None, Some(reason)) => Some(reason),
             (None, None) => {
-                self.store
-                    .set_status(deployment_id, DeploymentStatus::Running)?;
+                let id = deployment_id.to_string();
+                ctx.store_write(move |store| store.set_status(&id, DeploymentStatus::Running))
+                    .await?;
                 forward(&ctx, &mut state).await?
             }
         };
@@ -390,13 +442,35 @@ impl Executor {
             None => DeploymentStatus::Succeeded,
             Some(reason) => unwind(&ctx, &mut state, reason).await?,
         };
-        ctx.journal(JournalEvent::DeploymentFinished {
-            status: status.clone(),
-        })
+        ctx.journal_into(
+            &mut state,
+            JournalEvent::DeploymentFinished {
+                status: status.clone(),
+            },
+        )
         .await?;
-        settle(&ctx, &status)?;
+        settle(&ctx, &status).await?;
         Ok(status)
     }
+}
+
+/// The deployments a (re)started control plane must run again, oldest first: those that
+/// started and did not finish (`running` or `unwinding`). `planned` ones wait for their
+/// start, `stuck` ones for a person (`cutover resume`). The one place that decides what
+/// is resumed; run each with [`Executor::run`] (or all with
+/// [`Executor::resume_unfinished`]).
+pub fn resumable(store: &Store) -> Result<Vec<String>, ExecError> {
+    Ok(store
+        .unfinished()?
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r.status,
+                DeploymentStatus::Running | DeploymentStatus::Unwinding { .. }
+            )
+        })
+        .map(|r| r.id)
+        .collect())
 }
 
 fn validate_plan(plan: &Plan) -> Result<(), ExecError> {
@@ -438,28 +512,33 @@ fn failure_reason(step: &str, error: &str) -> String {
 }
 
 /// Record the final status in the deployment record and history; release the lease
-/// unless stuck. Idempotent.
-fn settle(ctx: &Ctx, status: &DeploymentStatus) -> Result<(), ExecError> {
-    let plan = &ctx.plan;
-    let record = ctx.store.deployment(&plan.deployment_id)?;
-    if record.as_ref().map(|r| &r.status) != Some(status) {
-        ctx.store.set_status(&plan.deployment_id, status.clone())?;
-    }
-    ctx.store.record_history(
-        &plan.env,
-        &HistoryEntry {
-            release_id: plan.release_id.clone(),
-            deployment_id: plan.deployment_id.clone(),
-            kind: plan.kind.clone(),
-            outcome: status.label().to_string(),
-            at_ms: record.and_then(|r| r.finished_at_ms).unwrap_or_else(now_ms),
-            by: plan.requested_by.clone(),
-        },
-    )?;
-    if !matches!(status, DeploymentStatus::Stuck { .. }) {
-        ctx.store.release_lease(&plan.env, &plan.deployment_id)?;
-    }
-    Ok(())
+/// unless stuck. Idempotent. Runs off the async workers (every write is flushed).
+async fn settle(ctx: &Ctx, status: &DeploymentStatus) -> Result<(), ExecError> {
+    let plan = ctx.plan.clone();
+    let status = status.clone();
+    ctx.store_write(move |store| {
+        let record = store.deployment(&plan.deployment_id)?;
+        let record = match record {
+            Some(r) if r.status == status => Some(r),
+            _ => Some(store.set_status(&plan.deployment_id, status.clone())?),
+        };
+        store.record_history(
+            &plan.env,
+            &HistoryEntry {
+                release_id: plan.release_id.clone(),
+                deployment_id: plan.deployment_id.clone(),
+                kind: plan.kind.clone(),
+                outcome: status.label().to_string(),
+                at_ms: record.and_then(|r| r.finished_at_ms).unwrap_or_else(now_ms),
+                by: plan.requested_by.clone(),
+            },
+        )?;
+        if !matches!(status, DeploymentStatus::Stuck { .. }) {
+            store.release_lease(&plan.env, &plan.deployment_id)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Run steps forward until all succeeded (`None`) or one failed for good (`Some(reason)`).
@@ -522,24 +601,12 @@ async fn forward(ctx: &Arc<Ctx>, state: &mut Replayed) -> Result<Option<String>,
         // Any error (a crash, an unwritable journal) stops everything at once; dropping
         // the JoinSet aborts the other tasks, as a dying process would.
         let result = result?;
-        let record = state.record_mut(&step_id);
-        match result {
-            StepResult::Succeeded(output, seq) => {
-                record.output = Some(output.clone());
-                record.completed_seq = Some(seq);
-                record.state = StepState::Succeeded { output };
-            }
-            StepResult::Failed(error, seq) => {
-                record.completed_seq = Some(seq);
-                record.error = Some(error.clone());
-                record.state = StepState::Failed {
-                    attempt: record.attempts,
-                    error: error.clone(),
-                    transient: false,
-                };
-                if failure.is_none() {
-                    failure = Some(failure_reason(&step_id, &error));
-                }
+        for entry in &result.entries {
+            ctx.apply(state, entry)?;
+        }
+        if !result.succeeded && failure.is_none() {
+            if let Some(StepState::Failed { error, .. }) = state.state(&step_id) {
+                failure = Some(failure_reason(&step_id, error));
             }
         }
     }
@@ -568,18 +635,22 @@ async fn unwind(
 ) -> Result<DeploymentStatus, ExecError> {
     let plan = ctx.plan.clone();
     if state.unwind_reason.is_none() {
-        ctx.journal(JournalEvent::UnwindStarted {
-            reason: reason.clone(),
-        })
+        ctx.journal_into(
+            state,
+            JournalEvent::UnwindStarted {
+                reason: reason.clone(),
+            },
+        )
         .await?;
-        state.unwind_reason = Some(reason.clone());
     }
-    ctx.store.set_status(
-        &plan.deployment_id,
+    let (id, unwinding) = (
+        plan.deployment_id.clone(),
         DeploymentStatus::Unwinding {
             reason: reason.clone(),
         },
-    )?;
+    );
+    ctx.store_write(move |store| store.set_status(&id, unwinding))
+        .await?;
     // Steps interrupted by a crash (or waiting for a retry) will not run again: they are
     // failed, and their partial work is cleaned up below.
     for step in &plan.steps {
@@ -594,22 +665,17 @@ async fn unwind(
         };
         if let Some(attempt) = pending {
             let error = "interrupted by the unwind; its partial work is cleaned up".to_string();
-            let entry = ctx
-                .journal(JournalEvent::StepFailed {
+            ctx.journal_into(
+                state,
+                JournalEvent::StepFailed {
                     step: step.id.clone(),
                     attempt,
-                    error: error.clone(),
+                    error,
                     transient: false,
                     duration_ms: 0,
-                })
-                .await?;
-            let record = state.record_mut(&step.id);
-            record.completed_seq = Some(entry.seq);
-            record.state = StepState::Failed {
-                attempt,
-                error,
-                transient: false,
-            };
+                },
+            )
+            .await?;
         }
     }
     if let Some((id, error)) = state.steps.iter().find_map(|(id, r)| match &r.state {
@@ -640,33 +706,35 @@ async fn unwind(
             _ => None,
         };
         if !matches!(state.state(&step.id), Some(StepState::UndoStarted { .. })) {
-            ctx.journal(JournalEvent::UndoStarted {
-                step: step.id.clone(),
-            })
+            ctx.journal_into(
+                state,
+                JournalEvent::UndoStarted {
+                    step: step.id.clone(),
+                },
+            )
             .await?;
-            state.record_mut(&step.id).state = StepState::UndoStarted {
-                output: output.clone(),
-            };
         }
         ctx.crash(&step.id, CrashPoint::AfterUndoStarted)?;
         match ctx.undo_step(step, output.as_ref()).await {
             Ok(()) => {
                 ctx.crash(&step.id, CrashPoint::AfterUndo)?;
-                ctx.journal(JournalEvent::UndoSucceeded {
-                    step: step.id.clone(),
-                })
+                ctx.journal_into(
+                    state,
+                    JournalEvent::UndoSucceeded {
+                        step: step.id.clone(),
+                    },
+                )
                 .await?;
-                state.record_mut(&step.id).state = StepState::Undone;
             }
             Err(error) => {
-                ctx.journal(JournalEvent::UndoFailed {
-                    step: step.id.clone(),
-                    error: error.clone(),
-                })
+                ctx.journal_into(
+                    state,
+                    JournalEvent::UndoFailed {
+                        step: step.id.clone(),
+                        error: error.clone(),
+                    },
+                )
                 .await?;
-                state.record_mut(&step.id).state = StepState::UndoFailed {
-                    error: error.clone(),
-                };
                 return Ok(stuck(&step.id, &error));
             }
         }
@@ -683,8 +751,10 @@ fn stuck(step: &str, error: &str) -> DeploymentStatus {
 }
 
 /// Remove the instances of retirements that are due, unless their release became current
-/// again (a rollback went back to it: the retirement is cancelled) or a running deployment
-/// is bringing it back (left for later). Returns how many retirements were completed. A
+/// again (a rollback went back to it: the retirement is cancelled) or their environment
+/// has a deployment in progress (its lease is held: running, unwinding or stuck; left for
+/// later, so a rollback never races the reaper). Returns how many retirements were
+/// completed. A
 /// provider failure leaves that retirement for next time; the first such error is returned
 /// only when nothing could be completed.
 pub async fn reap_retirements(
@@ -701,15 +771,16 @@ pub async fn reap_retirements(
             store.cancel_retirement(&retirement.env, &retirement.release)?;
             continue;
         }
-        // A running deployment (a warm rollback) is bringing this release back: leave its
-        // instances alone until it finishes.
+        // A deployment holds the environment (it may be a warm rollback to this release,
+        // or an unwind putting it back): touch nothing there until the lease is released.
         if let Some(lease) = store.lease(&retirement.env)? {
-            let target = store
-                .deployment(&lease.deployment_id)?
-                .map(|d| d.release_id);
-            if target.as_deref() == Some(retirement.release.as_str()) {
-                continue;
-            }
+            tracing::debug!(
+                env = retirement.env,
+                release = retirement.release,
+                holder = lease.deployment_id,
+                "retirement due, left for later: a deployment holds the environment"
+            );
+            continue;
         }
         let mut failed = false;
         for name in &retirement.instances {

@@ -99,12 +99,6 @@ impl Replayed {
     pub fn state(&self, step: &str) -> Option<&StepState> {
         self.steps.get(step).map(|r| &r.state)
     }
-
-    pub fn record_mut(&mut self, step: &str) -> &mut StepRecord {
-        self.steps
-            .entry(step.to_string())
-            .or_insert_with(StepRecord::new)
-    }
 }
 
 /// Why a journal cannot be replayed.
@@ -173,44 +167,44 @@ fn event_step(event: &JournalEvent) -> Option<&str> {
     }
 }
 
-/// Replay `entries` for `plan`. Checks sequence numbers, step ids, the per-step table and
-/// the phases (no forward progress after the unwind began, no undo before it, nothing
-/// after the end).
-pub fn replay(plan: &Plan, entries: &[JournalEntry]) -> Result<Replayed, Corrupt> {
-    let mut out = Replayed {
-        steps: plan
-            .steps
-            .iter()
-            .map(|s| (s.id.clone(), StepRecord::new()))
-            .collect(),
-        starts: 0,
-        unwind_reason: None,
-        finished: None,
-    };
-    for (index, entry) in entries.iter().enumerate() {
+impl Replayed {
+    /// The state of `plan` before its first journal entry.
+    pub fn new(plan: &Plan) -> Self {
+        Replayed {
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| (s.id.clone(), StepRecord::new()))
+                .collect(),
+            starts: 0,
+            unwind_reason: None,
+            finished: None,
+        }
+    }
+
+    /// Move the state by one journal entry, through the transition table and the phase
+    /// rules (no forward progress after the unwind began, no undo before it, nothing after
+    /// the end). This is the only way a step changes state, when replaying and when running
+    /// alike. Sequence numbers are not checked here (see [`replay`]): a running executor
+    /// applies each step's entries when the step's task reports back.
+    pub fn apply(&mut self, entry: &JournalEntry) -> Result<(), Corrupt> {
         let corrupt = |detail: String| Corrupt {
             seq: entry.seq,
             detail,
         };
-        if entry.seq != index as u64 {
-            return Err(corrupt(format!(
-                "expected sequence number {index}, found {}",
-                entry.seq
-            )));
-        }
-        if out.finished.is_some() {
+        if self.finished.is_some() {
             return Err(corrupt("event after the deployment finished".to_string()));
         }
-        let unwinding = out.unwind_reason.is_some();
+        let unwinding = self.unwind_reason.is_some();
         match &entry.event {
-            JournalEvent::DeploymentStarted { .. } => out.starts += 1,
+            JournalEvent::DeploymentStarted { .. } => self.starts += 1,
             JournalEvent::UnwindStarted { reason } => {
                 if unwinding {
                     return Err(corrupt("unwind started twice".to_string()));
                 }
-                out.unwind_reason = Some(reason.clone());
+                self.unwind_reason = Some(reason.clone());
             }
-            JournalEvent::DeploymentFinished { status } => out.finished = Some(status.clone()),
+            JournalEvent::DeploymentFinished { status } => self.finished = Some(status.clone()),
             event => {
                 let step = event_step(event).unwrap_or_default();
                 let forward = matches!(
@@ -233,7 +227,7 @@ pub fn replay(plan: &Plan, entries: &[JournalEntry]) -> Result<Replayed, Corrupt
                         "undo of step {step} before the unwind began"
                     )));
                 }
-                let Some(record) = out.steps.get_mut(step) else {
+                let Some(record) = self.steps.get_mut(step) else {
                     return Err(corrupt(format!("step {step} is not in the plan")));
                 };
                 let Some(next) = step_transition(&record.state, event) else {
@@ -247,6 +241,22 @@ pub fn replay(plan: &Plan, entries: &[JournalEntry]) -> Result<Replayed, Corrupt
                 record.state = next;
             }
         }
+        Ok(())
+    }
+}
+
+/// Replay `entries` for `plan`. Checks sequence numbers (dense, from 0), then applies each
+/// entry with [`Replayed::apply`].
+pub fn replay(plan: &Plan, entries: &[JournalEntry]) -> Result<Replayed, Corrupt> {
+    let mut out = Replayed::new(plan);
+    for (index, entry) in entries.iter().enumerate() {
+        if entry.seq != index as u64 {
+            return Err(Corrupt {
+                seq: entry.seq,
+                detail: format!("expected sequence number {index}, found {}", entry.seq),
+            });
+        }
+        out.apply(entry)?;
     }
     Ok(out)
 }

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
@@ -436,6 +437,9 @@ pub struct Store {
     kv: TypedTree<serde_json::Value>,
     /// Where [`StoreEvent`]s go; shared by every clone.
     events: broadcast::Sender<StoreEvent>,
+    /// Set on the handle [`Store::write_async`] lends out: `flush` is left to the caller
+    /// and events wait here until it is done.
+    deferred: Option<Arc<Mutex<Vec<StoreEvent>>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -507,6 +511,7 @@ impl Store {
             approvals: typed(&db, "approvals")?,
             kv: typed(&db, "kv")?,
             events: broadcast::channel(EVENT_CAPACITY).0,
+            deferred: None,
             dir,
             db,
         })
@@ -533,7 +538,15 @@ impl Store {
 
     /// Send `event` to the subscribers, if any (having none is not an error).
     fn publish(&self, event: StoreEvent) {
-        let _ = self.events.send(event);
+        match &self.deferred {
+            Some(pending) => pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(event),
+            None => {
+                let _ = self.events.send(event);
+            }
+        }
     }
 
     fn publish_env(&self, env: &str) {
@@ -544,8 +557,42 @@ impl Store {
 
     /// Make every write so far durable.
     pub fn flush(&self) -> Result<()> {
+        if self.deferred.is_some() {
+            return Ok(());
+        }
         self.db.flush().map_err(db_err("flush to disk"))?;
         Ok(())
+    }
+
+    /// Make every write so far durable, waiting on sled's own I/O threads instead of the
+    /// calling one.
+    pub async fn flush_async(&self) -> Result<()> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(db_err("flush to disk"))?;
+        Ok(())
+    }
+
+    /// Run `writes` (any store methods) for async callers: they are applied at once, in
+    /// memory, on the calling thread, with their flushes deferred; then one flush runs on
+    /// sled's I/O threads while this future waits, and only then are their events
+    /// published. The async worker never waits for the disk, and a caller dropped before
+    /// the end made its writes (they reach the disk with the next flush) but publishes
+    /// nothing. Durable when this returns, like the blocking methods.
+    pub async fn write_async<R>(&self, writes: impl FnOnce(&Store) -> Result<R>) -> Result<R> {
+        let pending = Arc::new(Mutex::new(Vec::new()));
+        let deferred = Store {
+            deferred: Some(pending.clone()),
+            ..self.clone()
+        };
+        let out = writes(&deferred)?;
+        self.flush_async().await?;
+        let events = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for event in events {
+            self.publish(event);
+        }
+        Ok(out)
     }
 
     /// Run `work` (store reads and writes, flushes included) on tokio's blocking pool, so
@@ -561,19 +608,6 @@ impl Store {
             .map_err(|_| StoreError::Worker {
                 context: context.to_string(),
             })?
-    }
-
-    /// [`Store::append`] off the async workers: the entry is durable when this returns.
-    pub async fn append_async(
-        &self,
-        deployment_id: &str,
-        event: JournalEvent,
-    ) -> Result<JournalEntry> {
-        let id = deployment_id.to_string();
-        self.run_blocking(&format!("the journal of {deployment_id}"), move |store| {
-            store.append(&id, event)
-        })
-        .await
     }
 
     // ----- plans and deployment records -----
@@ -667,6 +701,29 @@ impl Store {
     /// takes the key after the last one with a compare-and-swap, and a writer that lost the
     /// key to another tries the next one; no lock is held across the flush.
     pub fn append(&self, deployment_id: &str, event: JournalEvent) -> Result<JournalEntry> {
+        let entry = self.append_unflushed(deployment_id, event)?;
+        self.flush()?;
+        self.publish(StoreEvent::Journal {
+            deployment_id: deployment_id.to_string(),
+            seq: entry.seq,
+        });
+        Ok(entry)
+    }
+
+    /// [`Store::append`] for async callers: the entry is written at once (in memory, so a
+    /// caller that is dropped afterwards writes nothing more), then the flush runs on
+    /// sled's own I/O threads while this future waits; the async worker never blocks on
+    /// the disk. The entry is durable when this returns.
+    pub async fn append_async(
+        &self,
+        deployment_id: &str,
+        event: JournalEvent,
+    ) -> Result<JournalEntry> {
+        self.write_async(|store| store.append(deployment_id, event))
+            .await
+    }
+
+    fn append_unflushed(&self, deployment_id: &str, event: JournalEvent) -> Result<JournalEntry> {
         let mut prefix = deployment_id.as_bytes().to_vec();
         prefix.push(0);
         let at_ms = now_ms();
@@ -704,12 +761,6 @@ impl Store {
                 break entry;
             }
         };
-        let seq = entry.seq;
-        self.flush()?;
-        self.publish(StoreEvent::Journal {
-            deployment_id: deployment_id.to_string(),
-            seq,
-        });
         Ok(entry)
     }
 
