@@ -1,7 +1,9 @@
 //! Just enough ELF reading to tell whether a binary runs in a `FROM scratch` image: a
 //! binary with a `PT_INTERP` program header needs a dynamic loader the image lacks.
 
-const PT_INTERP: u32 = 3;
+use object::elf::{FileHeader32, FileHeader64, PT_INTERP};
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::{Endianness, FileKind};
 
 /// Why a file cannot run in an empty image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,112 +16,35 @@ pub(crate) enum NotStatic {
 
 /// `Ok` when `bytes` is an ELF file without a program interpreter (statically linked).
 pub(crate) fn check_static(bytes: &[u8]) -> Result<(), NotStatic> {
-    let reader = Reader::new(bytes)?;
-    let (phoff, phentsize, phnum) = if reader.is64 {
-        (
-            reader.u64(0x20)?,
-            u64::from(reader.u16(0x36)?),
-            u64::from(reader.u16(0x38)?),
-        )
-    } else {
-        (
-            u64::from(reader.u32(0x1c)?),
-            u64::from(reader.u16(0x2a)?),
-            u64::from(reader.u16(0x2c)?),
-        )
-    };
-    for index in 0..phnum {
-        let at = phoff
-            .checked_add(index.saturating_mul(phentsize))
-            .ok_or_else(|| NotStatic::NotElf("program header offset overflows".to_string()))?;
-        let at = usize::try_from(at)
-            .map_err(|_| NotStatic::NotElf("program header offset too large".to_string()))?;
-        if reader.u32(at)? != PT_INTERP {
-            continue;
-        }
-        let (offset, size) = if reader.is64 {
-            (reader.u64(at + 8)?, reader.u64(at + 32)?)
-        } else {
-            (
-                u64::from(reader.u32(at + 4)?),
-                u64::from(reader.u32(at + 16)?),
-            )
-        };
-        let interpreter = usize::try_from(offset)
-            .ok()
-            .zip(usize::try_from(size).ok())
-            .and_then(|(o, s)| bytes.get(o..o.checked_add(s)?))
-            .map(|raw| {
-                String::from_utf8_lossy(raw)
-                    .trim_end_matches('\0')
-                    .to_string()
-            })
-            .unwrap_or_else(|| "an unreadable interpreter".to_string());
-        return Err(NotStatic::Dynamic { interpreter });
+    match FileKind::parse(bytes) {
+        Ok(FileKind::Elf32) => check::<FileHeader32<Endianness>>(bytes),
+        Ok(FileKind::Elf64) => check::<FileHeader64<Endianness>>(bytes),
+        Ok(other) => Err(NotStatic::NotElf(format!("a {other:?} file, not elf"))),
+        Err(_) => Err(NotStatic::NotElf("no elf header".to_string())),
     }
-    Ok(())
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    is64: bool,
-    little: bool,
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self, NotStatic> {
-        if bytes.len() < 0x34 || &bytes[..4] != b"\x7fELF" {
-            return Err(NotStatic::NotElf("no elf header".to_string()));
+fn check<Elf: FileHeader<Endian = Endianness>>(bytes: &[u8]) -> Result<(), NotStatic> {
+    let not_elf = |error: object::read::Error| NotStatic::NotElf(error.to_string().to_lowercase());
+    let header = Elf::parse(bytes).map_err(not_elf)?;
+    let endian = header.endian().map_err(not_elf)?;
+    let program_headers = header.program_headers(endian, bytes).map_err(not_elf)?;
+    match program_headers
+        .iter()
+        .find(|segment| segment.p_type(endian) == PT_INTERP)
+    {
+        None => Ok(()),
+        Some(segment) => {
+            let interpreter = segment
+                .data(endian, bytes)
+                .map(|raw| {
+                    String::from_utf8_lossy(raw)
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
+                .unwrap_or_else(|()| "an unreadable interpreter".to_string());
+            Err(NotStatic::Dynamic { interpreter })
         }
-        let is64 = match bytes[4] {
-            1 => false,
-            2 => true,
-            other => return Err(NotStatic::NotElf(format!("unknown elf class {other}"))),
-        };
-        let little = match bytes[5] {
-            1 => true,
-            2 => false,
-            other => return Err(NotStatic::NotElf(format!("unknown elf byte order {other}"))),
-        };
-        Ok(Reader {
-            bytes,
-            is64,
-            little,
-        })
-    }
-
-    fn take<const N: usize>(&self, at: usize) -> Result<[u8; N], NotStatic> {
-        at.checked_add(N)
-            .and_then(|end| self.bytes.get(at..end))
-            .and_then(|slice| slice.try_into().ok())
-            .ok_or_else(|| NotStatic::NotElf(format!("truncated at offset {at}")))
-    }
-
-    fn u16(&self, at: usize) -> Result<u16, NotStatic> {
-        let raw = self.take::<2>(at)?;
-        Ok(if self.little {
-            u16::from_le_bytes(raw)
-        } else {
-            u16::from_be_bytes(raw)
-        })
-    }
-
-    fn u32(&self, at: usize) -> Result<u32, NotStatic> {
-        let raw = self.take::<4>(at)?;
-        Ok(if self.little {
-            u32::from_le_bytes(raw)
-        } else {
-            u32::from_be_bytes(raw)
-        })
-    }
-
-    fn u64(&self, at: usize) -> Result<u64, NotStatic> {
-        let raw = self.take::<8>(at)?;
-        Ok(if self.little {
-            u64::from_le_bytes(raw)
-        } else {
-            u64::from_be_bytes(raw)
-        })
     }
 }
 
@@ -136,6 +61,7 @@ mod tests {
         bytes[..4].copy_from_slice(b"\x7fELF");
         bytes[4] = 2;
         bytes[5] = 1;
+        bytes[6] = 1; // EV_CURRENT
         bytes[0x20..0x28].copy_from_slice(&(phoff as u64).to_le_bytes());
         bytes[0x36..0x38].copy_from_slice(&(phentsize as u16).to_le_bytes());
         bytes[0x38..0x3a].copy_from_slice(&(program_headers.len() as u16).to_le_bytes());
@@ -161,6 +87,47 @@ mod tests {
             check_static(&bytes),
             Err(NotStatic::Dynamic {
                 interpreter: "/lib64/ld-linux-x86-64.so.2".to_string()
+            })
+        );
+    }
+
+    /// A minimal big-endian ELF32 file with one `PT_INTERP` program header.
+    fn elf32_big_endian_dynamic(interp: &[u8]) -> Vec<u8> {
+        let (phoff, phentsize) = (52usize, 32usize);
+        let data_at = phoff + phentsize;
+        let mut bytes = vec![0u8; data_at];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        bytes[4] = 1;
+        bytes[5] = 2;
+        bytes[6] = 1;
+        bytes[0x1c..0x20].copy_from_slice(&(phoff as u32).to_be_bytes());
+        bytes[0x2a..0x2c].copy_from_slice(&(phentsize as u16).to_be_bytes());
+        bytes[0x2c..0x2e].copy_from_slice(&1u16.to_be_bytes());
+        bytes[phoff..phoff + 4].copy_from_slice(&3u32.to_be_bytes());
+        bytes[phoff + 4..phoff + 8].copy_from_slice(&(data_at as u32).to_be_bytes());
+        bytes[phoff + 16..phoff + 20].copy_from_slice(&(interp.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(interp);
+        bytes
+    }
+
+    #[test]
+    fn a_big_endian_32_bit_binary_is_read_too() {
+        assert_eq!(
+            check_static(&elf32_big_endian_dynamic(b"/lib/ld.so.1\0")),
+            Err(NotStatic::Dynamic {
+                interpreter: "/lib/ld.so.1".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn an_interpreter_outside_the_file_is_still_dynamic() {
+        let mut bytes = elf32_big_endian_dynamic(b"/lib/ld.so.1\0");
+        bytes.truncate(bytes.len() - 4);
+        assert_eq!(
+            check_static(&bytes),
+            Err(NotStatic::Dynamic {
+                interpreter: "an unreadable interpreter".to_string()
             })
         );
     }

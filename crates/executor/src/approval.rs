@@ -5,8 +5,6 @@
 //! Each person has one decision per deployment (the store keeps the latest). Any counted
 //! rejection rejects the deployment; otherwise `required` distinct approvers pass the gate.
 
-use std::time::Duration;
-
 use cutover_model::Plan;
 use cutover_store::{Approval, Decision};
 use serde::Serialize;
@@ -105,29 +103,8 @@ pub fn required(gate_required: u32) -> usize {
     gate_required.max(1) as usize
 }
 
-/// A duration for people: `24h`, `1h 30m`, `45s`, `250ms`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".to_string();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut parts = Vec::new();
-    if h > 0 {
-        parts.push(format!("{h}h"));
-    }
-    if m > 0 {
-        parts.push(format!("{m}m"));
-    }
-    if s > 0 || parts.is_empty() {
-        parts.push(format!("{s}s"));
-    }
-    parts.join(" ")
-}
+/// A duration for people; the one formatter of the workspace.
+pub use cutover_model::format_duration;
 
 #[cfg(test)]
 mod tests {
@@ -213,14 +190,5 @@ mod tests {
     fn at_least_one_approval_is_required() {
         assert_eq!(required(0), 1);
         assert_eq!(required(3), 3);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_duration(Duration::from_secs(24 * 3600)), "24h");
-        assert_eq!(format_duration(Duration::from_secs(5400)), "1h 30m");
-        assert_eq!(format_duration(Duration::from_secs(45)), "45s");
-        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 }

@@ -92,10 +92,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Wait before attempt `attempt + 1`: `base * 2^(attempt-1)`, capped at `max_delay`.
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1).min(20))
-            .unwrap_or(u32::MAX);
-        self.base_delay.saturating_mul(factor).min(self.max_delay)
+        cutover_model::Backoff::new(self.base_delay, self.max_delay).delay_after(attempt)
     }
 }
 
@@ -156,6 +153,9 @@ struct StepResult {
 }
 
 const JOURNAL_WRITE_ATTEMPTS: u32 = 8;
+/// Waits between journal write attempts: 100 ms, doubling, at most 1.6 s.
+const JOURNAL_WRITE_BACKOFF: cutover_model::Backoff =
+    cutover_model::Backoff::new(Duration::from_millis(100), Duration::from_millis(1600));
 
 impl Ctx {
     fn id(&self) -> &str {
@@ -175,7 +175,7 @@ impl Ctx {
                 }
                 Err(e) => {
                     tracing::warn!(deployment = self.id(), error = %e, attempt, "journal write failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+                    tokio::time::sleep(JOURNAL_WRITE_BACKOFF.delay_after(attempt)).await;
                     attempt += 1;
                 }
             }

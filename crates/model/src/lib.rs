@@ -1,13 +1,19 @@
 //! Shared vocabulary of cutover: the spec, strategies and plans, journal events, releases,
-//! routes, provider traits and error classes. No I/O lives here.
+//! routes, provider traits and error classes, and the shared helpers (backoff, duration
+//! rendering, random tokens). No I/O lives here beyond asking the OS for random bytes.
 
+pub mod backoff;
+pub mod duration;
 pub mod error;
 pub mod journal;
 pub mod plan;
 pub mod provider;
+pub mod random;
 pub mod release;
 pub mod spec;
 
+pub use backoff::Backoff;
+pub use duration::{format_duration, format_duration_ms};
 pub use error::{ErrorClass, ProviderError};
 pub use journal::{JournalEntry, JournalEvent};
 pub use plan::{
@@ -18,6 +24,7 @@ pub use provider::{
     Compute, DrainReport, HealthProbe, ImageBuilder, Probe, Providers, ScanOutcome, SignRequest,
     SupplyChain, Traffic,
 };
+pub use random::{random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};
 pub use spec::{
     ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,

@@ -947,6 +947,70 @@ mod tests {
     }
 
     #[test]
+    fn pypi_ranges_as_osv_gives_them() {
+        use Ecosystem::PyPI;
+        // `>= 0, < 2.31.0`
+        let below_fix = aff(
+            "ECOSYSTEM",
+            serde_json::json!([{"introduced": "0"}, {"fixed": "2.31.0"}]),
+            &[],
+        );
+        // `>= 2.0, <= 2.5.post1`
+        let closed = aff(
+            "ECOSYSTEM",
+            serde_json::json!([{"introduced": "2.0"}, {"last_affected": "2.5.post1"}]),
+            &[],
+        );
+        // `>= 1!1.0a1, < 1!1.2`
+        let epoch = aff(
+            "ECOSYSTEM",
+            serde_json::json!([{"introduced": "1!1.0a1"}, {"fixed": "1!1.2"}]),
+            &[],
+        );
+        // `== 3.1.0` (OSV's explicit `versions` list)
+        let listed = aff("ECOSYSTEM", serde_json::json!([]), &["3.1.0"]);
+        type Row<'a> = (&'a str, &'a Affected, Option<Option<&'a str>>);
+        let table: Vec<Row<'_>> = vec![
+            ("2.30.0", &below_fix, Some(Some("2.31.0"))),
+            ("2.31.0rc1", &below_fix, Some(Some("2.31.0"))),
+            ("2.31.0.dev3", &below_fix, Some(Some("2.31.0"))),
+            ("2.30.0+ubuntu1", &below_fix, Some(Some("2.31.0"))),
+            ("2.31.0", &below_fix, None),
+            ("2.31", &below_fix, None),
+            ("2.31.0.post1", &below_fix, None),
+            ("2.31.0+local", &below_fix, None),
+            ("1!0.1", &below_fix, None),
+            ("2.0rc1", &closed, None),
+            ("2.0", &closed, Some(None)),
+            ("2.5", &closed, Some(None)),
+            ("2.5.post1", &closed, Some(None)),
+            ("2.5.post1.dev1", &closed, Some(None)),
+            ("2.5.post2", &closed, None),
+            ("2.5.1", &closed, None),
+            ("1.9", &epoch, None),
+            ("1!1.0.dev1", &epoch, None),
+            ("1!1.0a1", &epoch, Some(Some("1!1.2"))),
+            ("1!1.1.post3", &epoch, Some(Some("1!1.2"))),
+            ("1!1.2rc1", &epoch, Some(Some("1!1.2"))),
+            ("1!1.2", &epoch, None),
+            ("3.1.0", &listed, Some(None)),
+            ("3.1", &listed, Some(None)),
+            ("v3.1.0", &listed, Some(None)),
+            ("3.1.0.post1", &listed, None),
+            ("3.1.0rc1", &listed, None),
+        ];
+        for (v, a, want) in table {
+            assert_eq!(
+                hit(PyPI, v, a),
+                want.map(|f| f.map(str::to_string)),
+                "{v} against {:?} / {:?}",
+                a.ranges.first().map(|r| &r.events),
+                a.versions
+            );
+        }
+    }
+
+    #[test]
     fn severity_from_cvss_words_and_nothing() {
         let adv: Advisory = serde_json::from_value(serde_json::json!({
             "id": "X-1",

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::image::{Image, ImageReader, Limits};
 use crate::inventory::{Distro, InventoryCollector, Package};
@@ -107,32 +106,29 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
     })
 }
 
+/// The namespace of SBOM serial numbers: the RFC 4122 v5 UUID of the URL
+/// `urn:cutover:sbom` in the URL namespace.
+const SBOM_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x71c9_97fa_0911_5e35_9609_2cff_1683_0f94);
+
+/// `urn:uuid:` of an RFC 4122 name-based (v5, SHA-1) UUID whose name is the image digest
+/// followed by the sorted purls, each after a NUL: the same image with the same packages
+/// always gets the same serial number, and a different inventory a different one.
+fn sbom_serial<'a>(image_id: &str, purls: impl Iterator<Item = &'a str>) -> String {
+    let mut name = image_id.as_bytes().to_vec();
+    for purl in purls {
+        name.push(0);
+        name.extend_from_slice(purl.as_bytes());
+    }
+    uuid::Uuid::new_v5(&SBOM_NAMESPACE, &name).urn().to_string()
+}
+
 /// A CycloneDX 1.5 JSON SBOM of the packages. Deterministic: the serial number is derived
 /// from the image id and the package list, components are sorted by purl, no timestamp.
 pub fn sbom(image: &ImageSummary, packages: &[Package]) -> serde_json::Value {
     let mut sorted: Vec<&Package> = packages.iter().collect();
     sorted.sort_by(|a, b| a.purl.cmp(&b.purl).then_with(|| a.layer.cmp(&b.layer)));
     sorted.dedup_by(|a, b| a.purl == b.purl);
-    let mut h = Sha256::new();
-    h.update(image.id.as_bytes());
-    for p in &sorted {
-        h.update([0]);
-        h.update(p.purl.as_bytes());
-    }
-    let d = h.finalize();
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&d[..16]);
-    u[6] = (u[6] & 0x0f) | 0x50; // name-based version nibble
-    u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let x = hex::encode(u);
-    let serial = format!(
-        "urn:uuid:{}-{}-{}-{}-{}",
-        &x[..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..]
-    );
+    let serial = sbom_serial(&image.id, sorted.iter().map(|p| p.purl.as_str()));
     let name = image
         .repo_tags
         .first()
@@ -262,4 +258,63 @@ pub fn to_sarif(report: &ScanReport) -> serde_json::Value {
             "results": results,
         }],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_is_the_v5_uuid_it_claims() {
+        assert_eq!(
+            SBOM_NAMESPACE,
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:cutover:sbom")
+        );
+    }
+
+    #[test]
+    fn serial_is_an_rfc4122_v5_uuid_derived_from_the_digest_and_packages() {
+        let serial = sbom_serial("sha256:abc", ["pkg:cargo/a@1"].into_iter());
+        // Known answer, computed independently of this crate.
+        assert_eq!(serial, "urn:uuid:34b3531e-746d-5762-9811-0a1fe5d47e06");
+        let parsed = uuid::Uuid::parse_str(serial.strip_prefix("urn:uuid:").unwrap()).unwrap();
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Sha1));
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+        let bytes = parsed.as_bytes();
+        assert_eq!(bytes[6] >> 4, 5, "version nibble");
+        assert_eq!(bytes[8] >> 6, 0b10, "variant bits");
+
+        assert_eq!(
+            sbom_serial("sha256:abc", ["pkg:cargo/a@1"].into_iter()),
+            serial,
+            "deterministic"
+        );
+        assert_ne!(
+            sbom_serial("sha256:abd", ["pkg:cargo/a@1"].into_iter()),
+            serial
+        );
+        assert_ne!(sbom_serial("sha256:abc", std::iter::empty()), serial);
+        // The separator keeps `a` + `bc` apart from `ab` + `c`.
+        assert_ne!(
+            sbom_serial("x", ["a", "bc"].into_iter()),
+            sbom_serial("x", ["ab", "c"].into_iter())
+        );
+    }
+
+    #[test]
+    fn sbom_carries_the_serial_of_its_image() {
+        let image = ImageSummary {
+            id: "sha256:abc".to_string(),
+            repo_tags: vec![],
+            os: "linux".to_string(),
+            architecture: "amd64".to_string(),
+            distro: None,
+            layers: vec![],
+        };
+        let bom = sbom(&image, &[]);
+        assert_eq!(
+            bom["serialNumber"],
+            serde_json::json!(sbom_serial("sha256:abc", std::iter::empty()))
+        );
+    }
 }

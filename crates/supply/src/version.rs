@@ -119,134 +119,11 @@ pub(crate) fn parse_semver(s: &str) -> Option<semver::Version> {
 
 // ---------------------------------------------------------------- PEP 440
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum LocalPart {
-    Str(String),
-    Num(u64),
-}
-
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Pep440Key {
-    epoch: u64,
-    release: Vec<u64>,
-    // (phase, number); phase -1 = dev-only release (below any pre), 0..2 = a/b/rc, 3 = none.
-    pre: (i8, u64),
-    // -1 = none.
-    post: i64,
-    // u64::MAX = none (a non-dev release sorts after its dev releases).
-    dev: u64,
-    // None sorts before any local version.
-    local: Option<Vec<LocalPart>>,
-}
-
-fn pep440_key(s: &str) -> Option<Pep440Key> {
-    let s = s.trim().to_ascii_lowercase();
-    let s = s.strip_prefix('v').unwrap_or(&s);
-    let (public, local) = match s.split_once('+') {
-        Some((p, l)) => (p, Some(l)),
-        None => (s, None),
-    };
-    let (epoch, rest) = match public.split_once('!') {
-        Some((e, r)) => (e.parse().ok()?, r),
-        None => (0, public),
-    };
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    let mut release = Vec::new();
-    loop {
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        if start == i {
-            return None;
-        }
-        release.push(rest[start..i].parse().ok()?);
-        if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    let mut tail = &rest[i..];
-    let take_sep = |t: &str| t.trim_start_matches(['.', '-', '_']).to_string();
-    let take_num = |t: &str| -> (u64, usize) {
-        let t2 = t.trim_start_matches(['.', '-', '_']);
-        let skipped = t.len() - t2.len();
-        let n = t2.bytes().take_while(u8::is_ascii_digit).count();
-        (t2[..n].parse().unwrap_or(0), skipped + n)
-    };
-    let mut pre = None;
-    let mut post = None;
-    let mut dev = None;
-    let pre_words: [(&str, i8); 7] = [
-        ("alpha", 0),
-        ("beta", 1),
-        ("preview", 2),
-        ("pre", 2),
-        ("rc", 2),
-        ("a", 0),
-        ("b", 1),
-    ];
-    let t = take_sep(tail);
-    if let Some((w, phase)) = pre_words
-        .iter()
-        .chain(std::iter::once(&("c", 2)))
-        .find(|(w, _)| t.starts_with(w))
-    {
-        let after = &t[w.len()..];
-        let (n, used) = take_num(after);
-        pre = Some((*phase, n));
-        tail = &after[used..];
-    }
-    let t = take_sep(tail);
-    if let Some(w) = ["post", "rev", "r"].iter().find(|w| t.starts_with(**w)) {
-        let after = &t[w.len()..];
-        let (n, used) = take_num(after);
-        post = Some(n);
-        tail = &after[used..];
-    } else if tail.starts_with('-') && tail[1..].starts_with(|c: char| c.is_ascii_digit()) {
-        let (n, used) = take_num(tail);
-        post = Some(n);
-        tail = &tail[used..];
-    }
-    let t = take_sep(tail);
-    if let Some(after) = t.strip_prefix("dev") {
-        let (n, used) = take_num(after);
-        dev = Some(n);
-        tail = &after[used..];
-    }
-    if !take_sep(tail).is_empty() {
-        return None;
-    }
-    while release.len() > 1 && release.last() == Some(&0) {
-        release.pop();
-    }
-    let pre = match (pre, post, dev) {
-        (None, None, Some(_)) => (-1, 0),
-        (None, _, _) => (3, 0),
-        (Some(p), _, _) => p,
-    };
-    Some(Pep440Key {
-        epoch,
-        release,
-        pre,
-        post: post.map(|p| p as i64).unwrap_or(-1),
-        dev: dev.unwrap_or(u64::MAX),
-        local: local.map(|l| {
-            l.split(['.', '-', '_'])
-                .map(|p| match p.parse() {
-                    Ok(n) => LocalPart::Num(n),
-                    Err(_) => LocalPart::Str(p.to_string()),
-                })
-                .collect()
-        }),
-    })
-}
-
-/// PEP 440 ordering (epochs, pre/post/dev releases, local versions).
+/// PEP 440 ordering (epochs, pre/post/dev releases, local versions), by `pep440_rs`.
 pub fn compare_pep440(a: &str, b: &str) -> Option<Ordering> {
-    Some(pep440_key(a)?.cmp(&pep440_key(b)?))
+    let a: pep440_rs::Version = a.trim().parse().ok()?;
+    let b: pep440_rs::Version = b.trim().parse().ok()?;
+    Some(a.cmp(&b))
 }
 
 // ---------------------------------------------------------------- apk
@@ -431,6 +308,53 @@ mod tests {
         assert_eq!(compare_pep440("1.0-1", "1.0.post1"), Some(Equal));
         assert_eq!(compare_pep440("1.0RC1", "1.0rc1"), Some(Equal));
         assert_eq!(compare_pep440("banana", "1.0"), None);
+    }
+
+    #[test]
+    fn pep440_epochs_spellings_and_local_versions() {
+        for (a, b, want) in [
+            // Epochs outrank every release number.
+            ("1!1.0", "2.0", Greater),
+            ("0!1.0", "1.0", Equal),
+            ("1!1.0", "1!1.0.0", Equal),
+            ("2!0.1", "1!99.0", Greater),
+            // Pre-release spellings normalize.
+            ("1.0alpha1", "1.0a1", Equal),
+            ("1.0-beta.2", "1.0b2", Equal),
+            ("1.0c1", "1.0rc1", Equal),
+            ("1.0pre1", "1.0rc1", Equal),
+            ("1.0preview1", "1.0rc1", Equal),
+            ("1.0a", "1.0a0", Equal),
+            ("1.0rc1", "1.0", Less),
+            // Post-release spellings normalize and sort after the release.
+            ("1.0-1", "1.0.post1", Equal),
+            ("1.0.rev1", "1.0.post1", Equal),
+            ("1.0r1", "1.0.post1", Equal),
+            ("1.0post", "1.0.post0", Equal),
+            ("1.0.post1", "1.0", Greater),
+            ("1.0.post1", "1.0.1", Less),
+            // Dev releases sort before the pre-releases of the same release.
+            ("1.0.dev", "1.0.dev0", Equal),
+            ("1.0dev1", "1.0a1", Less),
+            ("1.0a1.dev1", "1.0a1", Less),
+            ("1.0.post1.dev1", "1.0.post1", Less),
+            ("1.0.post1.dev1", "1.0", Greater),
+            // Local versions sort after their public version; numbers after strings.
+            ("1.0+ubuntu.1", "1.0", Greater),
+            ("1.0+ubuntu.1", "1.0.post1", Less),
+            ("1.0+local-1", "1.0+local.1", Equal),
+            ("1.0+1", "1.0+abc", Greater),
+            ("1.0+abc.10", "1.0+abc.9", Greater),
+            // A leading `v`, case and surrounding blanks are not significant.
+            ("v1.0", "1.0", Equal),
+            ("1.0RC1", "1.0rc1", Equal),
+            (" 1.0 ", "1.0", Equal),
+        ] {
+            assert_eq!(compare_pep440(a, b), Some(want), "{a} vs {b}");
+        }
+        for bad in ["1.0+", "1..0", "1.0-", "", "1.0.dev1.post1"] {
+            assert_eq!(compare_pep440(bad, "1.0"), None, "{bad:?} must not parse");
+        }
     }
 
     #[test]
