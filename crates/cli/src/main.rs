@@ -4,7 +4,6 @@
 //! needed), renders answers. The control plane (`cutover serve`) and the proxy
 //! (`cutover proxy`) are entry points of the same binary.
 
-mod chain;
 mod client;
 mod daemon;
 mod follow;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use cutover_chain::LocalSupplyChain;
 use cutover_docker::DockerProvider;
 use cutover_executor::ExecutorConfig;
 use cutover_model::Providers;
@@ -15,7 +16,6 @@ use cutover_server::webhooks::{Delivery, Webhooks};
 use cutover_server::{ControlPlane, Options};
 use cutover_store::Store;
 
-use crate::chain::LocalSupplyChain;
 use crate::client::StateDir;
 use crate::daemon;
 
@@ -75,6 +75,7 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     let supervisor = tokio::spawn(supervise_proxy(state.clone(), admin.clone()));
 
     let docker = Arc::new(DockerProvider::connect().await?);
+    let audit = store.clone();
     let providers = Providers {
         images: docker.clone(),
         compute: docker.clone(),
@@ -83,8 +84,12 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         supply: Some(Arc::new(LocalSupplyChain::new(
             docker,
             &state.0,
-            Some(store.clone()),
+            Some(Arc::new(move |image: &str, details| {
+                cutover_server::audit::record(&audit, "gate", "exception.use", image, details)
+                    .map_err(|e| e.to_string())
+            })),
         ))),
+        preflight: None,
     };
     let cp = ControlPlane::with_options(
         store,

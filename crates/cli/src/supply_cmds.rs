@@ -12,8 +12,8 @@ use cutover_model::{GateSpec, ImageBuilder, ImageInfo};
 use cutover_server::api::HistoryLine;
 use cutover_supply::AdvisoryDb;
 
-use crate::chain::{self, LocalSupplyChain, SupplyPaths};
 use crate::client::{client, StateDir};
+use cutover_chain::{self as chain, LocalSupplyChain, SupplyPaths};
 
 /// Exit code when a gate fails or verification refuses an image.
 pub const EXIT_REFUSED: u8 = 6;

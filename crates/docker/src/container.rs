@@ -13,7 +13,7 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 use cutover_model::{
-    labels, Compute, ImageInfo, Instance, InstanceSpec, InstanceState, ProviderError,
+    labels, Compute, Diagnosis, ImageInfo, Instance, InstanceSpec, InstanceState, ProviderError,
 };
 
 use crate::engine_error::{describe, is_not_found, provider_error, status};
@@ -149,6 +149,10 @@ impl Compute for DockerProvider {
         }
         instances.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(instances)
+    }
+
+    async fn diagnose(&self, instance: &Instance) -> Option<Diagnosis> {
+        self.diagnosis(instance).await
     }
 }
 

@@ -21,9 +21,11 @@
 
 mod container;
 mod context;
+mod diagnose;
 mod elf;
 mod engine_error;
 mod image;
+mod preflight;
 mod probe;
 
 use bollard::Docker;

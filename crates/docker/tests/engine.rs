@@ -663,3 +663,125 @@ async fn removing_unknown_or_foreign_containers() {
         None
     );
 }
+
+/// Diagnose `name` until `done` holds for the diagnosis, or fail after 20 s.
+async fn diagnose_until(
+    docker: &DockerProvider,
+    name: &str,
+    what: &str,
+    done: impl Fn(&cutover_model::Diagnosis) -> bool,
+) -> cutover_model::Diagnosis {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let instance = docker
+            .inspect(name)
+            .await
+            .expect("inspect")
+            .expect("the container exists");
+        let diagnosis = docker
+            .diagnose(&instance)
+            .await
+            .expect("docker diagnoses an existing container");
+        if done(&diagnosis) {
+            return diagnosis;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen within 20s: {diagnosis:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_container_is_diagnosed_with_its_redacted_log_tail() {
+    let (image, _, _) = hello_image().await;
+    let docker = provider().await;
+    let name = unique("diagnose");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let canary = format!("canary-{}", run_id());
+    let token = format!("tok-{}-never-printed", run_id());
+    let spec = instance_spec(
+        &name,
+        &unique("app"),
+        &[
+            ("CRASH", "1"),
+            ("LOG_LINES", "25"),
+            ("SAY", &canary),
+            ("API_TOKEN", &token),
+        ],
+    );
+    docker.provision(&spec, image).await.expect("provision");
+    let diagnosis = diagnose_until(&docker, &name, "an exit with code 3", |d| {
+        d.exit_code == Some(3)
+            && d.logs.last().map(String::as_str) == Some("hello: CRASH=1, exiting")
+    })
+    .await;
+    assert!(
+        matches!(
+            diagnosis.state.as_str(),
+            "exited" | "restarting" | "running"
+        ),
+        "{diagnosis:?}"
+    );
+    assert!(!diagnosis.oom_killed, "{diagnosis:?}");
+    assert_eq!(
+        diagnosis.logs.len(),
+        cutover_model::DIAGNOSIS_LOG_LINES,
+        "{diagnosis:?}"
+    );
+    let n = diagnosis.logs.len();
+    assert_eq!(diagnosis.logs[n - 2], "hello: says [redacted]");
+    assert_eq!(diagnosis.logs[n - 3], "hello: log line 25");
+    let rendered = diagnosis.render();
+    assert!(rendered.contains("exit code 3"), "{rendered}");
+    assert!(
+        !rendered.contains(&canary),
+        "the diagnosis leaks an env value"
+    );
+    assert!(!format!("{diagnosis:?}").contains(&canary));
+    assert!(!rendered.contains(&token));
+}
+
+#[tokio::test]
+async fn a_container_its_memory_limit_kills_is_diagnosed_as_oom_killed() {
+    let (image, _, _) = hello_image().await;
+    let docker = provider().await;
+    let name = unique("oom");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    // 64 MiB limit (instance_spec), swap off: touching 200 MiB gets the process killed.
+    let spec = instance_spec(&name, &unique("app"), &[("ALLOC_MB", "200")]);
+    docker.provision(&spec, image).await.expect("provision");
+    // The engine restarts it; between two runs it shows as exited with the kill's code.
+    let diagnosis = diagnose_until(&docker, &name, "an OOM kill", |d| {
+        d.oom_killed && d.exit_code.is_some()
+    })
+    .await;
+    assert_eq!(diagnosis.exit_code, Some(137), "{diagnosis:?}");
+    assert!(
+        diagnosis
+            .render()
+            .contains("killed for exceeding its memory limit"),
+        "{}",
+        diagnosis.render()
+    );
+}
+
+#[tokio::test]
+async fn a_missing_container_has_no_diagnosis() {
+    let docker = provider().await;
+    let instance = Instance {
+        name: unique("never-created"),
+        id: String::new(),
+        app: "app".to_string(),
+        env: "staging".to_string(),
+        release: "staging-1".to_string(),
+        deployment_id: "d-1".to_string(),
+        replica: 0,
+        addr: String::new(),
+        image_id: String::new(),
+        state: InstanceState::Running,
+        restart_count: 0,
+    };
+    assert_eq!(docker.diagnose(&instance).await, None);
+}

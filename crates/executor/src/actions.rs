@@ -451,12 +451,18 @@ async fn health_check(
     let mut probes = 0u32;
     let mut last_reason = "no probe answered yet".to_string();
     let name = &instance.name;
+    let mut last_seen = instance.clone();
     loop {
         if start.elapsed() > health.deadline {
-            return Err(ProviderError::permanent(format!(
-                "instance {name} did not become healthy within {}ms: {last_reason}; check its logs",
-                health.deadline.as_millis()
-            )));
+            return Err(explained(
+                ctx,
+                &last_seen,
+                format!(
+                    "instance {name} did not become healthy within {}ms: {last_reason}",
+                    health.deadline.as_millis()
+                ),
+            )
+            .await);
         }
         let current = match ctx.providers.compute.inspect(name).await? {
             Some(current) => current,
@@ -466,15 +472,21 @@ async fn health_check(
                 )))
             }
         };
+        last_seen = current.clone();
         let crash_looping = matches!(
             current.state,
             InstanceState::Exited { .. } | InstanceState::Restarting
         ) || current.restart_count > 0;
         if crash_looping {
-            return Err(ProviderError::permanent(format!(
-                "instance {name} is crash-looping (restarted {} times, state {:?}); check its logs",
-                current.restart_count, current.state
-            )));
+            return Err(explained(
+                ctx,
+                &current,
+                format!(
+                    "instance {name} is crash-looping (restarted {} times, state {:?})",
+                    current.restart_count, current.state
+                ),
+            )
+            .await);
         }
         probes += 1;
         match ctx
@@ -497,14 +509,28 @@ async fn health_check(
                 if answered {
                     unhealthy += 1;
                     if unhealthy >= health.unhealthy_threshold.max(1) {
-                        return Err(ProviderError::permanent(format!(
-                            "instance {name} became unhealthy ({unhealthy} failed probes in a row): {last_reason}"
-                        )));
+                        return Err(explained(
+                            ctx,
+                            &current,
+                            format!(
+                                "instance {name} became unhealthy ({unhealthy} failed probes in a row): {last_reason}"
+                            ),
+                        )
+                        .await);
                     }
                 }
             }
         }
         tokio::time::sleep(health.interval.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// A failed health check's error: `message`, then what the provider can tell about the
+/// instance (state, exit code, OOM kill, last log lines), else a pointer to its logs.
+async fn explained(ctx: &Ctx, instance: &Instance, message: String) -> ProviderError {
+    match ctx.providers.compute.diagnose(instance).await {
+        Some(diagnosis) => ProviderError::permanent(format!("{message}\n  {}", diagnosis.render())),
+        None => ProviderError::permanent(format!("{message}; check its logs")),
     }
 }
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cutover_model::{
     json_digest, labels, Action, ApprovalSpec, BuildSpec, Compute, ContainerSpec, DeploymentKind,
-    DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo, ImageSource, Instance,
-    InstanceSpec, InstanceState, Plan, Probe, ProviderError, Providers, Release, Route,
-    ScanOutcome, SignRequest, Step, StepKind, SupplyChain, Traffic, PLAN_FORMAT,
+    Diagnosis, DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo,
+    ImageSource, Instance, InstanceSpec, InstanceState, Plan, Probe, ProviderError, Providers,
+    Release, Route, ScanOutcome, SignRequest, Step, StepKind, SupplyChain, Traffic, PLAN_FORMAT,
 };
 
 /// How the fake health probe answers for an instance.
@@ -39,6 +39,8 @@ pub struct FakeWorld {
     /// Health answers by instance name, or by release (checked second).
     pub health: BTreeMap<String, FakeHealth>,
     pub drains: u32,
+    /// What `diagnose` answers, by instance name or by release (checked second).
+    pub diagnoses: BTreeMap<String, Diagnosis>,
     next_port: u16,
 }
 
@@ -66,6 +68,7 @@ impl FakeProviders {
             health: Arc::new(self.clone()),
             traffic: Arc::new(self.clone()),
             supply: Some(Arc::new(self.supply.clone())),
+            preflight: None,
         }
     }
 
@@ -79,6 +82,13 @@ impl FakeProviders {
         self.world()
             .health
             .insert(name_or_release.to_string(), health);
+    }
+
+    /// Make `diagnose` of `name_or_release` answer `diagnosis`.
+    pub fn set_diagnosis(&self, name_or_release: &str, diagnosis: Diagnosis) {
+        self.world()
+            .diagnoses
+            .insert(name_or_release.to_string(), diagnosis);
     }
 
     /// Names of the instances of `release`.
@@ -186,6 +196,14 @@ impl Compute for FakeProviders {
             .filter(|i| i.app == app && env.is_none_or(|e| i.env == e))
             .cloned()
             .collect())
+    }
+
+    async fn diagnose(&self, instance: &Instance) -> Option<Diagnosis> {
+        let w = self.world();
+        w.diagnoses
+            .get(&instance.name)
+            .or_else(|| w.diagnoses.get(&instance.release))
+            .cloned()
     }
 }
 

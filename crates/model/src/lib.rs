@@ -21,8 +21,9 @@ pub use plan::{
     StrategyStep, PLAN_FORMAT,
 };
 pub use provider::{
-    Compute, DrainReport, HealthProbe, ImageBuilder, Probe, Providers, ScanOutcome, SignRequest,
-    SupplyChain, Traffic,
+    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, Preflight, PreflightFailure,
+    Preflights, Probe, Providers, ScanOutcome, SignRequest, SupplyChain, Traffic,
+    DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::error::ProviderError;
 use crate::plan::InstanceSpec;
 use crate::release::{ImageInfo, Instance, Route};
-use crate::spec::{BuildSpec, GateSpec};
+use crate::spec::{BuildSpec, GateSpec, Spec};
 
 /// Builds golden images.
 #[async_trait]
@@ -49,6 +49,64 @@ pub trait Compute: Send + Sync {
 
     /// All instances cutover made for `app` (and `env`, when given).
     async fn list(&self, app: &str, env: Option<&str>) -> Result<Vec<Instance>, ProviderError>;
+
+    /// What is known about why an instance is unwell: its state, exit code, OOM kill and
+    /// last log lines, with the values of its environment redacted. `None` when the
+    /// provider cannot tell (the default) or the instance is gone.
+    async fn diagnose(&self, _instance: &Instance) -> Option<Diagnosis> {
+        None
+    }
+}
+
+/// Lines of log a [`Diagnosis`] keeps.
+pub const DIAGNOSIS_LOG_LINES: usize = 20;
+
+/// Why an instance is unwell, as its provider sees it. Log lines are already redacted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Diagnosis {
+    /// The provider's word for the state (`running`, `exited`, `restarting`, …).
+    pub state: String,
+    /// Exit code of the last run, when it exited.
+    pub exit_code: Option<i64>,
+    /// Whether the kernel killed it for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// The provider's own error about the instance (e.g. a failed start), if any.
+    pub error: Option<String>,
+    /// Restarts the provider made.
+    pub restart_count: u32,
+    /// The last lines the instance wrote (stdout and stderr), oldest first, at most
+    /// [`DIAGNOSIS_LOG_LINES`].
+    pub logs: Vec<String>,
+}
+
+impl Diagnosis {
+    /// A few lines for people: state line, then the log tail, each indented.
+    pub fn render(&self) -> String {
+        let mut state = format!("container state: {}", self.state);
+        if let Some(code) = self.exit_code {
+            state.push_str(&format!(", exit code {code}"));
+        }
+        if self.oom_killed {
+            state.push_str(", killed for exceeding its memory limit (raise container.memory)");
+        }
+        if self.restart_count > 0 {
+            state.push_str(&format!(", restarted {} times", self.restart_count));
+        }
+        if let Some(error) = self.error.as_deref().filter(|e| !e.is_empty()) {
+            state.push_str(&format!(", error: {error}"));
+        }
+        let mut out = state;
+        if self.logs.is_empty() {
+            out.push_str("\n  it wrote no log lines");
+        } else {
+            out.push_str(&format!("\n  last {} log lines:", self.logs.len()));
+            for line in &self.logs {
+                out.push_str("\n    | ");
+                out.push_str(line);
+            }
+        }
+        out
+    }
 }
 
 /// Result of one health probe.
@@ -141,6 +199,44 @@ pub trait SupplyChain: Send + Sync {
     ) -> Result<Vec<String>, ProviderError>;
 }
 
+/// One check that failed before a deployment was planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreflightFailure {
+    /// The dotted spec field the check is about, e.g. `environments.production.listen`.
+    pub field: String,
+    /// What is wrong and what to do, e.g. `127.0.0.1:8080 is in use by another process;
+    /// free it or choose another address`.
+    pub message: String,
+}
+
+impl std::fmt::Display for PreflightFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Checks of the world that a deployment of `env` needs, made before anything is built:
+/// the listen address, the engine, the build source. Cheap and side-effect free.
+#[async_trait]
+pub trait Preflight: Send + Sync {
+    /// Every failed check (empty: ready to deploy).
+    async fn check(&self, spec: &Spec, env: &str) -> Vec<PreflightFailure>;
+}
+
+/// Several preflights run one after the other; their failures are concatenated.
+pub struct Preflights(pub Vec<Arc<dyn Preflight>>);
+
+#[async_trait]
+impl Preflight for Preflights {
+    async fn check(&self, spec: &Spec, env: &str) -> Vec<PreflightFailure> {
+        let mut failures = Vec::new();
+        for check in &self.0 {
+            failures.extend(check.check(spec, env).await);
+        }
+        failures
+    }
+}
+
 /// The set of providers one executor works with.
 #[derive(Clone)]
 pub struct Providers {
@@ -150,4 +246,87 @@ pub struct Providers {
     pub traffic: Arc<dyn Traffic>,
     /// Needed by plans with scan, sign or verify steps.
     pub supply: Option<Arc<dyn SupplyChain>>,
+    /// Checks made before a deployment is planned (none: no checks).
+    pub preflight: Option<Arc<dyn Preflight>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diagnosis_renders_state_then_logs() {
+        let d = Diagnosis {
+            state: "exited".to_string(),
+            exit_code: Some(3),
+            oom_killed: true,
+            error: Some("port is already allocated".to_string()),
+            restart_count: 2,
+            logs: vec!["one".to_string(), "two".to_string()],
+        };
+        assert_eq!(
+            d.render(),
+            "container state: exited, exit code 3, killed for exceeding its memory limit (raise container.memory), restarted 2 times, error: port is already allocated\n  last 2 log lines:\n    | one\n    | two"
+        );
+        let quiet = Diagnosis {
+            state: "running".to_string(),
+            ..Diagnosis::default()
+        };
+        assert_eq!(
+            quiet.render(),
+            "container state: running\n  it wrote no log lines"
+        );
+    }
+
+    struct Fails(&'static str);
+
+    #[async_trait]
+    impl Preflight for Fails {
+        async fn check(&self, _spec: &Spec, env: &str) -> Vec<PreflightFailure> {
+            vec![PreflightFailure {
+                field: format!("environments.{env}.listen"),
+                message: self.0.to_string(),
+            }]
+        }
+    }
+
+    struct Passes;
+
+    #[async_trait]
+    impl Preflight for Passes {
+        async fn check(&self, _spec: &Spec, _env: &str) -> Vec<PreflightFailure> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn preflights_collect_every_failure_in_order() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "app": "hello", "strategy": "blue-green", "base_dir": "/srv/hello",
+            "build": {"kind": "cargo", "manifest": "/srv/hello/Cargo.toml", "bin": "hello", "profile": "release"},
+            "container": serde_json::to_value(crate::ContainerSpec::default()).unwrap(),
+            "health": serde_json::to_value(crate::HealthSpec::default()).unwrap(),
+            "supply": {"signing_key": null},
+            "environments": {},
+        }))
+        .expect("a spec");
+        let all = Preflights(vec![
+            Arc::new(Fails("first")),
+            Arc::new(Passes),
+            Arc::new(Fails("second")),
+        ]);
+        let failures = all.check(&spec, "production").await;
+        let shown: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "environments.production.listen: first",
+                "environments.production.listen: second"
+            ]
+        );
+        assert!(Preflights(vec![Arc::new(Passes)])
+            .check(&spec, "production")
+            .await
+            .is_empty());
+    }
 }

@@ -24,6 +24,7 @@ mod coarse_timer;
 mod error;
 mod forward;
 mod pool;
+mod preflight;
 mod server;
 mod stats;
 pub mod table;

@@ -2,7 +2,10 @@
 //!
 //! - `GET /` answers `hello from <VERSION>` (env `VERSION`, default `v1`).
 //! - `GET /healthz` answers 200, or 503 when `FAIL_HEALTH` is set to `1`.
-//! - `CRASH=1` makes the process exit at start (a crash-looping release, for tests).
+//! - `CRASH=1` makes the process exit with code 3 at start (a crash-looping release, for
+//!   tests); before that, `LOG_LINES=<n>` writes n numbered lines to stderr and `SAY=<text>`
+//!   one line with the text (diagnosis tests look for them, redacted).
+//! - `ALLOC_MB=<n>` allocates and touches n MiB at start (a release its memory limit kills).
 //! - `DELAY_MS=<n>` delays every `/` response by n milliseconds (drain tests).
 //!
 //! HTTP/1.1 with keep-alive, one thread per connection, std only, so it links statically
@@ -13,6 +16,27 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 fn main() {
+    let lines: usize = std::env::var("LOG_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for i in 1..=lines {
+        eprintln!("hello: log line {i}");
+    }
+    if let Ok(text) = std::env::var("SAY") {
+        eprintln!("hello: says {text}");
+    }
+    if let Some(mb) = std::env::var("ALLOC_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut blocks = Vec::with_capacity(mb);
+        for _ in 0..mb {
+            blocks.push(vec![1u8; 1024 * 1024]);
+        }
+        eprintln!("hello: allocated {} MiB", blocks.len());
+        std::hint::black_box(&blocks);
+    }
     if std::env::var("CRASH").as_deref() == Ok("1") {
         eprintln!("hello: CRASH=1, exiting");
         std::process::exit(3);

@@ -10,6 +10,12 @@
 //! `<state>/keys/` (its passphrase beside it, mode 0600) and trusted by environments that
 //! list no `trusted_keys`: it proves images were scanned and signed by this control plane.
 //! Protected environments should list their own keys.
+//!
+//! Where images come from is an [`ImageExport`] (the Docker Engine's `docker save` in
+//! production, a tarball on disk in tests); where gate exceptions are audited is an
+//! [`ExceptionAudit`] (the control plane's audit chain).
+
+mod docker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +23,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::json;
 
-use cutover_docker::DockerProvider;
 use cutover_model::{
     now_ms, GateSpec, ImageInfo, ProviderError, ScanOutcome, SignRequest, SupplyChain,
 };
@@ -63,26 +68,54 @@ impl SupplyPaths {
     }
 }
 
-/// [`SupplyChain`] over the local Docker Engine and files in the state directory.
+/// Where the supply chain gets an image's filesystem from: a tarball in the `docker save`
+/// layout.
+#[async_trait]
+pub trait ImageExport: Send + Sync {
+    /// Write the `docker save` tarball of `image` to `dest` (complete or not at all).
+    async fn export(&self, image: &ImageInfo, dest: &Path) -> Result<(), ProviderError>;
+}
+
+/// Where a gate's use of a reviewed exception is recorded (the control plane's audit
+/// chain). `details` names the environment, app, finding and exception.
+pub trait ExceptionAudit: Send + Sync {
+    /// Record that the gate of an environment used an exception for `image_id`.
+    fn record(&self, image_id: &str, details: serde_json::Value) -> Result<(), String>;
+}
+
+impl<F> ExceptionAudit for F
+where
+    F: Fn(&str, serde_json::Value) -> Result<(), String> + Send + Sync,
+{
+    fn record(&self, image_id: &str, details: serde_json::Value) -> Result<(), String> {
+        self(image_id, details)
+    }
+}
+
+/// [`SupplyChain`] over an [`ImageExport`] and files in the state directory.
 pub struct LocalSupplyChain {
-    docker: Arc<DockerProvider>,
+    images: Arc<dyn ImageExport>,
     paths: SupplyPaths,
-    /// The control plane's store, for audit records of exceptions used by a gate (none for
-    /// stand-alone scans).
-    audit: Option<cutover_store::Store>,
+    /// Audit records of exceptions used by a gate (none for stand-alone scans).
+    audit: Option<Arc<dyn ExceptionAudit>>,
 }
 
 impl LocalSupplyChain {
     pub fn new(
-        docker: Arc<DockerProvider>,
+        images: Arc<dyn ImageExport>,
         state_dir: &Path,
-        audit: Option<cutover_store::Store>,
+        audit: Option<Arc<dyn ExceptionAudit>>,
     ) -> LocalSupplyChain {
         LocalSupplyChain {
-            docker,
+            images,
             paths: SupplyPaths::new(state_dir),
             audit,
         }
+    }
+
+    /// Where this supply chain keeps its files.
+    pub fn paths(&self) -> &SupplyPaths {
+        &self.paths
     }
 
     /// The scan report of `image` for the current advisory database and `rules`, from the
@@ -116,7 +149,7 @@ impl LocalSupplyChain {
         }
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let tar = dir.join("image.tar");
-        self.docker.export_image(&image.id, &tar).await?;
+        self.images.export(image, &tar).await?;
         let rules = rules.map(Path::to_path_buf);
         let (paths, scan_tar) = (self.paths.clone(), tar.clone());
         let report = tokio::task::spawn_blocking(move || {
@@ -313,7 +346,7 @@ impl SupplyChain for LocalSupplyChain {
             "at_ms": now_ms(),
         });
         write_json(&self.paths.verdict(&image.id, env), &record)?;
-        if let Some(store) = &self.audit {
+        if let Some(audit) = &self.audit {
             for used in &verdict.suppressed {
                 let details = json!({
                     "env": env,
@@ -324,10 +357,9 @@ impl SupplyChain for LocalSupplyChain {
                     "owner": used.owner,
                     "expires": used.expires.to_string(),
                 });
-                cutover_server::audit::record(store, "gate", "exception.use", &image.id, details)
-                    .map_err(|e| {
+                audit.record(&image.id, details).map_err(|e| {
                     ProviderError::transient(format!(
-                        "cannot write the audit record of an exception: {e}"
+                        "cannot write the audit record of an exception: {e}; retry once the audit log is writable"
                     ))
                 })?;
             }
