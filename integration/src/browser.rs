@@ -1,4 +1,4 @@
-//! A small WebDriver client for UI tests: starts `chromedriver` on a free 127.0.0.1 port
+//! A small WebDriver client for UI tests: starts `chromedriver` on a reserved 127.0.0.1 port
 //! and drives headless Chromium through the W3C WebDriver protocol (JSON over HTTP, with
 //! `ureq`). Every wait is bounded. Dropping the [`Browser`] ends the session and kills the
 //! driver (and with it the browser); the profile directory is removed.
@@ -49,7 +49,7 @@ impl Browser {
     /// Start chromedriver and a headless browser with a `width` x `height` window.
     pub fn start(width: u32, height: u32) -> Result<Browser, String> {
         let (chromium, driver_path) = binaries();
-        let port = crate::free_port();
+        let port = crate::reserve_port();
         let mut driver = Command::new(&driver_path)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
@@ -67,6 +67,11 @@ impl Browser {
         loop {
             if agent.get(&format!("{base}/status")).call().is_ok() {
                 break;
+            }
+            if let Ok(Some(status)) = driver.try_wait() {
+                return Err(format!(
+                    "chromedriver exited at start ({status}); is port {port} taken?"
+                ));
             }
             if started.elapsed() > Duration::from_secs(15) {
                 let _ = driver.kill();

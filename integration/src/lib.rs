@@ -5,7 +5,6 @@
 
 pub mod browser;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,12 +74,66 @@ pub fn static_hello_binary() -> PathBuf {
     .clone()
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released at once).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+#[path = "../../crates/proxy/tests/support/ports.rs"]
+mod ports;
+
+/// A port for a listen address the real `cutover` binary binds itself (a spec's `listen`,
+/// chromedriver's `--port`): neither can be given port 0 and report the port back, so the
+/// port comes from below the kernel's ephemeral range, checked free (see the module docs of
+/// `crates/proxy/tests/support/ports.rs`). Listeners a test binds itself bind port 0.
+pub use ports::reserve_port;
+
+/// Whether `CI=true`: missing tools fail the tests there instead of skipping them.
+fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// `Ok` when the tool is here. When it is missing (`why`): on CI (`CI=true`) a panic naming
+/// it; elsewhere a line on stderr saying the test is skipped, and `false`.
+#[track_caller]
+fn require(test_needs: &str, missing: Option<String>) -> bool {
+    let Some(why) = missing else {
+        return true;
+    };
+    if on_ci() {
+        panic!("this test needs {test_needs} and CI=true: {why}");
+    }
+    eprintln!("skipped: this test needs {test_needs}: {why} (with CI=true this fails)");
+    false
+}
+
+/// Why the local Docker Engine cannot be used, if it cannot (`docker info` fails).
+pub fn docker_missing() -> Option<String> {
+    match Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+    {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "`docker info` failed: {}; start the Docker Engine or set DOCKER_HOST",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!(
+            "cannot run `docker`: {e}; install the Docker CLI and start the engine"
+        )),
+    }
+}
+
+/// For tests that need the Docker Engine: `true` when it answers; else panics on CI and
+/// returns `false` (test skipped, reason printed) elsewhere. Asked once per process.
+#[track_caller]
+pub fn require_docker() -> bool {
+    static MISSING: OnceLock<Option<String>> = OnceLock::new();
+    require(
+        "the Docker Engine",
+        MISSING.get_or_init(docker_missing).clone(),
+    )
+}
+
+/// For tests that need headless Chromium and chromedriver, as [`require_docker`].
+#[track_caller]
+pub fn require_chromium() -> bool {
+    require("chromium and chromedriver", browser::missing())
 }
 
 /// What the example app's spec says; tests change it between deploys.
@@ -170,7 +223,7 @@ impl Project {
         let project = Project {
             dir,
             app,
-            port: free_port(),
+            port: reserve_port(),
         };
         project.cleanup_docker();
         project
@@ -254,6 +307,16 @@ drain_timeout = "5s"
     pub fn cutover(&self, args: &[&str]) -> Run {
         let out = self
             .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cutover {args:?}: {e}"));
+        Run::from(out)
+    }
+
+    /// Run `cutover <args> -f <spec>` with extra environment variables and wait for it.
+    pub fn cutover_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let out = self
+            .command(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("cannot run cutover {args:?}: {e}"));
         Run::from(out)
@@ -513,6 +576,15 @@ impl Load {
 
     pub fn ok_so_far(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Whether a successful response so far came from `release`.
+    pub fn has_seen(&self, release: &str) -> bool {
+        self.releases
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|r| r == release)
     }
 
     pub fn stop(self) -> LoadReport {

@@ -3,8 +3,8 @@
 //! Screenshots at a laptop and a phone width go to `target/ui-screenshots/` (a CI artifact).
 //!
 //! The control plane runs in this process on the fake providers (slowed down so progress is
-//! visible), serving `http_app` on a free 127.0.0.1 port. Skips with a message when
-//! chromium or chromedriver is missing.
+//! visible), serving `http_app` on a free 127.0.0.1 port. Fails when chromium or
+//! chromedriver is missing and `CI=true`; elsewhere it skips, saying why.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +16,8 @@ use serde_json::json;
 
 use cutover_executor::fake::{self, FakeProviders};
 use cutover_executor::ExecutorConfig;
-use cutover_integration::browser::{self, Browser};
+use cutover_integration::browser::Browser;
+use cutover_integration::require_chromium;
 use cutover_model::{
     ApprovalSpec, BuildSpec, HealthProbe, ImageBuilder, ImageInfo, Instance, Probe, ProviderError,
 };
@@ -196,8 +197,7 @@ fn shot(browser: &Browser, name: &str) {
 
 #[test]
 fn approver_watches_a_deployment_live_and_approves_it() {
-    if let Some(why) = browser::missing() {
-        eprintln!("skipping the browser test: {why}");
+    if !require_chromium() {
         return;
     }
     let server = Server::start();

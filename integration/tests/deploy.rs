@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use cutover_integration::{alive, kill, wait_for, AppConfig, Load, Project};
+use cutover_integration::{alive, kill, require_docker, wait_for, AppConfig, Load, Project};
 
 /// Deploy v1 with one replica, then write `next` as the spec; returns the first release.
 fn deployed_once_then(p: &Project, next: AppConfig) -> String {
@@ -21,6 +21,9 @@ fn deployed_once_then(p: &Project, next: AppConfig) -> String {
 
 #[test]
 fn deploy_redeploy_under_load_then_warm_rollback() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("redeploy");
     p.write_spec(&AppConfig::default());
     let run = p.cutover(&["deploy"]);
@@ -51,7 +54,11 @@ fn deploy_redeploy_under_load_then_warm_rollback() {
         Duration::from_secs(5),
         || p.get().map(|r| r.1 == second).unwrap_or(false),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(
+        "the load to be served by the new release",
+        Duration::from_secs(5),
+        || load.has_seen(&second),
+    );
     let report = load.stop();
     assert_eq!(
         report.failed, 0,
@@ -123,6 +130,9 @@ fn deploy_redeploy_under_load_then_warm_rollback() {
 
 #[test]
 fn cold_rollback_reprovisions_from_the_pinned_image() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("cold");
     p.write_spec(&AppConfig {
         retire_after: "1s".into(),
@@ -171,6 +181,9 @@ fn cold_rollback_reprovisions_from_the_pinned_image() {
 
 #[test]
 fn failing_health_check_rolls_back_automatically() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("unhealthy");
     let first = deployed_once_then(
         &p,
@@ -206,6 +219,9 @@ fn failing_health_check_rolls_back_automatically() {
 
 #[test]
 fn crash_looping_release_rolls_back_fast() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("crashloop");
     let first = deployed_once_then(
         &p,
@@ -233,6 +249,9 @@ fn crash_looping_release_rolls_back_fast() {
 
 #[test]
 fn sigkill_of_the_control_plane_mid_deploy_loses_no_request_and_resumes() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("sigkill");
     p.write_spec(&AppConfig::default());
     p.cutover(&["deploy"]).assert_code(0);
@@ -323,6 +342,9 @@ fn sigkill_of_the_control_plane_mid_deploy_loses_no_request_and_resumes() {
 
 #[test]
 fn sigkill_of_the_proxy_restores_it_with_its_routes() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("proxykill");
     p.write_spec(&AppConfig {
         replicas: 1,
@@ -345,6 +367,9 @@ fn sigkill_of_the_proxy_restores_it_with_its_routes() {
 
 #[test]
 fn a_second_deploy_for_the_same_environment_is_refused() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("concurrent");
     p.write_spec(&AppConfig {
         replicas: 1,
@@ -377,6 +402,9 @@ fn a_second_deploy_for_the_same_environment_is_refused() {
 
 #[test]
 fn malformed_specs_are_clear_errors_and_create_nothing() {
+    if !require_docker() {
+        return;
+    }
     let p = Project::new("malformed");
     let cases: &[(&str, &str)] = &[
         ("app = \"x\"\n[build\n", "deploy.toml:2"),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use cutover_chain::LocalSupplyChain;
 use cutover_docker::DockerProvider;
-use cutover_executor::ExecutorConfig;
+use cutover_executor::{ExecutorConfig, FaultInjector};
 use cutover_model::Providers;
 use cutover_proxy::{AdminClient, ProxyTraffic};
 use cutover_server::metrics::{ProxyStatLine, ProxyStats};
@@ -94,7 +94,10 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     let cp = ControlPlane::with_options(
         store,
         providers,
-        ExecutorConfig::default(),
+        ExecutorConfig {
+            faults: test_fail_undo(),
+            ..ExecutorConfig::default()
+        },
         Options {
             webhooks,
             proxy_stats: Some(Arc::new(ProxyAdminStats(admin))),
@@ -120,6 +123,19 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     signals.abort();
     let _ = std::fs::remove_file(state.serve_pid());
     Ok(result?)
+}
+
+/// Test-only hook, off unless set: `CUTOVER_TEST_FAIL_UNDO=<step id>[,<step id>…]` makes
+/// every undo of those steps fail, so the integration tests can drive a deployment to
+/// `stuck` (exit code 4) through the real binary. Nothing else reads it.
+fn test_fail_undo() -> Option<Arc<FaultInjector>> {
+    let steps = std::env::var("CUTOVER_TEST_FAIL_UNDO").ok()?;
+    let faults = FaultInjector::new();
+    for step in steps.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        faults.fail_undo(step);
+    }
+    tracing::warn!(steps = %steps, "CUTOVER_TEST_FAIL_UNDO is set: undos of these steps fail");
+    Some(Arc::new(faults))
 }
 
 /// Make sure a proxy answers on the admin socket, starting one if needed.

@@ -131,12 +131,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port on 127.0.0.1")
-        .local_addr()
-        .expect("local address of a bound socket")
-        .port()
+#[path = "../tests/support/ports.rs"]
+mod ports;
+
+/// A listen address for a proxy that binds it itself (nginx, haproxy, cutover): none of
+/// them can report a port the kernel picked, so the port is reserved (`tests/support/ports.rs`).
+fn listen_addr() -> String {
+    format!("127.0.0.1:{}", ports::reserve_port())
 }
 
 /// A fast upstream on its own single-threaded runtime thread: answers a 13-byte body.
@@ -328,9 +329,13 @@ fn start_haproxy(dir: &Path, listen: &str, upstream: SocketAddr) -> Result<Refer
 /// The floor of any proxy that forwards each request on its own: a byte relay with no HTTP
 /// at all (one upstream connection per client connection, tokio's `copy_bidirectional`, one
 /// single-threaded runtime per core). It does the same reads and writes per request as an
-/// HTTP proxy and nothing else.
-fn start_relay(listen: &str, upstream: SocketAddr) {
-    let listener = std::net::TcpListener::bind(listen).expect("bind the relay");
+/// HTTP proxy and nothing else. Binds a port the kernel picks and returns its address.
+fn start_relay(upstream: SocketAddr) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let listen = listener
+        .local_addr()
+        .expect("local address of the relay")
+        .to_string();
     let threads = env_or(
         "CUTOVER_BENCH_RELAY_THREADS",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -369,6 +374,7 @@ fn start_relay(listen: &str, upstream: SocketAddr) {
                 });
             }
         });
+    listen
 }
 
 fn wait_until_serving(listen: &str) -> bool {
@@ -544,20 +550,19 @@ fn main() {
     if wanted("nginx") {
         let nginx_dir = dir.path().join("nginx");
         std::fs::create_dir_all(&nginx_dir).expect("nginx temp dir");
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = listen_addr();
         let started = start_nginx(&nginx_dir, &listen, upstream);
         rows.extend(reference_row("nginx", listen, started));
     }
     if wanted("haproxy") {
         let haproxy_dir = dir.path().join("haproxy");
         std::fs::create_dir_all(&haproxy_dir).expect("haproxy temp dir");
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = listen_addr();
         let started = start_haproxy(&haproxy_dir, &listen, upstream);
         rows.extend(reference_row("haproxy", listen, started));
     }
     if wanted("relay") {
-        let listen = format!("127.0.0.1:{}", free_port());
-        start_relay(&listen, upstream);
+        let listen = start_relay(upstream);
         rows.push(Row {
             name: "relay",
             url: format!("http://{listen}/"),
@@ -569,7 +574,7 @@ fn main() {
     if wanted("cutover") {
         let proxy_dir = dir.path().join("cutover");
         std::fs::create_dir_all(&proxy_dir).expect("proxy state dir");
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = listen_addr();
         start_proxy(&proxy_dir, &listen, upstream);
         if wait_until_serving(&listen) {
             rows.push(Row {

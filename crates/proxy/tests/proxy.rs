@@ -1,5 +1,6 @@
 //! In-process tests: the real proxy (`run_until`) on a temp state dir, tiny hyper upstreams,
-//! everything on 127.0.0.1 with ports picked by the kernel.
+//! everything on 127.0.0.1; upstreams on ports picked by the kernel, route listen addresses
+//! on reserved ports (the proxy binds those itself).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -156,12 +157,34 @@ impl Drop for TestProxy {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+#[path = "support/ports.rs"]
+mod ports;
+
+/// A listen address for a route: the proxy binds it itself and cannot report a port the
+/// kernel picked, so the port is reserved (see `support/ports.rs`).
+fn listen_addr() -> String {
+    format!("127.0.0.1:{}", ports::reserve_port())
+}
+
+/// An address that refuses connections: a socket bound to a port the kernel picked and not
+/// listening. Keep the socket while the address is in use, so no one else can take the port.
+fn refusing_addr() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    (socket, addr)
+}
+
+/// Poll `cond` every 5 ms until it holds; panic naming `what` after `timeout`.
+async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn route(env: &str, listen: &str, backends: &[(&str, u32, Vec<String>)]) -> Route {
@@ -215,7 +238,7 @@ async fn routes_requests_round_robin_and_names_the_release() {
     let a1 = Upstream::start("a1").await;
     let a2 = Upstream::start("a2").await;
     let proxy = TestProxy::start(dir.path()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     let previous = proxy
         .admin
         .set_route(&route(
@@ -287,7 +310,7 @@ async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
     let proxy = TestProxy::start(dir.path()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     proxy
         .admin
         .set_route(&route(
@@ -298,12 +321,16 @@ async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
         .await
         .unwrap();
 
+    const CLIENTS: usize = 4;
     let done = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
+    // Successful responses per client.
+    let answered: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
     let mut clients = JoinSet::new();
-    for _ in 0..4 {
+    for n in 0..CLIENTS {
         let done = done.clone();
         let failures = failures.clone();
+        let answered = answered.clone();
         let url = format!("http://{listen}/");
         clients.spawn(async move {
             let client = http_client();
@@ -311,6 +338,7 @@ async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
             while !done.load(Ordering::Relaxed) {
                 match get(&client, &url).await {
                     Ok((StatusCode::OK, release, _)) => {
+                        answered[n].fetch_add(1, Ordering::Relaxed);
                         if seen.last() != Some(&release) {
                             seen.push(release);
                         }
@@ -329,7 +357,26 @@ async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
         });
     }
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Every client answered by blue a good number of times, then the swap.
+    let counts = || {
+        answered
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    };
+    let each_answered_since = |before: &[u64], n: u64| {
+        let now = counts();
+        now.iter()
+            .zip(before)
+            .all(|(now, before)| now - before >= n)
+    };
+    let start = vec![0; CLIENTS];
+    wait_until(
+        "every client answered by blue",
+        Duration::from_secs(10),
+        || each_answered_since(&start, 25),
+    )
+    .await;
     let previous = proxy
         .admin
         .set_route(&route(
@@ -347,7 +394,14 @@ async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
         .unwrap();
     assert_eq!(left, 0);
     blue.shut_down().await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Blue is gone: whatever each client is answered from now on comes from green.
+    let retired = counts();
+    wait_until(
+        "every client answered by green",
+        Duration::from_secs(10),
+        || each_answered_since(&retired, 25),
+    )
+    .await;
     done.store(true, Ordering::Relaxed);
 
     while let Some(seen) = clients.join_next().await {
@@ -358,7 +412,7 @@ async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
     let stats = proxy.admin.stats().await.unwrap();
     assert!(stats.iter().all(|s| s.errors == 0), "{stats:?}");
     let served: u64 = stats.iter().map(|s| s.requests).sum();
-    assert!(served > 100, "only {served} requests in 2 s");
+    assert!(served >= 200, "only {served} requests served");
     proxy.stop().await;
     green.shut_down().await;
 }
@@ -367,9 +421,9 @@ async fn swap_under_load_then_retire_the_old_release_loses_no_request() {
 async fn a_refused_upstream_is_retried_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let alive = Upstream::start("alive").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let (_refusing, dead) = refusing_addr();
     let proxy = TestProxy::start(dir.path()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     proxy
         .admin
         .set_route(&route(
@@ -412,9 +466,9 @@ async fn a_refused_upstream_is_retried_elsewhere() {
 async fn a_request_with_a_body_goes_elsewhere_when_its_upstream_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let alive = Upstream::start("alive").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let (_refusing, dead) = refusing_addr();
     let proxy = TestProxy::start(dir.path()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Full<Bytes>> =
@@ -456,7 +510,7 @@ async fn a_request_with_a_body_goes_elsewhere_when_its_upstream_refuses() {
 async fn a_restarted_proxy_serves_the_saved_routes() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start("up").await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     let wanted = route("production", &listen, &[("rel-1", 100, vec![up.addr()])]);
 
     let proxy = TestProxy::start(dir.path()).await;
@@ -482,7 +536,7 @@ async fn drain_waits_for_a_slow_request_and_reports_what_is_left_on_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start("slow").await;
     let proxy = TestProxy::start(dir.path()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     proxy
         .admin
         .set_route(&route(
@@ -612,8 +666,8 @@ async fn moving_or_removing_a_route_closes_its_old_address() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start("up").await;
     let proxy = TestProxy::start(dir.path()).await;
-    let first = format!("127.0.0.1:{}", free_port());
-    let second = format!("127.0.0.1:{}", free_port());
+    let first = listen_addr();
+    let second = listen_addr();
     proxy
         .admin
         .set_route(&route("staging", &first, &[("rel", 100, vec![up.addr()])]))
@@ -684,7 +738,7 @@ async fn a_body_in_pieces_arrives_whole_and_hop_by_hop_headers_stay_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (upstream, upstream_task) = split_body_upstream().await;
     let proxy = TestProxy::start(dir.path()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     proxy
         .admin
         .set_route(&route(
@@ -760,7 +814,7 @@ async fn an_upstream_that_does_not_answer_in_time_gets_a_504_and_its_connection_
     let dir = tempfile::tempdir().unwrap();
     let alive = Upstream::start("alive").await;
     let proxy = TestProxy::start(dir.path()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = listen_addr();
     let timeout = Duration::from_millis(500);
     let client = http_client();
     // Silent after the request; then a head whose body stops short.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cutover_integration::{get, AppConfig, Project};
+use cutover_integration::{get, wait_for, AppConfig, Project};
 
 const DEPLOYS: usize = 3;
 const ROLLBACKS: usize = 6;
@@ -133,17 +133,35 @@ fn measure_rollback(p: &Project) -> (Duration, Duration, usize, String) {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Measure only once the clients are being answered.
+    wait_for(
+        "the clients to be answered",
+        Duration::from_secs(10),
+        || seen.lock().expect("lock").len() >= 8,
+    );
     let start = Instant::now();
     p.cutover(&["rollback"]).assert_code(0);
     let command = start.elapsed();
-    std::thread::sleep(Duration::from_millis(300));
+    // Keep polling until responses from the target have come in for a while after the
+    // command returned, so a late response from the old release would still be seen.
+    let target = p.current_release();
+    let settled = Instant::now() + Duration::from_millis(300);
+    wait_for(
+        "responses from the rollback target",
+        Duration::from_secs(10),
+        || {
+            let seen = seen.lock().expect("lock");
+            seen.iter()
+                .filter(|(at, release)| *at >= settled && *release == target)
+                .count()
+                >= 4
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.join();
     }
     let seen = seen.lock().expect("lock");
-    let target = p.current_release();
     assert_ne!(target, current, "rollback changed the current release");
     // The switch is done once no response from another release completes after it.
     let last_other = seen
