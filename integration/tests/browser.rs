@@ -119,7 +119,7 @@ impl Server {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
-        let app = cutover_server::http_app(cp.clone());
+        let app = cutover_server::router(cp.clone());
         runtime.spawn(async move {
             let _ = axum_serve(listener, app, stopped).await;
         });

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use cutover_integration::{cutover_bin, free_port, wait_for, AppConfig, Project};
+use cutover_integration::{cutover_bin, reserve_port, wait_for, AppConfig, Project};
 
 struct Sample {
     cpu_ticks: u64,
@@ -126,7 +126,7 @@ fn main() {
     );
     std::fs::write(project.spec_path(), spec).unwrap();
 
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", reserve_port());
     let mut serve = project
         .command(&["serve", "--http", &http])
         .stdout(Stdio::null())
