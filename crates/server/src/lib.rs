@@ -33,7 +33,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use cutover_executor::{Executor, ExecutorConfig};
-use cutover_model::{DeploymentStatus, Providers};
+use cutover_model::Providers;
 use cutover_store::Store;
 use tokio::sync::Notify;
 
@@ -146,15 +146,12 @@ impl ControlPlane {
         }
     }
 
-    /// Resume every deployment the journal says is unfinished. Returns their ids.
+    /// Resume every deployment the journal says is unfinished (the executor decides which:
+    /// [`cutover_executor::resumable`]). Returns their ids.
     pub fn resume_unfinished(self: &Arc<Self>) -> Result<Vec<String>, ServerError> {
-        let mut ids = Vec::new();
-        for record in self.store.unfinished()? {
-            if matches!(record.status, DeploymentStatus::Stuck { .. }) {
-                continue;
-            }
-            self.spawn_run(&record.id);
-            ids.push(record.id);
+        let ids = cutover_executor::resumable(&self.store)?;
+        for id in &ids {
+            self.spawn_run(id);
         }
         Ok(ids)
     }

@@ -456,7 +456,9 @@ impl Store {
             dir: dir.to_path_buf(),
             source: sled::Error::Io(e),
         })?;
-        let db = match sled::Config::new().path(dir).open() {
+        // No background flusher: every write that precedes a side effect is flushed
+        // explicitly, and an idle control plane should not wake twice a second for nothing.
+        let db = match sled::Config::new().path(dir).flush_every_ms(None).open() {
             Ok(db) => db,
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 let pid = std::fs::read_to_string(dir.join(PID_FILE))
