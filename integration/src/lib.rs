@@ -205,6 +205,16 @@ impl Run {
     }
 }
 
+/// The account this test process runs as: the name the control plane records for every
+/// command run through the control socket.
+pub fn account() -> String {
+    let out = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("run id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A temporary project: its own app name, listen port, spec and state dir. Dropping it
 /// stops its control plane and proxy and removes its containers and images.
 pub struct Project {
@@ -328,7 +338,10 @@ drain_timeout = "5s"
         cmd.args(args)
             .arg("-f")
             .arg(self.spec_path())
-            .env("CUTOVER_USER", "tester")
+            // A claimed name the control plane must ignore: it knows its caller by the
+            // socket's peer credentials (see `account()`).
+            .env("CUTOVER_USER", "mallory")
+            .env_remove("CUTOVER_TOKEN")
             .env("NO_COLOR", "1")
             .env_remove("CUTOVER_STATE_DIR")
             .current_dir(self.dir.path());

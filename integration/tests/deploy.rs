@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use cutover_integration::{alive, kill, require_docker, wait_for, AppConfig, Load, Project};
+use cutover_integration::{
+    account, alive, kill, require_docker, wait_for, AppConfig, Load, Project,
+};
 
 /// Deploy v1 with one replica, then write `next` as the spec; returns the first release.
 fn deployed_once_then(p: &Project, next: AppConfig) -> String {
@@ -97,7 +99,8 @@ fn deploy_redeploy_under_load_then_warm_rollback() {
                 .starts_with("sha256:"),
             "{line}"
         );
-        assert_eq!(line["requested_by"], "tester");
+        // The socket's peer, not the name the command claimed (CUTOVER_USER=mallory).
+        assert_eq!(line["requested_by"], account().as_str());
     }
 
     // Warm rollback under load: traffic returns to the first release, no failures.
@@ -386,7 +389,8 @@ fn a_second_deploy_for_the_same_environment_is_refused() {
         "refusal names the holder: {}",
         second.stderr
     );
-    assert!(second.stderr.contains("tester"), "{}", second.stderr);
+    assert!(second.stderr.contains(&account()), "{}", second.stderr);
+    assert!(!second.stderr.contains("mallory"), "{}", second.stderr);
     // The first one finishes normally.
     p.cutover(&["resume"]);
     wait_for(

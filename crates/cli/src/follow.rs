@@ -192,3 +192,81 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_server::api::StepLine;
+
+    fn detail(status: DeploymentState, failed: Option<&str>) -> DeploymentDetail {
+        let step = |id: &str, state: StepState, error: Option<&str>, at: u64| StepLine {
+            id: id.to_string(),
+            kind: id.to_string(),
+            depends_on: Vec::new(),
+            state,
+            attempts: 1,
+            started_at_ms: Some(at),
+            finished_at_ms: Some(at + 1),
+            duration_ms: Some(1),
+            error: error.map(str::to_string),
+            output: None,
+        };
+        let mut steps = vec![step("build", StepState::Undone, None, 1)];
+        if let Some(kind) = failed {
+            steps.push(step(kind, StepState::Failed, Some("refused"), 5));
+            // An undo that failed later does not hide what failed first.
+            steps.push(step("provision", StepState::Undone, Some("later"), 9));
+        }
+        DeploymentDetail {
+            id: "production-1".into(),
+            env: "production".into(),
+            kind: "deploy".into(),
+            release_id: "production-1".into(),
+            previous_release: None,
+            plan_digest: "sha256:x".into(),
+            requested_by: "alice".into(),
+            created_at_ms: 0,
+            finished_at_ms: Some(10),
+            status,
+            reason: None,
+            steps,
+            journal: Vec::new(),
+            approval: None,
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_the_documented_exit_codes() {
+        assert_eq!(exit_code(&detail(DeploymentState::Succeeded, None)), 0);
+        assert_eq!(
+            exit_code(&detail(DeploymentState::RolledBack, Some("health-check"))),
+            3
+        );
+        assert_eq!(exit_code(&detail(DeploymentState::Stuck, Some("shift-traffic"))), 4);
+        for refused in ["scan", "sign", "verify"] {
+            assert_eq!(
+                exit_code(&detail(DeploymentState::RolledBack, Some(refused))),
+                6,
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_help_lists_every_exit_code() {
+        for code in [
+            exit::OK,
+            exit::ERROR,
+            exit::BAD_INPUT,
+            exit::ROLLED_BACK,
+            exit::STUCK,
+            exit::BUSY,
+            exit::SUPPLY_CHAIN,
+        ] {
+            assert!(
+                crate::EXIT_HELP.contains(&format!("  {code}  ")),
+                "exit code {code} is not in the help"
+            );
+        }
+    }
+}

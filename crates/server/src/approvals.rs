@@ -82,12 +82,14 @@ pub async fn decide(
         comment: comment.to_string(),
         at_ms: now_ms(),
     };
-    cp.store.add_approval(&approval)?;
+    cp.store
+        .write_async(|store| store.add_approval(&approval))
+        .await?;
     let (action, past) = match decision {
         Decision::Approve => ("approve", "approved"),
         Decision::Reject => ("reject", "rejected"),
     };
-    audit::record(
+    audit::record_async(
         &cp.store,
         &who.name,
         action,
@@ -98,7 +100,8 @@ pub async fn decide(
             "image_id": image_id,
             "comment": comment,
         }),
-    )?;
+    )
+    .await?;
     cp.webhooks.notify(Event {
         event: action.to_string(),
         deployment: deployment_id.to_string(),

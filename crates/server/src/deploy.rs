@@ -316,30 +316,37 @@ pub async fn start(
         holder: plan.requested_by.clone(),
         acquired_at_ms: now_ms(),
     };
-    cp.store.acquire_lease(&plan.env, lease)?;
     let record = DeploymentRecord::from_plan(&plan);
-    let saved = starters(cp)
-        .and_then(|t| {
-            t.insert(
-                &plan.deployment_id,
-                &StartedBy {
-                    principal: who.name.clone(),
-                    at_ms: now_ms(),
-                },
-            )?;
+    let starter = StartedBy {
+        principal: who.name.clone(),
+        at_ms: now_ms(),
+    };
+    // One durable write, flushed off the async workers: the lease, who started it, the
+    // plan and its record, and where its spec came from.
+    cp.store
+        .write_async(|store| {
+            store.acquire_lease(&plan.env, lease)?;
+            let saved = store
+                .typed_tree::<StartedBy>(STARTERS_TREE)
+                .and_then(|t| t.insert(&plan.deployment_id, &starter))
+                .and_then(|()| store.save_plan(&plan, &record))
+                .and_then(|()| {
+                    store
+                        .typed_tree::<SpecSource>(SPEC_SOURCES_TREE)?
+                        .insert(&plan.env, &source)
+                });
+            if let Err(e) = saved {
+                store.release_lease(&plan.env, &plan.deployment_id)?;
+                return Err(e);
+            }
             Ok(())
         })
-        .and_then(|()| Ok(cp.store.save_plan(&plan, &record)?));
-    if let Err(e) = saved {
-        cp.store.release_lease(&plan.env, &plan.deployment_id)?;
-        return Err(e);
-    }
-    spec_sources(cp)?.insert(&plan.env, &source)?;
+        .await?;
     let action = match &plan.kind {
         DeploymentKind::Deploy => "deploy",
         DeploymentKind::Rollback { .. } => "rollback",
     };
-    audit::record(
+    audit::record_async(
         &cp.store,
         &who.name,
         action,
@@ -352,7 +359,8 @@ pub async fn start(
             "spec_digest": plan.spec_digest,
             "spec_path": source.spec_path,
         }),
-    )?;
+    )
+    .await?;
     cp.spawn_run(&plan.deployment_id);
     Ok(Started {
         deployment_id: plan.deployment_id.clone(),

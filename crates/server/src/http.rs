@@ -1016,13 +1016,14 @@ async fn add_user(
         }],
         &req.password,
     )?;
-    audit::record(
+    audit::record_async(
         &cp.store,
         &who.name,
         "user.add",
         &user.name,
         serde_json::json!({ "role": req.role, "env": req.env }),
-    )?;
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(UserLine {

@@ -15,6 +15,7 @@
 //!
 //! `cargo run -p cutover-integration --bin bench-control -- [--followers N] [--seconds S]`
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -22,12 +23,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use cutover_integration::{cutover_bin, reserve_port, wait_for, AppConfig, Project};
-
-struct Sample {
-    cpu_ticks: u64,
-    switches: u64,
-    at: Instant,
-}
 
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a configuration value.
@@ -39,41 +34,56 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-fn sample(pid: u32) -> Sample {
+/// utime + stime of the whole process (exited threads included), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("control plane stat");
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    let cpu_ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let mut switches = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
-        for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                switches += v.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    Sample {
-        cpu_ticks,
-        switches,
-        at: Instant::now(),
-    }
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// CPU as % of one core, and wake-ups per second, over `window`.
+/// Context switches (voluntary and involuntary) of each live thread.
+fn switches(pid: u32) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let n: u64 = status
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum();
+        out.insert(task.file_name().to_string_lossy().into_owned(), n);
+    }
+    out
+}
+
+/// CPU as % of one core, and wake-ups per second, over `window`. Threads come and go
+/// (the blocking pool), so switches are summed per thread from samples every 100 ms: a
+/// thread that appears counts from zero, one that exits keeps what it had.
 fn measure(pid: u32, window: Duration) -> (f64, f64) {
-    let a = sample(pid);
-    std::thread::sleep(window);
-    let b = sample(pid);
-    let secs = b.at.duration_since(a.at).as_secs_f64();
-    let cpu = (b.cpu_ticks - a.cpu_ticks) as f64 / ticks_per_second() / secs * 100.0;
-    let wakeups = (b.switches - a.switches) as f64 / secs;
-    (cpu, wakeups)
+    let start = Instant::now();
+    let cpu_start = cpu_ticks(pid);
+    let mut last = switches(pid);
+    let mut total = 0u64;
+    while start.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = switches(pid);
+        for (tid, n) in &now {
+            total += n.saturating_sub(last.get(tid).copied().unwrap_or(0));
+        }
+        last = now;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_ticks(pid).saturating_sub(cpu_start) as f64 / ticks_per_second() / secs * 100.0;
+    (cpu, total as f64 / secs)
 }
 
 /// An SSE follower: a thread reading the stream until the socket is shut down.
