@@ -572,3 +572,30 @@ async fn resumable_names_running_and_unwinding_deployments_only() {
         ["b".to_string(), "c".to_string()]
     );
 }
+
+#[tokio::test]
+async fn undoing_a_shift_restores_the_route_recorded_in_the_plan() {
+    let h = harness();
+    let (_, plan) = h.second_plan().await;
+    let planned = h.route().expect("r1 serves");
+    assert!(plan.steps.iter().any(|s| matches!(
+        &s.action,
+        Action::ShiftTraffic {
+            restore: cutover_model::RestoreRoute::Route { route },
+            ..
+        } if *route == planned
+    )));
+    // The live route changes after planning (another weight, say): the plan, not the
+    // moment of execution, decides what the undo puts back.
+    let mut live = planned.clone();
+    live.backends[0].addrs.truncate(1);
+    h.fake.world().routes.insert(ENV.to_string(), live);
+    h.faults
+        .fail_action("drain", ProviderError::permanent("drain refused"));
+    let status = h.run_to_end("d2", 0).await;
+    assert!(
+        matches!(&status, DeploymentStatus::RolledBack { reason } if reason.contains("drain")),
+        "{status:?}"
+    );
+    assert_eq!(h.route(), Some(planned));
+}

@@ -10,6 +10,7 @@ pub mod spec;
 
 pub use error::{ErrorClass, ProviderError};
 pub use journal::{JournalEntry, JournalEvent};
+pub use plan::RestoreRoute;
 pub use plan::{
     Action, DeploymentKind, ImageSource, InstanceSpec, Plan, Step, StepKind, StepOutput, Strategy,
     StrategyStep, PLAN_FORMAT,
