@@ -599,3 +599,41 @@ async fn undoing_a_shift_restores_the_route_recorded_in_the_plan() {
     );
     assert_eq!(h.route(), Some(planned));
 }
+
+#[tokio::test]
+async fn a_corrupt_store_entry_fails_its_step_at_once_without_retries() {
+    let h = harness();
+    h.second_plan().await;
+    // The record step (and its cleanup) reads release r2: make its entry undecodable.
+    h.store
+        .typed_tree::<String>("releases")
+        .unwrap()
+        .insert(&format!("{ENV}\0r2"), &"not a release".to_string())
+        .unwrap();
+    let status = h.run_to_end("d2", 0).await;
+    // The cleanup cannot read the entry either: a person must restore the store.
+    assert!(
+        matches!(&status, DeploymentStatus::Stuck { reason }
+            if reason.contains("undo of step record") && reason.contains("not valid")),
+        "{status:?}"
+    );
+    let record_events: Vec<JournalEvent> = h
+        .store
+        .journal("d2")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| match e {
+            JournalEvent::StepStarted { step, .. } | JournalEvent::StepFailed { step, .. } => {
+                step == "record"
+            }
+            _ => false,
+        })
+        .collect();
+    assert_eq!(record_events.len(), 2, "one attempt: {record_events:?}");
+    assert!(
+        matches!(&record_events[1], JournalEvent::StepFailed { attempt: 1, transient: false, error, .. }
+            if error.contains("not valid") && !error.contains("gave up")),
+        "{record_events:?}"
+    );
+}
