@@ -173,12 +173,16 @@ pub(crate) async fn perform(
             instance_steps,
             weight,
             response_timeout,
+            restore,
         } => {
             let mut addrs = Vec::new();
             for s in instance_steps {
                 addrs.push(instance_output(outputs, s)?.addr.clone());
             }
-            let previous = shift_previous(ctx, step).await?;
+            let previous = match restore.recorded() {
+                Some(recorded) => recorded.cloned(),
+                None => shift_previous(ctx, step).await?,
+            };
             let mut backends = vec![Backend {
                 release: release.clone(),
                 addrs,
@@ -422,7 +426,8 @@ async fn wait_for_decision(
     }
 }
 
-/// The route before this shift: read once, persisted, and reused by re-runs.
+/// The route before this shift, for plans saved before the planner recorded it: read
+/// once, persisted, and reused by re-runs.
 async fn shift_previous(ctx: &Ctx, step: &Step) -> Result<Option<Route>, ProviderError> {
     let tree = ctx
         .store
@@ -435,7 +440,7 @@ async fn shift_previous(ctx: &Ctx, step: &Step) -> Result<Option<Route>, Provide
     let stored = tree
         .insert_if_absent(&step.idempotency_key, &current)
         .map_err(store_error)?;
-    ctx.store.flush().map_err(store_error)?;
+    ctx.store.flush_async().await.map_err(store_error)?;
     Ok(stored)
 }
 
@@ -565,10 +570,12 @@ pub(crate) async fn undo(
         | Action::HealthCheck { .. }
         | Action::Drain { .. } => Ok(()),
         Action::Provision { instance } => p.compute.remove(&instance.name).await,
-        Action::ShiftTraffic { .. } => {
-            let previous = match output {
-                Some(StepOutput::Shifted { previous }) => Some(previous.clone()),
-                _ => ctx
+        Action::ShiftTraffic { restore, .. } => {
+            let previous = match (restore.recorded(), output) {
+                // Planned: put back the route the environment had when it was planned.
+                (Some(recorded), _) => Some(recorded.cloned()),
+                (None, Some(StepOutput::Shifted { previous })) => Some(previous.clone()),
+                (None, _) => ctx
                     .store
                     .typed_tree::<Option<Route>>(SHIFT_PREVIOUS_TREE)
                     .map_err(store_error)?

@@ -12,7 +12,8 @@ use cutover_model::{
     json_digest, labels, Action, ApprovalSpec, BuildSpec, Compute, ContainerSpec, DeploymentKind,
     Diagnosis, DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo,
     ImageSource, Instance, InstanceSpec, InstanceState, Plan, Probe, ProviderError, Providers,
-    Release, Route, ScanOutcome, SignRequest, Step, StepKind, SupplyChain, Traffic, PLAN_FORMAT,
+    Release, RestoreRoute, Route, ScanOutcome, SignRequest, Step, StepKind, SupplyChain, Traffic,
+    PLAN_FORMAT,
 };
 
 /// How the fake health probe answers for an instance.
@@ -442,6 +443,9 @@ fn instance_spec(
 pub struct Blue {
     pub release: String,
     pub instances: Vec<String>,
+    /// What the plan's shifts restore on undo; `Unrecorded` (as in plans saved before the
+    /// planner recorded it) unless [`Blue::routed`] says.
+    pub restore: RestoreRoute,
 }
 
 impl Blue {
@@ -449,7 +453,15 @@ impl Blue {
         Blue {
             release: release.id.clone(),
             instances: release.instances.clone(),
+            restore: RestoreRoute::Unrecorded,
         }
+    }
+
+    /// Record `route` (the environment's route when planning) in the plan, as the planner
+    /// does.
+    pub fn routed(mut self, route: Option<Route>) -> Self {
+        self.restore = RestoreRoute::of(route.as_ref());
+        self
     }
 }
 
@@ -483,6 +495,7 @@ fn tail_steps(
                 instance_steps: instance_steps.clone(),
                 weight: *weight,
                 response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
+                restore: blue.map_or(RestoreRoute::NoRoute, |b| b.restore.clone()),
             },
         ));
         deps = vec![id];

@@ -768,7 +768,9 @@ pub async fn reap_retirements(
         if store.current_release_id(&retirement.env)?.as_deref()
             == Some(retirement.release.as_str())
         {
-            store.cancel_retirement(&retirement.env, &retirement.release)?;
+            store
+                .write_async(|s| s.cancel_retirement(&retirement.env, &retirement.release))
+                .await?;
             continue;
         }
         // A deployment holds the environment (it may be a warm rollback to this release,
@@ -797,7 +799,9 @@ pub async fn reap_retirements(
             }
         }
         if !failed {
-            store.complete_retirement(&retirement.env, &retirement.release)?;
+            store
+                .write_async(|s| s.complete_retirement(&retirement.env, &retirement.release))
+                .await?;
             completed += 1;
         }
     }

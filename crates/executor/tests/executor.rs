@@ -509,3 +509,131 @@ async fn reaper_spares_a_release_that_a_running_rollback_brings_back() {
     assert_eq!(h.run_to_end("d3", 0).await, DeploymentStatus::Succeeded);
     h.assert_route_on("r1");
 }
+
+#[tokio::test]
+async fn the_reaper_leaves_an_environment_alone_while_any_deployment_holds_it() {
+    let h = harness();
+    h.second_plan().await;
+    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.store.retirements(ENV).unwrap().len(), 1, "r1 is due");
+    // Another deployment, about some other release, is in progress there.
+    h.store
+        .acquire_lease(
+            ENV,
+            Lease {
+                deployment_id: "d9".to_string(),
+                holder: "carol".to_string(),
+                acquired_at_ms: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        reap_retirements(&h.store, &h.fake, far_future())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(h.fake.instances_of("r1").len(), 2, "r1 stays while d9 runs");
+    assert_eq!(h.store.retirements(ENV).unwrap().len(), 1);
+    // Once the environment is free, the retirement goes ahead.
+    assert!(h.store.release_lease(ENV, "d9").unwrap());
+    assert_eq!(
+        reap_retirements(&h.store, &h.fake, far_future())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(h.fake.instances_of("r1").is_empty());
+}
+
+#[tokio::test]
+async fn resumable_names_running_and_unwinding_deployments_only() {
+    let h = harness();
+    for (id, env) in [("a", "e1"), ("b", "e2"), ("c", "e3"), ("d", "e4")] {
+        h.save(&fake::deploy_plan(id, env, "r1", None, 1));
+    }
+    let set = |id: &str, status| h.store.set_status(id, status).unwrap();
+    set("b", DeploymentStatus::Running);
+    set(
+        "c",
+        DeploymentStatus::Unwinding {
+            reason: "step x failed".to_string(),
+        },
+    );
+    set(
+        "d",
+        DeploymentStatus::Stuck {
+            reason: "undo of y failed".to_string(),
+        },
+    );
+    // `a` is only planned: it waits for its start.
+    assert_eq!(
+        cutover_executor::resumable(&h.store).unwrap(),
+        ["b".to_string(), "c".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn undoing_a_shift_restores_the_route_recorded_in_the_plan() {
+    let h = harness();
+    let (_, plan) = h.second_plan().await;
+    let planned = h.route().expect("r1 serves");
+    assert!(plan.steps.iter().any(|s| matches!(
+        &s.action,
+        Action::ShiftTraffic {
+            restore: cutover_model::RestoreRoute::Route { route },
+            ..
+        } if *route == planned
+    )));
+    // The live route changes after planning (another weight, say): the plan, not the
+    // moment of execution, decides what the undo puts back.
+    let mut live = planned.clone();
+    live.backends[0].addrs.truncate(1);
+    h.fake.world().routes.insert(ENV.to_string(), live);
+    h.faults
+        .fail_action("drain", ProviderError::permanent("drain refused"));
+    let status = h.run_to_end("d2", 0).await;
+    assert!(
+        matches!(&status, DeploymentStatus::RolledBack { reason } if reason.contains("drain")),
+        "{status:?}"
+    );
+    assert_eq!(h.route(), Some(planned));
+}
+
+#[tokio::test]
+async fn a_corrupt_store_entry_fails_its_step_at_once_without_retries() {
+    let h = harness();
+    h.second_plan().await;
+    // The record step (and its cleanup) reads release r2: make its entry undecodable.
+    h.store
+        .typed_tree::<String>("releases")
+        .unwrap()
+        .insert(&format!("{ENV}\0r2"), &"not a release".to_string())
+        .unwrap();
+    let status = h.run_to_end("d2", 0).await;
+    // The cleanup cannot read the entry either: a person must restore the store.
+    assert!(
+        matches!(&status, DeploymentStatus::Stuck { reason }
+            if reason.contains("undo of step record") && reason.contains("not valid")),
+        "{status:?}"
+    );
+    let record_events: Vec<JournalEvent> = h
+        .store
+        .journal("d2")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| match e {
+            JournalEvent::StepStarted { step, .. } | JournalEvent::StepFailed { step, .. } => {
+                step == "record"
+            }
+            _ => false,
+        })
+        .collect();
+    assert_eq!(record_events.len(), 2, "one attempt: {record_events:?}");
+    assert!(
+        matches!(&record_events[1], JournalEvent::StepFailed { attempt: 1, transient: false, error, .. }
+            if error.contains("not valid") && !error.contains("gave up")),
+        "{record_events:?}"
+    );
+}

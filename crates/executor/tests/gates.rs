@@ -557,3 +557,34 @@ async fn resuming_does_not_wait_for_a_deployment_at_its_gate() {
     h.fake.world().instances.retain(|_, i| i.env != "staging");
     h.assert_deployed_r2();
 }
+
+#[tokio::test]
+async fn an_approval_wakes_the_gate_at_once_without_polling() {
+    // Re-reads without an event are at least a second apart: finishing well within that
+    // after the approval shows the approval's event woke the gate.
+    let h = harness();
+    let (_, run) = start_gated(&h, gate(1, Duration::from_secs(600))).await;
+    let view = waiting_at_gate(&h).await;
+    let journal_before = h.store.journal("d2").unwrap().len();
+    // Approvals of another deployment do not let this one through.
+    let mut other = decision(
+        &view,
+        "bob",
+        Decision::Approve,
+        &view.plan_digest,
+        view.image_id.as_deref().unwrap(),
+    );
+    other.deployment_id = "d-other".to_string();
+    h.store.add_approval(&other).unwrap();
+    assert_still_waiting(&h, &run).await;
+    assert_eq!(h.store.journal("d2").unwrap().len(), journal_before);
+    let clock = Instant::now();
+    approve(&h, &view, "bob");
+    assert_eq!(finish(run).await, DeploymentStatus::Succeeded);
+    assert!(
+        clock.elapsed() < cutover_executor::actions::MIN_APPROVAL_REREAD * 3 / 4,
+        "the gate took {:?} to notice the approval",
+        clock.elapsed()
+    );
+    h.assert_deployed_r2();
+}

@@ -16,6 +16,7 @@ pub use backoff::Backoff;
 pub use duration::{format_duration, format_duration_ms};
 pub use error::{ErrorClass, ProviderError};
 pub use journal::{JournalEntry, JournalEvent};
+pub use plan::RestoreRoute;
 pub use plan::{
     Action, DeploymentKind, ImageSource, InstanceSpec, Plan, Step, StepKind, StepOutput, Strategy,
     StrategyStep, PLAN_FORMAT,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::release::Instance;
+use crate::release::{Instance, Route};
 use crate::spec::{duration_ms, ApprovalSpec, BuildSpec, ContainerSpec, GateSpec, HealthSpec};
 
 /// Version of the plan format; part of the digest.
@@ -55,6 +55,43 @@ impl StepKind {
             StepKind::Drain => "drain",
             StepKind::Retire => "retire",
             StepKind::Record => "record",
+        }
+    }
+}
+
+/// What undoing a traffic shift puts back, decided by the planner from the route the
+/// caller found when planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RestoreRoute {
+    /// A plan saved before the planner recorded the route: the executor reads the live
+    /// route once, before the shift changes it, and keeps it for the undo.
+    #[default]
+    Unrecorded,
+    /// The environment had no route: undo removes the route.
+    NoRoute,
+    /// Undo sets this route again.
+    Route { route: Route },
+}
+
+impl RestoreRoute {
+    /// The planner's record for `current` (the route the environment serves now).
+    pub fn of(current: Option<&Route>) -> Self {
+        match current {
+            Some(route) => RestoreRoute::Route {
+                route: route.clone(),
+            },
+            None => RestoreRoute::NoRoute,
+        }
+    }
+
+    /// The recorded route before the shift: `None` when not recorded, `Some(None)` when
+    /// there was no route.
+    pub fn recorded(&self) -> Option<Option<&Route>> {
+        match self {
+            RestoreRoute::Unrecorded => None,
+            RestoreRoute::NoRoute => Some(None),
+            RestoreRoute::Route { route } => Some(Some(route)),
         }
     }
 }
@@ -233,6 +270,10 @@ pub enum Action {
             default = "crate::spec::default_response_timeout"
         )]
         response_timeout: Duration,
+        /// The route this step puts back when it is undone: the environment's route when
+        /// the deployment was planned (plans saved before it was recorded: `unrecorded`).
+        #[serde(default)]
+        restore: RestoreRoute,
     },
     Drain {
         listen: String,

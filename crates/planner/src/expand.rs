@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use cutover_model::{
     json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, HealthSpec,
-    ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, Step, StepKind, Strategy,
-    StrategyStep, PLAN_FORMAT,
+    ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, RestoreRoute, Step,
+    StepKind, Strategy, StrategyStep, PLAN_FORMAT,
 };
 
 use crate::strategy::{ancestors, quote_list, validate};
@@ -549,6 +549,7 @@ fn expand(
                     instance_steps: instance_steps.clone(),
                     weight: template.weight.unwrap_or(100),
                     response_timeout: env.response_timeout,
+                    restore: RestoreRoute::of(input.current_route),
                 },
                 StepKind::Drain => Action::Drain {
                     listen: env.listen.clone(),

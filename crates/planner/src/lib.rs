@@ -27,7 +27,7 @@ mod expand;
 mod render;
 mod strategy;
 
-use cutover_model::{Instance, Release, Spec, Strategy};
+use cutover_model::{Instance, Release, Route, Spec, Strategy};
 use thiserror::Error;
 
 pub use expand::plan;
@@ -63,6 +63,10 @@ pub struct PlanInput<'a> {
     pub created_at_ms: u64,
     /// The release serving traffic now (blue), `None` on a first deploy.
     pub current: Option<&'a Release>,
+    /// The route the traffic layer serves for `env` now, as the caller read it (`None`:
+    /// no route). Every shift step records it as the route its undo restores, so nothing
+    /// about the old route is looked up at execution time.
+    pub current_route: Option<&'a Route>,
     pub kind: PlanKind<'a>,
 }
 

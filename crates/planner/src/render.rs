@@ -249,12 +249,26 @@ fn describe(action: &Action) -> Vec<String> {
             instance_steps,
             weight,
             response_timeout,
+            restore,
         } => vec![
             format!(
                 "send {weight}% of {listen} to release {release}, response timeout {}",
                 dur(*response_timeout)
             ),
             format!("instances of {}", instance_steps.join(", ")),
+            match restore.recorded() {
+                None => "undo restores the route found when it runs".to_string(),
+                Some(None) => "undo removes the route".to_string(),
+                Some(Some(route)) => format!(
+                    "undo restores {}",
+                    route
+                        .backends
+                        .iter()
+                        .map(|b| format!("{}% to release {}", b.weight, b.release))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
         ],
         Action::Drain {
             listen,

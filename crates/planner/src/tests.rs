@@ -3,9 +3,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, Action, ApprovalSpec, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec,
-    GateSpec, HealthSpec, ImageInfo, ImageSource, Instance, InstanceState, Plan, Release, Spec,
-    StepKind, Strategy, SupplySpec,
+    json_digest, Action, ApprovalSpec, Backend, BuildSpec, ContainerSpec, DeploymentKind,
+    EnvironmentSpec, GateSpec, HealthSpec, ImageInfo, ImageSource, Instance, InstanceState, Plan,
+    Release, RestoreRoute, Route, Spec, StepKind, Strategy, SupplySpec,
 };
 
 use super::*;
@@ -102,7 +102,24 @@ fn deploy_input<'a>(
         requested_by: "alice",
         created_at_ms: 1_700_000_600_000,
         current,
+        current_route: current.map(|r| &*Box::leak(Box::new(route_to(r)))),
         kind: PlanKind::Deploy,
+    }
+}
+
+/// The route an environment serves when `release` takes all its traffic.
+fn route_to(release: &Release) -> Route {
+    Route {
+        env: release.env.clone(),
+        listen: "127.0.0.1:8080".to_string(),
+        backends: vec![Backend {
+            release: release.id.clone(),
+            addrs: (0..release.replicas)
+                .map(|replica| running(release, replica).addr)
+                .collect(),
+            weight: 100,
+        }],
+        response_timeout: cutover_model::spec::DEFAULT_RESPONSE_TIMEOUT,
     }
 }
 
@@ -171,6 +188,7 @@ fn rollback_plan(warm: bool) -> Plan {
         requested_by: "bob",
         created_at_ms: 1_700_000_900_000,
         current: Some(&current),
+        current_route: Some(&route_to(&current)),
         kind: PlanKind::Rollback {
             target: &target,
             warm_instances: &instances,
@@ -993,6 +1011,7 @@ fn rollback_in(spec: &Spec, warm: bool) -> Result<Plan, PlanError> {
         requested_by: "bob",
         created_at_ms: 1_700_000_900_000,
         current: Some(&current),
+        current_route: Some(&route_to(&current)),
         kind: PlanKind::Rollback {
             target: &target,
             warm_instances: &instances,
@@ -1172,9 +1191,9 @@ fn rollback_mistakes_are_refused() {
     );
 }
 
-#[test]
-fn canary_strategy_expands_in_order_with_weights() {
-    let strategy = parse_strategy(
+/// A strategy that shifts twice: 10 %, then all.
+fn canary() -> Strategy {
+    parse_strategy(
         r#"name = "canary"
 [[step]]
 id = "build"
@@ -1217,7 +1236,12 @@ after = ["full"]
 "#,
         "plans/canary.toml",
     )
-    .expect("canary parses");
+    .expect("canary parses")
+}
+
+#[test]
+fn canary_strategy_expands_in_order_with_weights() {
+    let strategy = canary();
     let spec = spec();
     let plan = plan(&deploy_input(&spec, &strategy, None, "production-1")).expect("plans");
     assert_well_formed(&plan);
@@ -1386,4 +1410,76 @@ after = ["shift-traffic"]
             "health-check-1".to_string()
         ])
     );
+}
+
+#[test]
+fn every_shift_records_the_route_it_restores() {
+    let spec = spec();
+    let current = release("production-6", "sha256:old");
+    let strategy = canary();
+    let live = route_to(&current);
+    let input = PlanInput {
+        current_route: Some(&live),
+        ..deploy_input(&spec, &strategy, Some(&current), "production-7")
+    };
+    let planned = plan(&input).unwrap();
+    let restores: Vec<&RestoreRoute> = planned
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::ShiftTraffic { restore, .. } => Some(restore),
+            _ => None,
+        })
+        .collect();
+    assert!(restores.len() > 1, "canary shifts more than once");
+    for restore in &restores {
+        assert_eq!(restore.recorded(), Some(Some(&live)));
+    }
+    // The route is an input like any other: same route, same plan; another, another digest.
+    assert_eq!(plan(&input).unwrap().digest, planned.digest);
+    let mut other = live.clone();
+    other.backends[0].addrs.pop();
+    let changed = plan(&PlanInput {
+        current_route: Some(&other),
+        ..input
+    })
+    .unwrap();
+    assert_ne!(changed.digest, planned.digest);
+    // No route: the undo removes it.
+    let first = plan(&deploy_input(&spec, &strategy, None, "production-1")).unwrap();
+    assert!(first.steps.iter().any(|s| matches!(
+        &s.action,
+        Action::ShiftTraffic {
+            restore: RestoreRoute::NoRoute,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_plan_saved_without_the_restore_route_reads_as_unrecorded() {
+    let planned = plan(&deploy_input(
+        &spec(),
+        &builtin("blue-green"),
+        None,
+        "production-1",
+    ))
+    .unwrap();
+    let mut json = serde_json::to_value(&planned).unwrap();
+    let mut removed = 0;
+    for step in json["steps"].as_array_mut().unwrap() {
+        let action = step["action"].as_object_mut().unwrap();
+        if action["type"] == "shift-traffic" {
+            removed += usize::from(action.remove("restore").is_some());
+        }
+    }
+    assert_eq!(removed, 1, "{json}");
+    let old: Plan = serde_json::from_value(json).unwrap();
+    assert!(old.steps.iter().any(|s| matches!(
+        &s.action,
+        Action::ShiftTraffic {
+            restore: RestoreRoute::Unrecorded,
+            ..
+        }
+    )));
 }

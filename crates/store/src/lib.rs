@@ -581,20 +581,22 @@ impl Store {
     /// sled's I/O threads while this future waits, and only then are their events
     /// published. The async worker never waits for the disk, and a caller dropped before
     /// the end made its writes (they reach the disk with the next flush) but publishes
-    /// nothing. Durable when this returns, like the blocking methods.
+    /// nothing. Durable when this returns, like the blocking methods; when `writes` fails,
+    /// the writes it made before failing are flushed and announced too.
     pub async fn write_async<R>(&self, writes: impl FnOnce(&Store) -> Result<R>) -> Result<R> {
         let pending = Arc::new(Mutex::new(Vec::new()));
         let deferred = Store {
             deferred: Some(pending.clone()),
             ..self.clone()
         };
-        let out = writes(&deferred)?;
+        // Writes made before an error are real: flush and announce them either way.
+        let out = writes(&deferred);
         self.flush_async().await?;
         let events = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
         for event in events {
             self.publish(event);
         }
-        Ok(out)
+        out
     }
 
     /// Run `work` (store reads and writes, flushes included) on tokio's blocking pool, so

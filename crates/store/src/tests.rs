@@ -818,3 +818,66 @@ fn a_corrupt_value_reads_as_a_permanent_error() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert!(!err.is_transient());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn write_async_publishes_after_its_flush_and_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut rx = store.subscribe();
+        let mut inside = store.subscribe();
+        let seq = store
+            .write_async(|s| {
+                s.set_current("prod", "r1")?;
+                let entry = s.append("d1", JournalEvent::DeploymentStarted { resumed: 0 })?;
+                // Written, not yet announced: the flush has not happened.
+                assert!(matches!(
+                    inside.try_recv(),
+                    Err(broadcast::error::TryRecvError::Empty)
+                ));
+                assert_eq!(s.journal("d1")?.len(), 1);
+                Ok(entry.seq)
+            })
+            .await
+            .unwrap();
+        assert_eq!(seq, 0);
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                env_event("prod"),
+                StoreEvent::Journal {
+                    deployment_id: "d1".to_string(),
+                    seq: 0
+                }
+            ]
+        );
+        // The handle lent to the closure was the only deferred one.
+        store.set_current("prod", "r2").unwrap();
+        assert_eq!(drain(&mut rx), vec![env_event("prod")]);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.journal("d1").unwrap().len(), 1);
+    assert_eq!(
+        store.current_release_id("prod").unwrap().as_deref(),
+        Some("r2")
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_write_async_still_announces_the_writes_it_made() {
+    let store = Store::temporary().unwrap();
+    let mut rx = store.subscribe();
+    let err = store
+        .write_async(|s| {
+            s.set_current("prod", "r1")?;
+            s.set_status("missing", DeploymentStatus::Running)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert_eq!(drain(&mut rx), vec![env_event("prod")]);
+    assert_eq!(
+        store.current_release_id("prod").unwrap().as_deref(),
+        Some("r1")
+    );
+}

@@ -77,7 +77,8 @@ impl Harness {
     /// Deploy `r1`, then return the plan of `d2` deploying `r2` over it (saved, not run).
     pub async fn second_plan(&self) -> (Release, Plan) {
         let r1 = self.first_release().await;
-        let plan = fake::deploy_plan("d2", ENV, "r2", Some(&Blue::of(&r1)), 2);
+        let blue = Blue::of(&r1).routed(self.route());
+        let plan = fake::deploy_plan("d2", ENV, "r2", Some(&blue), 2);
         self.save(&plan);
         (r1, plan)
     }
