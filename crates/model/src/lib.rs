@@ -24,7 +24,7 @@ pub use provider::{
     Compute, DrainReport, HealthProbe, ImageBuilder, Probe, Providers, ScanOutcome, SignRequest,
     SupplyChain, Traffic,
 };
-pub use random::{random_token_hex, RandomError};
+pub use random::{random_bytes, random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};
 pub use spec::{
     ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,
