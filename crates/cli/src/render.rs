@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use cutover_model::{format_ms, JournalEntry, JournalEvent};
+use cutover_model::{format_duration_ms, format_ms, JournalEntry, JournalEvent};
 use cutover_server::api::{DeploymentDetail, EnvStatus, HistoryLine};
 
 /// `error: a: b: c` from an error and its causes, without repeating a cause that the
@@ -22,13 +22,12 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-fn seconds(ms: u64) -> String {
-    format!("{:.2}s", ms as f64 / 1000.0)
-}
-
 /// One progress line for a journal entry, timed from the deployment's start.
 pub fn journal_line(entry: &JournalEntry, start_ms: u64) -> String {
-    let at = format!("+{}", seconds(entry.at_ms.saturating_sub(start_ms)));
+    let at = format!(
+        "+{}",
+        format_duration_ms(entry.at_ms.saturating_sub(start_ms))
+    );
     let what = match &entry.event {
         JournalEvent::DeploymentStarted { resumed: 0 } => "deployment started".to_string(),
         JournalEvent::DeploymentStarted { resumed } => {
@@ -41,7 +40,10 @@ pub fn journal_line(entry: &JournalEntry, start_ms: u64) -> String {
         JournalEvent::StepSucceeded {
             step, duration_ms, ..
         } => {
-            format!("{step:<16} succeeded in {}", seconds(*duration_ms))
+            format!(
+                "{step:<16} succeeded in {}",
+                format_duration_ms(*duration_ms)
+            )
         }
         JournalEvent::StepFailed {
             step,
@@ -65,7 +67,12 @@ pub fn journal_line(entry: &JournalEntry, start_ms: u64) -> String {
 pub fn outcome(d: &DeploymentDetail) -> String {
     let took = d
         .finished_at_ms
-        .map(|f| format!(" in {}", seconds(f.saturating_sub(d.created_at_ms))))
+        .map(|f| {
+            format!(
+                " in {}",
+                format_duration_ms(f.saturating_sub(d.created_at_ms))
+            )
+        })
         .unwrap_or_default();
     match d.status.as_str() {
         "succeeded" => format!(
@@ -117,12 +124,12 @@ pub fn deployment(d: &DeploymentDetail) -> String {
         let _ = writeln!(
             out,
             "  took      {}",
-            seconds(f.saturating_sub(d.created_at_ms))
+            format_duration_ms(f.saturating_sub(d.created_at_ms))
         );
     }
     let _ = writeln!(out, "  steps");
     for s in &d.steps {
-        let took = s.duration_ms.map(seconds).unwrap_or_default();
+        let took = s.duration_ms.map(format_duration_ms).unwrap_or_default();
         let attempts = if s.attempts > 1 {
             format!(" ({} attempts)", s.attempts)
         } else {
@@ -202,7 +209,7 @@ pub fn status(envs: &[EnvStatus]) -> String {
         if let Some(d) = &e.latest {
             let _ = writeln!(out, "  latest     {}", outcome(d));
             for s in &d.steps {
-                let took = s.duration_ms.map(seconds).unwrap_or_default();
+                let took = s.duration_ms.map(format_duration_ms).unwrap_or_default();
                 let _ = writeln!(out, "    {:<16} {:<12} {:>8}", s.id, s.state, took);
             }
         }
@@ -221,7 +228,7 @@ pub fn history(lines: &[HistoryLine]) -> String {
     for l in lines {
         let took = l
             .finished_at_ms
-            .map(|f| seconds(f.saturating_sub(l.created_at_ms)))
+            .map(|f| format_duration_ms(f.saturating_sub(l.created_at_ms)))
             .unwrap_or_else(|| "-".to_string());
         let outcome = match &l.reason {
             Some(r) => format!("{}: {r}", l.status),
@@ -247,4 +254,36 @@ pub fn history(lines: &[HistoryLine]) -> String {
 fn short(id: &str) -> &str {
     let end = id.find(':').map(|i| i + 13).unwrap_or(12).min(id.len());
     &id[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_model::StepOutput;
+
+    #[test]
+    fn journal_lines_time_steps_with_the_shared_duration_format() {
+        let entry = JournalEntry {
+            seq: 3,
+            at_ms: 126_000,
+            event: JournalEvent::StepSucceeded {
+                step: "build".to_string(),
+                output: StepOutput::None,
+                duration_ms: 1234,
+            },
+        };
+        assert_eq!(
+            journal_line(&entry, 1000),
+            format!("{:>9}  {:<16} succeeded in 1.23s", "+2m 5s", "build")
+        );
+        let started = JournalEntry {
+            seq: 1,
+            at_ms: 1350,
+            event: JournalEvent::DeploymentStarted { resumed: 0 },
+        };
+        assert_eq!(
+            journal_line(&started, 1000),
+            format!("{:>9}  deployment started", "+350ms")
+        );
+    }
 }

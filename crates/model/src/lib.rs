@@ -26,7 +26,7 @@ pub use provider::{
     Preflights, Probe, Providers, ScanOutcome, SignRequest, SupplyChain, Traffic,
     DIAGNOSIS_LOG_LINES,
 };
-pub use random::{random_token_hex, RandomError};
+pub use random::{random_bytes, random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};
 pub use spec::{
     ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,

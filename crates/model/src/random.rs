@@ -12,8 +12,19 @@ pub struct RandomError(String);
 /// Use 32 bytes (256 bits) for anything that proves possession.
 pub fn random_token_hex(bytes: usize) -> Result<String, RandomError> {
     let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| RandomError(e.to_string()))?;
+    fill(&mut buf)?;
     Ok(hex::encode(buf))
+}
+
+/// `N` random bytes from the operating system, raw (salts, nonces).
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut buf = [0u8; N];
+    fill(&mut buf)?;
+    Ok(buf)
+}
+
+fn fill(buf: &mut [u8]) -> Result<(), RandomError> {
+    getrandom::fill(buf).map_err(|e| RandomError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -31,5 +42,6 @@ mod tests {
         assert_ne!(a, b, "two 256-bit tokens collided");
         assert_eq!(random_token_hex(6).unwrap().len(), 12);
         assert_eq!(random_token_hex(0).unwrap(), "");
+        assert_ne!(random_bytes::<16>().unwrap(), random_bytes::<16>().unwrap());
     }
 }

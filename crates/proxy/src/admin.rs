@@ -28,7 +28,7 @@ use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 
 use crate::api::{DrainRequest, DrainResponse, ErrorBody, Health, RouteChange};
-use crate::server::{AdminFailure, Proxy};
+use crate::listeners::{AdminFailure, Proxy};
 use crate::table;
 
 /// Largest admin request body accepted.
@@ -66,18 +66,6 @@ pub(crate) async fn serve(proxy: Arc<Proxy>, listener: UnixListener) {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-}
-
-/// `Display` of an error followed by its sources.
-pub(crate) fn error_text(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {

@@ -242,7 +242,7 @@ impl ProxyTraffic {
     }
 
     fn provider_error(&self, err: AdminError) -> ProviderError {
-        let mut message = crate::admin::error_text(&err);
+        let mut message = crate::error::error_text(&err);
         if matches!(err, AdminError::Unreachable { .. }) {
             message.push_str("; it is restarted by the control plane");
         }

@@ -39,3 +39,15 @@ pub enum ProxyError {
     #[error("cannot install the signal handlers")]
     Signals { source: std::io::Error },
 }
+
+/// `Display` of an error followed by its sources.
+pub(crate) fn error_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

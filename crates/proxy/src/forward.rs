@@ -17,13 +17,11 @@ use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 
 use crate::coarse_timer::CoarseSleep;
-use crate::pool::{self, Lease};
+use crate::error::error_text;
+use crate::pool::{self, Lease, UpstreamBody};
 use crate::stats::{InFlight, Stats};
 use crate::upstream::{BackendSet, Choice, Upstream, UpstreamSet};
 use crate::workers::Workers;
-
-/// Body sent upstream: the client's own body, or nothing (replayable).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// Retries after the first attempt, at most.
 pub const MAX_RETRIES: usize = 2;
@@ -272,7 +270,7 @@ pub async fn forward(
                     listen = %shared.listen,
                     release = backend.release_str(),
                     upstream = %upstream.authority,
-                    error = %crate::admin::error_text(&err),
+                    error = %error_text(&err),
                     "upstream response body failed"
                 );
                 return Ok(failed_response(
@@ -299,7 +297,7 @@ pub async fn forward(
                     listen = %shared.listen,
                     release = backend.release_str(),
                     upstream = %upstream.authority,
-                    error = %crate::admin::error_text(&err),
+                    error = %error_text(&err),
                     retrying = next.is_some(),
                     "upstream request failed"
                 );

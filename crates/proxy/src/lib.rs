@@ -9,8 +9,11 @@
 //! timeouts), `upstream` (weighted choice, round-robin, passive health), `forward`
 //! (the request path and retries), `workers` (single-threaded runtimes, one per two cores,
 //! serving connections), `stats` (in-flight counters and drain), `table` (the
-//! persisted routing table), `server` (listeners, startup, shutdown), `admin` (the admin API
-//! on the Unix socket), `client` (its client side).
+//! persisted routing table), `listeners` (the routes being served, their listeners and
+//! accept loops, route changes), `server` (the process: startup, admin socket, shutdown),
+//! `admin` (the admin API on the Unix socket), `client` (its client side), `error` (errors
+//! and their rendering). Imports go one way: `server` → `admin` → `listeners` →
+//! `forward` → `pool`.
 //!
 //! A request with a body is resent elsewhere only while no byte of it reached an upstream
 //! (connection refused, pooled connection closed); it is never buffered for a replay.
@@ -23,6 +26,7 @@ mod client;
 mod coarse_timer;
 mod error;
 mod forward;
+mod listeners;
 mod pool;
 mod preflight;
 mod server;

@@ -13,13 +13,16 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use crate::forward::UpstreamBody;
+/// Body sent upstream: the client's own body, or nothing (replayable).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// How long an idle upstream connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -69,7 +69,7 @@ pub(crate) async fn check_listen(
     if let Err(e) = &routes {
         message.push_str(&format!(
             " (the cutover proxy did not answer, so it may be its own: {})",
-            crate::admin::error_text(e)
+            crate::error::error_text(e)
         ));
     }
     failure(message)

@@ -16,6 +16,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use cutover_model::now_ms;
 use cutover_store::{Store, TypedTree};
@@ -109,26 +110,13 @@ fn users(store: &Store) -> Result<TypedTree<UserRecord>, ServerError> {
     Ok(store.typed_tree(USERS_TREE)?)
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
-    let mut buf = [0u8; N];
-    getrandom::getrandom(&mut buf).map_err(|e| {
-        ServerError::Internal(format!(
-            "the operating system's random number generator failed: {e}"
-        ))
-    })?;
-    Ok(buf)
+/// `bytes` random bytes, hex (the workspace's one token generator).
+fn random_hex(bytes: usize) -> Result<String, ServerError> {
+    cutover_model::random_token_hex(bytes).map_err(|e| ServerError::Internal(e.to_string()))
 }
 
 fn token_hash(token: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
-}
-
-/// Compare without an early exit, so timing does not reveal how much of a hash matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Check a role/environment pair against what the caller's grants allow to hand out.
@@ -162,8 +150,8 @@ pub fn create_token(
             ));
         }
     }
-    let id = hex::encode(random_bytes::<6>()?);
-    let secret = hex::encode(random_bytes::<32>()?);
+    let id = random_hex(6)?;
+    let secret = random_hex(32)?;
     let token = format!("{TOKEN_PREFIX}{id}_{secret}");
     let now = now_ms();
     let expires_at_ms = match new.expires_in_ms {
@@ -251,7 +239,8 @@ pub fn authenticate_bearer(store: &Store, token: &str) -> Result<Option<Principa
     let Some(mut record) = tree.get(id)? else {
         return Ok(None);
     };
-    if !constant_time_eq(token_hash(token).as_bytes(), record.hash.as_bytes()) {
+    // Compared in constant time, so timing does not reveal how much of a hash matched.
+    if !bool::from(token_hash(token).as_bytes().ct_eq(record.hash.as_bytes())) {
         return Ok(None);
     }
     let now = now_ms();
@@ -302,8 +291,10 @@ pub fn add_user(
     for grant in &grants {
         check_env_name(grant.env.as_deref())?;
     }
-    let salt = SaltString::encode_b64(&random_bytes::<16>()?)
-        .map_err(|e| ServerError::Internal(format!("could not encode a password salt: {e}")))?;
+    let salt = SaltString::encode_b64(
+        &cutover_model::random_bytes::<16>().map_err(|e| ServerError::Internal(e.to_string()))?,
+    )
+    .map_err(|e| ServerError::Internal(format!("could not encode a password salt: {e}")))?;
     let password_hash = Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map_err(|e| ServerError::Internal(format!("could not hash the password: {e}")))?
@@ -358,32 +349,16 @@ pub fn authenticate_password(
     }))
 }
 
-/// Parse a lifetime such as `30d`, `12h`, `90m`, `45s` (also `2w`).
+/// Parse a lifetime such as `30d`, `12h`, `90m`, `45s`, `2w` or `1h 30m` (humantime's
+/// syntax).
 pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a lifetime: use e.g. 30d, 12h, 90m"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a lifetime: use e.g. 30d, 12h, 90m"
-            ))
-        }
-    };
-    if n == 0 {
+    let lifetime = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a lifetime ({e}): use e.g. 30d, 12h, 90m"))?;
+    if lifetime.is_zero() {
         return Err(format!("{text:?}: a lifetime must be positive"));
     }
-    Ok(Duration::from_secs(n.saturating_mul(secs)))
+    Ok(lifetime)
 }
 
 #[cfg(test)]
@@ -507,8 +482,26 @@ mod tests {
             Duration::from_secs(30 * 86_400)
         );
         assert_eq!(parse_lifetime("90m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_lifetime("0d").is_err());
-        assert!(parse_lifetime("3 days").is_err());
-        assert!(parse_lifetime("d").is_err());
+        assert_eq!(
+            parse_lifetime("2w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(parse_lifetime("45s").unwrap(), Duration::from_secs(45));
+        assert_eq!(
+            parse_lifetime(" 1h 30m ").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_lifetime("0d").unwrap_err(),
+            "\"0d\": a lifetime must be positive"
+        );
+        for bad in ["d", "3 fortnights", "-1h", "", "12"] {
+            let error = parse_lifetime(bad).unwrap_err();
+            assert!(
+                error.starts_with(&format!("{bad:?} is not a lifetime"))
+                    && error.ends_with("use e.g. 30d, 12h, 90m"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 }

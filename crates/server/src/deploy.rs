@@ -235,6 +235,9 @@ async fn prepare(
         ),
     };
     let strategy = load_strategy(spec, strategy_name, cp.plans_dir.as_deref())?;
+    // The route the shift will replace, read now and recorded in the plan (its undo
+    // restores exactly this), so nothing about it is looked up at execution time.
+    let current_route = cp.providers.traffic.route(env).await?;
     Ok(cutover_planner::plan(&PlanInput {
         spec,
         env,
@@ -243,6 +246,7 @@ async fn prepare(
         requested_by,
         created_at_ms,
         current: current.as_ref(),
+        current_route: current_route.as_ref(),
         kind,
     })?)
 }

@@ -134,10 +134,6 @@ impl IntoResponse for ServerError {
 
 /// A short random id for an internal error, shared by its answer and its log line.
 fn error_id() -> String {
-    let mut bytes = [0u8; 6];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        // Still unique enough to find the line: the time.
-        return format!("t{}", cutover_model::now_ms());
-    }
-    hex::encode(bytes)
+    // Still unique enough to find the line without randomness: the time.
+    cutover_model::random_token_hex(6).unwrap_or_else(|_| format!("t{}", cutover_model::now_ms()))
 }

@@ -180,11 +180,8 @@ impl ControlPlane {
 }
 
 fn instance_id() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        return format!("{}-{}", std::process::id(), cutover_model::now_ms());
-    }
-    hex::encode(bytes)
+    cutover_model::random_token_hex(8)
+        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), cutover_model::now_ms()))
 }
 
 /// Serve the router on the Unix socket `socket` (mode 0600) until shutdown is requested.

@@ -68,6 +68,15 @@ pub struct Delivery {
     pub timeout: Duration,
 }
 
+impl Delivery {
+    /// The wait after failed try `attempt` (from 1): `backoff`, doubled for each later try,
+    /// at most 1024 times `backoff`.
+    pub fn wait_after(&self, attempt: u32) -> Duration {
+        cutover_model::Backoff::new(self.backoff, self.backoff.saturating_mul(1024))
+            .delay_after(attempt)
+    }
+}
+
 impl Default for Delivery {
     fn default() -> Self {
         Delivery {
@@ -177,7 +186,7 @@ pub async fn deliver(url: &str, body: Bytes, delivery: &Delivery) -> Result<u32,
             Err(_) => last_error = format!("no answer within {:?}", delivery.timeout),
         }
         if attempt < tries {
-            tokio::time::sleep(delivery.backoff.saturating_mul(1 << (attempt - 1).min(10))).await;
+            tokio::time::sleep(delivery.wait_after(attempt)).await;
         }
     }
     Err(format!("{last_error} (gave up after {tries} tries)"))
@@ -186,6 +195,19 @@ pub async fn deliver(url: &str, body: Bytes, delivery: &Delivery) -> Result<u32,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_double_from_the_backoff_up_to_a_cap() {
+        let delivery = Delivery {
+            backoff: Duration::from_millis(500),
+            ..Delivery::default()
+        };
+        let waits: Vec<u128> = [1, 2, 3, 11, 12, 40]
+            .into_iter()
+            .map(|a| delivery.wait_after(a).as_millis())
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 512_000, 512_000, 512_000]);
+    }
 
     #[test]
     fn bodies_are_slack_compatible() {

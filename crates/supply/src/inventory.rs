@@ -472,16 +472,15 @@ fn parse_auditable(data: &[u8]) -> Result<Vec<Found>, String> {
         .unwrap_or_default())
 }
 
+/// The characters a purl component keeps as they are: letters, digits and `.-_~`.
+const PURL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
+
 fn purl_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, PURL_COMPONENT).to_string()
 }
 
 /// Package URL of a package.
@@ -596,5 +595,12 @@ mod tests {
         p.name = "@babel/core".into();
         p.version = "7.0.0".into();
         assert_eq!(purl(&p, None), "pkg:npm/%40babel/core@7.0.0");
+        p.ecosystem = Ecosystem::PyPI;
+        p.name = "zope.interface".into();
+        p.version = "1.0+ubuntu 1/é".into();
+        assert_eq!(
+            purl(&p, None),
+            "pkg:pypi/zope-interface@1.0%2Bubuntu%201%2F%C3%A9"
+        );
     }
 }

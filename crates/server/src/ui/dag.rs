@@ -85,16 +85,8 @@ pub fn state_label(kind: &str, state: StepState) -> &'static str {
     }
 }
 
-/// A duration for people: `350ms`, `1.2s`, `2m 5s`.
-pub fn format_duration_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{}.{}s", ms / 1000, ms % 1000 / 100)
-    } else {
-        format!("{}m {}s", ms / 60_000, ms % 60_000 / 1000)
-    }
-}
+/// A duration for people; the one formatter of the workspace.
+pub use cutover_model::format_duration_ms;
 
 /// State and timing in one line: `succeeded · 1.2s`.
 pub fn step_summary(step: &StepLine) -> String {
@@ -323,7 +315,7 @@ mod tests {
     fn summaries_carry_durations() {
         let mut s = step("build", "build", &[], "succeeded");
         s.duration_ms = Some(1234);
-        assert_eq!(step_summary(&s), "succeeded · 1.2s");
+        assert_eq!(step_summary(&s), "succeeded · 1.23s");
         assert_eq!(format_duration_ms(250), "250ms");
         assert_eq!(format_duration_ms(125_000), "2m 5s");
     }

@@ -9,6 +9,7 @@ use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use cutover_store::{Store, TypedTree};
 
@@ -110,14 +111,9 @@ fn storage_key(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
-/// 32 random bytes, hex.
-pub fn random_token() -> Result<String, ServerError> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).map_err(|e| ServerError::Io {
-        path: "<system random source>".to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    Ok(hex::encode(bytes))
+/// A session id or CSRF token: 256 random bits, hex.
+fn random_token() -> Result<String, ServerError> {
+    cutover_model::random_token_hex(32).map_err(|e| ServerError::Internal(e.to_string()))
 }
 
 fn looks_like_token(s: &str) -> bool {
@@ -181,10 +177,7 @@ pub fn csrf_matches(session: &Session, submitted: Option<&str>) -> bool {
         return false;
     };
     let (a, b) = (session.csrf.as_bytes(), submitted.as_bytes());
-    if a.len() != b.len() || a.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    !a.is_empty() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
