@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use cutover_chain::LocalSupplyChain;
 use cutover_docker::DockerProvider;
 use cutover_executor::{ExecutorConfig, FaultInjector};
-use cutover_model::Providers;
+use cutover_model::{Preflights, Providers};
 use cutover_proxy::{AdminClient, ProxyTraffic};
 use cutover_server::metrics::{ProxyStatLine, ProxyStats};
 use cutover_server::webhooks::{Delivery, Webhooks};
@@ -82,14 +82,17 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         health: docker.clone(),
         traffic: Arc::new(ProxyTraffic::new(admin.clone())),
         supply: Some(Arc::new(LocalSupplyChain::new(
-            docker,
+            docker.clone(),
             &state.0,
             Some(Arc::new(move |image: &str, details| {
                 cutover_server::audit::record(&audit, "gate", "exception.use", image, details)
                     .map_err(|e| e.to_string())
             })),
         ))),
-        preflight: None,
+        preflight: Some(Arc::new(Preflights(vec![
+            docker,
+            Arc::new(ProxyTraffic::new(admin.clone())),
+        ]))),
     };
     let cp = ControlPlane::with_options(
         store,

@@ -99,7 +99,12 @@ impl Diagnosis {
         if self.logs.is_empty() {
             out.push_str("\n  it wrote no log lines");
         } else {
-            out.push_str(&format!("\n  last {} log lines:", self.logs.len()));
+            let lines = if self.logs.len() == 1 {
+                "line"
+            } else {
+                "lines"
+            };
+            out.push_str(&format!("\n  last {} log {lines}:", self.logs.len()));
             for line in &self.logs {
                 out.push_str("\n    | ");
                 out.push_str(line);
@@ -267,6 +272,15 @@ mod tests {
         assert_eq!(
             d.render(),
             "container state: exited, exit code 3, killed for exceeding its memory limit (raise container.memory), restarted 2 times, error: port is already allocated\n  last 2 log lines:\n    | one\n    | two"
+        );
+        let one = Diagnosis {
+            state: "exited".to_string(),
+            logs: vec!["bye".to_string()],
+            ..Diagnosis::default()
+        };
+        assert_eq!(
+            one.render(),
+            "container state: exited\n  last 1 log line:\n    | bye"
         );
         let quiet = Diagnosis {
             state: "running".to_string(),

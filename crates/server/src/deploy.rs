@@ -200,6 +200,13 @@ async fn prepare(
             )));
         }
     }
+    if let (None, Some(preflight)) = (rollback, &cp.providers.preflight) {
+        let failures = preflight.check(spec, env).await;
+        if !failures.is_empty() {
+            let shown: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            return Err(ServerError::BadRequest(shown.join("; ")));
+        }
+    }
     let current = cp.store.current_release(env)?;
     // Everything that can refuse the request runs before a deployment number is taken.
     let rollback = match rollback {
