@@ -156,12 +156,12 @@ impl ApiClient {
                     data: e.data,
                     id: e.id,
                 }),
-                Err(eventsource_stream::EventStreamError::Transport(source)) => Err(
-                    CallError::Unreachable(UnixHttpError::Connection {
+                Err(eventsource_stream::EventStreamError::Transport(source)) => {
+                    Err(CallError::Unreachable(UnixHttpError::Connection {
                         socket: socket.clone(),
                         source,
-                    }),
-                ),
+                    }))
+                }
                 Err(e) => Err(CallError::Decode {
                     what: "an event stream".to_string(),
                     detail: e.to_string(),

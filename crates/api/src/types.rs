@@ -597,7 +597,11 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        for c in [ErrorCode::BadRequest, ErrorCode::Internal, ErrorCode::Conflict] {
+        for c in [
+            ErrorCode::BadRequest,
+            ErrorCode::Internal,
+            ErrorCode::Conflict,
+        ] {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
     }
@@ -609,10 +613,12 @@ mod tests {
             DeploymentState::from(&DeploymentStatus::Stuck { reason: reason() }),
             DeploymentState::Stuck
         );
-        assert!(DeploymentState::from(&DeploymentStatus::RolledBack { reason: reason() })
-            .is_finished());
-        assert!(!DeploymentState::from(&DeploymentStatus::Unwinding { reason: reason() })
-            .is_finished());
+        assert!(
+            DeploymentState::from(&DeploymentStatus::RolledBack { reason: reason() }).is_finished()
+        );
+        assert!(
+            !DeploymentState::from(&DeploymentStatus::Unwinding { reason: reason() }).is_finished()
+        );
         for status in [
             DeploymentStatus::Planned,
             DeploymentStatus::Running,
@@ -625,8 +631,7 @@ mod tests {
     #[test]
     fn an_error_body_without_an_id_reads_back() {
         let body: ErrorBody =
-            serde_json::from_str(r#"{"code":"not_found","message":"no such deployment"}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"code":"not_found","message":"no such deployment"}"#).unwrap();
         assert_eq!(body.code, ErrorCode::NotFound);
         assert_eq!(body.error_id, None);
         assert_eq!(body.code.status(), 404);

@@ -63,13 +63,12 @@ impl UnixHttp {
         headers: &[(HeaderName, HeaderValue)],
         body: Option<Bytes>,
     ) -> Result<Response<Incoming>, UnixHttpError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| UnixHttpError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
+        let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
+            UnixHttpError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            }
+        })?;
         let broke = |source| UnixHttpError::Connection {
             socket: self.socket.clone(),
             source,
@@ -159,12 +158,7 @@ mod tests {
         });
         let client = UnixHttp::new(&path, "test");
         let (status, body) = client
-            .exchange(
-                Method::POST,
-                "/a?b=c",
-                &[],
-                Some(Bytes::from_static(b"{}")),
-            )
+            .exchange(Method::POST, "/a?b=c", &[], Some(Bytes::from_static(b"{}")))
             .await
             .unwrap();
         assert_eq!(status, StatusCode::OK);

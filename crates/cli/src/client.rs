@@ -37,7 +37,9 @@ impl StateDir {
 /// The client of the project's control plane: `/api/v1` on its socket, as the socket's
 /// peer, or as the owner of `CUTOVER_TOKEN` when it is set.
 pub fn client(state: &StateDir) -> ApiClient {
-    let token = std::env::var("CUTOVER_TOKEN").ok().filter(|t| !t.is_empty());
+    let token = std::env::var("CUTOVER_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     ApiClient::unix(state.control_socket()).with_token(token.as_deref())
 }
 

@@ -67,7 +67,8 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
                 state.serve_log().display()
             );
         }
-        progress.line("the control plane stopped answering; restarting it to resume the deployment");
+        progress
+            .line("the control plane stopped answering; restarting it to resume the deployment");
         client = connect_or_start(state).await?.0;
     }
 }
@@ -122,13 +123,15 @@ async fn follow_once(
         }
     }
     // The stream ended without `end`: the control plane went away.
-    Err(CallError::Unreachable(cutover_api::unix::UnixHttpError::Unreachable {
-        socket: std::path::PathBuf::from("the control socket"),
-        source: std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "the event stream ended before the deployment did",
-        ),
-    }))
+    Err(CallError::Unreachable(
+        cutover_api::unix::UnixHttpError::Unreachable {
+            socket: std::path::PathBuf::from("the control socket"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the event stream ended before the deployment did",
+            ),
+        },
+    ))
 }
 
 /// Exit code of a finished deployment: rolled back because the supply chain refused the
@@ -242,7 +245,10 @@ mod tests {
             exit_code(&detail(DeploymentState::RolledBack, Some("health-check"))),
             3
         );
-        assert_eq!(exit_code(&detail(DeploymentState::Stuck, Some("shift-traffic"))), 4);
+        assert_eq!(
+            exit_code(&detail(DeploymentState::Stuck, Some("shift-traffic"))),
+            4
+        );
         for refused in ["scan", "sign", "verify"] {
             assert_eq!(
                 exit_code(&detail(DeploymentState::RolledBack, Some(refused))),

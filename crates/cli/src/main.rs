@@ -381,10 +381,11 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
         _ => print!("{}", render::status(&envs)),
     }
     Ok(
-        if envs
-            .iter()
-            .any(|e| e.latest.as_ref().is_some_and(|d| d.status == DeploymentState::Stuck))
-        {
+        if envs.iter().any(|e| {
+            e.latest
+                .as_ref()
+                .is_some_and(|d| d.status == DeploymentState::Stuck)
+        }) {
             exit::STUCK
         } else {
             exit::OK

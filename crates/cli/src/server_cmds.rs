@@ -245,7 +245,10 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             comment,
         } => {
             let detail: DeploymentDetail = client
-                .get(&format!("/api/v1/deployments/{}", crate::encode(&deployment)))
+                .get(&format!(
+                    "/api/v1/deployments/{}",
+                    crate::encode(&deployment)
+                ))
                 .await?;
             let Some(gate) = detail.approval.filter(|g| g.waiting) else {
                 bail!(

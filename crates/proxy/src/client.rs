@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cutover_api::unix::{UnixHttp, UnixHttpError};
 use cutover_model::{DrainReport, ProviderError, Route, Traffic};
-use http::{header, HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
-use tokio::net::UnixStream;
 
 use crate::api::{DrainRequest, DrainResponse, ErrorBody, Health, RouteChange, StatsEntry};
 
@@ -185,44 +183,26 @@ impl AdminClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), AdminError> {
-        let broke = |source| AdminError::Connection {
-            socket: self.socket.clone(),
-            source,
-        };
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| AdminError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(broke)?;
-        let connection = tokio::spawn(connection);
-        let mut request = Request::new(Full::new(Bytes::from(body.unwrap_or_default())));
-        *request.method_mut() = method;
-        *request.uri_mut() = path.parse().map_err(|_| AdminError::Rejected {
-            status: 400,
-            message: format!("`{path}` is not a valid admin path; env names must be url-safe"),
-        })?;
-        let headers = request.headers_mut();
-        headers.insert(header::HOST, HeaderValue::from_static("cutover-proxy"));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let response = sender.send_request(request).await.map_err(broke)?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(broke)?
-            .to_bytes();
-        drop(sender);
-        connection.abort();
-        Ok((status, bytes))
+        let http = UnixHttp::new(&self.socket, "cutover-proxy");
+        http.exchange(
+            method,
+            path,
+            &[],
+            Some(Bytes::from(body.unwrap_or_default())),
+        )
+        .await
+        .map_err(|e| match e {
+            UnixHttpError::Unreachable { socket, source } => {
+                AdminError::Unreachable { socket, source }
+            }
+            UnixHttpError::Connection { socket, source } => {
+                AdminError::Connection { socket, source }
+            }
+            UnixHttpError::BadPath { path } => AdminError::Rejected {
+                status: 400,
+                message: format!("`{path}` is not a valid admin path; env names must be url-safe"),
+            },
+        })
     }
 }
 

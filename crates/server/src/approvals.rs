@@ -8,7 +8,6 @@
 //! stale). Accepted decisions are stored (the executor counts them), audited and announced
 //! to webhooks.
 
-
 use serde_json::json;
 
 use cutover_model::now_ms;

@@ -26,7 +26,10 @@ pub struct Hub {
 impl Hub {
     /// Number of deployments followed now (for tests and metrics).
     pub fn followed(&self) -> usize {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 

@@ -186,8 +186,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
         if !json {
             return Err(ServerError::UnsupportedMediaType(
-                "send the body as JSON with the header Content-Type: application/json"
-                    .to_string(),
+                "send the body as JSON with the header Content-Type: application/json".to_string(),
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
@@ -202,7 +201,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .map(ApiJson)
             .map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." { "body".to_string() } else { path };
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
                 ServerError::BadRequest(format!("{field}: {}", e.into_inner()))
             })
     }
@@ -291,9 +294,19 @@ pub fn routes() -> Vec<RouteDef> {
         route(M::GET, "/api/v1/health", Viewer, get(health)),
         route(M::GET, "/api/v1/openapi.json", Viewer, get(openapi_json)),
         route(M::POST, "/api/v1/plans", Deployer, post(create_plan)),
-        route(M::POST, "/api/v1/deployments", Deployer, post(start_deployment)),
+        route(
+            M::POST,
+            "/api/v1/deployments",
+            Deployer,
+            post(start_deployment),
+        ),
         route(M::GET, "/api/v1/deployments", Viewer, get(list_deployments)),
-        route(M::GET, "/api/v1/deployments/{id}", Viewer, get(get_deployment)),
+        route(
+            M::GET,
+            "/api/v1/deployments/{id}",
+            Viewer,
+            get(get_deployment),
+        ),
         route(
             M::GET,
             "/api/v1/deployments/{id}/events",
@@ -307,8 +320,18 @@ pub fn routes() -> Vec<RouteDef> {
             post(decide),
         ),
         route(M::POST, "/api/v1/resume", Admin, post(resume)),
-        route(M::GET, "/api/v1/environments", Viewer, get(list_environments)),
-        route(M::GET, "/api/v1/environments/{env}", Viewer, get(get_environment)),
+        route(
+            M::GET,
+            "/api/v1/environments",
+            Viewer,
+            get(list_environments),
+        ),
+        route(
+            M::GET,
+            "/api/v1/environments/{env}",
+            Viewer,
+            get(get_environment),
+        ),
         route(
             M::POST,
             "/api/v1/environments/{env}/rollback",
@@ -317,7 +340,12 @@ pub fn routes() -> Vec<RouteDef> {
         ),
         route(M::GET, "/api/v1/tokens", Admin, get(list_tokens)),
         route(M::POST, "/api/v1/tokens", Admin, post(create_token)),
-        route(M::POST, "/api/v1/tokens/{id}/revoke", Admin, post(revoke_token)),
+        route(
+            M::POST,
+            "/api/v1/tokens/{id}/revoke",
+            Admin,
+            post(revoke_token),
+        ),
         route(M::GET, "/api/v1/users", Admin, get(list_users)),
         route(M::POST, "/api/v1/users", Admin, post(add_user)),
         route(M::GET, "/api/v1/audit", Admin, get(audit_export)),
@@ -718,7 +746,11 @@ fn stream_events(
     };
     let text = serde_json::to_string(&summary).unwrap_or_default();
     if last.as_deref() != Some(text.as_str()) {
-        out.push(SseEvent::default().event(events::DEPLOYMENT).data(text.clone()));
+        out.push(
+            SseEvent::default()
+                .event(events::DEPLOYMENT)
+                .data(text.clone()),
+        );
         *last = Some(text);
     }
     if detail.finished_at_ms.is_some() {
@@ -1130,4 +1162,36 @@ async fn metrics(State(cp): Cp, Extension(_who): Who) -> Result<Response, Server
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_executor::fake::FakeProviders;
+    use cutover_executor::ExecutorConfig;
+    use cutover_store::Store;
+
+    #[tokio::test]
+    async fn a_request_dropped_while_served_releases_its_idempotency_key() {
+        let cp = ControlPlane::new(
+            Store::temporary().unwrap(),
+            FakeProviders::new().providers(),
+            ExecutorConfig::default(),
+        );
+        let who = Principal::local("alice");
+        let tree: TypedTree<IdempotencyRecord> = cp.store.typed_tree(IDEMPOTENCY_TREE).unwrap();
+        let held = tree.clone();
+        let start = async move {
+            // Running means the key is claimed; then the client goes away.
+            assert!(held.get("alice\0k").unwrap().is_some());
+            std::future::pending::<Result<Started, ServerError>>().await
+        };
+        let served = idempotent(&cp, &who, Some("k".to_string()), b"request", start);
+        let outcome = tokio::time::timeout(std::time::Duration::from_millis(50), served).await;
+        assert!(outcome.is_err(), "the request was still being served");
+        assert!(
+            tree.get("alice\0k").unwrap().is_none(),
+            "dropping the request released its key"
+        );
+    }
 }

@@ -6,8 +6,8 @@ use cutover_store::Store;
 use cutover_model::{Instance, InstanceState};
 
 use crate::api::{
-    EnvStatus, HistoryLine, InstanceLine, WarmRelease,
-    ApprovalInfo, Decision, DecisionLine, DeploymentDetail, DeploymentState, StepLine, StepState,
+    ApprovalInfo, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
+    HistoryLine, InstanceLine, StepLine, StepState, WarmRelease,
 };
 use crate::{ControlPlane, ServerError};
 
@@ -189,7 +189,10 @@ pub fn kind_label(kind: &DeploymentKind) -> &'static str {
 /// The API's word for a step state label of the executor's view.
 pub fn step_state(label: &str) -> StepState {
     serde_json::from_value(serde_json::Value::from(label)).unwrap_or_else(|_| {
-        tracing::error!(label, "the executor reported a step state the API does not know");
+        tracing::error!(
+            label,
+            "the executor reported a step state the API does not know"
+        );
         StepState::NotStarted
     })
 }

@@ -992,9 +992,7 @@ async fn the_control_socket_approves_as_its_peer_and_a_token_sent_there_is_its_o
 #[tokio::test]
 async fn without_a_peer_or_a_token_nothing_is_served() {
     let h = Harness::new();
-    let (status, body) = h
-        .call(Method::GET, "/api/v1/health", None, None)
-        .await;
+    let (status, body) = h.call(Method::GET, "/api/v1/health", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     // Shutting down is for the socket's peer only, not for an admin token over TCP.
     let admin = h.token(Role::Admin, None, "root");
@@ -1002,4 +1000,166 @@ async fn without_a_peer_or_a_token_nothing_is_served() {
         .call(Method::POST, "/api/v1/shutdown", Some(&admin), None)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test]
+async fn an_internal_error_answers_an_id_and_keeps_the_detail_in_the_log() {
+    let h = Harness::new();
+    let viewer = h.token(Role::Viewer, None, "ci");
+    // A deployment record that no longer decodes: the store is corrupt there.
+    h.cp.store
+        .typed_tree::<String>("deployments")
+        .unwrap()
+        .insert("staging-9", &"not a deployment record".to_string())
+        .unwrap();
+    let (status, body) = h
+        .call(
+            Method::GET,
+            "/api/v1/deployments/staging-9",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["code"], "internal");
+    let id = body["error_id"].as_str().expect("an error id").to_string();
+    assert!(id.len() >= 8, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains(&id), "{message}");
+    for internal in ["deployments/", "staging-9", "backup", "store"] {
+        assert!(
+            !message.contains(internal),
+            "{internal:?} leaked: {message}"
+        );
+    }
+}
+
+/// The stored form of a claimed idempotency key, for planting claims a test needs.
+fn plant_idempotency_key(h: &Harness, principal: &str, key: &str, record: Value) {
+    h.cp.store
+        .typed_tree::<Value>("idempotency_keys")
+        .unwrap()
+        .insert(&format!("{principal}\0{key}"), &record)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_idempotency_key_whose_first_request_died_with_its_process_is_released() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let principal = auth::list_tokens(&h.cp.store).unwrap()[0].principal_name();
+    let body = json!({"spec_path": h.spec_path(), "env": "staging"});
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            serde_json::to_vec(&("deploy", &body)).unwrap(),
+        ))
+    };
+    // Claimed by a control plane process that is gone, before it started anything.
+    plant_idempotency_key(
+        &h,
+        &principal,
+        "build-7",
+        json!({"request": digest, "started": null, "at_ms": cutover_model::now_ms(), "owner": "a-dead-process"}),
+    );
+    let (status, started) = h
+        .call_with(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&deployer),
+            Some(body.clone()),
+            &[("idempotency-key", "build-7")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "the retry runs: {started}");
+    // And the key now answers with what it started.
+    let (status, again) = h
+        .call_with(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&deployer),
+            Some(body),
+            &[("idempotency-key", "build-7")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["deployment_id"], started["deployment_id"]);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_expires_after_a_day_and_a_failed_request_frees_it() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let principal = auth::list_tokens(&h.cp.store).unwrap()[0].principal_name();
+    // A day-old key of another request: forgotten, so the key may be used again.
+    plant_idempotency_key(
+        &h,
+        &principal,
+        "old",
+        json!({
+            "request": "0000", "at_ms": cutover_model::now_ms() - 25 * 3600 * 1000, "owner": "x",
+            "started": {"deployment_id": "staging-1", "plan_digest": "sha256:0", "env": "staging", "release_id": "staging-1"},
+        }),
+    );
+    let body = json!({"spec_path": h.spec_path(), "env": "staging"});
+    let (status, started) = h
+        .call_with(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&deployer),
+            Some(body),
+            &[("idempotency-key", "old")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    h.wait_finished(&deployer, started["deployment_id"].as_str().unwrap())
+        .await;
+    // A request that fails releases its key at once: the same retry fails the same way
+    // instead of being told the key is still being served.
+    let bad = json!({"spec_path": h.spec_path(), "env": "nowhere"});
+    for _ in 0..2 {
+        let (status, body) = h
+            .call_with(
+                Method::POST,
+                "/api/v1/deployments",
+                Some(&deployer),
+                Some(bad.clone()),
+                &[("idempotency-key", "typo")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_json_field_is_named_by_its_path() {
+    let h = Harness::new();
+    let admin = h.token(Role::Admin, None, "root");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&admin),
+            Some(json!({"role": "emperor"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("role: "), "{message}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&admin),
+            Some(json!({"spec_path": h.spec_path(), "rollback": {"to": 7}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rollback.to: "),
+        "{body}"
+    );
 }

@@ -114,6 +114,17 @@ fn sse_follower(addr: &str, token: &str, id: &str) -> SseFollower {
     SseFollower { stream, thread }
 }
 
+/// The control plane, killed if the bench stops early (its proxy is stopped by
+/// `serve --stop`, or by the project's clean-up).
+struct Stop(Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -137,16 +148,18 @@ fn main() {
     std::fs::write(project.spec_path(), spec).unwrap();
 
     let http = format!("127.0.0.1:{}", reserve_port());
-    let mut serve = project
-        .command(&["serve", "--http", &http])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cutover serve");
+    let mut serve = Stop(
+        project
+            .command(&["serve", "--http", &http])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cutover serve"),
+    );
     wait_for("the control plane", Duration::from_secs(30), || {
         project.serve_pid().is_some() && TcpStream::connect(&http).is_ok()
     });
-    let pid = serve.id();
+    let pid = serve.0.id();
     std::thread::sleep(Duration::from_secs(2)); // settle after start-up
     let idle = measure(pid, window);
 
@@ -157,7 +170,7 @@ fn main() {
         .as_str()
         .expect("a deployment id")
         .to_string();
-    wait_for("the approval gate", Duration::from_secs(300), || {
+    wait_for("the approval gate", Duration::from_secs(600), || {
         let status = project.cutover(&["status", "--deployment", &id, "-o", "json"]);
         status.json()["approval"]["waiting"] == true
     });
@@ -190,7 +203,7 @@ fn main() {
         sse_bytes += f.thread.join().unwrap_or(0);
     }
     let _ = project.cutover(&["serve", "--stop"]);
-    let _ = serve.wait();
+    let _ = serve.0.wait();
 
     println!(
         "control plane {} ({}), window {}s, {followers} followers ({} cli + {} sse, {sse_bytes} sse bytes)",
@@ -203,7 +216,10 @@ fn main() {
     println!("| phase | cpu % of one core | wake-ups/s |");
     println!("|---|---|---|");
     println!("| idle (no deployment) | {:.2} | {:.1} |", idle.0, idle.1);
-    println!("| deployment waiting at its gate | {:.2} | {:.1} |", gate.0, gate.1);
+    println!(
+        "| deployment waiting at its gate | {:.2} | {:.1} |",
+        gate.0, gate.1
+    );
     println!(
         "| + {followers} followers | {:.2} | {:.1} |",
         followed.0, followed.1

@@ -28,8 +28,8 @@ use axum::Router;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
-use cutover_model::{format_ms, now_ms};
 use crate::api::Decision;
+use cutover_model::{format_ms, now_ms};
 
 use crate::auth::{self, Principal, Role};
 use crate::{view, ControlPlane, ServerError};

@@ -420,7 +420,10 @@ async fn deployment_page_renders_every_state() {
         .set_health("r2", FakeHealth::Unhealthy("503 from /healthz".to_string()));
     let failing = fake::deploy_plan("prod-2", "prod", "r2", Some(&fake::Blue::of(&release)), 1);
     start(&ui.cp, &failing);
-    wait_for(&ui.cp, "prod-2", |d| d.status == DeploymentState::RolledBack).await;
+    wait_for(&ui.cp, "prod-2", |d| {
+        d.status == DeploymentState::RolledBack
+    })
+    .await;
     // planned, never started; then stuck
     let planned = fake::deploy_plan("staging-1", "staging", "r1", None, 1);
     save(&ui.cp, &planned);
@@ -681,7 +684,10 @@ async fn rollback_from_history_after_confirmation() {
             .await
             .unwrap();
         assert_eq!(started.deployment_id, format!("staging-{n}"));
-        wait_for(&ui.cp, &started.deployment_id, |d| d.status == DeploymentState::Succeeded).await;
+        wait_for(&ui.cp, &started.deployment_id, |d| {
+            d.status == DeploymentState::Succeeded
+        })
+        .await;
     }
     let first = ui.cp.store.deployment("staging-1").unwrap().unwrap();
 
@@ -712,7 +718,10 @@ async fn rollback_from_history_after_confirmation() {
     .await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
     assert_eq!(answer.location(), "/deployments/staging-3");
-    wait_for(&ui.cp, "staging-3", |d| d.status == DeploymentState::Succeeded).await;
+    wait_for(&ui.cp, "staging-3", |d| {
+        d.status == DeploymentState::Succeeded
+    })
+    .await;
     let done = crate::view::detail(&ui.cp.store, "staging-3").unwrap();
     assert_eq!(done.kind, "rollback");
     assert_eq!(done.release_id, first.release_id);
