@@ -325,6 +325,40 @@ pub struct PlanRequest {
     pub rollback: Option<RollbackTo>,
 }
 
+impl PlanRequest {
+    /// Where its spec comes from.
+    pub fn source(&self) -> SpecSource {
+        SpecSource::of(&self.spec_path, &self.spec, &self.base_dir)
+    }
+}
+
+/// Where the spec of a deployment comes from: `spec_path`, or `spec` with `base_dir`.
+/// Remembered per environment, so a rollback may leave it out.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpecSource {
+    /// Absolute path of `deploy.toml` on the control plane's machine.
+    #[serde(default)]
+    pub spec_path: Option<String>,
+    /// The text of a `deploy.toml`.
+    #[serde(default)]
+    pub spec: Option<String>,
+    /// With `spec`: absolute directory on the control plane's machine that the spec's
+    /// relative paths resolve against (as if `deploy.toml` lived there).
+    #[serde(default)]
+    pub base_dir: Option<String>,
+}
+
+impl SpecSource {
+    fn of(spec_path: &Option<String>, spec: &Option<String>, base_dir: &Option<String>) -> Self {
+        SpecSource {
+            spec_path: spec_path.clone(),
+            spec: spec.clone(),
+            base_dir: base_dir.clone(),
+        }
+    }
+}
+
 /// The target of a planned rollback.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -358,6 +392,13 @@ pub struct RollbackRequest {
     pub spec: Option<String>,
     #[serde(default)]
     pub base_dir: Option<String>,
+}
+
+impl RollbackRequest {
+    /// Where its spec comes from (all `None`: the environment's remembered one).
+    pub fn source(&self) -> SpecSource {
+        SpecSource::of(&self.spec_path, &self.spec, &self.base_dir)
+    }
 }
 
 /// A deployment accepted for execution.

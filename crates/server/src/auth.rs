@@ -91,6 +91,16 @@ impl Principal {
     }
 }
 
+impl From<UserRecord> for crate::api::UserLine {
+    fn from(u: UserRecord) -> Self {
+        crate::api::UserLine {
+            name: u.name,
+            grants: u.grants,
+            created_at_ms: u.created_at_ms,
+        }
+    }
+}
+
 /// A stored user (never the password).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {

@@ -28,21 +28,7 @@ use crate::{audit, ControlPlane, ServerError};
 const SPEC_SOURCES_TREE: &str = "spec_sources";
 const STARTERS_TREE: &str = "deployment_starters";
 
-/// Where the spec of a deployment comes from. Give `spec_path`, or `spec` with `base_dir`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SpecSource {
-    /// Absolute path of `deploy.toml` on the control plane's machine.
-    #[serde(default)]
-    pub spec_path: Option<String>,
-    /// The text of a `deploy.toml`.
-    #[serde(default)]
-    pub spec: Option<String>,
-    /// With `spec`: absolute directory on the control plane's machine that the spec's
-    /// relative paths resolve against (as if `deploy.toml` lived there).
-    #[serde(default)]
-    pub base_dir: Option<String>,
-}
+pub use crate::api::SpecSource;
 
 /// Who started a deployment, kept beside it (separation of duties at approval gates).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

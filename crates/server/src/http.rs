@@ -47,11 +47,10 @@ use crate::api::{
     DecisionLine, DeploymentDetail, DeploymentState, EnvStatus, EnvironmentsQuery, ErrorBody,
     ErrorCode, Grant, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser,
     PlanRequest, PlanResponse, Resumed, Role, RollbackRequest, RollbackTo, Started, StepLine,
-    StepState, TokenRecord, UserLine, WarmRelease,
+    SpecSource, StepState, TokenRecord, UserLine, WarmRelease,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;
-use crate::deploy::SpecSource;
 use crate::view::{env_statuses, history_lines};
 use crate::{approvals, audit, auth, deploy, view, ControlPlane, ServerError};
 
@@ -250,14 +249,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .map_err(|e: PathRejection| {
                 ServerError::BadRequest(format!("invalid path: {}", e.body_text()))
             })
-    }
-}
-
-fn source_of(req: &PlanRequest) -> SpecSource {
-    SpecSource {
-        spec_path: req.spec_path.clone(),
-        spec: req.spec.clone(),
-        base_dir: req.base_dir.clone(),
     }
 }
 
@@ -610,7 +601,7 @@ async fn create_plan(
     let plan = deploy::plan(
         &cp,
         &who,
-        Some(&source_of(&req)),
+        Some(&req.source()),
         req.env.as_deref(),
         rollback.as_ref(),
     )
@@ -650,7 +641,7 @@ async fn start_deployment(
         deploy::start(
             &cp,
             &who,
-            Some(&source_of(&req)),
+            Some(&req.source()),
             req.env.as_deref(),
             rollback.as_ref(),
         ),
@@ -933,11 +924,7 @@ async fn rollback(
     known_env(&cp, &env)?;
     let key = idempotency_key(&headers)?;
     let fingerprint = serde_json::to_vec(&("rollback", &env, &req)).unwrap_or_default();
-    let source = SpecSource {
-        spec_path: req.spec_path.clone(),
-        spec: req.spec.clone(),
-        base_dir: req.base_dir.clone(),
-    };
+    let source = req.source();
     let given = (source != SpecSource::default()).then_some(&source);
     let to = req.to.clone();
     idempotent(
@@ -1015,11 +1002,7 @@ async fn list_users(
     Ok(Json(
         auth::list_users(&cp.store)?
             .into_iter()
-            .map(|u| UserLine {
-                name: u.name,
-                grants: u.grants,
-                created_at_ms: u.created_at_ms,
-            })
+            .map(UserLine::from)
             .collect(),
     ))
 }
@@ -1056,14 +1039,7 @@ async fn add_user(
         serde_json::json!({ "role": req.role, "env": req.env }),
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(UserLine {
-            name: user.name,
-            grants: user.grants,
-            created_at_ms: user.created_at_ms,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(UserLine::from(user))))
 }
 
 /// The control plane answering: its pid and version.
