@@ -590,42 +590,43 @@ pub(crate) async fn undo(
             }
         }
         Action::Retire { release, .. } => {
-            if let Some(release) = release {
-                let mine = ctx
-                    .store
-                    .retirement(&plan.env, release)
-                    .map_err(store_error)?
-                    .is_some_and(|r| r.deployment_id == plan.deployment_id);
-                if mine {
-                    ctx.store
-                        .cancel_retirement(&plan.env, release)
-                        .map_err(store_error)?;
-                }
-            }
-            Ok(())
+            let Some(release) = release else {
+                return Ok(());
+            };
+            ctx.store
+                .write_async(|store| {
+                    let mine = store
+                        .retirement(&plan.env, release)?
+                        .is_some_and(|r| r.deployment_id == plan.deployment_id);
+                    if mine {
+                        store.cancel_retirement(&plan.env, release)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(store_error)
         }
-        Action::Record { release, .. } => {
-            let store = &ctx.store;
-            let current = store.current_release_id(&plan.env).map_err(store_error)?;
-            if current.as_deref() == Some(release.as_str()) {
-                match &plan.previous_release {
-                    Some(previous) => store.set_current(&plan.env, previous),
-                    None => store.clear_current(&plan.env),
+        Action::Record { release, .. } => ctx
+            .store
+            .write_async(|store| {
+                let current = store.current_release_id(&plan.env)?;
+                if current.as_deref() == Some(release.as_str()) {
+                    match &plan.previous_release {
+                        Some(previous) => store.set_current(&plan.env, previous)?,
+                        None => store.clear_current(&plan.env)?,
+                    }
                 }
-                .map_err(store_error)?;
-            }
-            if plan.kind == DeploymentKind::Deploy {
-                let created_here = store
-                    .release(&plan.env, release)
-                    .map_err(store_error)?
-                    .is_some_and(|r| r.deployment_id == plan.deployment_id);
-                if created_here {
-                    store
-                        .remove_release(&plan.env, release)
-                        .map_err(store_error)?;
+                if plan.kind == DeploymentKind::Deploy {
+                    let created_here = store
+                        .release(&plan.env, release)?
+                        .is_some_and(|r| r.deployment_id == plan.deployment_id);
+                    if created_here {
+                        store.remove_release(&plan.env, release)?;
+                    }
                 }
-            }
-            Ok(())
-        }
+                Ok(())
+            })
+            .await
+            .map_err(store_error),
     }
 }

@@ -8,6 +8,12 @@
 //! exhausted retries) unwinds: running steps finish, failed steps clean up their partial
 //! work, then succeeded steps are undone in reverse completion order. A failed undo leaves
 //! the deployment `Stuck`, holding the environment lease.
+//!
+//! The run's view of each step moves only through the replay transition table
+//! ([`Replayed::apply`]): every journal entry it writes is applied to its state as a replay
+//! would apply it. Store writes go through [`Store::append_async`] and
+//! [`Store::write_async`], so an async worker never waits for a flush. [`resumable`] is the
+//! one place that decides which deployments a restarted control plane runs again.
 
 pub mod actions;
 pub mod approval;

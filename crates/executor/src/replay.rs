@@ -393,4 +393,62 @@ mod tests {
             );
         }
     }
+
+    fn entry(seq: u64, event: E) -> JournalEntry {
+        JournalEntry {
+            seq,
+            at_ms: 100 + seq,
+            event,
+        }
+    }
+
+    fn one_step_plan() -> Plan {
+        let mut plan = crate::fake::deploy_plan("d1", "production", "r1", None, 1);
+        plan.steps.truncate(1);
+        plan.steps[0].id = "s".to_string();
+        plan.steps[0].depends_on.clear();
+        plan
+    }
+
+    #[test]
+    fn apply_moves_a_running_state_exactly_as_replay_does() {
+        let plan = one_step_plan();
+        let entries = vec![
+            entry(0, E::DeploymentStarted { resumed: 0 }),
+            entry(1, started(1)),
+            entry(2, failed(true)),
+            entry(3, started(2)),
+            entry(4, succeeded()),
+        ];
+        let mut running = Replayed::new(&plan);
+        for e in &entries {
+            running.apply(e).unwrap();
+        }
+        assert_eq!(running, replay(&plan, &entries).unwrap());
+        assert_eq!(
+            running.state("s"),
+            Some(&S::Succeeded {
+                output: StepOutput::None
+            })
+        );
+        assert_eq!(running.steps["s"].attempts, 2);
+        assert_eq!(running.steps["s"].completed_seq, Some(4));
+    }
+
+    #[test]
+    fn apply_refuses_what_the_table_refuses_and_leaves_the_state_alone() {
+        let plan = one_step_plan();
+        let mut state = Replayed::new(&plan);
+        state.apply(&entry(0, started(1))).unwrap();
+        state.apply(&entry(1, succeeded())).unwrap();
+        let before = state.clone();
+        // Started again after success: illegal.
+        let err = state.apply(&entry(2, started(2))).unwrap_err();
+        assert_eq!(err.seq, 2);
+        assert!(err.detail.contains("cannot go from succeeded"), "{err:?}");
+        // Undo before the unwind began: illegal too.
+        let err = state.apply(&entry(2, undo_started())).unwrap_err();
+        assert!(err.detail.contains("before the unwind"), "{err:?}");
+        assert_eq!(state, before);
+    }
 }
