@@ -194,15 +194,23 @@ async fn a_planted_secret_fails_the_gate_and_the_image_is_refused() {
     assert!(!err.is_transient());
 }
 
-#[tokio::test]
-async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
-    let f = fixture(true);
+/// A gate with a reviewed, live exception for the planted key's rule.
+fn excepting_the_planted_key(f: &Fixture) -> GateSpec {
     let exceptions = f._dir.path().join("exceptions.toml");
     std::fs::write(
         &exceptions,
         "[[exception]]\nid = \"aws-access-key-id\"\nreason = \"test key\"\nowner = \"sec\"\nexpires = 2099-12-31\n",
     )
     .unwrap();
+    GateSpec {
+        exceptions: Some(exceptions),
+        ..GateSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
+    let f = fixture(true);
     let records: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
     let sink = records.clone();
     let audit: Arc<dyn ExceptionAudit> = Arc::new(move |image: &str, details| {
@@ -210,10 +218,7 @@ async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
         Ok(())
     });
     let chain = f.chain(Some(audit));
-    let gate = GateSpec {
-        exceptions: Some(exceptions),
-        ..GateSpec::default()
-    };
+    let gate = excepting_the_planted_key(&f);
     let outcome = chain
         .scan(&f.image, "hello", "production", &gate)
         .await
@@ -230,19 +235,10 @@ async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
 #[tokio::test]
 async fn an_audit_log_that_cannot_be_written_fails_the_scan() {
     let f = fixture(true);
-    let exceptions = f._dir.path().join("exceptions.toml");
-    std::fs::write(
-        &exceptions,
-        "[[exception]]\nid = \"aws-access-key-id\"\nreason = \"test key\"\nowner = \"sec\"\nexpires = 2099-12-31\n",
-    )
-    .unwrap();
     let audit: Arc<dyn ExceptionAudit> =
         Arc::new(|_: &str, _| Err("the store is read-only".to_string()));
     let chain = f.chain(Some(audit));
-    let gate = GateSpec {
-        exceptions: Some(exceptions),
-        ..GateSpec::default()
-    };
+    let gate = excepting_the_planted_key(&f);
     let err = chain
         .scan(&f.image, "hello", "production", &gate)
         .await
