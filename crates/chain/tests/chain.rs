@@ -79,6 +79,20 @@ impl Fixture {
         LocalSupplyChain::new(self.export.clone(), &self.state, audit)
     }
 
+    /// A chain that has scanned (default gate) and signed (local key) the image.
+    async fn scanned_and_signed(&self) -> LocalSupplyChain {
+        let chain = self.chain(None);
+        chain
+            .scan(&self.image, "hello", "production", &GateSpec::default())
+            .await
+            .expect("scan");
+        chain
+            .sign(&self.image, &self.request())
+            .await
+            .expect("sign");
+        chain
+    }
+
     fn request(&self) -> SignRequest {
         SignRequest {
             app: "hello".to_string(),
@@ -249,12 +263,7 @@ async fn an_audit_log_that_cannot_be_written_fails_the_scan() {
 #[tokio::test]
 async fn a_tampered_attestation_is_refused() {
     let f = fixture(true);
-    let chain = f.chain(None);
-    chain
-        .scan(&f.image, "hello", "production", &GateSpec::default())
-        .await
-        .expect("scan");
-    chain.sign(&f.image, &f.request()).await.expect("sign");
+    let chain = f.scanned_and_signed().await;
 
     // Turn the signed failing verdict into a passing one without re-signing.
     let file = chain.paths().attestations(&f.image.id);
@@ -287,12 +296,7 @@ async fn a_tampered_attestation_is_refused() {
 #[tokio::test]
 async fn a_signature_from_an_untrusted_key_is_refused() {
     let f = fixture(false);
-    let chain = f.chain(None);
-    chain
-        .scan(&f.image, "hello", "production", &GateSpec::default())
-        .await
-        .expect("scan");
-    chain.sign(&f.image, &f.request()).await.expect("sign");
+    let chain = f.scanned_and_signed().await;
 
     let keys = f._dir.path().join("other-keys");
     std::fs::create_dir_all(&keys).unwrap();
