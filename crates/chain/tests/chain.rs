@@ -79,6 +79,20 @@ impl Fixture {
         LocalSupplyChain::new(self.export.clone(), &self.state, audit)
     }
 
+    /// A chain that has scanned (default gate) and signed (local key) the image.
+    async fn scanned_and_signed(&self) -> LocalSupplyChain {
+        let chain = self.chain(None);
+        chain
+            .scan(&self.image, "hello", "production", &GateSpec::default())
+            .await
+            .expect("scan");
+        chain
+            .sign(&self.image, &self.request())
+            .await
+            .expect("sign");
+        chain
+    }
+
     fn request(&self) -> SignRequest {
         SignRequest {
             app: "hello".to_string(),
@@ -194,15 +208,23 @@ async fn a_planted_secret_fails_the_gate_and_the_image_is_refused() {
     assert!(!err.is_transient());
 }
 
-#[tokio::test]
-async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
-    let f = fixture(true);
+/// A gate with a reviewed, live exception for the planted key's rule.
+fn excepting_the_planted_key(f: &Fixture) -> GateSpec {
     let exceptions = f._dir.path().join("exceptions.toml");
     std::fs::write(
         &exceptions,
         "[[exception]]\nid = \"aws-access-key-id\"\nreason = \"test key\"\nowner = \"sec\"\nexpires = 2099-12-31\n",
     )
     .unwrap();
+    GateSpec {
+        exceptions: Some(exceptions),
+        ..GateSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
+    let f = fixture(true);
     let records: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
     let sink = records.clone();
     let audit: Arc<dyn ExceptionAudit> = Arc::new(move |image: &str, details| {
@@ -210,10 +232,7 @@ async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
         Ok(())
     });
     let chain = f.chain(Some(audit));
-    let gate = GateSpec {
-        exceptions: Some(exceptions),
-        ..GateSpec::default()
-    };
+    let gate = excepting_the_planted_key(&f);
     let outcome = chain
         .scan(&f.image, "hello", "production", &gate)
         .await
@@ -230,19 +249,10 @@ async fn a_reviewed_exception_passes_the_gate_and_is_audited() {
 #[tokio::test]
 async fn an_audit_log_that_cannot_be_written_fails_the_scan() {
     let f = fixture(true);
-    let exceptions = f._dir.path().join("exceptions.toml");
-    std::fs::write(
-        &exceptions,
-        "[[exception]]\nid = \"aws-access-key-id\"\nreason = \"test key\"\nowner = \"sec\"\nexpires = 2099-12-31\n",
-    )
-    .unwrap();
     let audit: Arc<dyn ExceptionAudit> =
         Arc::new(|_: &str, _| Err("the store is read-only".to_string()));
     let chain = f.chain(Some(audit));
-    let gate = GateSpec {
-        exceptions: Some(exceptions),
-        ..GateSpec::default()
-    };
+    let gate = excepting_the_planted_key(&f);
     let err = chain
         .scan(&f.image, "hello", "production", &gate)
         .await
@@ -253,12 +263,7 @@ async fn an_audit_log_that_cannot_be_written_fails_the_scan() {
 #[tokio::test]
 async fn a_tampered_attestation_is_refused() {
     let f = fixture(true);
-    let chain = f.chain(None);
-    chain
-        .scan(&f.image, "hello", "production", &GateSpec::default())
-        .await
-        .expect("scan");
-    chain.sign(&f.image, &f.request()).await.expect("sign");
+    let chain = f.scanned_and_signed().await;
 
     // Turn the signed failing verdict into a passing one without re-signing.
     let file = chain.paths().attestations(&f.image.id);
@@ -291,12 +296,7 @@ async fn a_tampered_attestation_is_refused() {
 #[tokio::test]
 async fn a_signature_from_an_untrusted_key_is_refused() {
     let f = fixture(false);
-    let chain = f.chain(None);
-    chain
-        .scan(&f.image, "hello", "production", &GateSpec::default())
-        .await
-        .expect("scan");
-    chain.sign(&f.image, &f.request()).await.expect("sign");
+    let chain = f.scanned_and_signed().await;
 
     let keys = f._dir.path().join("other-keys");
     std::fs::create_dir_all(&keys).unwrap();

@@ -1,11 +1,14 @@
 //! Why a container is unwell: its state, exit code, OOM kill, the engine's error and its
-//! last log lines, with the values of its environment redacted.
+//! last log lines, with the values of its environment and anything the image scanner's
+//! secret rules find redacted.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 use bollard::query_parameters::LogsOptionsBuilder;
 use cutover_model::{Diagnosis, Instance, DIAGNOSIS_LOG_LINES};
+use cutover_supply::RuleSet;
 use futures_util::StreamExt;
 
 use crate::DockerProvider;
@@ -114,15 +117,19 @@ pub(crate) fn env_values(raw: &ContainerInspectResponse) -> Vec<String> {
     values
 }
 
-/// `line` with every occurrence of every value replaced by [`REDACTED`].
+/// `line` with every occurrence of every value, and every secret the built-in secret
+/// rules of the image scanner find, replaced by [`REDACTED`].
 pub(crate) fn redact(line: &str, values: &[String]) -> String {
+    static RULES: OnceLock<RuleSet> = OnceLock::new();
     let mut out = line.to_string();
     for value in values {
         if out.contains(value.as_str()) {
             out = out.replace(value.as_str(), REDACTED);
         }
     }
-    out
+    RULES
+        .get_or_init(RuleSet::default_rules)
+        .redact(&out, REDACTED)
 }
 
 /// The last `n` non-empty lines of `text`, without carriage returns.
@@ -196,6 +203,12 @@ mod tests {
                 &values
             ),
             "connect [redacted] failed; retry with [redacted] on 8080, DEBUG=1"
+        );
+        // What the image scanner's secret rules find goes too, env or not.
+        let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
+        assert_eq!(
+            redact(&format!("using key {key}"), &[]),
+            "using key [redacted]"
         );
     }
 

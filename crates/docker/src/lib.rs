@@ -2,7 +2,10 @@
 //!
 //! [`DockerProvider`] implements the model's [`ImageBuilder`](cutover_model::ImageBuilder),
 //! [`Compute`](cutover_model::Compute) and [`HealthProbe`](cutover_model::HealthProbe) for a
-//! local Docker Engine, or a remote one named by `DOCKER_HOST`.
+//! local Docker Engine, or a remote one named by `DOCKER_HOST`; `Compute::diagnose` reads
+//! a container's state, exit code, OOM kill and redacted log tail, and its
+//! [`Preflight`](cutover_model::Preflight) checks that the Engine answers and the build
+//! source exists.
 //!
 //! Every call is idempotent and keyed by names and labels the planner chose: `build` returns
 //! an existing image whose tag and `cutover.deployment` label match, `provision` adopts an

@@ -870,3 +870,92 @@ async fn an_upstream_that_does_not_answer_in_time_gets_a_504_and_its_connection_
     proxy.stop().await;
     alive.shut_down().await;
 }
+
+/// A spec whose environments listen on the given addresses.
+fn preflight_spec(envs: &[(&str, &str)]) -> cutover_model::Spec {
+    cutover_model::Spec {
+        app: "hello".to_string(),
+        strategy: "blue-green".to_string(),
+        base_dir: "/srv/hello".into(),
+        build: cutover_model::BuildSpec::Cargo {
+            manifest: "/srv/hello/Cargo.toml".into(),
+            bin: "hello".to_string(),
+            profile: "release".to_string(),
+        },
+        container: Default::default(),
+        health: Default::default(),
+        supply: Default::default(),
+        environments: envs
+            .iter()
+            .map(|(env, listen)| {
+                (
+                    env.to_string(),
+                    cutover_model::EnvironmentSpec::with_listen(*listen),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    }
+}
+
+/// Serve `env` on a free address (returned), retrying while another process grabs the
+/// port first.
+async fn serve_somewhere(
+    traffic: &cutover_proxy::ProxyTraffic,
+    env: &str,
+) -> Result<String, cutover_model::ProviderError> {
+    let mut last = None;
+    for _ in 0..5 {
+        // Bind port 0, read the port back, hand it to the proxy.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let listen = probe.local_addr().expect("local addr").to_string();
+        drop(probe);
+        let release = format!("{env}-1");
+        let route = route(env, &listen, &[(&release, 100, vec!["127.0.0.1:9".into()])]);
+        match cutover_model::Traffic::set_route(traffic, &route).await {
+            Ok(_) => return Ok(listen),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("five attempts"))
+}
+
+#[tokio::test]
+async fn preflight_passes_the_proxys_own_address_for_its_environment_only() {
+    use cutover_model::Preflight as _;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TestProxy::start(dir.path()).await;
+    let traffic = cutover_proxy::ProxyTraffic::new(proxy.admin.clone());
+    let listen = serve_somewhere(&traffic, "production")
+        .await
+        .expect("serve a route");
+
+    // Ours, for the same environment: a redeploy is fine.
+    let failures = traffic
+        .check(&preflight_spec(&[("production", &listen)]), "production")
+        .await;
+    assert_eq!(failures, Vec::new());
+
+    // Another environment on the same address is refused before anything is built.
+    let failures = traffic
+        .check(&preflight_spec(&[("staging", &listen)]), "staging")
+        .await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(
+        failures[0].to_string(),
+        format!("environments.staging.listen: {listen} is already served by the cutover proxy for environment production; choose another address")
+    );
+
+    // An address another process holds.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = other.local_addr().unwrap().to_string();
+    let failures = traffic
+        .check(&preflight_spec(&[("staging", &taken)]), "staging")
+        .await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(
+        failures[0].to_string(),
+        format!("environments.staging.listen: {taken} is in use by another process; free it or choose another address")
+    );
+
+    proxy.stop().await;
+}

@@ -277,6 +277,25 @@ impl RuleSet {
         out
     }
 
+    /// `text` with every secret these rules find in it replaced by `replacement`, for text
+    /// shown to people (e.g. a container's log lines). Path-only rules do not apply.
+    pub fn redact(&self, text: &str, replacement: &str) -> String {
+        let mut secrets: Vec<String> = self
+            .scan_text(text, None)
+            .into_iter()
+            .map(|raw| raw.secret)
+            .filter(|secret| !secret.is_empty())
+            .collect();
+        // Longest first, so a secret that contains another is replaced whole.
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
+        let mut out = text.to_string();
+        for secret in secrets {
+            out = out.replace(&secret, replacement);
+        }
+        out
+    }
+
     fn allowed(
         &self,
         rule: &Rule,
@@ -651,5 +670,20 @@ mod tests {
         assert!(!format!("{:?}", hits[0]).contains("QWERTY"));
         // Path rules never run on config fields.
         assert!(rules.scan_text("password 12345678", None).is_empty());
+    }
+
+    #[test]
+    fn redact_replaces_what_the_rules_find() {
+        let rules = RuleSet::default_rules();
+        let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
+        let line = format!("connecting with key={key} to s3 (retry with {key})");
+        assert_eq!(
+            rules.redact(&line, "[redacted]"),
+            "connecting with key=[redacted] to s3 (retry with [redacted])"
+        );
+        assert_eq!(
+            rules.redact("listening on :8080", "[redacted]"),
+            "listening on :8080"
+        );
     }
 }
