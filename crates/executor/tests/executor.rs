@@ -36,20 +36,13 @@ async fn first_deploy_succeeds() {
 #[tokio::test]
 async fn blue_green_deploy_then_warm_rollback_then_reap() {
     let h = harness();
-    let (r1, _) = h.second_plan().await;
+    h.second_plan().await;
     assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
     assert_eq!(h.fake.world().drains, 1);
 
-    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
     let created_before = h.fake.world().created.len();
-    let plan = fake::planned_rollback(
-        "rb3",
-        ENV,
-        &r1,
-        Some(&r2),
-        &h.fake.running_instances_of("r1"),
-    );
+    let plan = h.rollback_to_r1();
     h.save(&plan);
     assert_eq!(h.run_to_end("rb3", 0).await, DeploymentStatus::Succeeded);
     h.assert_route_on("r1");
@@ -109,15 +102,8 @@ async fn warm_rollback_fails_when_the_instance_is_gone() {
     let h = harness();
     let (r1, _) = h.second_plan().await;
     assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
-    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
     // Planned warm while every instance of r1 runs; one is gone when the rollback runs.
-    let plan = fake::planned_rollback(
-        "rb3",
-        ENV,
-        &r1,
-        Some(&r2),
-        &h.fake.running_instances_of("r1"),
-    );
+    let plan = h.rollback_to_r1();
     assert!(plan.step("adopt-1").is_some(), "planned warm: {plan:?}");
     h.save(&plan);
     h.fake.world().instances.remove(&r1.instances[1]);
@@ -507,16 +493,9 @@ async fn resume_unfinished_finishes_interrupted_deployments() {
 #[tokio::test]
 async fn reaper_spares_a_release_that_a_running_rollback_brings_back() {
     let h = harness();
-    let (r1, _) = h.second_plan().await;
+    h.second_plan().await;
     assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
-    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
-    let plan = fake::planned_rollback(
-        "rb3",
-        ENV,
-        &r1,
-        Some(&r2),
-        &h.fake.running_instances_of("r1"),
-    );
+    let plan = h.rollback_to_r1();
     h.save(&plan);
     // The rollback crashes after adopting: it holds the lease, r1 is not current yet.
     h.faults.crash_after_action("adopt-0");

@@ -84,6 +84,20 @@ impl Harness {
         (r1, plan)
     }
 
+    /// The planner's rollback `rb3` from the current r2 back to r1, with the instances of
+    /// r1 that run now (all of them: warm). Not saved.
+    pub fn rollback_to_r1(&self) -> Plan {
+        let r1 = self.store.release(ENV, "r1").unwrap().expect("r1 recorded");
+        let r2 = self.store.release(ENV, "r2").unwrap().expect("r2 recorded");
+        fake::planned_rollback(
+            "rb3",
+            ENV,
+            &r1,
+            Some(&r2),
+            &self.fake.running_instances_of("r1"),
+        )
+    }
+
     pub fn route(&self) -> Option<Route> {
         self.fake.route(ENV)
     }
