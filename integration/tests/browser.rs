@@ -133,10 +133,9 @@ impl Server {
 
     /// Save and run a deployment that waits at an approval gate, requested by `tester`.
     fn start_deployment(&self) -> String {
-        let plan = fake::deploy_plan_with_approval(
+        let plan = fake::planned_deploy_with_approval(
             "production-1",
             "production",
-            "r1",
             None,
             2,
             ApprovalSpec {

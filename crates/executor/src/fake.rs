@@ -1,7 +1,13 @@
-//! In-memory providers and hand-built plans, for tests of the executor and of the crates
-//! that drive it (server, cli). The fake keeps a world (images, instances, routes) behind a
-//! mutex and counts every side effect so tests can check idempotency. [`FakeSupply`]
-//! scans, signs and verifies in memory and can be told to fail each of them.
+//! In-memory providers and test plans, for tests of the executor and of the crates that
+//! drive it (server, cli, integration). The fake keeps a world (images, instances, routes)
+//! behind a mutex and counts every side effect so tests can check idempotency.
+//! [`FakeSupply`] scans, signs and verifies in memory and can be told to fail each of them.
+//!
+//! Plans come from the real planner ([`planned_deploy`], [`planned_rollback`], …) with a
+//! spec made for the fakes ([`spec_for`]), so tests run what the control plane would run.
+//! The hand-built [`deploy_plan`] and [`deploy_plan_with_approval`] remain only for the
+//! server's UI tests, which name releases apart from deployments; new tests use the
+//! planned ones.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,9 +18,10 @@ use cutover_model::{
     json_digest, labels, Action, ApprovalSpec, BuildSpec, Compute, ContainerSpec, DeploymentKind,
     Diagnosis, DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo,
     ImageSource, Instance, InstanceSpec, InstanceState, Plan, Probe, ProviderError, Providers,
-    Release, RestoreRoute, Route, ScanOutcome, SignRequest, Step, StepKind, SupplyChain, Traffic,
-    PLAN_FORMAT,
+    Release, RestoreRoute, Route, ScanOutcome, SignRequest, Spec, Step, StepKind, SupplyChain,
+    SupplySpec, Traffic, PLAN_FORMAT,
 };
+use cutover_planner::{PlanInput, PlanKind};
 
 /// How the fake health probe answers for an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,11 +381,9 @@ impl SupplyChain for FakeSupply {
     }
 }
 
-// ----- hand-built plans -----
-
-/// Application name used by the fake plans.
+/// Application name used by the test plans.
 pub const APP: &str = "hello";
-/// Listen address used by the fake plans.
+/// Listen address used by the test plans.
 pub const LISTEN: &str = "127.0.0.1:18080";
 
 /// Fast health checks for tests.
@@ -393,8 +398,255 @@ pub fn fast_health() -> HealthSpec {
     }
 }
 
-/// Name of replica `replica` of `release` in `env`.
-pub fn instance_name(env: &str, release: &str, replica: u32) -> String {
+// ----- plans made by the planner -----
+
+/// Who requests the test plans.
+pub const REQUESTED_BY: &str = "tester";
+
+/// A spec for the fakes with the one environment `env`: app [`APP`] built with cargo,
+/// listening on [`LISTEN`], `replicas` instances, [`fast_health`] checks, a 100 ms drain,
+/// blue kept warm 5 minutes, and an approval gate when `approval` is given.
+pub fn spec_for(env: &str, replicas: u32, approval: Option<ApprovalSpec>) -> Spec {
+    let mut environment = cutover_model::EnvironmentSpec::with_listen(LISTEN);
+    environment.replicas = replicas;
+    environment.drain_timeout = Duration::from_millis(100);
+    environment.retire_after = Duration::from_secs(300);
+    if let Some(gate) = approval {
+        environment.approval = true;
+        environment.approvals = gate;
+    }
+    Spec {
+        app: APP.to_string(),
+        strategy: "blue-green".to_string(),
+        base_dir: "/src/hello".into(),
+        build: BuildSpec::Cargo {
+            manifest: "/src/hello/Cargo.toml".into(),
+            bin: APP.to_string(),
+            profile: "release".to_string(),
+        },
+        container: ContainerSpec::default(),
+        health: fast_health(),
+        supply: SupplySpec::default(),
+        environments: BTreeMap::from([(env.to_string(), environment)]),
+    }
+}
+
+/// The shipped strategy `name`, parsed.
+fn builtin(name: &str) -> cutover_model::Strategy {
+    let text = cutover_planner::builtin_strategy(name)
+        .unwrap_or_else(|| panic!("no built-in strategy {name}"));
+    cutover_planner::parse_strategy(text, name)
+        .unwrap_or_else(|e| panic!("built-in strategy {name}: {e}"))
+}
+
+/// The blue-green strategy with its one traffic shift replaced by one shift per weight
+/// (`shift-traffic-0`, `shift-traffic-1`, …), each after the one before.
+fn canary_strategy(weights: &[u8]) -> cutover_model::Strategy {
+    let mut text = String::from("name = \"canary\"\n");
+    let mut step = |id: &str, kind: &str, after: &[&str], extra: &str| {
+        let after: Vec<String> = after.iter().map(|a| format!("\"{a}\"")).collect();
+        text.push_str(&format!(
+            "[[step]]\nid = \"{id}\"\nkind = \"{kind}\"\nafter = [{}]\n{extra}",
+            after.join(", ")
+        ));
+    };
+    step("build", "build", &[], "");
+    step("scan", "scan", &["build"], "");
+    step("sign", "sign", &["scan"], "");
+    step("verify", "verify", &["sign"], "");
+    step(
+        "provision",
+        "provision",
+        &["verify"],
+        "per_replica = true\n",
+    );
+    step(
+        "health-check",
+        "health-check",
+        &["provision"],
+        "per_replica = true\n",
+    );
+    let mut previous = "health-check".to_string();
+    for (n, weight) in weights.iter().enumerate() {
+        let id = format!("shift-traffic-{n}");
+        step(
+            &id,
+            "shift-traffic",
+            &[&previous],
+            &format!("weight = {weight}\n"),
+        );
+        previous = id;
+    }
+    step("drain", "drain", &[&previous], "");
+    step("retire", "retire", &["drain"], "");
+    step("record", "record", &[&previous], "");
+    cutover_planner::parse_strategy(&text, "canary")
+        .unwrap_or_else(|e| panic!("canary strategy with weights {weights:?}: {e}"))
+}
+
+fn planned(
+    spec: &Spec,
+    strategy: &cutover_model::Strategy,
+    deployment: &str,
+    current: Option<&Release>,
+    kind: PlanKind<'_>,
+) -> Plan {
+    planned_over(spec, strategy, deployment, current, None, kind)
+}
+
+/// As [`planned`], with the live route the caller found (what the shift's undo restores).
+fn planned_over(
+    spec: &Spec,
+    strategy: &cutover_model::Strategy,
+    deployment: &str,
+    current: Option<&Release>,
+    current_route: Option<&Route>,
+    kind: PlanKind<'_>,
+) -> Plan {
+    let env = spec
+        .environments
+        .keys()
+        .next()
+        .expect("spec_for makes one environment");
+    cutover_planner::plan(&PlanInput {
+        spec,
+        env,
+        strategy,
+        deployment_id: deployment,
+        requested_by: REQUESTED_BY,
+        created_at_ms: cutover_model::now_ms(),
+        current,
+        current_route,
+        kind,
+    })
+    .unwrap_or_else(|e| panic!("the planner refused the test plan {deployment}: {e}"))
+}
+
+/// The planner's blue-green deploy of release `deployment` (the planner names a deploy's
+/// release after its deployment) over `current`, with `replicas` instances.
+pub fn planned_deploy(
+    deployment: &str,
+    env: &str,
+    current: Option<&Release>,
+    replicas: u32,
+) -> Plan {
+    planned_deploy_of(&spec_for(env, replicas, None), deployment, current)
+}
+
+/// The planner's blue-green deploy of `spec` (one environment, e.g. a [`spec_for`] with
+/// other health settings) over `current`.
+pub fn planned_deploy_of(spec: &Spec, deployment: &str, current: Option<&Release>) -> Plan {
+    planned(
+        spec,
+        &builtin("blue-green"),
+        deployment,
+        current,
+        PlanKind::Deploy,
+    )
+}
+
+/// As [`planned_deploy`], over the live route `route` (recorded in the plan: the shift's
+/// undo restores it).
+pub fn planned_deploy_routed(
+    deployment: &str,
+    env: &str,
+    current: Option<&Release>,
+    replicas: u32,
+    route: Option<&Route>,
+) -> Plan {
+    planned_over(
+        &spec_for(env, replicas, None),
+        &builtin("blue-green"),
+        deployment,
+        current,
+        route,
+        PlanKind::Deploy,
+    )
+}
+
+/// As [`planned_deploy`], in an environment that requires the approval `gate`.
+pub fn planned_deploy_with_approval(
+    deployment: &str,
+    env: &str,
+    current: Option<&Release>,
+    replicas: u32,
+    gate: ApprovalSpec,
+) -> Plan {
+    let spec = spec_for(env, replicas, Some(gate));
+    planned(
+        &spec,
+        &builtin("blue-green"),
+        deployment,
+        current,
+        PlanKind::Deploy,
+    )
+}
+
+/// As [`planned_deploy_routed`], moving traffic in steps (e.g. `[10, 100]`: a canary at
+/// 10 %, then all of it); blue keeps the rest of the recorded `route`.
+pub fn planned_canary(
+    deployment: &str,
+    env: &str,
+    current: Option<&Release>,
+    route: Option<&Route>,
+    replicas: u32,
+    weights: &[u8],
+) -> Plan {
+    let spec = spec_for(env, replicas, None);
+    planned_over(
+        &spec,
+        &canary_strategy(weights),
+        deployment,
+        current,
+        route,
+        PlanKind::Deploy,
+    )
+}
+
+/// The planner's rollback to `target` from `current`: warm (adopt) when `running` holds
+/// every instance of the target, else cold (provision from the pinned image).
+pub fn planned_rollback(
+    deployment: &str,
+    env: &str,
+    target: &Release,
+    current: Option<&Release>,
+    running: &[Instance],
+) -> Plan {
+    let spec = spec_for(env, target.replicas, None);
+    planned(
+        &spec,
+        &builtin("rollback"),
+        deployment,
+        current,
+        PlanKind::Rollback {
+            target,
+            warm_instances: running,
+        },
+    )
+}
+
+/// Name the planner gives replica `replica` of a deploy's release.
+pub fn instance_name(release: &str, replica: u32) -> String {
+    format!("cutover-{APP}-{release}-{replica}")
+}
+
+impl FakeProviders {
+    /// The instances of `release` in the fake world, as a caller of the planner finds them
+    /// before planning a rollback.
+    pub fn running_instances_of(&self, release: &str) -> Vec<Instance> {
+        self.world()
+            .instances
+            .values()
+            .filter(|i| i.release == release && i.state == InstanceState::Running)
+            .cloned()
+            .collect()
+    }
+}
+
+// ----- hand-built plans (the server's UI tests only) -----
+
+/// Name of replica `replica` of `release` in `env`, in hand-built plans.
+fn hand_built_instance_name(env: &str, release: &str, replica: u32) -> String {
     format!("cutover-{APP}-{env}-{release}-{replica}")
 }
 
@@ -567,19 +819,6 @@ fn finish_plan(
     plan
 }
 
-/// A blue/green deploy of a new `release` with `replicas` instances (canary when `weights`
-/// has several entries, e.g. `[10, 100]`).
-pub fn deploy_plan_weighted(
-    deployment: &str,
-    env: &str,
-    release: &str,
-    blue: Option<&Blue>,
-    replicas: u32,
-    weights: &[u8],
-) -> Plan {
-    deploy_plan_full(deployment, env, release, blue, replicas, weights, None)
-}
-
 /// A blue/green deploy that waits at an approval gate (after the health checks, before
 /// traffic moves).
 pub fn deploy_plan_with_approval(
@@ -677,7 +916,7 @@ fn deploy_plan_full(
                     release,
                     r,
                     built(),
-                    instance_name(env, release, r),
+                    hand_built_instance_name(env, release, r),
                 ),
             },
         ));
@@ -736,97 +975,5 @@ pub fn deploy_plan(
     blue: Option<&Blue>,
     replicas: u32,
 ) -> Plan {
-    deploy_plan_weighted(deployment, env, release, blue, replicas, &[100])
-}
-
-/// A rollback from `from` (current) to the earlier release `target`: warm adopts the
-/// target's running instances, cold provisions new ones from its pinned image.
-pub fn rollback_plan(
-    deployment: &str,
-    env: &str,
-    target: &Release,
-    from: Option<&Blue>,
-    warm: bool,
-) -> Plan {
-    let mut steps = Vec::new();
-    let mut instance_steps = Vec::new();
-    let mut health_steps = Vec::new();
-    let image = ImageSource::Pinned {
-        id: target.image.id.clone(),
-        tag: target.image.tag.clone(),
-    };
-    for r in 0..target.replicas {
-        let hid = format!("health-check-{r}");
-        let iid = if warm {
-            let id = format!("adopt-{r}");
-            let name = target
-                .instances
-                .get(r as usize)
-                .cloned()
-                .unwrap_or_else(|| instance_name(env, &target.id, r));
-            steps.push(step(
-                deployment,
-                &id,
-                StepKind::Adopt,
-                vec![],
-                Action::Adopt {
-                    name,
-                    release: target.id.clone(),
-                },
-            ));
-            id
-        } else {
-            let id = format!("provision-{r}");
-            steps.push(step(
-                deployment,
-                &id,
-                StepKind::Provision,
-                vec![],
-                Action::Provision {
-                    instance: instance_spec(
-                        deployment,
-                        env,
-                        &target.id,
-                        r,
-                        image.clone(),
-                        format!("cutover-{APP}-{env}-{deployment}-{r}"),
-                    ),
-                },
-            ));
-            id
-        };
-        steps.push(step(
-            deployment,
-            &hid,
-            StepKind::HealthCheck,
-            vec![iid.clone()],
-            Action::HealthCheck {
-                instance_step: iid.clone(),
-                health: fast_health(),
-            },
-        ));
-        instance_steps.push(iid);
-        health_steps.push(hid);
-    }
-    steps.extend(tail_steps(
-        deployment,
-        &target.id,
-        instance_steps,
-        health_steps,
-        from,
-        image,
-        target.replicas,
-        &[100],
-    ));
-    finish_plan(
-        deployment,
-        env,
-        DeploymentKind::Rollback {
-            target: target.id.clone(),
-            warm,
-        },
-        &target.id,
-        from,
-        steps,
-    )
+    deploy_plan_full(deployment, env, release, blue, replicas, &[100], None)
 }

@@ -26,10 +26,10 @@ fn crashed() -> Diagnosis {
 async fn a_crash_looping_instance_reports_its_diagnosis_in_the_step_error() {
     let h = harness();
     h.second_plan().await;
-    let name = fake::instance_name(ENV, "r2", 0);
+    let name = fake::instance_name("r2", 0);
     h.fake.set_health(&name, FakeHealth::CrashLoop);
     h.fake.set_diagnosis(&name, crashed());
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "health-check-0");
     let DeploymentStatus::RolledBack { reason } = status else {
         unreachable!()
@@ -46,7 +46,7 @@ async fn a_crash_looping_instance_reports_its_diagnosis_in_the_step_error() {
     assert!(!reason.contains("check its logs"), "{reason}");
 
     // The step's error (what `cutover status` and the UI show) carries it too.
-    let view = deployment_view(&h.store, "d2").unwrap();
+    let view = deployment_view(&h.store, "r2").unwrap();
     let step = view
         .steps
         .iter()
@@ -74,7 +74,7 @@ async fn an_oom_kill_is_named() {
             ..Diagnosis::default()
         },
     );
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     let DeploymentStatus::RolledBack { reason } = status else {
         panic!("expected a rollback, got {status:?}")
     };
@@ -91,8 +91,8 @@ async fn without_a_diagnosis_the_error_points_at_the_logs() {
     let h = harness();
     h.second_plan().await;
     h.fake
-        .set_health(&fake::instance_name(ENV, "r2", 0), FakeHealth::CrashLoop);
-    let status = h.run_to_end("d2", 0).await;
+        .set_health(&fake::instance_name("r2", 0), FakeHealth::CrashLoop);
+    let status = h.run_to_end("r2", 0).await;
     let DeploymentStatus::RolledBack { reason } = status else {
         panic!("expected a rollback, got {status:?}")
     };

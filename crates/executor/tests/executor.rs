@@ -3,7 +3,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use cutover_executor::fake::{self, Blue, FakeHealth};
+use cutover_executor::fake::{self, FakeHealth};
 use cutover_executor::{deployment_view, reap_retirements, CrashPoint, ExecError};
 use cutover_model::{Action, DeploymentStatus, JournalEvent, ProviderError, StepOutput};
 use cutover_store::Lease;
@@ -18,14 +18,14 @@ async fn first_deploy_succeeds() {
     let r1 = h.first_release().await;
     h.assert_route_on("r1");
     assert_eq!(r1.instances.len(), 2);
-    assert_eq!(r1.image.tag, "cutover/hello:production-r1");
+    assert_eq!(r1.image.tag, "cutover/hello:r1");
     assert!(h.store.retirements(ENV).unwrap().is_empty());
     assert!(h.store.lease(ENV).unwrap().is_none());
-    let record = h.store.deployment("d1").unwrap().unwrap();
+    let record = h.store.deployment("r1").unwrap().unwrap();
     assert!(record.finished_at_ms.is_some());
     let history = h.store.history(ENV).unwrap();
     assert_eq!(history[0].outcome, "succeeded");
-    let view = deployment_view(&h.store, "d1").unwrap();
+    let view = deployment_view(&h.store, "r1").unwrap();
     assert!(
         view.steps.iter().all(|s| s.state == "succeeded"),
         "{view:?}"
@@ -36,16 +36,15 @@ async fn first_deploy_succeeds() {
 #[tokio::test]
 async fn blue_green_deploy_then_warm_rollback_then_reap() {
     let h = harness();
-    let (r1, _) = h.second_plan().await;
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    h.second_plan().await;
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
     assert_eq!(h.fake.world().drains, 1);
 
-    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
     let created_before = h.fake.world().created.len();
-    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), true);
+    let plan = h.rollback_to_r1();
     h.save(&plan);
-    assert_eq!(h.run_to_end("d3", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("rb3", 0).await, DeploymentStatus::Succeeded);
     h.assert_route_on("r1");
     assert_eq!(
         h.fake.world().created.len(),
@@ -70,7 +69,7 @@ async fn blue_green_deploy_then_warm_rollback_then_reap() {
 async fn cold_rollback_reprovisions_from_the_pinned_image() {
     let h = harness();
     let (r1, _) = h.second_plan().await;
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     // The warm window passes: r1's instances are removed.
     assert_eq!(
         reap_retirements(&h.store, &h.fake, far_future())
@@ -81,9 +80,9 @@ async fn cold_rollback_reprovisions_from_the_pinned_image() {
     assert!(h.fake.instances_of("r1").is_empty());
 
     let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
-    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), false);
+    let plan = fake::planned_rollback("rb3", ENV, &r1, Some(&r2), &[]);
     h.save(&plan);
-    assert_eq!(h.run_to_end("d3", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("rb3", 0).await, DeploymentStatus::Succeeded);
     h.assert_route_on("r1");
     let world = h.fake.world();
     let r1_instances: Vec<_> = world
@@ -102,12 +101,13 @@ async fn cold_rollback_reprovisions_from_the_pinned_image() {
 async fn warm_rollback_fails_when_the_instance_is_gone() {
     let h = harness();
     let (r1, _) = h.second_plan().await;
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
-    h.fake.world().instances.remove(&r1.instances[1]);
-    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
-    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), true);
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
+    // Planned warm while every instance of r1 runs; one is gone when the rollback runs.
+    let plan = h.rollback_to_r1();
+    assert!(plan.step("adopt-1").is_some(), "planned warm: {plan:?}");
     h.save(&plan);
-    let status = h.run_to_end("d3", 0).await;
+    h.fake.world().instances.remove(&r1.instances[1]);
+    let status = h.run_to_end("rb3", 0).await;
     match &status {
         DeploymentStatus::RolledBack { reason } => {
             assert!(reason.contains("adopt-1"), "{reason}");
@@ -148,9 +148,9 @@ async fn every_step_kind_failing_unwinds_to_blue() {
         } else {
             h.faults.fail_action(step, error);
         }
-        let status = h.run_to_end("d2", 0).await;
+        let status = h.run_to_end("r2", 0).await;
         h.assert_rolled_back_to_r1(&status, step);
-        let view = deployment_view(&h.store, "d2").unwrap();
+        let view = deployment_view(&h.store, "r2").unwrap();
         let failed = view.steps.iter().find(|s| s.id == step).unwrap();
         assert!(
             failed.state == "failed" || failed.state == "undone",
@@ -165,8 +165,8 @@ async fn crash_looping_instance_fails_health_check_at_once() {
     let h = harness();
     h.second_plan().await;
     h.fake
-        .set_health(&fake::instance_name(ENV, "r2", 0), FakeHealth::CrashLoop);
-    let status = h.run_to_end("d2", 0).await;
+        .set_health(&fake::instance_name("r2", 0), FakeHealth::CrashLoop);
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "health-check-0");
     let DeploymentStatus::RolledBack { reason } = status else {
         unreachable!()
@@ -178,16 +178,13 @@ async fn crash_looping_instance_fails_health_check_at_once() {
 async fn unhealthy_instance_fails_at_the_deadline() {
     let h = harness();
     let r1 = h.first_release().await;
-    let mut plan = fake::deploy_plan("d2", ENV, "r2", Some(&Blue::of(&r1)), 2);
-    for step in &mut plan.steps {
-        if let Action::HealthCheck { health, .. } = &mut step.action {
-            health.deadline = Duration::from_millis(30);
-        }
-    }
+    let mut spec = fake::spec_for(ENV, 2, None);
+    spec.health.deadline = Duration::from_millis(30);
+    let plan = fake::planned_deploy_of(&spec, "r2", Some(&r1));
     h.save(&plan);
     h.fake
         .set_health("r2", FakeHealth::Unhealthy("status 503".into()));
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "health-check");
     let DeploymentStatus::RolledBack { reason } = status else {
         unreachable!()
@@ -200,19 +197,19 @@ async fn every_action_run_twice_is_idempotent() {
     let baseline = {
         let h = harness_with(1);
         h.second_plan().await;
-        h.run_to_end("d2", 0).await;
+        h.run_to_end("r2", 0).await;
         let n = h.fake.world().route_changes.len();
         n
     };
-    let plan = fake::deploy_plan("d2", ENV, "r2", None, 2);
+    let plan = fake::planned_deploy("r2", ENV, None, 2);
     for step in plan.steps.iter().map(|s| s.id.clone()) {
         for point in [CrashPoint::AfterStarted, CrashPoint::AfterAction] {
             let h = harness_with(1);
             h.second_plan().await;
             h.faults.crash_at(&step, point);
-            let err = h.exec.run("d2").await.unwrap_err();
+            let err = h.exec.run("r2").await.unwrap_err();
             assert!(err.is_injected_crash(), "{err}");
-            assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+            assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
             h.assert_deployed_r2();
             assert_eq!(
                 h.fake.world().route_changes.len(),
@@ -222,7 +219,7 @@ async fn every_action_run_twice_is_idempotent() {
             assert!(h.fake.world().built.values().all(|n| *n == 1));
             let starts = h
                 .store
-                .journal("d2")
+                .journal("r2")
                 .unwrap()
                 .iter()
                 .filter(|e| matches!(e.event, JournalEvent::DeploymentStarted { .. }))
@@ -234,22 +231,23 @@ async fn every_action_run_twice_is_idempotent() {
 
 #[tokio::test]
 async fn every_undo_run_twice_is_idempotent() {
-    let plan = fake::deploy_plan("d2", ENV, "r2", None, 2);
-    // The last step fails, so every other step is undone.
+    let plan = fake::planned_deploy("r2", ENV, None, 2);
+    // The last step (one at a time, in plan order) fails, so every other step is undone.
+    let last = plan.steps.last().expect("steps").id.clone();
     for step in plan.steps.iter().map(|s| s.id.clone()) {
-        if step == "retire" {
+        if step == last {
             continue;
         }
         for point in [CrashPoint::AfterUndoStarted, CrashPoint::AfterUndo] {
             let h = harness_with(1);
             h.second_plan().await;
             h.faults
-                .fail_action("retire", ProviderError::permanent("retire failed"));
+                .fail_action(&last, ProviderError::permanent("last step failed"));
             h.faults.crash_at(&step, point);
-            let err = h.exec.run("d2").await.unwrap_err();
+            let err = h.exec.run("r2").await.unwrap_err();
             assert!(err.is_injected_crash(), "{step}: {err}");
-            let status = h.run_to_end("d2", 0).await;
-            h.assert_rolled_back_to_r1(&status, "retire");
+            let status = h.run_to_end("r2", 0).await;
+            h.assert_rolled_back_to_r1(&status, &last);
         }
     }
 }
@@ -261,28 +259,28 @@ async fn failed_undo_is_stuck_and_keeps_the_lease() {
     h.faults
         .fail_action("record", ProviderError::permanent("record failed"));
     h.faults.fail_undo("shift-traffic");
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     match &status {
         DeploymentStatus::Stuck { reason } => assert!(reason.contains("shift-traffic"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(h.store.deployment("d2").unwrap().unwrap().status, status);
+    assert_eq!(h.store.deployment("r2").unwrap().unwrap().status, status);
     assert_eq!(
         h.store.lease(ENV).unwrap().unwrap().deployment_id,
-        "d2",
+        "r2",
         "stuck keeps the lease"
     );
     // Green instances stay: traffic may still be on them, so their undo was not run.
     assert_eq!(h.fake.instances_of("r2").len(), 2);
     // Running it again does not change a finished deployment.
-    assert_eq!(h.exec.run("d2").await.unwrap(), status);
+    assert_eq!(h.exec.run("r2").await.unwrap(), status);
     // Another deployment of the environment is refused.
     let r1 = h.store.release(ENV, "r1").unwrap().unwrap();
-    let plan = fake::deploy_plan("d3", ENV, "r3", Some(&Blue::of(&r1)), 2);
+    let plan = fake::planned_deploy("r3", ENV, Some(&r1), 2);
     h.save(&plan);
-    let err = h.exec.run("d3").await.unwrap_err();
+    let err = h.exec.run("r3").await.unwrap_err();
     assert!(is_lease_held(&err), "{err}");
-    assert!(err.to_string().contains("deployment d2"), "{err}");
+    assert!(err.to_string().contains("deployment r2"), "{err}");
 }
 
 #[tokio::test]
@@ -291,11 +289,11 @@ async fn transient_errors_are_retried_then_succeed() {
     h.second_plan().await;
     h.faults
         .fail_action_times("provision-0", ProviderError::transient("engine busy"), 2);
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
     let attempts: Vec<u32> = h
         .store
-        .journal("d2")
+        .journal("r2")
         .unwrap()
         .iter()
         .filter_map(|e| match &e.event {
@@ -304,7 +302,7 @@ async fn transient_errors_are_retried_then_succeed() {
         })
         .collect();
     assert_eq!(attempts, [1, 2, 3]);
-    let view = deployment_view(&h.store, "d2").unwrap();
+    let view = deployment_view(&h.store, "r2").unwrap();
     assert_eq!(
         view.steps
             .iter()
@@ -321,7 +319,7 @@ async fn exhausted_retries_unwind() {
     h.second_plan().await;
     h.faults
         .fail_action("provision-1", ProviderError::transient("engine busy"));
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "provision-1");
     let DeploymentStatus::RolledBack { reason } = status else {
         unreachable!()
@@ -337,7 +335,7 @@ async fn transient_undo_errors_are_retried() {
         .fail_action("retire", ProviderError::permanent("retire failed"));
     h.faults
         .fail_undo_times("shift-traffic", ProviderError::transient("proxy busy"), 2);
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "retire");
 }
 
@@ -355,7 +353,7 @@ async fn a_second_deployment_is_refused_while_the_lease_is_held() {
             },
         )
         .unwrap();
-    let err = h.exec.run("d2").await.unwrap_err();
+    let err = h.exec.run("r2").await.unwrap_err();
     assert!(is_lease_held(&err), "{err}");
     let message = err.to_string();
     assert!(
@@ -363,10 +361,10 @@ async fn a_second_deployment_is_refused_while_the_lease_is_held() {
         "{message}"
     );
     // Nothing was journaled or changed.
-    assert!(h.store.journal("d2").unwrap().is_empty());
+    assert!(h.store.journal("r2").unwrap().is_empty());
     h.assert_route_on("r1");
     h.store.release_lease(ENV, "d9").unwrap();
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     assert!(h.store.lease(ENV).unwrap().is_none());
 }
 
@@ -374,19 +372,23 @@ async fn a_second_deployment_is_refused_while_the_lease_is_held() {
 async fn the_lease_is_held_while_running() {
     let h = harness();
     let r1 = h.first_release().await;
-    let mut plan = fake::deploy_plan("d2", ENV, "r2", Some(&Blue::of(&r1)), 2);
-    for step in &mut plan.steps {
-        if let Action::HealthCheck { health, .. } = &mut step.action {
-            health.interval = Duration::from_millis(100);
-        }
-    }
+    // Slow health checks keep r2 running while r3 tries.
+    let mut spec = fake::spec_for(ENV, 2, None);
+    spec.health.interval = Duration::from_millis(100);
+    let plan = fake::planned_deploy_of(&spec, "r2", Some(&r1));
     h.save(&plan);
-    let other = fake::deploy_plan("d3", ENV, "r3", Some(&Blue::of(&r1)), 2);
+    let other = fake::planned_deploy("r3", ENV, Some(&r1), 2);
     h.save(&other);
     let exec = h.exec.clone();
-    let running = tokio::spawn(async move { exec.run("d2").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let err = h.exec.run("d3").await.unwrap_err();
+    let running = tokio::spawn(async move { exec.run("r2").await });
+    wait_until("r2 to take the lease", Duration::from_secs(10), || {
+        h.store
+            .lease(ENV)
+            .unwrap()
+            .is_some_and(|l| l.deployment_id == "r2")
+    })
+    .await;
+    let err = h.exec.run("r3").await.unwrap_err();
     assert!(is_lease_held(&err), "{err}");
     assert_eq!(running.await.unwrap().unwrap(), DeploymentStatus::Succeeded);
     assert!(h.store.lease(ENV).unwrap().is_none());
@@ -396,10 +398,11 @@ async fn the_lease_is_held_while_running() {
 async fn canary_keeps_blue_on_the_remaining_weight_and_unwinds_both_shifts() {
     let h = harness();
     let r1 = h.first_release().await;
-    let plan = fake::deploy_plan_weighted("d2", ENV, "r2", Some(&Blue::of(&r1)), 2, &[10, 100]);
+    let route = h.route();
+    let plan = fake::planned_canary("r2", ENV, Some(&r1), route.as_ref(), 2, &[10, 100]);
     h.save(&plan);
     h.faults.crash_after_action("shift-traffic-0");
-    assert!(h.exec.run("d2").await.unwrap_err().is_injected_crash());
+    assert!(h.exec.run("r2").await.unwrap_err().is_injected_crash());
     let route = h.route().unwrap();
     let weights: Vec<(String, u32)> = route
         .backends
@@ -409,7 +412,7 @@ async fn canary_keeps_blue_on_the_remaining_weight_and_unwinds_both_shifts() {
     assert_eq!(weights, [("r2".to_string(), 10), ("r1".to_string(), 90)]);
     h.faults
         .fail_action("shift-traffic-1", ProviderError::permanent("proxy refused"));
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "shift-traffic-1");
 }
 
@@ -419,7 +422,7 @@ async fn corrupt_journal_is_refused() {
     h.second_plan().await;
     h.store
         .append(
-            "d2",
+            "r2",
             JournalEvent::StepSucceeded {
                 step: "record".into(),
                 output: StepOutput::Recorded,
@@ -427,13 +430,13 @@ async fn corrupt_journal_is_refused() {
             },
         )
         .unwrap();
-    let err = h.exec.run("d2").await.unwrap_err();
+    let err = h.exec.run("r2").await.unwrap_err();
     assert!(
         matches!(err, ExecError::CorruptJournal { seq: 0, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("record"), "{err}");
-    let view = deployment_view(&h.store, "d2").unwrap();
+    let view = deployment_view(&h.store, "r2").unwrap();
     assert!(view.journal_error.is_some());
 }
 
@@ -456,9 +459,9 @@ async fn crash_before_unwind_started_resumes_into_the_unwind() {
         dry.second_plan().await;
         dry.faults
             .fail_action("drain", ProviderError::permanent("drain failed"));
-        dry.run_to_end("d2", 0).await;
+        dry.run_to_end("r2", 0).await;
         dry.store
-            .journal("d2")
+            .journal("r2")
             .unwrap()
             .iter()
             .find(|e| matches!(e.event, JournalEvent::StepFailed { .. }))
@@ -466,12 +469,12 @@ async fn crash_before_unwind_started_resumes_into_the_unwind() {
             .seq
     };
     h.faults.crash_after_seq(seq);
-    assert!(h.exec.run("d2").await.unwrap_err().is_injected_crash());
+    assert!(h.exec.run("r2").await.unwrap_err().is_injected_crash());
     assert!(matches!(
-        h.store.deployment("d2").unwrap().unwrap().status,
+        h.store.deployment("r2").unwrap().unwrap().status,
         DeploymentStatus::Running
     ));
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "drain");
 }
 
@@ -480,7 +483,7 @@ async fn resume_unfinished_finishes_interrupted_deployments() {
     let h = harness();
     h.second_plan().await;
     h.faults.crash_after_started("provision-0");
-    assert!(h.exec.run("d2").await.unwrap_err().is_injected_crash());
+    assert!(h.exec.run("r2").await.unwrap_err().is_injected_crash());
     assert_eq!(h.store.unfinished().unwrap().len(), 1);
     let results = h.exec.resume_unfinished().await.unwrap();
     assert_eq!(results.len(), 1);
@@ -491,14 +494,13 @@ async fn resume_unfinished_finishes_interrupted_deployments() {
 #[tokio::test]
 async fn reaper_spares_a_release_that_a_running_rollback_brings_back() {
     let h = harness();
-    let (r1, _) = h.second_plan().await;
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
-    let r2 = h.store.release(ENV, "r2").unwrap().unwrap();
-    let plan = fake::rollback_plan("d3", ENV, &r1, Some(&Blue::of(&r2)), true);
+    h.second_plan().await;
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
+    let plan = h.rollback_to_r1();
     h.save(&plan);
     // The rollback crashes after adopting: it holds the lease, r1 is not current yet.
     h.faults.crash_after_action("adopt-0");
-    assert!(h.exec.run("d3").await.unwrap_err().is_injected_crash());
+    assert!(h.exec.run("rb3").await.unwrap_err().is_injected_crash());
     assert_eq!(
         reap_retirements(&h.store, &h.fake, far_future())
             .await
@@ -506,7 +508,7 @@ async fn reaper_spares_a_release_that_a_running_rollback_brings_back() {
         0
     );
     assert_eq!(h.fake.instances_of("r1").len(), 2);
-    assert_eq!(h.run_to_end("d3", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("rb3", 0).await, DeploymentStatus::Succeeded);
     h.assert_route_on("r1");
 }
 
@@ -514,7 +516,7 @@ async fn reaper_spares_a_release_that_a_running_rollback_brings_back() {
 async fn the_reaper_leaves_an_environment_alone_while_any_deployment_holds_it() {
     let h = harness();
     h.second_plan().await;
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     assert_eq!(h.store.retirements(ENV).unwrap().len(), 1, "r1 is due");
     // Another deployment, about some other release, is in progress there.
     h.store
@@ -592,7 +594,7 @@ async fn undoing_a_shift_restores_the_route_recorded_in_the_plan() {
     h.fake.world().routes.insert(ENV.to_string(), live);
     h.faults
         .fail_action("drain", ProviderError::permanent("drain refused"));
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end(&plan.deployment_id, 0).await;
     assert!(
         matches!(&status, DeploymentStatus::RolledBack { reason } if reason.contains("drain")),
         "{status:?}"
@@ -610,7 +612,7 @@ async fn a_corrupt_store_entry_fails_its_step_at_once_without_retries() {
         .unwrap()
         .insert(&format!("{ENV}\0r2"), &"not a release".to_string())
         .unwrap();
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     // The cleanup cannot read the entry either: a person must restore the store.
     assert!(
         matches!(&status, DeploymentStatus::Stuck { reason }
@@ -619,7 +621,7 @@ async fn a_corrupt_store_entry_fails_its_step_at_once_without_retries() {
     );
     let record_events: Vec<JournalEvent> = h
         .store
-        .journal("d2")
+        .journal("r2")
         .unwrap()
         .into_iter()
         .map(|e| e.event)

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cutover_executor::fake::{self, Blue, FAKE_KEY_ID};
+use cutover_executor::fake::{self, FAKE_KEY_ID};
 use cutover_executor::{deployment_view, ApprovalView, Executor, VoteStatus};
 use cutover_model::{ApprovalSpec, DeploymentStatus, Plan, ProviderError, StepOutput};
 use cutover_store::{Approval, Decision};
@@ -60,9 +60,9 @@ async fn a_failed_gate_unwinds_before_anything_is_provisioned() {
         "CVE-2024-0001 (critical) in openssl 3.0.1",
         "secret in /app/.env",
     ]);
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "scan");
-    let image = cutover_model::sha256_digest(b"cutover/hello:production-r2");
+    let image = cutover_model::sha256_digest(b"cutover/hello:r2");
     assert!(
         reason(&status).contains(&format!(
             "image {image} failed the production gate: CVE-2024-0001 (critical) in openssl 3.0.1; secret in /app/.env"
@@ -82,7 +82,7 @@ async fn a_refused_verification_unwinds_before_anything_is_provisioned() {
     h.fake
         .supply()
         .refuse_verify("no attestation is signed by a key trusted in production");
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "verify");
     assert!(
         reason(&status).contains("no attestation is signed by a key trusted in production"),
@@ -97,7 +97,7 @@ async fn a_transient_verification_error_still_fails_closed() {
     h.second_plan().await;
     h.faults
         .fail_action("verify", ProviderError::transient("registry timed out"));
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "verify");
     assert_nothing_provisioned(&h);
 }
@@ -109,7 +109,7 @@ async fn a_failed_signature_unwinds() {
     h.fake.supply().fail_sign(ProviderError::permanent(
         "the signing key could not be decrypted; check CUTOVER_KEY_PASSPHRASE",
     ));
-    let status = h.run_to_end("d2", 0).await;
+    let status = h.run_to_end("r2", 0).await;
     h.assert_rolled_back_to_r1(&status, "sign");
     assert!(reason(&status).contains("could not be decrypted"));
     assert_nothing_provisioned(&h);
@@ -119,18 +119,18 @@ async fn a_failed_signature_unwinds() {
 async fn sign_names_the_plan_and_deployment_and_verify_reports_the_key() {
     let h = harness();
     let (_, plan) = h.second_plan().await;
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
-    let image = cutover_model::sha256_digest(b"cutover/hello:production-r2");
+    let image = cutover_model::sha256_digest(b"cutover/hello:r2");
     let supply = h.fake.supply().state();
     let request = &supply.sign_requests[&image];
     assert_eq!(request.plan_digest, plan.digest);
-    assert_eq!(request.deployment_id, "d2");
+    assert_eq!(request.deployment_id, "r2");
     assert_eq!(request.env, ENV);
     assert_eq!(supply.scans[&image], 1);
     assert_eq!(supply.signs[&image], 1);
     drop(supply);
-    let journal = h.store.journal("d2").unwrap();
+    let journal = h.store.journal("r2").unwrap();
     let verified = journal.iter().find_map(|e| match &e.event {
         cutover_model::JournalEvent::StepSucceeded {
             step,
@@ -140,7 +140,7 @@ async fn sign_names_the_plan_and_deployment_and_verify_reports_the_key() {
         _ => None,
     });
     assert_eq!(verified, Some(vec![FAKE_KEY_ID.to_string()]));
-    let view = deployment_view(&h.store, "d2").unwrap();
+    let view = deployment_view(&h.store, "r2").unwrap();
     let scan = view.steps.iter().find(|s| s.id == "scan").unwrap();
     assert!(
         scan.output.as_deref().unwrap().contains("passed"),
@@ -156,7 +156,7 @@ async fn without_a_supply_chain_scan_fails_with_a_clear_message() {
     let mut providers = h.fake.providers();
     providers.supply = None;
     let exec = Executor::new(h.store.clone(), providers, h.exec.config.clone());
-    let status = exec.run("d2").await.unwrap();
+    let status = exec.run("r2").await.unwrap();
     h.assert_rolled_back_to_r1(&status, "scan");
     assert!(
         reason(&status).contains("no supply chain configured"),
@@ -173,7 +173,7 @@ fn gate(required: u32, timeout: Duration) -> ApprovalSpec {
 /// Deploy r1, save d2 (r2 over r1) with an approval gate and start it in the background.
 async fn start_gated(h: &Harness, approval: ApprovalSpec) -> (Plan, JoinHandle<DeploymentStatus>) {
     let r1 = h.first_release().await;
-    let plan = fake::deploy_plan_with_approval("d2", ENV, "r2", Some(&Blue::of(&r1)), 2, approval);
+    let plan = fake::planned_deploy_with_approval("r2", ENV, Some(&r1), 2, approval);
     h.save(&plan);
     (plan, spawn_run(&h.exec))
 }
@@ -181,7 +181,7 @@ async fn start_gated(h: &Harness, approval: ApprovalSpec) -> (Plan, JoinHandle<D
 fn spawn_run(exec: &Executor) -> JoinHandle<DeploymentStatus> {
     let exec = exec.clone();
     tokio::spawn(async move {
-        match exec.run("d2").await {
+        match exec.run("r2").await {
             Ok(status) => status,
             Err(e) => panic!("run failed: {e}"),
         }
@@ -190,18 +190,20 @@ fn spawn_run(exec: &Executor) -> JoinHandle<DeploymentStatus> {
 
 /// Wait until d2 waits at its approval gate; returns the gate's view.
 async fn waiting_at_gate(h: &Harness) -> ApprovalView {
-    let start = Instant::now();
-    loop {
-        let view = deployment_view(&h.store, "d2").unwrap();
-        if let Some(approval) = view.approval.filter(|a| a.waiting) {
-            return approval;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "d2 never reached its approval gate"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut gate = None;
+    wait_until(
+        "r2 to reach its approval gate",
+        Duration::from_secs(10),
+        || {
+            gate = deployment_view(&h.store, "r2")
+                .unwrap()
+                .approval
+                .filter(|a| a.waiting);
+            gate.is_some()
+        },
+    )
+    .await;
+    gate.expect("waited for it")
 }
 
 fn decision(
@@ -212,7 +214,7 @@ fn decision(
     image_id: &str,
 ) -> Approval {
     Approval {
-        deployment_id: "d2".to_string(),
+        deployment_id: "r2".to_string(),
         by: by.to_string(),
         decision,
         plan_digest: plan_digest.to_string(),
@@ -235,9 +237,10 @@ fn approve(h: &Harness, gate: &ApprovalView, by: &str) {
         .unwrap();
 }
 
-/// The run is still going a few polls later.
+/// The run is still going a dozen approval polls later. Checking that nothing happens
+/// takes time by nature: this window is what is under test, not a synchronisation.
 async fn assert_still_waiting(h: &Harness, run: &JoinHandle<DeploymentStatus>) {
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::sleep(APPROVAL_POLL * 12).await;
     assert!(!run.is_finished(), "the gate let the deployment through");
     assert!(waiting_at_gate(h).await.waiting);
 }
@@ -251,7 +254,7 @@ async fn finish(run: JoinHandle<DeploymentStatus>) -> DeploymentStatus {
 
 fn approved_by(h: &Harness) -> Option<Vec<String>> {
     h.store
-        .journal("d2")
+        .journal("r2")
         .unwrap()
         .iter()
         .find_map(|e| match &e.event {
@@ -273,18 +276,15 @@ async fn the_gate_waits_and_an_approval_lets_the_deployment_finish() {
     assert_eq!(view.plan_digest, plan.digest);
     assert_eq!(
         view.image_id.as_deref(),
-        Some(cutover_model::sha256_digest(b"cutover/hello:production-r2").as_str())
+        Some(cutover_model::sha256_digest(b"cutover/hello:r2").as_str())
     );
-    assert_eq!(
-        view.image_tag.as_deref(),
-        Some("cutover/hello:production-r2")
-    );
+    assert_eq!(view.image_tag.as_deref(), Some("cutover/hello:r2"));
     assert_eq!(view.requested_by, "tester");
     assert_eq!(view.required, 1);
     assert!(view.approved_by.is_empty());
     let started = view.started_at_ms.expect("gate started");
     assert_eq!(view.times_out_at_ms, Some(started + 600_000));
-    let record = h.store.deployment("d2").unwrap().unwrap();
+    let record = h.store.deployment("r2").unwrap().unwrap();
     assert_eq!(record.status, DeploymentStatus::Running);
     assert_still_waiting(&h, &run).await;
     assert_green_waits(&h);
@@ -293,7 +293,7 @@ async fn the_gate_waits_and_an_approval_lets_the_deployment_finish() {
     assert_eq!(finish(run).await, DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
     assert_eq!(approved_by(&h), Some(vec!["bob".to_string()]));
-    let after = deployment_view(&h.store, "d2").unwrap().approval.unwrap();
+    let after = deployment_view(&h.store, "r2").unwrap().approval.unwrap();
     assert!(!after.waiting);
     assert_eq!(after.state, "succeeded");
     assert_eq!(after.approved_by, ["bob"]);
@@ -388,7 +388,7 @@ async fn a_rejection_rolls_the_deployment_back() {
         "{status:?}"
     );
     assert_green_was_removed(&h);
-    let view = deployment_view(&h.store, "d2").unwrap().approval.unwrap();
+    let view = deployment_view(&h.store, "r2").unwrap().approval.unwrap();
     assert_eq!(view.rejected_by.as_deref(), Some("bob"));
     assert!(!view.waiting);
 }
@@ -416,7 +416,7 @@ async fn a_restart_while_waiting_resumes_the_wait() {
     assert!(run.await.unwrap_err().is_cancelled());
     assert_eq!(
         h.store.lease(ENV).unwrap().map(|l| l.deployment_id),
-        Some("d2".to_string()),
+        Some("r2".to_string()),
         "the lease stays with the waiting deployment"
     );
     let unfinished: Vec<String> = h
@@ -426,7 +426,7 @@ async fn a_restart_while_waiting_resumes_the_wait() {
         .into_iter()
         .map(|r| r.id)
         .collect();
-    assert_eq!(unfinished, ["d2"]);
+    assert_eq!(unfinished, ["r2"]);
 
     // A restarted control plane runs it again: it waits at the same gate, same deadline.
     let run = spawn_run(&h.exec);
@@ -436,7 +436,7 @@ async fn a_restart_while_waiting_resumes_the_wait() {
     approve(&h, &second, "bob");
     assert_eq!(finish(run).await, DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
-    let view = deployment_view(&h.store, "d2").unwrap();
+    let view = deployment_view(&h.store, "r2").unwrap();
     assert_eq!(view.starts, 2);
 }
 
@@ -448,6 +448,7 @@ async fn a_restart_does_not_reset_the_timeout() {
     waiting_at_gate(&h).await;
     run.abort();
     let _ = run.await;
+    // The control plane stays down for 700 ms of the 1 s timeout: the behaviour under test.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let clock = Instant::now();
     let status = finish(spawn_run(&h.exec)).await;
@@ -485,19 +486,18 @@ async fn two_distinct_approvers_are_needed_when_the_gate_says_so() {
 async fn an_approval_given_before_the_gate_is_reached_counts() {
     let h = harness();
     let r1 = h.first_release().await;
-    let plan = fake::deploy_plan_with_approval(
-        "d2",
-        ENV,
+    let plan = fake::planned_deploy_with_approval(
         "r2",
-        Some(&Blue::of(&r1)),
+        ENV,
+        Some(&r1),
         2,
         gate(1, Duration::from_secs(600)),
     );
     h.save(&plan);
-    let image = cutover_model::sha256_digest(b"cutover/hello:production-r2");
+    let image = cutover_model::sha256_digest(b"cutover/hello:r2");
     h.store
         .add_approval(&Approval {
-            deployment_id: "d2".to_string(),
+            deployment_id: "r2".to_string(),
             by: "bob".to_string(),
             decision: Decision::Approve,
             plan_digest: plan.digest.clone(),
@@ -506,7 +506,7 @@ async fn an_approval_given_before_the_gate_is_reached_counts() {
             at_ms: cutover_model::now_ms(),
         })
         .unwrap();
-    assert_eq!(h.run_to_end("d2", 0).await, DeploymentStatus::Succeeded);
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
     h.assert_deployed_r2();
 }
 
@@ -516,24 +516,22 @@ async fn resuming_does_not_wait_for_a_deployment_at_its_gate() {
     let (_, run) = start_gated(&h, gate(1, Duration::from_secs(600))).await;
     let view = waiting_at_gate(&h).await;
     // Another environment's deployment dies mid-way, then the control plane dies.
-    let staging = fake::deploy_plan("s1", "staging", "sr1", None, 1);
+    let staging = fake::planned_deploy("sr1", "staging", None, 1);
     h.save(&staging);
     h.faults
         .crash_at("provision-0", cutover_executor::CrashPoint::AfterStarted);
-    assert!(h.exec.run("s1").await.unwrap_err().is_injected_crash());
+    assert!(h.exec.run("sr1").await.unwrap_err().is_injected_crash());
     run.abort();
     let _ = run.await;
 
     let exec = h.exec.clone();
     let resumed = tokio::spawn(async move { exec.resume_unfinished().await });
-    let start = Instant::now();
-    while h.store.deployment("s1").unwrap().unwrap().status != DeploymentStatus::Succeeded {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "staging was held up by the gate in production"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        "staging to finish while production waits at its gate",
+        Duration::from_secs(10),
+        || h.store.deployment("sr1").unwrap().unwrap().status == DeploymentStatus::Succeeded,
+    )
+    .await;
     assert!(waiting_at_gate(&h).await.waiting);
     approve(&h, &view, "bob");
     let results = tokio::time::timeout(Duration::from_secs(10), resumed)
@@ -548,8 +546,8 @@ async fn resuming_does_not_wait_for_a_deployment_at_its_gate() {
     assert_eq!(
         outcomes,
         [
-            ("d2".to_string(), DeploymentStatus::Succeeded),
-            ("s1".to_string(), DeploymentStatus::Succeeded)
+            ("r2".to_string(), DeploymentStatus::Succeeded),
+            ("sr1".to_string(), DeploymentStatus::Succeeded)
         ]
     );
     // Staging's instance is the only extra one.
@@ -565,7 +563,7 @@ async fn an_approval_wakes_the_gate_at_once_without_polling() {
     let h = harness();
     let (_, run) = start_gated(&h, gate(1, Duration::from_secs(600))).await;
     let view = waiting_at_gate(&h).await;
-    let journal_before = h.store.journal("d2").unwrap().len();
+    let journal_before = h.store.journal("r2").unwrap().len();
     // Approvals of another deployment do not let this one through.
     let mut other = decision(
         &view,
@@ -577,7 +575,7 @@ async fn an_approval_wakes_the_gate_at_once_without_polling() {
     other.deployment_id = "d-other".to_string();
     h.store.add_approval(&other).unwrap();
     assert_still_waiting(&h, &run).await;
-    assert_eq!(h.store.journal("d2").unwrap().len(), journal_before);
+    assert_eq!(h.store.journal("r2").unwrap().len(), journal_before);
     let clock = Instant::now();
     approve(&h, &view, "bob");
     assert_eq!(finish(run).await, DeploymentStatus::Succeeded);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use cutover_executor::fake::{self, Blue};
+use cutover_executor::fake;
 use cutover_executor::replay;
 use cutover_model::{ApprovalSpec, DeploymentStatus, ProviderError};
 use cutover_store::{Approval, Decision};
@@ -33,8 +33,8 @@ const FAILURES: [(&str, bool); 7] = [
 ];
 
 fn check_journal_replays(h: &Harness) {
-    let plan = h.store.plan("d2").unwrap().unwrap();
-    let journal = h.store.journal("d2").unwrap();
+    let plan = h.store.plan("r2").unwrap().unwrap();
+    let journal = h.store.journal("r2").unwrap();
     let state = replay(&plan, &journal).expect("final journal replays");
     assert!(state.finished.is_some());
 }
@@ -54,14 +54,14 @@ proptest! {
             for seq in &crashes {
                 h.faults.crash_after_seq(*seq);
             }
-            let status = h.run_to_end("d2", crashes.len()).await;
+            let status = h.run_to_end("r2", crashes.len()).await;
             assert_eq!(status, DeploymentStatus::Succeeded, "crashes at {crashes:?}");
             h.assert_deployed_r2();
             check_journal_replays(&h);
             // The first run writes well over 15 entries, so a crash below that fired.
             let starts = h
                 .store
-                .journal("d2")
+                .journal("r2")
                 .unwrap()
                 .iter()
                 .filter(|e| matches!(e.event, cutover_model::JournalEvent::DeploymentStarted { .. }))
@@ -92,7 +92,7 @@ proptest! {
             for seq in &crashes {
                 h.faults.crash_after_seq(*seq);
             }
-            let status = h.run_to_end("d2", crashes.len()).await;
+            let status = h.run_to_end("r2", crashes.len()).await;
             // A crash can interrupt the failing step before its failure is journaled; it
             // then runs again on resume and fails again (the rule is persistent).
             h.assert_rolled_back_to_r1(&status, step);
@@ -111,22 +111,22 @@ proptest! {
             let h = harness_with(parallel);
             let r1 = h.first_release().await;
             let gate = ApprovalSpec { required: 1, timeout: std::time::Duration::from_secs(60) };
-            let plan = fake::deploy_plan_with_approval("d2", ENV, "r2", Some(&Blue::of(&r1)), 2, gate);
+            let plan = fake::planned_deploy_with_approval("r2", ENV, Some(&r1), 2, gate);
             h.save(&plan);
             // The decision is already there: the gate passes (or rejects) on its first look.
             h.store.add_approval(&Approval {
-                deployment_id: "d2".to_string(),
+                deployment_id: "r2".to_string(),
                 by: "bob".to_string(),
                 decision: if reject { Decision::Reject } else { Decision::Approve },
                 plan_digest: plan.digest.clone(),
-                image_id: cutover_model::sha256_digest(b"cutover/hello:production-r2"),
+                image_id: cutover_model::sha256_digest(b"cutover/hello:r2"),
                 comment: "checked".to_string(),
                 at_ms: 1,
             }).unwrap();
             for seq in &crashes {
                 h.faults.crash_after_seq(*seq);
             }
-            let status = h.run_to_end("d2", crashes.len()).await;
+            let status = h.run_to_end("r2", crashes.len()).await;
             if reject {
                 h.assert_rolled_back_to_r1(&status, "approval");
             } else {

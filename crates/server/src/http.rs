@@ -46,8 +46,8 @@ use crate::api::{
     events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, CreatedToken, Decision,
     DecisionLine, DeploymentDetail, DeploymentState, EnvStatus, EnvironmentsQuery, ErrorBody,
     ErrorCode, Grant, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser,
-    PlanRequest, PlanResponse, Resumed, Role, RollbackRequest, RollbackTo, Started, StepLine,
-    SpecSource, StepState, TokenRecord, UserLine, WarmRelease,
+    PlanRequest, PlanResponse, Resumed, Role, RollbackRequest, RollbackTo, SpecSource, Started,
+    StepLine, StepState, TokenRecord, UserLine, WarmRelease,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;

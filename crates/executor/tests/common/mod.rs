@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_executor::fake::{self, Blue, FakeProviders};
+use cutover_executor::fake::{self, FakeProviders};
 use cutover_executor::{ExecError, Executor, ExecutorConfig, FaultInjector, RetryPolicy};
 use cutover_model::{DeploymentStatus, Plan, Release, Route};
 use cutover_store::{DeploymentRecord, Store};
 
 pub const ENV: &str = "production";
+/// How often the test executor looks for new approvals.
+pub const APPROVAL_POLL: Duration = Duration::from_millis(5);
 
 pub struct Harness {
     pub store: Store,
@@ -36,7 +38,7 @@ pub fn harness_with(max_parallel: usize) -> Harness {
                 max_delay: Duration::from_millis(4),
             },
             faults: Some(faults.clone()),
-            approval_poll: Duration::from_millis(5),
+            approval_poll: APPROVAL_POLL,
         },
     );
     Harness {
@@ -68,19 +70,33 @@ impl Harness {
 
     /// Deploy release `r1` (first deployment, no blue) and return it.
     pub async fn first_release(&self) -> Release {
-        let plan = fake::deploy_plan("d1", ENV, "r1", None, 2);
+        let plan = fake::planned_deploy("r1", ENV, None, 2);
         self.save(&plan);
-        assert_eq!(self.run_to_end("d1", 0).await, DeploymentStatus::Succeeded);
+        assert_eq!(self.run_to_end("r1", 0).await, DeploymentStatus::Succeeded);
         self.store.release(ENV, "r1").unwrap().expect("r1 recorded")
     }
 
     /// Deploy `r1`, then return the plan of `d2` deploying `r2` over it (saved, not run).
     pub async fn second_plan(&self) -> (Release, Plan) {
         let r1 = self.first_release().await;
-        let blue = Blue::of(&r1).routed(self.route());
-        let plan = fake::deploy_plan("d2", ENV, "r2", Some(&blue), 2);
+        let route = self.route();
+        let plan = fake::planned_deploy_routed("r2", ENV, Some(&r1), 2, route.as_ref());
         self.save(&plan);
         (r1, plan)
+    }
+
+    /// The planner's rollback `rb3` from the current r2 back to r1, with the instances of
+    /// r1 that run now (all of them: warm). Not saved.
+    pub fn rollback_to_r1(&self) -> Plan {
+        let r1 = self.store.release(ENV, "r1").unwrap().expect("r1 recorded");
+        let r2 = self.store.release(ENV, "r2").unwrap().expect("r2 recorded");
+        fake::planned_rollback(
+            "rb3",
+            ENV,
+            &r1,
+            Some(&r2),
+            &self.fake.running_instances_of("r1"),
+        )
     }
 
     pub fn route(&self) -> Option<Route> {
@@ -130,7 +146,7 @@ impl Harness {
         assert!(self.store.release(ENV, "r2").unwrap().is_none());
         assert!(self.store.retirements(ENV).unwrap().is_empty());
         assert!(self.store.lease(ENV).unwrap().is_none(), "lease released");
-        let record = self.store.deployment("d2").unwrap().unwrap();
+        let record = self.store.deployment("r2").unwrap().unwrap();
         assert_eq!(&record.status, status);
     }
 
@@ -141,10 +157,7 @@ impl Harness {
         green.sort();
         assert_eq!(
             green,
-            [
-                fake::instance_name(ENV, "r2", 0),
-                fake::instance_name(ENV, "r2", 1)
-            ]
+            [fake::instance_name("r2", 0), fake::instance_name("r2", 1)]
         );
         assert_eq!(self.fake.instances_of("r1").len(), 2, "blue kept warm");
         assert_eq!(self.instances().len(), 4, "no orphans");
@@ -159,6 +172,18 @@ impl Harness {
         for (name, n) in &self.fake.world().created {
             assert_eq!(*n, 1, "instance {name} created once");
         }
+    }
+}
+
+/// Poll `cond` every 5 ms until it holds; panic naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
