@@ -124,12 +124,10 @@ pub fn changes(
 ) -> impl futures_util::Stream<Item = Arc<DeploymentDetail>> {
     futures_util::stream::unfold(Some((cp, id, live, true)), |state| async move {
         let (cp, id, mut live, first) = state?;
-        if !first {
-            if live.changed().await.is_err() {
-                // The publisher stopped (the deployment finished, or it had no followers
-                // left when this one came): follow again, which reads the store afresh.
-                live = cp.follow(&id).ok()?;
-            }
+        // The publisher stopped (the deployment finished, or it had no followers left
+        // when this one came): follow again, which reads the store afresh.
+        if !first && live.changed().await.is_err() {
+            live = cp.follow(&id).ok()?;
         }
         let detail = live.borrow_and_update().clone();
         let next = detail

@@ -42,23 +42,13 @@ pub use http::{router, LocalPeer};
 pub use view::detail;
 
 /// Optional parts of a control plane.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// Directory with strategy overrides (`plans/`), looked up next to the spec too.
     pub plans_dir: Option<PathBuf>,
     pub webhooks: webhooks::Webhooks,
     /// Where proxy counters for `/metrics` come from.
     pub proxy_stats: Option<Arc<dyn metrics::ProxyStats>>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            plans_dir: None,
-            webhooks: webhooks::Webhooks::default(),
-            proxy_stats: None,
-        }
-    }
 }
 
 /// Shared state of a running control plane.
