@@ -197,7 +197,9 @@ pub fn local_key(keys_dir: &Path) -> Result<KeyPair, ProviderError> {
         let passphrase = match std::fs::read_to_string(&pass) {
             Ok(existing) => existing.trim().to_string(),
             Err(_) => {
-                let fresh = hex::encode(rand_bytes()?);
+                let fresh = cutover_model::random_token_hex(32).map_err(|e| {
+                    ProviderError::permanent(format!("no randomness from the os: {e}"))
+                })?;
                 write_private(&pass, fresh.as_bytes())?;
                 fresh
             }
@@ -222,13 +224,6 @@ pub fn local_public_key(keys_dir: &Path) -> Result<PublicKey, ProviderError> {
         local_key(keys_dir)?;
     }
     PublicKey::from_pem_file(&public).map_err(permanent)
-}
-
-fn rand_bytes() -> Result<[u8; 32], ProviderError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| ProviderError::permanent(format!("no randomness from the os: {e}")))?;
-    Ok(bytes)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {

@@ -234,9 +234,16 @@ impl DockerProvider {
                             .last()
                             .map(|l| format!(" (last output: {l})"))
                             .unwrap_or_default();
+                        let detail = describe(&e);
+                        if is_cache_race(&detail) {
+                            // A cached layer vanished under the build (another image was
+                            // removed meanwhile): building again does not reuse it.
+                            return Err(ProviderError::transient(format!(
+                                "building image {tag} failed: {detail}{last}; a cached layer was removed during the build, building again"
+                            )));
+                        }
                         return Err(ProviderError::permanent(format!(
-                            "building image {tag} failed: {}{last}; fix the dockerfile or build context and try again",
-                            describe(&e)
+                            "building image {tag} failed: {detail}{last}; fix the dockerfile or build context and try again"
                         )));
                     }
                     return Err(provider_error(&format!("building image {tag}"), &e));
@@ -245,6 +252,12 @@ impl DockerProvider {
         }
         Ok(())
     }
+}
+
+/// Whether a build failed because a layer of its cache was removed while it ran (the
+/// Engine's legacy builder says so when a concurrent image removal pruned a parent).
+fn is_cache_race(detail: &str) -> bool {
+    detail.contains("unknown parent image ID") || detail.contains("failed to set parent")
 }
 
 fn partial_path(dest: &Path) -> PathBuf {
@@ -431,6 +444,19 @@ async fn cargo_target_dir(manifest: &Path) -> Result<PathBuf, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_layer_removed_during_the_build_is_a_race_not_a_dockerfile_error() {
+        // What the Engine answered when a concurrent removal pruned a cached parent.
+        let raced = "failed to export image: failed to set parent sha256:17482abb6ec1: unknown parent image ID sha256:17482abb6ec1";
+        assert!(is_cache_race(raced));
+        assert!(!is_cache_race(
+            "The command '/bin/sh -c false' returned a non-zero code: 1"
+        ));
+        assert!(!is_cache_race(
+            "COPY failed: file not found in build context"
+        ));
+    }
 
     #[test]
     fn profile_dirs_follow_cargo() {

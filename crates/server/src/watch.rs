@@ -160,15 +160,16 @@ impl Watcher {
     }
 }
 
-/// Run the watcher until the task is aborted.
+/// Run the watcher until the task is aborted. What the store holds when this returns is
+/// the baseline (read before it returns); every change after it is observed.
 pub fn spawn(cp: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
     // Subscribe before the baseline, so nothing between the two is missed.
     let mut events = cp.store.subscribe();
+    let mut watcher = Watcher::default();
+    if let Err(e) = watcher.prime(&cp) {
+        tracing::warn!(error = %e, "reading the deployments for the watcher failed");
+    }
     tokio::spawn(async move {
-        let mut watcher = Watcher::default();
-        if let Err(e) = watcher.prime(&cp) {
-            tracing::warn!(error = %e, "reading the deployments for the watcher failed");
-        }
         loop {
             let result = match events.recv().await {
                 Ok(StoreEvent::Journal { deployment_id, .. })

@@ -774,18 +774,27 @@ async fn rollback_and_history_and_environments() {
 async fn metrics_count_deployments_and_step_durations() {
     let h = Harness::new();
     let watcher = h.cp.spawn_watcher();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let deployer = h.token(Role::Deployer, None, "ci");
     let (_, started) = h.deploy(&deployer, "staging").await;
     h.wait_finished(&deployer, started["deployment_id"].as_str().unwrap())
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, body) = h
-        .raw(Method::GET, "/metrics", Some(&deployer), None, &[])
-        .await;
+    // The watcher counts the outcome once it has seen the last events.
+    let start = Instant::now();
+    let text = loop {
+        let (status, body) = h
+            .raw(Method::GET, "/metrics", Some(&deployer), None, &[])
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8(body).unwrap();
+        if text.contains("cutover_deployments_total{outcome=\"succeeded\"} 1")
+            || start.elapsed() > Duration::from_secs(5)
+        {
+            break text;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     watcher.abort();
-    assert_eq!(status, StatusCode::OK);
-    let text = String::from_utf8(body).unwrap();
     assert!(
         text.contains("cutover_deployments_total{outcome=\"succeeded\"} 1"),
         "{text}"
@@ -854,7 +863,6 @@ async fn webhooks_announce_a_rollback_and_retry_after_a_500() {
     .unwrap();
     let h = Harness::with_webhooks(hooks);
     let watcher = h.cp.spawn_watcher();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let deployer = h.token(Role::Deployer, None, "ci");
     // Every instance of the new release (named after its deployment) is unhealthy: the
     // deployment rolls back.
