@@ -26,8 +26,27 @@ pub fn format_duration(d: Duration) -> String {
             format!("{}.{fraction}s", ms / 1000)
         };
     }
-    let secs = d.as_secs();
-    let parts = [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
+    let secs = u128::from(d.as_secs());
+    join_units(&[(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")])
+}
+
+/// A duration exactly, in the units a spec writes it with: `1m 30s 200ms`, `0s`. For
+/// settings shown back to people (plans), where rounding would misstate them.
+pub fn format_duration_exact(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    join_units(&[
+        (ms / 3_600_000, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1000 % 60, "s"),
+        (ms % 1000, "ms"),
+    ])
+}
+
+/// The non-zero parts, `<n><unit>` each, space-separated.
+fn join_units(parts: &[(u128, &str)]) -> String {
     parts
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -44,6 +63,16 @@ pub fn format_duration_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_durations_keep_every_unit() {
+        assert_eq!(format_duration_exact(Duration::ZERO), "0s");
+        assert_eq!(
+            format_duration_exact(Duration::from_millis(90_200)),
+            "1m 30s 200ms"
+        );
+        assert_eq!(format_duration_exact(Duration::from_secs(7200)), "2h");
+    }
 
     #[test]
     fn table() {

@@ -13,7 +13,7 @@ pub mod release;
 pub mod spec;
 
 pub use backoff::Backoff;
-pub use duration::{format_duration, format_duration_ms};
+pub use duration::{format_duration, format_duration_exact, format_duration_ms};
 pub use error::{ErrorClass, ProviderError};
 pub use journal::{JournalEntry, JournalEvent};
 pub use plan::RestoreRoute;

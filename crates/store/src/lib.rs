@@ -566,19 +566,22 @@ impl Store {
         Ok(())
     }
 
-    /// Make every write so far durable, waiting on sled's own I/O threads instead of the
-    /// calling one.
+    /// Make every write so far durable, on tokio's blocking pool instead of the calling
+    /// async worker.
     pub async fn flush_async(&self) -> Result<()> {
-        self.db
-            .flush_async()
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
             .await
+            .map_err(|_| StoreError::Worker {
+                context: "flush to disk".to_string(),
+            })?
             .map_err(db_err("flush to disk"))?;
         Ok(())
     }
 
     /// Run `writes` (any store methods) for async callers: they are applied at once, in
     /// memory, on the calling thread, with their flushes deferred; then one flush runs on
-    /// sled's I/O threads while this future waits, and only then are their events
+    /// tokio's blocking pool while this future waits, and only then are their events
     /// published. The async worker never waits for the disk, and a caller dropped before
     /// the end made its writes (they reach the disk with the next flush) but publishes
     /// nothing. Durable when this returns, like the blocking methods; when `writes` fails,
@@ -716,7 +719,7 @@ impl Store {
 
     /// [`Store::append`] for async callers: the entry is written at once (in memory, so a
     /// caller that is dropped afterwards writes nothing more), then the flush runs on
-    /// sled's own I/O threads while this future waits; the async worker never blocks on
+    /// tokio's blocking pool while this future waits; the async worker never blocks on
     /// the disk. The entry is durable when this returns.
     pub async fn append_async(
         &self,
