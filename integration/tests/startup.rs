@@ -1,6 +1,7 @@
 //! Starting the control plane: of several first commands racing on a fresh project, one
 //! starts it (under the start lock) and every one of them succeeds.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 use cutover_integration::{alive, AppConfig, Project};
@@ -44,12 +45,49 @@ fn eight_parallel_first_commands_all_succeed_with_one_control_plane() {
         .filter(|c| c.contains(" serve ") && c.contains(&state))
         .count();
     assert_eq!(serves, 1, "one control plane for {state}");
-    // The state directory is its owner's alone.
-    use std::os::unix::fs::PermissionsExt;
+    // The state directory and everything in it (store, logs, pid files, sockets, the
+    // proxy's routes) are their owner's alone.
     let mode = std::fs::metadata(p.state_dir())
         .unwrap()
         .permissions()
         .mode()
         & 0o777;
     assert_eq!(mode, 0o700, "state directory mode {mode:o}");
+    let mut open_to_others = Vec::new();
+    let mut dirs = vec![p.state_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.permissions().mode() & 0o077 != 0 {
+                open_to_others.push(format!(
+                    "{} {:o}",
+                    entry.path().display(),
+                    meta.permissions().mode() & 0o777
+                ));
+            }
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    assert!(open_to_others.is_empty(), "{open_to_others:#?}");
+}
+
+#[test]
+fn a_state_directory_other_users_can_enter_is_refused() {
+    let p = Project::new("startup-open");
+    p.write_spec(&AppConfig::default());
+    std::fs::create_dir_all(p.state_dir()).unwrap();
+    std::fs::set_permissions(p.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = p.cutover(&["status"]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("open to other users") && run.stderr.contains("chmod 700"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        p.serve_pid().is_none_or(|pid| !alive(pid)),
+        "nothing serves"
+    );
 }

@@ -106,6 +106,32 @@ pub fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the state directory {}", dir.display()))
 }
 
+/// Refuse a state directory that other users can enter or that belongs to someone else:
+/// it holds the store, the keys and the control socket.
+pub fn check_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the state directory {}", dir.display()))?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if meta.uid() != me {
+        anyhow::bail!(
+            "the state directory {} belongs to uid {}, not to this user (uid {me}); run cutover as its owner or choose another --state-dir",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the state directory {} is open to other users (mode {mode:o}); it holds the store, the keys and the control socket: run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// An exclusive `flock` on a file, released when dropped (or when the process dies).
 struct StartLock {
     _file: std::fs::File,

@@ -2,6 +2,7 @@
 //! stopping them.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,6 +21,7 @@ pub fn spawn_detached(args: &[&str], log: &Path) -> Result<u32> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .with_context(|| format!("cannot open log file {}", log.display()))?;
     let err = out.try_clone()?;

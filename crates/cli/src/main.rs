@@ -145,10 +145,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(
+    let daemon = matches!(
         cli.command,
         Command::Serve { stop: false, .. } | Command::Proxy
-    ));
+    );
+    if daemon {
+        // Everything a daemon creates (store, logs, pid files, sockets, keys) is its
+        // owner's alone.
+        // SAFETY: umask only sets the process's file mode mask.
+        unsafe {
+            libc::umask(0o077);
+        }
+    }
+    init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -66,6 +66,7 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         .map_err(anyhow::Error::msg)
         .context("--webhook")?;
     crate::client::create_state_dir(&state.0)?;
+    crate::client::check_private(&state.0)?;
     let store = Store::open(&state.db())?;
     std::fs::write(state.serve_pid(), std::process::id().to_string())
         .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
