@@ -252,9 +252,18 @@ pub struct TokenRecord {
     pub expires_at_ms: Option<u64>,
     pub last_used_ms: Option<u64>,
     pub revoked_at_ms: Option<u64>,
+    /// The person the token belongs to: separation of duties and approval counts go by
+    /// this, never by the token. (Tokens made before owners existed are their own.)
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl TokenRecord {
+    /// Who acts when this token is used.
+    pub fn person(&self) -> String {
+        self.owner.clone().unwrap_or_else(|| self.principal_name())
+    }
+
     /// The principal name requests with this token act as.
     pub fn principal_name(&self) -> String {
         match &self.name {
@@ -271,6 +280,9 @@ pub struct NewToken {
     pub role: Role,
     pub env: Option<String>,
     pub name: Option<String>,
+    /// The person it belongs to (a user or account name); the creator when left out.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Lifetime in milliseconds; none means it never expires.
     pub expires_in_ms: Option<u64>,
 }

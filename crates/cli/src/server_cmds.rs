@@ -78,6 +78,10 @@ pub enum TokenCommand {
         /// A name to recognize it by, e.g. ci.
         #[arg(long)]
         name: Option<String>,
+        /// The person it belongs to (default: you). Separation of duties counts people:
+        /// two tokens of one owner are one approver.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Tokens with their role, scope, expiry and last use (never the secrets).
     List,
@@ -120,6 +124,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                 env,
                 expires,
                 name,
+                owner,
             } => {
                 let expires_in_ms = match expires {
                     Some(text) => Some(
@@ -137,6 +142,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                             role: role.into(),
                             env,
                             name,
+                            owner,
                             expires_in_ms,
                         },
                     )

@@ -57,11 +57,15 @@ pub async fn decide(
         }
     };
     let starter = crate::deploy::started_by(cp, deployment_id)?;
-    if who.name == record.requested_by || starter.as_ref().is_some_and(|s| s.principal == who.name)
-    {
+    // Separation of duties goes by the person: another token of the same owner, or the
+    // starter's own account on the socket, is the same person.
+    let started_by_them = starter
+        .as_ref()
+        .is_some_and(|s| s.principal == who.name || s.person.as_deref() == Some(&who.person));
+    if who.name == record.requested_by || who.person == record.requested_by || started_by_them {
         return Err(ServerError::Conflict(format!(
             "{} started deployment {deployment_id} and cannot approve or reject it (separation of duties); ask another approver",
-            who.name
+            who.person
         )));
     }
     let current_image = gate.image_id.as_deref().unwrap_or("");
@@ -72,9 +76,10 @@ pub async fn decide(
             if current_image.is_empty() { "(not built yet)" } else { current_image }
         )));
     }
+    // Recorded by person, so N approvals need N people, whatever credentials they hold.
     let approval = Approval {
         deployment_id: deployment_id.to_string(),
-        by: who.name.clone(),
+        by: who.person.clone(),
         decision,
         plan_digest: plan_digest.to_string(),
         image_id: image_id.to_string(),
@@ -90,10 +95,11 @@ pub async fn decide(
     };
     audit::record_async(
         &cp.store,
-        &who.name,
+        &who.person,
         action,
         deployment_id,
         json!({
+            "credential": who.name,
             "env": record.env,
             "plan_digest": plan_digest,
             "image_id": image_id,
@@ -108,7 +114,7 @@ pub async fn decide(
         release: record.release_id.clone(),
         reason: Some(format!(
             "{} {past}{}",
-            who.name,
+            who.person,
             if comment.is_empty() {
                 String::new()
             } else {
@@ -116,6 +122,6 @@ pub async fn decide(
             }
         )),
     });
-    tracing::info!(deployment = deployment_id, by = %who.name, decision = action, "approval decision recorded");
+    tracing::info!(deployment = deployment_id, by = %who.person, credential = %who.name, decision = action, "approval decision recorded");
     Ok(())
 }

@@ -37,9 +37,12 @@ pub use cutover_api::{CreatedToken, Grant, NewToken, Role, TokenRecord};
 /// Someone (a person or a token) whose requests are being served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
-    /// A user name, `token:<id>` / `token:<name>:<id>` for tokens, or the local user on the
-    /// Unix socket. Recorded as `requested_by`, approver and audit actor.
+    /// The credential: a user name, `token:<id>` / `token:<name>:<id>` for tokens, or the
+    /// socket peer's account. Recorded as `requested_by`.
     pub name: String,
+    /// The person behind it: the user, the token's owner, the socket peer's account.
+    /// Separation of duties and approval counts go by this.
+    pub person: String,
     pub grants: Vec<Grant>,
 }
 
@@ -83,6 +86,7 @@ impl Principal {
     pub fn local(name: &str) -> Principal {
         Principal {
             name: name.to_string(),
+            person: name.to_string(),
             grants: vec![Grant {
                 role: Role::Admin,
                 env: None,
@@ -153,6 +157,13 @@ pub fn create_token(
     new: &NewToken,
 ) -> Result<CreatedToken, ServerError> {
     check_env_name(new.env.as_deref())?;
+    let owner = new.owner.as_deref().unwrap_or(created_by);
+    if owner.trim().is_empty() || owner.len() > 64 || owner.chars().any(|c| c.is_control()) {
+        return Err(ServerError::BadRequest(
+            "owner: must be 1 to 64 printable characters, the user the token belongs to"
+                .to_string(),
+        ));
+    }
     if let Some(name) = &new.name {
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
             return Err(ServerError::BadRequest(
@@ -184,6 +195,7 @@ pub fn create_token(
         expires_at_ms,
         last_used_ms: None,
         revoked_at_ms: None,
+        owner: Some(owner.to_string()),
     };
     tokens(store)?.insert(&id, &record)?;
     store.flush()?;
@@ -194,6 +206,7 @@ pub fn create_token(
         &record.id,
         serde_json::json!({
             "name": record.name,
+            "owner": record.owner,
             "role": record.role,
             "env": record.env,
             "expires_at_ms": record.expires_at_ms,
@@ -267,6 +280,7 @@ pub fn authenticate_bearer(store: &Store, token: &str) -> Result<Option<Principa
     }
     Ok(Some(Principal {
         name: record.principal_name(),
+        person: record.person(),
         grants: vec![Grant {
             role: record.role,
             env: record.env.clone(),
@@ -354,6 +368,7 @@ pub fn authenticate_password(
         return Ok(None);
     }
     Ok(Some(Principal {
+        person: record.name.clone(),
         name: record.name,
         grants: record.grants,
     }))
@@ -386,6 +401,7 @@ mod tests {
     fn roles_and_scopes() {
         let p = Principal {
             name: "p".into(),
+            person: "p".into(),
             grants: vec![grant(Role::Deployer, Some("staging"))],
         };
         assert!(p.can(Role::Deployer, Some("staging")));
@@ -413,6 +429,7 @@ mod tests {
                 role: Role::Deployer,
                 env: Some("staging".into()),
                 name: Some("ci".into()),
+                owner: None,
                 expires_in_ms: None,
             },
         )
@@ -449,6 +466,7 @@ mod tests {
                 role: Role::Viewer,
                 env: None,
                 name: None,
+                owner: None,
                 expires_in_ms: Some(1),
             },
         )

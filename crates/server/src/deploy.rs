@@ -34,6 +34,9 @@ pub use crate::api::SpecSource;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedBy {
     pub principal: String,
+    /// The person behind the principal (absent in records from before owners).
+    #[serde(default)]
+    pub person: Option<String>,
     pub at_ms: u64,
 }
 
@@ -316,6 +319,7 @@ pub async fn start(
     let record = DeploymentRecord::from_plan(&plan);
     let starter = StartedBy {
         principal: who.name.clone(),
+        person: Some(who.person.clone()),
         at_ms: now_ms(),
     };
     // One durable write, flushed off the async workers: the lease, who started it, the

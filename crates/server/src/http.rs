@@ -827,7 +827,7 @@ async fn decide(
         Json(ApprovalAccepted {
             deployment_id: id,
             decision: req.decision,
-            by: who.name.clone(),
+            by: who.person.clone(),
         }),
     ))
 }
@@ -965,7 +965,7 @@ async fn create_token(
     ApiJson(req): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ServerError> {
     who.require(Role::Admin, None)?;
-    let created = auth::create_token(&cp.store, &who.name, &req)?;
+    let created = auth::create_token(&cp.store, &who.person, &req)?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -983,7 +983,7 @@ async fn revoke_token(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TokenRecord>, ServerError> {
     who.require(Role::Admin, None)?;
-    let record = auth::revoke_token(&cp.store, &who.name, &id)?;
+    let record = auth::revoke_token(&cp.store, &who.person, &id)?;
     Ok(Json(record))
 }
 

@@ -101,7 +101,13 @@ impl Harness {
         self.dir.path().join("deploy.toml").display().to_string()
     }
 
+    /// A token named `name` that is its own person.
     fn token(&self, role: Role, env: Option<&str>, name: &str) -> String {
+        self.token_of(role, env, name, name)
+    }
+
+    /// A token named `name` belonging to `owner`.
+    fn token_of(&self, role: Role, env: Option<&str>, name: &str, owner: &str) -> String {
         auth::create_token(
             &self.cp.store,
             "test",
@@ -109,6 +115,7 @@ impl Harness {
                 role,
                 env: env.map(str::to_string),
                 name: Some(name.to_string()),
+                owner: Some(owner.to_string()),
                 expires_in_ms: None,
             },
         )
@@ -1169,5 +1176,59 @@ async fn a_bad_json_field_is_named_by_its_path() {
             .unwrap()
             .starts_with("rollback.to: "),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn two_tokens_of_one_owner_are_one_person_at_the_gate() {
+    let h = Harness::new();
+    // Alice starts a deployment with her CI token and tries to approve it with another.
+    let deployer = h.token_of(Role::Deployer, None, "ci", "alice");
+    let second = h.token_of(Role::Approver, None, "alice-approver", "alice");
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
+    let decision = json!({
+        "decision": "approve",
+        "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+    });
+    let path = format!("/api/v1/deployments/{id}/approvals");
+    let (status, answer) = h
+        .call(Method::POST, &path, Some(&second), Some(decision.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("separation of duties"),
+        "{answer}"
+    );
+    // Bob approves; the decision, the gate and the audit name him, with his credential.
+    let bob = h.token_of(Role::Approver, None, "bob-laptop", "bob");
+    let (status, answer) = h
+        .call(Method::POST, &path, Some(&bob), Some(decision))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["by"], "bob");
+    let done = h.wait_finished(&deployer, &id).await;
+    assert_eq!(done["approval"]["approved_by"], json!(["bob"]), "{done:#}");
+    let admin = h.token(Role::Admin, None, "root");
+    let (_, audit) = h
+        .call(Method::GET, "/api/v1/audit", Some(&admin), None)
+        .await;
+    let approve = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "approve")
+        .expect("an approve entry");
+    assert_eq!(approve["actor"], "bob");
+    assert!(
+        approve["details"]["credential"]
+            .as_str()
+            .unwrap()
+            .starts_with("token:bob-laptop:"),
+        "{approve}"
     );
 }

@@ -273,6 +273,7 @@ fn current_principal(
             .filter(|t| t.revoked_at_ms.is_none() && t.expires_at_ms.is_none_or(|at| at > now))
             .map(|t| Principal {
                 name: t.principal_name(),
+                person: t.person(),
                 grants: vec![auth::Grant {
                     role: t.role,
                     env: t.env,
@@ -283,6 +284,7 @@ fn current_principal(
         .into_iter()
         .find(|u| u.name == logged_in.name)
         .map(|u| Principal {
+            person: u.name.clone(),
             name: u.name,
             grants: u.grants,
         }))

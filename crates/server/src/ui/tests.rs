@@ -296,6 +296,7 @@ async fn token_login_works() {
             role: Role::Viewer,
             env: Some("prod".to_string()),
             name: Some("ci".to_string()),
+            owner: None,
             expires_in_ms: None,
         },
     )
@@ -674,6 +675,7 @@ async fn rollback_from_history_after_confirmation() {
     };
     let ci = auth::Principal {
         name: "ci".to_string(),
+        person: "ci".to_string(),
         grants: vec![Grant {
             role: Role::Deployer,
             env: None,
