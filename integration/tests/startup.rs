@@ -91,3 +91,24 @@ fn a_state_directory_other_users_can_enter_is_refused() {
         "nothing serves"
     );
 }
+
+#[test]
+fn plain_http_on_an_address_other_machines_reach_is_refused() {
+    let p = Project::new("startup-public");
+    p.write_spec(&AppConfig::default());
+    let port = cutover_integration::reserve_port();
+    let addr = format!("0.0.0.0:{port}");
+    let run = p.cutover(&["serve", "--http", &addr]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("in the clear") && run.stderr.contains("--insecure-http"),
+        "{}",
+        run.stderr
+    );
+    // Refused before anything was opened: no control plane, nothing on the port.
+    assert!(
+        p.serve_pid().is_none_or(|pid| !alive(pid)),
+        "nothing serves"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

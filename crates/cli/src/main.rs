@@ -129,6 +129,10 @@ enum Command {
         /// Also serve the HTTP API for CI (`/api/v1`), `/metrics` and the web UI on host:port.
         #[arg(long, env = "CUTOVER_HTTP")]
         http: Option<String>,
+        /// Allow --http on an address other machines can reach without TLS (tokens and
+        /// passwords would cross the network in the clear). Loopback needs no such flag.
+        #[arg(long)]
+        insecure_http: bool,
         /// POST deployment events (failed, rolled back, stuck, waiting for approval) to this
         /// http:// URL; repeatable.
         #[arg(long, env = "CUTOVER_WEBHOOKS", value_delimiter = ',')]
@@ -239,6 +243,7 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Serve {
             stop: false,
             http,
+            insecure_http,
             webhook,
             ..
         } => {
@@ -246,6 +251,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 ctx.state,
                 serve::ServeOptions {
                     http,
+                    insecure_http,
                     webhooks: webhook,
                 },
             )

@@ -24,6 +24,8 @@ use crate::daemon;
 pub struct ServeOptions {
     /// `host:port` of the HTTP API for CI and `/metrics` (none: no HTTP listener).
     pub http: Option<String>,
+    /// Serve `http` in the clear even when it is not a loopback address.
+    pub insecure_http: bool,
     /// `http://` URLs that get deployment events.
     pub webhooks: Vec<String>,
 }
@@ -56,6 +58,13 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         })?),
         None => None,
     };
+    if let Some(addr) = http {
+        if !addr.ip().is_loopback() && !serve.insecure_http {
+            anyhow::bail!(
+                "--http {addr} is reachable from other machines and this control plane serves plain HTTP: bearer tokens and passwords would cross the network in the clear; bind a loopback address (127.0.0.1) behind a TLS proxy, or pass --insecure-http to accept the risk"
+            );
+        }
+    }
     let webhooks: Vec<String> = serve
         .webhooks
         .iter()
