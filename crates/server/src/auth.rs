@@ -235,6 +235,7 @@ pub fn revoke_token(store: &Store, actor: &str, id: &str) -> Result<TokenRecord,
         record.revoked_at_ms = Some(now_ms());
         tree.insert(id, &record)?;
         store.flush()?;
+        store.announce(cutover_store::StoreEvent::Credentials);
     }
     crate::audit::record(
         store,
@@ -244,6 +245,18 @@ pub fn revoke_token(store: &Store, actor: &str, id: &str) -> Result<TokenRecord,
         serde_json::json!({ "name": record.name }),
     )?;
     Ok(record)
+}
+
+/// When a valid bearer token expires (`None`: never, or not a valid token).
+pub fn token_expiry(store: &Store, token: &str) -> Result<Option<u64>, ServerError> {
+    let Some(id) = token
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id)
+    else {
+        return Ok(None);
+    };
+    Ok(tokens(store)?.get(id)?.and_then(|r| r.expires_at_ms))
 }
 
 /// The principal a bearer token stands for, or `None` when the token is unknown, revoked,

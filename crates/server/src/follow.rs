@@ -38,7 +38,7 @@ fn concerns(event: &StoreEvent, id: &str) -> bool {
         StoreEvent::Journal { deployment_id, .. }
         | StoreEvent::Deployment { deployment_id }
         | StoreEvent::Approval { deployment_id } => deployment_id == id,
-        StoreEvent::Environment { .. } => false,
+        StoreEvent::Environment { .. } | StoreEvent::Credentials => false,
     }
 }
 

@@ -785,12 +785,59 @@ async fn deployment_events(
         .map_or(0, |seq| seq.saturating_add(1));
     let mut last = None;
     let live = cp.follow(&id)?;
+    let revoked = access_ends(cp.clone(), bearer_token(&headers));
     let stream = crate::follow::changes(cp, id, live)
         .flat_map(move |detail| {
             futures_util::stream::iter(stream_events(&detail, &mut sent, &mut last))
         })
-        .map(Ok);
+        .map(Ok)
+        .take_until(revoked);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let text = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
+}
+
+/// Resolves when `token` stops being valid: revoked (the store announces credential
+/// changes) or expired (its expiry time). Never, for callers without a token (the socket's
+/// peer).
+async fn access_ends(cp: Arc<ControlPlane>, token: Option<String>) {
+    let Some(token) = token else {
+        return std::future::pending().await;
+    };
+    let mut events = cp.store.subscribe();
+    let expires = auth::token_expiry(&cp.store, &token).ok().flatten();
+    let expiry = async {
+        match expires {
+            Some(at_ms) => {
+                let wait = at_ms.saturating_sub(now_ms());
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            _ = &mut expiry => return,
+            event = events.recv() => match event {
+                Ok(cutover_store::StoreEvent::Credentials)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if !matches!(auth::authenticate_bearer(&cp.store, &token), Ok(Some(_))) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
 }
 
 /// Approve or reject a deployment waiting at an approval gate (needs approver for its

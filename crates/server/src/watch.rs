@@ -177,7 +177,7 @@ pub fn spawn(cp: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
                 | Ok(StoreEvent::Approval { deployment_id }) => {
                     watcher.observe(&cp, &deployment_id, false)
                 }
-                Ok(StoreEvent::Environment { .. }) => Ok(()),
+                Ok(StoreEvent::Environment { .. }) | Ok(StoreEvent::Credentials) => Ok(()),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "the watcher fell behind; reading again");
                     watcher.observe_unfinished(&cp)

@@ -1232,3 +1232,48 @@ async fn two_tokens_of_one_owner_are_one_person_at_the_gate() {
         "{approve}"
     );
 }
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_token_is_revoked() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let viewer = h.token(Role::Viewer, None, "watcher");
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    h.wait_gate(&deployer, &id).await;
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("/api/v1/deployments/{id}/events"))
+        .header("authorization", format!("Bearer {viewer}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The deployment waits at its gate: the stream stays open, until the token goes.
+    let mut reading = tokio::spawn(async move { response.into_body().collect().await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut reading)
+            .await
+            .is_err(),
+        "the stream stays open while the token is valid"
+    );
+    let token_id = auth::list_tokens(&h.cp.store)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name.as_deref() == Some("watcher"))
+        .unwrap()
+        .id;
+    auth::revoke_token(&h.cp.store, "admin", &token_id).unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(5), reading)
+        .await
+        .expect("the stream ended after the revocation")
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("event: deployment"), "{text}");
+    assert!(
+        !text.contains("event: end"),
+        "ended by the revocation: {text}"
+    );
+}

@@ -46,6 +46,9 @@ pub enum StoreEvent {
     /// Anything else that status pages show changed: releases, current pointer, leases,
     /// retirements, history, the environment list.
     Environment { env: String },
+    /// Credentials changed (a token revoked, a user's grants replaced): open streams check
+    /// that their caller may still read them.
+    Credentials,
 }
 
 /// Errors of the state store. Messages say what failed and what to do.
@@ -536,6 +539,12 @@ impl Store {
     /// [`broadcast::error::RecvError::Lagged`]; it should then re-read the state it shows.
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    /// Announce a change made through a [`TypedTree`] (those writes publish nothing by
+    /// themselves), after it was flushed.
+    pub fn announce(&self, event: StoreEvent) {
+        self.publish(event);
     }
 
     /// Send `event` to the subscribers, if any (having none is not an error).
