@@ -68,6 +68,8 @@ pub struct ControlPlane {
     pub hub: follow::Hub,
     /// Random id of this control plane process (claims of a dead process are stale).
     pub instance_id: String,
+    /// Rate limits of web logins and the bound on password hashing.
+    pub login_limits: ui::limits::LoginLimits,
 }
 
 impl ControlPlane {
@@ -97,6 +99,7 @@ impl ControlPlane {
             proxy_stats: options.proxy_stats,
             hub: follow::Hub::default(),
             instance_id: instance_id(),
+            login_limits: ui::limits::LoginLimits::default(),
         })
     }
 

@@ -10,6 +10,7 @@
 //! itself.
 
 pub mod dag;
+pub mod limits;
 pub mod pages;
 pub mod session;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{Form, Path as UrlPath, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -371,7 +372,12 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(cp): Cp, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(cp): Cp,
+    headers: HeaderMap,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = safe_next(form.next.as_deref());
     let old = match current_session(&cp, &headers) {
         Ok(s) => s,
@@ -396,6 +402,25 @@ async fn login(State(cp): Cp, headers: HeaderMap, Form(form): Form<LoginForm>) -
         nonempty(&form.username),
         nonempty(&form.password),
     );
+    // On the control socket (or in-process) the client is this machine.
+    let ip = peer.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |p| p.0 .0.ip());
+    let user_key = username.as_deref().map(str::trim);
+    if let Err(wait) = cp.login_limits.attempt(ip, user_key) {
+        tracing::warn!(%ip, user = user_key.unwrap_or("-"), "ui login throttled");
+        let secs = wait.as_secs().max(1);
+        let mut response = render_login_error(
+            &old_session,
+            next,
+            &format!("Too many login attempts. Wait {secs} s and try again."),
+        );
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    // At most a few password checks at once, whatever arrives.
+    let permit = cp.login_limits.hashing().await;
     let checked = tokio::task::spawn_blocking(move || match (token, username, password) {
         (Some(token), _, _) => auth::authenticate_bearer(&store, token.trim()),
         (None, Some(user), Some(password)) => {
@@ -404,6 +429,7 @@ async fn login(State(cp): Cp, headers: HeaderMap, Form(form): Form<LoginForm>) -
         _ => Ok(None),
     })
     .await;
+    drop(permit);
     let principal = match checked {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return UiError::from(e).into_response(),

@@ -729,3 +729,76 @@ async fn rollback_from_history_after_confirmation() {
     assert_eq!(done.release_id, first.release_id);
     assert_eq!(done.requested_by, "tester");
 }
+
+/// A wrong-password login for `user` from `ip`, on a fresh login page.
+async fn wrong_login(app: &Router, user: &str, ip: [u8; 4]) -> Answer {
+    let page = send(app, get("/login", None)).await;
+    let anon = cookie_pair(&page.cookie().unwrap());
+    let csrf = csrf_of(&page.body);
+    let mut request = post(
+        "/login",
+        Some(&anon),
+        &[("csrf", &csrf), ("username", user), ("password", "guess")],
+    );
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            ip, 40000,
+        ))));
+    send(app, request).await
+}
+
+#[tokio::test]
+async fn a_login_flood_from_one_address_is_throttled_before_any_password_is_hashed() {
+    let ui = ui();
+    let mut refused = 0;
+    let mut throttled = 0;
+    let start = std::time::Instant::now();
+    // Forty guesses at forty names from one address.
+    for n in 0..40 {
+        let answer = wrong_login(&ui.app, &format!("user{n}"), [127, 0, 0, 9]).await;
+        match answer.status {
+            StatusCode::UNAUTHORIZED => refused += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled += 1;
+                assert!(answer.headers.get(header::RETRY_AFTER).is_some());
+                assert!(
+                    answer.body.contains("Too many login attempts"),
+                    "{}",
+                    answer.body
+                );
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    // Only the burst was checked at all; the rest cost no password hashing.
+    assert_eq!(
+        refused,
+        super::limits::IP_BURST as usize,
+        "{throttled} throttled"
+    );
+    assert_eq!(throttled, 40 - super::limits::IP_BURST as usize);
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    // Another address still gets its answer.
+    let answer = wrong_login(&ui.app, "user0", [127, 0, 0, 10]).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn guessing_one_password_from_many_addresses_is_throttled_by_the_user_name() {
+    let ui = ui();
+    let mut statuses = Vec::new();
+    for n in 0..8u8 {
+        statuses.push(wrong_login(&ui.app, "tester", [127, 0, 3, n]).await.status);
+    }
+    let burst = super::limits::USER_BURST as usize;
+    assert!(statuses[..burst]
+        .iter()
+        .all(|s| *s == StatusCode::UNAUTHORIZED));
+    assert!(
+        statuses[burst..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
