@@ -94,6 +94,9 @@ pub enum AdvisoriesCommand {
 }
 
 pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result<u8> {
+    // What these commands keep (scan cache, local key, advisories) is the state
+    // directory's: create it private, as the control plane requires.
+    crate::client::create_state_dir(&state.0)?;
     let paths = SupplyPaths::new(&state.0);
     match command {
         SupplyCommand::Scan {
@@ -197,8 +200,6 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             command: AdvisoriesCommand::Import { source },
         } => {
             let (db, report) = AdvisoryDb::import(&source)?;
-            std::fs::create_dir_all(&state.0)
-                .with_context(|| format!("cannot create {}", state.0.display()))?;
             db.save(paths.advisories())?;
             if json {
                 println!(
