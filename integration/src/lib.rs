@@ -455,8 +455,14 @@ impl Drop for Project {
     }
 }
 
+/// The pid a pid file names (`<pid> [<start time>]`).
 pub fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub fn kill(pid: u32, signal: i32) {

@@ -112,3 +112,29 @@ fn plain_http_on_an_address_other_machines_reach_is_refused() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn a_pid_file_naming_someone_elses_process_signals_nobody() {
+    let p = Project::new("startup-pid");
+    p.write_spec(&AppConfig::default());
+    std::fs::create_dir_all(p.state_dir()).unwrap();
+    std::fs::set_permissions(p.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // An unrelated process now holds the pid a stale pid file names (its start time differs
+    // from the one recorded).
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("start sleep");
+    let pid = bystander.id();
+    for file in ["serve.pid", "proxy/proxy.pid"] {
+        let path = p.state_dir().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{pid} 1\n")).unwrap();
+    }
+    let run = p.cutover(&["serve", "--stop"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("was not running"), "{}", run.stdout);
+    assert!(alive(pid), "the bystander was signalled");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}

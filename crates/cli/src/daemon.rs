@@ -55,9 +55,9 @@ pub fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
-/// Read a pid file, if present and well-formed.
+/// The pid a pid file names, if that process still lives and is the one that wrote it.
 pub fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    cutover_proxy::pidfile::live_pid(path)
 }
 
 /// Wait until process `pid` exits, or `timeout` passes; returns whether it exited. Waits on
@@ -92,7 +92,8 @@ fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
 }
 
 /// Send SIGTERM to the pid in `pid_file` and wait up to `timeout` for it to exit (then
-/// SIGKILL). Returns whether a process was stopped.
+/// SIGKILL). Returns whether a process was stopped. A pid file whose process is gone, or
+/// whose pid now belongs to another process (another start time), signals nobody.
 pub async fn terminate(pid_file: &Path, timeout: Duration) -> bool {
     let Some(pid) = read_pid(pid_file) else {
         return false;

@@ -77,7 +77,7 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     crate::client::create_state_dir(&state.0)?;
     crate::client::check_private(&state.0)?;
     let store = Store::open(&state.db())?;
-    std::fs::write(state.serve_pid(), std::process::id().to_string())
+    cutover_proxy::pidfile::write(&state.serve_pid())
         .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
 
     let admin = AdminClient::new(state.proxy_dir().join("proxy.sock"));

@@ -27,6 +27,7 @@ mod coarse_timer;
 mod error;
 mod forward;
 mod listeners;
+pub mod pidfile;
 mod pool;
 mod preflight;
 mod server;

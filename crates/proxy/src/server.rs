@@ -79,11 +79,9 @@ pub async fn run_until(
     proxy.restore(routes).await;
 
     let pid_path = config.state_dir.join(PID_FILE);
-    std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(|source| {
-        ProxyError::PidFile {
-            path: pid_path.clone(),
-            source,
-        }
+    crate::pidfile::write(&pid_path).map_err(|source| ProxyError::PidFile {
+        path: pid_path.clone(),
+        source,
     })?;
     tracing::info!(state_dir = %config.state_dir.display(), "cutover proxy started");
 
