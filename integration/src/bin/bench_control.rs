@@ -86,6 +86,25 @@ fn measure(pid: u32, window: Duration) -> (f64, f64) {
     (cpu, total as f64 / secs)
 }
 
+/// Let start-up or the last change settle: until the control plane has used no CPU for
+/// half a second, or 5 s have passed (one that polls is never quiet; it is measured busy).
+fn settle(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = cpu_ticks(pid);
+    let mut quiet = 0;
+    while quiet < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = cpu_ticks(pid);
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+    }
+}
+
+/// Open file descriptors of the control plane (each follower holds one connection).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// An SSE follower: a thread reading the stream until the socket is shut down.
 struct SseFollower {
     stream: TcpStream,
@@ -160,7 +179,7 @@ fn main() {
         project.serve_pid().is_some() && TcpStream::connect(&http).is_ok()
     });
     let pid = serve.0.id();
-    std::thread::sleep(Duration::from_secs(2)); // settle after start-up
+    settle(pid);
     let idle = measure(pid, window);
 
     let token = project.cutover(&["token", "create", "--role", "viewer", "-o", "json"]);
@@ -174,8 +193,9 @@ fn main() {
         let status = project.cutover(&["status", "--deployment", &id, "-o", "json"]);
         status.json()["approval"]["waiting"] == true
     });
-    std::thread::sleep(Duration::from_secs(2));
+    settle(pid);
     let gate = measure(pid, window);
+    let fds_before = open_fds(pid);
 
     let cli: Vec<Child> = (0..followers / 2)
         .map(|_| {
@@ -190,7 +210,11 @@ fn main() {
     let sse: Vec<SseFollower> = (0..followers - followers / 2)
         .map(|_| sse_follower(&http, &token, &id))
         .collect();
-    std::thread::sleep(Duration::from_secs(3)); // every follower connected and caught up
+    // Every follower connected, and caught up.
+    wait_for("every follower connected", Duration::from_secs(120), || {
+        open_fds(pid) >= fds_before + followers
+    });
+    settle(pid);
     let followed = measure(pid, window);
 
     for mut c in cli {
