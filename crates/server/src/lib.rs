@@ -272,6 +272,11 @@ async fn reaper(cp: Arc<ControlPlane>) {
                     | Ok(cutover_store::StoreEvent::Deployment { .. })
                     | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         tokio::time::sleep(AT_MOST_EVERY).await;
+                        // One look covers every change of that second.
+                        while matches!(
+                            events.try_recv(),
+                            Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+                        ) {}
                         break;
                     }
                     Ok(_) => continue,
