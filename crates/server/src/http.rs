@@ -146,17 +146,19 @@ async fn authenticate(
     Ok(next.run(request).await)
 }
 
-fn bearer_principal(cp: &ControlPlane, value: &HeaderValue) -> Result<Principal, ServerError> {
-    let text = value.to_str().unwrap_or("");
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer_of(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
     let token = text
         .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| {
-            ServerError::Unauthorized(
-                "the Authorization header must be `Bearer <token>`".to_string(),
-            )
-        })?
-        .trim();
+        .or_else(|| text.strip_prefix("bearer "))?;
+    Some(token.trim())
+}
+
+fn bearer_principal(cp: &ControlPlane, value: &HeaderValue) -> Result<Principal, ServerError> {
+    let token = bearer_of(value).ok_or_else(|| {
+        ServerError::Unauthorized("the Authorization header must be `Bearer <token>`".to_string())
+    })?;
     auth::authenticate_bearer(&cp.store, token)?.ok_or_else(|| {
         ServerError::Unauthorized(
             "the token is not valid (unknown, expired or revoked); ask an admin for a new one"
@@ -797,11 +799,7 @@ async fn deployment_events(
 
 /// The bearer token of a request, if it has one.
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
-    let text = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))?;
-    Some(token.trim().to_string())
+    bearer_of(headers.get(header::AUTHORIZATION)?).map(str::to_string)
 }
 
 /// Resolves when `token` stops being valid: revoked (the store announces credential
