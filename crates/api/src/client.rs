@@ -184,6 +184,7 @@ fn error_body(status: u16, body: &[u8]) -> ErrorBody {
         },
         message: format!("the control plane answered {status} without an error body"),
         error_id: None,
+        violations: Vec::new(),
     })
 }
 

@@ -280,6 +280,38 @@ fn needed_role() -> Role {
     Role::Deployer
 }
 
+/// Authorize `who` before anything is read: the deployer role for `env`, or for every
+/// environment when none is named (else 400 asking to name it).
+fn authorize(who: &Principal, env: Option<&str>) -> Result<(), ServerError> {
+    match env {
+        Some(env) => who.require(needed_role(), Some(env)),
+        None if who.can(needed_role(), None) => Ok(()),
+        None => Err(ServerError::BadRequest(format!(
+            "env: {} may deploy only to some environments; name the environment (`--env`, or `env` in the request)",
+            who.name
+        ))),
+    }
+}
+
+/// Authorize, check where the spec lives, read it, pick the environment and hold it to the
+/// environment's guardrails: the spec to plan, with its (canonical) source.
+fn admitted_spec(
+    cp: &ControlPlane,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    starting: bool,
+) -> Result<(Spec, String, SpecSource), ServerError> {
+    authorize(who, env)?;
+    let source = resolve_source(cp, source, env)?;
+    let admitted = crate::projects::admit(cp, who, &source)?;
+    let spec = crate::projects::load(&admitted)?;
+    let env = pick_env(&spec, env)?;
+    who.require(needed_role(), Some(&env))?;
+    let spec = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
+    Ok((spec, env, admitted.source))
+}
+
 /// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
 /// environment asked for (a rollback's environment when no source is given).
 pub async fn plan(
@@ -289,10 +321,7 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    let source = resolve_source(cp, source, env)?;
-    let spec = load_spec(&source)?;
-    let env = pick_env(&spec, env)?;
-    who.require(needed_role(), Some(&env))?;
+    let (spec, env, _) = admitted_spec(cp, who, source, env, false)?;
     prepare(cp, &spec, &env, &who.name, rollback, false).await
 }
 
@@ -306,10 +335,7 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    let source = resolve_source(cp, source, env)?;
-    let spec = load_spec(&source)?;
-    let env = pick_env(&spec, env)?;
-    who.require(needed_role(), Some(&env))?;
+    let (spec, env, source) = admitted_spec(cp, who, source, env, true)?;
     let plan = prepare(cp, &spec, &env, &who.name, rollback, true).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),

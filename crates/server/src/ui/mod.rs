@@ -279,6 +279,7 @@ fn current_principal(
                     role: t.role,
                     env: t.env,
                 }],
+                socket_peer: false,
             }));
     }
     Ok(auth::list_users(store)?
@@ -288,6 +289,7 @@ fn current_principal(
             person: u.name.clone(),
             name: u.name,
             grants: u.grants,
+            socket_peer: false,
         }))
 }
 

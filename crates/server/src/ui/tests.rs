@@ -680,6 +680,7 @@ async fn rollback_from_history_after_confirmation() {
             role: Role::Deployer,
             env: None,
         }],
+        socket_peer: false,
     };
     for n in 1..=2 {
         let started = crate::deploy::start(&ui.cp, &ci, Some(&source), Some("staging"), None)
