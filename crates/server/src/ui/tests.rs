@@ -673,6 +673,10 @@ async fn rollback_from_history_after_confirmation() {
         spec_path: Some(dir.path().join("deploy.toml").display().to_string()),
         ..Default::default()
     };
+    // The project is registered and the environment has guardrails (an admin's doing).
+    let admin = auth::Principal::local("admin");
+    crate::projects::add(&ui.cp, &admin, &dir.path().display().to_string(), false).unwrap();
+    crate::guardrails::set(&ui.cp, &admin, "staging", "", "guardrails.toml").unwrap();
     let ci = auth::Principal {
         name: "ci".to_string(),
         person: "ci".to_string(),
