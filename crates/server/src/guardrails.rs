@@ -399,6 +399,93 @@ pub fn render(guardrails: &Guardrails) -> String {
     out
 }
 
+/// `guardrails` in a few lines for people (status, the web UI): (setting, requirement).
+pub fn summary(guardrails: &Guardrails) -> Vec<(&'static str, String)> {
+    let g = guardrails;
+    let mib = |b: u64| {
+        if b % (1 << 20) == 0 {
+            format!("{}MiB", b >> 20)
+        } else {
+            format!("{b} bytes")
+        }
+    };
+    let pinned = |d: &Option<String>| d.clone().unwrap_or_else(|| "none allowed".to_string());
+    let mut container = vec![
+        if g.container.non_root { "non-root" } else { "any user" }.to_string(),
+        if g.container.read_only {
+            "read-only root"
+        } else {
+            "writable root allowed"
+        }
+        .to_string(),
+    ];
+    if let Some(m) = g.container.max_memory_bytes {
+        container.push(format!("memory <= {}", mib(m)));
+    }
+    if let Some(c) = g.container.max_cpus {
+        container.push(format!("cpus <= {c}"));
+    }
+    if let Some(p) = g.container.max_pids {
+        container.push(format!("pids <= {p}"));
+    }
+    let keys: Vec<String> = g
+        .trusted_keys
+        .iter()
+        .filter_map(|p| key_id_of_pem(p))
+        .map(|id| id.chars().take(16).collect())
+        .collect();
+    vec![
+        (
+            "approval",
+            match g.approvals {
+                0 => "not required".to_string(),
+                n => format!("{n} distinct approver(s), never the starter"),
+            },
+        ),
+        (
+            "gate",
+            format!(
+                "fail on {} or worse; {}",
+                g.gate.fail_on,
+                if g.gate.fail_on_secrets {
+                    "fail on secrets"
+                } else {
+                    "secrets allowed"
+                }
+            ),
+        ),
+        ("exceptions", pinned(&g.gate.exceptions_sha256)),
+        (
+            "secret rules",
+            g.gate
+                .secret_rules_sha256
+                .clone()
+                .unwrap_or_else(|| "built-in".to_string()),
+        ),
+        (
+            "trusted keys",
+            if keys.is_empty() {
+                "the control plane's own key".to_string()
+            } else {
+                keys.join(", ")
+            },
+        ),
+        (
+            "listen",
+            g.listen.clone().unwrap_or_else(|| "any".to_string()),
+        ),
+        (
+            "build roots",
+            if g.build_roots.is_empty() {
+                "any registered project".to_string()
+            } else {
+                g.build_roots.join(", ")
+            },
+        ),
+        ("container", container.join(", ")),
+    ]
+}
+
 // ----- checking a spec -----
 
 /// What the check needs to know of a spec beyond its values, read from the files it names.
