@@ -10,6 +10,7 @@
 //! itself.
 
 pub mod dag;
+pub mod guardrails_panel;
 pub mod limits;
 pub mod pages;
 pub mod session;

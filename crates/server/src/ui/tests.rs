@@ -807,3 +807,28 @@ async fn guessing_one_password_from_many_addresses_is_throttled_by_the_user_name
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn approvers_see_the_guardrails_held_for_the_environment() {
+    let ui = ui();
+    let plan = fake::deploy_plan_with_approval("prod-1", "prod", "r1", None, 1, approval_gate());
+    start(&ui.cp, &plan);
+    let (approver, _) = login(&ui.app, "alice").await;
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    assert!(page.body.contains("Guardrails of prod"), "{}", page.body);
+    assert!(page.body.contains("has no guardrails"));
+    let admin = auth::Principal::local("admin");
+    crate::guardrails::set(
+        &ui.cp,
+        &admin,
+        "prod",
+        "approvals = 2\n[gate]\nfail_on = \"high\"\n[container]\nmax_memory = \"64MiB\"\n",
+        "guardrails.toml",
+    )
+    .unwrap();
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    assert!(page.body.contains("version 1, set by admin"), "{}", page.body);
+    assert!(page.body.contains("2 distinct approver(s)"));
+    assert!(page.body.contains("fail on high or worse; fail on secrets"));
+    assert!(page.body.contains("64MiB"), "{}", page.body);
+}
