@@ -305,7 +305,7 @@ fn admitted_spec(
     authorize(who, env)?;
     let source = resolve_source(cp, source, env)?;
     let admitted = crate::projects::admit(cp, who, &source)?;
-    let spec = crate::projects::load(&admitted)?;
+    let spec = crate::projects::load(cp, who, &admitted)?;
     let env = pick_env(&spec, env)?;
     who.require(needed_role(), Some(&env))?;
     let spec = crate::guardrails::enforce(cp, who, spec, &env, starting)?;

@@ -724,7 +724,22 @@ pub fn derive(spec: &Spec, env_name: &str, facts: &SpecFacts) -> Guardrails {
             0
         },
         listen: Some(env.listen.clone()),
-        build_roots: vec![facts.base_dir.to_string_lossy().into_owned()],
+        build_roots: {
+            // The spec's directory and the build source's.
+            let source_dir = match &spec.build {
+                BuildSpec::Dockerfile { .. } => facts.build_source.clone(),
+                BuildSpec::Cargo { .. } => facts
+                    .build_source
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            };
+            let mut roots = vec![facts.base_dir.to_string_lossy().into_owned()];
+            if !source_dir.starts_with(&facts.base_dir) {
+                roots.push(source_dir.to_string_lossy().into_owned());
+            }
+            roots
+        },
         trusted_keys: facts.key_pems.clone(),
         gate: GateFloor {
             fail_on: env.gate.fail_on.clone(),

@@ -238,9 +238,11 @@ pub fn admit(
     })
 }
 
-/// Read, check and parse the admitted spec: every path it names stays inside the root,
-/// checked on its text before the parser looks at any of them, and again resolved.
-pub fn load(admitted: &Admitted) -> Result<Spec, ServerError> {
+/// Read, check and parse the admitted spec: every path it names lies inside a registered
+/// root (a relative one inside the spec's own), checked on its text before the parser looks
+/// at any of them, and again with symbolic links resolved. A socket admin's spec that names
+/// an absolute path outside every root registers that path's directory (audited).
+pub fn load(cp: &ControlPlane, who: &Principal, admitted: &Admitted) -> Result<Spec, ServerError> {
     let text = match &admitted.text {
         Some(text) => text.clone(),
         None => std::fs::read_to_string(&admitted.file).map_err(|e| {
@@ -251,9 +253,32 @@ pub fn load(admitted: &Admitted) -> Result<Spec, ServerError> {
         })?,
     };
     let base = admitted.file.parent().unwrap_or(Path::new("/"));
-    check_named_paths(&text, base, &admitted.root)?;
+    let local_admin = who.socket_peer && who.can(Role::Admin, None);
+    for (field, value) in named_paths(&text) {
+        let given = Path::new(&value);
+        let lexically = lexical(&base.join(given));
+        if !given.is_absolute() {
+            if !lexically.starts_with(&admitted.root) {
+                return Err(escapes(&field, &value, &admitted.root));
+            }
+            continue;
+        }
+        if root_of(&list(cp)?, &lexically).is_some() {
+            continue;
+        }
+        if !local_admin {
+            return Err(outside(&field, &value));
+        }
+        // The local admin's own files: register the directory they live in.
+        let dir = if field == "build.context" {
+            lexically.clone()
+        } else {
+            lexically.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        add(cp, who, &dir.to_string_lossy(), true)?;
+    }
     let spec = cutover_spec::parse(&text, &admitted.file)?;
-    check_resolved_paths(&spec, &admitted.root)?;
+    check_resolved_paths(&spec, &list(cp)?)?;
     Ok(spec)
 }
 
@@ -264,11 +289,11 @@ fn escapes(field: &str, value: &str, root: &Path) -> ServerError {
     ))
 }
 
-/// The paths a spec's text names (before the parser checks they exist).
-fn check_named_paths(text: &str, base: &Path, root: &Path) -> Result<(), ServerError> {
+/// The paths a spec's text names (before the parser checks they exist), by field.
+fn named_paths(text: &str) -> Vec<(String, String)> {
     // Unparsable text is left to the spec parser, which names the error's place.
     let Ok(doc) = text.parse::<toml::Table>() else {
-        return Ok(());
+        return Vec::new();
     };
     let mut named: Vec<(String, String)> = Vec::new();
     let mut push = |field: String, value: Option<&toml::Value>| {
@@ -318,17 +343,12 @@ fn check_named_paths(text: &str, base: &Path, root: &Path) -> Result<(), ServerE
             ));
         }
     }
-    for (field, value) in named {
-        if !lexical(&base.join(&value)).starts_with(root) {
-            return Err(escapes(&field, &value, root));
-        }
-    }
-    Ok(())
+    named
 }
 
 /// The parsed spec's paths, symlinks resolved (those that exist: the parser required the
-/// build source and every named file to).
-fn check_resolved_paths(spec: &Spec, root: &Path) -> Result<(), ServerError> {
+/// build source and every named file to), each inside a registered root.
+fn check_resolved_paths(spec: &Spec, roots: &[ProjectRoot]) -> Result<(), ServerError> {
     let mut paths: Vec<(String, PathBuf)> = vec![
         ("base_dir".into(), spec.base_dir.clone()),
         ("plans".into(), cutover_spec::strategy_path(spec)),
@@ -363,16 +383,15 @@ fn check_resolved_paths(spec: &Spec, root: &Path) -> Result<(), ServerError> {
         }
     }
     for (field, path) in paths {
-        if !lexical(&path).starts_with(root) {
-            return Err(escapes(&field, &path.display().to_string(), root));
+        if root_of(roots, &lexical(&path)).is_none() {
+            return Err(outside(&field, &path.display().to_string()));
         }
         if let Ok(resolved) = std::fs::canonicalize(&path) {
-            if !resolved.starts_with(root) {
-                return Err(escapes(
-                    &field,
-                    &format!("{} (through a symbolic link)", path.display()),
-                    root,
-                ));
+            if root_of(roots, &resolved).is_none() {
+                return Err(ServerError::BadRequest(format!(
+                    "{field}: {} leads (through a symbolic link) outside every registered project root; a spec names only files inside registered projects",
+                    path.display()
+                )));
             }
         }
     }
@@ -447,18 +466,25 @@ mod tests {
     }
 
     #[test]
-    fn named_paths_may_not_leave_the_root() {
-        let root = Path::new("/srv/app");
-        let text = "app = \"a\"\n[build]\ncargo = { manifest = \"../other/Cargo.toml\" }\n";
-        let err = check_named_paths(text, root, root).unwrap_err();
-        assert!(err.to_string().starts_with("build.cargo.manifest: ../other/Cargo.toml leads outside"), "{err}");
-        let text = "[environments.p]\nlisten = \"x\"\ntrusted_keys = [\"k.pem\", \"/etc/k.pem\"]\n";
-        let err = check_named_paths(text, root, root).unwrap_err();
-        assert!(err.to_string().starts_with("environments.p.trusted_keys[1]"), "{err}");
-        let text = "[build]\ncontext = \".\"\ndockerfile = \"../../Dockerfile\"\n";
-        let err = check_named_paths(text, root, root).unwrap_err();
-        assert!(err.to_string().starts_with("build.dockerfile"), "{err}");
-        let fine = "[build]\ncontext = \"app\"\n[environments.p.gate]\nexceptions = \"sec/x.toml\"\n";
-        assert!(check_named_paths(fine, root, root).is_ok());
+    fn every_path_a_spec_names_is_found() {
+        let text = "[build]\ncontext = \".\"\ndockerfile = \"../D\"\n[supply]\nsigning_key = \"s.key\"\n[environments.p]\nlisten = \"x\"\ntrusted_keys = [\"k.pem\", \"/etc/k.pem\"]\n[environments.p.gate]\nexceptions = \"e.toml\"\nsecret_rules = \"r.toml\"\n";
+        let fields: Vec<String> = named_paths(text).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "build.context",
+                "supply.signing_key",
+                "environments.p.trusted_keys[0]",
+                "environments.p.trusted_keys[1]",
+                "environments.p.gate.exceptions",
+                "environments.p.gate.secret_rules",
+                "build.dockerfile",
+            ]
+        );
+        let cargo = "[build]\ncargo = { manifest = \"../other/Cargo.toml\" }\n";
+        assert_eq!(
+            named_paths(cargo),
+            [("build.cargo.manifest".to_string(), "../other/Cargo.toml".to_string())]
+        );
     }
 }

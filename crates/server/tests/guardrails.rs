@@ -556,6 +556,18 @@ async fn path_probing_learns_nothing_and_escapes_from_a_root_are_refused() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     assert!(b["message"].as_str().unwrap().contains("symbolic link"), "{b}");
+    // An absolute path outside every root: refused before the parser looks for it, the
+    // same whether it exists or not.
+    let mut answers = Vec::new();
+    for named in [existing.clone(), missing.clone()] {
+        let spec = SPEC.replace("app/Cargo.toml", &named.display().to_string());
+        let (s, b) = h
+            .http(Method::POST, "/api/v1/plans", &staging, json!({"spec": spec, "base_dir": base, "env": "staging"}))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+        answers.push(strip(&b, &named));
+    }
+    assert_eq!(answers[0], answers[1]);
     // A base directory outside the roots is refused like a spec path.
     let (s, b) = h
         .http(
