@@ -80,7 +80,9 @@ pub enum GuardrailsCommand {
     /// Set an environment's guardrails from a TOML file (a new version).
     Set {
         env: String,
-        file: std::path::PathBuf,
+        /// The guardrails file (TOML).
+        #[arg(value_name = "FILE")]
+        guardrails_file: std::path::PathBuf,
     },
     /// The guardrails in force (with version, who, when), and a proposal waiting, if any.
     Show {
@@ -420,7 +422,10 @@ async fn guardrails(
     json: bool,
 ) -> Result<u8> {
     match command {
-        GuardrailsCommand::Set { env, file } => {
+        GuardrailsCommand::Set {
+            env,
+            guardrails_file: file,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read the guardrails file {}", file.display()))?;
             // Checked here first, so a bad file fails fast naming its place.
