@@ -15,9 +15,18 @@ fn a_spec_weaker_than_the_guardrails_exits_2_with_the_list() {
     // A bad file names its place; nothing is set.
     let bad = p.dir.path().join("bad.toml");
     std::fs::write(&bad, "approvals = 1\n[gate]\nfail_on = \"never\"\n").unwrap();
-    let run = p.cutover(&["guardrails", "set", "production", &bad.display().to_string()]);
+    let run = p.cutover(&[
+        "guardrails",
+        "set",
+        "production",
+        &bad.display().to_string(),
+    ]);
     run.assert_code(2);
-    assert!(run.stderr.contains("bad.toml:3:11: gate.fail_on:"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("bad.toml:3:11: gate.fail_on:"),
+        "{}",
+        run.stderr
+    );
 
     p.cutover(&["guardrails", "set", "production", &rails])
         .assert_code(0);
@@ -34,12 +43,20 @@ fn a_spec_weaker_than_the_guardrails_exits_2_with_the_list() {
         "environments.production.approval",
         "environments.production.gate.fail_on",
     ] {
-        assert!(run.stderr.contains(field), "{field} not listed:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(field),
+            "{field} not listed:\n{}",
+            run.stderr
+        );
     }
     assert!(run.stderr.contains("required"), "{}", run.stderr);
     let run = p.cutover(&["deploy"]);
     run.assert_code(2);
-    assert!(run.stderr.contains("environments.production.approval"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("environments.production.approval"),
+        "{}",
+        run.stderr
+    );
     // Nothing was planned.
     let history = p.cutover(&["history", "--output", "json"]);
     history.assert_code(0);
@@ -59,6 +76,14 @@ fn a_spec_weaker_than_the_guardrails_exits_2_with_the_list() {
         "{roots}"
     );
     let status = p.cutover(&["status", "--env", "production"]);
-    assert!(status.stdout.contains("guardrails version 1"), "{}", status.stdout);
-    assert!(status.stdout.contains("fail on high or worse"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("guardrails version 1"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("fail on high or worse"),
+        "{}",
+        status.stdout
+    );
 }

@@ -229,7 +229,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             fail(
                 a.span(),
                 "approvals",
-                format!("must be between 0 (no approval) and 10, got {}", a.get_ref()),
+                format!(
+                    "must be between 0 (no approval) and 10, got {}",
+                    a.get_ref()
+                ),
             );
             0
         }
@@ -239,7 +242,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             fail(
                 listen.span(),
                 "listen",
-                format!("must be a socket address such as \"127.0.0.1:8080\", got {:?}", listen.get_ref()),
+                format!(
+                    "must be a socket address such as \"127.0.0.1:8080\", got {:?}",
+                    listen.get_ref()
+                ),
             );
         }
     }
@@ -254,8 +260,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             );
             continue;
         }
-        let resolved = std::fs::canonicalize(given)
-            .unwrap_or_else(|_| crate::projects::lexical(given));
+        let resolved =
+            std::fs::canonicalize(given).unwrap_or_else(|_| crate::projects::lexical(given));
         build_roots.push(resolved.to_string_lossy().into_owned());
     }
     let mut trusted_keys = Vec::new();
@@ -288,7 +294,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
         let value = value.as_ref()?;
         let text = value.get_ref();
         let ok = text.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            h.len() == 64
+                && h.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         });
         if !ok {
             fail(
@@ -307,7 +315,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             let parsed = match m.get_ref() {
                 toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
                 toml::Value::String(s) => cutover_spec::parse_memory(s),
-                other => Err(format!("must be a size such as \"256MiB\" or a number of bytes, got {other}")),
+                other => Err(format!(
+                    "must be a size such as \"256MiB\" or a number of bytes, got {other}"
+                )),
             };
             match parsed {
                 Ok(bytes) => Some(bytes),
@@ -320,12 +330,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
     };
     if let Some(c) = &raw.container.max_cpus {
         if !(*c.get_ref() > 0.0 && c.get_ref().is_finite()) {
-            fail(c.span(), "container.max_cpus", format!("must be > 0, got {}", c.get_ref()));
+            fail(
+                c.span(),
+                "container.max_cpus",
+                format!("must be > 0, got {}", c.get_ref()),
+            );
         }
     }
     if let Some(p) = &raw.container.max_pids {
         if *p.get_ref() < 1 {
-            fail(p.span(), "container.max_pids", format!("must be >= 1, got {}", p.get_ref()));
+            fail(
+                p.span(),
+                "container.max_pids",
+                format!("must be >= 1, got {}", p.get_ref()),
+            );
         }
     }
     errors.sort_by_key(|e| (e.line, e.column));
@@ -403,7 +421,7 @@ pub fn render(guardrails: &Guardrails) -> String {
 pub fn summary(guardrails: &Guardrails) -> Vec<(&'static str, String)> {
     let g = guardrails;
     let mib = |b: u64| {
-        if b % (1 << 20) == 0 {
+        if b.is_multiple_of(1 << 20) {
             format!("{}MiB", b >> 20)
         } else {
             format!("{b} bytes")
@@ -411,7 +429,12 @@ pub fn summary(guardrails: &Guardrails) -> Vec<(&'static str, String)> {
     };
     let pinned = |d: &Option<String>| d.clone().unwrap_or_else(|| "none allowed".to_string());
     let mut container = vec![
-        if g.container.non_root { "non-root" } else { "any user" }.to_string(),
+        if g.container.non_root {
+            "non-root"
+        } else {
+            "any user"
+        }
+        .to_string(),
         if g.container.read_only {
             "read-only root"
         } else {
@@ -547,7 +570,10 @@ fn key_id_of_pem(pem: &str) -> Option<String> {
 
 fn is_root_user(user: &str) -> bool {
     let uid = user.split(':').next().unwrap_or("");
-    uid == "root" || (!uid.is_empty() && uid.chars().all(|c| c.is_ascii_digit()) && uid.parse::<u64>() == Ok(0))
+    uid == "root"
+        || (!uid.is_empty()
+            && uid.chars().all(|c| c.is_ascii_digit())
+            && uid.parse::<u64>() == Ok(0))
 }
 
 /// Each setting of `spec`'s environment `env` that is weaker than `rails` (pure).
@@ -651,7 +677,11 @@ pub fn violations(
                     format!("one of the keys {}", allowed.join(", "))
                 },
             ),
-            Err(e) => push(field, format!("an unreadable key ({e})"), "a trusted key".into()),
+            Err(e) => push(
+                field,
+                format!("an unreadable key ({e})"),
+                "a trusted key".into(),
+            ),
         }
     }
     if let Some(listen) = &rails.listen {
@@ -683,7 +713,11 @@ pub fn violations(
     }
     let c = &spec.container;
     if rails.container.non_root && is_root_user(&c.user) {
-        push("container.user".into(), c.user.clone(), "a user other than root".into());
+        push(
+            "container.user".into(),
+            c.user.clone(),
+            "a user other than root".into(),
+        );
     }
     if rails.container.read_only && !c.read_only {
         push("container.read_only".into(), "false".into(), "true".into());
@@ -699,7 +733,11 @@ pub fn violations(
     }
     if let Some(max) = rails.container.max_cpus {
         if c.cpus > max {
-            push("container.cpus".into(), c.cpus.to_string(), format!("at most {max}"));
+            push(
+                "container.cpus".into(),
+                c.cpus.to_string(),
+                format!("at most {max}"),
+            );
         }
     }
     if let Some(max) = rails.container.max_pids {
@@ -872,15 +910,20 @@ pub fn enforce(
         return Ok(spec);
     }
     let dir = files_dir(cp)?;
-    let env_spec = spec
-        .environments
-        .get_mut(env)
-        .ok_or_else(|| ServerError::Internal(format!("environment {env} vanished from the spec")))?;
+    let env_spec = spec.environments.get_mut(env).ok_or_else(|| {
+        ServerError::Internal(format!("environment {env} vanished from the spec"))
+    })?;
     if !rails.trusted_keys.is_empty() {
-        let wanted: Vec<String> = facts.key_ids.iter().filter_map(|k| k.clone().ok()).collect();
+        let wanted: Vec<String> = facts
+            .key_ids
+            .iter()
+            .filter_map(|k| k.clone().ok())
+            .collect();
         let mut paths = Vec::new();
         for pem in &rails.trusted_keys {
-            let Some(id) = key_id_of_pem(pem) else { continue };
+            let Some(id) = key_id_of_pem(pem) else {
+                continue;
+            };
             if wanted.is_empty() || wanted.contains(&id) {
                 paths.push(materialize(&dir, &format!("key-{id}.pem"), pem.as_bytes())?);
             }
@@ -925,7 +968,9 @@ pub(crate) async fn show_guardrails(
         Some(n) => Some(version(&cp, &env, n)?.ok_or_else(|| {
             ServerError::NotFound(format!(
                 "environment {env} has no guardrails version {n}; the newest is {}",
-                latest.as_ref().map_or("none".to_string(), |v| v.version.to_string())
+                latest
+                    .as_ref()
+                    .map_or("none".to_string(), |v| v.version.to_string())
             ))
         })?),
     };

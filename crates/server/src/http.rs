@@ -43,12 +43,13 @@ use cutover_model::now_ms;
 use cutover_store::{Claim, TypedTree};
 
 use crate::api::{
-    events, ContainerFloor, GateFloor, GuardrailViolation, Guardrails, GuardrailsProposal,
-    GuardrailsShow, GuardrailsVersion, ProjectPath, ProjectRoot, SetGuardrails, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, CreatedToken, Decision,
-    DecisionLine, DeploymentDetail, DeploymentState, EnvStatus, EnvironmentsQuery, ErrorBody,
-    ErrorCode, Grant, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser,
-    PlanRequest, PlanResponse, Resumed, Role, RollbackRequest, RollbackTo, SpecSource, Started,
-    StepLine, StepState, TokenRecord, UserLine, WarmRelease,
+    events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, ContainerFloor,
+    CreatedToken, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
+    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, Grant, GuardrailViolation, Guardrails,
+    GuardrailsProposal, GuardrailsShow, GuardrailsVersion, Health, HistoryLine, HistoryQuery,
+    InstanceLine, NewToken, NewUser, PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Resumed,
+    Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
+    TokenRecord, UserLine, WarmRelease,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;

@@ -203,9 +203,8 @@ pub fn admit(
         add(cp, who, &dir.to_string_lossy(), true)?;
         roots = list(cp)?;
     }
-    let canonical = std::fs::canonicalize(path).map_err(|e| {
-        ServerError::BadRequest(format!("{field}: cannot resolve {given}: {e}"))
-    })?;
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| ServerError::BadRequest(format!("{field}: cannot resolve {given}: {e}")))?;
     let Some(root) = root_of(&roots, &canonical) else {
         return Err(ServerError::Forbidden(format!(
             "{field}: {given} resolves (through a symbolic link) to {}, outside every registered project root",
@@ -273,7 +272,10 @@ pub fn load(cp: &ControlPlane, who: &Principal, admitted: &Admitted) -> Result<S
         let dir = if field == "build.context" {
             lexically.clone()
         } else {
-            lexically.parent().map(Path::to_path_buf).unwrap_or_default()
+            lexically
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
         };
         add(cp, who, &dir.to_string_lossy(), true)?;
     }
@@ -371,7 +373,10 @@ fn check_resolved_paths(spec: &Spec, roots: &[ProjectRoot]) -> Result<(), Server
     }
     for (name, env) in &spec.environments {
         for (i, key) in env.trusted_keys.iter().enumerate() {
-            paths.push((format!("environments.{name}.trusted_keys[{i}]"), key.clone()));
+            paths.push((
+                format!("environments.{name}.trusted_keys[{i}]"),
+                key.clone(),
+            ));
         }
         for (what, file) in [
             ("exceptions", &env.gate.exceptions),
@@ -484,7 +489,10 @@ mod tests {
         let cargo = "[build]\ncargo = { manifest = \"../other/Cargo.toml\" }\n";
         assert_eq!(
             named_paths(cargo),
-            [("build.cargo.manifest".to_string(), "../other/Cargo.toml".to_string())]
+            [(
+                "build.cargo.manifest".to_string(),
+                "../other/Cargo.toml".to_string()
+            )]
         );
     }
 }

@@ -98,7 +98,14 @@ impl Harness {
         let admin = auth::Principal::local("admin");
         projects::add(&cp, &admin, &dir.path().display().to_string(), false).unwrap();
         guardrails::set(&cp, &admin, "staging", "", "guardrails.toml").unwrap();
-        guardrails::set(&cp, &admin, "production", "approvals = 1", "guardrails.toml").unwrap();
+        guardrails::set(
+            &cp,
+            &admin,
+            "production",
+            "approvals = 1",
+            "guardrails.toml",
+        )
+        .unwrap();
         let app = router(cp.clone());
         Harness { dir, fake, cp, app }
     }

@@ -214,7 +214,13 @@ impl Harness {
         (status, value)
     }
 
-    async fn http(&self, method: Method, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    async fn http(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
         self.send(method, path, Some(token), None, Some(body)).await
     }
 
@@ -290,7 +296,10 @@ async fn a_weakened_spec_is_refused_through_the_http_api_with_each_loosened_fiel
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("container.user"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("container.user"),
+        "{body}"
+    );
     h.nothing_planned();
 }
 
@@ -350,10 +359,16 @@ async fn a_stricter_spec_passes_and_versions_are_kept_and_audited() {
         .find(|s| s["id"] == "verify")
         .unwrap()
         .clone();
-    let keys = verify["action"]["trusted_keys"].as_array().cloned().unwrap_or_else(|| panic!("{verify:#}"));
+    let keys = verify["action"]["trusted_keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{verify:#}"));
     assert_eq!(keys.len(), 1);
     let held = keys[0].as_str().unwrap();
-    assert!(held.starts_with(&h.dir.path().join("state/guardrails").display().to_string()), "{held}");
+    assert!(
+        held.starts_with(&h.dir.path().join("state/guardrails").display().to_string()),
+        "{held}"
+    );
     assert_eq!(std::fs::read_to_string(held).unwrap(), h.key_a);
 
     // A deployer cannot change the guardrails; an admin's change is version 2.
@@ -379,12 +394,24 @@ async fn a_stricter_spec_passes_and_versions_are_kept_and_audited() {
     assert_eq!(body["version"], 2);
     assert_eq!(body["set_by"], "boss");
     let (_, shown) = h
-        .send(Method::GET, "/api/v1/guardrails/production", Some(&deployer), None, None)
+        .send(
+            Method::GET,
+            "/api/v1/guardrails/production",
+            Some(&deployer),
+            None,
+            None,
+        )
         .await;
     assert_eq!(shown["current"]["version"], 2, "{shown}");
     assert_eq!(shown["current"]["guardrails"]["approvals"], 2);
     let (_, old) = h
-        .send(Method::GET, "/api/v1/guardrails/production?version=1", Some(&deployer), None, None)
+        .send(
+            Method::GET,
+            "/api/v1/guardrails/production?version=1",
+            Some(&deployer),
+            None,
+            None,
+        )
         .await;
     assert_eq!(old["current"]["version"], 1, "{old}");
     assert_eq!(old["current"]["guardrails"]["gate"]["fail_on"], "high");
@@ -399,8 +426,20 @@ async fn a_stricter_spec_passes_and_versions_are_kept_and_audited() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["message"].as_str().unwrap().starts_with("prod.toml:3:11: gate.fail_on:"), "{body}");
-    assert_eq!(guardrails::current(&h.cp, "production").unwrap().unwrap().version, 2);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("prod.toml:3:11: gate.fail_on:"),
+        "{body}"
+    );
+    assert_eq!(
+        guardrails::current(&h.cp, "production")
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
     // Both sets are in the audit log with who and the digest.
     let sets: Vec<Value> = h
         .audit_actions()
@@ -414,7 +453,13 @@ async fn a_stricter_spec_passes_and_versions_are_kept_and_audited() {
     assert!(sets[1]["digest"].as_str().unwrap().starts_with("sha256:"));
     // Status shows approvers the guardrails in force.
     let (_, envs) = h
-        .send(Method::GET, "/api/v1/environments?names=production", Some(&deployer), None, None)
+        .send(
+            Method::GET,
+            "/api/v1/environments?names=production",
+            Some(&deployer),
+            None,
+            None,
+        )
         .await;
     assert_eq!(envs[0]["guardrails"]["version"], 2, "{envs}");
 }
@@ -424,32 +469,55 @@ async fn without_guardrails_a_deployer_is_refused_until_an_admin_accepts_the_pro
     let h = Harness::new();
     let deployer = h.token(Role::Deployer, Some("staging"), "ci");
     let body = json!({"spec_path": h.spec_path(), "env": "staging"});
-    let (status, answer) = h.http(Method::POST, "/api/v1/deployments", &deployer, body.clone()).await;
+    let (status, answer) = h
+        .http(Method::POST, "/api/v1/deployments", &deployer, body.clone())
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
     assert!(
-        answer["message"].as_str().unwrap().contains("cutover guardrails accept staging"),
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("cutover guardrails accept staging"),
         "{answer}"
     );
     h.nothing_planned();
     let (_, shown) = h
-        .send(Method::GET, "/api/v1/guardrails/staging", Some(&deployer), None, None)
+        .send(
+            Method::GET,
+            "/api/v1/guardrails/staging",
+            Some(&deployer),
+            None,
+            None,
+        )
         .await;
     assert!(shown["current"].is_null(), "{shown}");
     assert_eq!(shown["proposal"]["proposed_by"], "ci");
     assert_eq!(shown["proposal"]["guardrails"]["listen"], "127.0.0.1:18290");
     // Only an admin accepts.
     let (status, _) = h
-        .http(Method::POST, "/api/v1/guardrails/staging/accept", &deployer, json!({}))
+        .http(
+            Method::POST,
+            "/api/v1/guardrails/staging/accept",
+            &deployer,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let admin = h.token(Role::Admin, None, "boss");
     let (status, accepted) = h
-        .http(Method::POST, "/api/v1/guardrails/staging/accept", &admin, json!({}))
+        .http(
+            Method::POST,
+            "/api/v1/guardrails/staging/accept",
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{accepted}");
     assert_eq!(accepted["version"], 1);
     assert_eq!(accepted["how"], "accepted");
-    let (status, started) = h.http(Method::POST, "/api/v1/deployments", &deployer, body).await;
+    let (status, started) = h
+        .http(Method::POST, "/api/v1/deployments", &deployer, body)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{started}");
     assert!(h
         .audit_actions()
@@ -463,16 +531,32 @@ async fn the_socket_admins_first_deploy_registers_its_project_and_accepts_its_gu
     // A project nobody registered: the socket's own admin may deploy it.
     let other = h.dir.path().join("other");
     std::fs::create_dir_all(other.join("app")).unwrap();
-    std::fs::copy(h.project().join("app/Cargo.toml"), other.join("app/Cargo.toml")).unwrap();
+    std::fs::copy(
+        h.project().join("app/Cargo.toml"),
+        other.join("app/Cargo.toml"),
+    )
+    .unwrap();
     let spec = SPEC.replace("trusted_keys = [\"keys/a.pem\"]\n", "");
     std::fs::write(other.join("deploy.toml"), &spec).unwrap();
-    let body = json!({"spec_path": other.join("deploy.toml").display().to_string(), "env": "staging"});
+    let body =
+        json!({"spec_path": other.join("deploy.toml").display().to_string(), "env": "staging"});
     let (status, started) = h
-        .send(Method::POST, "/api/v1/deployments", None, Some("root"), Some(body.clone()))
+        .send(
+            Method::POST,
+            "/api/v1/deployments",
+            None,
+            Some("root"),
+            Some(body.clone()),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{started}");
     let audit = h.audit_actions();
-    assert!(audit.iter().any(|(a, d)| a == "project.add" && d["automatic"] == true), "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .any(|(a, d)| a == "project.add" && d["automatic"] == true),
+        "{audit:?}"
+    );
     assert!(audit
         .iter()
         .any(|(a, d)| a == "guardrails.accept" && d["how"] == "accepted-at-first-deploy"));
@@ -495,7 +579,12 @@ async fn the_socket_admins_first_deploy_registers_its_project_and_accepts_its_gu
 }
 
 /// Status and code of asking to plan `spec_path` for `env` with `token`.
-async fn probe(h: &Harness, token: &str, spec_path: &Path, env: Option<&str>) -> (StatusCode, Value) {
+async fn probe(
+    h: &Harness,
+    token: &str,
+    spec_path: &Path,
+    env: Option<&str>,
+) -> (StatusCode, Value) {
     let mut body = json!({"spec_path": spec_path.display().to_string()});
     if let Some(env) = env {
         body["env"] = json!(env);
@@ -511,13 +600,21 @@ async fn path_probing_learns_nothing_and_escapes_from_a_root_are_refused() {
     let existing = h.dir.path().join("outside/deploy.toml");
     std::fs::write(&existing, SPEC).unwrap();
     std::fs::create_dir_all(h.dir.path().join("outside/keys")).unwrap();
-    std::fs::copy(h.project().join("keys/a.pem"), h.dir.path().join("outside/keys/a.pem")).unwrap();
+    std::fs::copy(
+        h.project().join("keys/a.pem"),
+        h.dir.path().join("outside/keys/a.pem"),
+    )
+    .unwrap();
     let missing = h.dir.path().join("outside/nothing-here.toml");
     // Another environment: refused on the role before anything is read; an existing and a
     // missing file get the same answer.
     let (s1, b1) = probe(&h, &staging, &existing, Some("production")).await;
     let (s2, b2) = probe(&h, &staging, &missing, Some("production")).await;
-    assert_eq!((s1, s2), (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN), "{b1} {b2}");
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN),
+        "{b1} {b2}"
+    );
     assert_eq!(b1["message"], b2["message"]);
     // No environment named with a token for one: name it.
     let (s, b) = probe(&h, &staging, &missing, None).await;
@@ -527,8 +624,17 @@ async fn path_probing_learns_nothing_and_escapes_from_a_root_are_refused() {
     // or not, and the answer names no file's content or existence.
     let (s1, b1) = probe(&h, &staging, &existing, Some("staging")).await;
     let (s2, b2) = probe(&h, &staging, &missing, Some("staging")).await;
-    assert_eq!((s1, s2), (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN), "{b1} {b2}");
-    let strip = |b: &Value, p: &Path| b["message"].as_str().unwrap().replace(&p.display().to_string(), "P");
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN),
+        "{b1} {b2}"
+    );
+    let strip = |b: &Value, p: &Path| {
+        b["message"]
+            .as_str()
+            .unwrap()
+            .replace(&p.display().to_string(), "P")
+    };
     assert_eq!(strip(&b1, &existing), strip(&b2, &missing));
     assert!(!strip(&b2, &missing).contains("No such file"), "{b2}");
     // `..` out of the registered root.
@@ -537,32 +643,69 @@ async fn path_probing_learns_nothing_and_escapes_from_a_root_are_refused() {
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     // A symbolic link in the root that leads out of it.
     std::os::unix::fs::symlink(h.dir.path().join("outside"), h.project().join("link")).unwrap();
-    let (s, b) = probe(&h, &staging, &h.project().join("link/deploy.toml"), Some("staging")).await;
+    let (s, b) = probe(
+        &h,
+        &staging,
+        &h.project().join("link/deploy.toml"),
+        Some("staging"),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("symbolic link"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("symbolic link"),
+        "{b}"
+    );
     // The spec's own relative paths cannot leave the root, lexically or through links.
     std::fs::create_dir_all(h.dir.path().join("outside/app")).unwrap();
-    std::fs::copy(h.project().join("app/Cargo.toml"), h.dir.path().join("outside/app/Cargo.toml")).unwrap();
+    std::fs::copy(
+        h.project().join("app/Cargo.toml"),
+        h.dir.path().join("outside/app/Cargo.toml"),
+    )
+    .unwrap();
     let escaping = SPEC.replace("app/Cargo.toml", "../outside/app/Cargo.toml");
     let base = h.project().display().to_string();
     let (s, b) = h
-        .http(Method::POST, "/api/v1/plans", &staging, json!({"spec": escaping, "base_dir": base, "env": "staging"}))
+        .http(
+            Method::POST,
+            "/api/v1/plans",
+            &staging,
+            json!({"spec": escaping, "base_dir": base, "env": "staging"}),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    assert!(b["message"].as_str().unwrap().starts_with("build.cargo.manifest:"), "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("build.cargo.manifest:"),
+        "{b}"
+    );
     let linked = SPEC.replace("app/Cargo.toml", "link/app/Cargo.toml");
     let (s, b) = h
-        .http(Method::POST, "/api/v1/plans", &staging, json!({"spec": linked, "base_dir": base, "env": "staging"}))
+        .http(
+            Method::POST,
+            "/api/v1/plans",
+            &staging,
+            json!({"spec": linked, "base_dir": base, "env": "staging"}),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    assert!(b["message"].as_str().unwrap().contains("symbolic link"), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("symbolic link"),
+        "{b}"
+    );
     // An absolute path outside every root: refused before the parser looks for it, the
     // same whether it exists or not.
     let mut answers = Vec::new();
     for named in [existing.clone(), missing.clone()] {
         let spec = SPEC.replace("app/Cargo.toml", &named.display().to_string());
         let (s, b) = h
-            .http(Method::POST, "/api/v1/plans", &staging, json!({"spec": spec, "base_dir": base, "env": "staging"}))
+            .http(
+                Method::POST,
+                "/api/v1/plans",
+                &staging,
+                json!({"spec": spec, "base_dir": base, "env": "staging"}),
+            )
             .await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
         answers.push(strip(&b, &named));
@@ -581,12 +724,22 @@ async fn path_probing_learns_nothing_and_escapes_from_a_root_are_refused() {
     h.nothing_planned();
     // Projects are an admin's to manage, and audited.
     let (status, _) = h
-        .http(Method::POST, "/api/v1/projects", &staging, json!({"path": h.dir.path().join("outside").display().to_string()}))
+        .http(
+            Method::POST,
+            "/api/v1/projects",
+            &staging,
+            json!({"path": h.dir.path().join("outside").display().to_string()}),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let admin = h.token(Role::Admin, None, "boss");
     let (status, added) = h
-        .http(Method::POST, "/api/v1/projects", &admin, json!({"path": h.dir.path().join("outside/../outside").display().to_string()}))
+        .http(
+            Method::POST,
+            "/api/v1/projects",
+            &admin,
+            json!({"path": h.dir.path().join("outside/../outside").display().to_string()}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{added}");
     let canonical = std::fs::canonicalize(h.dir.path().join("outside")).unwrap();
@@ -594,11 +747,19 @@ async fn path_probing_learns_nothing_and_escapes_from_a_root_are_refused() {
     let (s, b) = probe(&h, &staging, &existing, Some("staging")).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (status, _) = h
-        .http(Method::POST, "/api/v1/projects/remove", &admin, json!({"path": canonical.display().to_string()}))
+        .http(
+            Method::POST,
+            "/api/v1/projects/remove",
+            &admin,
+            json!({"path": canonical.display().to_string()}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let (s, _) = probe(&h, &staging, &existing, Some("staging")).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let actions: Vec<String> = h.audit_actions().into_iter().map(|(a, _)| a).collect();
-    assert!(actions.contains(&"project.remove".to_string()), "{actions:?}");
+    assert!(
+        actions.contains(&"project.remove".to_string()),
+        "{actions:?}"
+    );
 }

@@ -92,9 +92,16 @@ fn fewer_approvals_root_user_pinned_files_and_build_roots() {
     let mut rails = derive(&spec(), "production", &facts());
     rails.build_roots = vec!["/srv/other".to_string()];
     let mut weak = spec();
-    weak.environments.get_mut("production").unwrap().approvals.required = 1;
-    weak.environments.get_mut("production").unwrap().gate.exceptions =
-        Some("/srv/app/exceptions.toml".into());
+    weak.environments
+        .get_mut("production")
+        .unwrap()
+        .approvals
+        .required = 1;
+    weak.environments
+        .get_mut("production")
+        .unwrap()
+        .gate
+        .exceptions = Some("/srv/app/exceptions.toml".into());
     weak.container.user = "0:0".to_string();
     let mut f = facts();
     f.exceptions = Some((b"x".to_vec(), sha256_of(b"x")));
@@ -117,14 +124,24 @@ fn fewer_approvals_root_user_pinned_files_and_build_roots() {
 
 #[test]
 fn file_errors_name_line_column_and_field() {
-    let text = "approvals = 1\n[gate]\nfail_on = \"sometimes\"\n[container]\nmax_memory = \"lots\"\n";
+    let text =
+        "approvals = 1\n[gate]\nfail_on = \"sometimes\"\n[container]\nmax_memory = \"lots\"\n";
     let err = parse(text, Path::new("prod.toml")).unwrap_err();
     let shown = err.to_string();
-    assert!(shown.starts_with("prod.toml:3:11: gate.fail_on: must be"), "{shown}");
-    assert!(shown.contains("prod.toml:5:14: container.max_memory: is not a size"), "{shown}");
+    assert!(
+        shown.starts_with("prod.toml:3:11: gate.fail_on: must be"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("prod.toml:5:14: container.max_memory: is not a size"),
+        "{shown}"
+    );
     let err = parse("[gate]\nfail_on_secret = true\n", Path::new("prod.toml")).unwrap_err();
     assert_eq!((err.line, err.column), (2, 1), "{err}");
-    assert!(err.to_string().contains("unknown field `fail_on_secret`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown field `fail_on_secret`"),
+        "{err}"
+    );
     let err = parse("trusted_keys = [\"not a key\"]\n", Path::new("p.toml")).unwrap_err();
     assert_eq!(err.field, "trusted_keys[0]");
 }

@@ -827,7 +827,11 @@ async fn approvers_see_the_guardrails_held_for_the_environment() {
     )
     .unwrap();
     let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
-    assert!(page.body.contains("version 1, set by admin"), "{}", page.body);
+    assert!(
+        page.body.contains("version 1, set by admin"),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("2 distinct approver(s)"));
     assert!(page.body.contains("fail on high or worse; fail on secrets"));
     assert!(page.body.contains("64MiB"), "{}", page.body);
