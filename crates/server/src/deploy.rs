@@ -8,6 +8,10 @@
 //! `plans/`) resolve against on the control plane's machine (`base_dir`, absolute). The
 //! source of the newest deployment of each environment is remembered, so a rollback may
 //! leave it out.
+//!
+//! Order of every plan and start: the caller's role first (nothing is read before),
+//! then where the spec lives ([`crate::projects`]: registered roots), then the spec, then
+//! the environment's guardrails ([`crate::guardrails`]), then the planner.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,41 +61,6 @@ pub fn started_by(
     deployment_id: &str,
 ) -> Result<Option<StartedBy>, ServerError> {
     Ok(starters(cp)?.get(deployment_id)?)
-}
-
-/// Read and validate the spec named by `source`.
-pub fn load_spec(source: &SpecSource) -> Result<Spec, ServerError> {
-    match (&source.spec_path, &source.spec, &source.base_dir) {
-        (Some(path), None, None) => {
-            let path = Path::new(path);
-            if !path.is_absolute() {
-                return Err(ServerError::BadRequest(format!(
-                    "spec_path: {} is not absolute; give the absolute path of deploy.toml on the control plane's machine",
-                    path.display()
-                )));
-            }
-            Ok(cutover_spec::load(path)?)
-        }
-        (None, Some(text), Some(base)) => {
-            let base = Path::new(base);
-            if !base.is_absolute() {
-                return Err(ServerError::BadRequest(format!(
-                    "base_dir: {} is not absolute; give the absolute directory the spec's relative paths resolve against",
-                    base.display()
-                )));
-            }
-            Ok(cutover_spec::parse(text, &base.join("deploy.toml"))?)
-        }
-        (None, Some(_), None) => Err(ServerError::BadRequest(
-            "base_dir: is required with spec: the absolute directory on the control plane's machine that relative paths in the spec resolve against".to_string(),
-        )),
-        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(ServerError::BadRequest(
-            "spec_path: give either spec_path, or spec with base_dir, not both".to_string(),
-        )),
-        (None, None, _) => Err(ServerError::BadRequest(
-            "spec_path: a spec is required: give spec_path, or spec with base_dir".to_string(),
-        )),
-    }
 }
 
 /// The source to use: the one given, else (for rollbacks) the remembered one of `env`.
