@@ -225,7 +225,8 @@ fn a_vulnerable_package_fails_the_gate_unless_a_live_exception_covers_it() {
     let run = p.cutover(&["deploy"]);
     run.assert_code(2);
     assert!(
-        run.stderr.contains("environments.production.gate.exceptions"),
+        run.stderr
+            .contains("environments.production.gate.exceptions"),
         "{}",
         run.stderr
     );
@@ -277,8 +278,13 @@ fn pin_exceptions(p: &Project) {
         format!("[gate]\nexceptions_sha256 = \"sha256:{hex}\"\n"),
     )
     .expect("write guardrails");
-    p.cutover(&["guardrails", "set", "production", &rails.display().to_string()])
-        .assert_code(0);
+    p.cutover(&[
+        "guardrails",
+        "set",
+        "production",
+        &rails.display().to_string(),
+    ])
+    .assert_code(0);
 }
 
 fn write_exceptions(dir: &Path, expires: &str) {

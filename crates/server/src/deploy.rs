@@ -270,15 +270,15 @@ fn admitted_spec(
     source: Option<&SpecSource>,
     env: Option<&str>,
     starting: bool,
-) -> Result<(Spec, String, SpecSource), ServerError> {
+) -> Result<(Spec, String, SpecSource, Option<u64>), ServerError> {
     authorize(who, env)?;
     let source = resolve_source(cp, source, env)?;
     let admitted = crate::projects::admit(cp, who, &source)?;
     let spec = crate::projects::load(cp, who, &admitted)?;
     let env = pick_env(&spec, env)?;
     who.require(needed_role(), Some(&env))?;
-    let spec = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
-    Ok((spec, env, admitted.source))
+    let (spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
+    Ok((spec, env, admitted.source, guardrails))
 }
 
 /// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
@@ -290,7 +290,7 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    let (spec, env, _) = admitted_spec(cp, who, source, env, false)?;
+    let (spec, env, _, _) = admitted_spec(cp, who, source, env, false)?;
     prepare(cp, &spec, &env, &who.name, rollback, false).await
 }
 
@@ -304,7 +304,7 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    let (spec, env, source) = admitted_spec(cp, who, source, env, true)?;
+    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, true)?;
     let plan = prepare(cp, &spec, &env, &who.name, rollback, true).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
@@ -354,6 +354,7 @@ pub async fn start(
             "plan_digest": plan.digest,
             "spec_digest": plan.spec_digest,
             "spec_path": source.spec_path,
+            "guardrails_version": guardrails,
         }),
     )
     .await?;

@@ -835,8 +835,8 @@ fn materialize(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, ServerEr
 }
 
 /// Check `spec` (for environment `env`) against the environment's guardrails and return
-/// the spec to plan: its trusted keys replaced by the guardrails' copies, pinned files by
-/// the control plane's copies. Without guardrails: an admin's start accepts the ones the
+/// the spec to plan (its trusted keys replaced by the guardrails' copies, pinned files by
+/// the control plane's copies) with the version of the guardrails it met. Without guardrails: an admin's start accepts the ones the
 /// spec proposes (an admin's plan checks against them without saving); anyone else is
 /// refused and the proposal is kept for an admin.
 pub fn enforce(
@@ -845,24 +845,29 @@ pub fn enforce(
     mut spec: Spec,
     env: &str,
     starting: bool,
-) -> Result<Spec, ServerError> {
+) -> Result<(Spec, Option<u64>), ServerError> {
     let facts = gather(&spec, env);
-    let rails = match current(cp, env)? {
-        Some(v) => v.guardrails,
+    let (rails, met) = match current(cp, env)? {
+        Some(v) => (v.guardrails, Some(v.version)),
         None => {
             let derived = derive(&spec, env, &facts);
             if who.can(Role::Admin, Some(env)) {
-                if starting {
-                    save_version(
-                        cp,
-                        who,
-                        env,
-                        &render(&derived),
-                        derived.clone(),
-                        "accepted-at-first-deploy",
-                    )?;
-                }
-                derived
+                let saved = if starting {
+                    Some(
+                        save_version(
+                            cp,
+                            who,
+                            env,
+                            &render(&derived),
+                            derived.clone(),
+                            "accepted-at-first-deploy",
+                        )?
+                        .version,
+                    )
+                } else {
+                    None
+                };
+                (derived, saved)
             } else {
                 let proposal = GuardrailsProposal {
                     env: env.to_string(),
@@ -907,7 +912,7 @@ pub fn enforce(
         || facts.exceptions.is_some()
         || facts.secret_rules.is_some();
     if !needs_files {
-        return Ok(spec);
+        return Ok((spec, met));
     }
     let dir = files_dir(cp)?;
     let env_spec = spec.environments.get_mut(env).ok_or_else(|| {
@@ -938,7 +943,7 @@ pub fn enforce(
         let name = format!("secret-rules-{}.toml", digest.trim_start_matches("sha256:"));
         env_spec.gate.secret_rules = Some(materialize(&dir, &name, bytes)?);
     }
-    Ok(spec)
+    Ok((spec, met))
 }
 
 // ----- handlers -----

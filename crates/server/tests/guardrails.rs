@@ -519,6 +519,11 @@ async fn without_guardrails_a_deployer_is_refused_until_an_admin_accepts_the_pro
         .http(Method::POST, "/api/v1/deployments", &deployer, body)
         .await;
     assert_eq!(status, StatusCode::CREATED, "{started}");
+    // The deploy's audit entry names the guardrails it met.
+    assert!(h
+        .audit_actions()
+        .iter()
+        .any(|(a, d)| a == "deploy" && d["guardrails_version"] == 1));
     assert!(h
         .audit_actions()
         .iter()
