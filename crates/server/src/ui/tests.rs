@@ -1037,3 +1037,39 @@ async fn an_expired_session_is_refused_and_purged() {
     let answer = send(&ui.app, get("/", Some(&format!("cutover_session={live}")))).await;
     assert_eq!(answer.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_control_plane_purges_expired_sessions_when_it_starts() {
+    let ui = ui();
+    let sessions = super::session::Sessions::open(&ui.cp.store).unwrap();
+    let alice = auth::Principal {
+        name: "alice".to_string(),
+        person: "alice".to_string(),
+        grants: vec![],
+    };
+    let long_ago = cutover_model::now_ms() - super::session::LOGIN_TTL_MS - 1;
+    for _ in 0..3 {
+        sessions.create(alice.clone(), long_ago).unwrap();
+    }
+    sessions.create(alice, cutover_model::now_ms()).unwrap();
+    assert_eq!(session_count(&ui.cp), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let cp = ui.cp.clone();
+    let serving = tokio::spawn(async move { crate::serve_unix(cp, &socket).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while session_count(&ui.cp) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired sessions still stored: {}",
+            session_count(&ui.cp)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ui.cp.request_shutdown();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the control plane stops")
+        .unwrap()
+        .unwrap();
+}
