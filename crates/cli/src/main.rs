@@ -134,6 +134,8 @@ enum Command {
         /// passwords would cross the network in the clear). Loopback needs no such flag.
         #[arg(long)]
         insecure_http: bool,
+        #[command(flatten)]
+        door: serve::DoorArgs,
         /// POST deployment events (failed, rolled back, stuck, waiting for approval) to this
         /// http:// URL; repeatable.
         #[arg(long, env = "CUTOVER_WEBHOOKS", value_delimiter = ',')]
@@ -248,6 +250,7 @@ async fn run(cli: Cli) -> Result<u8> {
             stop: false,
             http,
             insecure_http,
+            door,
             webhook,
             ..
         } => {
@@ -256,6 +259,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 serve::ServeOptions {
                     http,
                     insecure_http,
+                    door,
                     webhooks: webhook,
                 },
             )

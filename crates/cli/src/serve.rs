@@ -1,6 +1,7 @@
 //! `cutover serve`: the control plane process, wired to the embedded default target (the
 //! local Docker Engine and the cutover proxy), and the supervisor that keeps the proxy up.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,10 @@ use cutover_docker::DockerProvider;
 use cutover_executor::{ExecutorConfig, FaultInjector};
 use cutover_model::{Preflights, Providers};
 use cutover_proxy::{AdminClient, ProxyTraffic};
+use cutover_server::door::{DoorOptions, TlsFiles};
 use cutover_server::metrics::{ProxyStatLine, ProxyStats};
 use cutover_server::webhooks::{Delivery, Webhooks};
-use cutover_server::{ControlPlane, Options};
+use cutover_server::{ControlPlane, HttpDoor, Options};
 use cutover_store::Store;
 
 use crate::client::StateDir;
@@ -26,8 +28,114 @@ pub struct ServeOptions {
     pub http: Option<String>,
     /// Serve `http` in the clear even when it is not a loopback address.
     pub insecure_http: bool,
+    /// TLS and limits of the `http` listener.
+    pub door: DoorArgs,
     /// `http://` URLs that get deployment events.
     pub webhooks: Vec<String>,
+}
+
+/// TLS and limits of the `--http` listener (`cutover serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoorArgs {
+    /// Serve --http over TLS with this PEM certificate chain (leaf first); re-read, with
+    /// --tls-key, on SIGHUP. With TLS, --http may bind any address.
+    #[arg(
+        long,
+        env = "CUTOVER_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "CUTOVER_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Close an --http connection that has not sent a whole request head (or finished its
+    /// TLS handshake) within this time, and keep-alive connections idle that long.
+    #[arg(
+        long,
+        env = "CUTOVER_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_timeout,
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: Duration,
+    /// At most this many --http connections at once; further clients wait to be accepted.
+    #[arg(
+        long,
+        env = "CUTOVER_MAX_CONNECTIONS",
+        default_value_t = cutover_server::door::DEFAULT_MAX_CONNECTIONS,
+        value_parser = parse_max_connections,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+}
+
+impl Default for DoorArgs {
+    fn default() -> DoorArgs {
+        DoorArgs {
+            tls_cert: None,
+            tls_key: None,
+            header_read_timeout: cutover_server::door::DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: cutover_server::door::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; write a duration such as 10s or 500ms"))?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err("must be between 10ms and 1h".to_string());
+    }
+    Ok(d)
+}
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 1000000".to_string()),
+    }
+}
+
+/// Load the TLS files of `door`, made absolute so a reload reads the same files.
+fn load_tls(door: &DoorArgs) -> Result<Option<Arc<TlsFiles>>> {
+    let (Some(cert), Some(key)) = (&door.tls_cert, &door.tls_key) else {
+        return Ok(None);
+    };
+    let (cert, key) = (crate::client::absolute(cert), crate::client::absolute(key));
+    let files = TlsFiles::load(&cert, &key).context("--tls-cert/--tls-key")?;
+    Ok(Some(files))
+}
+
+/// Re-read the TLS files on every SIGHUP; a bad file keeps the served pair.
+fn reload_on_sighup(tls: Option<Arc<TlsFiles>>) -> Result<tokio::task::JoinHandle<()>> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                tracing::info!("SIGHUP: no TLS files to reload");
+                continue;
+            };
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %tls.cert_path().display(),
+                    fingerprint = %tls.fingerprint(),
+                    "SIGHUP: TLS certificate reloaded"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    fingerprint = %tls.fingerprint(),
+                    "SIGHUP: TLS certificate not reloaded; still serving the previous one"
+                ),
+            }
+        }
+    }))
 }
 
 /// Proxy counters for `/metrics`, from the proxy's admin API.
@@ -58,13 +166,22 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         })?),
         None => None,
     };
+    let tls = load_tls(&serve.door)?;
     if let Some(addr) = http {
-        if !addr.ip().is_loopback() && !serve.insecure_http {
+        if !addr.ip().is_loopback() && tls.is_none() && !serve.insecure_http {
             anyhow::bail!(
-                "--http {addr} is reachable from other machines and this control plane serves plain HTTP: bearer tokens and passwords would cross the network in the clear; bind a loopback address (127.0.0.1) behind a TLS proxy, or pass --insecure-http to accept the risk"
+                "--http {addr} is reachable from other machines and this control plane serves plain HTTP: bearer tokens and passwords would cross the network in the clear; serve TLS with --tls-cert and --tls-key, bind a loopback address (127.0.0.1) behind a TLS proxy, or pass --insecure-http to accept the risk"
             );
         }
     }
+    let http = http.map(|addr| HttpDoor {
+        addr,
+        options: DoorOptions {
+            tls: tls.clone(),
+            header_read_timeout: serve.door.header_read_timeout,
+            max_connections: serve.door.max_connections,
+        },
+    });
     let webhooks: Vec<String> = serve
         .webhooks
         .iter()
@@ -130,10 +247,12 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
             cp.request_shutdown();
         })
     };
+    let reload = reload_on_sighup(tls)?;
     tracing::info!(state_dir = %state.0.display(), pid = std::process::id(), "control plane listening");
     let result = cutover_server::serve(cp, &state.control_socket(), http).await;
     supervisor.abort();
     signals.abort();
+    reload.abort();
     let _ = std::fs::remove_file(state.serve_pid());
     Ok(result?)
 }

@@ -397,11 +397,13 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         ));
         router = router.route(def.path, guarded);
     }
-    router
-        .merge(crate::ui::router())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(cp)
+    crate::door::limit_bodies(
+        router
+            .merge(crate::ui::router())
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(cp),
+    )
 }
 
 async fn not_found() -> ServerError {

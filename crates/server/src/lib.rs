@@ -3,7 +3,7 @@
 //! when they are due, and serves one API ([`http::router`]: `/api/v1`, `/metrics`, the web
 //! UI) through two doors: the Unix socket `control.sock` (mode 0600; the caller is the
 //! socket's peer, proven by the kernel) and, when `cutover serve --http ADDR` asks for it,
-//! a TCP listener (bearer tokens, web sessions).
+//! a TCP listener (bearer tokens, web sessions; TLS and listener limits in [`door`]).
 //!
 //! The router is built by a function so tests drive it in-process. Authorization lives in
 //! [`auth`], approval rules in [`approvals`], the hash-chained audit log in [`audit`].
@@ -15,6 +15,7 @@ pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod deploy;
+pub mod door;
 mod error;
 pub mod follow;
 pub mod guardrails;
@@ -186,20 +187,34 @@ pub async fn serve_unix(cp: Arc<ControlPlane>, socket: &Path) -> Result<(), Serv
     serve(cp, socket, None).await
 }
 
-/// Like [`serve_unix`], and also serve the router on the TCP address `http` when given.
+/// The TCP door of [`serve`]: where, and how ([`door::DoorOptions`]: TLS, limits).
+#[derive(Clone)]
+pub struct HttpDoor {
+    pub addr: SocketAddr,
+    pub options: door::DoorOptions,
+}
+
+/// Like [`serve_unix`], and also serve the router on the TCP address of `http` when given.
 pub async fn serve(
     cp: Arc<ControlPlane>,
     socket: &Path,
-    http: Option<SocketAddr>,
+    http: Option<HttpDoor>,
 ) -> Result<(), ServerError> {
     let listener = bind_owner_only(socket)?;
     let http_listener = match http {
-        Some(addr) => {
+        Some(door) => {
+            let addr = door.addr;
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| ServerError::io(Path::new(&addr.to_string()), e))?;
-            tracing::info!(addr = %l.local_addr().unwrap_or(addr), "HTTP API listening");
-            Some(l)
+            tracing::info!(
+                addr = %l.local_addr().unwrap_or(addr),
+                tls = door.options.tls.is_some(),
+                max_connections = door.options.max_connections,
+                header_read_timeout_ms = door.options.header_read_timeout.as_millis() as u64,
+                "HTTP API listening"
+            );
+            Some((l, door.options))
         }
         None => None,
     };
@@ -213,18 +228,16 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "could not remove expired idempotency keys"),
     }
     let reaper = tokio::spawn(reaper(cp.clone()));
+    let sessions = tokio::spawn(purge_sessions(cp.clone()));
     let watcher = cp.spawn_watcher();
-    let http_task = http_listener.map(|l| {
+    let http_task = http_listener.map(|(l, options)| {
         let cp = cp.clone();
         tokio::spawn(async move {
             let shutdown_cp = cp.clone();
-            let app = router(cp).into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(l, app)
-                .with_graceful_shutdown(async move { shutdown_cp.shutdown.notified().await })
-                .await
-            {
-                tracing::error!(error = %e, "the HTTP API stopped");
-            }
+            door::serve_tcp(l, router(cp), options, async move {
+                shutdown_cp.shutdown.notified().await
+            })
+            .await
         })
     });
     let shutdown_cp = cp.clone();
@@ -234,12 +247,28 @@ pub async fn serve(
         .await
         .map_err(|e| ServerError::io(socket, e));
     reaper.abort();
+    sessions.abort();
     watcher.abort();
     if let Some(task) = http_task {
         task.abort();
     }
     let _ = std::fs::remove_file(socket);
     result
+}
+
+/// Remove expired web sessions now and then hourly (logins purge too): one wake-up an hour.
+async fn purge_sessions(cp: Arc<ControlPlane>) {
+    const EVERY: Duration = Duration::from_secs(3600);
+    loop {
+        let store = cp.store.clone();
+        match tokio::task::spawn_blocking(move || ui::purge_expired_sessions(&store)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(sessions = n, "expired web sessions removed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove expired web sessions"),
+            Err(e) => tracing::warn!(error = %e, "removing expired web sessions failed"),
+        }
+        tokio::time::sleep(EVERY).await;
+    }
 }
 
 /// Retire warm releases when they are due: sleeps until the earliest due time, or until

@@ -4,8 +4,9 @@
 //! login.
 //!
 //! Every page needs a logged-in session (viewer or more); actions check the role for the
-//! environment they touch. Sessions live server-side ([`session`]); every form carries the
-//! session's CSRF token and every POST without the right one is refused with 403. Live
+//! environment they touch. Sessions live server-side ([`session`]) and exist only after a
+//! login; the login form is guarded by a signed double-submit cookie, every other form
+//! carries the session's CSRF token; every POST without the right one is refused with 403. Live
 //! updates are server-sent events polled from the store; without JS the page refreshes
 //! itself.
 
@@ -36,7 +37,7 @@ use cutover_model::{format_ms, now_ms};
 use crate::auth::{self, Principal, Role};
 use crate::{view, ControlPlane, ServerError};
 use pages::Chrome;
-use session::{Session, Sessions};
+use session::{LoginCsrf, SecureCookies, Session, Sessions};
 
 const CSS: &str = include_str!("../../../../web/static/cutover.css");
 const JS: &str = include_str!("../../../../web/static/cutover.js");
@@ -315,55 +316,62 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn login_page(State(cp): Cp, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
+async fn login_page(
+    State(cp): Cp,
+    headers: HeaderMap,
+    SecureCookies(secure): SecureCookies,
+    Query(q): Query<NextQuery>,
+) -> Response {
     let next = safe_next(q.next.as_deref());
     match current_session(&cp, &headers) {
         Ok(Some((_, s))) if s.principal.is_some() => return redirect(&next),
-        Ok(Some((_, s))) => {
-            return render(&pages::LoginPage {
-                chrome: Chrome {
-                    user: None,
-                    csrf: s.csrf,
-                    section: "",
-                },
-                next,
-                error: None,
-            })
-        }
-        Ok(None) => {}
+        Ok(_) => {}
         Err(e) => return UiError::from(e).into_response(),
     }
-    fresh_login_page(&cp, &headers, StatusCode::OK, next, None)
+    // A form still open in another tab keeps its proof; nothing is stored either way.
+    let now = now_ms();
+    let key = match session::login_key(&cp.store) {
+        Ok(key) => key,
+        Err(e) => return UiError::from(e).into_response(),
+    };
+    match LoginCsrf::from_request(&key, &headers, now) {
+        Some(proof) if proof.expires_at_ms > now + session::LOGIN_FORM_TTL_MS / 2 => {
+            login_form(&proof, next, None)
+        }
+        _ => fresh_login_page(&cp, secure, StatusCode::OK, next, None),
+    }
 }
 
-/// The login page with a new anonymous session (and its cookie).
+/// The login page with a new signed CSRF proof in its form and cookie. Stores nothing.
 fn fresh_login_page(
     cp: &ControlPlane,
-    headers: &HeaderMap,
+    secure: bool,
     status: StatusCode,
     next: String,
     error: Option<String>,
 ) -> Response {
-    let created = Sessions::open(&cp.store).and_then(|s| s.create(None, now_ms()));
-    let (id, session) = match created {
-        Ok(x) => x,
+    let now = now_ms();
+    let issued = session::login_key(&cp.store).and_then(|key| LoginCsrf::issue(&key, now));
+    let proof = match issued {
+        Ok(proof) => proof,
         Err(e) => return UiError::from(e).into_response(),
     };
-    let mut response = render(&pages::LoginPage {
+    let mut response = login_form(&proof, next, error);
+    *response.status_mut() = status;
+    session::add_cookie(response.headers_mut(), proof.set_cookie(secure, now));
+    response
+}
+
+fn login_form(proof: &LoginCsrf, next: String, error: Option<String>) -> Response {
+    render(&pages::LoginPage {
         chrome: Chrome {
             user: None,
-            csrf: session.csrf,
+            csrf: proof.value.clone(),
             section: "",
         },
         next,
         error,
-    });
-    *response.status_mut() = status;
-    session::add_cookie(
-        response.headers_mut(),
-        session::set_cookie(&id, session::served_over_tls(headers)),
-    );
-    response
+    })
 }
 
 #[derive(Deserialize)]
@@ -378,24 +386,26 @@ struct LoginForm {
 async fn login(
     State(cp): Cp,
     headers: HeaderMap,
+    SecureCookies(secure): SecureCookies,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref());
-    let old = match current_session(&cp, &headers) {
-        Ok(s) => s,
+    let key = match session::login_key(&cp.store) {
+        Ok(key) => key,
         Err(e) => return UiError::from(e).into_response(),
     };
-    let Some((old_id, old_session)) = old else {
+    // The form must come with this control plane's signed cookie and carry its value.
+    let Some(proof) = LoginCsrf::from_request(&key, &headers, now_ms()) else {
         return fresh_login_page(
             &cp,
-            &headers,
+            secure,
             StatusCode::FORBIDDEN,
             next,
             Some("The login form expired. Please try again.".to_string()),
         );
     };
-    if !session::csrf_matches(&old_session, form.csrf.as_deref()) {
+    if !proof.matches(form.csrf.as_deref()) {
         return UiError::Csrf.into_response();
     }
     let nonempty = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
@@ -412,7 +422,7 @@ async fn login(
         tracing::warn!(%ip, user = user_key.unwrap_or("-"), "ui login throttled");
         let secs = wait.as_secs().max(1);
         let mut response = render_login_error(
-            &old_session,
+            &proof,
             next,
             &format!("Too many login attempts. Wait {secs} s and try again."),
         );
@@ -443,11 +453,11 @@ async fn login(
     };
     let Some(principal) = principal else {
         tracing::info!("ui login refused");
-        return render_login_error(&old_session, next, "Wrong user name, password or token.");
+        return render_login_error(&proof, next, "Wrong user name, password or token.");
     };
     if principal.grants.is_empty() {
         return render_login_error(
-            &old_session,
+            &proof,
             next,
             "This account has no role in any environment; ask an admin for one.",
         );
@@ -456,33 +466,26 @@ async fn login(
         Ok(s) => s,
         Err(e) => return UiError::from(e).into_response(),
     };
-    // A new id after login, so an id planted before login is worth nothing.
-    let _ = sessions.remove(&old_id);
+    // A session with a new id from the server, so an id planted before login is worth
+    // nothing; an older session of this browser ends.
+    if let Some(old) = session::cookie_id(&headers) {
+        let _ = sessions.remove(&old);
+    }
     let _ = sessions.purge_expired(now_ms());
     let name = principal.name.clone();
-    let (id, _) = match sessions.create(Some(principal), now_ms()) {
+    let (id, _) = match sessions.create(principal, now_ms()) {
         Ok(x) => x,
         Err(e) => return UiError::from(e).into_response(),
     };
     tracing::info!(user = %name, "ui login");
     let mut response = redirect(&next);
-    session::add_cookie(
-        response.headers_mut(),
-        session::set_cookie(&id, session::served_over_tls(&headers)),
-    );
+    session::add_cookie(response.headers_mut(), session::set_cookie(&id, secure));
+    session::add_cookie(response.headers_mut(), LoginCsrf::clear_cookie(secure));
     response
 }
 
-fn render_login_error(session: &Session, next: String, message: &str) -> Response {
-    let mut response = render(&pages::LoginPage {
-        chrome: Chrome {
-            user: None,
-            csrf: session.csrf.clone(),
-            section: "",
-        },
-        next,
-        error: Some(message.to_string()),
-    });
+fn render_login_error(proof: &LoginCsrf, next: String, message: &str) -> Response {
+    let mut response = login_form(proof, next, Some(message.to_string()));
     *response.status_mut() = StatusCode::UNAUTHORIZED;
     response
 }
@@ -492,7 +495,12 @@ struct CsrfForm {
     csrf: Option<String>,
 }
 
-async fn logout(State(cp): Cp, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+async fn logout(
+    State(cp): Cp,
+    headers: HeaderMap,
+    SecureCookies(secure): SecureCookies,
+    Form(form): Form<CsrfForm>,
+) -> Response {
     let found = match current_session(&cp, &headers) {
         Ok(s) => s,
         Err(e) => return UiError::from(e).into_response(),
@@ -506,11 +514,13 @@ async fn logout(State(cp): Cp, headers: HeaderMap, Form(form): Form<CsrfForm>) -
         }
     }
     let mut response = redirect("/login");
-    session::add_cookie(
-        response.headers_mut(),
-        session::clear_cookie(session::served_over_tls(&headers)),
-    );
+    session::add_cookie(response.headers_mut(), session::clear_cookie(secure));
     response
+}
+
+/// Remove expired web sessions; at start, hourly and at every login.
+pub fn purge_expired_sessions(store: &cutover_store::Store) -> Result<usize, ServerError> {
+    Sessions::open(store)?.purge_expired(now_ms())
 }
 
 // ----- pages -----
