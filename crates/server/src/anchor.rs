@@ -1,0 +1,583 @@
+//! The audit chain anchored outside the store: signed checkpoints in append-only sinks.
+//!
+//! The chain in the store ([`crate::audit`]) detects edits, but someone who can write the
+//! store can delete its newest entries, or rewrite entries and recompute every hash after
+//! them, and the chain verifies again. So every audit append also appends a signed
+//! [`Checkpoint`] (`seq`, the chain's head hash at that seq, time, key id) as one JSON line to
+//! each sink file given to `cutover serve --audit-sink`, fsynced before the append returns.
+//! A checkpoint's head hash commits to every entry up to its seq, so
+//! [`verify_against`] finds a deleted tail (a checkpoint beyond the chain's end), a rewrite
+//! (the chain's hash at a checkpoint's seq differs), entries the sinks never saw (after the
+//! last checkpoint), and checkpoints that are forged or signed by another key.
+//!
+//! The checkpoint key is its own Ed25519 key, `<state>/keys/audit.key`, separate from the
+//! release signing key, stored unencrypted with mode 0600 so the control plane can start
+//! unattended. Its theft costs little: whoever holds it can append a checkpoint, but the
+//! sink's value is that it is append-only somewhere the store's owner cannot rewrite (another
+//! machine, a remote syslog, a file with `chattr +a`), so the old checkpoints that contradict
+//! a rewritten chain stay. Its public half, `<state>/keys/audit.pub` (`cutover audit key`),
+//! lets anyone check a sink without the store.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use cutover_signing::{Algorithm, KeyError, KeyPair, PublicKey};
+
+use crate::audit::AuditEntry;
+
+/// What a checkpoint's signature covers first (domain separation).
+pub const CHECKPOINT_FORMAT: &str = "cutover-audit-checkpoint/v1";
+
+/// How much of each sink's end the control plane reads at start to compare with the store.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// Failures of the key and of the sinks. Sink errors name the sink; they stay in the
+/// control plane's log (clients see only that the audit log could not be written).
+#[derive(Debug, Error)]
+pub enum AnchorError {
+    #[error("audit checkpoint key: {0}")]
+    Key(#[from] KeyError),
+    #[error("cannot create the key directory {path}: {source}")]
+    KeyDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit sink {0:?} is not a file path: give a file (on another disk or machine, or append-only with `chattr +a`)")]
+    NotAFile(String),
+    #[error("cannot open the audit sink {path}: {source}; check that its directory exists and this account may append to it")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot append a checkpoint to the audit sink {path}: {source}; the audited action was refused until the sink is writable again")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the audit sink {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One signed line of a sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The newest audit entry when it was written.
+    pub seq: u64,
+    /// That entry's hash: it commits to every entry before it.
+    pub head: String,
+    pub at_ms: u64,
+    /// Hex sha256 of the signing key's SPKI DER (as `cutover audit key` prints).
+    pub key_id: String,
+    /// Hex Ed25519 signature of [`Checkpoint::message`].
+    pub sig: String,
+}
+
+impl Checkpoint {
+    /// The bytes the signature covers.
+    pub fn message(seq: u64, head: &str, at_ms: u64, key_id: &str) -> Vec<u8> {
+        format!("{CHECKPOINT_FORMAT}\nseq {seq}\nhead {head}\nat_ms {at_ms}\nkey_id {key_id}\n")
+            .into_bytes()
+    }
+
+    pub fn sign(key: &KeyPair, seq: u64, head: &str, at_ms: u64) -> Checkpoint {
+        let sig = key.sign(&Self::message(seq, head, at_ms, key.key_id()));
+        Checkpoint {
+            seq,
+            head: head.to_string(),
+            at_ms,
+            key_id: key.key_id().to_string(),
+            sig: hex::encode(sig),
+        }
+    }
+
+    /// Whether `key` signed exactly this checkpoint.
+    pub fn signature_ok(&self, key: &PublicKey) -> bool {
+        let Ok(sig) = hex::decode(&self.sig) else {
+            return false;
+        };
+        self.key_id == key.key_id()
+            && key.verify(
+                &Self::message(self.seq, &self.head, self.at_ms, &self.key_id),
+                &sig,
+            )
+    }
+}
+
+/// `<keys_dir>/audit.pub`.
+pub fn public_key_path(keys_dir: &Path) -> PathBuf {
+    keys_dir.join("audit.pub")
+}
+
+/// The checkpoint key, made on first use: `<keys_dir>/audit.key` (PKCS#8 PEM, 0600) and
+/// `<keys_dir>/audit.pub` (PEM). Safe when several processes race to make it: the
+/// private key appears under its name complete or not at all.
+pub fn load_or_create_key(keys_dir: &Path) -> Result<KeyPair, AnchorError> {
+    let private = keys_dir.join("audit.key");
+    if !private.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(keys_dir)
+            .map_err(|source| AnchorError::KeyDir {
+                path: keys_dir.to_path_buf(),
+                source,
+            })?;
+        let fresh = KeyPair::generate(Algorithm::Ed25519);
+        let staged = keys_dir.join(format!("audit.key.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&staged);
+        fresh.save_private_unencrypted(&staged)?;
+        // A hard link fails when the name exists: the first writer wins, the others load it.
+        let linked = std::fs::hard_link(&staged, &private);
+        let _ = std::fs::remove_file(&staged);
+        match linked {
+            Ok(()) => tracing::info!(key_id = %fresh.key_id(), "made the audit checkpoint key"),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(AnchorError::Key(KeyError::Write {
+                    path: private,
+                    source,
+                }))
+            }
+        }
+    }
+    let key = KeyPair::load_private_unencrypted(&private)?;
+    let public = public_key_path(keys_dir);
+    let current = std::fs::read_to_string(&public).ok();
+    if current.as_deref() != Some(key.public().to_pem().as_str()) {
+        // Derived from the private key: a missing or replaced public half is written again.
+        let _ = std::fs::remove_file(&public);
+        match key.save_public(&public) {
+            Ok(()) | Err(KeyError::Exists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(key)
+}
+
+struct Sink {
+    path: PathBuf,
+    file: File,
+    /// A write failed part-way: the next line starts on a fresh line.
+    torn: bool,
+}
+
+struct Sinks {
+    /// The highest seq a checkpoint in every sink covers.
+    covered: u64,
+    sinks: Vec<Sink>,
+}
+
+/// The checkpoint key and the open sinks of one store (see [`crate::audit::anchor`]).
+pub struct Anchor {
+    key: KeyPair,
+    paths: Vec<PathBuf>,
+    sinks: Mutex<Sinks>,
+    /// The last checkpoint was written to every sink.
+    writing: AtomicBool,
+    /// The sinks agreed with the store at start.
+    agreed: AtomicBool,
+}
+
+impl std::fmt::Debug for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anchor")
+            .field("key_id", &self.key.key_id())
+            .field("sinks", &self.paths)
+            .finish()
+    }
+}
+
+impl Anchor {
+    /// Open every sink for appending (created 0600 when missing).
+    pub fn open(key: KeyPair, paths: &[PathBuf]) -> Result<Anchor, AnchorError> {
+        let mut sinks = Vec::new();
+        for path in paths {
+            let text = path.to_string_lossy();
+            if text.contains("://") {
+                return Err(AnchorError::NotAFile(text.into_owned()));
+            }
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| AnchorError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            sinks.push(Sink {
+                path: path.clone(),
+                file,
+                torn: false,
+            });
+        }
+        Ok(Anchor {
+            key,
+            paths: paths.to_vec(),
+            sinks: Mutex::new(Sinks { covered: 0, sinks }),
+            writing: AtomicBool::new(true),
+            agreed: AtomicBool::new(true),
+        })
+    }
+
+    pub fn public(&self) -> &PublicKey {
+        self.key.public()
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Whether the sinks agreed with the store at start and the last checkpoint was written
+    /// (the `cutover_audit_anchor_ok` gauge).
+    pub fn ok(&self) -> bool {
+        self.writing.load(Ordering::Relaxed) && self.agreed.load(Ordering::Relaxed)
+    }
+
+    /// Append a checkpoint of `(seq, head)` to every sink and fsync it. Returns at once when
+    /// a checkpoint of a later seq is already written (its head covers this one).
+    pub fn checkpoint(&self, seq: u64, head: &str) -> Result<(), AnchorError> {
+        let mut state = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        if state.covered >= seq {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint::sign(&self.key, seq, head, cutover_model::now_ms());
+        let mut line = serde_json::to_string(&checkpoint).expect("checkpoints serialize");
+        line.push('\n');
+        let mut failed = None;
+        for sink in &mut state.sinks {
+            let text = if sink.torn {
+                format!("\n{line}")
+            } else {
+                line.clone()
+            };
+            let written = sink
+                .file
+                .write_all(text.as_bytes())
+                .and_then(|()| sink.file.sync_data());
+            match written {
+                Ok(()) => sink.torn = false,
+                Err(source) => {
+                    sink.torn = true;
+                    failed.get_or_insert(AnchorError::Write {
+                        path: sink.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.writing.store(false, Ordering::Relaxed);
+            return Err(e);
+        }
+        state.covered = seq;
+        self.writing.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Compare the end of every sink with the store's chain; log each disagreement as an
+    /// error and clear [`Anchor::ok`]. Returns the problems found.
+    pub fn check_at_start(&self, entries: &[AuditEntry]) -> Vec<String> {
+        let mut found = Vec::new();
+        for path in &self.paths {
+            let tail = match read_tail(path, TAIL_BYTES) {
+                Ok(tail) => tail,
+                Err(e) => {
+                    found.push(e.to_string());
+                    continue;
+                }
+            };
+            let report = verify_against(entries, &tail, self.public());
+            if report.checkpoints == 0 && report.problems.iter().all(|p| p.is_unanchored()) {
+                // A new sink: the next append anchors the whole chain.
+                continue;
+            }
+            for problem in &report.problems {
+                found.push(format!("{}: {problem}", path.display()));
+            }
+        }
+        for problem in &found {
+            tracing::error!(problem = %problem, "the audit sink disagrees with the store's audit chain; run `cutover audit verify --against <sink>`");
+        }
+        if !found.is_empty() {
+            self.agreed.store(false, Ordering::Relaxed);
+        }
+        found
+    }
+}
+
+/// The last `max` bytes of a file, from its first whole line.
+fn read_tail(path: &Path, max: u64) -> Result<String, AnchorError> {
+    let read_err = |source| AnchorError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len();
+    let start = len.saturating_sub(max);
+    file.seek(SeekFrom::Start(start)).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Ok(match (start, text.find('\n')) {
+        (0, _) => text,
+        (_, Some(i)) => text[i + 1..].to_string(),
+        (_, None) => String::new(),
+    })
+}
+
+/// A disagreement between the chain and its sink. Every one makes verification fail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AnchorProblem {
+    /// The entries themselves do not chain (what the store-only verify also finds).
+    ChainBroken { seq: u64, reason: String },
+    /// A checkpoint names a seq beyond the chain's end.
+    TailDeleted {
+        chain_end: u64,
+        checkpoint_seq: u64,
+        line: usize,
+    },
+    /// The chain's hash at a checkpoint's seq is not the checkpoint's head.
+    Rewritten {
+        seq: u64,
+        line: usize,
+        /// The newest seq a checkpoint still confirms before it (0: none).
+        confirmed_before: u64,
+    },
+    /// Entries after the newest matching checkpoint: no sink saw them.
+    Unanchored { from: u64, to: u64 },
+    /// A checkpoint under the right key id whose signature does not verify.
+    BadSignature { line: usize, seq: u64 },
+    /// A checkpoint signed by a key other than the one given.
+    UnknownKey { line: usize, key_id: String },
+}
+
+impl AnchorProblem {
+    fn is_unanchored(&self) -> bool {
+        matches!(self, AnchorProblem::Unanchored { .. })
+    }
+}
+
+impl std::fmt::Display for AnchorProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnchorProblem::ChainBroken { seq, reason } => {
+                write!(f, "the chain itself breaks at entry {seq}: {reason}")
+            }
+            AnchorProblem::TailDeleted {
+                chain_end,
+                checkpoint_seq,
+                line,
+            } => write!(
+                f,
+                "tail deleted: the sink's line {line} checkpoints entry {checkpoint_seq}, but the chain ends at entry {chain_end}; entries {} to {checkpoint_seq} were deleted",
+                chain_end + 1
+            ),
+            AnchorProblem::Rewritten {
+                seq,
+                line,
+                confirmed_before,
+            } => write!(
+                f,
+                "rewritten: the chain's hash at entry {seq} differs from the checkpoint on the sink's line {line}; an entry from {} to {seq} was edited or replaced and the hashes after it recomputed",
+                confirmed_before + 1
+            ),
+            AnchorProblem::Unanchored { from, to } => write!(
+                f,
+                "unanchored: entries {from} to {to} are in no checkpoint; they were appended while no sink was configured or its write failed, or added outside cutover"
+            ),
+            AnchorProblem::BadSignature { line, seq } => write!(
+                f,
+                "forged checkpoint: the signature on the sink's line {line} (entry {seq}) does not verify"
+            ),
+            AnchorProblem::UnknownKey { line, key_id } => write!(
+                f,
+                "unknown key: the sink's line {line} is signed by key {key_id}, not the audit key given"
+            ),
+        }
+    }
+}
+
+/// What [`verify_against`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorReport {
+    /// Entries in the chain.
+    pub entries: u64,
+    /// Checkpoints with a valid signature by the key.
+    pub checkpoints: u64,
+    /// The newest entry a checkpoint confirms (0: none).
+    pub anchored_through: u64,
+    /// Disagreements; verification passes only when there are none.
+    pub problems: Vec<AnchorProblem>,
+    /// Harmless facts: lines that are not checkpoints, entries covered only by a later
+    /// checkpoint.
+    pub notes: Vec<String>,
+}
+
+impl AnchorReport {
+    pub fn intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Check a chain (`entries`, oldest first, as `GET /api/v1/audit` exports them) against
+/// the text of a sink and the audit public key. Pure: no store, no files.
+pub fn verify_against(entries: &[AuditEntry], sink: &str, key: &PublicKey) -> AnchorReport {
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+
+    // The chain as given: the store's checks, redone here so nothing is taken on trust.
+    let mut prev_hash = String::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let expected = i as u64 + 1;
+        let reason = if entry.seq != expected {
+            Some(format!("expected entry {expected}, found entry {}", entry.seq))
+        } else if entry.prev_hash != prev_hash {
+            Some("its link to the previous entry does not match".to_string())
+        } else if crate::audit::entry_hash(entry) != entry.hash {
+            Some("its content does not match its hash".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            problems.push(AnchorProblem::ChainBroken {
+                seq: expected,
+                reason,
+            });
+            break;
+        }
+        prev_hash = entry.hash.clone();
+    }
+    let chain_end = entries.len() as u64;
+    let hash_at = |seq: u64| -> Option<&str> {
+        entries
+            .get(usize::try_from(seq).ok()?.checked_sub(1)?)
+            .map(|e| e.hash.as_str())
+    };
+
+    let mut checkpoints = 0u64;
+    let mut matched: Vec<u64> = Vec::new();
+    let mut mismatched: Vec<(u64, usize)> = Vec::new();
+    let mut beyond: Option<(u64, usize)> = None;
+    let mut unreadable = Vec::new();
+    for (i, text) in sink.lines().enumerate() {
+        let line = i + 1;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let checkpoint: Checkpoint = match serde_json::from_str(text) {
+            Ok(c) => c,
+            Err(_) => {
+                unreadable.push(line);
+                continue;
+            }
+        };
+        if checkpoint.key_id != key.key_id() {
+            problems.push(AnchorProblem::UnknownKey {
+                line,
+                key_id: checkpoint.key_id,
+            });
+            continue;
+        }
+        if !checkpoint.signature_ok(key) || checkpoint.seq == 0 {
+            problems.push(AnchorProblem::BadSignature {
+                line,
+                seq: checkpoint.seq,
+            });
+            continue;
+        }
+        checkpoints += 1;
+        match hash_at(checkpoint.seq) {
+            None => {
+                if beyond.is_none_or(|(seq, _)| checkpoint.seq > seq) {
+                    beyond = Some((checkpoint.seq, line));
+                }
+            }
+            Some(hash) if hash == checkpoint.head => matched.push(checkpoint.seq),
+            Some(_) => mismatched.push((checkpoint.seq, line)),
+        }
+    }
+    if !unreadable.is_empty() {
+        notes.push(format!(
+            "{} line(s) of the sink are not checkpoints (a torn write, or text appended by something else): line {}",
+            unreadable.len(),
+            unreadable
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some((checkpoint_seq, line)) = beyond {
+        problems.push(AnchorProblem::TailDeleted {
+            chain_end,
+            checkpoint_seq,
+            line,
+        });
+    }
+    for (seq, line) in mismatched {
+        let confirmed_before = matched.iter().copied().filter(|m| *m < seq).max();
+        problems.push(AnchorProblem::Rewritten {
+            seq,
+            line,
+            confirmed_before: confirmed_before.unwrap_or(0),
+        });
+    }
+    // A matching checkpoint confirms the chain up to its seq only when no checkpoint at or
+    // before it disagrees (a rewrite followed by new appends can match again later).
+    let first_bad = problems
+        .iter()
+        .filter_map(|p| match p {
+            AnchorProblem::Rewritten { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .min();
+    let anchored_through = matched
+        .iter()
+        .copied()
+        .filter(|m| first_bad.is_none_or(|bad| *m < bad))
+        .max()
+        .unwrap_or(0);
+    let newest_match = matched.iter().copied().max().unwrap_or(0);
+    if newest_match < chain_end {
+        problems.push(AnchorProblem::Unanchored {
+            from: newest_match + 1,
+            to: chain_end,
+        });
+    }
+    let mut own: Vec<u64> = matched
+        .iter()
+        .copied()
+        .filter(|m| *m <= anchored_through)
+        .collect();
+    own.sort_unstable();
+    own.dedup();
+    let covered_only = anchored_through.saturating_sub(own.len() as u64);
+    if covered_only > 0 {
+        notes.push(format!(
+            "{covered_only} entries have no checkpoint of their own (appended before a sink was configured, or while a checkpoint of a later entry was being written); the head hash of the next checkpoint commits to them"
+        ));
+    }
+    AnchorReport {
+        entries: chain_end,
+        checkpoints,
+        anchored_through,
+        problems,
+        notes,
+    }
+}
