@@ -137,6 +137,11 @@ enum Command {
         /// http:// URL; repeatable.
         #[arg(long, env = "CUTOVER_WEBHOOKS", value_delimiter = ',')]
         webhook: Vec<String>,
+        /// Append a signed checkpoint of the audit chain to this file on every audited
+        /// action (opened append-only, 0600; keep it on another disk or machine, or
+        /// `chattr +a`); repeatable. Actions whose checkpoint cannot be written fail.
+        #[arg(long = "audit-sink", env = "CUTOVER_AUDIT_SINK", value_delimiter = ',')]
+        audit_sink: Vec<std::path::PathBuf>,
     },
     /// Run the data-plane proxy in the foreground (started by the control plane).
     #[command(hide = true)]
@@ -245,6 +250,7 @@ async fn run(cli: Cli) -> Result<u8> {
             http,
             insecure_http,
             webhook,
+            audit_sink,
             ..
         } => {
             serve::run(
@@ -253,6 +259,7 @@ async fn run(cli: Cli) -> Result<u8> {
                     http,
                     insecure_http,
                     webhooks: webhook,
+                    audit_sinks: audit_sink,
                 },
             )
             .await?;

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub insecure_http: bool,
     /// `http://` URLs that get deployment events.
     pub webhooks: Vec<String>,
+    /// Files that get a signed checkpoint of the audit chain on every append.
+    pub audit_sinks: Vec<std::path::PathBuf>,
 }
 
 /// Proxy counters for `/metrics`, from the proxy's admin API.
@@ -77,6 +79,9 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     crate::client::create_state_dir(&state.0)?;
     crate::client::check_private(&state.0)?;
     let store = Store::open(&state.db())?;
+    if !serve.audit_sinks.is_empty() {
+        anchor_audit(&state, &store, &serve.audit_sinks)?;
+    }
     cutover_proxy::pidfile::write(&state.serve_pid())
         .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
 
@@ -136,6 +141,35 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     signals.abort();
     let _ = std::fs::remove_file(state.serve_pid());
     Ok(result?)
+}
+
+/// Anchor the store's audit chain to `sinks` (see `cutover_server::anchor`), after
+/// comparing their last checkpoints with the chain. A disagreement is logged as an error and
+/// shown by `/metrics` (`cutover_audit_anchor_ok 0`) but does not stop the control plane:
+/// rollbacks must stay possible, and the evidence stays in the sinks.
+fn anchor_audit(state: &StateDir, store: &Store, sinks: &[std::path::PathBuf]) -> Result<()> {
+    use cutover_server::anchor::{load_or_create_key, Anchor};
+    let mut absolute = Vec::new();
+    for sink in sinks {
+        absolute.push(
+            std::path::absolute(sink)
+                .with_context(|| format!("--audit-sink {}", sink.display()))?,
+        );
+    }
+    let key = load_or_create_key(&state.0.join("keys")).context("--audit-sink")?;
+    let key_id = key.key_id().to_string();
+    let anchor = Anchor::open(key, &absolute).context("--audit-sink")?;
+    let entries = cutover_server::audit::export(store, None)?;
+    let problems = anchor.check_at_start(&entries);
+    cutover_server::audit::anchor(store, anchor)?;
+    tracing::info!(
+        sinks = ?absolute,
+        key_id = %key_id,
+        entries = entries.len(),
+        agrees = problems.is_empty(),
+        "audit chain anchored"
+    );
+    Ok(())
 }
 
 /// Test-only hook, off unless set: `CUTOVER_TEST_FAIL_UNDO=<step id>[,<step id>…]` makes

@@ -295,7 +295,9 @@ impl Anchor {
         let mut found = Vec::new();
         for path in &self.paths {
             let tail = match read_tail(path, TAIL_BYTES) {
-                Ok(tail) => tail,
+                Ok(Some(tail)) => tail,
+                // Not a regular file (a pipe to a log shipper, a device): nothing to read.
+                Ok(None) => continue,
                 Err(e) => {
                     found.push(e.to_string());
                     continue;
@@ -320,24 +322,28 @@ impl Anchor {
     }
 }
 
-/// The last `max` bytes of a file, from its first whole line.
-fn read_tail(path: &Path, max: u64) -> Result<String, AnchorError> {
+/// The last `max` bytes of a regular file, from its first whole line (`None`: not a
+/// regular file).
+fn read_tail(path: &Path, max: u64) -> Result<Option<String>, AnchorError> {
     let read_err = |source| AnchorError::Read {
         path: path.to_path_buf(),
         source,
     };
     let mut file = File::open(path).map_err(read_err)?;
-    let len = file.metadata().map_err(read_err)?.len();
-    let start = len.saturating_sub(max);
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let start = meta.len().saturating_sub(max);
     file.seek(SeekFrom::Start(start)).map_err(read_err)?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(read_err)?;
+    file.take(max).read_to_end(&mut bytes).map_err(read_err)?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    Ok(match (start, text.find('\n')) {
+    Ok(Some(match (start, text.find('\n')) {
         (0, _) => text,
         (_, Some(i)) => text[i + 1..].to_string(),
         (_, None) => String::new(),
-    })
+    }))
 }
 
 /// A disagreement between the chain and its sink. Every one makes verification fail.
@@ -579,5 +585,360 @@ pub fn verify_against(entries: &[AuditEntry], sink: &str, key: &PublicKey) -> An
         anchored_through,
         problems,
         notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{self, entry_hash};
+    use cutover_store::Store;
+    use serde_json::json;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        sink: PathBuf,
+        public: PublicKey,
+    }
+
+    /// A store with `n` audited actions, anchored to one sink file.
+    fn anchored(n: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let sink = dir.path().join("sink.jsonl");
+        let key = KeyPair::generate(Algorithm::Ed25519);
+        let public = key.public().clone();
+        audit::anchor(&store, Anchor::open(key, std::slice::from_ref(&sink)).unwrap()).unwrap();
+        for i in 1..=n {
+            audit::record(&store, "alice", "deploy", &format!("production-{i}"), json!({"i": i}))
+                .unwrap();
+        }
+        Fixture {
+            _dir: dir,
+            store,
+            sink,
+            public,
+        }
+    }
+
+    impl Fixture {
+        fn entries(&self) -> Vec<AuditEntry> {
+            audit::export(&self.store, None).unwrap()
+        }
+        fn sink_text(&self) -> String {
+            std::fs::read_to_string(&self.sink).unwrap()
+        }
+    }
+
+    /// What someone with write access to the store does after changing entry `from`:
+    /// recompute every hash and link after it, so the chain verifies again.
+    fn rehash_from(entries: &mut [AuditEntry], from: usize) {
+        for i in from..entries.len() {
+            entries[i].prev_hash = if i == 0 {
+                String::new()
+            } else {
+                entries[i - 1].hash.clone()
+            };
+            entries[i].hash = entry_hash(&entries[i]);
+        }
+    }
+
+    #[test]
+    fn an_untouched_chain_matches_its_sink() {
+        let f = anchored(5);
+        let text = f.sink_text();
+        assert_eq!(text.lines().count(), 5, "one checkpoint per append:\n{text}");
+        let report = verify_against(&f.entries(), &text, &f.public);
+        assert!(report.intact(), "{report:?}");
+        assert_eq!(report.entries, 5);
+        assert_eq!(report.checkpoints, 5);
+        assert_eq!(report.anchored_through, 5);
+        assert!(report.notes.is_empty(), "{:?}", report.notes);
+    }
+
+    #[test]
+    fn a_deleted_tail_is_found() {
+        let f = anchored(5);
+        let mut entries = f.entries();
+        entries.truncate(3);
+        let report = verify_against(&entries, &f.sink_text(), &f.public);
+        assert_eq!(
+            report.problems,
+            vec![AnchorProblem::TailDeleted {
+                chain_end: 3,
+                checkpoint_seq: 5,
+                line: 5
+            }]
+        );
+        assert!(report.problems[0].to_string().contains("entries 4 to 5 were deleted"));
+        assert_eq!(report.anchored_through, 3);
+    }
+
+    #[test]
+    fn a_rewritten_and_rehashed_entry_is_found() {
+        let f = anchored(5);
+        let mut entries = f.entries();
+        entries[2].actor = "mallory".to_string();
+        rehash_from(&mut entries, 2);
+        // The chain alone cannot tell: every link and hash checks.
+        let alone = verify_against(&entries, "", &f.public);
+        assert_eq!(
+            alone.problems,
+            vec![AnchorProblem::Unanchored { from: 1, to: 5 }]
+        );
+        let report = verify_against(&entries, &f.sink_text(), &f.public);
+        let rewritten: Vec<_> = report
+            .problems
+            .iter()
+            .filter(|p| matches!(p, AnchorProblem::Rewritten { .. }))
+            .collect();
+        assert_eq!(rewritten.len(), 3, "{report:?}");
+        assert_eq!(
+            rewritten[0],
+            &AnchorProblem::Rewritten {
+                seq: 3,
+                line: 3,
+                confirmed_before: 2
+            }
+        );
+        assert!(!report.intact());
+        assert_eq!(report.anchored_through, 2);
+    }
+
+    #[test]
+    fn a_deleted_tail_appended_again_is_a_rewrite() {
+        // Delete entries 4 and 5, then let cutover append two new ones: seqs 4 and 5 are
+        // back with other hashes, and the sink has both versions.
+        let f = anchored(5);
+        let mut entries = f.entries();
+        entries.truncate(3);
+        for i in 0..2 {
+            let mut e = entries[2].clone();
+            e.seq = 4 + i;
+            e.target = format!("innocent-{i}");
+            entries.push(e);
+        }
+        rehash_from(&mut entries, 3);
+        let key_text = f.sink_text();
+        let report = verify_against(&entries, &key_text, &f.public);
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| matches!(p, AnchorProblem::Rewritten { seq: 4, .. })));
+    }
+
+    #[test]
+    fn entries_no_sink_saw_are_a_gap_but_earlier_ones_are_covered() {
+        let f = anchored(0);
+        // Three entries before the sink existed (their anchor is dropped for the moment).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        for i in 1..=3 {
+            audit::record(&store, "bob", "user.add", &format!("u{i}"), json!({})).unwrap();
+        }
+        let sink = dir.path().join("sink.jsonl");
+        let key = KeyPair::generate(Algorithm::Ed25519);
+        let public = key.public().clone();
+        let anchor = Anchor::open(key, std::slice::from_ref(&sink)).unwrap();
+        audit::anchor(&store, anchor).unwrap();
+        for i in 4..=5 {
+            audit::record(&store, "bob", "user.add", &format!("u{i}"), json!({})).unwrap();
+        }
+        let mut entries = audit::export(&store, None).unwrap();
+        let text = std::fs::read_to_string(&sink).unwrap();
+        let report = verify_against(&entries, &text, &public);
+        assert!(report.intact(), "{report:?}");
+        assert_eq!(report.anchored_through, 5);
+        assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+        assert!(report.notes[0].starts_with("3 entries have no checkpoint"));
+
+        // Two more appended where no sink saw them (sink unconfigured, or forged).
+        for seq in 6..=7 {
+            let mut e = entries[4].clone();
+            e.seq = seq;
+            entries.push(e);
+        }
+        rehash_from(&mut entries, 5);
+        let report = verify_against(&entries, &text, &public);
+        assert_eq!(
+            report.problems,
+            vec![AnchorProblem::Unanchored { from: 6, to: 7 }]
+        );
+        drop(f);
+    }
+
+    #[test]
+    fn a_forged_checkpoint_is_found() {
+        let f = anchored(3);
+        let mut entries = f.entries();
+        entries.truncate(2);
+        // The attacker also appends a checkpoint that matches the shortened chain, without
+        // the key: a copy of the last good one with a later seq.
+        let mut forged: Checkpoint =
+            serde_json::from_str(f.sink_text().lines().nth(1).unwrap()).unwrap();
+        forged.seq = 3;
+        let text = format!("{}{}\n", f.sink_text(), serde_json::to_string(&forged).unwrap());
+        let report = verify_against(&entries, &text, &f.public);
+        assert!(report
+            .problems
+            .contains(&AnchorProblem::BadSignature { line: 4, seq: 3 }));
+        // The true checkpoint of entry 3 still shows the deletion.
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| matches!(p, AnchorProblem::TailDeleted { .. })));
+        // A signature that is not even hex.
+        let mut garbled = forged.clone();
+        garbled.sig = "zz".to_string();
+        assert!(!garbled.signature_ok(&f.public));
+    }
+
+    #[test]
+    fn a_checkpoint_signed_by_another_key_is_found() {
+        let f = anchored(2);
+        let other = KeyPair::generate(Algorithm::Ed25519);
+        let entries = f.entries();
+        let foreign = Checkpoint::sign(&other, 2, &entries[1].hash, 1);
+        let text = format!("{}{}\n", f.sink_text(), serde_json::to_string(&foreign).unwrap());
+        let report = verify_against(&entries, &text, &f.public);
+        assert_eq!(
+            report.problems,
+            vec![AnchorProblem::UnknownKey {
+                line: 3,
+                key_id: other.key_id().to_string()
+            }]
+        );
+        // And verified with the wrong key, every checkpoint is unknown.
+        let report = verify_against(&entries, &f.sink_text(), other.public());
+        assert_eq!(report.checkpoints, 0);
+        assert_eq!(report.problems.len(), 3);
+    }
+
+    #[test]
+    fn lines_that_are_not_checkpoints_are_noted_not_failed() {
+        let f = anchored(2);
+        let text = format!("{{\"seq\":1,\"he\n{}garbage\n", f.sink_text());
+        let report = verify_against(&f.entries(), &text, &f.public);
+        assert!(report.intact(), "{report:?}");
+        assert_eq!(report.notes.len(), 1);
+        assert!(report.notes[0].contains("line 1, 4"), "{}", report.notes[0]);
+    }
+
+    #[test]
+    fn an_unwritable_sink_fails_the_append_and_undoes_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let key = KeyPair::generate(Algorithm::Ed25519);
+        // Every write to /dev/full fails with ENOSPC.
+        let anchor = audit::anchor(
+            &store,
+            Anchor::open(key, &[PathBuf::from("/dev/full")]).unwrap(),
+        )
+        .unwrap();
+        let err = audit::record(&store, "alice", "deploy", "p-1", json!({})).unwrap_err();
+        assert!(matches!(err, crate::ServerError::AuditSink(_)), "{err}");
+        assert!(!anchor.ok());
+        assert_eq!(err.code(), crate::api::ErrorCode::Unavailable);
+        let body = err.body();
+        assert!(!body.message.contains("/dev/full"), "{}", body.message);
+        assert!(body.message.contains("not carried out"), "{}", body.message);
+
+        // A token whose creation cannot be audited does not exist afterwards.
+        let new = crate::auth::NewToken {
+            role: crate::auth::Role::Admin,
+            env: None,
+            name: Some("ci".to_string()),
+            owner: None,
+            expires_in_ms: None,
+        };
+        let err = crate::auth::create_token(&store, "alice", &new).unwrap_err();
+        assert!(err.to_string().contains("no token was created"), "{err}");
+        assert!(crate::auth::list_tokens(&store).unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_appends_are_covered_by_some_checkpoint() {
+        let f = anchored(0);
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let store = f.store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        audit::record(&store, "a", "deploy", &format!("{t}-{i}"), json!({}))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let report = verify_against(&f.entries(), &f.sink_text(), &f.public);
+        assert!(report.intact(), "{report:?}");
+        assert_eq!(report.anchored_through, 40);
+    }
+
+    #[test]
+    fn the_start_check_finds_a_deleted_tail_and_accepts_a_new_sink() {
+        let f = anchored(4);
+        let anchor = audit::anchor_of(&f.store).unwrap();
+        assert!(anchor.check_at_start(&f.entries()).is_empty());
+        let mut entries = f.entries();
+        entries.truncate(2);
+        let found = anchor.check_at_start(&entries);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("tail deleted"), "{}", found[0]);
+        assert!(!anchor.ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = Anchor::open(
+            KeyPair::generate(Algorithm::Ed25519),
+            &[dir.path().join("new.jsonl")],
+        )
+        .unwrap();
+        assert!(fresh.check_at_start(&f.entries()).is_empty());
+        assert!(fresh.ok());
+        // A device is not read (reading /dev/full never ends).
+        let device = Anchor::open(
+            KeyPair::generate(Algorithm::Ed25519),
+            &[PathBuf::from("/dev/full")],
+        )
+        .unwrap();
+        assert!(device.check_at_start(&f.entries()).is_empty());
+    }
+
+    #[test]
+    fn the_key_is_made_once_with_its_public_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let a = load_or_create_key(&keys).unwrap();
+        let b = load_or_create_key(&keys).unwrap();
+        assert_eq!(a.key_id(), b.key_id());
+        let public = PublicKey::from_pem_file(&public_key_path(&keys)).unwrap();
+        assert_eq!(public.key_id(), a.key_id());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&keys.join("audit.key")), 0o600);
+        assert_eq!(mode(&keys), 0o700);
+        // A replaced public half is written again from the private key.
+        std::fs::write(
+            public_key_path(&keys),
+            KeyPair::generate(Algorithm::Ed25519).public().to_pem(),
+        )
+        .unwrap();
+        load_or_create_key(&keys).unwrap();
+        let public = PublicKey::from_pem_file(&public_key_path(&keys)).unwrap();
+        assert_eq!(public.key_id(), a.key_id());
+    }
+
+    #[test]
+    fn http_sinks_are_refused_with_a_clear_error() {
+        let err = Anchor::open(
+            KeyPair::generate(Algorithm::Ed25519),
+            &[PathBuf::from("http://siem.example/audit")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a file path"), "{err}");
     }
 }

@@ -138,8 +138,8 @@ fn canonical(value: &Value) -> Value {
     }
 }
 
-/// The hash an entry must carry.
-pub(crate) fn entry_hash(entry: &AuditEntry) -> String {
+/// The hash an entry must carry (what a verifier outside cutover recomputes).
+pub fn entry_hash(entry: &AuditEntry) -> String {
     let body = serde_json::json!({
         "seq": entry.seq,
         "at_ms": entry.at_ms,
