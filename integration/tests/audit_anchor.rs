@@ -20,7 +20,13 @@ fn audited_project(name: &str) -> (Project, PathBuf) {
     let sink = sink_dir.join("cutover-audit.jsonl");
     let mut first = None;
     for n in ["ci-1", "ci-2", "ci-3"] {
-        let run = with_sink(&p, &sink, &["token", "create", "--role", "viewer", "--name", n, "-o", "json"]);
+        let run = with_sink(
+            &p,
+            &sink,
+            &[
+                "token", "create", "--role", "viewer", "--name", n, "-o", "json",
+            ],
+        );
         run.assert_code(0);
         first.get_or_insert(run.json()["record"]["id"].as_str().unwrap().to_string());
     }
@@ -29,10 +35,22 @@ fn audited_project(name: &str) -> (Project, PathBuf) {
     let mode = std::fs::metadata(&sink).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the sink is created 0600");
     let lines = std::fs::read_to_string(&sink).unwrap();
-    assert_eq!(lines.lines().count(), 4, "one checkpoint per audited action:\n{lines}");
-    let run = with_sink(&p, &sink, &["audit", "verify", "--against", sink.to_str().unwrap()]);
+    assert_eq!(
+        lines.lines().count(),
+        4,
+        "one checkpoint per audited action:\n{lines}"
+    );
+    let run = with_sink(
+        &p,
+        &sink,
+        &["audit", "verify", "--against", sink.to_str().unwrap()],
+    );
     run.assert_code(0);
-    assert!(run.stdout.contains("audit log anchored: 4 entries"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("audit log anchored: 4 entries"),
+        "{}",
+        run.stdout
+    );
     stop(&p);
     (p, sink)
 }
@@ -71,15 +89,27 @@ fn assert_only_the_sink_notices(p: &Project, sink: &Path, expect: &[&str]) {
     run.assert_code(0);
     assert!(run.stdout.contains("audit log intact"), "{}", run.stdout);
 
-    let run = with_sink(p, sink, &["audit", "verify", "--against", sink.to_str().unwrap()]);
-    assert_eq!(run.code, 1, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    let run = with_sink(
+        p,
+        sink,
+        &["audit", "verify", "--against", sink.to_str().unwrap()],
+    );
+    assert_eq!(
+        run.code, 1,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
     assert!(
         run.stderr.contains("audit log does NOT match its sink"),
         "{}",
         run.stderr
     );
     for text in expect {
-        assert!(run.stderr.contains(text), "want {text:?} in:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(text),
+            "want {text:?} in:\n{}",
+            run.stderr
+        );
     }
     // The restarted control plane compared the sink with the store and said so.
     let log = std::fs::read_to_string(p.state_dir().join("serve.log")).unwrap();
@@ -108,7 +138,11 @@ fn a_deleted_tail_passes_the_chain_but_not_the_sink() {
     assert_only_the_sink_notices(
         &p,
         &sink,
-        &["tail deleted", "the chain ends at entry 2", "entries 3 to 4 were deleted"],
+        &[
+            "tail deleted",
+            "the chain ends at entry 2",
+            "entries 3 to 4 were deleted",
+        ],
     );
     // The public key verifies the sink by itself too (`--key`), as on another machine.
     let key = p.dir.path().join("audit.pub");
@@ -118,7 +152,14 @@ fn a_deleted_tail_passes_the_chain_but_not_the_sink() {
     let run = with_sink(
         &p,
         &sink,
-        &["audit", "verify", "--against", sink.to_str().unwrap(), "--key", key.to_str().unwrap()],
+        &[
+            "audit",
+            "verify",
+            "--against",
+            sink.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("tail deleted"), "{}", run.stderr);
@@ -148,7 +189,10 @@ fn a_rewritten_entry_with_recomputed_hashes_passes_the_chain_but_not_the_sink() 
     assert_only_the_sink_notices(
         &p,
         &sink,
-        &["rewritten: the chain's hash at entry 2 differs", "an entry from 2 to 2"],
+        &[
+            "rewritten: the chain's hash at entry 2 differs",
+            "an entry from 2 to 2",
+        ],
     );
 }
 
@@ -161,17 +205,31 @@ fn an_unwritable_sink_refuses_the_audited_action() {
     p.write_spec(&AppConfig::default());
     // Every write to /dev/full fails (ENOSPC), as a full or vanished sink would.
     let full = Path::new("/dev/full");
-    let run = with_sink(&p, full, &["token", "create", "--role", "viewer", "--name", "ci"]);
+    let run = with_sink(
+        &p,
+        full,
+        &["token", "create", "--role", "viewer", "--name", "ci"],
+    );
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert!(
-        run.stderr.contains("the audit log's sink cannot be written: no token was created"),
+        run.stderr
+            .contains("the audit log's sink cannot be written: no token was created"),
         "{}",
         run.stderr
     );
-    assert!(!run.stdout.contains("cut_"), "no token is printed: {}", run.stdout);
+    assert!(
+        !run.stdout.contains("cut_"),
+        "no token is printed: {}",
+        run.stdout
+    );
     let list = with_sink(&p, full, &["token", "list", "-o", "json"]);
     list.assert_code(0);
-    assert_eq!(list.json().as_array().map(Vec::len), Some(0), "{}", list.stdout);
+    assert_eq!(
+        list.json().as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        list.stdout
+    );
     let log = std::fs::read_to_string(p.state_dir().join("serve.log")).unwrap();
     assert!(
         log.contains("cannot append a checkpoint to the audit sink /dev/full"),

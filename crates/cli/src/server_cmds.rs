@@ -409,7 +409,8 @@ fn verify_against(
     key: Option<PathBuf>,
     json: bool,
 ) -> Result<u8> {
-    let key_path = key.unwrap_or_else(|| cutover_server::anchor::public_key_path(&state.0.join("keys")));
+    let key_path =
+        key.unwrap_or_else(|| cutover_server::anchor::public_key_path(&state.0.join("keys")));
     if !key_path.exists() {
         bail!(
             "no audit key at {}: pass --key with the audit public key (`cutover audit key` prints it where the control plane runs)",

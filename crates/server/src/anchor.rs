@@ -452,7 +452,10 @@ pub fn verify_against(entries: &[AuditEntry], sink: &str, key: &PublicKey) -> An
     for (i, entry) in entries.iter().enumerate() {
         let expected = i as u64 + 1;
         let reason = if entry.seq != expected {
-            Some(format!("expected entry {expected}, found entry {}", entry.seq))
+            Some(format!(
+                "expected entry {expected}, found entry {}",
+                entry.seq
+            ))
         } else if entry.prev_hash != prev_hash {
             Some("its link to the previous entry does not match".to_string())
         } else if crate::audit::entry_hash(entry) != entry.hash {
@@ -609,10 +612,20 @@ mod tests {
         let sink = dir.path().join("sink.jsonl");
         let key = KeyPair::generate(Algorithm::Ed25519);
         let public = key.public().clone();
-        audit::anchor(&store, Anchor::open(key, std::slice::from_ref(&sink)).unwrap()).unwrap();
+        audit::anchor(
+            &store,
+            Anchor::open(key, std::slice::from_ref(&sink)).unwrap(),
+        )
+        .unwrap();
         for i in 1..=n {
-            audit::record(&store, "alice", "deploy", &format!("production-{i}"), json!({"i": i}))
-                .unwrap();
+            audit::record(
+                &store,
+                "alice",
+                "deploy",
+                &format!("production-{i}"),
+                json!({"i": i}),
+            )
+            .unwrap();
         }
         Fixture {
             _dir: dir,
@@ -648,7 +661,11 @@ mod tests {
     fn an_untouched_chain_matches_its_sink() {
         let f = anchored(5);
         let text = f.sink_text();
-        assert_eq!(text.lines().count(), 5, "one checkpoint per append:\n{text}");
+        assert_eq!(
+            text.lines().count(),
+            5,
+            "one checkpoint per append:\n{text}"
+        );
         let report = verify_against(&f.entries(), &text, &f.public);
         assert!(report.intact(), "{report:?}");
         assert_eq!(report.entries, 5);
@@ -671,7 +688,9 @@ mod tests {
                 line: 5
             }]
         );
-        assert!(report.problems[0].to_string().contains("entries 4 to 5 were deleted"));
+        assert!(report.problems[0]
+            .to_string()
+            .contains("entries 4 to 5 were deleted"));
         assert_eq!(report.anchored_through, 3);
     }
 
@@ -778,7 +797,11 @@ mod tests {
         let mut forged: Checkpoint =
             serde_json::from_str(f.sink_text().lines().nth(1).unwrap()).unwrap();
         forged.seq = 3;
-        let text = format!("{}{}\n", f.sink_text(), serde_json::to_string(&forged).unwrap());
+        let text = format!(
+            "{}{}\n",
+            f.sink_text(),
+            serde_json::to_string(&forged).unwrap()
+        );
         let report = verify_against(&entries, &text, &f.public);
         assert!(report
             .problems
@@ -800,7 +823,11 @@ mod tests {
         let other = KeyPair::generate(Algorithm::Ed25519);
         let entries = f.entries();
         let foreign = Checkpoint::sign(&other, 2, &entries[1].hash, 1);
-        let text = format!("{}{}\n", f.sink_text(), serde_json::to_string(&foreign).unwrap());
+        let text = format!(
+            "{}{}\n",
+            f.sink_text(),
+            serde_json::to_string(&foreign).unwrap()
+        );
         let report = verify_against(&entries, &text, &f.public);
         assert_eq!(
             report.problems,

@@ -217,9 +217,7 @@ pub fn create_token(
         tokens(store)?.remove(&id)?;
         store.flush()?;
         return Err(match e {
-            ServerError::AuditSink(_) => {
-                ServerError::AuditSink("no token was created".to_string())
-            }
+            ServerError::AuditSink(_) => ServerError::AuditSink("no token was created".to_string()),
             other => other,
         });
     }

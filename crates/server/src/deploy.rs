@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use cutover_model::{
-    now_ms, DeploymentKind, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec, Strategy,
+    now_ms, DeploymentKind, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec,
+    Strategy,
 };
 use cutover_planner::{PlanInput, PlanKind};
 use cutover_store::{DeploymentRecord, Lease, TypedTree};
@@ -380,10 +381,9 @@ pub async fn start(
             })
             .await?;
         return Err(match e {
-            ServerError::AuditSink(_) => ServerError::AuditSink(format!(
-                "deployment {} was not started",
-                plan.deployment_id
-            )),
+            ServerError::AuditSink(_) => {
+                ServerError::AuditSink(format!("deployment {} was not started", plan.deployment_id))
+            }
             other => other,
         });
     }
