@@ -83,11 +83,28 @@ fn rewrite_head(store: &Store, entry: &AuditEntry) {
     store.flush().unwrap();
 }
 
-/// The store-only verify says intact (the old weakness); the sink says otherwise.
+/// The chain alone says intact (the old weakness: a control plane without a sink); the
+/// sink says otherwise, through the control plane's check at start and through
+/// `--against`.
 fn assert_only_the_sink_notices(p: &Project, sink: &Path, expect: &[&str]) {
-    let run = with_sink(p, sink, &["audit", "verify"]);
+    let run = p.cutover(&["audit", "verify"]);
     run.assert_code(0);
     assert!(run.stdout.contains("audit log intact"), "{}", run.stdout);
+    stop(p);
+
+    let run = with_sink(p, sink, &["audit", "verify"]);
+    assert_eq!(
+        run.code, 1,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("the control plane's audit sink disagrees with it"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(expect[0]), "{}", run.stderr);
 
     let run = with_sink(
         p,

@@ -342,6 +342,19 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 }
                 match report.broken {
+                    None if !report.anchor.is_empty() => {
+                        eprintln!(
+                            "audit log's links check ({} entries), but the control plane's audit sink disagrees with it (found at start):",
+                            report.entries
+                        );
+                        for problem in &report.anchor {
+                            eprintln!("  - {problem}");
+                        }
+                        eprintln!(
+                            "run `cutover audit verify --against <sink>` for every checkpoint"
+                        );
+                        Ok(1)
+                    }
                     None => {
                         if !json {
                             println!(

@@ -190,6 +190,8 @@ pub struct Anchor {
     writing: AtomicBool,
     /// The sinks agreed with the store at start.
     agreed: AtomicBool,
+    /// What [`Anchor::check_at_start`] found.
+    disagreements: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Anchor {
@@ -231,6 +233,7 @@ impl Anchor {
             sinks: Mutex::new(Sinks { covered: 0, sinks }),
             writing: AtomicBool::new(true),
             agreed: AtomicBool::new(true),
+            disagreements: Mutex::new(Vec::new()),
         })
     }
 
@@ -318,7 +321,19 @@ impl Anchor {
         if !found.is_empty() {
             self.agreed.store(false, Ordering::Relaxed);
         }
+        self.disagreements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(&found);
         found
+    }
+
+    /// What the comparison at start found (empty: the sinks agreed).
+    pub fn disagreements(&self) -> Vec<String> {
+        self.disagreements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -917,6 +932,7 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("tail deleted"), "{}", found[0]);
         assert!(!anchor.ok());
+        assert_eq!(anchor.disagreements(), found);
 
         let dir = tempfile::tempdir().unwrap();
         let fresh = Anchor::open(

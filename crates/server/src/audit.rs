@@ -103,6 +103,12 @@ pub struct VerifyReport {
     pub entries: u64,
     /// The first broken link, if any.
     pub broken: Option<BrokenLink>,
+    /// What the control plane found at start when it compared its audit sinks
+    /// (`--audit-sink`) with this chain: a deleted tail, a rewrite, entries no sink saw.
+    /// Empty without sinks or when they agree; `cutover audit verify --against <sink>`
+    /// checks every checkpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anchor: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -243,6 +249,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport, ServerError> {
     let broken = |seq: u64, reason: String, checked: u64| VerifyReport {
         entries: checked,
         broken: Some(BrokenLink { seq, reason }),
+        anchor: Vec::new(),
     };
     for (stored_key, entry) in &entries {
         if *stored_key != key(entry.seq) {
@@ -312,6 +319,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport, ServerError> {
         _ => Ok(VerifyReport {
             entries: last,
             broken: None,
+            anchor: Vec::new(),
         }),
     }
 }

@@ -1173,7 +1173,11 @@ async fn audit_verify(
     Extension(who): Who,
 ) -> Result<Json<VerifyReport>, ServerError> {
     who.require(Role::Admin, None)?;
-    Ok(Json(audit::verify(&cp.store)?))
+    let mut report = audit::verify(&cp.store)?;
+    if let Some(anchor) = audit::anchor_of(&cp.store) {
+        report.anchor = anchor.disagreements();
+    }
+    Ok(Json(report))
 }
 
 /// Prometheus metrics (OpenMetrics text).
