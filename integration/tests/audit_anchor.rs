@@ -12,6 +12,7 @@ use cutover_store::Store;
 
 /// A project whose control plane checkpoints to a sink in its own directory (standing in
 /// for another disk), with four audited actions: three tokens created, one revoked.
+/// `CUTOVER_AUDIT_SINK` is what `--audit-sink` reads.
 fn audited_project(name: &str) -> (Project, PathBuf) {
     let p = Project::new(name);
     p.write_spec(&AppConfig::default());
@@ -30,7 +31,11 @@ fn audited_project(name: &str) -> (Project, PathBuf) {
         run.assert_code(0);
         first.get_or_insert(run.json()["record"]["id"].as_str().unwrap().to_string());
     }
-    with_sink(&p, &sink, &["token", "revoke", first.as_deref().unwrap()]).assert_code(0);
+    // A control plane started later without the flag (here by the CLI, in the background)
+    // keeps the sink it was given before.
+    stop(&p);
+    p.cutover(&["token", "revoke", first.as_deref().unwrap()])
+        .assert_code(0);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sink).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the sink is created 0600");
@@ -83,16 +88,21 @@ fn rewrite_head(store: &Store, entry: &AuditEntry) {
     store.flush().unwrap();
 }
 
-/// The chain alone says intact (the old weakness: a control plane without a sink); the
-/// sink says otherwise, through the control plane's check at start and through
-/// `--against`.
+/// The chain alone says intact (the old weakness: the attacker also removed the remembered
+/// sink, so the control plane runs without one); the sink says otherwise, through the
+/// control plane's check at start and through `--against`.
 fn assert_only_the_sink_notices(p: &Project, sink: &Path, expect: &[&str]) {
+    let remembered = p.state_dir().join("audit-sinks.json");
+    let saved = std::fs::read(&remembered).expect("the sink is remembered");
+    std::fs::remove_file(&remembered).unwrap();
     let run = p.cutover(&["audit", "verify"]);
     run.assert_code(0);
     assert!(run.stdout.contains("audit log intact"), "{}", run.stdout);
     stop(p);
+    std::fs::write(&remembered, saved).unwrap();
 
-    let run = with_sink(p, sink, &["audit", "verify"]);
+    // Started without the flag: the remembered sink anchors it again.
+    let run = p.cutover(&["audit", "verify"]);
     assert_eq!(
         run.code, 1,
         "stdout: {}\nstderr: {}",

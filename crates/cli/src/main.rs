@@ -140,6 +140,7 @@ enum Command {
         /// Append a signed checkpoint of the audit chain to this file on every audited
         /// action (opened append-only, 0600; keep it on another disk or machine, or
         /// `chattr +a`); repeatable. Actions whose checkpoint cannot be written fail.
+        /// Remembered for later starts without the flag (`.cutover/audit-sinks.json`).
         #[arg(long = "audit-sink", env = "CUTOVER_AUDIT_SINK", value_delimiter = ',')]
         audit_sink: Vec<std::path::PathBuf>,
     },

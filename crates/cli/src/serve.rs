@@ -79,9 +79,7 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     crate::client::create_state_dir(&state.0)?;
     crate::client::check_private(&state.0)?;
     let store = Store::open(&state.db())?;
-    if !serve.audit_sinks.is_empty() {
-        anchor_audit(&state, &store, &serve.audit_sinks)?;
-    }
+    anchor_audit(&state, &store, &serve.audit_sinks)?;
     cutover_proxy::pidfile::write(&state.serve_pid())
         .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
 
@@ -143,18 +141,16 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     Ok(result?)
 }
 
-/// Anchor the store's audit chain to `sinks` (see `cutover_server::anchor`), after
-/// comparing their last checkpoints with the chain. A disagreement is logged as an error and
-/// shown by `/metrics` (`cutover_audit_anchor_ok 0`) but does not stop the control plane:
-/// rollbacks must stay possible, and the evidence stays in the sinks.
+/// Anchor the store's audit chain to `sinks`, or to the ones remembered from an earlier
+/// start (see `cutover_server::anchor`), after comparing their last checkpoints with the
+/// chain. A disagreement is logged as an error and shown by `/metrics`
+/// (`cutover_audit_anchor_ok 0`) and `cutover audit verify`, but does not stop the control
+/// plane: rollbacks must stay possible, and the evidence stays in the sinks.
 fn anchor_audit(state: &StateDir, store: &Store, sinks: &[std::path::PathBuf]) -> Result<()> {
-    use cutover_server::anchor::{load_or_create_key, Anchor};
-    let mut absolute = Vec::new();
-    for sink in sinks {
-        absolute.push(
-            std::path::absolute(sink)
-                .with_context(|| format!("--audit-sink {}", sink.display()))?,
-        );
+    use cutover_server::anchor::{configured_sinks, load_or_create_key, Anchor};
+    let absolute = configured_sinks(&state.0, sinks).context("--audit-sink")?;
+    if absolute.is_empty() {
+        return Ok(());
     }
     let key = load_or_create_key(&state.0.join("keys")).context("--audit-sink")?;
     let key_id = key.key_id().to_string();

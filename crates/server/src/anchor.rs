@@ -64,6 +64,8 @@ pub enum AnchorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {detail}; fix it, or remove it to stop anchoring the audit chain")]
+    Remembered { path: PathBuf, detail: String },
     #[error("cannot read the audit sink {path}: {source}")]
     Read {
         path: PathBuf,
@@ -115,6 +117,56 @@ impl Checkpoint {
                 &sig,
             )
     }
+}
+
+/// Where the sinks of the last `cutover serve --audit-sink` are remembered.
+pub fn remembered_sinks_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("audit-sinks.json")
+}
+
+/// The sinks to anchor to: `given` (made absolute and remembered in the state directory),
+/// or, when none are given, the remembered ones. So a control plane started later without
+/// the flag (by any CLI command) keeps anchoring; stopping it means removing the file, and
+/// the entries appended meanwhile show as unanchored in `cutover audit verify --against`.
+pub fn configured_sinks(state_dir: &Path, given: &[PathBuf]) -> Result<Vec<PathBuf>, AnchorError> {
+    let path = remembered_sinks_path(state_dir);
+    let bad = |detail: String| AnchorError::Remembered {
+        path: path.clone(),
+        detail,
+    };
+    if given.is_empty() {
+        return match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| bad(format!("not a JSON list of sink paths ({e})"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(bad(format!("cannot read it ({e})"))),
+        };
+    }
+    let mut sinks = Vec::new();
+    for sink in given {
+        let text = sink.to_string_lossy();
+        if text.contains("://") {
+            return Err(AnchorError::NotAFile(text.into_owned()));
+        }
+        sinks.push(
+            std::path::absolute(sink).map_err(|source| AnchorError::Open {
+                path: sink.clone(),
+                source,
+            })?,
+        );
+    }
+    let staged = state_dir.join(format!("audit-sinks.json.{}.tmp", std::process::id()));
+    let text = serde_json::to_string_pretty(&sinks).expect("paths serialize");
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&staged, &path))
+        .map_err(|e| bad(format!("cannot write it ({e})")))?;
+    Ok(sinks)
 }
 
 /// `<keys_dir>/audit.pub`.
@@ -973,6 +1025,26 @@ mod tests {
         load_or_create_key(&keys).unwrap();
         let public = PublicKey::from_pem_file(&public_key_path(&keys)).unwrap();
         assert_eq!(public.key_id(), a.key_id());
+    }
+
+    #[test]
+    fn given_sinks_are_remembered_for_starts_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(configured_sinks(dir.path(), &[]).unwrap().is_empty());
+        let given = vec![dir.path().join("a.jsonl"), PathBuf::from("relative.jsonl")];
+        let used = configured_sinks(dir.path(), &given).unwrap();
+        assert!(used.iter().all(|p| p.is_absolute()), "{used:?}");
+        assert_eq!(configured_sinks(dir.path(), &[]).unwrap(), used);
+        // Given ones replace the remembered ones.
+        let other = vec![dir.path().join("b.jsonl")];
+        assert_eq!(configured_sinks(dir.path(), &other).unwrap(), other);
+        assert_eq!(configured_sinks(dir.path(), &[]).unwrap(), other);
+        std::fs::write(remembered_sinks_path(dir.path()), "{").unwrap();
+        let err = configured_sinks(dir.path(), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("audit-sinks.json") && err.contains("remove it"),
+            "{err}"
+        );
     }
 
     #[test]
