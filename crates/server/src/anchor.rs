@@ -645,8 +645,25 @@ pub fn verify_against(entries: &[AuditEntry], sink: &str, key: &PublicKey) -> An
     own.dedup();
     let covered_only = anchored_through.saturating_sub(own.len() as u64);
     if covered_only > 0 {
+        // Ranges of entries without a checkpoint of their own, for an auditor to compare
+        // with when sinks were configured or failing (the first few).
+        let mut ranges = Vec::new();
+        let mut next = 1u64;
+        for &seq in own.iter().chain(std::iter::once(&(anchored_through + 1))) {
+            if seq > next {
+                ranges.push(if seq - 1 == next {
+                    next.to_string()
+                } else {
+                    format!("{next}-{}", seq - 1)
+                });
+            }
+            next = seq + 1;
+        }
+        let shown = ranges.len().min(10);
         notes.push(format!(
-            "{covered_only} entries have no checkpoint of their own (appended before a sink was configured, or while a checkpoint of a later entry was being written); the head hash of the next checkpoint commits to them"
+            "{covered_only} entries have no checkpoint of their own ({}{}): appended before a sink was configured, while its write failed, or while a checkpoint of a later entry was being written; the head hash of the next checkpoint commits to them",
+            ranges[..shown].join(", "),
+            if ranges.len() > shown { ", …" } else { "" }
         ));
     }
     AnchorReport {
@@ -739,6 +756,22 @@ mod tests {
         assert_eq!(report.checkpoints, 5);
         assert_eq!(report.anchored_through, 5);
         assert!(report.notes.is_empty(), "{:?}", report.notes);
+    }
+
+    #[test]
+    fn missing_checkpoints_between_good_ones_are_noted_not_failed() {
+        let f = anchored(5);
+        let text = f.sink_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let kept = format!("{}\n{}\n", lines[1], lines[4]);
+        let report = verify_against(&f.entries(), &kept, &f.public);
+        assert!(report.intact(), "{report:?}");
+        assert_eq!(report.anchored_through, 5);
+        assert!(
+            report.notes[0].starts_with("3 entries have no checkpoint of their own (1, 3-4)"),
+            "{}",
+            report.notes[0]
+        );
     }
 
     #[test]
@@ -837,7 +870,11 @@ mod tests {
         assert!(report.intact(), "{report:?}");
         assert_eq!(report.anchored_through, 5);
         assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
-        assert!(report.notes[0].starts_with("3 entries have no checkpoint"));
+        assert!(
+            report.notes[0].starts_with("3 entries have no checkpoint of their own (1-3)"),
+            "{}",
+            report.notes[0]
+        );
 
         // Two more appended where no sink saw them (sink unconfigured, or forged).
         for seq in 6..=7 {
