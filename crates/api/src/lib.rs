@@ -7,7 +7,9 @@
 //! renamed everywhere; the OpenAPI document is generated from their schemas.
 
 pub mod client;
+mod guardrails;
 mod types;
 pub mod unix;
 
+pub use guardrails::*;
 pub use types::*;
