@@ -1305,6 +1305,7 @@ async fn an_unwritable_audit_sink_starts_no_deployment_and_counts_no_approval() 
     let h = Harness::new();
     let deployer = h.token(Role::Deployer, None, "ci");
     let approver = h.token(Role::Approver, None, "bob");
+    let admin = h.token(Role::Admin, None, "root");
     let sink = h.dir.path().join("sink.jsonl");
     anchor_to(&h, std::slice::from_ref(&sink));
     let (status, started) = h.deploy(&deployer, "production").await;
@@ -1365,6 +1366,32 @@ async fn an_unwritable_audit_sink_starts_no_deployment_and_counts_no_approval() 
         .unwrap()
         .iter()
         .all(|r| r != "staging-1"));
+
+    // Guardrails and project roots the audit log cannot record do not take effect.
+    let local = auth::Principal::local("admin");
+    let err = guardrails::set(&h.cp, &local, "staging", "approvals = 1", "g.toml").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("guardrails version 2 of staging was not saved"),
+        "{err}"
+    );
+    let (_, shown) = h
+        .call(
+            Method::GET,
+            "/api/v1/guardrails/staging",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(shown["current"]["version"], 1, "{shown}");
+    let elsewhere = h.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let err = projects::add(&h.cp, &local, &elsewhere.display().to_string(), false).unwrap_err();
+    assert!(err.to_string().contains("was not registered"), "{err}");
+    let (_, roots) = h
+        .call(Method::GET, "/api/v1/projects", Some(&admin), None)
+        .await;
+    assert!(!roots.to_string().contains("elsewhere"), "{roots}");
 
     let (status, text) = h
         .raw(Method::GET, "/metrics", Some(&deployer), None, &[])
