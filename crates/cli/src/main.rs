@@ -140,6 +140,12 @@ enum Command {
         /// http:// URL; repeatable.
         #[arg(long, env = "CUTOVER_WEBHOOKS", value_delimiter = ',')]
         webhook: Vec<String>,
+        /// Append a signed checkpoint of the audit chain to this file on every audited
+        /// action (opened append-only, 0600; keep it on another disk or machine, or
+        /// `chattr +a`); repeatable. Actions whose checkpoint cannot be written fail.
+        /// Remembered for later starts without the flag (`.cutover/audit-sinks.json`).
+        #[arg(long = "audit-sink", env = "CUTOVER_AUDIT_SINK", value_delimiter = ',')]
+        audit_sink: Vec<std::path::PathBuf>,
     },
     /// Run the data-plane proxy in the foreground (started by the control plane).
     #[command(hide = true)]
@@ -252,6 +258,7 @@ async fn run(cli: Cli) -> Result<u8> {
             insecure_http,
             door,
             webhook,
+            audit_sink,
             ..
         } => {
             serve::run(
@@ -261,6 +268,7 @@ async fn run(cli: Cli) -> Result<u8> {
                     insecure_http,
                     door,
                     webhooks: webhook,
+                    audit_sinks: audit_sink,
                 },
             )
             .await?;

@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub door: DoorArgs,
     /// `http://` URLs that get deployment events.
     pub webhooks: Vec<String>,
+    /// Files that get a signed checkpoint of the audit chain on every append.
+    pub audit_sinks: Vec<std::path::PathBuf>,
 }
 
 /// TLS and limits of the `--http` listener (`cutover serve`).
@@ -194,6 +196,7 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     crate::client::create_state_dir(&state.0)?;
     crate::client::check_private(&state.0)?;
     let store = Store::open(&state.db())?;
+    anchor_audit(&state, &store, &serve.audit_sinks)?;
     cutover_proxy::pidfile::write(&state.serve_pid())
         .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
 
@@ -255,6 +258,33 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     reload.abort();
     let _ = std::fs::remove_file(state.serve_pid());
     Ok(result?)
+}
+
+/// Anchor the store's audit chain to `sinks`, or to the ones remembered from an earlier
+/// start (see `cutover_server::anchor`), after comparing their last checkpoints with the
+/// chain. A disagreement is logged as an error and shown by `/metrics`
+/// (`cutover_audit_anchor_ok 0`) and `cutover audit verify`, but does not stop the control
+/// plane: rollbacks must stay possible, and the evidence stays in the sinks.
+fn anchor_audit(state: &StateDir, store: &Store, sinks: &[std::path::PathBuf]) -> Result<()> {
+    use cutover_server::anchor::{configured_sinks, load_or_create_key, Anchor};
+    let absolute = configured_sinks(&state.0, sinks).context("--audit-sink")?;
+    if absolute.is_empty() {
+        return Ok(());
+    }
+    let key = load_or_create_key(&state.0.join("keys")).context("--audit-sink")?;
+    let key_id = key.key_id().to_string();
+    let anchor = Anchor::open(key, &absolute).context("--audit-sink")?;
+    let entries = cutover_server::audit::export(store, None)?;
+    let problems = anchor.check_at_start(&entries);
+    cutover_server::audit::anchor(store, anchor)?;
+    tracing::info!(
+        sinks = ?absolute,
+        key_id = %key_id,
+        entries = entries.len(),
+        agrees = problems.is_empty(),
+        "audit chain anchored"
+    );
+    Ok(())
 }
 
 /// Test-only hook, off unless set: `CUTOVER_TEST_FAIL_UNDO=<step id>[,<step id>…]` makes

@@ -4,6 +4,7 @@
 //! local account) acts with admin rights, or as the owner of `CUTOVER_TOKEN` when set.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
@@ -148,7 +149,19 @@ pub enum UserCommand {
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Walk the chain; exit 1 and name the first broken link if an entry was edited or deleted.
-    Verify,
+    Verify {
+        /// Also check the chain against this sink of signed checkpoints (`cutover serve
+        /// --audit-sink`): finds deleted and rewritten entries the chain alone cannot.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// The audit checkpoint public key (default: the state directory's
+        /// `keys/audit.pub`, as `cutover audit key` prints it).
+        #[arg(long, requires = "against")]
+        key: Option<PathBuf>,
+    },
+    /// Print the public key that signs audit checkpoints (PEM), so a sink can be checked
+    /// without the store. Made on first use.
+    Key,
     /// Write entries as JSON lines (for a SIEM).
     Export {
         /// Only entries from this long ago (e.g. 24h, 7d) on.
@@ -158,6 +171,12 @@ pub enum AuditCommand {
 }
 
 pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result<u8> {
+    if let ServerCommand::Audit {
+        command: AuditCommand::Key,
+    } = command
+    {
+        return audit_key(state, json);
+    }
     let (client, _) = connect_or_start(state).await?;
     match command {
         ServerCommand::Token { command } => match command {
@@ -353,12 +372,33 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
         ServerCommand::Guardrails { command } => guardrails(&client, command, json).await,
         ServerCommand::Projects { command } => projects(&client, command, json).await,
         ServerCommand::Audit { command } => match command {
-            AuditCommand::Verify => {
+            AuditCommand::Verify {
+                against: Some(sink),
+                key,
+            } => {
+                let entries: Vec<AuditEntry> = client.get("/api/v1/audit").await?;
+                verify_against(state, &entries, &sink, key, json)
+            }
+            AuditCommand::Key => audit_key(state, json),
+            AuditCommand::Verify { against: None, .. } => {
                 let report: VerifyReport = client.get("/api/v1/audit/verify").await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 }
                 match report.broken {
+                    None if !report.anchor.is_empty() => {
+                        eprintln!(
+                            "audit log's links check ({} entries), but the control plane's audit sink disagrees with it (found at start):",
+                            report.entries
+                        );
+                        for problem in &report.anchor {
+                            eprintln!("  - {problem}");
+                        }
+                        eprintln!(
+                            "run `cutover audit verify --against <sink>` for every checkpoint"
+                        );
+                        Ok(1)
+                    }
                     None => {
                         if !json {
                             println!(
@@ -399,6 +439,22 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             }
         },
     }
+}
+
+/// `cutover audit key`: the checkpoint key's public half.
+fn audit_key(state: &StateDir, json: bool) -> Result<u8> {
+    crate::client::create_state_dir(&state.0)?;
+    let key = cutover_server::anchor::load_or_create_key(&state.0.join("keys"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"key_id": key.key_id(), "pem": key.public().to_pem()})
+        );
+    } else {
+        print!("{}", key.public().to_pem());
+        eprintln!("key id {}", key.key_id());
+    }
+    Ok(0)
 }
 
 fn print_version(v: &GuardrailsVersion) {
@@ -540,6 +596,57 @@ async fn projects(
         println!("project root {} registered", root.path);
     }
     Ok(0)
+}
+
+/// `cutover audit verify --against <sink>`: the exported chain against the sink's
+/// checkpoints, checked here (the control plane reads no path a client names).
+fn verify_against(
+    state: &StateDir,
+    entries: &[AuditEntry],
+    sink: &std::path::Path,
+    key: Option<PathBuf>,
+    json: bool,
+) -> Result<u8> {
+    let key_path =
+        key.unwrap_or_else(|| cutover_server::anchor::public_key_path(&state.0.join("keys")));
+    if !key_path.exists() {
+        bail!(
+            "no audit key at {}: pass --key with the audit public key (`cutover audit key` prints it where the control plane runs)",
+            key_path.display()
+        );
+    }
+    let public = cutover_signing::PublicKey::from_pem_file(&key_path).context("--key")?;
+    let text = std::fs::read_to_string(sink)
+        .with_context(|| format!("cannot read the audit sink {}", sink.display()))?;
+    let report = cutover_server::anchor::verify_against(entries, &text, &public);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    if report.intact() {
+        if !json {
+            println!(
+                "audit log anchored: {} entries, {} checkpoints in {} by key {}, every one matches the chain",
+                report.entries,
+                report.checkpoints,
+                sink.display(),
+                public.key_id()
+            );
+        }
+        return Ok(0);
+    }
+    eprintln!(
+        "audit log does NOT match its sink {} ({} entries; confirmed through entry {}):",
+        sink.display(),
+        report.entries,
+        report.anchored_through
+    );
+    for problem in &report.problems {
+        eprintln!("  - {problem}");
+    }
+    Ok(1)
 }
 
 /// The password from `CUTOVER_PASSWORD`, else the first line of stdin.

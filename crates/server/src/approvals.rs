@@ -86,9 +86,6 @@ pub async fn decide(
         comment: comment.to_string(),
         at_ms: now_ms(),
     };
-    cp.store
-        .write_async(|store| store.add_approval(&approval))
-        .await?;
     let (action, past) = match decision {
         Decision::Approve => ("approve", "approved"),
         Decision::Reject => ("reject", "rejected"),
@@ -107,6 +104,12 @@ pub async fn decide(
         }),
     )
     .await?;
+    // Audited first: a decision that the audit log (and its sink) cannot record never
+    // counts. A store failure after this leaves an entry for a decision that did not take;
+    // the caller sees the error and decides again.
+    cp.store
+        .write_async(|store| store.add_approval(&approval))
+        .await?;
     cp.webhooks.notify(Event {
         event: action.to_string(),
         deployment: deployment_id.to_string(),

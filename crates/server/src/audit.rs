@@ -6,12 +6,21 @@
 //! as the chain's head, so deleting entries at the end is detected too. [`verify`] walks
 //! the chain and reports the first broken link. The chain detects edits and deletions made
 //! with store access; to make a full rewrite detectable too, export the log regularly to a
-//! system that keeps it (`cutover audit export`).
+//! system that keeps it (`cutover audit export`), and anchor it: with sinks registered by
+//! [`anchor`] (`cutover serve --audit-sink`), every append also writes a signed checkpoint
+//! outside the store before it returns ([`crate::anchor`]), and `cutover audit verify
+//! --against <sink>` finds deletions and rewrites that the chain alone cannot.
+//!
+//! Anchored appends fail closed: when a sink cannot be written, [`record`] returns an
+//! error after the entry is in the store (the entry is kept; the next checkpoint covers
+//! it). Callers decide what that error undoes: see each caller.
 //!
 //! Details never carry secrets: callers pass ids, names and digests, never tokens or
 //! passwords.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,6 +29,7 @@ use sha2::{Digest, Sha256};
 use cutover_model::now_ms;
 use cutover_store::{Store, TypedTree};
 
+use crate::anchor::Anchor;
 use crate::ServerError;
 
 const AUDIT_TREE: &str = "audit";
@@ -28,6 +38,36 @@ const HEAD_KEY: &str = "audit.head";
 /// Serializes the in-memory part of an append (reading the head, writing the entry and
 /// the new head) so seq stays dense; never held across the flush.
 static APPEND_LOCK: Mutex<()> = Mutex::new(());
+
+/// The anchors of the stores of this process, by store directory.
+static ANCHORS: Mutex<Option<HashMap<PathBuf, Arc<Anchor>>>> = Mutex::new(None);
+
+/// From now on, every append to `store`'s chain also writes a checkpoint to `anchor`'s
+/// sinks, whoever appends. Refused for temporary stores, which share one name.
+pub fn anchor(store: &Store, anchor: Anchor) -> Result<Arc<Anchor>, ServerError> {
+    if store.dir() == std::path::Path::new("<temporary>") {
+        return Err(ServerError::Internal(
+            "a temporary store cannot be anchored: open the store from a directory".to_string(),
+        ));
+    }
+    let anchor = Arc::new(anchor);
+    ANCHORS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(store.dir().to_path_buf(), anchor.clone());
+    Ok(anchor)
+}
+
+/// The anchor of `store`, when it has one.
+pub fn anchor_of(store: &Store) -> Option<Arc<Anchor>> {
+    ANCHORS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()?
+        .get(store.dir())
+        .cloned()
+}
 
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -63,6 +103,12 @@ pub struct VerifyReport {
     pub entries: u64,
     /// The first broken link, if any.
     pub broken: Option<BrokenLink>,
+    /// What the control plane found at start when it compared its audit sinks
+    /// (`--audit-sink`) with this chain: a deleted tail, a rewrite, entries no sink saw.
+    /// Empty without sinks or when they agree; `cutover audit verify --against <sink>`
+    /// checks every checkpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anchor: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -98,8 +144,8 @@ fn canonical(value: &Value) -> Value {
     }
 }
 
-/// The hash an entry must carry.
-fn entry_hash(entry: &AuditEntry) -> String {
+/// The hash an entry must carry (what a verifier outside cutover recomputes).
+pub fn entry_hash(entry: &AuditEntry) -> String {
     let body = serde_json::json!({
         "seq": entry.seq,
         "at_ms": entry.at_ms,
@@ -125,7 +171,7 @@ pub fn record(
     target: &str,
     details: Value,
 ) -> Result<(), ServerError> {
-    let seq = {
+    let (seq, hash) = {
         let _guard = APPEND_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let head: Option<Head> = store.kv_get(HEAD_KEY)?;
         let (seq, prev_hash) = match head {
@@ -148,13 +194,20 @@ pub fn record(
             HEAD_KEY,
             &Head {
                 seq,
-                hash: entry.hash,
+                hash: entry.hash.clone(),
             },
         )?;
-        seq
+        (seq, entry.hash)
     };
     // Outside the lock: one append waiting for the disk does not hold up the next.
     store.flush()?;
+    // After the flush, so a checkpoint never names an entry the store could lose.
+    if let Some(anchor) = anchor_of(store) {
+        anchor.checkpoint(seq, &hash).map_err(|e| {
+            tracing::error!(error = %e, actor, action, target, seq, "audit checkpoint not written");
+            ServerError::AuditSink("the action was not carried out".to_string())
+        })?;
+    }
     tracing::info!(actor, action, target, seq, "audit");
     Ok(())
 }
@@ -196,6 +249,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport, ServerError> {
     let broken = |seq: u64, reason: String, checked: u64| VerifyReport {
         entries: checked,
         broken: Some(BrokenLink { seq, reason }),
+        anchor: Vec::new(),
     };
     for (stored_key, entry) in &entries {
         if *stored_key != key(entry.seq) {
@@ -265,6 +319,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport, ServerError> {
         _ => Ok(VerifyReport {
             entries: last,
             broken: None,
+            anchor: Vec::new(),
         }),
     }
 }

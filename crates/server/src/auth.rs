@@ -203,7 +203,7 @@ pub fn create_token(
     };
     tokens(store)?.insert(&id, &record)?;
     store.flush()?;
-    crate::audit::record(
+    let audited = crate::audit::record(
         store,
         created_by,
         "token.create",
@@ -215,7 +215,16 @@ pub fn create_token(
             "env": record.env,
             "expires_at_ms": record.expires_at_ms,
         }),
-    )?;
+    );
+    if let Err(e) = audited {
+        // An unaudited token never works: its record goes (its secret was never shown).
+        tokens(store)?.remove(&id)?;
+        store.flush()?;
+        return Err(match e {
+            ServerError::AuditSink(_) => ServerError::AuditSink("no token was created".to_string()),
+            other => other,
+        });
+    }
     Ok(CreatedToken { token, record })
 }
 
@@ -241,13 +250,21 @@ pub fn revoke_token(store: &Store, actor: &str, id: &str) -> Result<TokenRecord,
         store.flush()?;
         store.announce(cutover_store::StoreEvent::Credentials);
     }
+    // A revocation stands even when it cannot be audited: refusing it would keep a leaked
+    // token working. The error says so.
     crate::audit::record(
         store,
         actor,
         "token.revoke",
         id,
         serde_json::json!({ "name": record.name }),
-    )?;
+    )
+    .map_err(|e| match e {
+        ServerError::AuditSink(_) => ServerError::AuditSink(format!(
+            "token {id} is revoked, but the revocation is not in the audit log's sink"
+        )),
+        other => other,
+    })?;
     Ok(record)
 }
 

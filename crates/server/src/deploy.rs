@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use cutover_model::{
-    now_ms, DeploymentKind, Instance, InstanceState, Plan, Release, Spec, Strategy,
+    now_ms, DeploymentKind, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec,
+    Strategy,
 };
 use cutover_planner::{PlanInput, PlanKind};
 use cutover_store::{DeploymentRecord, Lease, TypedTree};
@@ -342,7 +343,7 @@ pub async fn start(
         DeploymentKind::Deploy => "deploy",
         DeploymentKind::Rollback { .. } => "rollback",
     };
-    audit::record_async(
+    let audited = audit::record_async(
         &cp.store,
         &who.name,
         action,
@@ -357,7 +358,31 @@ pub async fn start(
             "guardrails_version": guardrails,
         }),
     )
-    .await?;
+    .await;
+    if let Err(e) = audited {
+        // Nothing ran yet: the deployment ends before its first step and frees the
+        // environment, so an unaudited deployment never runs (nor resumes at restart).
+        let id = plan.deployment_id.clone();
+        let env = plan.env.clone();
+        cp.store
+            .write_async(move |store| {
+                store.set_status(
+                    &id,
+                    DeploymentStatus::RolledBack {
+                        reason: "not started: the audit log could not record it".to_string(),
+                    },
+                )?;
+                store.release_lease(&env, &id)?;
+                Ok(())
+            })
+            .await?;
+        return Err(match e {
+            ServerError::AuditSink(_) => {
+                ServerError::AuditSink(format!("deployment {} was not started", plan.deployment_id))
+            }
+            other => other,
+        });
+    }
     cp.spawn_run(&plan.deployment_id);
     Ok(Started {
         deployment_id: plan.deployment_id.clone(),

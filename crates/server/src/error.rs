@@ -39,6 +39,10 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Internal(String),
+    /// An audit sink could not be written (fail closed). The text says what became of the
+    /// action, for the client; the sink and the cause are in the log.
+    #[error("the audit log's sink cannot be written: {0}")]
+    AuditSink(String),
     /// The spec is weaker than its environment's guardrails: each loosened setting.
     #[error("{message}")]
     Guardrails {
@@ -81,6 +85,7 @@ impl ServerError {
             ServerError::Store(cutover_store::StoreError::LeaseHeld { .. }) => ErrorCode::Conflict,
             ServerError::Store(cutover_store::StoreError::NotFound { .. }) => ErrorCode::NotFound,
             ServerError::Provider(e) if e.is_transient() => ErrorCode::Unavailable,
+            ServerError::AuditSink(_) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
     }
@@ -115,6 +120,9 @@ impl ServerError {
         ErrorBody {
             code,
             message: match code {
+                _ if matches!(self, ServerError::AuditSink(_)) => format!(
+                    "{self}; the control plane's log names the sink and what to fix (error id {id})"
+                ),
                 ErrorCode::Unavailable => format!(
                     "a component the control plane needs is unavailable; retry in a moment (error id {id})"
                 ),

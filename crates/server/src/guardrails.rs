@@ -108,9 +108,9 @@ fn save_version(
             Claim::Existing(_) => next += 1,
         }
     };
-    proposals(cp)?.remove(env)?;
+    let proposal = proposals(cp)?.remove(env)?;
     cp.store.flush()?;
-    audit::record(
+    let audited = audit::record(
         &cp.store,
         &who.name,
         &format!("guardrails.{}", if how == "set" { "set" } else { "accept" }),
@@ -121,7 +121,22 @@ fn save_version(
             "how": how,
             "person": who.person,
         }),
-    )?;
+    );
+    if let Err(e) = audited {
+        // Guardrails the audit log cannot record never take effect.
+        tree.remove(&version_key(env, saved.version))?;
+        if let Some(proposal) = proposal {
+            proposals(cp)?.insert(env, &proposal)?;
+        }
+        cp.store.flush()?;
+        return Err(match e {
+            ServerError::AuditSink(_) => ServerError::AuditSink(format!(
+                "guardrails version {} of {env} was not saved",
+                saved.version
+            )),
+            other => other,
+        });
+    }
     Ok(saved)
 }
 
@@ -885,7 +900,12 @@ pub fn enforce(
                         "guardrails.propose",
                         env,
                         json!({"spec_digest": proposal.spec_digest, "person": who.person}),
-                    )?;
+                    )
+                    .inspect_err(|_| {
+                        // An unaudited proposal is withdrawn (the next deploy proposes again).
+                        let _ = proposals(cp).map(|t| t.remove(env));
+                        let _ = cp.store.flush();
+                    })?;
                 }
                 return Err(ServerError::Forbidden(format!(
                     "environment {env} has no guardrails yet; an admin reviews the ones proposed from this spec (`cutover guardrails show {env}`) and accepts them with `cutover guardrails accept {env}`, or sets them with `cutover guardrails set {env} <file>`"

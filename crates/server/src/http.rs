@@ -1125,6 +1125,8 @@ async fn add_user(
         }],
         &req.password,
     )?;
+    // The user is saved before the audit append: when the sink cannot be written the error
+    // says so, and adding the user again once it can records it.
     audit::record_async(
         &cp.store,
         &who.name,
@@ -1132,7 +1134,14 @@ async fn add_user(
         &user.name,
         serde_json::json!({ "role": req.role, "env": req.env }),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        ServerError::AuditSink(_) => ServerError::AuditSink(format!(
+            "user {} is saved, but not in the audit log's sink; add the user again once the sink is writable",
+            user.name
+        )),
+        other => other,
+    })?;
     Ok((StatusCode::CREATED, Json(UserLine::from(user))))
 }
 
@@ -1213,7 +1222,11 @@ async fn audit_verify(
     Extension(who): Who,
 ) -> Result<Json<VerifyReport>, ServerError> {
     who.require(Role::Admin, None)?;
-    Ok(Json(audit::verify(&cp.store)?))
+    let mut report = audit::verify(&cp.store)?;
+    if let Some(anchor) = audit::anchor_of(&cp.store) {
+        report.anchor = anchor.disagreements();
+    }
+    Ok(Json(report))
 }
 
 /// Prometheus metrics (OpenMetrics text).

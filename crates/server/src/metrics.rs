@@ -4,7 +4,8 @@
 //! kept in memory by the background watcher: read from the store once at start (so they
 //! survive restarts), then updated by its change events, so a scrape reads no store. Step
 //! durations are observed by the watcher as journal entries appear. Proxy requests and
-//! errors come from the proxy's admin API when the control plane has one.
+//! errors come from the proxy's admin API when the control plane has one. With audit sinks,
+//! `cutover_audit_anchor_ok` says whether they agree with the store.
 
 use std::sync::Arc;
 
@@ -202,6 +203,16 @@ pub async fn render(cp: &ControlPlane) -> Result<String, ServerError> {
         "Webhook deliveries that failed after every retry",
         cp.metrics.webhook_failures.clone(),
     );
+
+    if let Some(anchor) = crate::audit::anchor_of(&cp.store) {
+        let ok = Gauge::<i64>::default();
+        ok.set(i64::from(anchor.ok()));
+        registry.register(
+            "audit_anchor_ok",
+            "1 while the audit sinks agreed with the store's chain at start and the last checkpoint was written; 0: run `cutover audit verify --against <sink>`",
+            ok,
+        );
+    }
 
     if let Some(source) = &cp.proxy_stats {
         let up = Gauge::<i64>::default();

@@ -90,15 +90,33 @@ pub fn add(
         added_at_ms: now_ms(),
         automatic,
     };
-    roots_tree(cp)?.insert(&text, &root)?;
+    let tree = roots_tree(cp)?;
+    let previous = tree.get(&text)?;
+    tree.insert(&text, &root)?;
     cp.store.flush()?;
-    audit::record(
+    let audited = audit::record(
         &cp.store,
         &who.name,
         "project.add",
         &text,
         json!({"automatic": automatic, "person": who.person}),
-    )?;
+    );
+    if let Err(e) = audited {
+        // A root the audit log cannot record admits nothing: as it was before.
+        match &previous {
+            Some(before) => tree.insert(&text, before)?,
+            None => {
+                tree.remove(&text)?;
+            }
+        }
+        cp.store.flush()?;
+        return Err(match e {
+            ServerError::AuditSink(_) => {
+                ServerError::AuditSink(format!("project root {text} was not registered"))
+            }
+            other => other,
+        });
+    }
     Ok(root)
 }
 
@@ -117,13 +135,21 @@ pub fn remove(cp: &ControlPlane, who: &Principal, path: &str) -> Result<ProjectR
         ))
     })?;
     cp.store.flush()?;
+    // A removal stands even when it cannot be audited (it only narrows what specs may
+    // name); the error says so.
     audit::record(
         &cp.store,
         &who.name,
         "project.remove",
         &key,
         json!({"person": who.person}),
-    )?;
+    )
+    .map_err(|e| match e {
+        ServerError::AuditSink(_) => ServerError::AuditSink(format!(
+            "project root {key} is removed, but the removal is not in the audit log's sink"
+        )),
+        other => other,
+    })?;
     Ok(removed)
 }
 

@@ -1292,3 +1292,126 @@ async fn an_event_stream_ends_when_its_token_is_revoked() {
         "ended by the revocation: {text}"
     );
 }
+
+/// Anchor the harness's store to `sinks` (what `cutover serve --audit-sink` does).
+fn anchor_to(h: &Harness, sinks: &[std::path::PathBuf]) {
+    use cutover_server::anchor::{load_or_create_key, Anchor};
+    let key = load_or_create_key(&h.dir.path().join("keys")).unwrap();
+    cutover_server::audit::anchor(&h.cp.store, Anchor::open(key, sinks).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_sink_starts_no_deployment_and_counts_no_approval() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let approver = h.token(Role::Approver, None, "bob");
+    let admin = h.token(Role::Admin, None, "root");
+    let sink = h.dir.path().join("sink.jsonl");
+    anchor_to(&h, std::slice::from_ref(&sink));
+    let (status, started) = h.deploy(&deployer, "production").await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
+
+    // The sink fails from now on: every write to /dev/full does (ENOSPC).
+    anchor_to(&h, &[std::path::PathBuf::from("/dev/full")]);
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/approvals"),
+            Some(&approver),
+            Some(json!({
+                "decision": "approve", "comment": "",
+                "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("audit log's sink cannot be written"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("/dev/full"),
+        "no paths to clients: {message}"
+    );
+    assert!(
+        h.cp.store.approvals(&id).unwrap().is_empty(),
+        "the approval does not count"
+    );
+    let detail = h.wait_gate(&deployer, &id).await;
+    assert_eq!(detail["status"], "running", "{detail:#}");
+
+    let (status, body) = h.deploy(&deployer, "staging").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployment staging-1 was not started"),
+        "{body}"
+    );
+    let record = h.cp.store.deployment("staging-1").unwrap().unwrap();
+    assert!(
+        matches!(&record.status, cutover_model::DeploymentStatus::RolledBack { reason } if reason.contains("audit log")),
+        "{:?}",
+        record.status
+    );
+    assert!(
+        h.cp.store.journal("staging-1").unwrap().is_empty(),
+        "no step of it ran"
+    );
+    assert!(cutover_executor::resumable(&h.cp.store)
+        .unwrap()
+        .iter()
+        .all(|r| r != "staging-1"));
+
+    // Guardrails and project roots the audit log cannot record do not take effect.
+    let local = auth::Principal::local("admin");
+    let err = guardrails::set(&h.cp, &local, "staging", "approvals = 1", "g.toml").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("guardrails version 2 of staging was not saved"),
+        "{err}"
+    );
+    let (_, shown) = h
+        .call(
+            Method::GET,
+            "/api/v1/guardrails/staging",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(shown["current"]["version"], 1, "{shown}");
+    let elsewhere = h.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let err = projects::add(&h.cp, &local, &elsewhere.display().to_string(), false).unwrap_err();
+    assert!(err.to_string().contains("was not registered"), "{err}");
+    let (_, roots) = h
+        .call(Method::GET, "/api/v1/projects", Some(&admin), None)
+        .await;
+    assert!(!roots.to_string().contains("elsewhere"), "{roots}");
+
+    let (status, text) = h
+        .raw(Method::GET, "/metrics", Some(&deployer), None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("cutover_audit_anchor_ok 0"), "{text}");
+
+    // With a writable sink again, the environment is free (the lease was released) and
+    // the checkpoint covers the entries the failed appends left.
+    anchor_to(&h, std::slice::from_ref(&sink));
+    let (status, body) = h.deploy(&deployer, "staging").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let entries = cutover_server::audit::export(&h.cp.store, None).unwrap();
+    let public =
+        cutover_signing::PublicKey::from_pem_file(&h.dir.path().join("keys/audit.pub")).unwrap();
+    let report = cutover_server::anchor::verify_against(
+        &entries,
+        &std::fs::read_to_string(&sink).unwrap(),
+        &public,
+    );
+    assert!(report.intact(), "{report:?}");
+}

@@ -11,7 +11,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -307,6 +309,48 @@ impl KeyPair {
         write_new_file(path, self.public.to_pem().as_bytes(), 0o644)
     }
 
+    /// Writes the private key unencrypted (PKCS#8 PEM) to a new file with mode 0600. For
+    /// keys a daemon must load unattended and whose theft is survivable (the audit
+    /// checkpoint key); release signing keys are stored encrypted. Refuses to overwrite.
+    pub fn save_private_unencrypted(&self, path: &Path) -> Result<(), KeyError> {
+        let pem = match &self.inner {
+            PrivateInner::EcdsaP256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            PrivateInner::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
+        }
+        .map_err(|e| KeyError::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        write_new_file(path, pem.as_bytes(), 0o600)
+    }
+
+    /// Reads a private key written by [`KeyPair::save_private_unencrypted`]. Refuses a file
+    /// that other users can read or write.
+    pub fn load_private_unencrypted(path: &Path) -> Result<Self, KeyError> {
+        let read_err = |source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mode = fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let pem = Zeroizing::new(fs::read_to_string(path).map_err(read_err)?);
+        if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem) {
+            return Ok(Self::from_private(PrivateInner::EcdsaP256(k)));
+        }
+        if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem) {
+            return Ok(Self::from_private(PrivateInner::Ed25519(k)));
+        }
+        Err(KeyError::BadPrivateKeyFile {
+            path: path.to_path_buf(),
+            detail: "not a P-256 or Ed25519 private key in PKCS#8 PEM form".to_string(),
+        })
+    }
+
     /// Reads and decrypts a private key written by [`KeyPair::save_private`].
     /// Refuses a file that other users can read or write (like ssh does).
     pub fn load_private(path: &Path, passphrase: &str) -> Result<Self, KeyError> {
@@ -553,6 +597,38 @@ pub fn generate_to_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unencrypted_private_keys_round_trip_and_refuse_open_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        for alg in [Algorithm::EcdsaP256, Algorithm::Ed25519] {
+            let key = KeyPair::generate(alg);
+            let path = dir.path().join(format!("{alg}.key"));
+            key.save_private_unencrypted(&path).unwrap();
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            let loaded = KeyPair::load_private_unencrypted(&path).unwrap();
+            assert_eq!(loaded.key_id(), key.key_id());
+            assert!(key.public().verify(b"m", &loaded.sign(b"m")));
+            assert!(matches!(
+                key.save_private_unencrypted(&path),
+                Err(KeyError::Exists { .. })
+            ));
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(matches!(
+                KeyPair::load_private_unencrypted(&path),
+                Err(KeyError::TooOpen { .. })
+            ));
+        }
+        let junk = dir.path().join("junk.key");
+        write_new_file(&junk, b"not a key", 0o600).unwrap();
+        assert!(matches!(
+            KeyPair::load_private_unencrypted(&junk),
+            Err(KeyError::BadPrivateKeyFile { .. })
+        ));
+    }
 
     #[test]
     fn key_id_is_sha256_of_spki_der() {
