@@ -5,7 +5,8 @@
 //! principal may approve in the deployment's environment, the principal is neither the
 //! deployment's requester nor the principal that started it (separation of duties), and
 //! the decision names the plan digest and image id the deployment runs now (else it is
-//! stale). Accepted decisions are stored (the executor counts them), audited and announced
+//! stale), and an approval names the digest of the approval view the approver was shown
+//! ([`crate::approval_view`]), which must still be the deployment's view. Accepted decisions are stored (the executor counts them), audited and announced
 //! to webhooks.
 
 use serde_json::json;
@@ -32,6 +33,7 @@ pub async fn decide(
     decision: crate::api::Decision,
     plan_digest: &str,
     image_id: &str,
+    view_digest: Option<&str>,
     comment: &str,
 ) -> Result<(), ServerError> {
     let record = cp.store.deployment(deployment_id)?.ok_or_else(|| {
@@ -76,6 +78,25 @@ pub async fn decide(
             if current_image.is_empty() { "(not built yet)" } else { current_image }
         )));
     }
+    // The approver approves what the view showed them: an approval names the view's digest,
+    // and a view that changed since (a new scan verdict, another running release) is
+    // refused. A rejection needs no view, but one that names a view must name this one.
+    let view_digest = view_digest.map(str::trim).filter(|d| !d.is_empty());
+    if view_digest.is_none() && decision == Decision::Approve {
+        return Err(ServerError::BadRequest(format!(
+            "view_digest: missing; review what deployment {deployment_id} changes first (GET /api/v1/deployments/{deployment_id}/approval-view, `cutover approve`, or the web UI) and send the view_digest you reviewed"
+        )));
+    }
+    if let Some(seen) = view_digest {
+        let current = crate::approval_view::approval_view(cp, deployment_id).await?;
+        if seen != current.view_digest {
+            return Err(ServerError::Conflict(format!(
+                "the deployment changed since you looked; review again (deployment {deployment_id}'s approval view is now {}, you reviewed {seen})",
+                current.view_digest
+            )));
+        }
+    }
+    let view_digest = view_digest.unwrap_or_default().to_string();
     // Recorded by person, so N approvals need N people, whatever credentials they hold.
     let approval = Approval {
         deployment_id: deployment_id.to_string(),
@@ -83,6 +104,7 @@ pub async fn decide(
         decision,
         plan_digest: plan_digest.to_string(),
         image_id: image_id.to_string(),
+        view_digest: view_digest.clone(),
         comment: comment.to_string(),
         at_ms: now_ms(),
     };
@@ -103,6 +125,7 @@ pub async fn decide(
             "env": record.env,
             "plan_digest": plan_digest,
             "image_id": image_id,
+            "view_digest": view_digest,
             "comment": comment,
         }),
     )

@@ -11,6 +11,7 @@
 //! store's change events.
 
 pub use cutover_api as api;
+pub mod approval_view;
 pub mod approvals;
 pub mod audit;
 pub mod auth;

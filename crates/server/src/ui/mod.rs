@@ -628,6 +628,8 @@ struct DecisionForm {
     plan_digest: String,
     #[serde(default)]
     image_id: String,
+    #[serde(default)]
+    view_digest: String,
 }
 
 async fn decide(
@@ -660,6 +662,7 @@ async fn decide(
         decision,
         &form.plan_digest,
         &form.image_id,
+        Some(form.view_digest.as_str()),
         form.comment.trim(),
     )
     .await?;
