@@ -580,7 +580,10 @@ async fn deployment(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, UiError> {
     let v = visitor(&cp, &headers, &uri)?;
-    let page = pages::deployment_page(&cp, &v.principal, v.chrome(""), &id)?;
+    let mut page = pages::deployment_page(&cp, &v.principal, v.chrome(""), &id)?;
+    if page.approval.is_some() {
+        page.review = Some(crate::approval_view::approval_view(&cp, &id).await?);
+    }
     Ok(render(&page))
 }
 
