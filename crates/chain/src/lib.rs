@@ -317,13 +317,14 @@ fn git_commit(dir: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Whether the work tree of `dir` has uncommitted changes (tracked or untracked files);
+/// Whether the work tree under `dir` has uncommitted changes (tracked or untracked
+/// files; cutover's own state directory `.cutover` beside the spec does not count);
 /// `None` when git cannot tell.
 fn git_dirty(dir: &Path) -> Option<bool> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["status", "--porcelain", "--", "."])
+        .args(["status", "--porcelain", "--", ".", ":(exclude).cutover"])
         .output()
         .ok()?;
     out.status.success().then(|| !out.stdout.is_empty())
