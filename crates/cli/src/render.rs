@@ -256,38 +256,6 @@ fn short(id: &str) -> &str {
     &id[..end]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cutover_model::StepOutput;
-
-    #[test]
-    fn journal_lines_time_steps_with_the_shared_duration_format() {
-        let entry = JournalEntry {
-            seq: 3,
-            at_ms: 126_000,
-            event: JournalEvent::StepSucceeded {
-                step: "build".to_string(),
-                output: StepOutput::None,
-                duration_ms: 1234,
-            },
-        };
-        assert_eq!(
-            journal_line(&entry, 1000),
-            format!("{:>9}  {:<16} succeeded in 1.23s", "+2m 5s", "build")
-        );
-        let started = JournalEntry {
-            seq: 1,
-            at_ms: 1350,
-            event: JournalEvent::DeploymentStarted { resumed: 0 },
-        };
-        assert_eq!(
-            journal_line(&started, 1000),
-            format!("{:>9}  deployment started", "+350ms")
-        );
-    }
-}
-
 /// The approval view of a deployment (`cutover approve`, `cutover status --deployment`):
 /// what changes from the running release, the scan verdict with its findings and used
 /// exceptions, the provenance, and the digest an approval names. Values of environment
@@ -468,4 +436,98 @@ pub fn approval_view(v: &ApprovalView) -> String {
         p.signing_key_id.as_deref().unwrap_or("(not signed yet)")
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_model::StepOutput;
+
+    #[test]
+    fn journal_lines_time_steps_with_the_shared_duration_format() {
+        let entry = JournalEntry {
+            seq: 3,
+            at_ms: 126_000,
+            event: JournalEvent::StepSucceeded {
+                step: "build".to_string(),
+                output: StepOutput::None,
+                duration_ms: 1234,
+            },
+        };
+        assert_eq!(
+            journal_line(&entry, 1000),
+            format!("{:>9}  {:<16} succeeded in 1.23s", "+2m 5s", "build")
+        );
+        let started = JournalEntry {
+            seq: 1,
+            at_ms: 1350,
+            event: JournalEvent::DeploymentStarted { resumed: 0 },
+        };
+        assert_eq!(
+            journal_line(&started, 1000),
+            format!("{:>9}  deployment started", "+350ms")
+        );
+    }
+
+    /// A deployment waiting at its gate in an in-process control plane over the fakes.
+    async fn waiting(
+        cp: &std::sync::Arc<cutover_server::ControlPlane>,
+        plan: &cutover_model::Plan,
+    ) {
+        cp.store.next_deployment_seq(&plan.env).unwrap();
+        cp.store
+            .acquire_lease(
+                &plan.env,
+                cutover_store::Lease {
+                    deployment_id: plan.deployment_id.clone(),
+                    holder: plan.requested_by.clone(),
+                    acquired_at_ms: cutover_model::now_ms(),
+                },
+            )
+            .unwrap();
+        cp.store
+            .save_plan(plan, &cutover_store::DeploymentRecord::from_plan(plan))
+            .unwrap();
+        cp.spawn_run(&plan.deployment_id);
+        for _ in 0..1000 {
+            let detail = cutover_server::detail(&cp.store, &plan.deployment_id).unwrap();
+            if detail.waiting_for_approval() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{} never reached its gate", plan.deployment_id);
+    }
+
+    #[tokio::test]
+    async fn the_approval_view_prints_variable_names_never_their_values() {
+        use cutover_executor::fake;
+        const CANARY: &str = "CANARY-5d1f42c0ffee";
+        let fakes = fake::FakeProviders::new();
+        let cp = cutover_server::ControlPlane::new(
+            cutover_store::Store::temporary().unwrap(),
+            fakes.providers(),
+            cutover_executor::ExecutorConfig::default(),
+        );
+        let mut spec = fake::spec_for("prod", 1, Some(cutover_model::ApprovalSpec::default()));
+        spec.container
+            .env
+            .insert("SESSION_KEY".to_string(), CANARY.to_string());
+        let plan = fake::planned_deploy_of(&spec, "prod-1", None);
+        waiting(&cp, &plan).await;
+        let view = cutover_server::approval_view::approval_view(&cp, "prod-1")
+            .await
+            .unwrap();
+        let text = approval_view(&view);
+        let json = serde_json::to_string_pretty(&view).unwrap();
+        for out in [&text, &json] {
+            assert!(!out.contains(CANARY), "a value leaked: {out}");
+            assert!(out.contains("SESSION_KEY"), "{out}");
+        }
+        assert!(text.contains("first release of prod"), "{text}");
+        assert!(text.contains(&view.view_digest), "{text}");
+        assert!(text.contains("signed by fake-key-1"), "{text}");
+        assert!(text.contains("scan      passed"), "{text}");
+        cp.abort_runs();
+    }
 }
