@@ -327,7 +327,7 @@ fn git_dirty(dir: &Path) -> Option<bool> {
         .args(["status", "--porcelain", "--", ".", ":(exclude).cutover"])
         .output()
         .ok()?;
-    out.status.success().then(|| !out.stdout.is_empty())
+    out.status.success().then_some(!out.stdout.is_empty())
 }
 
 /// The findings of a report as the verdict record keeps them: vulnerabilities by severity,
@@ -392,7 +392,11 @@ pub fn recorded_evidence(
                 continue;
             }
             let p = &statement.predicate;
-            let text = |pointer: &str| p.pointer(pointer).and_then(|v| v.as_str()).map(str::to_string);
+            let text = |pointer: &str| {
+                p.pointer(pointer)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
             evidence.provenance = Some(ProvenanceEvidence {
                 builder_id: text("/runDetails/builder/id").unwrap_or_default(),
                 builder_version: text("/runDetails/builder/version/cutover"),
@@ -413,7 +417,11 @@ fn scan_evidence(record: &serde_json::Value) -> ScanEvidence {
     let strings = |key: &str| -> Vec<String> {
         record[key]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let counts = record["counts"]
@@ -582,7 +590,11 @@ impl SupplyChain for LocalSupplyChain {
         verify_image(&self.paths, &image.id, env, trusted_keys)
     }
 
-    async fn evidence(&self, image: &ImageInfo, env: &str) -> Result<SupplyEvidence, ProviderError> {
+    async fn evidence(
+        &self,
+        image: &ImageInfo,
+        env: &str,
+    ) -> Result<SupplyEvidence, ProviderError> {
         recorded_evidence(&self.paths, &image.id, env)
     }
 }

@@ -347,14 +347,21 @@ async fn the_recorded_evidence_names_findings_and_used_exceptions_without_the_se
         .expect("evidence");
     let shown = serde_json::to_string(&evidence).unwrap();
     assert!(!shown.contains(&canary()), "the secret leaked: {shown}");
-    assert!(!shown.contains("AKIA"), "part of the secret leaked: {shown}");
+    assert!(
+        !shown.contains("AKIA"),
+        "part of the secret leaked: {shown}"
+    );
     let scan = evidence.scan.expect("a recorded verdict");
     assert!(scan.passed, "{scan:?}");
     assert_eq!(scan.exceptions.len(), 1, "{scan:?}");
     let used = &scan.exceptions[0];
     assert_eq!(used.exception, "aws-access-key-id");
     assert_eq!(
-        (used.reason.as_str(), used.owner.as_str(), used.expires.as_str()),
+        (
+            used.reason.as_str(),
+            used.owner.as_str(),
+            used.expires.as_str()
+        ),
         ("test key", "sec", "2099-12-31")
     );
     let findings = scan.findings.expect("findings recorded with the verdict");

@@ -417,7 +417,10 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
                 .filter_map(|e| e.latest.as_ref())
                 .filter(|d| d.waiting_for_approval())
             {
-                print!("{}", render::approval_view(&approval_view(&client, &waiting.id).await?));
+                print!(
+                    "{}",
+                    render::approval_view(&approval_view(&client, &waiting.id).await?)
+                );
             }
         }
     }
@@ -435,10 +438,7 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
 }
 
 /// The control plane's approval view of deployment `id`.
-async fn approval_view(
-    client: &ApiClient,
-    id: &str,
-) -> Result<cutover_server::api::ApprovalView> {
+async fn approval_view(client: &ApiClient, id: &str) -> Result<cutover_server::api::ApprovalView> {
     Ok(client
         .get(&format!("/api/v1/deployments/{}/approval-view", encode(id)))
         .await?)

@@ -348,7 +348,11 @@ pub fn approval_view(v: &ApprovalView) -> String {
                 "  scan      {} (gate: fail on {}{}){}{}",
                 if s.passed { "passed" } else { "failed" },
                 s.fail_on,
-                if s.fail_on_secrets { " and secrets" } else { "" },
+                if s.fail_on_secrets {
+                    " and secrets"
+                } else {
+                    ""
+                },
                 if counts.is_empty() {
                     String::new()
                 } else {

@@ -9,8 +9,7 @@ use clap::{Subcommand, ValueEnum};
 
 use cutover_model::format_ms;
 use cutover_server::api::{
-    ApprovalAccepted, ApprovalRequest, ApprovalView, Decision, DeploymentDetail, NewUser,
-    UserLine,
+    ApprovalAccepted, ApprovalRequest, ApprovalView, Decision, DeploymentDetail, NewUser, UserLine,
 };
 use cutover_server::audit::{AuditEntry, VerifyReport};
 use cutover_server::auth::{self, CreatedToken, NewToken, Role, TokenRecord};

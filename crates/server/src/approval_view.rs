@@ -44,9 +44,9 @@ fn duration(d: std::time::Duration) -> String {
 
 fn bytes(n: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if n % (1024 * MIB) == 0 && n > 0 {
+    if n > 0 && n.is_multiple_of(1024 * MIB) {
         format!("{} GiB", n / (1024 * MIB))
-    } else if n % MIB == 0 && n > 0 {
+    } else if n > 0 && n.is_multiple_of(MIB) {
         format!("{} MiB", n / MIB)
     } else {
         format!("{n} bytes")
@@ -57,12 +57,7 @@ fn env_digests(container: &ContainerSpec) -> BTreeMap<String, String> {
     container
         .env
         .iter()
-        .map(|(name, value)| {
-            (
-                name.clone(),
-                cutover_model::sha256_digest(value.as_bytes()),
-            )
-        })
+        .map(|(name, value)| (name.clone(), cutover_model::sha256_digest(value.as_bytes())))
         .collect()
 }
 
@@ -91,7 +86,10 @@ fn health_values(h: &HealthSpec) -> Vec<(&'static str, Option<String>)> {
         ("health.path", Some(h.path.clone())),
         ("health.interval", Some(duration(h.interval))),
         ("health.timeout", Some(duration(h.timeout))),
-        ("health.healthy_threshold", Some(h.healthy_threshold.to_string())),
+        (
+            "health.healthy_threshold",
+            Some(h.healthy_threshold.to_string()),
+        ),
         (
             "health.unhealthy_threshold",
             Some(h.unhealthy_threshold.to_string()),
@@ -534,8 +532,16 @@ mod tests {
 
     #[test]
     fn env_names_added_removed_and_changed_without_values() {
-        let old = plan_with(&[("KEEP", "same"), ("GONE", "x"), ("TOKEN", "old-secret")], 2, 1 << 27);
-        let new = plan_with(&[("KEEP", "same"), ("NEW", CANARY), ("TOKEN", CANARY)], 2, 1 << 27);
+        let old = plan_with(
+            &[("KEEP", "same"), ("GONE", "x"), ("TOKEN", "old-secret")],
+            2,
+            1 << 27,
+        );
+        let new = plan_with(
+            &[("KEEP", "same"), ("NEW", CANARY), ("TOKEN", CANARY)],
+            2,
+            1 << 27,
+        );
         let (changes, env) = diff(Some(&settings_of_plan(&old)), &settings_of_plan(&new));
         assert_eq!(env.added, vec!["NEW"]);
         assert_eq!(env.removed, vec!["GONE"]);
@@ -569,8 +575,22 @@ mod tests {
         let new = plan_with(&[("A", CANARY)], 2, 1 << 27);
         let (changes, env) = diff(None, &settings_of_plan(&new));
         assert!(changes.iter().all(|c| c.before.is_none()));
-        for name in ["replicas", "container.memory", "container.cpus", "container.pids_limit", "container.user", "container.read_only", "health.path", "listen", "strategy", "approval.required"] {
-            assert!(changes.iter().any(|c| c.setting == name), "{name} missing: {changes:?}");
+        for name in [
+            "replicas",
+            "container.memory",
+            "container.cpus",
+            "container.pids_limit",
+            "container.user",
+            "container.read_only",
+            "health.path",
+            "listen",
+            "strategy",
+            "approval.required",
+        ] {
+            assert!(
+                changes.iter().any(|c| c.setting == name),
+                "{name} missing: {changes:?}"
+            );
         }
         assert_eq!(env.added, vec!["A"]);
     }

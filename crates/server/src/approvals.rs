@@ -30,12 +30,16 @@ pub async fn decide(
     cp: &ControlPlane,
     who: &Principal,
     deployment_id: &str,
-    decision: crate::api::Decision,
-    plan_digest: &str,
-    image_id: &str,
-    view_digest: Option<&str>,
-    comment: &str,
+    request: &crate::api::ApprovalRequest,
 ) -> Result<(), ServerError> {
+    let crate::api::ApprovalRequest {
+        decision,
+        comment,
+        plan_digest,
+        image_id,
+        view_digest,
+    } = request;
+    let (plan_digest, image_id) = (plan_digest.as_str(), image_id.as_str());
     let record = cp.store.deployment(deployment_id)?.ok_or_else(|| {
         ServerError::NotFound(format!(
             "deployment {deployment_id} not found; `cutover history` lists deployments"
@@ -47,7 +51,7 @@ pub async fn decide(
             "comment: must be at most 4096 bytes".to_string(),
         ));
     }
-    let decision = stored(decision);
+    let decision = stored(*decision);
     let view = cutover_executor::deployment_view(&cp.store, deployment_id)?;
     let gate = match &view.approval {
         Some(gate) if gate.waiting => gate,
@@ -81,7 +85,10 @@ pub async fn decide(
     // The approver approves what the view showed them: an approval names the view's digest,
     // and a view that changed since (a new scan verdict, another running release) is
     // refused. A rejection needs no view, but one that names a view must name this one.
-    let view_digest = view_digest.map(str::trim).filter(|d| !d.is_empty());
+    let view_digest = view_digest
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty());
     if view_digest.is_none() && decision == Decision::Approve {
         return Err(ServerError::BadRequest(format!(
             "view_digest: missing; review what deployment {deployment_id} changes first (GET /api/v1/deployments/{deployment_id}/approval-view, `cutover approve`, or the web UI) and send the view_digest you reviewed"

@@ -896,17 +896,7 @@ async fn decide(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ApprovalRequest>,
 ) -> Result<(StatusCode, Json<ApprovalAccepted>), ServerError> {
-    approvals::decide(
-        &cp,
-        &who,
-        &id,
-        req.decision,
-        &req.plan_digest,
-        &req.image_id,
-        req.view_digest.as_deref(),
-        &req.comment,
-    )
-    .await?;
+    approvals::decide(&cp, &who, &id, &req).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApprovalAccepted {

@@ -1343,7 +1343,12 @@ impl Harness {
         (status, String::from_utf8(bytes).unwrap())
     }
 
-    async fn approve(&self, token: &str, id: &str, view_digest: Option<&str>) -> (StatusCode, Value) {
+    async fn approve(
+        &self,
+        token: &str,
+        id: &str,
+        view_digest: Option<&str>,
+    ) -> (StatusCode, Value) {
         let gate = self.wait_gate(token, id).await["approval"].clone();
         let mut body = json!({
             "decision": "approve", "comment": "reviewed",
@@ -1385,10 +1390,16 @@ async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environm
     let view: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(view["first_release"], true, "{view:#}");
     assert_eq!(view["running"], Value::Null);
-    assert_eq!(view["env_vars"]["added"], json!(["API_TOKEN", "MODE", "OLD"]));
+    assert_eq!(
+        view["env_vars"]["added"],
+        json!(["API_TOKEN", "MODE", "OLD"])
+    );
     assert!(view["view_digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(view["scan"]["passed"], true, "{view:#}");
-    assert_eq!(view["provenance"]["signing_key_id"], "fake-key-1", "{view:#}");
+    assert_eq!(
+        view["provenance"]["signing_key_id"], "fake-key-1",
+        "{view:#}"
+    );
     assert_eq!(view["provenance"]["build_kind"], "cargo", "{view:#}");
     // A viewer of another environment is refused.
     let (status, text) = h.raw_view(&outsider, &first).await;
@@ -1396,7 +1407,10 @@ async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environm
     let digest = view["view_digest"].as_str().unwrap().to_string();
     let (status, body) = h.approve(&approver, &first, Some(&digest)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(h.wait_finished(&deployer, &first).await["status"], "succeeded");
+    assert_eq!(
+        h.wait_finished(&deployer, &first).await["status"],
+        "succeeded"
+    );
 
     // The second: one value changed, one variable added, one removed, more replicas and memory.
     h.rewrite_spec(&spec_with(
@@ -1432,7 +1446,10 @@ async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environm
     assert_eq!(change("replicas")["after"], "2");
     assert_eq!(change("container.memory")["before"], "128 MiB");
     assert_eq!(change("container.memory")["after"], "256 MiB");
-    assert!(change("image")["before"].as_str().unwrap().contains("sha256:"));
+    assert!(change("image")["before"]
+        .as_str()
+        .unwrap()
+        .contains("sha256:"));
     // Settings that stay are not listed.
     assert!(view["changes"]
         .as_array()
@@ -1455,7 +1472,10 @@ async fn an_approval_must_name_the_current_view_and_records_it() {
     // Without a view: refused, saying where to review.
     let (status, body) = h.approve(&approver, &id, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("approval-view"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("approval-view"),
+        "{body}"
+    );
     // A made-up digest: refused.
     let (status, body) = h.approve(&approver, &id, Some("sha256:0000")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -1491,13 +1511,22 @@ async fn an_approval_must_name_the_current_view_and_records_it() {
     );
     let (status, body) = h.approve(&approver, &id, Some(&seen)).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("review again"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("review again"),
+        "{body}"
+    );
     // Nothing was recorded by any refused attempt.
     let detail = h.wait_gate(&deployer, &id).await;
     assert_eq!(detail["approval"]["decisions"], json!([]), "{detail:#}");
-    let (_, audit) = h.call(Method::GET, "/api/v1/audit", Some(&admin), None).await;
+    let (_, audit) = h
+        .call(Method::GET, "/api/v1/audit", Some(&admin), None)
+        .await;
     assert!(
-        audit.as_array().unwrap().iter().all(|e| e["action"] != "approve"),
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] != "approve"),
         "{audit:#}"
     );
 
@@ -1514,14 +1543,23 @@ async fn an_approval_must_name_the_current_view_and_records_it() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let done = h.wait_finished(&deployer, &id).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
-    assert_eq!(done["approval"]["decisions"][0]["view_digest"], digest.as_str());
-    let (_, audit) = h.call(Method::GET, "/api/v1/audit", Some(&admin), None).await;
+    assert_eq!(
+        done["approval"]["decisions"][0]["view_digest"],
+        digest.as_str()
+    );
+    let (_, audit) = h
+        .call(Method::GET, "/api/v1/audit", Some(&admin), None)
+        .await;
     let approve = audit
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["action"] == "approve")
         .expect("an approve entry");
-    assert_eq!(approve["details"]["view_digest"], digest.as_str(), "{approve}");
+    assert_eq!(
+        approve["details"]["view_digest"],
+        digest.as_str(),
+        "{approve}"
+    );
     assert_eq!(h.cp.store.approvals(&id).unwrap()[0].view_digest, digest);
 }

@@ -658,17 +658,14 @@ async fn decide(
             )
         }
     };
-    crate::approvals::decide(
-        &cp,
-        &v.principal,
-        &id,
+    let request = crate::api::ApprovalRequest {
         decision,
-        &form.plan_digest,
-        &form.image_id,
-        Some(form.view_digest.as_str()),
-        form.comment.trim(),
-    )
-    .await?;
+        comment: form.comment.trim().to_string(),
+        plan_digest: form.plan_digest,
+        image_id: form.image_id,
+        view_digest: Some(form.view_digest),
+    };
+    crate::approvals::decide(&cp, &v.principal, &id, &request).await?;
     Ok(redirect(&format!("/deployments/{}", encode_component(&id))))
 }
 

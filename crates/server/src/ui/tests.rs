@@ -691,7 +691,10 @@ async fn the_approval_page_shows_the_view_without_values_and_refuses_a_stale_one
     let digest = csrf_field(&page.body, "view_digest");
     let answer = send(&ui.app, decide(digest.clone())).await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
-    assert_eq!(ui.cp.store.approvals("prod-1").unwrap()[0].view_digest, digest);
+    assert_eq!(
+        ui.cp.store.approvals("prod-1").unwrap()[0].view_digest,
+        digest
+    );
     wait_for(&ui.cp, "prod-1", |d| d.status == DeploymentState::Succeeded).await;
 }
 
