@@ -294,7 +294,10 @@ fn approver_watches_a_deployment_live_and_approves_it() {
         "Provenance",
         "fake-key-1",
     ] {
-        assert!(text.contains(shown), "the approval view shows {shown}: {text}");
+        assert!(
+            text.contains(shown),
+            "the approval view shows {shown}: {text}"
+        );
     }
     shot(&browser, "approval-laptop");
     browser.resize(PHONE.0, PHONE.1).expect("phone width");

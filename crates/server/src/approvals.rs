@@ -98,7 +98,7 @@ pub async fn decide(
         let current = crate::approval_view::approval_view(cp, deployment_id).await?;
         if seen != current.view_digest {
             return Err(ServerError::Conflict(format!(
-                "the deployment changed since you looked; review again (deployment {deployment_id}'s approval view is now {}, you reviewed {seen})",
+                "the deployment changed since you looked; review again (the approval view of deployment {deployment_id} is now {})",
                 current.view_digest
             )));
         }
