@@ -218,9 +218,19 @@ fn a_vulnerable_package_fails_the_gate_unless_a_live_exception_covers_it() {
     assert!(run.stdout.contains("RUSTSEC-2021-0003"), "{}", run.stdout);
     assert!(p.containers().is_empty());
 
-    // An exception naming the CVE alias covers the RUSTSEC advisory.
+    // An exception naming the CVE alias covers the RUSTSEC advisory, once the admin pinned
+    // the reviewed file in the environment's guardrails (the first deploy's allowed none).
     write_exceptions(p.dir.path(), "2999-01-01");
     p.write_spec(&spec(Some("exceptions = \"exceptions.toml\"")));
+    let run = p.cutover(&["deploy"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("environments.production.gate.exceptions"),
+        "{}",
+        run.stderr
+    );
+    pin_exceptions(&p);
     p.cutover(&["deploy"]).assert_code(0);
     // Using an exception is on the audit record.
     let audit = p.cutover(&["audit", "export"]);
@@ -237,6 +247,7 @@ fn a_vulnerable_package_fails_the_gate_unless_a_live_exception_covers_it() {
 
     // Once expired, it covers nothing and says so.
     write_exceptions(p.dir.path(), "2020-01-01");
+    pin_exceptions(&p);
     let run = p.cutover(&["deploy"]);
     run.assert_code(6);
     assert!(run.stdout.contains("expired"), "{}", run.stdout);
@@ -250,6 +261,30 @@ fn a_vulnerable_package_fails_the_gate_unless_a_live_exception_covers_it() {
         serde_json::from_str(&std::fs::read_to_string(&sarif).expect("sarif written"))
             .expect("sarif json");
     assert_eq!(doc["version"], "2.1.0");
+}
+
+/// Set production's guardrails to allow exactly the project's `exceptions.toml` as it is.
+fn pin_exceptions(p: &Project) {
+    let file = p.dir.path().join("exceptions.toml");
+    let out = std::process::Command::new("sha256sum")
+        .arg(&file)
+        .output()
+        .expect("run sha256sum");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().expect("a digest");
+    let rails = p.dir.path().join("guardrails.toml");
+    std::fs::write(
+        &rails,
+        format!("[gate]\nexceptions_sha256 = \"sha256:{hex}\"\n"),
+    )
+    .expect("write guardrails");
+    p.cutover(&[
+        "guardrails",
+        "set",
+        "production",
+        &rails.display().to_string(),
+    ])
+    .assert_code(0);
 }
 
 fn write_exceptions(dir: &Path, expires: &str) {

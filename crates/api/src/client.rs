@@ -91,6 +91,14 @@ impl ApiClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -184,6 +192,7 @@ fn error_body(status: u16, body: &[u8]) -> ErrorBody {
         },
         message: format!("the control plane answered {status} without an error body"),
         error_id: None,
+        violations: Vec::new(),
     })
 }
 

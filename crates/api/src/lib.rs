@@ -8,8 +8,10 @@
 
 mod approval_view;
 pub mod client;
+mod guardrails;
 mod types;
 pub mod unix;
 
 pub use approval_view::*;
+pub use guardrails::*;
 pub use types::*;

@@ -125,6 +125,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     Unavailable,
     Internal,
+    /// The spec is weaker than its environment's guardrails (422); the body lists each
+    /// loosened setting in `violations`.
+    GuardrailViolation,
 }
 
 impl ErrorCode {
@@ -140,6 +143,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::GuardrailViolation => "guardrail_violation",
         }
     }
 
@@ -156,6 +160,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::GuardrailViolation => 422,
         }
     }
 }
@@ -175,6 +180,9 @@ pub struct ErrorBody {
     /// For `internal`: the id of the log line that has the detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_id: Option<String>,
+    /// For `guardrail_violation`: each setting the spec tried to loosen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<crate::GuardrailViolation>,
 }
 
 // ----- access -----
@@ -501,6 +509,9 @@ pub struct EnvStatus {
     pub instances: Vec<InstanceLine>,
     /// Releases kept warm and when they are retired (unix ms).
     pub warm: Vec<WarmRelease>,
+    /// The guardrails in force (what approvers rely on), if any were set.
+    #[serde(default)]
+    pub guardrails: Option<crate::GuardrailsVersion>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -31,7 +31,8 @@ const EXIT_HELP: &str = "\
 Exit codes:
   0  success
   1  error (control plane unreachable, I/O, internal)
-  2  bad input: invalid deploy.toml, unknown environment or release, bad arguments
+  2  bad input: invalid deploy.toml, unknown environment or release, bad arguments,
+     a spec weaker than its environment's guardrails
   3  the deployment failed and was rolled back (traffic stayed on or returned to the previous release)
   4  the deployment is stuck: an undo failed and needs a human (see `cutover status`)
   5  refused: another deployment holds the environment
@@ -195,7 +196,8 @@ fn init_tracing(daemon: bool) {
     }
 }
 
-/// Map an error to an exit code: bad input 2, busy 5, everything else 1.
+/// Map an error to an exit code: bad input (and guardrail violations) 2, busy 5, everything
+/// else 1.
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<cutover_spec::SpecError>().is_some() {
@@ -203,7 +205,9 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         }
         if let Some(CallError::Api(body)) = cause.downcast_ref::<CallError>() {
             return match body.code {
-                ErrorCode::BadRequest | ErrorCode::NotFound => exit::BAD_INPUT,
+                ErrorCode::BadRequest | ErrorCode::NotFound | ErrorCode::GuardrailViolation => {
+                    exit::BAD_INPUT
+                }
                 ErrorCode::Conflict => exit::BUSY,
                 _ => exit::ERROR,
             };

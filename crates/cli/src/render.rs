@@ -188,6 +188,27 @@ pub fn status(envs: &[EnvStatus]) -> String {
                 let _ = writeln!(out, "  traffic    not served");
             }
         }
+        match &e.guardrails {
+            Some(g) => {
+                let _ = writeln!(
+                    out,
+                    "  guardrails version {} by {} at {}",
+                    g.version,
+                    g.set_by,
+                    format_ms(g.set_at_ms)
+                );
+                for (what, required) in cutover_server::guardrails::summary(&g.guardrails) {
+                    let _ = writeln!(out, "    {what:<13} {required}");
+                }
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  guardrails none: an admin sets them (`cutover guardrails set {} <file>`)",
+                    e.env
+                );
+            }
+        }
         if let Some(active) = &e.active {
             let _ = writeln!(out, "  active     deployment {active} in progress");
         }

@@ -1,4 +1,5 @@
-//! `cutover token`, `cutover user`, `cutover approve` and `cutover audit`: administration
+//! `cutover token`, `cutover user`, `cutover approve`, `cutover audit`, `cutover guardrails`
+//! and `cutover projects`: administration
 //! of the control plane through `/api/v1` on its Unix socket, where the socket's peer (the
 //! local account) acts with admin rights, or as the owner of `CUTOVER_TOKEN` when set.
 
@@ -9,7 +10,8 @@ use clap::{Subcommand, ValueEnum};
 
 use cutover_model::format_ms;
 use cutover_server::api::{
-    ApprovalAccepted, ApprovalRequest, ApprovalView, Decision, DeploymentDetail, NewUser, UserLine,
+    ApprovalAccepted, ApprovalRequest, ApprovalView, Decision, DeploymentDetail, GuardrailsShow,
+    GuardrailsVersion, NewUser, ProjectPath, ProjectRoot, SetGuardrails, UserLine,
 };
 use cutover_server::audit::{AuditEntry, VerifyReport};
 use cutover_server::auth::{self, CreatedToken, NewToken, Role, TokenRecord};
@@ -61,6 +63,46 @@ pub enum ServerCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// What every plan of an environment must meet, whatever its spec says (admins set them).
+    Guardrails {
+        #[command(subcommand)]
+        command: GuardrailsCommand,
+    },
+    /// Project roots: the directories specs may be read from (admins manage them).
+    Projects {
+        #[command(subcommand)]
+        command: ProjectsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GuardrailsCommand {
+    /// Set an environment's guardrails from a TOML file (a new version).
+    Set {
+        env: String,
+        /// The guardrails file (TOML).
+        #[arg(value_name = "FILE")]
+        guardrails_file: std::path::PathBuf,
+    },
+    /// The guardrails in force (with version, who, when), and a proposal waiting, if any.
+    Show {
+        env: String,
+        /// A past version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Accept the guardrails proposed from the first spec sent for the environment.
+    Accept { env: String },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectsCommand {
+    /// Register a project's directory (symbolic links are resolved).
+    Add { dir: std::path::PathBuf },
+    /// Registered project roots.
+    List,
+    /// Unregister a project root.
+    Rm { dir: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -319,6 +361,8 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             }
             Ok(0)
         }
+        ServerCommand::Guardrails { command } => guardrails(&client, command, json).await,
+        ServerCommand::Projects { command } => projects(&client, command, json).await,
         ServerCommand::Audit { command } => match command {
             AuditCommand::Verify => {
                 let report: VerifyReport = client.get("/api/v1/audit/verify").await?;
@@ -366,6 +410,147 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             }
         },
     }
+}
+
+fn print_version(v: &GuardrailsVersion) {
+    println!(
+        "guardrails of {} version {} ({}) by {} at {}, {}",
+        v.env,
+        v.version,
+        v.how,
+        v.set_by,
+        format_ms(v.set_at_ms),
+        v.digest
+    );
+    for (what, required) in cutover_server::guardrails::summary(&v.guardrails) {
+        println!("  {what:<13} {required}");
+    }
+}
+
+async fn guardrails(
+    client: &crate::client::ApiClient,
+    command: GuardrailsCommand,
+    json: bool,
+) -> Result<u8> {
+    match command {
+        GuardrailsCommand::Set {
+            env,
+            guardrails_file: file,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the guardrails file {}", file.display()))?;
+            // Checked here first, so a bad file fails fast naming its place.
+            cutover_server::guardrails::parse(&text, &file)?;
+            let saved: GuardrailsVersion = client
+                .put(
+                    &format!("/api/v1/guardrails/{}", crate::encode(&env)),
+                    &SetGuardrails {
+                        text,
+                        file: Some(file.display().to_string()),
+                    },
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&saved)?);
+            } else {
+                print_version(&saved);
+            }
+            Ok(0)
+        }
+        GuardrailsCommand::Show { env, version } => {
+            let mut path = format!("/api/v1/guardrails/{}", crate::encode(&env));
+            if let Some(n) = version {
+                path.push_str(&format!("?version={n}"));
+            }
+            let shown: GuardrailsShow = client.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+                return Ok(0);
+            }
+            match &shown.current {
+                Some(v) => {
+                    print_version(v);
+                    if shown.latest_version != Some(v.version) {
+                        println!(
+                            "  (the newest is version {})",
+                            shown.latest_version.unwrap_or_default()
+                        );
+                    }
+                }
+                None => println!("environment {env} has no guardrails yet"),
+            }
+            if let Some(p) = &shown.proposal {
+                println!(
+                    "\nproposed by {} at {} from spec {}; accept with `cutover guardrails accept {env}`:\n{}",
+                    p.proposed_by,
+                    format_ms(p.proposed_at_ms),
+                    p.spec_digest,
+                    p.text
+                );
+            }
+            Ok(0)
+        }
+        GuardrailsCommand::Accept { env } => {
+            let saved: GuardrailsVersion = client
+                .post(
+                    &format!("/api/v1/guardrails/{}/accept", crate::encode(&env)),
+                    &(),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&saved)?);
+            } else {
+                print_version(&saved);
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn projects(
+    client: &crate::client::ApiClient,
+    command: ProjectsCommand,
+    json: bool,
+) -> Result<u8> {
+    let (path, body) = match command {
+        ProjectsCommand::List => {
+            let roots: Vec<ProjectRoot> = client.get("/api/v1/projects").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&roots)?);
+            } else if roots.is_empty() {
+                println!("no project roots: `cutover projects add <dir>` registers one");
+            } else {
+                for r in roots {
+                    println!(
+                        "{}  added by {} at {}{}",
+                        r.path,
+                        r.added_by,
+                        format_ms(r.added_at_ms),
+                        if r.automatic {
+                            " (by a local deploy)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            return Ok(0);
+        }
+        ProjectsCommand::Add { dir } => ("/api/v1/projects", dir),
+        ProjectsCommand::Rm { dir } => ("/api/v1/projects/remove", dir),
+    };
+    let body = ProjectPath {
+        path: crate::client::absolute(&body).display().to_string(),
+    };
+    let root: ProjectRoot = client.post(path, &body).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&root)?);
+    } else if path.ends_with("remove") {
+        println!("project root {} removed", root.path);
+    } else {
+        println!("project root {} registered", root.path);
+    }
+    Ok(0)
 }
 
 /// The password from `CUTOVER_PASSWORD`, else the first line of stdin.

@@ -44,6 +44,9 @@ pub struct Principal {
     /// Separation of duties and approval counts go by this.
     pub person: String,
     pub grants: Vec<Grant>,
+    /// The Unix socket's own peer (no token): the local account the control plane serves.
+    #[serde(default)]
+    pub socket_peer: bool,
 }
 
 impl Principal {
@@ -91,6 +94,7 @@ impl Principal {
                 role: Role::Admin,
                 env: None,
             }],
+            socket_peer: true,
         }
     }
 }
@@ -298,6 +302,7 @@ pub fn authenticate_bearer(store: &Store, token: &str) -> Result<Option<Principa
             role: record.role,
             env: record.env.clone(),
         }],
+        socket_peer: false,
     }))
 }
 
@@ -384,6 +389,7 @@ pub fn authenticate_password(
         person: record.name.clone(),
         name: record.name,
         grants: record.grants,
+        socket_peer: false,
     }))
 }
 
@@ -416,6 +422,7 @@ mod tests {
             name: "p".into(),
             person: "p".into(),
             grants: vec![grant(Role::Deployer, Some("staging"))],
+            socket_peer: false,
         };
         assert!(p.can(Role::Deployer, Some("staging")));
         assert!(p.can(Role::Viewer, Some("staging")));

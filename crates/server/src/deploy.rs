@@ -8,6 +8,10 @@
 //! `plans/`) resolve against on the control plane's machine (`base_dir`, absolute). The
 //! source of the newest deployment of each environment is remembered, so a rollback may
 //! leave it out.
+//!
+//! Order of every plan and start: the caller's role first (nothing is read before),
+//! then where the spec lives ([`crate::projects`]: registered roots), then the spec, then
+//! the environment's guardrails ([`crate::guardrails`]), then the planner.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,41 +61,6 @@ pub fn started_by(
     deployment_id: &str,
 ) -> Result<Option<StartedBy>, ServerError> {
     Ok(starters(cp)?.get(deployment_id)?)
-}
-
-/// Read and validate the spec named by `source`.
-pub fn load_spec(source: &SpecSource) -> Result<Spec, ServerError> {
-    match (&source.spec_path, &source.spec, &source.base_dir) {
-        (Some(path), None, None) => {
-            let path = Path::new(path);
-            if !path.is_absolute() {
-                return Err(ServerError::BadRequest(format!(
-                    "spec_path: {} is not absolute; give the absolute path of deploy.toml on the control plane's machine",
-                    path.display()
-                )));
-            }
-            Ok(cutover_spec::load(path)?)
-        }
-        (None, Some(text), Some(base)) => {
-            let base = Path::new(base);
-            if !base.is_absolute() {
-                return Err(ServerError::BadRequest(format!(
-                    "base_dir: {} is not absolute; give the absolute directory the spec's relative paths resolve against",
-                    base.display()
-                )));
-            }
-            Ok(cutover_spec::parse(text, &base.join("deploy.toml"))?)
-        }
-        (None, Some(_), None) => Err(ServerError::BadRequest(
-            "base_dir: is required with spec: the absolute directory on the control plane's machine that relative paths in the spec resolve against".to_string(),
-        )),
-        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(ServerError::BadRequest(
-            "spec_path: give either spec_path, or spec with base_dir, not both".to_string(),
-        )),
-        (None, None, _) => Err(ServerError::BadRequest(
-            "spec_path: a spec is required: give spec_path, or spec with base_dir".to_string(),
-        )),
-    }
 }
 
 /// The source to use: the one given, else (for rollbacks) the remembered one of `env`.
@@ -280,6 +249,38 @@ fn needed_role() -> Role {
     Role::Deployer
 }
 
+/// Authorize `who` before anything is read: the deployer role for `env`, or for every
+/// environment when none is named (else 400 asking to name it).
+fn authorize(who: &Principal, env: Option<&str>) -> Result<(), ServerError> {
+    match env {
+        Some(env) => who.require(needed_role(), Some(env)),
+        None if who.can(needed_role(), None) => Ok(()),
+        None => Err(ServerError::BadRequest(format!(
+            "env: {} may deploy only to some environments; name the environment (`--env`, or `env` in the request)",
+            who.name
+        ))),
+    }
+}
+
+/// Authorize, check where the spec lives, read it, pick the environment and hold it to the
+/// environment's guardrails: the spec to plan, with its (canonical) source.
+fn admitted_spec(
+    cp: &ControlPlane,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    starting: bool,
+) -> Result<(Spec, String, SpecSource, Option<u64>), ServerError> {
+    authorize(who, env)?;
+    let source = resolve_source(cp, source, env)?;
+    let admitted = crate::projects::admit(cp, who, &source)?;
+    let spec = crate::projects::load(cp, who, &admitted)?;
+    let env = pick_env(&spec, env)?;
+    who.require(needed_role(), Some(&env))?;
+    let (spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
+    Ok((spec, env, admitted.source, guardrails))
+}
+
 /// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
 /// environment asked for (a rollback's environment when no source is given).
 pub async fn plan(
@@ -289,10 +290,7 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    let source = resolve_source(cp, source, env)?;
-    let spec = load_spec(&source)?;
-    let env = pick_env(&spec, env)?;
-    who.require(needed_role(), Some(&env))?;
+    let (spec, env, _, _) = admitted_spec(cp, who, source, env, false)?;
     prepare(cp, &spec, &env, &who.name, rollback, false).await
 }
 
@@ -306,10 +304,7 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    let source = resolve_source(cp, source, env)?;
-    let spec = load_spec(&source)?;
-    let env = pick_env(&spec, env)?;
-    who.require(needed_role(), Some(&env))?;
+    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, true)?;
     let plan = prepare(cp, &spec, &env, &who.name, rollback, true).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
@@ -359,6 +354,7 @@ pub async fn start(
             "plan_digest": plan.digest,
             "spec_digest": plan.spec_digest,
             "spec_path": source.spec_path,
+            "guardrails_version": guardrails,
         }),
     )
     .await?;

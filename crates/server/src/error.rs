@@ -5,14 +5,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use thiserror::Error;
 
-use crate::api::{ErrorBody, ErrorCode};
+use crate::api::{ErrorBody, ErrorCode, GuardrailViolation};
 
 /// Errors of the control plane. Each maps to an HTTP status and a stable code; the message
 /// is for people and carries no internals beyond what helps them act.
 ///
 /// Stable codes: `bad_request` (400), `unauthorized` (401), `forbidden` (403), `not_found`
 /// (404), `conflict` (409), `unsupported_media_type` (415), `unavailable` (503),
-/// `internal` (500).
+/// `guardrail_violation` (422), `internal` (500).
 #[derive(Debug, Error)]
 pub enum ServerError {
     #[error("{0}")]
@@ -39,6 +39,12 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Internal(String),
+    /// The spec is weaker than its environment's guardrails: each loosened setting.
+    #[error("{message}")]
+    Guardrails {
+        message: String,
+        violations: Vec<GuardrailViolation>,
+    },
     #[error(transparent)]
     Spec(#[from] cutover_spec::SpecError),
     #[error(transparent)]
@@ -71,6 +77,7 @@ impl ServerError {
             ServerError::Conflict(_) => ErrorCode::Conflict,
             ServerError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             ServerError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ServerError::Guardrails { .. } => ErrorCode::GuardrailViolation,
             ServerError::Store(cutover_store::StoreError::LeaseHeld { .. }) => ErrorCode::Conflict,
             ServerError::Store(cutover_store::StoreError::NotFound { .. }) => ErrorCode::NotFound,
             ServerError::Provider(e) if e.is_transient() => ErrorCode::Unavailable,
@@ -97,6 +104,10 @@ impl ServerError {
                 code,
                 message: self.to_string(),
                 error_id: None,
+                violations: match self {
+                    ServerError::Guardrails { violations, .. } => violations.clone(),
+                    _ => Vec::new(),
+                },
             };
         }
         let id = error_id();
@@ -112,6 +123,7 @@ impl ServerError {
                 ),
             },
             error_id: Some(id),
+            violations: Vec::new(),
         }
     }
 }

@@ -28,7 +28,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::serve::IncomingStream;
 use axum::{Extension, Json, Router};
 use futures_util::{Stream, StreamExt};
@@ -43,11 +43,13 @@ use cutover_model::now_ms;
 use cutover_store::{Claim, TypedTree};
 
 use crate::api::{
-    events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, CreatedToken, Decision,
-    DecisionLine, DeploymentDetail, DeploymentState, EnvStatus, EnvironmentsQuery, ErrorBody,
-    ErrorCode, Grant, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser,
-    PlanRequest, PlanResponse, Resumed, Role, RollbackRequest, RollbackTo, SpecSource, Started,
-    StepLine, StepState, TokenRecord, UserLine, WarmRelease,
+    events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, ContainerFloor,
+    CreatedToken, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
+    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, Grant, GuardrailViolation, Guardrails,
+    GuardrailsProposal, GuardrailsShow, GuardrailsVersion, Health, HistoryLine, HistoryQuery,
+    InstanceLine, NewToken, NewUser, PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Resumed,
+    Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
+    TokenRecord, UserLine, WarmRelease,
 };
 use crate::api::{
     ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, ProvenanceView, RunningRelease,
@@ -353,6 +355,42 @@ pub fn routes() -> Vec<RouteDef> {
         route(M::POST, "/api/v1/users", Admin, post(add_user)),
         route(M::GET, "/api/v1/audit", Admin, get(audit_export)),
         route(M::GET, "/api/v1/audit/verify", Admin, get(audit_verify)),
+        route(
+            M::GET,
+            "/api/v1/guardrails/{env}",
+            Viewer,
+            get(crate::guardrails::show_guardrails),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/guardrails/{env}",
+            Admin,
+            put(crate::guardrails::set_guardrails),
+        ),
+        route(
+            M::POST,
+            "/api/v1/guardrails/{env}/accept",
+            Admin,
+            post(crate::guardrails::accept_guardrails),
+        ),
+        route(
+            M::GET,
+            "/api/v1/projects",
+            Admin,
+            get(crate::projects::list_projects),
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects",
+            Admin,
+            post(crate::projects::add_project),
+        ),
+        route(
+            M::POST,
+            "/api/v1/projects/remove",
+            Admin,
+            post(crate::projects::remove_project),
+        ),
         route(M::POST, "/api/v1/shutdown", Admin, post(shutdown)),
         route(M::GET, "/metrics", Viewer, get(metrics)),
     ]
@@ -385,6 +423,7 @@ async fn method_not_allowed() -> Response {
         code: ErrorCode::MethodNotAllowed,
         message: "this endpoint does not take that method; see /api/v1/openapi.json".to_string(),
         error_id: None,
+        violations: Vec::new(),
     };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
@@ -530,7 +569,7 @@ where
 #[openapi(
     info(
         title = "cutover API",
-        description = "Plan, start, follow, approve and roll back deployments. Over TCP every endpoint needs `Authorization: Bearer <token>` (`cutover token create`); on the control socket the caller is the socket's peer. Errors are JSON `{code, message, error_id?}` with stable codes: bad_request, unauthorized, forbidden, not_found, method_not_allowed, conflict, payload_too_large, unsupported_media_type, unavailable, internal (internal errors carry only an id that names the log line with the detail)."
+        description = "Plan, start, follow, approve and roll back deployments. Over TCP every endpoint needs `Authorization: Bearer <token>` (`cutover token create`); on the control socket the caller is the socket's peer. Errors are JSON `{code, message, error_id?}` with stable codes: bad_request, unauthorized, forbidden, not_found, method_not_allowed, conflict, payload_too_large, unsupported_media_type, guardrail_violation (422, with `violations`: each setting a spec tried to loosen), unavailable, internal (internal errors carry only an id that names the log line with the detail)."
     ),
     paths(
         health,
@@ -553,6 +592,12 @@ where
         add_user,
         audit_export,
         audit_verify,
+        crate::guardrails::show_guardrails,
+        crate::guardrails::set_guardrails,
+        crate::guardrails::accept_guardrails,
+        crate::projects::list_projects,
+        crate::projects::add_project,
+        crate::projects::remove_project,
         shutdown,
         metrics,
     ),
@@ -561,8 +606,11 @@ where
         DecisionLine, HistoryLine, EnvStatus, InstanceLine, WarmRelease, RollbackRequest,
         ApprovalRequest, ApprovalAccepted, Decision, TokenRecord, NewToken, CreatedToken,
         Role, Grant, NewUser, UserLine, AuditEntry, VerifyReport, BrokenLink, DeploymentState,
-        StepState, ErrorCode, RollbackTo, Resumed, Health, ApprovalView, RunningRelease,
-        SettingChange, EnvVarChanges, ScanVerdictView, FindingLine, ExceptionLine, ProvenanceView
+        StepState, ErrorCode, RollbackTo, Resumed, Health, Guardrails, GateFloor,
+        ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
+        GuardrailViolation, ProjectRoot, ProjectPath,
+        ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
+        ExceptionLine, ProvenanceView
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -123,6 +123,7 @@ pub async fn env_statuses(
                     retire_at_ms: r.due_at_ms,
                 })
                 .collect(),
+            guardrails: crate::guardrails::current(cp, &env)?,
             current,
             env,
         });

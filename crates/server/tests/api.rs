@@ -19,7 +19,7 @@ use cutover_server::audit::AuditEntry;
 use cutover_server::auth::{self, NewToken, Role};
 use cutover_server::http::routes;
 use cutover_server::webhooks::{Delivery, Webhooks};
-use cutover_server::{router, ControlPlane, LocalPeer, Options};
+use cutover_server::{guardrails, projects, router, ControlPlane, LocalPeer, Options};
 use cutover_store::Store;
 
 const SPEC: &str = r#"
@@ -93,6 +93,19 @@ impl Harness {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let fake = FakeProviders::new();
         let cp = ControlPlane::with_options(store, fake.providers(), config(), options(webhooks));
+        // What an admin does once: register the project and set each environment's
+        // guardrails (production requires an approval, as the spec does).
+        let admin = auth::Principal::local("admin");
+        projects::add(&cp, &admin, &dir.path().display().to_string(), false).unwrap();
+        guardrails::set(&cp, &admin, "staging", "", "guardrails.toml").unwrap();
+        guardrails::set(
+            &cp,
+            &admin,
+            "production",
+            "approvals = 1",
+            "guardrails.toml",
+        )
+        .unwrap();
         let app = router(cp.clone());
         Harness { dir, fake, cp, app }
     }
@@ -616,16 +629,17 @@ async fn approval_gate_rules_deployer_self_approval_stale_and_approve() {
         .unwrap()
         .iter()
         .map(|e| e["action"].as_str().unwrap())
-        // The harness's own tokens are audited too.
-        .filter(|a| *a != "token.create")
+        // The harness's own tokens, project and guardrails are audited too.
+        .filter(|a| !["token.create", "project.add", "guardrails.set"].contains(a))
         .collect();
     assert_eq!(actions, ["deploy", "approve"]);
     let (_, report) = h
         .call(Method::GET, "/api/v1/audit/verify", Some(&admin), None)
         .await;
     assert_eq!(report["broken"], Value::Null, "{report}");
-    // deploy and approve, plus the three tokens the test made.
-    assert_eq!(report["entries"], 5);
+    // deploy and approve, plus the three tokens the test made and the harness's project
+    // and two guardrails.
+    assert_eq!(report["entries"], 8);
 }
 
 #[tokio::test]
@@ -953,8 +967,9 @@ async fn tampering_with_the_audit_chain_is_reported() {
     let (_, report) = h
         .call(Method::GET, "/api/v1/audit/verify", Some(&admin), None)
         .await;
-    // The admin token made by the harness, then the three made through the API.
-    assert_eq!(report["entries"], 4);
+    // The harness's project and two guardrails, its admin token, then the three tokens
+    // made through the API.
+    assert_eq!(report["entries"], 7);
     assert_eq!(report["broken"], Value::Null);
     // No secret in the log.
     let (_, entries) = h

@@ -163,6 +163,37 @@ pub fn parse(text: &str, path: &Path) -> Result<Spec, SpecError> {
     }
 }
 
+/// Bytes of a size written as `container.memory` is: `"256MiB"`, `"1g"`, a number of bytes.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    convert::parse_size(&raw::RawSize::Text(text.to_string()))
+}
+
+/// A syntax or type error of another TOML file read the way `deploy.toml` is (e.g. the
+/// control plane's guardrails files), located as `file:line:column: field: message`.
+pub fn toml_file_error(text: &str, path: &Path, error: &toml::de::Error) -> SpecError {
+    toml_error(text, path, error)
+}
+
+/// A problem at byte `span` of the TOML `text` of the file `path`.
+pub fn error_at(
+    text: &str,
+    path: &Path,
+    span: Range<usize>,
+    field: &str,
+    message: impl Into<String>,
+) -> SpecError {
+    let mut errors = Errors::new(text, path);
+    errors.at(span, field, message);
+    errors.into_error().unwrap_or_else(|| SpecError {
+        path: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        field: field.to_string(),
+        message: "invalid".to_string(),
+        others: Vec::new(),
+    })
+}
+
 /// `sha256:<hex>` of the spec's canonical JSON: names the exact configuration a plan used.
 pub fn spec_digest(spec: &Spec) -> String {
     cutover_model::json_digest(spec)

@@ -10,6 +10,7 @@
 //! itself.
 
 pub mod dag;
+pub mod guardrails_panel;
 pub mod limits;
 pub mod pages;
 pub mod session;
@@ -279,6 +280,7 @@ fn current_principal(
                     role: t.role,
                     env: t.env,
                 }],
+                socket_peer: false,
             }));
     }
     Ok(auth::list_users(store)?
@@ -288,6 +290,7 @@ fn current_principal(
             person: u.name.clone(),
             name: u.name,
             grants: u.grants,
+            socket_peer: false,
         }))
 }
 

@@ -105,6 +105,7 @@ pub struct DeploymentPage {
     pub steps: Vec<StepRow>,
     pub supply: Vec<StepRow>,
     pub other_log: String,
+    pub guardrails: super::guardrails_panel::GuardrailsPanel,
 }
 
 /// One step as the page and the live updates show it.
@@ -476,6 +477,7 @@ pub fn deployment_page(
         steps: snap.steps,
         supply,
         other_log,
+        guardrails: super::guardrails_panel::panel(cp, &d.env)?,
         d,
     })
 }

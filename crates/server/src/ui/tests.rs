@@ -789,6 +789,10 @@ async fn rollback_from_history_after_confirmation() {
         spec_path: Some(dir.path().join("deploy.toml").display().to_string()),
         ..Default::default()
     };
+    // The project is registered and the environment has guardrails (an admin's doing).
+    let admin = auth::Principal::local("admin");
+    crate::projects::add(&ui.cp, &admin, &dir.path().display().to_string(), false).unwrap();
+    crate::guardrails::set(&ui.cp, &admin, "staging", "", "guardrails.toml").unwrap();
     let ci = auth::Principal {
         name: "ci".to_string(),
         person: "ci".to_string(),
@@ -796,6 +800,7 @@ async fn rollback_from_history_after_confirmation() {
             role: Role::Deployer,
             env: None,
         }],
+        socket_peer: false,
     };
     for n in 1..=2 {
         let started = crate::deploy::start(&ui.cp, &ci, Some(&source), Some("staging"), None)
@@ -917,4 +922,33 @@ async fn guessing_one_password_from_many_addresses_is_throttled_by_the_user_name
             .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
         "{statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn approvers_see_the_guardrails_held_for_the_environment() {
+    let ui = ui();
+    let plan = fake::deploy_plan_with_approval("prod-1", "prod", "r1", None, 1, approval_gate());
+    start(&ui.cp, &plan);
+    let (approver, _) = login(&ui.app, "alice").await;
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    assert!(page.body.contains("Guardrails of prod"), "{}", page.body);
+    assert!(page.body.contains("has no guardrails"));
+    let admin = auth::Principal::local("admin");
+    crate::guardrails::set(
+        &ui.cp,
+        &admin,
+        "prod",
+        "approvals = 2\n[gate]\nfail_on = \"high\"\n[container]\nmax_memory = \"64MiB\"\n",
+        "guardrails.toml",
+    )
+    .unwrap();
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    assert!(
+        page.body.contains("version 1, set by admin"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("2 distinct approver(s)"));
+    assert!(page.body.contains("fail on high or worse; fail on secrets"));
+    assert!(page.body.contains("64MiB"), "{}", page.body);
 }
