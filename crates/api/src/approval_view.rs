@@ -38,8 +38,10 @@ pub struct ApprovalView {
     /// The scan verdict of the image for this environment; `None` until it was scanned.
     pub scan: Option<ScanVerdictView>,
     pub provenance: ProvenanceView,
-    // The environment's effective guardrails belong here, as one more field, when the
-    // control plane holds them; the digest covers every field.
+    /// The version of the environment's guardrails in force (what the control plane
+    /// requires whatever the spec says); `None` while the environment has none. Covered by
+    /// the digest: approving names the guardrails too.
+    pub guardrails: Option<GuardrailsInForce>,
     /// `sha256:<hex>` of the canonical JSON of this view with `view_digest` empty.
     pub view_digest: String,
 }
@@ -141,4 +143,13 @@ pub struct ProvenanceView {
     pub signing_key_id: Option<String>,
     /// The keys the verify step accepted.
     pub verified_key_ids: Vec<String>,
+}
+
+/// Which guardrails version an approval view was computed under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuardrailsInForce {
+    pub version: u64,
+    /// `sha256:<hex>` of the guardrails file.
+    pub digest: String,
+    pub set_by: String,
 }

@@ -460,6 +460,14 @@ pub fn approval_view(v: &ApprovalView) -> String {
         "  signed by {}",
         p.signing_key_id.as_deref().unwrap_or("(not signed yet)")
     );
+    let _ = match &v.guardrails {
+        Some(g) => writeln!(
+            out,
+            "  guardrails version {} ({}), set by {}",
+            g.version, g.digest, g.set_by
+        ),
+        None => writeln!(out, "  guardrails none for {}", v.env),
+    };
     out
 }
 

@@ -18,8 +18,8 @@ use cutover_model::{
 };
 
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, ProvenanceView, RunningRelease,
-    ScanVerdictView, SettingChange,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
+    RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::{ControlPlane, ServerError};
 
@@ -507,6 +507,11 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         env_vars,
         scan: scan_view(&evidence),
         provenance,
+        guardrails: crate::guardrails::current(cp, &plan.env)?.map(|g| GuardrailsInForce {
+            version: g.version,
+            digest: g.digest,
+            set_by: g.set_by,
+        }),
         view_digest: String::new(),
     };
     view.view_digest = digest(&view);
@@ -648,6 +653,7 @@ mod tests {
             env_vars: EnvVarChanges::default(),
             scan: None,
             provenance: ProvenanceView::default(),
+            guardrails: None,
             view_digest: String::new(),
         };
         let d = digest(&view);

@@ -52,8 +52,8 @@ use crate::api::{
     TokenRecord, UserLine, WarmRelease,
 };
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, ProvenanceView, RunningRelease,
-    ScanVerdictView, SettingChange,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
+    RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;
@@ -610,7 +610,7 @@ where
         ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
-        ExceptionLine, ProvenanceView
+        ExceptionLine, ProvenanceView, GuardrailsInForce
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -1545,8 +1545,29 @@ async fn an_approval_must_name_the_current_view_and_records_it() {
         "{audit:#}"
     );
 
+    // The view names the guardrails in force; an admin changing them changes the view.
+    let before = h.view(&approver, &id).await;
+    assert_eq!(before["guardrails"]["version"], 1, "{before:#}");
+    guardrails::set(
+        &h.cp,
+        &auth::Principal::local("admin"),
+        "production",
+        "approvals = 1\n[container]\nmax_pids = 512\n",
+        "guardrails.toml",
+    )
+    .unwrap();
+    let (status, body) = h
+        .approve(
+            &approver,
+            &id,
+            Some(before["view_digest"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
     // Reviewed again: the new view shows the exception, and its digest is accepted.
     let view = h.view(&approver, &id).await;
+    assert_eq!(view["guardrails"]["version"], 2, "{view:#}");
     assert_eq!(
         view["scan"]["exceptions"],
         json!([{"finding": "GHSA-xxxx in openssl 1.0", "exception": "GHSA-xxxx", "reason": "not reachable", "owner": "sec", "expires": "2099-12-31"}]),
