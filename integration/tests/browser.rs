@@ -286,6 +286,19 @@ fn approver_watches_a_deployment_live_and_approves_it() {
     );
     assert!(text.contains("0 of 1 needed"), "{text}");
     assert!(text.contains("tester"), "the gate names who started it");
+    // What approving changes: the approval view, with the digest the form sends.
+    for shown in [
+        "What changes",
+        "First release of production",
+        "Scan verdict",
+        "Provenance",
+        "fake-key-1",
+    ] {
+        assert!(
+            text.contains(shown),
+            "the approval view shows {shown}: {text}"
+        );
+    }
     shot(&browser, "approval-laptop");
     browser.resize(PHONE.0, PHONE.1).expect("phone width");
     shot(&browser, "approval-phone");
@@ -328,6 +341,10 @@ fn approver_watches_a_deployment_live_and_approves_it() {
     assert_eq!(approvals.len(), 1);
     assert_eq!(approvals[0].by, "alice");
     assert_eq!(approvals[0].comment, "checked the scan, ship it");
+    assert!(
+        approvals[0].view_digest.starts_with("sha256:"),
+        "the approval names the view it was given on"
+    );
     shot(&browser, "finished-laptop");
     browser.resize(PHONE.0, PHONE.1).expect("phone width");
     shot(&browser, "finished-phone");

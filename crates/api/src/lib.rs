@@ -6,10 +6,12 @@
 //! The server, the CLI and the web UI all use these types, so a field renamed here is
 //! renamed everywhere; the OpenAPI document is generated from their schemas.
 
+mod approval_view;
 pub mod client;
 mod guardrails;
 mod types;
 pub mod unix;
 
+pub use approval_view::*;
 pub use guardrails::*;
 pub use types::*;

@@ -431,7 +431,10 @@ pub struct Started {
 }
 
 /// A decision at an approval gate; it names the plan digest and image id it approves
-/// (see the deployment's `approval` field).
+/// (see the deployment's `approval` field) and the digest of the approval view it was made
+/// on (`GET /api/v1/deployments/{id}/approval-view`). An approval without `view_digest`, or
+/// with one of a view that has changed since, is refused; so is a rejection whose
+/// `view_digest`, when given, does not match.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRequest {
@@ -440,6 +443,8 @@ pub struct ApprovalRequest {
     pub comment: String,
     pub plan_digest: String,
     pub image_id: String,
+    #[serde(default)]
+    pub view_digest: Option<String>,
 }
 
 /// A decision that was recorded.
@@ -589,6 +594,9 @@ pub struct DecisionLine {
     pub comment: String,
     pub plan_digest: String,
     pub image_id: String,
+    /// The digest of the approval view the decision was made on, when it named one.
+    #[serde(default)]
+    pub view_digest: Option<String>,
     pub at_ms: u64,
     /// Why it does not count (stale, the requester's own), or `None` when it counts.
     pub note: Option<String>,

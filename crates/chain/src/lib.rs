@@ -24,11 +24,12 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use cutover_model::{
-    now_ms, GateSpec, ImageInfo, ProviderError, ScanOutcome, SignRequest, SupplyChain,
+    now_ms, ExceptionEvidence, FindingEvidence, GateSpec, ImageInfo, ProvenanceEvidence,
+    ProviderError, ScanEvidence, ScanOutcome, SignRequest, SupplyChain, SupplyEvidence,
 };
 use cutover_signing::{
     verify_bundle, AttestInputs, AttestationBundle, KeyPair, ProvenanceInputs, PublicKey,
-    SourceInfo, VerifyPolicy, DEFAULT_BUILDER_ID, SCAN_VERDICT_PREDICATE,
+    SourceInfo, VerifyPolicy, DEFAULT_BUILDER_ID, PROVENANCE_PREDICATE, SCAN_VERDICT_PREDICATE,
 };
 use cutover_supply::{
     AdvisoryDb, Date, Exceptions, GatePolicy, Limits, RuleSet, ScanReport, Severity, Verdict,
@@ -316,6 +317,151 @@ fn git_commit(dir: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether the work tree under `dir` has uncommitted changes (tracked or untracked
+/// files; cutover's own state directory `.cutover` beside the spec does not count);
+/// `None` when git cannot tell.
+fn git_dirty(dir: &Path) -> Option<bool> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain", "--", ".", ":(exclude).cutover"])
+        .output()
+        .ok()?;
+    out.status.success().then_some(!out.stdout.is_empty())
+}
+
+/// The findings of a report as the verdict record keeps them: vulnerabilities by severity,
+/// id and package; secrets by rule, location and fingerprint (never the secret).
+fn findings_record(report: &ScanReport) -> Vec<FindingEvidence> {
+    let mut out: Vec<FindingEvidence> = report
+        .findings
+        .vulnerabilities
+        .iter()
+        .map(|v| FindingEvidence::Vulnerability {
+            severity: v.severity.to_string(),
+            id: v.id.clone(),
+            package: v.package.clone(),
+            version: v.version.clone(),
+            fixed: v.fixed.clone(),
+        })
+        .collect();
+    out.extend(
+        report
+            .findings
+            .secrets
+            .iter()
+            .map(|s| FindingEvidence::Secret {
+                rule: s.rule_id.clone(),
+                location: s.location.to_string(),
+                fingerprint: s.fingerprint.clone(),
+            }),
+    );
+    out
+}
+
+/// What was recorded about `image_id` for `env`: the verdict file and the signed
+/// provenance, read as they are (the verify step checked the signatures).
+pub fn recorded_evidence(
+    paths: &SupplyPaths,
+    image_id: &str,
+    env: &str,
+) -> Result<SupplyEvidence, ProviderError> {
+    let mut evidence = SupplyEvidence::default();
+    let verdict_file = paths.verdict(image_id, env);
+    if let Ok(text) = std::fs::read_to_string(&verdict_file) {
+        let record: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            ProviderError::permanent(format!(
+                "{} is not a scan verdict ({e}); scan the image again",
+                verdict_file.display()
+            ))
+        })?;
+        evidence.scan = Some(scan_evidence(&record));
+    }
+    let bundle_file = paths.attestations(image_id);
+    if bundle_file.exists() {
+        let bundle = AttestationBundle::load(&bundle_file).map_err(permanent)?;
+        for envelope in &bundle.envelopes {
+            let Ok(payload) = envelope.decoded_payload() else {
+                continue;
+            };
+            let Ok(statement) = serde_json::from_slice::<cutover_signing::Statement>(&payload)
+            else {
+                continue;
+            };
+            if statement.predicate_type != PROVENANCE_PREDICATE {
+                continue;
+            }
+            let p = &statement.predicate;
+            let text = |pointer: &str| {
+                p.pointer(pointer)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
+            evidence.provenance = Some(ProvenanceEvidence {
+                builder_id: text("/runDetails/builder/id").unwrap_or_default(),
+                builder_version: text("/runDetails/builder/version/cutover"),
+                source_path: text("/buildDefinition/externalParameters/source/path"),
+                git_commit: text("/buildDefinition/externalParameters/source/gitCommit"),
+                git_dirty: p
+                    .pointer("/buildDefinition/externalParameters/source/gitDirty")
+                    .and_then(|v| v.as_bool()),
+                key_ids: envelope.key_ids(),
+            });
+            break;
+        }
+    }
+    Ok(evidence)
+}
+
+fn scan_evidence(record: &serde_json::Value) -> ScanEvidence {
+    let strings = |key: &str| -> Vec<String> {
+        record[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let counts = record["counts"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n as usize)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let exceptions = record["suppressed"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|u| {
+                    let field = |k: &str| u[k].as_str().unwrap_or_default().to_string();
+                    ExceptionEvidence {
+                        finding: field("finding"),
+                        exception: field("exception"),
+                        reason: field("reason"),
+                        owner: field("owner"),
+                        expires: field("expires"),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ScanEvidence {
+        passed: record["passed"].as_bool().unwrap_or(false),
+        reasons: strings("reasons"),
+        counts,
+        secrets: record["secrets"].as_u64().unwrap_or(0) as usize,
+        advisory_database: record["advisory_database"].as_bool().unwrap_or(false),
+        fail_on: record["fail_on"].as_str().unwrap_or_default().to_string(),
+        fail_on_secrets: record["fail_on_secrets"].as_bool().unwrap_or(true),
+        findings: serde_json::from_value(record["findings"].clone()).ok(),
+        exceptions,
+    }
+}
+
 #[async_trait]
 impl SupplyChain for LocalSupplyChain {
     async fn scan(
@@ -338,6 +484,7 @@ impl SupplyChain for LocalSupplyChain {
             "advisory_database": has_db,
             "fail_on": gate.fail_on,
             "fail_on_secrets": gate.fail_on_secrets,
+            "findings": findings_record(&report),
             "at_ms": now_ms(),
         });
         write_json(&self.paths.verdict(&image.id, env), &record)?;
@@ -415,9 +562,11 @@ impl SupplyChain for LocalSupplyChain {
                 source: SourceInfo {
                     path: Some(request.source.display().to_string()),
                     git_commit: git_commit(&request.source),
+                    git_dirty: git_dirty(&request.source),
                 },
                 resolved_dependencies: Vec::new(),
                 builder_id: DEFAULT_BUILDER_ID.to_string(),
+                builder_version: Some(env!("CARGO_PKG_VERSION").to_string()),
                 deployment_id: request.deployment_id.clone(),
                 started_on_ms: now,
                 finished_on_ms: now,
@@ -439,6 +588,14 @@ impl SupplyChain for LocalSupplyChain {
         trusted_keys: &[PathBuf],
     ) -> Result<Vec<String>, ProviderError> {
         verify_image(&self.paths, &image.id, env, trusted_keys)
+    }
+
+    async fn evidence(
+        &self,
+        image: &ImageInfo,
+        env: &str,
+    ) -> Result<SupplyEvidence, ProviderError> {
+        recorded_evidence(&self.paths, &image.id, env)
     }
 }
 

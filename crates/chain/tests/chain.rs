@@ -329,3 +329,136 @@ fn decode_base64(text: &str) -> Vec<u8> {
 fn encode_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[tokio::test]
+async fn the_recorded_evidence_names_findings_and_used_exceptions_without_the_secret() {
+    let f = fixture(true);
+    let audit: Arc<dyn ExceptionAudit> = Arc::new(|_: &str, _| Ok(()));
+    let chain = f.chain(Some(audit));
+    let gate = excepting_the_planted_key(&f);
+    chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("scan");
+    chain.sign(&f.image, &f.request()).await.expect("sign");
+    let evidence = chain
+        .evidence(&f.image, "production")
+        .await
+        .expect("evidence");
+    let shown = serde_json::to_string(&evidence).unwrap();
+    assert!(!shown.contains(&canary()), "the secret leaked: {shown}");
+    assert!(
+        !shown.contains("AKIA"),
+        "part of the secret leaked: {shown}"
+    );
+    let scan = evidence.scan.expect("a recorded verdict");
+    assert!(scan.passed, "{scan:?}");
+    assert_eq!(scan.exceptions.len(), 1, "{scan:?}");
+    let used = &scan.exceptions[0];
+    assert_eq!(used.exception, "aws-access-key-id");
+    assert_eq!(
+        (
+            used.reason.as_str(),
+            used.owner.as_str(),
+            used.expires.as_str()
+        ),
+        ("test key", "sec", "2099-12-31")
+    );
+    let findings = scan.findings.expect("findings recorded with the verdict");
+    let secret = findings
+        .iter()
+        .find_map(|f| match f {
+            cutover_model::FindingEvidence::Secret {
+                rule,
+                location,
+                fingerprint,
+            } => Some((rule, location, fingerprint)),
+            _ => None,
+        })
+        .expect("the planted key is a finding");
+    assert_eq!(secret.0, "aws-access-key-id");
+    assert!(secret.1.contains("app/config.ini"), "{secret:?}");
+    assert_eq!(secret.2, &used.finding, "the exception names the finding");
+    let provenance = evidence.provenance.expect("signed provenance");
+    assert_eq!(provenance.builder_id, cutover_signing::DEFAULT_BUILDER_ID);
+    assert_eq!(
+        provenance.builder_version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        provenance.source_path.as_deref(),
+        Some(f.state.display().to_string().as_str())
+    );
+    assert_eq!(provenance.key_ids.len(), 1);
+    // Nothing recorded for another environment's gate.
+    let elsewhere = chain.evidence(&f.image, "staging").await.expect("evidence");
+    assert!(elsewhere.scan.is_none());
+}
+
+#[tokio::test]
+async fn provenance_records_the_git_commit_and_whether_the_tree_was_dirty() {
+    let git = |dir: &Path, args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+    };
+    let f = fixture(false);
+    let source = f._dir.path().join("src");
+    std::fs::create_dir_all(&source).unwrap();
+    match git(&source, &["init", "-q"]) {
+        Ok(out) if out.status.success() => {}
+        other => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "git is needed: {other:?}"
+            );
+            eprintln!("skipped: git is not available ({other:?})");
+            return;
+        }
+    }
+    std::fs::write(source.join("main.rs"), "fn main() {}\n").unwrap();
+    assert!(git(&source, &["add", "."]).unwrap().status.success());
+    assert!(git(&source, &["commit", "-q", "-m", "one"])
+        .unwrap()
+        .status
+        .success());
+    let head = String::from_utf8(git(&source, &["rev-parse", "HEAD"]).unwrap().stdout).unwrap();
+    let chain = f.chain(None);
+    chain
+        .scan(&f.image, "hello", "production", &GateSpec::default())
+        .await
+        .expect("scan");
+    let mut request = f.request();
+    request.source = source.clone();
+    chain.sign(&f.image, &request).await.expect("sign");
+    let clean = chain
+        .evidence(&f.image, "production")
+        .await
+        .unwrap()
+        .provenance
+        .unwrap();
+    assert_eq!(clean.git_commit.as_deref(), Some(head.trim()));
+    // cutover's state directory beside the spec is not a change of the source.
+    std::fs::create_dir_all(source.join(".cutover")).unwrap();
+    std::fs::write(source.join(".cutover/serve.log"), "{}\n").unwrap();
+    chain.sign(&f.image, &request).await.expect("sign");
+    let clean = chain
+        .evidence(&f.image, "production")
+        .await
+        .unwrap()
+        .provenance
+        .unwrap();
+    assert_eq!(clean.git_dirty, Some(false));
+    std::fs::write(source.join("main.rs"), "fn main() { println!(); }\n").unwrap();
+    chain.sign(&f.image, &request).await.expect("sign again");
+    let dirty = chain
+        .evidence(&f.image, "production")
+        .await
+        .unwrap()
+        .provenance
+        .unwrap();
+    assert_eq!(dirty.git_dirty, Some(true));
+}

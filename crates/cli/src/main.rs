@@ -388,9 +388,26 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
         let detail: cutover_server::api::DeploymentDetail = client
             .get(&format!("/api/v1/deployments/{}", encode(&id)))
             .await?;
+        // While it waits at its gate, what approving it approves.
+        let view = if detail.waiting_for_approval() {
+            Some(approval_view(&client, &id).await?)
+        } else {
+            None
+        };
         match ctx.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&detail)?),
-            _ => print!("{}", render::deployment(&detail)),
+            Output::Json => {
+                let mut value = serde_json::to_value(&detail)?;
+                if let (Some(view), Some(object)) = (&view, value.as_object_mut()) {
+                    object.insert("approval_view".to_string(), serde_json::to_value(view)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?)
+            }
+            _ => {
+                print!("{}", render::deployment(&detail));
+                if let Some(view) = &view {
+                    print!("{}", render::approval_view(view));
+                }
+            }
         }
         return Ok(0);
     }
@@ -409,7 +426,19 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
     let envs: Vec<EnvStatus> = client.get(&path).await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&envs)?),
-        _ => print!("{}", render::status(&envs)),
+        _ => {
+            print!("{}", render::status(&envs));
+            for waiting in envs
+                .iter()
+                .filter_map(|e| e.latest.as_ref())
+                .filter(|d| d.waiting_for_approval())
+            {
+                print!(
+                    "{}",
+                    render::approval_view(&approval_view(&client, &waiting.id).await?)
+                );
+            }
+        }
     }
     Ok(
         if envs.iter().any(|e| {
@@ -422,6 +451,13 @@ async fn status(ctx: &Context_, env: Option<String>, deployment: Option<String>)
             exit::OK
         },
     )
+}
+
+/// The control plane's approval view of deployment `id`.
+async fn approval_view(client: &ApiClient, id: &str) -> Result<cutover_server::api::ApprovalView> {
+    Ok(client
+        .get(&format!("/api/v1/deployments/{}/approval-view", encode(id)))
+        .await?)
 }
 
 async fn history(ctx: &Context_, env: Option<String>, limit: usize) -> Result<u8> {

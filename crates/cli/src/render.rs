@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use cutover_model::{format_duration_ms, format_ms, JournalEntry, JournalEvent};
-use cutover_server::api::{DeploymentDetail, EnvStatus, HistoryLine};
+use cutover_server::api::{ApprovalView, DeploymentDetail, EnvStatus, HistoryLine};
 
 /// `error: a: b: c` from an error and its causes, without repeating a cause that the
 /// message already contains.
@@ -277,6 +277,200 @@ fn short(id: &str) -> &str {
     &id[..end]
 }
 
+/// The approval view of a deployment (`cutover approve`, `cutover status --deployment`):
+/// what changes from the running release, the scan verdict with its findings and used
+/// exceptions, the provenance, and the digest an approval names. Values of environment
+/// variables are never in the view.
+pub fn approval_view(v: &ApprovalView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "approval view of {} ({} of {} to {}){}",
+        v.deployment_id,
+        v.kind,
+        v.release_id,
+        v.env,
+        if v.waiting {
+            ", waiting for approval"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "  plan      {}", v.plan_digest);
+    let _ = writeln!(
+        out,
+        "  image     {}",
+        match (&v.image_id, &v.image_tag) {
+            (Some(id), Some(tag)) => format!("{id} ({tag})"),
+            (Some(id), None) => id.clone(),
+            _ => "not built yet".to_string(),
+        }
+    );
+    let _ = writeln!(out, "  view      {}", v.view_digest);
+    match &v.running {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "  changes from the running release {} (image {})",
+                r.release_id, r.image_id
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  first release of {}: every setting is new", v.env);
+        }
+    }
+    if v.changes.is_empty() {
+        let _ = writeln!(out, "    no setting changes");
+    }
+    for c in &v.changes {
+        let _ = match &c.before {
+            Some(before) => writeln!(
+                out,
+                "    {:<26} {before} -> {}",
+                c.setting,
+                c.after.as_deref().unwrap_or("-")
+            ),
+            None => writeln!(
+                out,
+                "    {:<26} {}",
+                c.setting,
+                c.after.as_deref().unwrap_or("-")
+            ),
+        };
+    }
+    let names = |list: &[String]| {
+        if list.is_empty() {
+            "-".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  environment variables (names only): added {}; removed {}; changed {}; {} unchanged",
+        names(&v.env_vars.added),
+        names(&v.env_vars.removed),
+        names(&v.env_vars.changed),
+        v.env_vars.unchanged
+    );
+    match &v.scan {
+        None => {
+            let _ = writeln!(out, "  scan      not scanned yet");
+        }
+        Some(s) => {
+            let counts: Vec<String> = s
+                .counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(sev, n)| format!("{n} {sev}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  scan      {} (gate: fail on {}{}){}{}",
+                if s.passed { "passed" } else { "failed" },
+                s.fail_on,
+                if s.fail_on_secrets {
+                    " and secrets"
+                } else {
+                    ""
+                },
+                if counts.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", counts.join(", "))
+                },
+                if s.advisory_database {
+                    ""
+                } else {
+                    " [no advisory database]"
+                }
+            );
+            for r in &s.reasons {
+                let _ = writeln!(out, "    reason: {r}");
+            }
+            match &s.findings {
+                None => {
+                    let _ = writeln!(out, "    findings were not recorded with this verdict");
+                }
+                Some(f) if f.is_empty() => {
+                    let _ = writeln!(out, "    no findings");
+                }
+                Some(findings) => {
+                    for f in findings {
+                        let _ = if f.kind == "secret" {
+                            writeln!(
+                                out,
+                                "    secret {} at {} [fingerprint {}]",
+                                f.id,
+                                f.location.as_deref().unwrap_or("?"),
+                                f.fingerprint.as_deref().unwrap_or("?")
+                            )
+                        } else {
+                            writeln!(
+                                out,
+                                "    {} {} in {} {}{}",
+                                f.severity.as_deref().unwrap_or("?"),
+                                f.id,
+                                f.package.as_deref().unwrap_or("?"),
+                                f.version.as_deref().unwrap_or("?"),
+                                f.fixed
+                                    .as_deref()
+                                    .map(|x| format!(" (fixed in {x})"))
+                                    .unwrap_or_default()
+                            )
+                        };
+                    }
+                }
+            }
+            for e in &s.exceptions {
+                let _ = writeln!(
+                    out,
+                    "    exception {} used for {}: {} (owner {}, expires {})",
+                    e.exception, e.finding, e.reason, e.owner, e.expires
+                );
+            }
+        }
+    }
+    let p = &v.provenance;
+    let _ = writeln!(
+        out,
+        "  built by  {}{}",
+        p.builder_id.as_deref().unwrap_or("(not signed yet)"),
+        p.builder_version
+            .as_deref()
+            .map(|x| format!(" version {x}"))
+            .unwrap_or_default()
+    );
+    if let (Some(kind), Some(source)) = (&p.build_kind, &p.build_source) {
+        let _ = writeln!(out, "  source    {kind}: {source}");
+    }
+    if let Some(commit) = &p.git_commit {
+        let _ = writeln!(
+            out,
+            "  commit    {commit}{}",
+            match p.git_dirty {
+                Some(true) => " (with uncommitted changes)",
+                Some(false) => " (clean)",
+                None => "",
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  signed by {}",
+        p.signing_key_id.as_deref().unwrap_or("(not signed yet)")
+    );
+    let _ = match &v.guardrails {
+        Some(g) => writeln!(
+            out,
+            "  guardrails version {} ({}), set by {}",
+            g.version, g.digest, g.set_by
+        ),
+        None => writeln!(out, "  guardrails none for {}", v.env),
+    };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +500,67 @@ mod tests {
             journal_line(&started, 1000),
             format!("{:>9}  deployment started", "+350ms")
         );
+    }
+
+    /// A deployment waiting at its gate in an in-process control plane over the fakes.
+    async fn waiting(
+        cp: &std::sync::Arc<cutover_server::ControlPlane>,
+        plan: &cutover_model::Plan,
+    ) {
+        cp.store.next_deployment_seq(&plan.env).unwrap();
+        cp.store
+            .acquire_lease(
+                &plan.env,
+                cutover_store::Lease {
+                    deployment_id: plan.deployment_id.clone(),
+                    holder: plan.requested_by.clone(),
+                    acquired_at_ms: cutover_model::now_ms(),
+                },
+            )
+            .unwrap();
+        cp.store
+            .save_plan(plan, &cutover_store::DeploymentRecord::from_plan(plan))
+            .unwrap();
+        cp.spawn_run(&plan.deployment_id);
+        for _ in 0..1000 {
+            let detail = cutover_server::detail(&cp.store, &plan.deployment_id).unwrap();
+            if detail.waiting_for_approval() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{} never reached its gate", plan.deployment_id);
+    }
+
+    #[tokio::test]
+    async fn the_approval_view_prints_variable_names_never_their_values() {
+        use cutover_executor::fake;
+        const CANARY: &str = "CANARY-5d1f42c0ffee";
+        let fakes = fake::FakeProviders::new();
+        let cp = cutover_server::ControlPlane::new(
+            cutover_store::Store::temporary().unwrap(),
+            fakes.providers(),
+            cutover_executor::ExecutorConfig::default(),
+        );
+        let mut spec = fake::spec_for("prod", 1, Some(cutover_model::ApprovalSpec::default()));
+        spec.container
+            .env
+            .insert("SESSION_KEY".to_string(), CANARY.to_string());
+        let plan = fake::planned_deploy_of(&spec, "prod-1", None);
+        waiting(&cp, &plan).await;
+        let view = cutover_server::approval_view::approval_view(&cp, "prod-1")
+            .await
+            .unwrap();
+        let text = approval_view(&view);
+        let json = serde_json::to_string_pretty(&view).unwrap();
+        for out in [&text, &json] {
+            assert!(!out.contains(CANARY), "a value leaked: {out}");
+            assert!(out.contains("SESSION_KEY"), "{out}");
+        }
+        assert!(text.contains("first release of prod"), "{text}");
+        assert!(text.contains(&view.view_digest), "{text}");
+        assert!(text.contains("signed by fake-key-1"), "{text}");
+        assert!(text.contains("scan      passed"), "{text}");
+        cp.abort_runs();
     }
 }

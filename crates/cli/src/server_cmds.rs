@@ -11,7 +11,7 @@ use clap::{Subcommand, ValueEnum};
 
 use cutover_model::format_ms;
 use cutover_server::api::{
-    ApprovalAccepted, ApprovalRequest, Decision, DeploymentDetail, GuardrailsShow,
+    ApprovalAccepted, ApprovalRequest, ApprovalView, Decision, DeploymentDetail, GuardrailsShow,
     GuardrailsVersion, NewUser, ProjectPath, ProjectRoot, SetGuardrails, UserLine,
 };
 use cutover_server::audit::{AuditEntry, VerifyReport};
@@ -331,15 +331,25 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             } else {
                 Decision::Approve
             };
+            // What is approved: the control plane's view of the change; the approval names
+            // its digest, so a deployment that changes after this is refused.
+            let view: ApprovalView = client
+                .get(&format!(
+                    "/api/v1/deployments/{}/approval-view",
+                    crate::encode(&deployment)
+                ))
+                .await?;
             if !json {
+                eprint!("{}", crate::render::approval_view(&view));
                 eprintln!(
-                    "{} {deployment} ({} to {}): plan {} image {} ({})",
+                    "{} {deployment} ({} to {}): plan {} image {} ({}) view {}",
                     decision.as_str(),
                     detail.release_id,
                     detail.env,
                     gate.plan_digest,
                     image_id,
-                    gate.image_tag.as_deref().unwrap_or("-")
+                    gate.image_tag.as_deref().unwrap_or("-"),
+                    view.view_digest
                 );
             }
             let _: ApprovalAccepted = client
@@ -352,6 +362,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
                         decision,
                         plan_digest: gate.plan_digest.clone(),
                         image_id,
+                        view_digest: Some(view.view_digest.clone()),
                         comment,
                     },
                 )
@@ -359,7 +370,7 @@ pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"deployment": deployment, "decision": decision})
+                    serde_json::json!({"deployment": deployment, "decision": decision, "view": view})
                 );
             } else {
                 println!(

@@ -136,6 +136,7 @@ mod tests {
             decision,
             plan_digest: plan_digest.to_string(),
             image_id: image.to_string(),
+            view_digest: String::new(),
             comment: format!("{by} says so"),
             at_ms: at,
         }

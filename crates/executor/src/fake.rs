@@ -279,6 +279,8 @@ pub struct FakeSupplyState {
     pub verifies: BTreeMap<String, u32>,
     /// The last sign request per image id.
     pub sign_requests: BTreeMap<String, SignRequest>,
+    /// What `evidence` answers for an image id (else what the fake's own calls recorded).
+    pub evidence: BTreeMap<String, cutover_model::SupplyEvidence>,
 }
 
 /// Key id the fake signs with.
@@ -378,6 +380,41 @@ impl SupplyChain for FakeSupply {
                 image.id
             ))),
         }
+    }
+
+    async fn evidence(
+        &self,
+        image: &ImageInfo,
+        _env: &str,
+    ) -> Result<cutover_model::SupplyEvidence, ProviderError> {
+        let s = self.state();
+        if let Some(evidence) = s.evidence.get(&image.id) {
+            return Ok(evidence.clone());
+        }
+        let scan = s
+            .scans
+            .contains_key(&image.id)
+            .then(|| cutover_model::ScanEvidence {
+                passed: s.gate_failure.is_none(),
+                reasons: s.gate_failure.clone().unwrap_or_default(),
+                fail_on: "critical".to_string(),
+                fail_on_secrets: true,
+                findings: Some(Vec::new()),
+                ..Default::default()
+            });
+        let provenance = s
+            .signed
+            .get(&image.id)
+            .map(|key| cutover_model::ProvenanceEvidence {
+                builder_id: "fake-builder".to_string(),
+                source_path: s
+                    .sign_requests
+                    .get(&image.id)
+                    .map(|r| r.source.display().to_string()),
+                key_ids: vec![key.clone()],
+                ..Default::default()
+            });
+        Ok(cutover_model::SupplyEvidence { scan, provenance })
     }
 }
 

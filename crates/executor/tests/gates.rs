@@ -219,6 +219,7 @@ fn decision(
         decision,
         plan_digest: plan_digest.to_string(),
         image_id: image_id.to_string(),
+        view_digest: String::new(),
         comment: format!("{by} looked at {}", gate.step),
         at_ms: cutover_model::now_ms(),
     }
@@ -502,6 +503,7 @@ async fn an_approval_given_before_the_gate_is_reached_counts() {
             decision: Decision::Approve,
             plan_digest: plan.digest.clone(),
             image_id: image,
+            view_digest: String::new(),
             comment: String::new(),
             at_ms: cutover_model::now_ms(),
         })

@@ -120,6 +120,7 @@ proptest! {
                 decision: if reject { Decision::Reject } else { Decision::Approve },
                 plan_digest: plan.digest.clone(),
                 image_id: cutover_model::sha256_digest(b"cutover/hello:r2"),
+                view_digest: String::new(),
                 comment: "checked".to_string(),
                 at_ms: 1,
             }).unwrap();

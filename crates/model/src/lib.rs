@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod duration;
 pub mod error;
+pub mod evidence;
 pub mod journal;
 pub mod plan;
 pub mod provider;
@@ -15,6 +16,9 @@ pub mod spec;
 pub use backoff::Backoff;
 pub use duration::{format_duration, format_duration_exact, format_duration_ms};
 pub use error::{ErrorClass, ProviderError};
+pub use evidence::{
+    ExceptionEvidence, FindingEvidence, ProvenanceEvidence, ScanEvidence, SupplyEvidence,
+};
 pub use journal::{JournalEntry, JournalEvent};
 pub use plan::RestoreRoute;
 pub use plan::{

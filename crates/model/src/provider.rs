@@ -202,6 +202,17 @@ pub trait SupplyChain: Send + Sync {
         env: &str,
         trusted_keys: &[std::path::PathBuf],
     ) -> Result<Vec<String>, ProviderError>;
+
+    /// What was recorded about `image` for `env` (the scan verdict with its findings and
+    /// used exceptions, the signed provenance), read back without scanning again. Empty when
+    /// nothing was recorded (the default, for supply chains that keep nothing).
+    async fn evidence(
+        &self,
+        _image: &ImageInfo,
+        _env: &str,
+    ) -> Result<crate::evidence::SupplyEvidence, ProviderError> {
+        Ok(crate::evidence::SupplyEvidence::default())
+    }
 }
 
 /// One check that failed before a deployment was planned.

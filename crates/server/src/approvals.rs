@@ -5,7 +5,8 @@
 //! principal may approve in the deployment's environment, the principal is neither the
 //! deployment's requester nor the principal that started it (separation of duties), and
 //! the decision names the plan digest and image id the deployment runs now (else it is
-//! stale). Accepted decisions are stored (the executor counts them), audited and announced
+//! stale), and an approval names the digest of the approval view the approver was shown
+//! ([`crate::approval_view`]), which must still be the deployment's view. Accepted decisions are stored (the executor counts them), audited and announced
 //! to webhooks.
 
 use serde_json::json;
@@ -29,11 +30,16 @@ pub async fn decide(
     cp: &ControlPlane,
     who: &Principal,
     deployment_id: &str,
-    decision: crate::api::Decision,
-    plan_digest: &str,
-    image_id: &str,
-    comment: &str,
+    request: &crate::api::ApprovalRequest,
 ) -> Result<(), ServerError> {
+    let crate::api::ApprovalRequest {
+        decision,
+        comment,
+        plan_digest,
+        image_id,
+        view_digest,
+    } = request;
+    let (plan_digest, image_id) = (plan_digest.as_str(), image_id.as_str());
     let record = cp.store.deployment(deployment_id)?.ok_or_else(|| {
         ServerError::NotFound(format!(
             "deployment {deployment_id} not found; `cutover history` lists deployments"
@@ -45,7 +51,7 @@ pub async fn decide(
             "comment: must be at most 4096 bytes".to_string(),
         ));
     }
-    let decision = stored(decision);
+    let decision = stored(*decision);
     let view = cutover_executor::deployment_view(&cp.store, deployment_id)?;
     let gate = match &view.approval {
         Some(gate) if gate.waiting => gate,
@@ -76,6 +82,28 @@ pub async fn decide(
             if current_image.is_empty() { "(not built yet)" } else { current_image }
         )));
     }
+    // The approver approves what the view showed them: an approval names the view's digest,
+    // and a view that changed since (a new scan verdict, another running release) is
+    // refused. A rejection needs no view, but one that names a view must name this one.
+    let view_digest = view_digest
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty());
+    if view_digest.is_none() && decision == Decision::Approve {
+        return Err(ServerError::BadRequest(format!(
+            "view_digest: missing; review what deployment {deployment_id} changes first (GET /api/v1/deployments/{deployment_id}/approval-view, `cutover approve`, or the web UI) and send the view_digest you reviewed"
+        )));
+    }
+    if let Some(seen) = view_digest {
+        let current = crate::approval_view::approval_view(cp, deployment_id).await?;
+        if seen != current.view_digest {
+            return Err(ServerError::Conflict(format!(
+                "the deployment changed since you looked; review again (the approval view of deployment {deployment_id} is now {})",
+                current.view_digest
+            )));
+        }
+    }
+    let view_digest = view_digest.unwrap_or_default().to_string();
     // Recorded by person, so N approvals need N people, whatever credentials they hold.
     let approval = Approval {
         deployment_id: deployment_id.to_string(),
@@ -83,6 +111,7 @@ pub async fn decide(
         decision,
         plan_digest: plan_digest.to_string(),
         image_id: image_id.to_string(),
+        view_digest: view_digest.clone(),
         comment: comment.to_string(),
         at_ms: now_ms(),
     };
@@ -100,6 +129,7 @@ pub async fn decide(
             "env": record.env,
             "plan_digest": plan_digest,
             "image_id": image_id,
+            "view_digest": view_digest,
             "comment": comment,
         }),
     )

@@ -51,10 +51,14 @@ use crate::api::{
     Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
     TokenRecord, UserLine, WarmRelease,
 };
+use crate::api::{
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
+    RunningRelease, ScanVerdictView, SettingChange,
+};
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;
 use crate::view::{env_statuses, history_lines};
-use crate::{approvals, audit, auth, deploy, view, ControlPlane, ServerError};
+use crate::{approval_view, approvals, audit, auth, deploy, view, ControlPlane, ServerError};
 
 type Cp = State<Arc<ControlPlane>>;
 
@@ -307,6 +311,12 @@ pub fn routes() -> Vec<RouteDef> {
             "/api/v1/deployments/{id}/events",
             Viewer,
             get(deployment_events),
+        ),
+        route(
+            M::GET,
+            "/api/v1/deployments/{id}/approval-view",
+            Viewer,
+            get(get_approval_view),
         ),
         route(
             M::POST,
@@ -571,6 +581,7 @@ where
         list_deployments,
         get_deployment,
         deployment_events,
+        get_approval_view,
         decide,
         resume,
         list_environments,
@@ -599,7 +610,9 @@ where
         Role, Grant, NewUser, UserLine, AuditEntry, VerifyReport, BrokenLink, DeploymentState,
         StepState, ErrorCode, RollbackTo, Resumed, Health, Guardrails, GateFloor,
         ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
-        GuardrailViolation, ProjectRoot, ProjectPath
+        GuardrailViolation, ProjectRoot, ProjectPath,
+        ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
+        ExceptionLine, ProvenanceView, GuardrailsInForce
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -887,9 +900,36 @@ async fn access_ends(cp: Arc<ControlPlane>, token: Option<String>) {
     }
 }
 
+/// What approving deployment `id` approves: the settings that change from the running
+/// release (environment variables by name only), the image's scan verdict with its
+/// findings and used exceptions, its provenance, and the view's digest that an approval
+/// names (needs viewer for the deployment's environment).
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/approval-view", tag = "approvals",
+    params(("id" = String, Path, description = "Deployment id, e.g. production-3")),
+    responses(
+        (status = 200, body = ApprovalView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+async fn get_approval_view(
+    State(cp): Cp,
+    Extension(who): Who,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ApprovalView>, ServerError> {
+    let record = cp.store.deployment(&id)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "deployment {id} not found; GET /api/v1/deployments lists deployments"
+        ))
+    })?;
+    who.require(Role::Viewer, Some(&record.env))?;
+    Ok(Json(approval_view::approval_view(&cp, &id).await?))
+}
+
 /// Approve or reject a deployment waiting at an approval gate (needs approver for its
 /// environment; not the person or token that started it). Name the plan digest and image
-/// id you reviewed (from the deployment's `approval`); if either changed, 409.
+/// id you reviewed (from the deployment's `approval`) and the `view_digest` of the approval
+/// view you reviewed (`GET /api/v1/deployments/{id}/approval-view`; required to approve);
+/// if any changed, 409.
 #[utoipa::path(post, path = "/api/v1/deployments/{id}/approvals", tag = "approvals",
     params(("id" = String, Path, description = "Deployment id")),
     request_body = ApprovalRequest,
@@ -906,16 +946,7 @@ async fn decide(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ApprovalRequest>,
 ) -> Result<(StatusCode, Json<ApprovalAccepted>), ServerError> {
-    approvals::decide(
-        &cp,
-        &who,
-        &id,
-        req.decision,
-        &req.plan_digest,
-        &req.image_id,
-        &req.comment,
-    )
-    .await?;
+    approvals::decide(&cp, &who, &id, &req).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApprovalAccepted {

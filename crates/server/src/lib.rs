@@ -12,6 +12,7 @@
 
 pub use cutover_api as api;
 pub mod anchor;
+pub mod approval_view;
 pub mod approvals;
 pub mod audit;
 pub mod auth;

@@ -43,6 +43,7 @@ pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> 
                 comment: v.approval.comment,
                 plan_digest: v.approval.plan_digest,
                 image_id: v.approval.image_id,
+                view_digest: Some(v.approval.view_digest).filter(|d| !d.is_empty()),
                 at_ms: v.approval.at_ms,
                 note: v.note.map(str::to_string),
             })

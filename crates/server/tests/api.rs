@@ -236,6 +236,28 @@ impl Harness {
         self.wait_for(token, id, |d| d["approval"]["waiting"] == json!(true))
             .await
     }
+
+    /// The approval view of `id` as `token` sees it.
+    async fn view(&self, token: &str, id: &str) -> Value {
+        let (status, view) = self
+            .call(
+                Method::GET,
+                &format!("/api/v1/deployments/{id}/approval-view"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        view
+    }
+
+    /// The digest of `id`'s approval view as `token` sees it.
+    async fn view_digest(&self, token: &str, id: &str) -> String {
+        self.view(token, id).await["view_digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
 }
 
 /// A concrete path for a route template.
@@ -521,7 +543,8 @@ async fn approval_gate_rules_deployer_self_approval_stale_and_approve() {
     let plan_digest = gate["plan_digest"].as_str().unwrap().to_string();
     let image_id = gate["image_id"].as_str().unwrap().to_string();
     let path = format!("/api/v1/deployments/{id}/approvals");
-    let decision = |plan: &str, image: &str| json!({"decision": "approve", "comment": "lgtm", "plan_digest": plan, "image_id": image});
+    let view = h.view_digest(&approver, &id).await;
+    let decision = |plan: &str, image: &str| json!({"decision": "approve", "comment": "lgtm", "plan_digest": plan, "image_id": image, "view_digest": view});
 
     // Busy: a second deployment of production is refused while this one waits.
     let (status, body) = h.deploy(&deployer, "production").await;
@@ -690,6 +713,7 @@ async fn a_gate_survives_a_restart_of_the_control_plane() {
     };
     let again = h.wait_gate(&deployer, &id).await["approval"].clone();
     assert_eq!(again["plan_digest"], gate["plan_digest"]);
+    let view = h.view_digest(&approver, &id).await;
     let (status, body) = h
         .call(
             Method::POST,
@@ -698,6 +722,7 @@ async fn a_gate_survives_a_restart_of_the_control_plane() {
             Some(json!({
                 "decision": "approve",
                 "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+                "view_digest": view,
             })),
         )
         .await;
@@ -979,6 +1004,7 @@ async fn the_control_socket_approves_as_its_peer_and_a_token_sent_there_is_its_o
     let (_, started) = h.deploy(&deployer, "production").await;
     let id = started["deployment_id"].as_str().unwrap().to_string();
     let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
+    let view = h.view_digest(&deployer, &id).await;
     let post = |peer: &str, token: Option<&str>| {
         let mut request = Request::builder()
             .method(Method::POST)
@@ -992,6 +1018,7 @@ async fn the_control_socket_approves_as_its_peer_and_a_token_sent_there_is_its_o
                 json!({
                     "decision": "approve",
                     "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+                    "view_digest": view,
                 })
                 .to_string(),
             ))
@@ -1206,6 +1233,7 @@ async fn two_tokens_of_one_owner_are_one_person_at_the_gate() {
     let decision = json!({
         "decision": "approve",
         "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+        "view_digest": h.view_digest(&deployer, &id).await,
     });
     let path = format!("/api/v1/deployments/{id}/approvals");
     let (status, answer) = h
@@ -1313,6 +1341,8 @@ async fn an_unwritable_audit_sink_starts_no_deployment_and_counts_no_approval() 
     let id = started["deployment_id"].as_str().unwrap().to_string();
     let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
 
+    let seen = h.view_digest(&approver, &id).await;
+
     // The sink fails from now on: every write to /dev/full does (ENOSPC).
     anchor_to(&h, &[std::path::PathBuf::from("/dev/full")]);
     let (status, body) = h
@@ -1323,6 +1353,7 @@ async fn an_unwritable_audit_sink_starts_no_deployment_and_counts_no_approval() 
             Some(json!({
                 "decision": "approve", "comment": "",
                 "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+                "view_digest": seen,
             })),
         )
         .await;
@@ -1414,4 +1445,283 @@ async fn an_unwritable_audit_sink_starts_no_deployment_and_counts_no_approval() 
         &public,
     );
     assert!(report.intact(), "{report:?}");
+}
+
+// ----- the approval view -----
+
+const CANARY_ONE: &str = "CANARY-5d1f0a17c3e9";
+const CANARY_TWO: &str = "CANARY-5d1f77b0e2d4";
+
+/// The harness's spec with production's instances given `env` (a table body), `replicas`
+/// and `memory`.
+fn spec_with(env: &str, replicas: u32, memory: &str) -> String {
+    SPEC.replace(
+        "[environments.production]\nlisten = \"127.0.0.1:18091\"\nreplicas = 1",
+        &format!("[environments.production]\nlisten = \"127.0.0.1:18091\"\nreplicas = {replicas}"),
+    )
+    .replace(
+        "[health]",
+        &format!("[container]\nmemory = \"{memory}\"\nenv = {{ {env} }}\n\n[health]"),
+    )
+}
+
+impl Harness {
+    fn rewrite_spec(&self, text: &str) {
+        std::fs::write(self.dir.path().join("deploy.toml"), text).unwrap();
+    }
+
+    /// The raw approval view of `id` as `token` sees it.
+    async fn raw_view(&self, token: &str, id: &str) -> (StatusCode, String) {
+        let (status, bytes) = self
+            .raw(
+                Method::GET,
+                &format!("/api/v1/deployments/{id}/approval-view"),
+                Some(token),
+                None,
+                &[],
+            )
+            .await;
+        (status, String::from_utf8(bytes).unwrap())
+    }
+
+    async fn approve(
+        &self,
+        token: &str,
+        id: &str,
+        view_digest: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let gate = self.wait_gate(token, id).await["approval"].clone();
+        let mut body = json!({
+            "decision": "approve", "comment": "reviewed",
+            "plan_digest": gate["plan_digest"], "image_id": gate["image_id"],
+        });
+        if let Some(digest) = view_digest {
+            body["view_digest"] = json!(digest);
+        }
+        self.call(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/approvals"),
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environment_only() {
+    let h = Harness::new();
+    h.rewrite_spec(&spec_with(
+        &format!("API_TOKEN = \"{CANARY_ONE}\", MODE = \"fast\", OLD = \"x\""),
+        1,
+        "128MiB",
+    ));
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let approver = h.token(Role::Approver, Some("production"), "alice");
+    let viewer = h.token(Role::Viewer, Some("production"), "vera");
+    let outsider = h.token(Role::Viewer, Some("staging"), "sam");
+
+    // The first release: every setting is new, variables are listed by name.
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let first = started["deployment_id"].as_str().unwrap().to_string();
+    h.wait_gate(&deployer, &first).await;
+    let (status, text) = h.raw_view(&viewer, &first).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(!text.contains(CANARY_ONE), "a value leaked: {text}");
+    let view: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(view["first_release"], true, "{view:#}");
+    assert_eq!(view["running"], Value::Null);
+    assert_eq!(
+        view["env_vars"]["added"],
+        json!(["API_TOKEN", "MODE", "OLD"])
+    );
+    assert!(view["view_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(view["scan"]["passed"], true, "{view:#}");
+    assert_eq!(
+        view["provenance"]["signing_key_id"], "fake-key-1",
+        "{view:#}"
+    );
+    assert_eq!(view["provenance"]["build_kind"], "cargo", "{view:#}");
+    // A viewer of another environment is refused.
+    let (status, text) = h.raw_view(&outsider, &first).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    let digest = view["view_digest"].as_str().unwrap().to_string();
+    let (status, body) = h.approve(&approver, &first, Some(&digest)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        h.wait_finished(&deployer, &first).await["status"],
+        "succeeded"
+    );
+
+    // The second: one value changed, one variable added, one removed, more replicas and memory.
+    h.rewrite_spec(&spec_with(
+        &format!("API_TOKEN = \"{CANARY_TWO}\", MODE = \"fast\", NEW_FLAG = \"{CANARY_ONE}\""),
+        2,
+        "256MiB",
+    ));
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let second = started["deployment_id"].as_str().unwrap().to_string();
+    h.wait_gate(&deployer, &second).await;
+    let (status, text) = h.raw_view(&viewer, &second).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    for canary in [CANARY_ONE, CANARY_TWO] {
+        assert!(!text.contains(canary), "a value leaked: {text}");
+    }
+    let view: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(view["first_release"], false);
+    assert_eq!(view["running"]["release_id"], first.as_str(), "{view:#}");
+    assert_eq!(view["env_vars"]["added"], json!(["NEW_FLAG"]));
+    assert_eq!(view["env_vars"]["removed"], json!(["OLD"]));
+    assert_eq!(view["env_vars"]["changed"], json!(["API_TOKEN"]));
+    assert_eq!(view["env_vars"]["unchanged"], 1);
+    let change = |name: &str| {
+        view["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["setting"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no change of {name}: {view:#}"))
+    };
+    assert_eq!(change("replicas")["before"], "1");
+    assert_eq!(change("replicas")["after"], "2");
+    assert_eq!(change("container.memory")["before"], "128 MiB");
+    assert_eq!(change("container.memory")["after"], "256 MiB");
+    assert!(change("image")["before"]
+        .as_str()
+        .unwrap()
+        .contains("sha256:"));
+    // Settings that stay are not listed.
+    assert!(view["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["setting"] != "listen" && c["setting"] != "health.path"));
+}
+
+#[tokio::test]
+async fn an_approval_must_name_the_current_view_and_records_it() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let approver = h.token(Role::Approver, Some("production"), "alice");
+    let admin = h.token(Role::Admin, None, "root");
+    let (_, started) = h.deploy(&deployer, "production").await;
+    let id = started["deployment_id"].as_str().unwrap().to_string();
+    let gate = h.wait_gate(&deployer, &id).await["approval"].clone();
+    let seen = h.view_digest(&approver, &id).await;
+
+    // Without a view: refused, saying where to review.
+    let (status, body) = h.approve(&approver, &id, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("approval-view"),
+        "{body}"
+    );
+    // A made-up digest: refused.
+    let (status, body) = h.approve(&approver, &id, Some("sha256:0000")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the deployment changed since you looked; review again"),
+        "{body}"
+    );
+    // The view changes after the approver looked (the supply chain's record of the image
+    // now shows an exception): the digest they saw is refused.
+    let image = gate["image_id"].as_str().unwrap().to_string();
+    h.fake.supply().state().evidence.insert(
+        image.clone(),
+        cutover_model::SupplyEvidence {
+            scan: Some(cutover_model::ScanEvidence {
+                passed: true,
+                fail_on: "high".to_string(),
+                fail_on_secrets: true,
+                findings: Some(Vec::new()),
+                exceptions: vec![cutover_model::ExceptionEvidence {
+                    finding: "GHSA-xxxx in openssl 1.0".to_string(),
+                    exception: "GHSA-xxxx".to_string(),
+                    reason: "not reachable".to_string(),
+                    owner: "sec".to_string(),
+                    expires: "2099-12-31".to_string(),
+                }],
+                ..Default::default()
+            }),
+            provenance: None,
+        },
+    );
+    let (status, body) = h.approve(&approver, &id, Some(&seen)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("review again"),
+        "{body}"
+    );
+    // Nothing was recorded by any refused attempt.
+    let detail = h.wait_gate(&deployer, &id).await;
+    assert_eq!(detail["approval"]["decisions"], json!([]), "{detail:#}");
+    let (_, audit) = h
+        .call(Method::GET, "/api/v1/audit", Some(&admin), None)
+        .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] != "approve"),
+        "{audit:#}"
+    );
+
+    // The view names the guardrails in force; an admin changing them changes the view.
+    let before = h.view(&approver, &id).await;
+    assert_eq!(before["guardrails"]["version"], 1, "{before:#}");
+    guardrails::set(
+        &h.cp,
+        &auth::Principal::local("admin"),
+        "production",
+        "approvals = 1\n[container]\nmax_pids = 512\n",
+        "guardrails.toml",
+    )
+    .unwrap();
+    let (status, body) = h
+        .approve(
+            &approver,
+            &id,
+            Some(before["view_digest"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // Reviewed again: the new view shows the exception, and its digest is accepted.
+    let view = h.view(&approver, &id).await;
+    assert_eq!(view["guardrails"]["version"], 2, "{view:#}");
+    assert_eq!(
+        view["scan"]["exceptions"],
+        json!([{"finding": "GHSA-xxxx in openssl 1.0", "exception": "GHSA-xxxx", "reason": "not reachable", "owner": "sec", "expires": "2099-12-31"}]),
+        "{view:#}"
+    );
+    let digest = view["view_digest"].as_str().unwrap().to_string();
+    assert_ne!(digest, seen);
+    let (status, body) = h.approve(&approver, &id, Some(&digest)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let done = h.wait_finished(&deployer, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(
+        done["approval"]["decisions"][0]["view_digest"],
+        digest.as_str()
+    );
+    let (_, audit) = h
+        .call(Method::GET, "/api/v1/audit", Some(&admin), None)
+        .await;
+    let approve = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "approve")
+        .expect("an approve entry");
+    assert_eq!(
+        approve["details"]["view_digest"],
+        digest.as_str(),
+        "{approve}"
+    );
+    assert_eq!(h.cp.store.approvals(&id).unwrap()[0].view_digest, digest);
 }

@@ -88,6 +88,9 @@ pub struct SourceInfo {
     /// Git commit of the source, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_commit: Option<String>,
+    /// Whether the source's work tree had uncommitted changes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_dirty: Option<bool>,
 }
 
 /// A SLSA `ResourceDescriptor` for `resolvedDependencies`.
@@ -112,6 +115,8 @@ pub struct ProvenanceInputs {
     pub resolved_dependencies: Vec<ResourceDescriptor>,
     /// `runDetails.builder.id`; [`DEFAULT_BUILDER_ID`] for the cutover CLI.
     pub builder_id: String,
+    /// `runDetails.builder.version.cutover`: the version of cutover that built, when known.
+    pub builder_version: Option<String>,
     /// Becomes `runDetails.metadata.invocationId`.
     pub deployment_id: String,
     pub started_on_ms: u64,
@@ -128,6 +133,14 @@ impl ProvenanceInputs {
         if let Some(commit) = &self.source.git_commit {
             source.insert("gitCommit".into(), json!(commit));
         }
+        if let Some(dirty) = self.source.git_dirty {
+            source.insert("gitDirty".into(), json!(dirty));
+        }
+        let mut builder = serde_json::Map::new();
+        builder.insert("id".into(), json!(self.builder_id));
+        if let Some(version) = &self.builder_version {
+            builder.insert("version".into(), json!({ "cutover": version }));
+        }
         json!({
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
@@ -141,7 +154,7 @@ impl ProvenanceInputs {
                 "resolvedDependencies": self.resolved_dependencies,
             },
             "runDetails": {
-                "builder": { "id": self.builder_id },
+                "builder": Value::Object(builder),
                 "metadata": {
                     "invocationId": self.deployment_id,
                     "startedOn": cutover_model::format_ms(self.started_on_ms),
@@ -294,6 +307,7 @@ pub(crate) mod tests {
                 source: SourceInfo {
                     path: Some("/src/hello".to_string()),
                     git_commit: Some("0123456789abcdef0123456789abcdef01234567".to_string()),
+                    git_dirty: None,
                 },
                 resolved_dependencies: vec![ResourceDescriptor {
                     uri: Some("file:///src/hello/Cargo.lock".to_string()),
@@ -301,6 +315,7 @@ pub(crate) mod tests {
                     digest: BTreeMap::from([("sha256".to_string(), "3".repeat(64))]),
                 }],
                 builder_id: DEFAULT_BUILDER_ID.to_string(),
+                builder_version: None,
                 deployment_id: "dep-42".to_string(),
                 started_on_ms: 1_700_000_000_000,
                 finished_on_ms: 1_700_000_060_000,

@@ -248,6 +248,10 @@ pub struct Approval {
     pub plan_digest: String,
     /// `sha256:<hex>` of the image approved.
     pub image_id: String,
+    /// `sha256:<hex>` of the approval view the decision was made on (empty for decisions
+    /// recorded before views were digested).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub view_digest: String,
     pub comment: String,
     pub at_ms: u64,
 }

@@ -301,6 +301,7 @@ fn approval(deployment: &str, by: &str, decision: Decision, at: u64) -> Approval
         decision,
         plan_digest: "sha256:plan".to_string(),
         image_id: "sha256:image".to_string(),
+        view_digest: String::new(),
         comment: format!("{by} at {at}"),
         at_ms: at,
     }

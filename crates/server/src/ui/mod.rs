@@ -593,7 +593,10 @@ async fn deployment(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, UiError> {
     let v = visitor(&cp, &headers, &uri)?;
-    let page = pages::deployment_page(&cp, &v.principal, v.chrome(""), &id)?;
+    let mut page = pages::deployment_page(&cp, &v.principal, v.chrome(""), &id)?;
+    if page.approval.is_some() {
+        page.review = Some(crate::approval_view::approval_view(&cp, &id).await?);
+    }
     Ok(render(&page))
 }
 
@@ -641,6 +644,8 @@ struct DecisionForm {
     plan_digest: String,
     #[serde(default)]
     image_id: String,
+    #[serde(default)]
+    view_digest: String,
 }
 
 async fn decide(
@@ -666,16 +671,14 @@ async fn decide(
             )
         }
     };
-    crate::approvals::decide(
-        &cp,
-        &v.principal,
-        &id,
+    let request = crate::api::ApprovalRequest {
         decision,
-        &form.plan_digest,
-        &form.image_id,
-        form.comment.trim(),
-    )
-    .await?;
+        comment: form.comment.trim().to_string(),
+        plan_digest: form.plan_digest,
+        image_id: form.image_id,
+        view_digest: Some(form.view_digest),
+    };
+    crate::approvals::decide(&cp, &v.principal, &id, &request).await?;
     Ok(redirect(&format!("/deployments/{}", encode_component(&id))))
 }
 

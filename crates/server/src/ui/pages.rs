@@ -98,6 +98,9 @@ pub struct DeploymentPage {
     pub finished_at: String,
     pub image_id: Option<String>,
     pub approval: Option<ApprovalBox>,
+    /// What approving changes (shown while the deployment waits at its gate); its digest
+    /// goes with the approve form.
+    pub review: Option<crate::api::ApprovalView>,
     pub dag: Layout,
     pub steps: Vec<StepRow>,
     pub supply: Vec<StepRow>,
@@ -469,6 +472,7 @@ pub fn deployment_page(
         },
         image_id,
         approval,
+        review: None,
         dag,
         steps: snap.steps,
         supply,

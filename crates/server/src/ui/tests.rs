@@ -562,6 +562,11 @@ async fn approval_gate_shows_the_form_and_only_approvers_decide() {
     assert!(page.body.contains(&plan.digest) && page.body.contains(&image));
     assert!(page.body.contains("id=\"approve\""));
     assert!(page.body.contains("0 of 1 needed"));
+    // With what approving changes, and the digest of that view in the form.
+    assert!(page.body.contains("id=\"approval-view\""), "{}", page.body);
+    assert!(page.body.contains("First release of prod"));
+    let view_digest = csrf_field(&page.body, "view_digest");
+    assert!(view_digest.starts_with("sha256:"));
     let answer = send(
         &ui.app,
         post(
@@ -572,6 +577,7 @@ async fn approval_gate_shows_the_form_and_only_approvers_decide() {
                 ("decision", "approve"),
                 ("plan_digest", &csrf_field(&page.body, "plan_digest")),
                 ("image_id", &csrf_field(&page.body, "image_id")),
+                ("view_digest", &view_digest),
                 ("comment", "looks good <3"),
             ],
         ),
@@ -579,6 +585,116 @@ async fn approval_gate_shows_the_form_and_only_approvers_decide() {
     .await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
     assert_eq!(answer.location(), "/deployments/prod-1");
+    wait_for(&ui.cp, "prod-1", |d| d.status == DeploymentState::Succeeded).await;
+}
+
+#[tokio::test]
+async fn the_approval_page_shows_the_view_without_values_and_refuses_a_stale_one() {
+    const CANARY: &str = "CANARY-5d1f3e8a90b1";
+    let ui = ui();
+    let mut spec = fake::spec_for("prod", 1, Some(approval_gate()));
+    spec.container
+        .env
+        .insert("DATABASE_PASSWORD".to_string(), CANARY.to_string());
+    let plan = fake::planned_deploy_of(&spec, "prod-1", None);
+    start(&ui.cp, &plan);
+    wait_for(&ui.cp, "prod-1", |d| d.waiting_for_approval()).await;
+    let image = cutover_executor::deployment_view(&ui.cp.store, "prod-1")
+        .unwrap()
+        .approval
+        .unwrap()
+        .image_id
+        .unwrap();
+    // The scan of the image used an exception for a secret (as the chain records it).
+    ui.fakes.supply().state().evidence.insert(
+        image.clone(),
+        cutover_model::SupplyEvidence {
+            scan: Some(cutover_model::ScanEvidence {
+                passed: true,
+                fail_on: "high".to_string(),
+                fail_on_secrets: true,
+                advisory_database: true,
+                findings: Some(vec![
+                    cutover_model::FindingEvidence::Secret {
+                        rule: "aws-access-key-id".to_string(),
+                        location: "/etc/app.conf:3 (layer sha256:ab)".to_string(),
+                        fingerprint: "f1e2d3c4".to_string(),
+                    },
+                    cutover_model::FindingEvidence::Vulnerability {
+                        severity: "medium".to_string(),
+                        id: "RUSTSEC-2099-0001".to_string(),
+                        package: "smallvec".to_string(),
+                        version: "1.0.0".to_string(),
+                        fixed: Some("1.0.1".to_string()),
+                    },
+                ]),
+                exceptions: vec![cutover_model::ExceptionEvidence {
+                    finding: "f1e2d3c4".to_string(),
+                    exception: "aws-access-key-id".to_string(),
+                    reason: "test key, revoked".to_string(),
+                    owner: "security-team".to_string(),
+                    expires: "2099-12-31".to_string(),
+                }],
+                ..Default::default()
+            }),
+            provenance: Some(cutover_model::ProvenanceEvidence {
+                builder_id: "https://cutover.dev/builders/cutover-cli/v1".to_string(),
+                builder_version: Some("0.1.0".to_string()),
+                git_commit: Some("0123456789abcdef".to_string()),
+                git_dirty: Some(true),
+                ..Default::default()
+            }),
+        },
+    );
+    let (approver, csrf) = login(&ui.app, "alice").await;
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains(CANARY), "a value leaked into the page");
+    for shown in [
+        "DATABASE_PASSWORD",
+        "aws-access-key-id",
+        "/etc/app.conf:3",
+        "f1e2d3c4",
+        "RUSTSEC-2099-0001",
+        "smallvec",
+        "test key, revoked",
+        "security-team",
+        "2099-12-31",
+        "0123456789abcdef",
+        "uncommitted changes",
+        "fake-key-1",
+    ] {
+        assert!(page.body.contains(shown), "{shown} missing from the page");
+    }
+    let digest = csrf_field(&page.body, "view_digest");
+    let decide = |view_digest: String| {
+        post(
+            "/deployments/prod-1/approval",
+            Some(&approver),
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("plan_digest", &plan.digest),
+                ("image_id", &image),
+                ("view_digest", &view_digest),
+            ],
+        )
+    };
+    // The view changes under the approver's eyes: the form they hold is refused.
+    ui.fakes.supply().state().evidence.remove(&image);
+    let answer = send(&ui.app, decide(digest)).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+    assert!(answer.body.contains("review again"), "{}", answer.body);
+    assert!(ui.cp.store.approvals("prod-1").unwrap().is_empty());
+    // Reviewed again, approved; the decision names the view.
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    let digest = csrf_field(&page.body, "view_digest");
+    let answer = send(&ui.app, decide(digest.clone())).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert_eq!(
+        ui.cp.store.approvals("prod-1").unwrap()[0].view_digest,
+        digest
+    );
     wait_for(&ui.cp, "prod-1", |d| d.status == DeploymentState::Succeeded).await;
 }
 
