@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::osv::{Severity, VulnFinding};
+use crate::image::SkippedFile;
+use crate::osv::{Informational, Severity, VulnFinding};
 use crate::report::Findings;
 use crate::secrets::SecretFinding;
 use crate::{Result, SupplyError};
@@ -95,6 +96,14 @@ pub struct GatePolicy {
     pub fail_on: Option<Severity>,
     /// Fail on any unsuppressed secret.
     pub fail_on_secrets: bool,
+    /// Fail on any unsuppressed informational advisory (unmaintained, unsound, notice);
+    /// otherwise they are counted apart and reported.
+    #[serde(default)]
+    pub fail_on_unmaintained: bool,
+    /// Fail on any file the scan skipped for its size unless a `path` exception names it
+    /// (protected environments).
+    #[serde(default)]
+    pub fail_on_skipped: bool,
 }
 
 impl Default for GatePolicy {
@@ -102,6 +111,8 @@ impl Default for GatePolicy {
         GatePolicy {
             fail_on: Some(Severity::High),
             fail_on_secrets: true,
+            fail_on_unmaintained: false,
+            fail_on_skipped: false,
         }
     }
 }
@@ -130,7 +141,19 @@ impl Exception {
         self.id
             .as_deref()
             .or(self.fingerprint.as_deref())
+            .or(self.path.as_deref())
             .unwrap_or("?")
+    }
+
+    /// A path-only exception (no `id`, no `fingerprint`) covers a file skipped for its size
+    /// when it names exactly that file's path; it never covers findings.
+    fn covers_skipped(&self, f: &SkippedFile) -> bool {
+        self.id.is_none()
+            && self.fingerprint.is_none()
+            && self.path.as_deref().is_some_and(|want| {
+                let want = want.trim_start_matches('/');
+                !want.is_empty() && want == f.path.trim_start_matches('/')
+            })
     }
 
     fn path_ok(&self, paths: &[&str]) -> bool {
@@ -221,9 +244,20 @@ impl Exceptions {
                 line: header_line,
                 detail,
             };
-            if r.id.is_none() && r.fingerprint.is_none() {
+            if r.id.is_none() && r.fingerprint.is_none() && r.path.is_none() {
                 return Err(fail(
-                    "exception needs `id` (advisory or rule id) or `fingerprint`".into(),
+                    "exception needs `id` (advisory or rule id), `fingerprint`, or `path` (a file skipped for its size)".into(),
+                ));
+            }
+            if r.id.is_none()
+                && r.fingerprint.is_none()
+                && r.path
+                    .as_deref()
+                    .is_some_and(|p| p.trim_start_matches('/').is_empty())
+            {
+                return Err(fail(
+                    "field `path`: name the file skipped for its size, e.g. \"srv/model.bin\""
+                        .into(),
                 ));
             }
             let reason = r.reason.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
@@ -295,6 +329,13 @@ pub struct Verdict {
     pub counts: BTreeMap<Severity, usize>,
     pub secrets: usize,
     pub suppressed: Vec<Suppressed>,
+    /// Unsuppressed informational advisories by kind (`unmaintained`, `unsound`, `notice`),
+    /// apart from the vulnerabilities in `counts`.
+    #[serde(default)]
+    pub informational: BTreeMap<Informational, usize>,
+    /// Files not scanned for their size and not named by a `path` exception.
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 impl std::fmt::Display for Verdict {
@@ -313,6 +354,12 @@ impl std::fmt::Display for Verdict {
         if self.secrets > 0 {
             write!(f, ", {} secret(s)", self.secrets)?;
         }
+        for (kind, n) in self.informational.iter().filter(|(_, n)| **n > 0) {
+            write!(f, ", {n} {kind} (informational)")?;
+        }
+        if self.skipped > 0 {
+            write!(f, ", {} file(s) not scanned", self.skipped)?;
+        }
         if !self.suppressed.is_empty() {
             write!(f, " ({} suppressed)", self.suppressed.len())?;
         }
@@ -324,6 +371,20 @@ impl std::fmt::Display for Verdict {
 /// suppress; each one met adds "exception <id> expired on <date>" to the reasons.
 pub fn evaluate(
     findings: &Findings,
+    policy: &GatePolicy,
+    exceptions: &Exceptions,
+    today: Date,
+) -> Verdict {
+    evaluate_scan(findings, &[], policy, exceptions, today)
+}
+
+/// [`evaluate`], also judging the files the scan skipped for their size: each one not named
+/// by a live `path` exception is counted, and fails the gate under
+/// [`GatePolicy::fail_on_skipped`]. Informational advisories are counted by kind apart
+/// from vulnerabilities, and fail only under [`GatePolicy::fail_on_unmaintained`].
+pub fn evaluate_scan(
+    findings: &Findings,
+    skipped_files: &[SkippedFile],
     policy: &GatePolicy,
     exceptions: &Exceptions,
     today: Date,
@@ -356,6 +417,9 @@ pub fn evaluate(
         }
     };
     let mut failing = Vec::new();
+    let mut informational: BTreeMap<Informational, usize> =
+        Informational::ALL.iter().map(|k| (*k, 0)).collect();
+    let mut failing_info = Vec::new();
     for v in &findings.vulnerabilities {
         let covering: Vec<&Exception> = exceptions
             .exceptions
@@ -367,6 +431,13 @@ pub fn evaluate(
             &format!("{} in {} {}", v.id, v.package, v.version),
             &mut reasons,
         ) {
+            continue;
+        }
+        if let Some(kind) = v.informational {
+            *informational.entry(kind).or_default() += 1;
+            if policy.fail_on_unmaintained {
+                failing_info.push(format!("informational advisory {v}"));
+            }
             continue;
         }
         *counts.entry(v.severity).or_default() += 1;
@@ -393,7 +464,28 @@ pub fn evaluate(
             failing_secrets.push(format!("secret {s} [fingerprint {}]", s.fingerprint));
         }
     }
-    let passed = failing.is_empty() && failing_secrets.is_empty();
+    let mut skipped = 0;
+    let mut skipped_notes = Vec::new();
+    for f in skipped_files {
+        let covering: Vec<&Exception> = exceptions
+            .exceptions
+            .iter()
+            .filter(|e| e.covers_skipped(f))
+            .collect();
+        if check(covering, &f.path, &mut reasons) {
+            continue;
+        }
+        skipped += 1;
+        skipped_notes.push(format!(
+            "file {} in layer {} was not scanned: {} bytes is over the {} byte file limit",
+            f.path, f.layer, f.size, f.limit
+        ));
+    }
+    let failing_skipped = policy.fail_on_skipped && skipped > 0;
+    let passed = failing.is_empty()
+        && failing_secrets.is_empty()
+        && failing_info.is_empty()
+        && !failing_skipped;
     if !failing.is_empty() {
         reasons.insert(
             0,
@@ -407,12 +499,28 @@ pub fn evaluate(
     }
     reasons.extend(failing);
     reasons.extend(failing_secrets);
+    if !failing_info.is_empty() {
+        reasons.push(format!(
+            "{} informational advisor{} (unmaintained, unsound or notice) and gate.fail_on_unmaintained is set",
+            failing_info.len(),
+            if failing_info.len() == 1 { "y" } else { "ies" },
+        ));
+        reasons.extend(failing_info);
+    }
+    if failing_skipped {
+        reasons.push(format!(
+            "{skipped} file(s) over the size limit were not scanned, so a secret or a package database could hide in them: shrink them, or name each in a `path` exception"
+        ));
+    }
+    reasons.extend(skipped_notes);
     Verdict {
         passed,
         reasons,
         counts,
         secrets,
         suppressed,
+        informational,
+        skipped,
     }
 }
 
@@ -436,6 +544,7 @@ mod tests {
             purl: "pkg:cargo/smallvec@1.6.0".into(),
             locations: vec!["app/Cargo.lock".into()],
             layer: "sha256:l".into(),
+            informational: None,
         }
     }
 
@@ -533,6 +642,7 @@ mod tests {
         let high = GatePolicy {
             fail_on: Some(Severity::High),
             fail_on_secrets: true,
+            ..GatePolicy::default()
         };
         let v = evaluate(&findings, &high, &Exceptions::none(), day("2026-01-01"));
         assert!(v.passed);
@@ -569,5 +679,129 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("e.toml, line 2"), "{err}");
+    }
+
+    fn skipped(path: &str) -> SkippedFile {
+        SkippedFile {
+            path: path.into(),
+            layer: "sha256:l".into(),
+            size: 9 << 20,
+            limit: 8 << 20,
+        }
+    }
+
+    #[test]
+    fn informational_advisories_are_counted_apart_and_fail_only_when_asked() {
+        let mut unmaintained = vuln("RUSTSEC-2020-0016", &[], Severity::Unknown);
+        unmaintained.informational = Some(Informational::Unmaintained);
+        let mut unsound = vuln("RUSTSEC-2021-0145", &[], Severity::Unknown);
+        unsound.informational = Some(Informational::Unsound);
+        let findings = Findings {
+            vulnerabilities: vec![unmaintained, unsound, vuln("X", &[], Severity::Low)],
+            secrets: vec![],
+        };
+        let lenient = GatePolicy {
+            fail_on: Some(Severity::Unknown),
+            ..GatePolicy::default()
+        };
+        // Even with fail_on = unknown, informational advisories are not vulnerabilities.
+        let mut only_info = findings.clone();
+        only_info.vulnerabilities.truncate(2);
+        let v = evaluate(&only_info, &lenient, &Exceptions::none(), day("2026-01-01"));
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.counts[&Severity::Unknown], 0);
+        assert_eq!(v.informational[&Informational::Unmaintained], 1);
+        assert_eq!(v.informational[&Informational::Unsound], 1);
+        assert!(
+            v.to_string().contains("1 unmaintained (informational)"),
+            "{v}"
+        );
+
+        let v = evaluate(
+            &findings,
+            &GatePolicy::default(),
+            &Exceptions::none(),
+            day("2026-01-01"),
+        );
+        assert!(v.passed);
+        assert_eq!(v.counts[&Severity::Low], 1);
+
+        let strict = GatePolicy {
+            fail_on_unmaintained: true,
+            ..GatePolicy::default()
+        };
+        let v = evaluate(&findings, &strict, &Exceptions::none(), day("2026-01-01"));
+        assert!(!v.passed);
+        assert!(
+            v.reasons
+                .iter()
+                .any(|r| r.contains("RUSTSEC-2020-0016 (unmaintained)")),
+            "{:?}",
+            v.reasons
+        );
+        // An exception covers an informational advisory like any other.
+        let ex = Exceptions::from_toml(
+            "[[exception]]\nid = \"RUSTSEC-2020-0016\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-12-31\n\n[[exception]]\nid = \"RUSTSEC-2021-0145\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-12-31\n",
+            "e.toml",
+        )
+        .unwrap();
+        assert!(evaluate(&findings, &strict, &ex, day("2026-01-01")).passed);
+    }
+
+    #[test]
+    fn skipped_files_fail_when_asked_unless_a_path_exception_names_them() {
+        let findings = Findings::default();
+        let files = [skipped("srv/padded.bin")];
+        let today = day("2026-01-01");
+        let open = evaluate_scan(
+            &findings,
+            &files,
+            &GatePolicy::default(),
+            &Exceptions::none(),
+            today,
+        );
+        assert!(open.passed, "{open:?}");
+        assert_eq!(open.skipped, 1);
+        assert!(open.reasons.iter().any(|r| r.contains("srv/padded.bin")));
+
+        let protected = GatePolicy {
+            fail_on_skipped: true,
+            ..GatePolicy::default()
+        };
+        let v = evaluate_scan(&findings, &files, &protected, &Exceptions::none(), today);
+        assert!(!v.passed);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("not scanned")),
+            "{:?}",
+            v.reasons
+        );
+
+        let named = Exceptions::from_toml(
+            "[[exception]]\npath = \"/srv/padded.bin\"\nreason = \"model weights\"\nowner = \"ml\"\nexpires = 2026-12-31\n",
+            "e.toml",
+        )
+        .unwrap();
+        let v = evaluate_scan(&findings, &files, &protected, &named, today);
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.suppressed[0].exception, "/srv/padded.bin");
+        // A directory does not name a file, and an expired exception does not count.
+        let dir = Exceptions::from_toml(
+            "[[exception]]\npath = \"srv\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-12-31\n",
+            "e.toml",
+        )
+        .unwrap();
+        assert!(!evaluate_scan(&findings, &files, &protected, &dir, today).passed);
+        assert!(!evaluate_scan(&findings, &files, &protected, &named, day("2027-01-01")).passed);
+        // The root names nothing.
+        let root = Exceptions::from_toml(
+            "[[exception]]\npath = \"/\"\nreason = \"r\"\nowner = \"o\"\nexpires = 2026-12-31\n",
+            "e.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            root.contains("e.toml, line 1") && root.contains("`path`"),
+            "{root}"
+        );
     }
 }

@@ -15,6 +15,19 @@ use sha2::{Digest, Sha256};
 use crate::error::{Result, SupplyError};
 
 /// Bounds that keep a hostile or huge image from exhausting memory or time.
+/// A file the scan did not read because it is over [`Limits::max_file_bytes`]: a secret or a
+/// package database could hide in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    /// Path in the image, without a leading `/`.
+    pub path: String,
+    /// Digest of the layer that holds it.
+    pub layer: String,
+    pub size: u64,
+    /// The file size limit it is over.
+    pub limit: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest file read into memory for inventory and secret scanning; bigger ones are
@@ -318,8 +331,20 @@ impl Image {
     /// warning in the returned list.
     pub fn visit_files(
         &self,
+        want: impl FnMut(&FileMeta<'_>) -> bool,
+        on_file: impl FnMut(&FileMeta<'_>, &[u8]),
+    ) -> Result<Vec<String>> {
+        let mut skipped = Vec::new();
+        self.visit_files_noting_skipped(want, on_file, &mut skipped)
+    }
+
+    /// [`Image::visit_files`], also listing every wanted file skipped for its size in
+    /// `skipped` (what was not scanned, for the gate to judge).
+    pub fn visit_files_noting_skipped(
+        &self,
         mut want: impl FnMut(&FileMeta<'_>) -> bool,
         mut on_file: impl FnMut(&FileMeta<'_>, &[u8]),
+        skipped: &mut Vec<SkippedFile>,
     ) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
         let mut buf = Vec::new();
@@ -362,6 +387,12 @@ impl Image {
                     {
                         buf.extend_from_slice(&magic);
                     } else {
+                        skipped.push(SkippedFile {
+                            path: path.to_string(),
+                            layer: digest.to_string(),
+                            size,
+                            limit: self.limits.max_file_bytes,
+                        });
                         push_warning(
                             &mut warnings,
                             format!(

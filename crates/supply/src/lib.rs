@@ -17,10 +17,14 @@ pub mod synth;
 pub mod version;
 
 pub use error::{Result, SupplyError};
-pub use gate::{evaluate, Date, Exception, Exceptions, GatePolicy, Suppressed, Verdict};
-pub use image::{FileFate, FileMeta, Image, ImageConfig, ImageReader, LayerInfo, Limits};
+pub use gate::{
+    evaluate, evaluate_scan, Date, Exception, Exceptions, GatePolicy, Suppressed, Verdict,
+};
+pub use image::{
+    FileFate, FileMeta, Image, ImageConfig, ImageReader, LayerInfo, Limits, SkippedFile,
+};
 pub use inventory::{inventory, Distro, Inventory, InventoryCollector, Package};
-pub use osv::{AdvisoryDb, ImportLimits, ImportReport, Severity, VulnFinding};
+pub use osv::{AdvisoryDb, ImportLimits, ImportReport, Informational, Severity, VulnFinding};
 pub use report::{sbom, scan, scan_image, to_sarif, Findings, ImageSummary, ScanReport, ScanStats};
 pub use secrets::{RuleSet, SecretFinding, SecretLocation};
 pub use version::Ecosystem;

@@ -293,6 +293,56 @@ pub fn severity_of(adv: &Advisory, affected: Option<&Affected>) -> (Severity, Op
     (Severity::Unknown, None)
 }
 
+/// The kind of an informational advisory (RustSec's `informational` field, carried in OSV
+/// as `database_specific.informational`): not a vulnerability, but worth knowing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Informational {
+    /// The crate is no longer maintained.
+    Unmaintained,
+    /// The crate has unsound code (memory safety bugs reachable from safe code).
+    Unsound,
+    /// Any other notice (`notice` and kinds not known here).
+    Notice,
+}
+
+impl Informational {
+    pub const ALL: [Informational; 3] = [
+        Informational::Unmaintained,
+        Informational::Unsound,
+        Informational::Notice,
+    ];
+
+    /// The informational kind an advisory declares, if any.
+    pub fn of(adv: &Advisory) -> Option<Informational> {
+        let word = adv
+            .database_specific
+            .as_ref()?
+            .get("informational")?
+            .as_str()?;
+        Some(match word.trim().to_ascii_lowercase().as_str() {
+            "" => return None,
+            "unmaintained" => Informational::Unmaintained,
+            "unsound" => Informational::Unsound,
+            _ => Informational::Notice,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Informational::Unmaintained => "unmaintained",
+            Informational::Unsound => "unsound",
+            Informational::Notice => "notice",
+        }
+    }
+}
+
+impl std::fmt::Display for Informational {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A package matched by an advisory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VulnFinding {
@@ -311,6 +361,10 @@ pub struct VulnFinding {
     pub purl: String,
     pub locations: Vec<String>,
     pub layer: String,
+    /// Set for informational advisories (unmaintained, unsound, notice): counted apart from
+    /// vulnerabilities, and their severity is not a vulnerability's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub informational: Option<Informational>,
 }
 
 impl VulnFinding {
@@ -322,10 +376,14 @@ impl VulnFinding {
 
 impl std::fmt::Display for VulnFinding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.informational {
+            Some(kind) => kind.as_str(),
+            None => self.severity.as_str(),
+        };
         write!(
             f,
-            "{} ({}) in {} {} {}",
-            self.id, self.severity, self.ecosystem, self.package, self.version
+            "{} ({kind}) in {} {} {}",
+            self.id, self.ecosystem, self.package, self.version
         )?;
         match &self.fixed {
             Some(v) => write!(f, ", fixed in {v}"),
@@ -408,6 +466,14 @@ impl AdvisoryDb {
 
     pub fn advisories(&self) -> &[Advisory] {
         &self.advisories
+    }
+
+    /// The newest `modified` timestamp of the advisories (RFC 3339, compared as written).
+    pub fn newest_modified(&self) -> Option<&str> {
+        self.advisories
+            .iter()
+            .filter_map(|a| a.modified.as_deref())
+            .max()
     }
 
     fn reindex(&mut self) {
@@ -614,6 +680,7 @@ impl AdvisoryDb {
                     purl: p.purl.clone(),
                     locations: p.locations.clone(),
                     layer: p.layer.clone(),
+                    informational: Informational::of(adv),
                 });
             }
         }
@@ -1064,5 +1131,57 @@ mod tests {
         };
         assert!(release_applies("Alpine:v3.18", Some(&a)));
         assert!(!release_applies("Alpine:v3.19", Some(&a)));
+    }
+
+    #[test]
+    fn rustsec_informational_advisories_are_marked_by_kind() {
+        let adv = |id: &str, info: Option<&str>| -> serde_json::Value {
+            let mut a = serde_json::json!({
+                "id": id,
+                "affected": [{"package": {"ecosystem": "crates.io", "name": "net2"},
+                              "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}],
+            });
+            if let Some(kind) = info {
+                a["database_specific"] =
+                    serde_json::json!({"informational": kind, "categories": []});
+            }
+            a
+        };
+        let db = AdvisoryDb::from_advisories(
+            [
+                adv("RUSTSEC-2020-0016", Some("unmaintained")),
+                adv("RUSTSEC-2000-0001", Some("unsound")),
+                adv("RUSTSEC-2000-0002", Some("notice")),
+                adv("RUSTSEC-2000-0003", None),
+            ]
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect(),
+        );
+        let pkg = Package {
+            ecosystem: Ecosystem::CratesIo,
+            name: "net2".into(),
+            version: "0.2.39".into(),
+            purl: "pkg:cargo/net2@0.2.39".into(),
+            source_name: None,
+            source_version: None,
+            locations: vec!["app/Cargo.lock".into()],
+            layer: "sha256:l".into(),
+        };
+        let found = db.match_packages(&[pkg], None);
+        let kind = |id: &str| found.iter().find(|f| f.id == id).unwrap().informational;
+        assert_eq!(kind("RUSTSEC-2020-0016"), Some(Informational::Unmaintained));
+        assert_eq!(kind("RUSTSEC-2000-0001"), Some(Informational::Unsound));
+        assert_eq!(kind("RUSTSEC-2000-0002"), Some(Informational::Notice));
+        assert_eq!(kind("RUSTSEC-2000-0003"), None);
+        let shown = found
+            .iter()
+            .find(|f| f.id == "RUSTSEC-2020-0016")
+            .unwrap()
+            .to_string();
+        assert!(
+            shown.contains("(unmaintained)") && !shown.contains("unknown"),
+            "{shown}"
+        );
     }
 }

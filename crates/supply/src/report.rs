@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::image::{Image, ImageReader, Limits};
+use crate::image::{Image, ImageReader, Limits, SkippedFile};
 use crate::inventory::{Distro, InventoryCollector, Package};
 use crate::osv::{AdvisoryDb, Severity, VulnFinding};
 use crate::secrets::{scan_config, scan_file, RuleSet, SecretFinding, SecretLocation};
@@ -48,6 +48,9 @@ pub struct ScanReport {
     pub findings: Findings,
     pub stats: ScanStats,
     pub warnings: Vec<String>,
+    /// Files not scanned because of their size (the gate judges them).
+    #[serde(default)]
+    pub skipped: Vec<SkippedFile>,
 }
 
 /// Scans an image tarball: inventory, vulnerabilities and secrets in one pass over the layers.
@@ -67,7 +70,8 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
     let mut secrets = scan_config(rules, &image.config);
     let mut stats = ScanStats::default();
     // Every file is a candidate for secrets; oversized ones come back as warnings.
-    let visit_warnings = image.visit_files(
+    let mut skipped = Vec::new();
+    let visit_warnings = image.visit_files_noting_skipped(
         |_| true,
         |m, data| {
             stats.files += 1;
@@ -75,6 +79,7 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
             inventory.add(m, data);
             secrets.extend(scan_file(rules, m, data));
         },
+        &mut skipped,
     )?;
     let inv = inventory.finish();
     let vulnerabilities = db.match_packages(&inv.packages, inv.distro.as_ref());
@@ -103,6 +108,7 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
         },
         stats,
         warnings,
+        skipped,
     })
 }
 

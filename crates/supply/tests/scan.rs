@@ -536,6 +536,10 @@ fn hostile_and_broken_images_fail_cleanly() {
         "{:?}",
         report.warnings
     );
+    // The report lists it for the gate.
+    assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
+    assert_eq!(report.skipped[0].path, "zeros");
+    assert_eq!(report.skipped[0].size, 32 << 20);
     // Too many entries.
     let many = SynthImage::new().layer(
         (0..50).map(|i| file(&format!("f{i}"), "x")).collect(),
