@@ -113,6 +113,7 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
                 fail_on_secrets: !allow_secrets,
                 exceptions,
                 secret_rules: rules,
+                ..GateSpec::default()
             };
             scan(
                 &paths,

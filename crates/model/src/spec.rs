@@ -50,6 +50,40 @@ pub struct GateSpec {
     pub exceptions: Option<PathBuf>,
     /// gitleaks-style rule file replacing the built-in secret rules, optional.
     pub secret_rules: Option<PathBuf>,
+    /// The oldest advisory database the gate accepts, by time since its import; default
+    /// 7 days. Older (or none) fails the gate unless `allow_missing_advisories`.
+    #[serde(
+        default = "default_max_advisory_age",
+        with = "duration_ms",
+        skip_serializing_if = "is_default_max_advisory_age"
+    )]
+    pub max_advisory_age: Duration,
+    /// Pass without a current advisory database (none imported, or older than
+    /// `max_advisory_age`), saying so in the verdict; default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_missing_advisories: bool,
+    /// Fail on informational advisories (unmaintained, unsound, notice); default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fail_on_unmaintained: bool,
+    /// Fail on files the scan skipped for their size unless a `path` exception names them.
+    /// Not a spec key: the planner sets it for protected environments.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fail_on_skipped: bool,
+}
+
+/// Default of [`GateSpec::max_advisory_age`]: 7 days.
+pub const DEFAULT_MAX_ADVISORY_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn default_max_advisory_age() -> Duration {
+    DEFAULT_MAX_ADVISORY_AGE
+}
+
+fn is_default_max_advisory_age(d: &Duration) -> bool {
+    *d == DEFAULT_MAX_ADVISORY_AGE
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for GateSpec {
@@ -59,6 +93,10 @@ impl Default for GateSpec {
             fail_on_secrets: true,
             exceptions: None,
             secret_rules: None,
+            max_advisory_age: DEFAULT_MAX_ADVISORY_AGE,
+            allow_missing_advisories: false,
+            fail_on_unmaintained: false,
+            fail_on_skipped: false,
         }
     }
 }

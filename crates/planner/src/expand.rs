@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, HealthSpec,
+    json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, GateSpec, HealthSpec,
     ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, RestoreRoute, Step,
     StepKind, Strategy, StrategyStep, PLAN_FORMAT,
 };
@@ -479,7 +479,11 @@ fn expand(
                     image: setup.image.clone(),
                     app: app.to_string(),
                     env: input.env.to_string(),
-                    gate: env.gate.clone(),
+                    gate: GateSpec {
+                        // What the scan skipped fails the gate of a protected environment.
+                        fail_on_skipped: env.gate.fail_on_skipped || env.protected,
+                        ..env.gate.clone()
+                    },
                 },
                 StepKind::Sign => Action::Sign {
                     image: setup.image.clone(),

@@ -171,6 +171,12 @@ fn describe(action: &Action) -> Vec<String> {
             if let Some(path) = &gate.secret_rules {
                 lines.push(format!("secret rules {}", path.display()));
             }
+            if gate.allow_missing_advisories {
+                lines.push("passes without a current advisory database".to_string());
+            }
+            if gate.fail_on_unmaintained {
+                lines.push("fail on informational advisories (unmaintained, unsound, notice)".to_string());
+            }
             lines
         }
         Action::Sign {

@@ -821,6 +821,7 @@ fn guarded_spec() -> Spec {
             fail_on_secrets: true,
             exceptions: Some(PathBuf::from("/srv/app/security/exceptions.toml")),
             secret_rules: Some(PathBuf::from("/srv/app/security/gitleaks.toml")),
+            ..GateSpec::default()
         };
         env.trusted_keys = vec![
             PathBuf::from("/srv/app/keys/release.pub"),

@@ -510,6 +510,9 @@ fn convert_approvals(
     approvals
 }
 
+/// The most a gate may accept as the age of the advisory database.
+const MAX_ADVISORY_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
+
 fn convert_gate(
     raw: &RawGate,
     base_dir: &Path,
@@ -538,6 +541,29 @@ fn convert_gate(
     }
     if let Some(secrets) = &raw.fail_on_secrets {
         gate.fail_on_secrets = *secrets.get_ref();
+    }
+    let age_field = field("gate.max_advisory_age");
+    if let Some(age) = positive_duration(raw.max_advisory_age.as_ref(), &age_field, errors) {
+        if age > MAX_ADVISORY_AGE {
+            if let Some(raw_age) = &raw.max_advisory_age {
+                errors.at(
+                    raw_age.span(),
+                    &age_field,
+                    format!(
+                        "must be at most 90 days, got {}: import the advisories more often (`cutover advisories import osv.zip`)",
+                        humantime::format_duration(age)
+                    ),
+                );
+            }
+        } else {
+            gate.max_advisory_age = age;
+        }
+    }
+    if let Some(allow) = &raw.allow_missing_advisories {
+        gate.allow_missing_advisories = *allow.get_ref();
+    }
+    if let Some(fail) = &raw.fail_on_unmaintained {
+        gate.fail_on_unmaintained = *fail.get_ref();
     }
     gate.exceptions = raw.exceptions.as_ref().and_then(|path| {
         existing_file(

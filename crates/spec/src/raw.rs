@@ -105,6 +105,9 @@ pub(crate) struct RawGate {
     pub fail_on_secrets: Option<S<bool>>,
     pub exceptions: Option<S<String>>,
     pub secret_rules: Option<S<String>>,
+    pub max_advisory_age: Option<S<String>>,
+    pub allow_missing_advisories: Option<S<bool>>,
+    pub fail_on_unmaintained: Option<S<bool>>,
 }
 
 /// A memory size as written: a number of bytes or a string with a unit.

@@ -399,6 +399,46 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "remove the key to use the built-in rules",
     ),
     (
+        "gate.max_advisory_age not a duration",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nmax_advisory_age = \"a week\"\n",
+        7,
+        20,
+        "environments.production.gate.max_advisory_age",
+        "is not a duration",
+    ),
+    (
+        "gate.max_advisory_age too long",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nmax_advisory_age = \"1y\"\n",
+        7,
+        20,
+        "environments.production.gate.max_advisory_age",
+        "must be at most 90 days",
+    ),
+    (
+        "gate.max_advisory_age zero",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nmax_advisory_age = \"0s\"\n",
+        7,
+        20,
+        "environments.production.gate.max_advisory_age",
+        "must be longer than 0",
+    ),
+    (
+        "gate.allow_missing_advisories wrong type",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nallow_missing_advisories = \"yes\"\n",
+        7,
+        28,
+        "environments.production.gate.allow_missing_advisories",
+        "invalid type",
+    ),
+    (
+        "gate.fail_on_unmaintained wrong type",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n[environments.production.gate]\nfail_on_unmaintained = 1\n",
+        7,
+        24,
+        "environments.production.gate.fail_on_unmaintained",
+        "invalid type",
+    ),
+    (
         "trusted key missing",
         "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\ntrusted_keys = [\"app/Cargo.toml\", \"keys/ci.pub\"]\n",
         6,
@@ -537,6 +577,12 @@ fn minimal_file_gets_documented_defaults() {
     assert_eq!(production.gate, GateSpec::default());
     assert_eq!(production.gate.fail_on, "critical");
     assert!(production.gate.fail_on_secrets);
+    assert_eq!(
+        production.gate.max_advisory_age,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    assert!(!production.gate.allow_missing_advisories);
+    assert!(!production.gate.fail_on_unmaintained);
     assert!(production.trusted_keys.is_empty());
     assert!(!production.approval && !production.protected);
     assert_eq!(production.approvals.required, 1);
@@ -638,6 +684,8 @@ fail_on = "high"
 fail_on_secrets = true
 exceptions = "security/exceptions.toml"
 secret_rules = "security/../security/gitleaks.toml"
+max_advisory_age = "2d"
+fail_on_unmaintained = true
 
 [environments.staging]
 listen = "[::1]:8081"
@@ -649,6 +697,7 @@ approval = true
 [environments.staging.gate]
 fail_on = "none"
 fail_on_secrets = false
+allow_missing_advisories = true
 "#;
     let spec = fixture.parse(text).expect("full spec parses");
     assert_eq!(spec.app, "shop-api");
@@ -716,6 +765,9 @@ fail_on_secrets = false
                 fail_on_secrets: true,
                 exceptions: Some(root.join("security/exceptions.toml")),
                 secret_rules: Some(root.join("security/gitleaks.toml")),
+                max_advisory_age: Duration::from_secs(2 * 24 * 3600),
+                fail_on_unmaintained: true,
+                ..GateSpec::default()
             },
             trusted_keys: vec![root.join("keys/release.pub"), root.join("keys/ci.pub")],
         })
@@ -736,6 +788,8 @@ fail_on_secrets = false
                 fail_on_secrets: false,
                 exceptions: None,
                 secret_rules: None,
+                allow_missing_advisories: true,
+                ..GateSpec::default()
             },
             trusted_keys: Vec::new(),
         })
