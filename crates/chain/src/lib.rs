@@ -2,9 +2,13 @@
 //! attestations with `cutover-signing`, and verifies them before anything runs.
 //!
 //! Everything is kept beside the image, content-addressed by its id, under
-//! `<state>/supply/<hex>/`: `report-<key>.json` (scan report for one advisory database and
-//! rule set), `sbom.cdx.json`, `verdict-<env>.json`, `attestations.json`. The advisory
-//! database imported with `cutover advisories import` is `<state>/advisories.json`.
+//! `<state>/supply/<hex>/`: `report-<key>.json` (the scan report, keyed by the digests of
+//! the image, the secret rules, the exceptions and the advisory database, all by content),
+//! `sbom.cdx.json`, and per environment `verdict-<env>.json` and `attestations-<env>.json`.
+//! The advisory database imported with `cutover advisories import` is
+//! `<state>/advisories.json`, and the record of its import (content digest, time)
+//! `<state>/advisories-import.json`: the gate fails without a database, or with one
+//! imported longer ago than `gate.max_advisory_age`, unless `gate.allow_missing_advisories`.
 //!
 //! Without a signing key in the spec, a local key is made on first use under
 //! `<state>/keys/` (its passphrase beside it, mode 0600) and trusted by environments that
@@ -32,7 +36,8 @@ use cutover_signing::{
     SourceInfo, VerifyPolicy, DEFAULT_BUILDER_ID, PROVENANCE_PREDICATE, SCAN_VERDICT_PREDICATE,
 };
 use cutover_supply::{
-    AdvisoryDb, Date, Exceptions, GatePolicy, Limits, RuleSet, ScanReport, Severity, Verdict,
+    AdvisoryDb, Date, Exceptions, GatePolicy, ImportReport, Limits, RuleSet, ScanReport, Severity,
+    Verdict,
 };
 
 /// Paths of the supply-chain state under a state directory.
@@ -61,8 +66,14 @@ impl SupplyPaths {
     pub fn sbom(&self, image_id: &str) -> PathBuf {
         self.image_dir(image_id).join("sbom.cdx.json")
     }
-    pub fn attestations(&self, image_id: &str) -> PathBuf {
-        self.image_dir(image_id).join("attestations.json")
+    /// The record of the advisory database's import: its digest and when.
+    pub fn advisories_import(&self) -> PathBuf {
+        self.root.join("advisories-import.json")
+    }
+    /// The signed attestations of `image_id` for environment `env`.
+    pub fn attestations(&self, image_id: &str, env: &str) -> PathBuf {
+        self.image_dir(image_id)
+            .join(format!("attestations-{env}.json"))
     }
     pub fn verdict(&self, image_id: &str, env: &str) -> PathBuf {
         self.image_dir(image_id).join(format!("verdict-{env}.json"))
@@ -119,64 +130,198 @@ impl LocalSupplyChain {
         &self.paths
     }
 
-    /// The scan report of `image` for the current advisory database and `rules`, from the
-    /// cache or by exporting and scanning the image.
+    /// The scan report of `image` for the current advisory database and the gate's rules
+    /// and exceptions, from the cache or by exporting and scanning the image; with the state
+    /// of the advisory database it was matched against (`None`: none imported).
     pub async fn report(
         &self,
         image: &ImageInfo,
-        rules: Option<&Path>,
-    ) -> Result<(ScanReport, bool), ProviderError> {
-        let db_path = self.paths.advisories();
-        let db_stamp = std::fs::metadata(&db_path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos().to_string())
-            .unwrap_or_else(|| "none".to_string());
-        let key = cutover_model::sha256_digest(
-            format!(
-                "{db_stamp}\0{}",
-                rules.map(|r| r.display().to_string()).unwrap_or_default()
-            )
-            .as_bytes(),
-        );
+        gate: &GateSpec,
+    ) -> Result<(ScanReport, Option<AdvisoryState>), ProviderError> {
+        let db = advisory_state(&self.paths)?;
+        let key = scan_key(image, gate, db.as_ref())?;
         let dir = self.paths.image_dir(&image.id);
-        let cached = dir.join(format!("report-{}.json", &key[7..19]));
-        let has_db = db_path.exists();
+        let cached = dir.join(format!("report-{}.json", &key[7..31]));
         if let Ok(text) = std::fs::read_to_string(&cached) {
             if let Ok(report) = serde_json::from_str::<ScanReport>(&text) {
-                return Ok((report, has_db));
+                return Ok((report, db));
             }
         }
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let tar = dir.join("image.tar");
         self.images.export(image, &tar).await?;
-        let rules = rules.map(Path::to_path_buf);
+        let rules = gate.secret_rules.clone();
         let (paths, scan_tar) = (self.paths.clone(), tar.clone());
-        let report = tokio::task::spawn_blocking(move || {
-            scan_tarball(&paths, &scan_tar, rules.as_deref()).map(|(report, _)| report)
-        })
-        .await
-        .map_err(|e| ProviderError::transient(format!("the scan task failed: {e}")))?;
+        let scanned =
+            tokio::task::spawn_blocking(move || scan_tarball(&paths, &scan_tar, rules.as_deref()))
+                .await
+                .map_err(|e| ProviderError::transient(format!("the scan task failed: {e}")))?;
         let _ = std::fs::remove_file(&tar);
-        let report = report?;
+        let (report, used) = scanned?;
+        if used.as_ref().map(|d| &d.digest) != db.as_ref().map(|d| &d.digest) {
+            return Err(ProviderError::transient(
+                "the advisory database changed during the scan; scan again",
+            ));
+        }
         write_json(&cached, &serde_json::to_value(&report).unwrap_or_default())?;
         let sbom = cutover_supply::sbom(&report.image, &report.packages);
         write_json(&self.paths.sbom(&image.id), &sbom)?;
-        Ok((report, has_db))
+        Ok((report, db))
     }
 }
 
+/// Version of what goes into a cached report: a scanner that reads images differently
+/// must not reuse old reports.
+const SCAN_CACHE_VERSION: &str = concat!("cutover-scan-cache/2 ", env!("CARGO_PKG_VERSION"));
+
+/// The cache key of a scan report: the digests of the image, the secret rules and the
+/// exceptions (by content; `builtin`/`none` when absent), and the advisory database.
+pub fn scan_key(
+    image: &ImageInfo,
+    gate: &GateSpec,
+    db: Option<&AdvisoryState>,
+) -> Result<String, ProviderError> {
+    let content = |path: &Option<PathBuf>, absent: &str| -> Result<String, ProviderError> {
+        match path {
+            None => Ok(absent.to_string()),
+            Some(p) => file_digest(p),
+        }
+    };
+    let rules = content(&gate.secret_rules, "builtin")?;
+    let exceptions = content(&gate.exceptions, "none")?;
+    let db = db.map(|d| d.digest.as_str()).unwrap_or("none");
+    Ok(cutover_model::sha256_digest(
+        format!(
+            "{SCAN_CACHE_VERSION}\0{}\0{rules}\0{exceptions}\0{db}",
+            image.id
+        )
+        .as_bytes(),
+    ))
+}
+
+/// `sha256:<hex>` of a file's content.
+pub fn file_digest(path: &Path) -> Result<String, ProviderError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| io_error(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{:x}", hasher.finalize()))
+}
+
+/// The imported advisory database as the gate sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvisoryState {
+    /// `sha256:` of the database file's content.
+    pub digest: String,
+    /// When it was imported (ms since the epoch); `None` when no record of its import
+    /// matches the file (then its age is unknown, and the gate treats it as too old).
+    pub imported_at_ms: Option<u64>,
+    /// Advisories it holds (0 when unknown).
+    pub advisories: usize,
+    /// The newest `modified` time among its advisories, for information.
+    pub newest_modified: Option<String>,
+}
+
+/// The state of the imported advisory database; `None` when none was imported.
+pub fn advisory_state(paths: &SupplyPaths) -> Result<Option<AdvisoryState>, ProviderError> {
+    let db = paths.advisories();
+    if !db.exists() {
+        return Ok(None);
+    }
+    let digest = file_digest(&db)?;
+    let record: serde_json::Value = std::fs::read_to_string(paths.advisories_import())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let matches = record["digest"].as_str() == Some(digest.as_str());
+    Ok(Some(AdvisoryState {
+        imported_at_ms: record["imported_at_ms"].as_u64().filter(|_| matches),
+        advisories: record["advisories"]
+            .as_u64()
+            .filter(|_| matches)
+            .unwrap_or(0) as usize,
+        newest_modified: record["newest_modified"]
+            .as_str()
+            .filter(|_| matches)
+            .map(str::to_string),
+        digest,
+    }))
+}
+
+/// Import OSV advisories (a directory or a zip of OSV JSON files) as the database, and
+/// record its digest and `now_ms` as the time of import.
+pub fn import_advisories(
+    paths: &SupplyPaths,
+    source: &Path,
+    now_ms: u64,
+) -> Result<(ImportReport, AdvisoryState), ProviderError> {
+    let (db, report) = AdvisoryDb::import(source).map_err(permanent)?;
+    std::fs::create_dir_all(&paths.root).map_err(|e| io_error(&paths.root, e))?;
+    db.save(paths.advisories()).map_err(permanent)?;
+    let state = AdvisoryState {
+        digest: file_digest(&paths.advisories())?,
+        imported_at_ms: Some(now_ms),
+        advisories: db.len(),
+        newest_modified: db.newest_modified().map(str::to_string),
+    };
+    write_json(
+        &paths.advisories_import(),
+        &json!({
+            "digest": state.digest,
+            "imported_at_ms": now_ms,
+            "advisories": state.advisories,
+            "newest_modified": state.newest_modified,
+            "source": source.display().to_string(),
+        }),
+    )?;
+    Ok((report, state))
+}
+
+/// Why the advisory database cannot be trusted to be current, if it cannot: none
+/// imported, age unknown, or imported longer than `max_age` before `now_ms`.
+pub fn advisory_problem(
+    db: Option<&AdvisoryState>,
+    max_age: std::time::Duration,
+    now_ms: u64,
+) -> Option<String> {
+    let Some(db) = db else {
+        return Some(
+            "no advisory database imported, so vulnerabilities were not checked".to_string(),
+        );
+    };
+    let Some(at) = db.imported_at_ms else {
+        return Some(
+            "the advisory database has no record of its import (it was not imported by this version, or was changed since), so its age is unknown".to_string(),
+        );
+    };
+    let age = std::time::Duration::from_millis(now_ms.saturating_sub(at));
+    (age > max_age).then(|| {
+        format!(
+            "the advisory database was imported {} ago, longer than gate.max_advisory_age ({})",
+            cutover_model::format_duration(age),
+            cutover_model::format_duration(max_age)
+        )
+    })
+}
+
 /// Scan an image tarball against the imported advisory database (if any) and `rules` (or
-/// the built-in secret rules). Returns the report and whether a database was there.
+/// the built-in secret rules). Returns the report and the database it was matched against.
 pub fn scan_tarball(
     paths: &SupplyPaths,
     tar: &Path,
     rules: Option<&Path>,
-) -> Result<(ScanReport, bool), ProviderError> {
+) -> Result<(ScanReport, Option<AdvisoryState>), ProviderError> {
     let db_path = paths.advisories();
-    let has_db = db_path.exists();
-    let db = if has_db {
+    let state = advisory_state(paths)?;
+    let db = if state.is_some() {
         AdvisoryDb::load(&db_path).map_err(permanent)?
     } else {
         AdvisoryDb::default()
@@ -186,7 +331,14 @@ pub fn scan_tarball(
         None => RuleSet::default_rules(),
     };
     let report = cutover_supply::scan(tar, &db, &rules, Limits::default()).map_err(permanent)?;
-    Ok((report, has_db))
+    // The database loaded is the one hashed (or the scan says it changed underfoot).
+    let after = advisory_state(paths)?;
+    if after.as_ref().map(|d| &d.digest) != state.as_ref().map(|d| &d.digest) {
+        return Err(ProviderError::transient(
+            "the advisory database changed during the scan; scan again",
+        ));
+    }
+    Ok((report, state))
 }
 
 /// Load (or make) the local signing key under `keys_dir`.
@@ -270,25 +422,44 @@ pub fn gate_policy(gate: &GateSpec) -> Result<GatePolicy, ProviderError> {
     Ok(GatePolicy {
         fail_on,
         fail_on_secrets: gate.fail_on_secrets,
+        fail_on_unmaintained: gate.fail_on_unmaintained,
+        fail_on_skipped: gate.fail_on_skipped,
     })
 }
 
-/// Judge a report by a gate; the verdict as JSON (what is signed) and for people.
-pub fn judge(report: &ScanReport, gate: &GateSpec, has_db: bool) -> Result<Verdict, ProviderError> {
+/// Judge a report by a gate at `now_ms`: the findings, the files skipped for their size,
+/// and whether the advisory database it was matched against (`db`) is current.
+pub fn judge(
+    report: &ScanReport,
+    gate: &GateSpec,
+    db: Option<&AdvisoryState>,
+    now_ms: u64,
+) -> Result<Verdict, ProviderError> {
     let exceptions = match &gate.exceptions {
         Some(path) => Exceptions::load(path).map_err(permanent)?,
         None => Exceptions::none(),
     };
-    let mut verdict = cutover_supply::evaluate(
+    let mut verdict = cutover_supply::evaluate_scan(
         &report.findings,
+        &report.skipped,
         &gate_policy(gate)?,
         &exceptions,
-        Date::today(),
+        Date::from_unix_days((now_ms / 86_400_000) as i64),
     );
-    if !has_db {
-        verdict
-            .reasons
-            .push("no advisory database imported (`cutover advisories import <dir-or-zip>`): vulnerabilities were not checked".to_string());
+    if let Some(problem) = advisory_problem(db, gate.max_advisory_age, now_ms) {
+        if gate.allow_missing_advisories {
+            verdict.reasons.push(format!(
+                "{problem}; passed anyway because gate.allow_missing_advisories = true"
+            ));
+        } else {
+            verdict.passed = false;
+            verdict.reasons.insert(
+                0,
+                format!(
+                    "{problem}: import current advisories with `cutover advisories import osv.zip` (or set gate.allow_missing_advisories = true to deploy without them)"
+                ),
+            );
+        }
     }
     Ok(verdict)
 }
@@ -296,9 +467,20 @@ pub fn judge(report: &ScanReport, gate: &GateSpec, has_db: bool) -> Result<Verdi
 /// One line about a scan for people.
 pub fn summary(report: &ScanReport, verdict: &Verdict) -> String {
     format!(
-        "{} packages, {} vulnerabilities, {} secrets: {}",
+        "{} packages, {} vulnerabilities, {} informational advisories, {} secrets: {}",
         report.packages.len(),
-        report.findings.vulnerabilities.len(),
+        report
+            .findings
+            .vulnerabilities
+            .iter()
+            .filter(|v| v.informational.is_none())
+            .count(),
+        report
+            .findings
+            .vulnerabilities
+            .iter()
+            .filter(|v| v.informational.is_some())
+            .count(),
         report.findings.secrets.len(),
         verdict
     )
@@ -338,7 +520,11 @@ fn findings_record(report: &ScanReport) -> Vec<FindingEvidence> {
         .vulnerabilities
         .iter()
         .map(|v| FindingEvidence::Vulnerability {
-            severity: v.severity.to_string(),
+            // An informational advisory shows its kind where a vulnerability's severity goes.
+            severity: match v.informational {
+                Some(kind) => format!("informational: {kind}"),
+                None => v.severity.to_string(),
+            },
             id: v.id.clone(),
             package: v.package.clone(),
             version: v.version.clone(),
@@ -377,7 +563,7 @@ pub fn recorded_evidence(
         })?;
         evidence.scan = Some(scan_evidence(&record));
     }
-    let bundle_file = paths.attestations(image_id);
+    let bundle_file = paths.attestations(image_id, env);
     if bundle_file.exists() {
         let bundle = AttestationBundle::load(&bundle_file).map_err(permanent)?;
         for envelope in &bundle.envelopes {
@@ -471,21 +657,31 @@ impl SupplyChain for LocalSupplyChain {
         env: &str,
         gate: &GateSpec,
     ) -> Result<ScanOutcome, ProviderError> {
-        let (report, has_db) = self.report(image, gate.secret_rules.as_deref()).await?;
-        let verdict = judge(&report, gate, has_db)?;
+        let (report, db) = self.report(image, gate).await?;
+        let now = now_ms();
+        let verdict = judge(&report, gate, db.as_ref(), now)?;
         let record = json!({
             "env": env,
             "image": image.id,
             "passed": verdict.passed,
             "reasons": verdict.reasons,
             "counts": verdict.counts,
+            "informational": verdict.informational,
             "secrets": verdict.secrets,
             "suppressed": verdict.suppressed,
-            "advisory_database": has_db,
+            "skipped_files": report.skipped,
+            "advisory_database": db.is_some(),
+            "advisory_database_digest": db.as_ref().map(|d| d.digest.clone()),
+            "advisory_imported_at_ms": db.as_ref().and_then(|d| d.imported_at_ms),
+            "advisory_newest_modified": db.as_ref().and_then(|d| d.newest_modified.clone()),
+            "max_advisory_age_ms": gate.max_advisory_age.as_millis() as u64,
+            "allow_missing_advisories": gate.allow_missing_advisories,
             "fail_on": gate.fail_on,
             "fail_on_secrets": gate.fail_on_secrets,
+            "fail_on_unmaintained": gate.fail_on_unmaintained,
+            "fail_on_skipped": gate.fail_on_skipped,
             "findings": findings_record(&report),
-            "at_ms": now_ms(),
+            "at_ms": now,
         });
         write_json(&self.paths.verdict(&image.id, env), &record)?;
         if let Some(audit) = &self.audit {
@@ -576,7 +772,7 @@ impl SupplyChain for LocalSupplyChain {
         };
         let bundle = cutover_signing::attest(&image.id, inputs, &key).map_err(permanent)?;
         bundle
-            .save(&self.paths.attestations(&image.id))
+            .save(&self.paths.attestations(&image.id, &request.env))
             .map_err(|e| ProviderError::transient(e.to_string()))?;
         Ok(key.key_id().to_string())
     }
@@ -600,17 +796,19 @@ impl SupplyChain for LocalSupplyChain {
 }
 
 /// Verify the attestations of `image_id` for `env`: signed by a trusted key (the local key
-/// when `trusted_keys` is empty), about exactly this image, with a passing scan verdict.
+/// when `trusted_keys` is empty), about exactly this image, with a passing scan verdict made
+/// for this environment that records the advisory database it was judged against (or says
+/// the gate explicitly allowed none).
 pub fn verify_image(
     paths: &SupplyPaths,
     image_id: &str,
     env: &str,
     trusted_keys: &[PathBuf],
 ) -> Result<Vec<String>, ProviderError> {
-    let file = paths.attestations(image_id);
+    let file = paths.attestations(image_id, env);
     if !file.exists() {
         return Err(ProviderError::permanent(format!(
-            "image {image_id} has no signature from a trusted key; it was never signed by cutover, refusing to run it"
+            "image {image_id} has no signature for environment {env} from a trusted key; it was never scanned and signed for {env} by cutover, refusing to run it"
         )));
     }
     let bundle = AttestationBundle::load(&file).map_err(permanent)?;
@@ -620,14 +818,38 @@ pub fn verify_image(
         VerifyPolicy::from_key_files(env, trusted_keys).map_err(permanent)?
     };
     let verified = verify_bundle(&bundle, image_id, &policy).map_err(permanent)?;
-    let passed = verified
+    let verdict = verified
         .predicate(SCAN_VERDICT_PREDICATE)
-        .and_then(|v| v.get("passed"))
+        .cloned()
+        .unwrap_or_default();
+    let passed = verdict
+        .get("passed")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     if !passed {
         return Err(ProviderError::permanent(format!(
             "image {image_id} is signed, but its signed scan verdict did not pass the gate; refusing to run it"
+        )));
+    }
+    let verdict_env = verdict.get("env").and_then(|v| v.as_str()).unwrap_or("");
+    if verdict_env != env {
+        return Err(ProviderError::permanent(format!(
+            "image {image_id} is signed, but its signed scan verdict was made for environment {verdict_env:?}, not {env}; deploy it to {env} so it is judged by {env}'s gate, refusing to run it"
+        )));
+    }
+    let digest_recorded = verdict
+        .get("advisory_database_digest")
+        .and_then(|v| v.as_str())
+        .is_some_and(|d| d.starts_with("sha256:"));
+    let explicitly_without = verdict.get("advisory_database_digest")
+        == Some(&serde_json::Value::Null)
+        && verdict
+            .get("allow_missing_advisories")
+            .and_then(|v| v.as_bool())
+            == Some(true);
+    if !digest_recorded && !explicitly_without {
+        return Err(ProviderError::permanent(format!(
+            "image {image_id} is signed, but its signed scan verdict records no advisory database digest, so what it was checked against is unknown; scan and sign it again, refusing to run it"
         )));
     }
     Ok(verified.signer_key_ids())

@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use cutover_chain::{verify_image, ExceptionAudit, ImageExport, LocalSupplyChain};
+use cutover_chain::{
+    import_advisories, verify_image, ExceptionAudit, ImageExport, LocalSupplyChain, SupplyPaths,
+};
 use cutover_model::{GateSpec, ImageInfo, ProviderError, SignRequest, SupplyChain};
 use cutover_signing::{AttestationBundle, SCAN_VERDICT_PREDICATE};
-use cutover_supply::synth::SynthImage;
+use cutover_supply::synth::{SynthEntry, SynthImage};
 
 /// An image store that holds one tarball and counts how often it was exported.
 struct TarballExport {
@@ -40,18 +42,28 @@ struct Fixture {
     image: ImageInfo,
 }
 
+/// An image with a planted secret (or not) and a freshly imported advisory database.
 fn fixture(secret: bool) -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut files = vec![
-        SynthImage::file("etc/os-release", "ID=alpine\nVERSION_ID=3.20.0\n"),
-        SynthImage::file("app/hello", "#!/bin/sh\necho hello\n"),
-    ];
+    let mut files = Vec::new();
     if secret {
         files.push(SynthImage::file(
             "app/config.ini",
             format!("[aws]\naccess_key = {}\n", canary()),
         ));
     }
+    let f = fixture_without_advisories(files);
+    f.import_advisories(cutover_model::now_ms());
+    f
+}
+
+/// An image of a shell script plus `extra` files; no advisory database imported.
+fn fixture_without_advisories(extra: Vec<SynthEntry>) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut files = vec![
+        SynthImage::file("etc/os-release", "ID=alpine\nVERSION_ID=3.20.0\n"),
+        SynthImage::file("app/hello", "#!/bin/sh\necho hello\n"),
+    ];
+    files.extend(extra);
     let tar = dir.path().join("source.tar");
     SynthImage::new()
         .layer(files, true)
@@ -75,6 +87,40 @@ fn fixture(secret: bool) -> Fixture {
 }
 
 impl Fixture {
+    /// Import a small OSV database (one RustSec unmaintained notice, one vulnerability) as
+    /// if at `at_ms`.
+    fn import_advisories(&self, at_ms: u64) {
+        let osv = self._dir.path().join("osv");
+        std::fs::create_dir_all(&osv).unwrap();
+        let crate_affected = |name: &str| {
+            serde_json::json!([{"package": {"ecosystem": "crates.io", "name": name},
+                "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}])
+        };
+        let advisories = [
+            serde_json::json!({
+                "id": "RUSTSEC-2020-0016", "modified": "2024-01-01T00:00:00Z",
+                "summary": "net2 is unmaintained",
+                "affected": crate_affected("net2"),
+                "database_specific": {"informational": "unmaintained", "categories": []},
+            }),
+            serde_json::json!({
+                "id": "RUSTSEC-2021-0003", "modified": "2023-06-13T13:10:24Z",
+                "aliases": ["CVE-2021-25900"],
+                "summary": "buffer overflow in SmallVec::insert_many",
+                "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+                "affected": crate_affected("smallvec"),
+            }),
+        ];
+        for a in &advisories {
+            std::fs::write(
+                osv.join(format!("{}.json", a["id"].as_str().unwrap())),
+                a.to_string(),
+            )
+            .unwrap();
+        }
+        import_advisories(&SupplyPaths::new(&self.state), &osv, at_ms).expect("import");
+    }
+
     fn chain(&self, audit: Option<Arc<dyn ExceptionAudit>>) -> LocalSupplyChain {
         LocalSupplyChain::new(self.export.clone(), &self.state, audit)
     }
@@ -139,13 +185,14 @@ async fn a_clean_image_is_scanned_signed_and_verified() {
     assert_eq!(signers, vec![key_id]);
 
     // The signed verdict is the one the scan wrote, and it is about this image.
-    let bundle = AttestationBundle::load(&paths.attestations(&f.image.id)).expect("bundle");
+    let bundle =
+        AttestationBundle::load(&paths.attestations(&f.image.id, "production")).expect("bundle");
     assert_eq!(bundle.image_digest, f.image.id);
 
     // Another image id is not covered by these attestations.
     let other = cutover_model::sha256_digest(b"another image");
     let err = verify_image(paths, &other, "production", &[]).expect_err("never signed");
-    assert!(err.message.contains("never signed by cutover"), "{err}");
+    assert!(err.message.contains("never scanned and signed"), "{err}");
     assert!(!err.is_transient());
 }
 
@@ -153,8 +200,9 @@ async fn a_clean_image_is_scanned_signed_and_verified() {
 async fn a_second_scan_is_answered_from_the_cache() {
     let f = fixture(false);
     let chain = f.chain(None);
-    let (first, _) = chain.report(&f.image, None).await.expect("first scan");
-    let (second, _) = chain.report(&f.image, None).await.expect("second scan");
+    let gate = GateSpec::default();
+    let (first, _) = chain.report(&f.image, &gate).await.expect("first scan");
+    let (second, _) = chain.report(&f.image, &gate).await.expect("second scan");
     assert_eq!(f.export.exports.load(Ordering::SeqCst), 1, "exported twice");
     assert_eq!(
         serde_json::to_value(&first).unwrap(),
@@ -168,8 +216,12 @@ async fn a_second_scan_is_answered_from_the_cache() {
         "[[rules]]\nid = \"acme\"\ndescription = \"acme token\"\nregex = '''acme_[0-9a-f]{16}'''\n",
     )
     .unwrap();
+    let with_rules = GateSpec {
+        secret_rules: Some(rules),
+        ..GateSpec::default()
+    };
     chain
-        .report(&f.image, Some(&rules))
+        .report(&f.image, &with_rules)
         .await
         .expect("scan with rules");
     assert_eq!(f.export.exports.load(Ordering::SeqCst), 2);
@@ -266,7 +318,7 @@ async fn a_tampered_attestation_is_refused() {
     let chain = f.scanned_and_signed().await;
 
     // Turn the signed failing verdict into a passing one without re-signing.
-    let file = chain.paths().attestations(&f.image.id);
+    let file = chain.paths().attestations(&f.image.id, "production");
     let mut bundle = AttestationBundle::load(&file).expect("bundle");
     let mut tampered = 0;
     for envelope in &mut bundle.envelopes {
@@ -461,4 +513,369 @@ async fn provenance_records_the_git_commit_and_whether_the_tree_was_dirty() {
         .provenance
         .unwrap();
     assert_eq!(dirty.git_dirty, Some(true));
+}
+
+fn days_ms(days: u64) -> u64 {
+    days * 24 * 3600 * 1000
+}
+
+fn verdict_record(chain: &LocalSupplyChain, image: &ImageInfo, env: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(chain.paths().verdict(&image.id, env)).expect("verdict");
+    serde_json::from_str(&text).expect("verdict json")
+}
+
+#[tokio::test]
+async fn without_an_advisory_database_the_gate_fails_and_says_how_to_import() {
+    let f = fixture_without_advisories(Vec::new());
+    let chain = f.chain(None);
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &GateSpec::default())
+        .await
+        .expect("scan");
+    assert!(
+        !outcome.passed,
+        "a scan without advisories passed: {outcome:?}"
+    );
+    let first = &outcome.reasons[0];
+    assert!(first.contains("no advisory database imported"), "{first}");
+    assert!(
+        first.contains("cutover advisories import osv.zip"),
+        "{first}"
+    );
+    // Signed anyway, it does not verify.
+    chain.sign(&f.image, &f.request()).await.expect("sign");
+    let err = chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect_err("must not verify");
+    assert!(err.message.contains("did not pass the gate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_stale_advisory_database_fails_the_gate() {
+    let f = fixture_without_advisories(Vec::new());
+    f.import_advisories(cutover_model::now_ms() - days_ms(8));
+    let chain = f.chain(None);
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &GateSpec::default())
+        .await
+        .expect("scan");
+    assert!(!outcome.passed, "{outcome:?}");
+    assert!(
+        outcome.reasons[0].contains("imported 192h ago")
+            && outcome.reasons[0].contains("gate.max_advisory_age (168h)"),
+        "{:?}",
+        outcome.reasons
+    );
+    // A gate that accepts older databases passes it.
+    let lenient = GateSpec {
+        max_advisory_age: std::time::Duration::from_secs(30 * 24 * 3600),
+        ..GateSpec::default()
+    };
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &lenient)
+        .await
+        .expect("scan");
+    assert!(outcome.passed, "{outcome:?}");
+    // A database edited after its import has no known age: it fails like a stale one.
+    let db = chain.paths().advisories();
+    let mut text = std::fs::read_to_string(&db).unwrap();
+    text.push(' ');
+    std::fs::write(&db, text).unwrap();
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &lenient)
+        .await
+        .expect("scan");
+    assert!(!outcome.passed, "{outcome:?}");
+    assert!(
+        outcome.reasons[0].contains("age is unknown"),
+        "{:?}",
+        outcome.reasons
+    );
+    // A fresh import passes the default gate.
+    f.import_advisories(cutover_model::now_ms());
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &GateSpec::default())
+        .await
+        .expect("scan");
+    assert!(outcome.passed, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn allow_missing_advisories_passes_and_says_so_in_the_signed_verdict() {
+    let f = fixture_without_advisories(Vec::new());
+    let chain = f.chain(None);
+    let gate = GateSpec {
+        allow_missing_advisories: true,
+        ..GateSpec::default()
+    };
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("scan");
+    assert!(outcome.passed, "{outcome:?}");
+    assert!(
+        outcome
+            .reasons
+            .iter()
+            .any(|r| r.contains("no advisory database")
+                && r.contains("gate.allow_missing_advisories = true")),
+        "{:?}",
+        outcome.reasons
+    );
+    let record = verdict_record(&chain, &f.image, "production");
+    assert_eq!(record["allow_missing_advisories"], true);
+    assert_eq!(record["advisory_database_digest"], serde_json::Value::Null);
+    chain.sign(&f.image, &f.request()).await.expect("sign");
+    chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect("an explicit opt-out verifies");
+    let evidence = chain.evidence(&f.image, "production").await.unwrap();
+    let scan = evidence.scan.expect("verdict");
+    assert!(
+        scan.reasons
+            .iter()
+            .any(|r| r.contains("allow_missing_advisories")),
+        "the approval view's scan section does not show the opt-out: {:?}",
+        scan.reasons
+    );
+}
+
+#[tokio::test]
+async fn a_padded_file_fails_a_protected_gate_unless_an_exception_names_its_path() {
+    // A secret behind 9 MiB of padding: over the 8 MiB file limit, so never read.
+    let mut padded = vec![b' '; 9 << 20];
+    padded.extend_from_slice(format!("\naccess_key = {}\n", canary()).as_bytes());
+    let f = fixture_without_advisories(vec![SynthImage::file("srv/padded.conf", padded)]);
+    f.import_advisories(cutover_model::now_ms());
+    let chain = f.chain(None);
+    // Not protected: passes, and the verdict says what was not scanned.
+    let outcome = chain
+        .scan(&f.image, "hello", "staging", &GateSpec::default())
+        .await
+        .expect("scan");
+    assert!(outcome.passed, "{outcome:?}");
+    assert!(
+        outcome
+            .reasons
+            .iter()
+            .any(|r| r.contains("srv/padded.conf") && r.contains("not scanned")),
+        "{:?}",
+        outcome.reasons
+    );
+    let record = verdict_record(&chain, &f.image, "staging");
+    assert_eq!(record["skipped_files"][0]["path"], "srv/padded.conf");
+    // Protected (the planner sets fail_on_skipped): refused.
+    let protected = GateSpec {
+        fail_on_skipped: true,
+        ..GateSpec::default()
+    };
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &protected)
+        .await
+        .expect("scan");
+    assert!(!outcome.passed, "a padded file passed a protected gate");
+    assert!(
+        outcome
+            .reasons
+            .iter()
+            .any(|r| r.contains("not scanned") && r.contains("`path` exception")),
+        "{:?}",
+        outcome.reasons
+    );
+    // An exception naming the path lets it through, and is recorded.
+    let exceptions = f._dir.path().join("exceptions.toml");
+    std::fs::write(
+        &exceptions,
+        "[[exception]]\npath = \"/srv/padded.conf\"\nreason = \"generated config, reviewed\"\nowner = \"ops\"\nexpires = 2099-12-31\n",
+    )
+    .unwrap();
+    let excepted = GateSpec {
+        exceptions: Some(exceptions),
+        ..protected.clone()
+    };
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &excepted)
+        .await
+        .expect("scan");
+    assert!(outcome.passed, "{outcome:?}");
+    let record = verdict_record(&chain, &f.image, "production");
+    assert_eq!(record["suppressed"][0]["exception"], "/srv/padded.conf");
+}
+
+#[tokio::test]
+async fn editing_the_rules_file_changes_the_verdict() {
+    let token = format!("acme_{}", "0123456789abcdef");
+    let f = fixture_without_advisories(vec![SynthImage::file(
+        "app/acme.env",
+        format!("TOKEN={token}\n"),
+    )]);
+    f.import_advisories(cutover_model::now_ms());
+    let chain = f.chain(None);
+    let rules = f._dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nid = \"other\"\ndescription = \"other token\"\nregex = '''other_[0-9a-f]{16}'''\n",
+    )
+    .unwrap();
+    let gate = GateSpec {
+        secret_rules: Some(rules.clone()),
+        ..GateSpec::default()
+    };
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("scan");
+    assert!(outcome.passed, "{outcome:?}");
+    // Same path, new content: the cached report must not be reused.
+    std::fs::write(
+        &rules,
+        "[[rules]]\nid = \"acme\"\ndescription = \"acme token\"\nregex = '''acme_[0-9a-f]{16}'''\n",
+    )
+    .unwrap();
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("scan");
+    assert!(!outcome.passed, "the old verdict was reused: {outcome:?}");
+    assert_eq!(f.export.exports.load(Ordering::SeqCst), 2);
+    // The advisory database counts by content too: importing the same advisories again
+    // keeps the report, a database with other content does not.
+    f.import_advisories(cutover_model::now_ms());
+    chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("scan");
+    assert_eq!(f.export.exports.load(Ordering::SeqCst), 2);
+    let osv = f._dir.path().join("osv");
+    std::fs::write(
+        osv.join("RUSTSEC-2099-0001.json"),
+        r#"{"id": "RUSTSEC-2099-0001", "affected": [{"package": {"ecosystem": "crates.io", "name": "x"}}]}"#,
+    )
+    .unwrap();
+    import_advisories(&SupplyPaths::new(&f.state), &osv, cutover_model::now_ms()).unwrap();
+    chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("scan");
+    assert_eq!(f.export.exports.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_verdict_signed_for_staging_does_not_verify_for_production() {
+    let f = fixture(false);
+    let chain = f.chain(None);
+    chain
+        .scan(&f.image, "hello", "staging", &GateSpec::default())
+        .await
+        .expect("scan");
+    let mut request = f.request();
+    request.env = "staging".to_string();
+    chain.sign(&f.image, &request).await.expect("sign");
+    chain
+        .verify(&f.image, "staging", &[])
+        .await
+        .expect("verifies for staging");
+    let err = chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect_err("staging's signature must not admit it to production");
+    assert!(
+        err.message
+            .contains("never scanned and signed for production"),
+        "{err}"
+    );
+    // The attack: put staging's signed attestations where production's are read.
+    let paths = chain.paths();
+    std::fs::copy(
+        paths.attestations(&f.image.id, "staging"),
+        paths.attestations(&f.image.id, "production"),
+    )
+    .unwrap();
+    let err = chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect_err("a verdict for staging must not verify for production");
+    assert!(
+        err.message
+            .contains("made for environment \"staging\", not production"),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn a_signed_verdict_without_a_database_digest_does_not_verify() {
+    let f = fixture(false);
+    let chain = f.chain(None);
+    chain
+        .scan(&f.image, "hello", "production", &GateSpec::default())
+        .await
+        .expect("scan");
+    // A verdict as older versions wrote it: passing, but naming no database.
+    let file = chain.paths().verdict(&f.image.id, "production");
+    let mut record = verdict_record(&chain, &f.image, "production");
+    record
+        .as_object_mut()
+        .unwrap()
+        .remove("advisory_database_digest");
+    std::fs::write(&file, record.to_string()).unwrap();
+    chain.sign(&f.image, &f.request()).await.expect("sign");
+    let err = chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect_err("must not verify");
+    assert!(err.message.contains("no advisory database digest"), "{err}");
+}
+
+#[tokio::test]
+async fn informational_advisories_are_counted_apart_and_fail_only_when_asked() {
+    let lock = "version = 3\n[[package]]\nname = \"net2\"\nversion = \"0.2.39\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n";
+    let f = fixture_without_advisories(vec![SynthImage::file("app/Cargo.lock", lock)]);
+    f.import_advisories(cutover_model::now_ms());
+    let chain = f.chain(None);
+    let strictest = GateSpec {
+        fail_on: "low".to_string(),
+        ..GateSpec::default()
+    };
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &strictest)
+        .await
+        .expect("scan");
+    assert!(
+        outcome.passed,
+        "an unmaintained notice failed as a vulnerability: {outcome:?}"
+    );
+    assert!(
+        outcome
+            .summary
+            .contains("0 vulnerabilities, 1 informational advisories"),
+        "{}",
+        outcome.summary
+    );
+    let record = verdict_record(&chain, &f.image, "production");
+    assert_eq!(record["informational"]["unmaintained"], 1);
+    assert_eq!(record["counts"]["unknown"], 0);
+    assert_eq!(
+        record["findings"][0]["severity"],
+        "informational: unmaintained"
+    );
+    let strict = GateSpec {
+        fail_on_unmaintained: true,
+        ..GateSpec::default()
+    };
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &strict)
+        .await
+        .expect("scan");
+    assert!(!outcome.passed, "{outcome:?}");
+    assert!(
+        outcome
+            .reasons
+            .iter()
+            .any(|r| r.contains("RUSTSEC-2020-0016 (unmaintained)")),
+        "{:?}",
+        outcome.reasons
+    );
 }

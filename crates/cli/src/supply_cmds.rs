@@ -10,7 +10,6 @@ use clap::Subcommand;
 use cutover_docker::DockerProvider;
 use cutover_model::{GateSpec, ImageBuilder, ImageInfo};
 use cutover_server::api::HistoryLine;
-use cutover_supply::AdvisoryDb;
 
 use crate::client::{client, StateDir};
 use cutover_chain::{self as chain, LocalSupplyChain, SupplyPaths};
@@ -42,6 +41,13 @@ pub enum SupplyCommand {
         /// Also write the CycloneDX SBOM here.
         #[arg(long)]
         sbom: Option<PathBuf>,
+        /// Pass without a current advisory database (none imported, or imported more than
+        /// 7 days ago), saying so.
+        #[arg(long)]
+        allow_missing_advisories: bool,
+        /// Fail on informational advisories (unmaintained, unsound, notice) too.
+        #[arg(long)]
+        fail_on_unmaintained: bool,
     },
     /// Verify an image's or release's attestations before running it (fails closed).
     Verify {
@@ -107,12 +113,16 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             rules,
             sarif,
             sbom,
+            allow_missing_advisories,
+            fail_on_unmaintained,
         } => {
             let gate = GateSpec {
                 fail_on,
                 fail_on_secrets: !allow_secrets,
                 exceptions,
                 secret_rules: rules,
+                allow_missing_advisories,
+                fail_on_unmaintained,
                 ..GateSpec::default()
             };
             scan(
@@ -200,13 +210,13 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
         SupplyCommand::Advisories {
             command: AdvisoriesCommand::Import { source },
         } => {
-            let (db, report) = AdvisoryDb::import(&source)?;
-            db.save(paths.advisories())?;
+            let (report, db) = chain::import_advisories(&paths, &source, cutover_model::now_ms())?;
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "files": report.files, "imported": report.imported, "withdrawn": report.withdrawn, "warnings": report.warnings,
+                        "digest": db.digest, "newest_modified": db.newest_modified,
                     }))?
                 );
             } else {
@@ -235,15 +245,15 @@ async fn scan(
     sbom: Option<&Path>,
     json: bool,
 ) -> Result<u8> {
-    let (report, has_db) = if Path::new(image).is_file() {
+    let (report, db) = if Path::new(image).is_file() {
         chain::scan_tarball(paths, Path::new(image), gate.secret_rules.as_deref())?
     } else {
         let docker = Arc::new(DockerProvider::connect().await?);
         let info = lookup_image(&docker, image).await?;
         let supply = LocalSupplyChain::new(docker, state_dir, None);
-        supply.report(&info, gate.secret_rules.as_deref()).await?
+        supply.report(&info, gate).await?
     };
-    let verdict = chain::judge(&report, gate, has_db)?;
+    let verdict = chain::judge(&report, gate, db.as_ref(), cutover_model::now_ms())?;
     if let Some(path) = sarif {
         std::fs::write(
             path,
@@ -261,7 +271,9 @@ async fn scan(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"report": report, "verdict": {
                 "passed": verdict.passed, "reasons": verdict.reasons, "counts": verdict.counts,
+                "informational": verdict.informational, "skipped": verdict.skipped,
                 "secrets": verdict.secrets, "suppressed": verdict.suppressed,
+                "advisory_database_digest": db.as_ref().map(|d| d.digest.clone()),
             }}))?
         );
     } else {

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, GateSpec, HealthSpec,
-    ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, RestoreRoute, Step,
-    StepKind, Strategy, StrategyStep, PLAN_FORMAT,
+    json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, GateSpec,
+    HealthSpec, ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, RestoreRoute,
+    Step, StepKind, Strategy, StrategyStep, PLAN_FORMAT,
 };
 
 use crate::strategy::{ancestors, quote_list, validate};

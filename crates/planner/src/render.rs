@@ -175,7 +175,9 @@ fn describe(action: &Action) -> Vec<String> {
                 lines.push("passes without a current advisory database".to_string());
             }
             if gate.fail_on_unmaintained {
-                lines.push("fail on informational advisories (unmaintained, unsound, notice)".to_string());
+                lines.push(
+                    "fail on informational advisories (unmaintained, unsound, notice)".to_string(),
+                );
             }
             lines
         }
