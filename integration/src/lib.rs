@@ -148,7 +148,8 @@ pub struct AppConfig {
     pub deadline: String,
     /// Body of `[build]`; `None` builds examples/hello with cargo.
     pub build: Option<String>,
-    /// Body of `[environments.production.gate]`, if any.
+    /// Body of `[environments.production.gate]`, if any (`allow_missing_advisories = true`
+    /// is added unless it names that key).
     pub gate: Option<String>,
 }
 
@@ -300,11 +301,18 @@ drain_timeout = "5s"
                 "cargo = {{ manifest = \"{}\", bin = \"hello\", profile = \"release\" }}",
                 manifest.display()
             )),
-            gate = config
-                .gate
-                .as_ref()
-                .map(|g| format!("\n[environments.production.gate]\n{g}\n"))
-                .unwrap_or_default(),
+            // Test projects import no advisory database unless a test does (and says so
+            // in its gate): without this opt-out their gates would fail closed.
+            gate = match config.gate.as_deref() {
+                Some(g) if g.contains("allow_missing_advisories") => {
+                    format!("\n[environments.production.gate]\n{g}\n")
+                }
+                Some(g) => format!(
+                    "\n[environments.production.gate]\nallow_missing_advisories = true\n{g}\n"
+                ),
+                None => "\n[environments.production.gate]\nallow_missing_advisories = true\n"
+                    .to_string(),
+            },
             listen = self.listen(),
             replicas = config.replicas,
             retire_after = config.retire_after,

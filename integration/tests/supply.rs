@@ -120,7 +120,7 @@ fn tampered_attestations_refuse_the_rollback_and_provision_nothing() {
         .state_dir()
         .join("supply")
         .join(image.trim_start_matches("sha256:"))
-        .join("attestations.json");
+        .join("attestations-production.json");
     let mut bundle: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("attestations")).expect("json");
     let payload = bundle["envelopes"][0]["payload"]
@@ -152,6 +152,28 @@ fn tampered_attestations_refuse_the_rollback_and_provision_nothing() {
     );
     // And stand-alone verification refuses it too (exit 6).
     p.cutover(&["verify", &first]).assert_code(6);
+}
+
+#[test]
+fn without_an_advisory_database_the_deploy_fails_closed_and_says_how_to_import() {
+    if !require_docker() {
+        return;
+    }
+    let p = Project::new("nodb");
+    p.write_spec(&AppConfig {
+        replicas: 1,
+        gate: Some("allow_missing_advisories = false".to_string()),
+        ..AppConfig::default()
+    });
+    let run = p.cutover(&["deploy"]);
+    run.assert_code(6);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        said.contains("no advisory database imported")
+            && said.contains("cutover advisories import osv.zip"),
+        "{said}"
+    );
+    assert!(p.containers().is_empty(), "an unchecked image ran");
 }
 
 #[test]
