@@ -36,6 +36,21 @@ pub struct GateFloor {
     /// `sha256:<hex>` of the one secret rules file allowed to replace the built-in rules;
     /// `None`: the built-in rules.
     pub secret_rules_sha256: Option<String>,
+    /// Whether a spec may set `gate.allow_missing_advisories = true` (pass without a
+    /// current advisory database); `false` forbids it. Default true.
+    #[serde(default = "yes")]
+    pub allow_missing_advisories: bool,
+    /// The spec's `gate.max_advisory_age` may be at most this many milliseconds; `None`:
+    /// any the spec allows.
+    #[serde(default)]
+    pub max_advisory_age_ms: Option<u64>,
+    /// The spec must fail on informational advisories (`gate.fail_on_unmaintained`).
+    #[serde(default)]
+    pub fail_on_unmaintained: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The least hardened container a spec may ask for.

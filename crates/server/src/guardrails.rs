@@ -216,6 +216,9 @@ struct RawGate {
     fail_on_secrets: Option<bool>,
     exceptions_sha256: Option<Spanned<String>>,
     secret_rules_sha256: Option<Spanned<String>>,
+    allow_missing_advisories: Option<bool>,
+    max_advisory_age: Option<Spanned<String>>,
+    fail_on_unmaintained: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,6 +293,32 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             ),
         }
     }
+    let max_advisory_age_ms = match &raw.gate.max_advisory_age {
+        None => None,
+        Some(age) => match humantime::parse_duration(age.get_ref()) {
+            Ok(d) if !d.is_zero() => Some(d.as_millis() as u64),
+            Ok(_) => {
+                fail(
+                    age.span(),
+                    "gate.max_advisory_age",
+                    "must be longer than 0".to_string(),
+                );
+                None
+            }
+            Err(e) => {
+                fail(
+                    age.span(),
+                    "gate.max_advisory_age",
+                    format!(
+                        "is not a duration ({}): write e.g. \"7d\" or \"36h\", got {:?}",
+                        e.to_string().trim_end_matches('.').to_lowercase(),
+                        age.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     let fail_on = match &raw.gate.fail_on {
         None => "critical".to_string(),
         Some(f) if STRICTNESS.contains(&f.get_ref().as_str()) => f.get_ref().clone(),
@@ -377,6 +406,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             fail_on_secrets: raw.gate.fail_on_secrets.unwrap_or(true),
             exceptions_sha256,
             secret_rules_sha256,
+            allow_missing_advisories: raw.gate.allow_missing_advisories.unwrap_or(true),
+            max_advisory_age_ms,
+            fail_on_unmaintained: raw.gate.fail_on_unmaintained.unwrap_or(false),
         },
         container: ContainerFloor {
             non_root: raw.container.non_root.unwrap_or(true),
@@ -416,6 +448,17 @@ pub fn render(guardrails: &Guardrails) -> String {
     if let Some(d) = &guardrails.gate.secret_rules_sha256 {
         out.push_str(&format!("secret_rules_sha256 = {}\n", quote(d)));
     }
+    out.push_str(&format!(
+        "allow_missing_advisories = {}\n",
+        guardrails.gate.allow_missing_advisories
+    ));
+    if let Some(ms) = guardrails.gate.max_advisory_age_ms {
+        out.push_str(&format!("max_advisory_age = \"{ms}ms\"\n"));
+    }
+    out.push_str(&format!(
+        "fail_on_unmaintained = {}\n",
+        guardrails.gate.fail_on_unmaintained
+    ));
     let c = &guardrails.container;
     out.push_str("\n[container]\n");
     out.push_str(&format!("non_root = {}\n", c.non_root));
@@ -489,6 +532,29 @@ pub fn summary(guardrails: &Guardrails) -> Vec<(&'static str, String)> {
                     "fail on secrets"
                 } else {
                     "secrets allowed"
+                }
+            ),
+        ),
+        (
+            "advisories",
+            format!(
+                "{}{}{}",
+                if g.gate.allow_missing_advisories {
+                    "a spec may opt out of the advisory database"
+                } else {
+                    "a current advisory database is required"
+                },
+                g.gate
+                    .max_advisory_age_ms
+                    .map(|ms| format!(
+                        ", at most {} old",
+                        cutover_model::format_duration(std::time::Duration::from_millis(ms))
+                    ))
+                    .unwrap_or_default(),
+                if g.gate.fail_on_unmaintained {
+                    "; fail on unmaintained"
+                } else {
+                    ""
                 }
             ),
         ),
@@ -636,6 +702,28 @@ pub fn violations(
     }
     if rails.gate.fail_on_secrets && !env.gate.fail_on_secrets {
         push(at("gate.fail_on_secrets"), "false".into(), "true".into());
+    }
+    if !rails.gate.allow_missing_advisories && env.gate.allow_missing_advisories {
+        push(
+            at("gate.allow_missing_advisories"),
+            "true".into(),
+            "false (a current advisory database is required)".into(),
+        );
+    }
+    if let Some(max) = rails.gate.max_advisory_age_ms {
+        if env.gate.max_advisory_age.as_millis() > u128::from(max) {
+            push(
+                at("gate.max_advisory_age"),
+                cutover_model::format_duration(env.gate.max_advisory_age),
+                format!(
+                    "at most {}",
+                    cutover_model::format_duration(std::time::Duration::from_millis(max))
+                ),
+            );
+        }
+    }
+    if rails.gate.fail_on_unmaintained && !env.gate.fail_on_unmaintained {
+        push(at("gate.fail_on_unmaintained"), "false".into(), "true".into());
     }
     let pinned = |field: &str,
                   given: &Option<PathBuf>,
@@ -799,6 +887,9 @@ pub fn derive(spec: &Spec, env_name: &str, facts: &SpecFacts) -> Guardrails {
             fail_on_secrets: env.gate.fail_on_secrets,
             exceptions_sha256: facts.exceptions.as_ref().map(|(_, d)| d.clone()),
             secret_rules_sha256: facts.secret_rules.as_ref().map(|(_, d)| d.clone()),
+            allow_missing_advisories: env.gate.allow_missing_advisories,
+            max_advisory_age_ms: Some(env.gate.max_advisory_age.as_millis() as u64),
+            fail_on_unmaintained: env.gate.fail_on_unmaintained,
         },
         container: ContainerFloor {
             non_root: true,

@@ -768,3 +768,64 @@ async fn path_probing_learns_nothing_and_escapes_from_a_root_are_refused() {
         "{actions:?}"
     );
 }
+
+#[tokio::test]
+async fn the_advisory_floor_refuses_opting_out_or_older_databases() {
+    let h = Harness::new();
+    let rails = h.strict_production().replace(
+        "fail_on_secrets = true\n",
+        "fail_on_secrets = true\nallow_missing_advisories = false\nmax_advisory_age = \"3d\"\nfail_on_unmaintained = true\n",
+    );
+    h.set("production", &rails);
+    let deployer = h.token(Role::Deployer, Some("production"), "ci");
+    let plan = |spec: String| {
+        json!({"spec": spec, "base_dir": h.project().display().to_string(), "env": "production"})
+    };
+    // Opting out of the advisory database, with the default 7-day age and no
+    // unmaintained check: each is a loosened field.
+    let loose = SPEC.replace(
+        "fail_on = \"high\"",
+        "fail_on = \"high\"\nallow_missing_advisories = true",
+    );
+    let (status, body) = h
+        .http(Method::POST, "/api/v1/deployments", &deployer, plan(loose))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        fields(&body),
+        [
+            "environments.production.gate.allow_missing_advisories",
+            "environments.production.gate.max_advisory_age",
+            "environments.production.gate.fail_on_unmaintained",
+        ],
+        "{body:#}"
+    );
+    assert_eq!(body["violations"][1]["required"], "at most 72h");
+    h.nothing_planned();
+    // Meeting the floor passes.
+    let strict = SPEC.replace(
+        "fail_on = \"high\"",
+        "fail_on = \"high\"\nmax_advisory_age = \"2d\"\nfail_on_unmaintained = true",
+    );
+    let (status, body) = h
+        .http(Method::POST, "/api/v1/plans", &deployer, plan(strict))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The floor reads back from its rendering, and a bad age names its line.
+    let parsed = guardrails::parse(&rails, Path::new("g.toml")).unwrap();
+    assert!(!parsed.gate.allow_missing_advisories);
+    assert_eq!(parsed.gate.max_advisory_age_ms, Some(3 * 24 * 3600 * 1000));
+    let again = guardrails::parse(&guardrails::render(&parsed), Path::new("g.toml")).unwrap();
+    assert_eq!(again, parsed);
+    let err = guardrails::parse(
+        "approvals = 1\n[gate]\nmax_advisory_age = \"soon\"\n",
+        Path::new("g.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("g.toml:3:") && err.contains("gate.max_advisory_age"), "{err}");
+    // Guardrails written before these keys existed allow what they allowed.
+    let old = guardrails::parse("approvals = 1\n", Path::new("g.toml")).unwrap();
+    assert!(old.gate.allow_missing_advisories);
+    assert_eq!(old.gate.max_advisory_age_ms, None);
+}
