@@ -918,6 +918,8 @@ fn deploy_with_approval() {
         Some(Action::Scan { gate, image, .. }) => {
             assert_eq!(image, &built);
             assert_eq!(gate.fail_on, "high");
+            // Protected: files the scan skips for their size fail the gate.
+            assert!(gate.fail_on_skipped);
         }
         other => panic!("expected a scan action, got {other:?}"),
     }
