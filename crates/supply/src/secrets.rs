@@ -57,6 +57,7 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     global: Vec<Allowlist>,
     keywords: Option<AhoCorasick>,
+    keyword_patterns: Vec<String>,
     /// For each keyword pattern, the rules it enables.
     keyword_rules: Vec<Vec<usize>>,
     /// Rule evaluation order: file-specific (path) rules first, so that when two rules find
@@ -71,7 +72,7 @@ pub struct RuleSet {
 pub struct RuleWarning {
     /// The rule file.
     pub source: String,
-    /// 1-based line of the rule (or of its regex).
+    /// 1-based line of the rule's id (or of its regex or path).
     pub line: usize,
     /// The rule id; `None` for the global allowlist.
     pub rule: Option<String>,
@@ -112,7 +113,8 @@ struct RawExtend {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawRule {
-    id: String,
+    /// Its span gives the rule's line (a rule table's own span is unreliable with subtables).
+    id: Spanned<String>,
     #[serde(default)]
     description: String,
     regex: Option<Spanned<String>>,
@@ -155,7 +157,7 @@ struct RuleDef {
     entropy: Option<f64>,
     keywords: Vec<String>,
     path: Option<(usize, String)>,
-    allowlists: Vec<(usize, RawAllowlist)>,
+    allowlists: Vec<RawAllowlist>,
 }
 
 /// A global allowlist as written.
@@ -246,12 +248,14 @@ fn parse_rules(
             .retain(|r| !ext.disabled_rules.iter().any(|d| *d == r.id));
     }
     for spanned in raw.rules {
-        let line = line_of(text, spanned.span().start);
         let r = spanned.into_inner();
-        let mut allowlists: Vec<(usize, RawAllowlist)> = Vec::new();
-        for a in r.allowlist.into_iter().chain(r.allowlists) {
-            allowlists.push((line_of(text, a.span().start), a.into_inner()));
-        }
+        let line = line_of(text, r.id.span().start);
+        let allowlists: Vec<RawAllowlist> = r
+            .allowlist
+            .into_iter()
+            .chain(r.allowlists)
+            .map(Spanned::into_inner)
+            .collect();
         let def = RuleDef {
             source: name.to_string(),
             line,
@@ -267,7 +271,7 @@ fn parse_rules(
                 .path
                 .map(|s| (line_of(text, s.span().start), s.into_inner())),
             allowlists,
-            id: r.id,
+            id: r.id.into_inner(),
         };
         match parsed.rules.iter_mut().find(|b| b.id == def.id) {
             // Redefining an extended rule: what the new definition sets wins, the rest
@@ -358,6 +362,60 @@ impl RuleSet {
         self.rules.iter().map(|r| r.id.as_str())
     }
 
+    /// The same rules restricted to those with the given ids (gitleaks's `--enable-rule`).
+    pub fn only(&self, ids: &[&str]) -> RuleSet {
+        // Old rule index → new rule index.
+        let mut new_index = vec![None; self.rules.len()];
+        let mut rules = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            if ids.contains(&r.id.as_str()) {
+                new_index[i] = Some(rules.len());
+                rules.push(r.clone());
+            }
+        }
+        let mut patterns = Vec::new();
+        let mut keyword_rules = Vec::new();
+        for (pattern, enabled) in self.keyword_patterns.iter().zip(&self.keyword_rules) {
+            let kept: Vec<usize> = enabled.iter().filter_map(|&i| new_index[i]).collect();
+            if !kept.is_empty() {
+                patterns.push(pattern.clone());
+                keyword_rules.push(kept);
+            }
+        }
+        RuleSet::assemble(rules, self.global.clone(), patterns, keyword_rules, Vec::new())
+            .expect("keywords that compiled once compile again")
+    }
+
+    fn assemble(
+        rules: Vec<Rule>,
+        global: Vec<Allowlist>,
+        patterns: Vec<String>,
+        keyword_rules: Vec<Vec<usize>>,
+        warnings: Vec<RuleWarning>,
+    ) -> std::result::Result<RuleSet, String> {
+        let keywords = if patterns.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(&patterns)
+                    .map_err(|e| format!("keywords: {e}"))?,
+            )
+        };
+        let mut order: Vec<usize> = (0..rules.len()).collect();
+        order.sort_by_key(|i| rules[*i].path.is_none());
+        Ok(RuleSet {
+            order,
+            rules,
+            global,
+            keywords,
+            keyword_patterns: patterns,
+            keyword_rules,
+            warnings,
+        })
+    }
+
     fn compile(text: &str, name: &str, base_dir: Option<&Path>, strict: bool) -> Result<RuleSet> {
         let parsed = parse_rules(text, name, base_dir, 0, false)?;
         let mut warnings: Vec<RuleWarning> = Vec::new();
@@ -417,11 +475,14 @@ impl RuleSet {
                 continue;
             }
             let mut allowlists = Vec::new();
-            for (line, a) in &def.allowlists {
+            for (n, a) in def.allowlists.iter().enumerate() {
                 // A broken allowlist is left out whole: the rule then reports more, never less.
                 match compile_allowlist(a) {
                     Ok(a) => allowlists.push(a),
-                    Err(e) => warnings.push(warn(*line, format!("allowlist left out: {e}"))),
+                    Err(e) => warnings.push(warn(
+                        def.line,
+                        format!("allowlist #{} left out: {e}", n + 1),
+                    )),
                 }
             }
             let idx = rules.len();
@@ -478,26 +539,7 @@ impl RuleSet {
             let list: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
             return Err(err(format!("no rule can be used: {}", list.join("; "))));
         }
-        let keywords = if patterns.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .build(&patterns)
-                    .map_err(|e| err(format!("keywords: {e}")))?,
-            )
-        };
-        let mut order: Vec<usize> = (0..rules.len()).collect();
-        order.sort_by_key(|i| rules[*i].path.is_none());
-        Ok(RuleSet {
-            order,
-            rules,
-            global,
-            keywords,
-            keyword_rules,
-            warnings,
-        })
+        RuleSet::assemble(rules, global, patterns, keyword_rules, warnings).map_err(err)
     }
 
     pub fn len(&self) -> usize {
