@@ -60,8 +60,8 @@ pub struct RuleSet {
     keyword_patterns: Vec<String>,
     /// For each keyword pattern, the rules it enables.
     keyword_rules: Vec<Vec<usize>>,
-    /// Rule evaluation order: file-specific (path) rules first, so that when two rules find
-    /// the same secret the more specific one names it.
+    /// Rule evaluation order: file-specific (path) rules first and `generic*` rules last, so
+    /// that when two rules find the same secret the more specific one names it.
     order: Vec<usize>,
     warnings: Vec<RuleWarning>,
 }
@@ -404,7 +404,7 @@ impl RuleSet {
             )
         };
         let mut order: Vec<usize> = (0..rules.len()).collect();
-        order.sort_by_key(|i| rules[*i].path.is_none());
+        order.sort_by_key(|i| (rules[*i].path.is_none(), rules[*i].id.starts_with("generic")));
         Ok(RuleSet {
             order,
             rules,
