@@ -243,9 +243,7 @@ fn parse_rules(
             parsed.rules.extend(base.rules);
             parsed.global.extend(base.global);
         }
-        parsed
-            .rules
-            .retain(|r| !ext.disabled_rules.iter().any(|d| *d == r.id));
+        parsed.rules.retain(|r| !ext.disabled_rules.contains(&r.id));
     }
     for spanned in raw.rules {
         let r = spanned.into_inner();
@@ -322,7 +320,8 @@ impl RuleDef {
 impl RuleSet {
     /// The shipped default rules.
     pub fn default_rules() -> RuleSet {
-        RuleSet::from_toml_strict(DEFAULT_RULES, "default rules").expect("the shipped rules compile")
+        RuleSet::from_toml_strict(DEFAULT_RULES, "default rules")
+            .expect("the shipped rules compile")
     }
 
     /// Reads a gitleaks rule file. Rules that cannot be used are left out and reported by
@@ -382,8 +381,14 @@ impl RuleSet {
                 keyword_rules.push(kept);
             }
         }
-        RuleSet::assemble(rules, self.global.clone(), patterns, keyword_rules, Vec::new())
-            .expect("keywords that compiled once compile again")
+        RuleSet::assemble(
+            rules,
+            self.global.clone(),
+            patterns,
+            keyword_rules,
+            Vec::new(),
+        )
+        .expect("keywords that compiled once compile again")
     }
 
     fn assemble(
@@ -404,7 +409,12 @@ impl RuleSet {
             )
         };
         let mut order: Vec<usize> = (0..rules.len()).collect();
-        order.sort_by_key(|i| (rules[*i].path.is_none(), rules[*i].id.starts_with("generic")));
+        order.sort_by_key(|i| {
+            (
+                rules[*i].path.is_none(),
+                rules[*i].id.starts_with("generic"),
+            )
+        });
         Ok(RuleSet {
             order,
             rules,

@@ -287,11 +287,17 @@ fn upstream_rules_find_what_gitleaks_finds() {
         generated - confirmed_strings,
         extra.len()
     );
-    assert!(confirmed_rules >= 150, "too few rules confirmed by gitleaks");
+    assert!(
+        confirmed_rules >= 150,
+        "too few rules confirmed by gitleaks"
+    );
     assert!(missed.is_empty(), "{} strings missed", missed.len());
-    assert!(extra.is_empty(), "{} strings reported beyond gitleaks", extra.len());
+    assert!(
+        extra.is_empty(),
+        "{} strings reported beyond gitleaks",
+        extra.len()
+    );
 }
-
 
 #[test]
 fn unusable_rules_are_warnings_with_lines_and_fatal_when_strict() {
@@ -331,17 +337,34 @@ regexes = ['''(unclosed''']
     assert_eq!(ids, ["good", "braces", "bad-allowlist"]);
     let w: Vec<String> = rules.warnings().iter().map(|w| w.to_string()).collect();
     assert_eq!(w.len(), 4, "{w:#?}");
-    assert!(w[0].starts_with("mixed.toml, line 11: rule lookahead: invalid regex: "), "{w:#?}");
-    assert_eq!(w[1], "mixed.toml, line 19: rule no-pattern: needs a regex or a path");
-    assert!(w[2].starts_with("mixed.toml, line 22: rule bad-group: secretGroup 3"), "{w:#?}");
-    assert!(w[3].starts_with("mixed.toml, line 27: rule bad-allowlist: allowlist #1 left out"), "{w:#?}");
+    assert!(
+        w[0].starts_with("mixed.toml, line 11: rule lookahead: invalid regex: "),
+        "{w:#?}"
+    );
+    assert_eq!(
+        w[1],
+        "mixed.toml, line 19: rule no-pattern: needs a regex or a path"
+    );
+    assert!(
+        w[2].starts_with("mixed.toml, line 22: rule bad-group: secretGroup 3"),
+        "{w:#?}"
+    );
+    assert!(
+        w[3].starts_with("mixed.toml, line 27: rule bad-allowlist: allowlist #1 left out"),
+        "{w:#?}"
+    );
     // Literal braces as RE2 reads them; the left-out allowlist fails closed (more findings).
     let hits = rules.scan_text("curl -u {{user}}:hunter\nbad_abcdef\n", Some("x"));
     let found: Vec<&str> = hits.iter().map(|h| rules.rule_id(h)).collect();
     assert_eq!(found, ["braces", "bad-allowlist"]);
     // Strict: the same file is an error listing every problem.
-    let err = RuleSet::from_toml_strict(text, "mixed.toml").unwrap_err().to_string();
-    assert!(err.starts_with("rule file mixed.toml: 4 problem(s)"), "{err}");
+    let err = RuleSet::from_toml_strict(text, "mixed.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("rule file mixed.toml: 4 problem(s)"),
+        "{err}"
+    );
     assert!(err.contains("line 22: rule bad-group"), "{err}");
     // A file none of whose rules can be used is an error even when lenient.
     let err = RuleSet::from_toml("[[rules]]\nid = \"x\"\nregex = '''(a'''\n", "bad.toml")

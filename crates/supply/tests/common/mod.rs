@@ -77,8 +77,7 @@ pub fn run_gitleaks(bin: &Path, dir: &Path, config: Option<&Path>) -> Vec<Gitlea
         "gitleaks failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     json.as_array()
         .unwrap()
         .iter()
