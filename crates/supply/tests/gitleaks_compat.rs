@@ -357,6 +357,35 @@ regexes = ['''(unclosed''']
     let hits = rules.scan_text("curl -u {{user}}:hunter\nbad_abcdef\n", Some("x"));
     let found: Vec<&str> = hits.iter().map(|h| rules.rule_id(h)).collect();
     assert_eq!(found, ["braces", "bad-allowlist"]);
+    // A scan with these rules carries the warnings in its report.
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("image.tar");
+    cutover_supply::synth::SynthImage::new()
+        .layer(
+            vec![cutover_supply::synth::SynthImage::file(
+                "app/run.sh",
+                "curl -u {{user}}:hunter\n",
+            )],
+            false,
+        )
+        .write(&tar, false)
+        .unwrap();
+    let report = cutover_supply::scan(
+        &tar,
+        &cutover_supply::AdvisoryDb::default(),
+        &rules,
+        cutover_supply::Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(report.findings.secrets.len(), 1);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("secret rule left out: mixed.toml, line 11: rule lookahead")),
+        "{:?}",
+        report.warnings
+    );
     // Strict: the same file is an error listing every problem.
     let err = RuleSet::from_toml_strict(text, "mixed.toml")
         .unwrap_err()
