@@ -95,9 +95,9 @@ struct RawFile {
     extend: Option<RawExtend>,
     #[serde(default)]
     rules: Vec<Spanned<RawRule>>,
-    allowlist: Option<Spanned<RawAllowlist>>,
+    allowlist: Option<RawAllowlist>,
     #[serde(default)]
-    allowlists: Vec<Spanned<RawAllowlist>>,
+    allowlists: Vec<RawAllowlist>,
 }
 
 #[derive(Deserialize)]
@@ -123,9 +123,9 @@ struct RawRule {
     #[serde(default)]
     keywords: Vec<String>,
     path: Option<Spanned<String>>,
-    allowlist: Option<Spanned<RawAllowlist>>,
+    allowlist: Option<RawAllowlist>,
     #[serde(default)]
-    allowlists: Vec<Spanned<RawAllowlist>>,
+    allowlists: Vec<RawAllowlist>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -195,12 +195,34 @@ fn compile_regex(go: &str) -> std::result::Result<Regex, String> {
         })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+/// 1-based line numbers of byte offsets in a text.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Lines {
+        Lines(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|nl| *nl < offset) + 1
+    }
+
+    /// The line of the `n`th (0-based) line whose trimmed text starts with `header`; 1 if
+    /// there is none. (The spans TOML gives for tables are unreliable when they have
+    /// subtables, so table headers are found by their text.)
+    fn of_header(&self, text: &str, header: &str, n: usize) -> usize {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim_start().starts_with(header))
+            .nth(n)
+            .map_or(1, |(i, _)| i + 1)
+    }
 }
 
 fn parse_rules(
@@ -215,6 +237,7 @@ fn parse_rules(
         detail,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+    let lines = Lines::new(text);
     let mut parsed = Parsed::default();
     if let Some(ext) = raw.extend {
         if depth >= MAX_EXTEND_DEPTH {
@@ -247,27 +270,18 @@ fn parse_rules(
     }
     for spanned in raw.rules {
         let r = spanned.into_inner();
-        let line = line_of(text, r.id.span().start);
-        let allowlists: Vec<RawAllowlist> = r
-            .allowlist
-            .into_iter()
-            .chain(r.allowlists)
-            .map(Spanned::into_inner)
-            .collect();
+        let line = lines.of(r.id.span().start);
+        let allowlists: Vec<RawAllowlist> = r.allowlist.into_iter().chain(r.allowlists).collect();
         let def = RuleDef {
             source: name.to_string(),
             line,
             builtin,
             description: r.description,
-            regex: r
-                .regex
-                .map(|s| (line_of(text, s.span().start), s.into_inner())),
+            regex: r.regex.map(|s| (lines.of(s.span().start), s.into_inner())),
             secret_group: r.secret_group,
             entropy: r.entropy,
             keywords: r.keywords,
-            path: r
-                .path
-                .map(|s| (line_of(text, s.span().start), s.into_inner())),
+            path: r.path.map(|s| (lines.of(s.span().start), s.into_inner())),
             allowlists,
             id: r.id.into_inner(),
         };
@@ -278,11 +292,18 @@ fn parse_rules(
             _ => parsed.rules.push(def),
         }
     }
-    for a in raw.allowlist.into_iter().chain(raw.allowlists) {
+    if let Some(a) = raw.allowlist {
         parsed.global.push(GlobalDef {
             source: name.to_string(),
-            line: line_of(text, a.span().start),
-            raw: a.into_inner(),
+            line: lines.of_header(text, "[allowlist]", 0),
+            raw: a,
+        });
+    }
+    for (n, a) in raw.allowlists.into_iter().enumerate() {
+        parsed.global.push(GlobalDef {
+            source: name.to_string(),
+            line: lines.of_header(text, "[[allowlists]]", n),
+            raw: a,
         });
     }
     Ok(parsed)
@@ -292,7 +313,8 @@ impl RuleDef {
     fn merge(&mut self, over: RuleDef) {
         self.source = over.source;
         self.line = over.line;
-        self.builtin = over.builtin;
+        // A built-in rule stays built-in (no gitleaks digit rule) unless its match changes.
+        self.builtin &= over.builtin || (over.regex.is_none() && over.entropy.is_none());
         if !over.description.is_empty() {
             self.description = over.description;
         }
@@ -404,6 +426,9 @@ impl RuleSet {
             Some(
                 AhoCorasick::builder()
                     .ascii_case_insensitive(true)
+                    // Over a hundred keywords, some of two or three bytes, defeat the SIMD
+                    // prefilter: a full DFA is the fastest byte-at-a-time search.
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
                     .build(&patterns)
                     .map_err(|e| format!("keywords: {e}"))?,
             )

@@ -395,6 +395,17 @@ regexes = ['''(unclosed''']
         "{err}"
     );
     assert!(err.contains("line 22: rule bad-group"), "{err}");
+    // A global allowlist that does not compile is left out, named by its line.
+    let rules = RuleSet::from_toml(
+        "[[rules]]\nid = \"a\"\nregex = '''a_[0-9]{4}'''\n\n[allowlist]\nregexes = ['''(x''']\n",
+        "g.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        rules.warnings()[0].to_string(),
+        "g.toml, line 5: global allowlist left out: invalid regex \"(x\": unclosed group"
+    );
+    assert_eq!(rules.scan_text("a_1234", Some("x")).len(), 1);
     // A file none of whose rules can be used is an error even when lenient.
     let err = RuleSet::from_toml("[[rules]]\nid = \"x\"\nregex = '''(a'''\n", "bad.toml")
         .unwrap_err()
