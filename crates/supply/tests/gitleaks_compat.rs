@@ -223,7 +223,7 @@ fn upstream_rules_find_what_gitleaks_finds() {
             files.insert((i, t), rel);
         }
     }
-    let found = common::run_gitleaks(&bin, dir.path(), Some(&config));
+    let found = common::run_gitleaks(&bin, dir.path(), Some(&config), false);
     let by_gitleaks: BTreeSet<(String, String)> =
         found.into_iter().map(|f| (f.file, f.rule)).collect();
 

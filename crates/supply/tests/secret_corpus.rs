@@ -818,7 +818,7 @@ fn run_corpus(
                 "PATH=/usr/local/bin:/usr/bin:/bin",
             )
             .unwrap();
-            for f in common::run_gitleaks(bin, root.path(), None) {
+            for f in common::run_gitleaks(bin, root.path(), None, true) {
                 match by_file.get(&f.file) {
                     Some(n) => {
                         out.by_gitleaks.insert(*n);

@@ -52,15 +52,21 @@ pub struct GitleaksFinding {
     pub line: usize,
 }
 
-/// Runs `gitleaks dir` over `dir` with `config` (its own default when `None`).
-pub fn run_gitleaks(bin: &Path, dir: &Path, config: Option<&Path>) -> Vec<GitleaksFinding> {
+/// Runs `gitleaks dir` over `dir` with `config` (its own default when `None`); `decode`
+/// keeps gitleaks's default decoding of base64/hex/percent-encoded text, else it is off.
+pub fn run_gitleaks(
+    bin: &Path,
+    dir: &Path,
+    config: Option<&Path>,
+    decode: bool,
+) -> Vec<GitleaksFinding> {
     let out_dir = tempfile::tempdir().unwrap();
     let report = out_dir.path().join("report.json");
     let mut cmd = Command::new(bin);
     cmd.arg("dir")
         .arg(dir)
         .args(["--no-banner", "--report-format", "json", "--exit-code", "0"])
-        .args(["--log-level", "error", "--max-decode-depth", "0"])
+        .args(["--log-level", "error"])
         .arg("--report-path")
         .arg(&report)
         // An empty ignore directory: no .gitleaksignore from the working directory applies.
@@ -68,6 +74,9 @@ pub fn run_gitleaks(bin: &Path, dir: &Path, config: Option<&Path>) -> Vec<Gitlea
         .arg(out_dir.path())
         .env_remove("GITLEAKS_CONFIG")
         .env_remove("GITLEAKS_CONFIG_TOML");
+    if !decode {
+        cmd.args(["--max-decode-depth", "0"]);
+    }
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
