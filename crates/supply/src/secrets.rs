@@ -64,6 +64,7 @@ pub struct RuleSet {
     /// that when two rules find the same secret the more specific one names it.
     order: Vec<usize>,
     warnings: Vec<RuleWarning>,
+    digest: String,
 }
 
 /// A rule (or allowlist) of a rule file that cannot be used. The loader leaves it out and
@@ -171,6 +172,8 @@ struct GlobalDef {
 struct Parsed {
     rules: Vec<RuleDef>,
     global: Vec<GlobalDef>,
+    /// sha256 of every file's text that went in, extended files first.
+    sources: Vec<[u8; 32]>,
 }
 
 /// How deep `[extend]` may nest (gitleaks allows two levels).
@@ -239,6 +242,7 @@ fn parse_rules(
     let raw: RawFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
     let lines = Lines::new(text);
     let mut parsed = Parsed::default();
+    let own_digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
     if let Some(ext) = raw.extend {
         if depth >= MAX_EXTEND_DEPTH {
             return Err(err(format!(
@@ -249,6 +253,7 @@ fn parse_rules(
             let base = parse_rules(DEFAULT_RULES, "default rules", None, depth + 1, true)?;
             parsed.rules.extend(base.rules);
             parsed.global.extend(base.global);
+            parsed.sources.extend(base.sources);
         }
         if let Some(p) = &ext.path {
             let path = match base_dir {
@@ -265,6 +270,7 @@ fn parse_rules(
             )?;
             parsed.rules.extend(base.rules);
             parsed.global.extend(base.global);
+            parsed.sources.extend(base.sources);
         }
         parsed.rules.retain(|r| !ext.disabled_rules.contains(&r.id));
     }
@@ -306,6 +312,7 @@ fn parse_rules(
             raw: a,
         });
     }
+    parsed.sources.push(own_digest);
     Ok(parsed)
 }
 
@@ -378,6 +385,13 @@ impl RuleSet {
         &self.warnings
     }
 
+    /// `sha256:<hex>` of this crate's version and the text of every file these rules came
+    /// from (an `[extend]`ed file and the built-in rules included): what a cached scan made
+    /// with these rules should be keyed by.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// The ids of the rules in use.
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.id.as_str())
@@ -448,11 +462,18 @@ impl RuleSet {
             keyword_patterns: patterns,
             keyword_rules,
             warnings,
+            digest: String::new(),
         })
     }
 
     fn compile(text: &str, name: &str, base_dir: Option<&Path>, strict: bool) -> Result<RuleSet> {
         let parsed = parse_rules(text, name, base_dir, 0, false)?;
+        let mut h = Sha256::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        for d in &parsed.sources {
+            h.update(d);
+        }
+        let digest = format!("sha256:{}", hex::encode(h.finalize()));
         let mut warnings: Vec<RuleWarning> = Vec::new();
         let mut rules = Vec::new();
         let mut patterns: Vec<String> = Vec::new();
@@ -574,7 +595,10 @@ impl RuleSet {
             let list: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
             return Err(err(format!("no rule can be used: {}", list.join("; "))));
         }
-        RuleSet::assemble(rules, global, patterns, keyword_rules, warnings).map_err(err)
+        let mut set =
+            RuleSet::assemble(rules, global, patterns, keyword_rules, warnings).map_err(err)?;
+        set.digest = digest;
+        Ok(set)
     }
 
     pub fn len(&self) -> usize {

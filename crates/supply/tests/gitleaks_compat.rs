@@ -101,6 +101,17 @@ fn upstream_default_config_loads_every_rule() {
             .collect()
     };
     assert_eq!(ids(&format!("TOKEN={token}\n")), ["github-pat"]);
+    // The digest covers the extended file: a change there is a change of the rules.
+    let before = extended.digest().to_string();
+    assert!(before.starts_with("sha256:"));
+    assert_eq!(RuleSet::load(&ext).unwrap().digest(), before);
+    let base = dir.path().join("base.toml");
+    std::fs::write(&base, "[[rules]]\nid = \"b\"\nregex = '''b_[0-9]{4}'''\n").unwrap();
+    std::fs::write(&ext, "[extend]\npath = \"base.toml\"\n").unwrap();
+    let one = RuleSet::load_strict(&ext).unwrap().digest().to_string();
+    std::fs::write(&base, "[[rules]]\nid = \"b\"\nregex = '''b_[0-9]{5}'''\n").unwrap();
+    assert_ne!(RuleSet::load_strict(&ext).unwrap().digest(), one);
+    assert_ne!(RuleSet::default_rules().digest(), one);
     assert!(ids(&format!("TOKEN={token} # test-fixture\n")).is_empty());
 }
 
