@@ -417,14 +417,16 @@ impl RuleSet {
                 keyword_rules.push(kept);
             }
         }
-        RuleSet::assemble(
+        let mut set = RuleSet::assemble(
             rules,
             self.global.clone(),
             patterns,
             keyword_rules,
             Vec::new(),
         )
-        .expect("keywords that compiled once compile again")
+        .expect("keywords that compiled once compile again");
+        set.digest = format!("{}+only:{}", self.digest, ids.join(","));
+        set
     }
 
     fn assemble(
@@ -441,8 +443,9 @@ impl RuleSet {
                 AhoCorasick::builder()
                     .ascii_case_insensitive(true)
                     // Over a hundred keywords, some of two or three bytes, defeat the SIMD
-                    // prefilter: a full DFA is the fastest byte-at-a-time search.
-                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    // prefilter: a full DFA is the fastest byte-at-a-time search (its size
+                    // grows with the keywords; past a few thousand the crate chooses).
+                    .kind((patterns.len() <= 4000).then_some(aho_corasick::AhoCorasickKind::DFA))
                     .build(&patterns)
                     .map_err(|e| format!("keywords: {e}"))?,
             )
