@@ -83,7 +83,12 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
             .cmp(&b.location)
             .then_with(|| a.rule_id.cmp(&b.rule_id))
     });
-    let mut warnings = image.warnings.clone();
+    let mut warnings: Vec<String> = rules
+        .warnings()
+        .iter()
+        .map(|w| format!("secret rule left out: {w}"))
+        .collect();
+    warnings.extend(image.warnings.iter().cloned());
     warnings.extend(inv.warnings);
     warnings.extend(visit_warnings);
     Ok(ScanReport {
