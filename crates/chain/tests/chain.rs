@@ -61,6 +61,7 @@ fn fixture(secret: bool) -> Fixture {
     let image = ImageInfo {
         id: cutover_model::sha256_digest(&bytes),
         tag: "cutover/hello:production-1".to_string(),
+        warning: None,
     };
     let state = dir.path().join("state");
     Fixture {

@@ -161,6 +161,7 @@ mod tests {
         let provider = DockerProvider {
             docker,
             addr: addr.clone(),
+            cargo_builds: crate::CargoBuilds::default(),
         };
         std::fs::write(dir.path().join("Cargo.toml"), "[package]\n").unwrap();
         let spec = Spec {

@@ -48,7 +48,10 @@ async fn runs_as_nobody_in_its_own_pid_namespace_with_only_the_environment_given
     assert_eq!(lines[0], "65534", "{out}");
     assert_eq!(lines[1], "65534", "{out}");
     assert!(out.contains("ANSWER=42"), "{out}");
-    assert!(!out.contains("canary-d41d8cd9"), "the host environment leaked: {out}");
+    assert!(
+        !out.contains("canary-d41d8cd9"),
+        "the host environment leaked: {out}"
+    );
     assert!(!out.contains("HOME="), "{out}");
     let pids: usize = out
         .lines()
@@ -56,7 +59,10 @@ async fn runs_as_nobody_in_its_own_pid_namespace_with_only_the_environment_given
         .and_then(|n| n.trim().parse().ok())
         .expect("a pid count");
     // bubblewrap as init, the shell and its pipeline: none of the host's processes.
-    assert!(pids <= 6, "the sandbox sees the host's processes ({pids}): {out}");
+    assert!(
+        pids <= 6,
+        "the sandbox sees the host's processes ({pids}): {out}"
+    );
     assert!(out.contains("init: bwrap"), "{out}");
 }
 
@@ -91,9 +97,18 @@ async fn shows_only_what_is_listed_and_hides_what_is_hidden_inside_it() {
     assert!(out.starts_with("fn main() {}"), "{out}{err}");
     assert!(!out.contains("private"), "the hidden state was read: {out}");
     assert!(err.contains("secret.key: No such file"), "{err}");
-    assert!(!out.contains("not listed"), "an unlisted directory was read: {out}");
-    assert!(!out.contains("wrote-source"), "the read-only source was written: {out}");
-    assert!(out.contains("wrote-builds"), "the writable dir was not writable: {out}{err}");
+    assert!(
+        !out.contains("not listed"),
+        "an unlisted directory was read: {out}"
+    );
+    assert!(
+        !out.contains("wrote-source"),
+        "the read-only source was written: {out}"
+    );
+    assert!(
+        out.contains("wrote-builds"),
+        "the writable dir was not writable: {out}{err}"
+    );
     assert!(builds.join("out").is_file());
     assert!(!out.contains("docker.sock"), "{out}");
     // Inside the hidden state directory, only the writable builds dir shows.
