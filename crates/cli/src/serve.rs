@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use cutover_chain::LocalSupplyChain;
-use cutover_docker::DockerProvider;
+use cutover_docker::{CargoBuilds, DockerProvider};
 use cutover_executor::{ExecutorConfig, FaultInjector};
 use cutover_model::{Preflights, Providers};
 use cutover_proxy::{AdminClient, ProxyTraffic};
@@ -84,7 +84,11 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     ensure_proxy(&state, &admin).await?;
     let supervisor = tokio::spawn(supervise_proxy(state.clone(), admin.clone()));
 
-    let docker = Arc::new(DockerProvider::connect().await?);
+    let docker = Arc::new(
+        DockerProvider::connect()
+            .await?
+            .with_cargo_builds(cargo_builds(&state)),
+    );
     let audit = store.clone();
     let providers = Providers {
         images: docker.clone(),
@@ -136,6 +140,21 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     signals.abort();
     let _ = std::fs::remove_file(state.serve_pid());
     Ok(result?)
+}
+
+/// Cargo builds of this control plane: under `<state>/builds/`, with the state directory
+/// hidden from them, in the bubblewrap sandbox unless `CUTOVER_UNSANDBOXED_BUILDS=1` (read
+/// here only; for development machines without bubblewrap, and loud about it).
+fn cargo_builds(state: &StateDir) -> CargoBuilds {
+    let unsandboxed = std::env::var("CUTOVER_UNSANDBOXED_BUILDS").is_ok_and(|v| v == "1");
+    if unsandboxed {
+        tracing::warn!("CUTOVER_UNSANDBOXED_BUILDS=1: cargo builds run without a sandbox, as this user, and can read the keys and reach the sockets of this control plane");
+    }
+    CargoBuilds {
+        dir: state.builds(),
+        hidden: vec![state.0.clone()],
+        unsandboxed,
+    }
 }
 
 /// Test-only hook, off unless set: `CUTOVER_TEST_FAIL_UNDO=<step id>[,<step id>…]` makes
