@@ -344,6 +344,9 @@ drain_timeout = "5s"
             .env_remove("CUTOVER_TOKEN")
             .env("NO_COLOR", "1")
             .env_remove("CUTOVER_STATE_DIR")
+            // The local key's passphrase goes here (outside the state directory), and
+            // leaves with the project.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .current_dir(self.dir.path());
         cmd
     }
