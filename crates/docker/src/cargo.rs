@@ -291,7 +291,18 @@ pub(crate) fn commands(
         .read_only(&git)
         .network(false);
     let manifest = manifest.as_os_str();
-    let fetch_args: Vec<&OsStr> = vec!["fetch".as_ref(), "--manifest-path".as_ref(), manifest];
+    // Only what this target and this host (build scripts, proc macros) need.
+    let host = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let mut fetch_args: Vec<&OsStr> = vec![
+        "fetch".as_ref(),
+        "--manifest-path".as_ref(),
+        manifest,
+        "--target".as_ref(),
+        CARGO_TARGET.as_ref(),
+    ];
+    if host != CARGO_TARGET {
+        fetch_args.extend(["--target".as_ref(), OsStr::new(&host)]);
+    }
     let build_args: Vec<&OsStr> = vec![
         "build".as_ref(),
         "--offline".as_ref(),
