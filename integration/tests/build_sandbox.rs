@@ -145,9 +145,14 @@ fn a_build_script_reaches_nothing_of_the_control_plane_that_builds_it() {
     let run = p.cutover_with_env(&["deploy"], &env);
     run.assert_code(0);
     assert!(
-        !run.stdout.contains("without a sandbox"),
+        run.stderr.contains("build            succeeded"),
+        "no build step in the progress: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("without a sandbox") && !run.stdout.contains("without a sandbox"),
         "the build ran unsandboxed: {}",
-        run.stdout
+        run.stderr
     );
     let found = findings(&p);
     let tried: Vec<&str> = found.iter().map(|(what, _)| what.as_str()).collect();
