@@ -132,9 +132,22 @@ fn a_build_script_reaches_nothing_of_the_control_plane_that_builds_it() {
         ),
         ..AppConfig::default()
     };
-    let env = [("CUTOVER_KEY_PASSPHRASE", CANARY)];
+    // As an installed `cutover` runs: the control plane finds cargo on PATH (a rustup
+    // proxy), not through the `CARGO` that `cargo test` sets; and it has a passphrase in its
+    // environment.
+    let deploy = || {
+        let out = p
+            .command(&["deploy"])
+            .env_remove("CARGO")
+            .env("CUTOVER_KEY_PASSPHRASE", CANARY)
+            .output()
+            .expect("run cutover deploy");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "deploy failed: {stderr}");
+        stderr
+    };
     p.write_spec(&config("v1"));
-    p.cutover_with_env(&["deploy"], &env).assert_code(0);
+    deploy();
     assert!(
         p.state_dir().join("keys/local.key").is_file(),
         "the first deploy made no local key"
@@ -142,17 +155,14 @@ fn a_build_script_reaches_nothing_of_the_control_plane_that_builds_it() {
 
     // The second build runs with a local key, its passphrase and every socket in place.
     p.write_spec(&config("v2"));
-    let run = p.cutover_with_env(&["deploy"], &env);
-    run.assert_code(0);
+    let progress = deploy();
     assert!(
-        run.stderr.contains("build            succeeded"),
-        "no build step in the progress: {}",
-        run.stderr
+        progress.contains("build            succeeded"),
+        "no build step in the progress: {progress}"
     );
     assert!(
-        !run.stderr.contains("without a sandbox") && !run.stdout.contains("without a sandbox"),
-        "the build ran unsandboxed: {}",
-        run.stderr
+        !progress.contains("without a sandbox"),
+        "the build ran unsandboxed: {progress}"
     );
     let found = findings(&p);
     let tried: Vec<&str> = found.iter().map(|(what, _)| what.as_str()).collect();

@@ -92,7 +92,9 @@ impl Toolchain {
                     "cannot find cargo to build the app; install rust (cargo) or put it on the control plane's PATH",
                 )
             })?;
-        let cargo = std::fs::canonicalize(&cargo).unwrap_or(cargo);
+        // Absolute, but not resolved: rustup's proxies are links to one binary that acts
+        // by the name it was called with.
+        let cargo = std::path::absolute(&cargo).unwrap_or(cargo);
         let from_env = |name: &str, default: &str| {
             std::env::var_os(name)
                 .filter(|v| !v.is_empty())
@@ -407,11 +409,17 @@ async fn run(
     if output.status.success() {
         return Ok(());
     }
+    // cargo reports on stderr; a wrapper (rustup, bubblewrap) may have used stdout.
+    let said = if output.stderr.iter().all(u8::is_ascii_whitespace) {
+        &output.stdout
+    } else {
+        &output.stderr
+    };
     Err(ProviderError::permanent(format!(
         "{} failed with {}:\n{}\n{fix}",
         what(),
         output.status,
-        tail_of(&output.stderr)
+        tail_of(said)
     )))
 }
 
