@@ -317,7 +317,10 @@ mod tests {
         assert!(!line.contains("warning"), "{line}");
         let line = journal_line(&entry(Some(cutover_docker::UNSANDBOXED_WARNING)), 1000);
         assert!(
-            line.ends_with(&format!("; warning: {}", cutover_docker::UNSANDBOXED_WARNING)),
+            line.ends_with(&format!(
+                "; warning: {}",
+                cutover_docker::UNSANDBOXED_WARNING
+            )),
             "{line}"
         );
     }
