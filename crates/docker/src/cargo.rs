@@ -6,7 +6,10 @@
 //! when it lies inside the source tree):
 //! 1. `cargo fetch` with the host's network: downloads the dependencies into the cargo
 //!    registry (writable for this run only) and writes a missing `Cargo.lock` (the source
-//!    tree is writable only then). Fetching runs no code of any package.
+//!    tree is writable only then). Fetching runs no code of any package, nor the project's
+//!    cargo configuration (it runs from `/`, so its rustc is the toolchain's, unwrapped):
+//!    dependencies come from crates.io, git and path sources, not from a registry or a
+//!    source replacement that only the project's `.cargo/config.toml` names.
 //! 2. `cargo build --offline` without network: the source tree and the registry read-only,
 //!    only the app's build directory (`<builds>/<hash of the manifest path>/`) writable.
 
@@ -286,7 +289,18 @@ pub(crate) fn commands(
     } else {
         common.clone().writable(&root)
     };
-    let fetch = fetch.writable(&registry).writable(&git).network(true);
+    // Fetching has the network, so it must run no project code. It asks rustc about the
+    // target, and the project's cargo configuration (`.cargo/config.toml`, found from the
+    // working directory) could name a rustc, a wrapper or `[env]` for it: fetching runs
+    // from `/`, which has none, and names the toolchain's rustc without a wrapper.
+    let fetch = fetch
+        .current_dir("/")
+        .writable(&registry)
+        .writable(&git)
+        .network(true)
+        .env("RUSTC", "rustc")
+        .env("RUSTC_WRAPPER", "")
+        .env("RUSTC_WORKSPACE_WRAPPER", "");
     let build = common
         .read_only(&root)
         .read_only(&registry)

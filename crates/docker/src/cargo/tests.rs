@@ -149,6 +149,8 @@ struct Attack {
     manifest: PathBuf,
     source: PathBuf,
     state: PathBuf,
+    /// Written by the project's rustc wrapper when it reaches the network.
+    wrapper_marker: PathBuf,
     _control: std::os::unix::net::UnixListener,
     _abstract: std::os::unix::net::UnixListener,
     _tcp: std::net::TcpListener,
@@ -194,6 +196,39 @@ fn attack() -> Attack {
         .replace("@CANARY@", CANARY)
         .replace("@PID@", &std::process::id().to_string())
         .replace("@SOURCE@", &source.join("src").display().to_string());
+    // A rustc wrapper of the project's cargo configuration: project code cargo runs when
+    // it asks rustc about the target, also while fetching (with the network).
+    std::fs::create_dir_all(source.join(".cargo")).unwrap();
+    std::fs::write(
+        source.join(".cargo/config.toml"),
+        format!(
+            "[build]\nrustc-wrapper = \"{}\"\n",
+            source.join("wrapper.sh").display()
+        ),
+    )
+    .unwrap();
+    let wrapper = source.join("wrapper.sh");
+    // Where the wrapper notes that it connected: the one directory the build may write.
+    let marker = build_dir(
+        &state.join("builds"),
+        &std::fs::canonicalize(&source).unwrap().join("Cargo.toml"),
+    )
+    .unwrap()
+    .join("wrapper-network");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\n(exec 3<>/dev/tcp/{}) 2>/dev/null && echo connected >> {}\nexec \"$@\"\n",
+            tcp.local_addr().unwrap().to_string().replace(':', "/"),
+            marker.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let manifest = package(
         &source,
         "evil",
@@ -211,6 +246,7 @@ fn attack() -> Attack {
         manifest,
         source,
         state,
+        wrapper_marker: marker,
         _control: control,
         _abstract: abstract_listener,
         _tcp: tcp,
@@ -272,6 +308,11 @@ async fn a_build_script_reaches_no_key_no_socket_no_secret_and_no_network() {
         assert!(!result.contains(CANARY), "{what}: {result}");
     }
     assert!(!attack.source.join("src/planted").exists());
+    // The project's rustc wrapper ran in the build, never with the network.
+    assert!(
+        !attack.wrapper_marker.exists(),
+        "the project's rustc wrapper reached the network while fetching"
+    );
 }
 
 #[tokio::test]
@@ -294,6 +335,8 @@ async fn without_the_sandbox_the_same_build_script_reads_the_key_and_reaches_the
             .unwrap_or_else(|| panic!("the build script did not try {what}: {found:?}"));
         assert!(result.starts_with("GOT"), "{what}: {result}");
     }
+    // Unsandboxed, the wrapper ran with the network (the build has it too).
+    assert!(attack.wrapper_marker.exists());
     // Unsandboxed builds still get a cleared environment.
     assert!(found["environment"].starts_with("BLOCKED"), "{found:?}");
 }
