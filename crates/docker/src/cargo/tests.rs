@@ -69,6 +69,38 @@ async fn a_sandboxed_build_of_a_crate_without_dependencies_makes_a_static_binary
     assert_eq!(String::from_utf8_lossy(&out.stdout), "tiny\n");
 }
 
+#[tokio::test]
+async fn a_crate_with_a_registry_dependency_is_fetched_then_built_offline() {
+    if !have_bubblewrap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("withdeps");
+    let manifest = package(
+        &source,
+        "withdeps",
+        &[(
+            "src/main.rs",
+            "fn main() { println!(\"{}\", hex::encode([0xca, 0xfe])); }\n".to_string(),
+        )],
+    );
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}hex = \"0.4\"\n")).unwrap();
+    let config = CargoBuilds {
+        dir: dir.path().join("builds"),
+        hidden: Vec::new(),
+        unsandboxed: false,
+    };
+    let built = build_static(&config, &manifest, "withdeps", "release")
+        .await
+        .expect("fetched with the network, built without");
+    assert_eq!(elf::check_static(&built.binary), Ok(()));
+    let out = std::process::Command::new(built_path(&config, &manifest, "withdeps"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cafe\n");
+}
+
 /// Where `build_static` left the binary of `bin`.
 fn built_path(config: &CargoBuilds, manifest: &Path, bin: &str) -> PathBuf {
     let manifest = std::fs::canonicalize(manifest).unwrap();
