@@ -143,16 +143,20 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
 }
 
 /// Cargo builds of this control plane: under `<state>/builds/`, with the state directory
-/// hidden from them, in the bubblewrap sandbox unless `CUTOVER_UNSANDBOXED_BUILDS=1` (read
+/// and the local keys' passphrases hidden from them, in the bubblewrap sandbox unless `CUTOVER_UNSANDBOXED_BUILDS=1` (read
 /// here only; for development machines without bubblewrap, and loud about it).
 fn cargo_builds(state: &StateDir) -> CargoBuilds {
     let unsandboxed = std::env::var("CUTOVER_UNSANDBOXED_BUILDS").is_ok_and(|v| v == "1");
     if unsandboxed {
         tracing::warn!("CUTOVER_UNSANDBOXED_BUILDS=1: cargo builds run without a sandbox, as this user, and can read the keys and reach the sockets of this control plane");
     }
+    // The passphrases too, should the source tree hold the home directory.
+    let hidden = std::iter::once(state.0.clone())
+        .chain(cutover_chain::default_passphrase_dir())
+        .collect();
     CargoBuilds {
         dir: state.builds(),
-        hidden: vec![state.0.clone()],
+        hidden,
         unsandboxed,
     }
 }
