@@ -135,8 +135,8 @@ impl Sandbox {
         self
     }
 
-    /// Hide `path` under an empty tmpfs, also when it lies inside a visible directory. A
-    /// path that does not exist is skipped (there is nothing to hide).
+    /// Hide `path` under an empty tmpfs when it lies inside a visible directory (elsewhere
+    /// it is absent anyway). A path that does not exist is skipped (nothing to hide).
     pub fn hide(mut self, path: impl Into<PathBuf>) -> Sandbox {
         self.paths.push((path.into(), Access::Hidden));
         self
@@ -275,7 +275,8 @@ impl Sandbox {
     }
 
     /// The caller's paths, resolved (symlinks followed, so nesting is seen), without those
-    /// that do not exist (except writable ones: bubblewrap then names the missing path),
+    /// that do not exist (except writable ones: bubblewrap then names the missing path)
+    /// and hidden ones outside every visible path,
     /// parents before children so a hidden directory covers what is inside it and a path
     /// listed below it is mounted on top.
     fn ordered_paths(&self) -> Vec<(PathBuf, Access)> {
@@ -288,6 +289,16 @@ impl Sandbox {
                 Err(_) => None,
             })
             .collect();
+        // A hidden path outside every visible one is absent already; an empty tmpfs there
+        // would only show that it exists.
+        let visible: Vec<PathBuf> = paths
+            .iter()
+            .filter(|(_, access)| *access != Access::Hidden)
+            .map(|(path, _)| path.clone())
+            .collect();
+        paths.retain(|(path, access)| {
+            *access != Access::Hidden || visible.iter().any(|v| path.starts_with(v) && path != v)
+        });
         // Stable: of two entries for one path, the later one wins.
         paths.sort_by_key(|(path, _)| path.components().count());
         paths

@@ -150,11 +150,13 @@ fn hidden_paths_are_mounted_before_the_paths_listed_below_them() {
     let state = dir.path().join("state");
     let builds = state.join("builds");
     std::fs::create_dir_all(&builds).unwrap();
+    let outside = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(Isolation::Bubblewrap("/usr/bin/bwrap".into()))
         .writable(&builds)
         .hide(&state)
         .read_only(dir.path())
-        .hide(dir.path().join("gone"));
+        .hide(dir.path().join("gone"))
+        .hide(outside.path());
     let args: Vec<String> = sandbox
         .bwrap_args()
         .iter()
@@ -170,4 +172,10 @@ fn hidden_paths_are_mounted_before_the_paths_listed_below_them() {
     assert!(at("--tmpfs", &state) < at("--bind", &builds));
     assert!(args.contains(&"--unshare-net".to_string()));
     assert!(!args.iter().any(|a| a.ends_with("gone")), "{args:?}");
+    // Outside every visible path there is nothing to cover (nor to reveal).
+    let outside = std::fs::canonicalize(outside.path()).unwrap();
+    assert!(
+        !args.iter().any(|a| Path::new(a).starts_with(&outside)),
+        "{args:?}"
+    );
 }
