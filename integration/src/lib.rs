@@ -221,6 +221,9 @@ pub struct Project {
     pub dir: tempfile::TempDir,
     pub app: String,
     pub port: u16,
+    /// The control plane's `XDG_CONFIG_HOME` (where the local key's passphrase goes),
+    /// outside the project as `~/.config` is outside a repository.
+    pub config: tempfile::TempDir,
 }
 
 impl Project {
@@ -230,10 +233,15 @@ impl Project {
             .tempdir()
             .expect("temp dir");
         let app = format!("it-{name}-{}", std::process::id() % 100_000);
+        let config = tempfile::Builder::new()
+            .prefix(&format!("cutover-it-{name}-config-"))
+            .tempdir()
+            .expect("temp dir");
         let project = Project {
             dir,
             app,
             port: reserve_port(),
+            config,
         };
         project.cleanup_docker();
         project
@@ -344,6 +352,8 @@ drain_timeout = "5s"
             .env_remove("CUTOVER_TOKEN")
             .env("NO_COLOR", "1")
             .env_remove("CUTOVER_STATE_DIR")
+            // The local key's passphrase goes here, and leaves with the project.
+            .env("XDG_CONFIG_HOME", self.config.path())
             .current_dir(self.dir.path());
         cmd
     }

@@ -11,6 +11,10 @@ pub struct ImageInfo {
     pub id: String,
     /// Human tag, e.g. `cutover/hello:production-3`.
     pub tag: String,
+    /// What people should know about how the image was built (an unsandboxed build), shown
+    /// with the build step's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Observed state of an instance.

@@ -52,6 +52,7 @@ fn release(id: &str, version: &str) -> Release {
         image: ImageInfo {
             id: format!("sha256:{}", "ab".repeat(32)),
             tag: format!("cutover/hello:{id}"),
+            warning: None,
         },
         plan_digest: format!("sha256:{}", "cd".repeat(32)),
         spec_digest: format!("sha256:{}", "ef".repeat(32)),

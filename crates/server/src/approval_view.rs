@@ -392,6 +392,7 @@ fn image_of(
         ImageSource::Pinned { id, tag } => Some(cutover_model::ImageInfo {
             id: id.clone(),
             tag: tag.clone(),
+            warning: None,
         }),
         ImageSource::Step { step } => match replayed?.steps.get(step)?.output.as_ref()? {
             StepOutput::Image(info) => Some(info.clone()),
@@ -614,6 +615,7 @@ mod tests {
             image: cutover_model::ImageInfo {
                 id: "sha256:1".to_string(),
                 tag: "t".to_string(),
+                warning: None,
             },
             plan_digest: old_plan.digest.clone(),
             spec_digest: String::new(),
