@@ -57,6 +57,19 @@ approval = true
     )
 }
 
+/// A body to its end, or what arrived within `patience` (an event stream of a deployment
+/// waiting at its gate stays open).
+async fn read_body(mut body: Body, patience: Duration) -> String {
+    let mut bytes = Vec::new();
+    let until = tokio::time::Instant::now() + patience;
+    while let Ok(Some(frame)) = tokio::time::timeout_at(until, body.frame()).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 struct Harness {
     dir: tempfile::TempDir,
     cp: Arc<ControlPlane>,
@@ -120,25 +133,11 @@ impl Harness {
         .token
     }
 
-    /// Sends a request and reads its body: to the end, or what arrived within `patience`
-    /// (an event stream of a deployment waiting at its gate stays open).
+    /// Sends a request and reads its body ([`read_body`]).
     async fn send(&self, request: Request<Body>, patience: Duration) -> (StatusCode, String) {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        let until = tokio::time::Instant::now() + patience;
-        loop {
-            match tokio::time::timeout_at(until, body.frame()).await {
-                Ok(Some(frame)) => {
-                    if let Ok(data) = frame.unwrap().into_data() {
-                        bytes.extend_from_slice(&data);
-                    }
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        (status, read_body(response.into_body(), patience).await)
     }
 
     async fn api(
@@ -178,19 +177,8 @@ impl Harness {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap().to_string());
         let status = response.status();
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        let until = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(frame)) = tokio::time::timeout_at(until, body.frame()).await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                bytes.extend_from_slice(&data);
-            }
-        }
-        (
-            status,
-            String::from_utf8_lossy(&bytes).into_owned(),
-            set_cookie,
-        )
+        let body = read_body(response.into_body(), Duration::from_secs(2)).await;
+        (status, body, set_cookie)
     }
 
     /// A web UI session of the owner of `token` (the login form takes a token).
