@@ -99,6 +99,17 @@ pub struct Release {
     pub instances: Vec<String>,
 }
 
+impl Release {
+    /// The release as clients are shown it: environment values replaced by their digests
+    /// ([`ContainerSpec::with_env_digests`]).
+    pub fn with_env_digests(&self) -> Release {
+        Release {
+            container: self.container.with_env_digests(),
+            ..self.clone()
+        }
+    }
+}
+
 /// Overall state of a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
