@@ -723,7 +723,11 @@ pub fn violations(
         }
     }
     if rails.gate.fail_on_unmaintained && !env.gate.fail_on_unmaintained {
-        push(at("gate.fail_on_unmaintained"), "false".into(), "true".into());
+        push(
+            at("gate.fail_on_unmaintained"),
+            "false".into(),
+            "true".into(),
+        );
     }
     let pinned = |field: &str,
                   given: &Option<PathBuf>,

@@ -778,9 +778,7 @@ async fn the_advisory_floor_refuses_opting_out_or_older_databases() {
     );
     h.set("production", &rails);
     let deployer = h.token(Role::Deployer, Some("production"), "ci");
-    let plan = |spec: String| {
-        json!({"spec": spec, "base_dir": h.project().display().to_string(), "env": "production"})
-    };
+    let plan = |spec: String| json!({"spec": spec, "base_dir": h.project().display().to_string(), "env": "production"});
     // Opting out of the advisory database, with the default 7-day age and no
     // unmaintained check: each is a loosened field.
     let loose = SPEC.replace(
@@ -823,7 +821,10 @@ async fn the_advisory_floor_refuses_opting_out_or_older_databases() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("g.toml:3:") && err.contains("gate.max_advisory_age"), "{err}");
+    assert!(
+        err.contains("g.toml:3:") && err.contains("gate.max_advisory_age"),
+        "{err}"
+    );
     // Guardrails written before these keys existed allow what they allowed.
     let old = guardrails::parse("approvals = 1\n", Path::new("g.toml")).unwrap();
     assert!(old.gate.allow_missing_advisories);
