@@ -25,6 +25,7 @@
 mod container;
 mod context;
 mod diagnose;
+mod dockerignore;
 mod elf;
 mod engine_error;
 mod image;
