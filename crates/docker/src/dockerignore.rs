@@ -163,6 +163,7 @@ impl IgnoreRules {
     }
 
     /// Whether `path`, matched on its own (parents included), is excluded.
+    #[cfg(test)]
     pub(crate) fn is_ignored(&self, path: &str) -> bool {
         self.matches(path, &ParentMatches::default()).0
     }
@@ -413,7 +414,10 @@ mod tests {
         assert!(r.is_ignored("CHANGES.md"));
         assert!(!r.is_ignored("README.md"));
         let r = rules("!README.md\n*.md\n");
-        assert!(r.is_ignored("README.md"), "a later pattern wins over an earlier exception");
+        assert!(
+            r.is_ignored("README.md"),
+            "a later pattern wins over an earlier exception"
+        );
     }
 
     #[test]
@@ -424,7 +428,10 @@ mod tests {
         assert!(!r.is_ignored("dir/keep"));
         assert!(r.must_enter("dir"));
         let r = rules("dir\n!**/keep\n");
-        assert!(!r.must_enter("dir"), "a wildcard exception does not reach in");
+        assert!(
+            !r.must_enter("dir"),
+            "a wildcard exception does not reach in"
+        );
         let r = rules("**\n!src\n");
         assert!(r.is_ignored("Dockerfile"));
         assert!(!r.is_ignored("src"));
@@ -459,7 +466,10 @@ mod tests {
     fn bad_patterns_name_their_line() {
         let err = IgnoreRules::parse("ok\n[abc\n").expect_err("unclosed class");
         assert_eq!(err.line, 2);
-        assert!(err.to_string().starts_with(".dockerignore:2: \"[abc\""), "{err}");
+        assert!(
+            err.to_string().starts_with(".dockerignore:2: \"[abc\""),
+            "{err}"
+        );
         assert!(IgnoreRules::parse("!\n").is_err());
         assert!(IgnoreRules::parse("x\\").is_err());
     }
