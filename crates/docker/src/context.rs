@@ -1,6 +1,8 @@
 //! Build contexts: the tar archive the Engine's build API reads.
 //!
-//! A directory context honours `.dockerignore` as Docker does ([`crate::dockerignore`]) and
+//! A directory context honours `.dockerignore` as Docker does ([`crate::dockerignore`]; the
+//! Dockerfile and `.dockerignore` are always sent and the Engine leaves them out of the
+//! context when they are excluded) and
 //! always leaves out `.git/` and `.cutover/` anywhere and `target/` at the top of the
 //! context. Archives are deterministic: sorted entries, zero timestamps and owners.
 
@@ -97,7 +99,12 @@ fn walk(
         if always_skipped {
             continue;
         }
-        let needed = relative == dockerfile || dockerfile.starts_with(&format!("{relative}/"));
+        // The Dockerfile and `.dockerignore` are always sent, as the docker CLI sends them:
+        // the Engine reads both and then drops them from the context when `.dockerignore`
+        // excludes them.
+        let needed = relative == dockerfile
+            || relative == ".dockerignore"
+            || dockerfile.starts_with(&format!("{relative}/"));
         let (excluded, matches) = ignore.matches(&relative, parent);
         if excluded && !needed {
             // As Docker: an excluded directory is entered (but not sent itself) only when
