@@ -29,8 +29,10 @@ mod dockerignore;
 mod elf;
 mod engine_error;
 mod image;
+mod network;
 mod preflight;
 mod probe;
+mod user;
 
 use bollard::Docker;
 use cutover_model::ProviderError;
@@ -61,6 +63,8 @@ impl From<DockerError> for ProviderError {
 pub struct DockerProvider {
     docker: Docker,
     addr: String,
+    /// Serialises making environment networks (the Engine allows duplicate names).
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Default socket when `DOCKER_HOST` is unset.
@@ -96,6 +100,7 @@ impl DockerProvider {
         Ok(DockerProvider {
             docker,
             addr: addr.to_string(),
+            networks: Default::default(),
         })
     }
 

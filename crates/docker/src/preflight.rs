@@ -161,6 +161,7 @@ mod tests {
         let provider = DockerProvider {
             docker,
             addr: addr.clone(),
+            networks: Default::default(),
         };
         std::fs::write(dir.path().join("Cargo.toml"), "[package]\n").unwrap();
         let spec = Spec {
