@@ -557,7 +557,17 @@ async fn provisioned_instances_are_hardened_healthy_idempotent_and_removable() {
     assert_eq!(host.memory_swap, Some(64 * 1024 * 1024));
     assert_eq!(host.nano_cpus, Some(500_000_000));
     assert_eq!(host.pids_limit, Some(64));
-    assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+    // The environment's own network, never the default bridge.
+    let networks = raw
+        .network_settings
+        .clone()
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    assert_eq!(
+        networks.keys().collect::<Vec<_>>(),
+        vec![&format!("cutover-{app}-staging")]
+    );
+    assert_ne!(host.network_mode.as_deref(), Some("bridge"));
     let tmpfs = host.tmpfs.clone().unwrap_or_default();
     assert_eq!(
         tmpfs.get("/tmp").map(String::as_str),
