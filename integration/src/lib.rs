@@ -221,6 +221,9 @@ pub struct Project {
     pub dir: tempfile::TempDir,
     pub app: String,
     pub port: u16,
+    /// The control plane's `XDG_CONFIG_HOME` (where the local key's passphrase goes),
+    /// outside the project as `~/.config` is outside a repository.
+    pub config: tempfile::TempDir,
 }
 
 impl Project {
@@ -230,10 +233,15 @@ impl Project {
             .tempdir()
             .expect("temp dir");
         let app = format!("it-{name}-{}", std::process::id() % 100_000);
+        let config = tempfile::Builder::new()
+            .prefix(&format!("cutover-it-{name}-config-"))
+            .tempdir()
+            .expect("temp dir");
         let project = Project {
             dir,
             app,
             port: reserve_port(),
+            config,
         };
         project.cleanup_docker();
         project
@@ -344,6 +352,8 @@ drain_timeout = "5s"
             .env_remove("CUTOVER_TOKEN")
             .env("NO_COLOR", "1")
             .env_remove("CUTOVER_STATE_DIR")
+            // The local key's passphrase goes here, and leaves with the project.
+            .env("XDG_CONFIG_HOME", self.config.path())
             .current_dir(self.dir.path());
         cmd
     }
@@ -626,4 +636,25 @@ impl Load {
             releases: self.releases.lock().expect("lock").clone(),
         }
     }
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of [`cpu_ticks`].
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of the whole process (exited threads included), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("control plane stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

@@ -391,7 +391,8 @@ pub struct RollbackTo {
 /// A plan and its text rendering.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PlanResponse {
-    /// The immutable plan (DAG of steps) with its digest.
+    /// The immutable plan (DAG of steps) with its digest. Each `container.env` value is
+    /// shown as `sha256:<hex>` of the value; `digest` is of the plan as saved, values included.
     #[schema(value_type = Object)]
     pub plan: Plan,
     pub digest: String,
@@ -496,6 +497,7 @@ pub struct AuditQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvStatus {
     pub env: String,
+    /// The current release; each `container.env` value is shown as `sha256:<hex>` of it.
     #[schema(value_type = Option<Object>)]
     pub current: Option<Release>,
     /// What the proxy serves right now.

@@ -7,9 +7,14 @@
 //! database imported with `cutover advisories import` is `<state>/advisories.json`.
 //!
 //! Without a signing key in the spec, a local key is made on first use under
-//! `<state>/keys/` (its passphrase beside it, mode 0600) and trusted by environments that
-//! list no `trusted_keys`: it proves images were scanned and signed by this control plane.
-//! Protected environments should list their own keys.
+//! `<state>/keys/` (`local.key`, encrypted, and `local.pub`) and trusted by environments
+//! that list no `trusted_keys`: it proves images were scanned and signed by this control
+//! plane. Its passphrase is kept apart from it, outside the state directory, in
+//! `$XDG_CONFIG_HOME/cutover/passphrases/<key id>` (default `~/.config/…`; directories
+//! 0700, file 0600): a copy of the state directory (a backup, a build context, a build
+//! that could read it) holds no usable key. A `local.pass` left beside the key by earlier
+//! versions is moved there on first use. Protected environments should list their own
+//! keys.
 //!
 //! Where images come from is an [`ImageExport`] (the Docker Engine's `docker save` in
 //! production, a tarball on disk in tests); where gate exceptions are audited is an
@@ -22,6 +27,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use cutover_model::{
     now_ms, ExceptionEvidence, FindingEvidence, GateSpec, ImageInfo, ProvenanceEvidence,
@@ -35,17 +41,28 @@ use cutover_supply::{
     AdvisoryDb, Date, Exceptions, GatePolicy, Limits, RuleSet, ScanReport, Severity, Verdict,
 };
 
-/// Paths of the supply-chain state under a state directory.
+/// Paths of the supply-chain state under a state directory, and where the local key's
+/// passphrase is kept (outside it).
 #[derive(Debug, Clone)]
 pub struct SupplyPaths {
     pub root: PathBuf,
+    /// Directory of local keys' passphrases, one file per key id; `None` when neither
+    /// `XDG_CONFIG_HOME` nor `HOME` names a place for it.
+    pub passphrases: Option<PathBuf>,
 }
 
 impl SupplyPaths {
+    /// The paths under `state_dir`, with passphrases in [`default_passphrase_dir`].
     pub fn new(state_dir: &Path) -> SupplyPaths {
         SupplyPaths {
             root: state_dir.to_path_buf(),
+            passphrases: default_passphrase_dir(),
         }
+    }
+    /// The same paths with local keys' passphrases kept in `dir`.
+    pub fn with_passphrases(mut self, dir: impl Into<PathBuf>) -> SupplyPaths {
+        self.passphrases = Some(dir.into());
+        self
     }
     pub fn advisories(&self) -> PathBuf {
         self.root.join("advisories.json")
@@ -112,6 +129,12 @@ impl LocalSupplyChain {
             paths: SupplyPaths::new(state_dir),
             audit,
         }
+    }
+
+    /// Keep the local key's passphrase in `dir` instead of the default place.
+    pub fn with_passphrase_dir(mut self, dir: impl Into<PathBuf>) -> LocalSupplyChain {
+        self.paths = self.paths.with_passphrases(dir);
+        self
     }
 
     /// Where this supply chain keeps its files.
@@ -189,40 +212,132 @@ pub fn scan_tarball(
     Ok((report, has_db))
 }
 
-/// Load (or make) the local signing key under `keys_dir`.
-pub fn local_key(keys_dir: &Path) -> Result<KeyPair, ProviderError> {
-    let key = keys_dir.join("local.key");
-    let pass = keys_dir.join("local.pass");
-    if !key.exists() {
-        std::fs::create_dir_all(keys_dir).map_err(|e| io_error(keys_dir, e))?;
-        let passphrase = match std::fs::read_to_string(&pass) {
-            Ok(existing) => existing.trim().to_string(),
-            Err(_) => {
-                let fresh = cutover_model::random_token_hex(32).map_err(|e| {
-                    ProviderError::permanent(format!("no randomness from the os: {e}"))
-                })?;
-                write_private(&pass, fresh.as_bytes())?;
-                fresh
-            }
-        };
-        let (_, _, id) = cutover_signing::generate_to_files(
-            keys_dir,
-            "local",
-            cutover_signing::Algorithm::EcdsaP256,
-            &passphrase,
+/// Where local keys' passphrases are kept by default: `$XDG_CONFIG_HOME/cutover/passphrases`,
+/// else `$HOME/.config/cutover/passphrases`. Never inside a state directory.
+pub fn default_passphrase_dir() -> Option<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let config = non_empty("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    Some(config.join("cutover").join("passphrases"))
+}
+
+/// Load (or make) the local signing key under `paths.keys()`, its passphrase under
+/// `paths.passphrases` (a `local.pass` beside the key is moved there).
+pub fn local_key(paths: &SupplyPaths) -> Result<KeyPair, ProviderError> {
+    let keys_dir = paths.keys();
+    let passphrases = paths.passphrases.as_deref().ok_or_else(|| {
+        ProviderError::permanent(
+            "cannot tell where to keep the local signing key's passphrase: set XDG_CONFIG_HOME or HOME for the control plane",
         )
-        .map_err(permanent)?;
-        tracing::info!(key_id = %id, "made the local signing key");
+    })?;
+    let key = keys_dir.join("local.key");
+    let public = keys_dir.join("local.pub");
+    let legacy = keys_dir.join("local.pass");
+    if !key.exists() {
+        return make_local_key(&keys_dir, passphrases, &legacy);
     }
-    let passphrase = std::fs::read_to_string(&pass).map_err(|e| io_error(&pass, e))?;
+    let key_id = PublicKey::from_pem_file(&public)
+        .map_err(|e| {
+            ProviderError::permanent(format!(
+                "the local signing key has no readable public half ({e}); remove {}/local.* to make a new local key (images it signed must then be signed again)",
+                keys_dir.display()
+            ))
+        })?
+        .key_id()
+        .to_string();
+    let stored = passphrases.join(&key_id);
+    if legacy.exists() {
+        migrate_passphrase(&legacy, &stored, &key)?;
+    }
+    let passphrase = match std::fs::read_to_string(&stored) {
+        Ok(text) => Zeroizing::new(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProviderError::permanent(format!(
+                "the passphrase of the local signing key {key_id} is not at {}; restore it, or remove {}/local.* to make a new local key (images it signed must then be signed again)",
+                stored.display(),
+                keys_dir.display()
+            )))
+        }
+        Err(e) => return Err(io_error(&stored, e)),
+    };
     KeyPair::load_private(&key, passphrase.trim()).map_err(permanent)
 }
 
+/// A fresh local key: its passphrase is written first (outside the state directory), then
+/// the key files, so no key exists without its passphrase.
+fn make_local_key(
+    keys_dir: &Path,
+    passphrases: &Path,
+    legacy: &Path,
+) -> Result<KeyPair, ProviderError> {
+    create_private_dir(keys_dir)?;
+    // A passphrase an earlier version left without its key protects nothing.
+    let _ = std::fs::remove_file(legacy);
+    let passphrase = Zeroizing::new(
+        cutover_model::random_token_hex(32)
+            .map_err(|e| ProviderError::permanent(format!("no randomness from the os: {e}")))?,
+    );
+    let pair = KeyPair::generate(cutover_signing::Algorithm::EcdsaP256);
+    create_private_dir(passphrases)?;
+    let stored = passphrases.join(pair.key_id());
+    write_private(&stored, passphrase.as_bytes())?;
+    let written = pair
+        .save_private(&keys_dir.join("local.key"), &passphrase)
+        .and_then(|()| pair.save_public(&keys_dir.join("local.pub")));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(keys_dir.join("local.key"));
+        let _ = std::fs::remove_file(&stored);
+        return Err(permanent(e));
+    }
+    tracing::info!(key_id = %pair.key_id(), passphrase = %stored.display(), "made the local signing key");
+    Ok(pair)
+}
+
+/// Move a passphrase kept beside the key (`local.pass`) to `stored`, once it is known to
+/// open the key.
+fn migrate_passphrase(legacy: &Path, stored: &Path, key: &Path) -> Result<(), ProviderError> {
+    let passphrase =
+        Zeroizing::new(std::fs::read_to_string(legacy).map_err(|e| io_error(legacy, e))?);
+    KeyPair::load_private(key, passphrase.trim()).map_err(|e| {
+        ProviderError::permanent(format!(
+            "{} does not open the local signing key ({e}); remove it, or the whole {}/local.* to make a new key",
+            legacy.display(),
+            legacy.parent().unwrap_or(Path::new(".")).display()
+        ))
+    })?;
+    if !stored.exists() {
+        if let Some(dir) = stored.parent() {
+            create_private_dir(dir)?;
+        }
+        write_private(stored, passphrase.trim().as_bytes())?;
+    }
+    std::fs::remove_file(legacy).map_err(|e| io_error(legacy, e))?;
+    tracing::info!(
+        from = %legacy.display(),
+        to = %stored.display(),
+        "moved the local signing key's passphrase out of the state directory"
+    );
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), ProviderError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_error(dir, e))?;
+    // An existing directory may be wider than asked; the passphrases' must not be.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_error(dir, e))
+}
+
 /// The local key's public half (made on first use).
-pub fn local_public_key(keys_dir: &Path) -> Result<PublicKey, ProviderError> {
-    let public = keys_dir.join("local.pub");
+pub fn local_public_key(paths: &SupplyPaths) -> Result<PublicKey, ProviderError> {
+    let public = paths.keys().join("local.pub");
     if !public.exists() {
-        local_key(keys_dir)?;
+        local_key(paths)?;
     }
     PublicKey::from_pem_file(&public).map_err(permanent)
 }
@@ -532,8 +647,8 @@ impl SupplyChain for LocalSupplyChain {
         let verdict = read(self.paths.verdict(&image.id, &request.env), "scan verdict")?;
         let key = match &request.key {
             None => {
-                let keys = self.paths.keys();
-                tokio::task::spawn_blocking(move || local_key(&keys))
+                let paths = self.paths.clone();
+                tokio::task::spawn_blocking(move || local_key(&paths))
                     .await
                     .map_err(|e| ProviderError::transient(e.to_string()))??
             }
@@ -615,7 +730,7 @@ pub fn verify_image(
     }
     let bundle = AttestationBundle::load(&file).map_err(permanent)?;
     let policy = if trusted_keys.is_empty() {
-        VerifyPolicy::new(env, vec![local_public_key(&paths.keys())?])
+        VerifyPolicy::new(env, vec![local_public_key(paths)?])
     } else {
         VerifyPolicy::from_key_files(env, trusted_keys).map_err(permanent)?
     };

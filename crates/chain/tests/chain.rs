@@ -36,6 +36,8 @@ fn canary() -> String {
 struct Fixture {
     _dir: tempfile::TempDir,
     state: PathBuf,
+    /// Where the local key's passphrase goes (outside `state`, as `~/.config` is).
+    passphrases: PathBuf,
     export: Arc<TarballExport>,
     image: ImageInfo,
 }
@@ -61,9 +63,12 @@ fn fixture(secret: bool) -> Fixture {
     let image = ImageInfo {
         id: cutover_model::sha256_digest(&bytes),
         tag: "cutover/hello:production-1".to_string(),
+        warning: None,
     };
     let state = dir.path().join("state");
+    let passphrases = dir.path().join("config/cutover/passphrases");
     Fixture {
+        passphrases,
         export: Arc::new(TarballExport {
             tar,
             exports: AtomicUsize::new(0),
@@ -77,6 +82,7 @@ fn fixture(secret: bool) -> Fixture {
 impl Fixture {
     fn chain(&self, audit: Option<Arc<dyn ExceptionAudit>>) -> LocalSupplyChain {
         LocalSupplyChain::new(self.export.clone(), &self.state, audit)
+            .with_passphrase_dir(&self.passphrases)
     }
 
     /// A chain that has scanned (default gate) and signed (local key) the image.
@@ -461,4 +467,109 @@ async fn provenance_records_the_git_commit_and_whether_the_tree_was_dirty() {
         .provenance
         .unwrap();
     assert_eq!(dirty.git_dirty, Some(true));
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_local_key_s_passphrase_is_kept_outside_the_state_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture(false);
+    let chain = f.scanned_and_signed().await;
+    let keys = chain.paths().keys();
+    assert!(keys.join("local.key").is_file(), "no local key made");
+    assert!(
+        !keys.join("local.pass").exists(),
+        "the passphrase sits beside the key"
+    );
+    let stored = files_under(&f.passphrases);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let key_id = cutover_signing::PublicKey::from_pem_file(&keys.join("local.pub"))
+        .unwrap()
+        .key_id()
+        .to_string();
+    assert_eq!(stored[0], f.passphrases.join(&key_id));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&stored[0]), 0o600);
+    assert_eq!(mode(&f.passphrases), 0o700);
+    // Nothing in the state directory holds the passphrase.
+    let passphrase = std::fs::read_to_string(&stored[0]).unwrap();
+    assert!(passphrase.len() >= 32);
+    for file in files_under(&f.state) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(passphrase.trim()),
+            "{} holds the passphrase",
+            file.display()
+        );
+    }
+    // The key opens with it and what it signed verifies.
+    chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect("verify");
+}
+
+#[tokio::test]
+async fn a_passphrase_left_beside_the_key_is_moved_out_and_signing_goes_on() {
+    let f = fixture(false);
+    let keys = f.state.join("keys");
+    // What earlier versions left: the key and its passphrase side by side.
+    let (_, _, key_id) = cutover_signing::generate_to_files(
+        &keys,
+        "local",
+        cutover_signing::Algorithm::EcdsaP256,
+        "an old passphrase",
+    )
+    .unwrap();
+    std::fs::write(keys.join("local.pass"), "an old passphrase\n").unwrap();
+
+    let chain = f.scanned_and_signed().await;
+    assert!(
+        !keys.join("local.pass").exists(),
+        "local.pass was left in the state directory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.passphrases.join(&key_id)).unwrap(),
+        "an old passphrase"
+    );
+    // Signed by the same key as before the move, and it verifies.
+    let signers = chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect("verify");
+    assert_eq!(signers, vec![key_id]);
+}
+
+#[tokio::test]
+async fn a_lost_passphrase_fails_signing_saying_what_to_do() {
+    let f = fixture(false);
+    f.scanned_and_signed().await;
+    std::fs::remove_dir_all(&f.passphrases).unwrap();
+    let chain = f.chain(None);
+    let err = chain
+        .sign(&f.image, &f.request())
+        .await
+        .expect_err("no passphrase, no signature");
+    assert!(err.message.contains("is not at"), "{err}");
+    assert!(
+        err.message.contains("local.* to make a new local key"),
+        "{err}"
+    );
+    assert!(!err.is_transient());
 }

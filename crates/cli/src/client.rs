@@ -32,6 +32,10 @@ impl StateDir {
     pub fn proxy_dir(&self) -> PathBuf {
         self.0.join("proxy")
     }
+    /// Where cargo builds write (the only part of the state directory a build sees).
+    pub fn builds(&self) -> PathBuf {
+        self.0.join("builds")
+    }
 }
 
 /// The client of the project's control plane: `/api/v1` on its socket, as the socket's

@@ -120,6 +120,9 @@ enum Command {
     /// Finish or unwind deployments interrupted by a crash, and follow them.
     Resume,
     /// Run the control plane in the foreground (the CLI starts it in the background itself).
+    ///
+    /// Cargo builds run in a bubblewrap sandbox; CUTOVER_UNSANDBOXED_BUILDS=1 in its
+    /// environment runs them without one (development machines without bubblewrap only).
     Serve {
         /// Stop the running control plane and the proxy (traffic stops).
         #[arg(long)]

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use cutover_model::{format_duration_ms, format_ms, JournalEntry, JournalEvent};
+use cutover_model::{
+    format_duration_ms, format_ms, ImageInfo, JournalEntry, JournalEvent, StepOutput,
+};
 use cutover_server::api::{ApprovalView, DeploymentDetail, EnvStatus, HistoryLine};
 
 /// `error: a: b: c` from an error and its causes, without repeating a cause that the
@@ -38,10 +40,19 @@ pub fn journal_line(entry: &JournalEntry, start_ms: u64) -> String {
             format!("{step:<16} started (attempt {attempt})")
         }
         JournalEvent::StepSucceeded {
-            step, duration_ms, ..
+            step,
+            duration_ms,
+            output,
         } => {
+            let warning = match output {
+                StepOutput::Image(ImageInfo {
+                    warning: Some(warning),
+                    ..
+                }) => format!("; warning: {warning}"),
+                _ => String::new(),
+            };
             format!(
-                "{step:<16} succeeded in {}",
+                "{step:<16} succeeded in {}{warning}",
                 format_duration_ms(*duration_ms)
             )
         }
@@ -474,7 +485,6 @@ pub fn approval_view(v: &ApprovalView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutover_model::StepOutput;
 
     #[test]
     fn journal_lines_time_steps_with_the_shared_duration_format() {
@@ -562,5 +572,33 @@ mod tests {
         assert!(text.contains("signed by fake-key-1"), "{text}");
         assert!(text.contains("scan      passed"), "{text}");
         cp.abort_runs();
+    }
+
+    #[test]
+    fn an_unsandboxed_build_says_so_in_its_step_line() {
+        let entry = |warning: Option<&str>| JournalEntry {
+            seq: 3,
+            at_ms: 2000,
+            event: JournalEvent::StepSucceeded {
+                step: "build".to_string(),
+                output: StepOutput::Image(ImageInfo {
+                    id: "sha256:abc".to_string(),
+                    tag: "cutover/hello:production-1".to_string(),
+                    warning: warning.map(str::to_string),
+                }),
+                duration_ms: 1000,
+            },
+        };
+        let line = journal_line(&entry(None), 1000);
+        assert!(line.contains("build            succeeded in "), "{line}");
+        assert!(!line.contains("warning"), "{line}");
+        let line = journal_line(&entry(Some(cutover_docker::UNSANDBOXED_WARNING)), 1000);
+        assert!(
+            line.ends_with(&format!(
+                "; warning: {}",
+                cutover_docker::UNSANDBOXED_WARNING
+            )),
+            "{line}"
+        );
     }
 }

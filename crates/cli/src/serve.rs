@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use cutover_chain::LocalSupplyChain;
-use cutover_docker::DockerProvider;
+use cutover_docker::{CargoBuilds, DockerProvider};
 use cutover_executor::{ExecutorConfig, FaultInjector};
 use cutover_model::{Preflights, Providers};
 use cutover_proxy::{AdminClient, ProxyTraffic};
@@ -204,7 +204,11 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     ensure_proxy(&state, &admin).await?;
     let supervisor = tokio::spawn(supervise_proxy(state.clone(), admin.clone()));
 
-    let docker = Arc::new(DockerProvider::connect().await?);
+    let docker = Arc::new(
+        DockerProvider::connect()
+            .await?
+            .with_cargo_builds(cargo_builds(&state)),
+    );
     let audit = store.clone();
     let providers = Providers {
         images: docker.clone(),
@@ -285,6 +289,25 @@ fn anchor_audit(state: &StateDir, store: &Store, sinks: &[std::path::PathBuf]) -
         "audit chain anchored"
     );
     Ok(())
+}
+
+/// Cargo builds of this control plane: under `<state>/builds/`, with the state directory
+/// and the local keys' passphrases hidden from them, in the bubblewrap sandbox unless `CUTOVER_UNSANDBOXED_BUILDS=1` (read
+/// here only; for development machines without bubblewrap, and loud about it).
+fn cargo_builds(state: &StateDir) -> CargoBuilds {
+    let unsandboxed = std::env::var("CUTOVER_UNSANDBOXED_BUILDS").is_ok_and(|v| v == "1");
+    if unsandboxed {
+        tracing::warn!("CUTOVER_UNSANDBOXED_BUILDS=1: cargo builds run without a sandbox, as this user, and can read the keys and reach the sockets of this control plane");
+    }
+    // The passphrases too, should the source tree hold the home directory.
+    let hidden = std::iter::once(state.0.clone())
+        .chain(cutover_chain::default_passphrase_dir())
+        .collect();
+    CargoBuilds {
+        dir: state.builds(),
+        hidden,
+        unsandboxed,
+    }
 }
 
 /// Test-only hook, off unless set: `CUTOVER_TEST_FAIL_UNDO=<step id>[,<step id>…]` makes

@@ -33,9 +33,13 @@ pub enum SupplyCommand {
         /// Reviewed exceptions file (every entry needs `expires`).
         #[arg(long)]
         exceptions: Option<PathBuf>,
-        /// gitleaks-style secret rules replacing the built-in ones.
+        /// gitleaks rule file replacing the built-in secret rules (`[extend] useDefault = true`
+        /// adds to them). Rules that cannot be used are left out with a warning.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Fail when any rule of `--rules` cannot be used, instead of leaving it out.
+        #[arg(long, requires = "rules")]
+        strict_rules: bool,
         /// Also write a SARIF 2.1.0 report here (for code-scanning dashboards).
         #[arg(long)]
         sarif: Option<PathBuf>,
@@ -105,9 +109,13 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             allow_secrets,
             exceptions,
             rules,
+            strict_rules,
             sarif,
             sbom,
         } => {
+            if let Some(path) = &rules {
+                check_rules(path, strict_rules)?;
+            }
             let gate = GateSpec {
                 fail_on,
                 fail_on_secrets: !allow_secrets,
@@ -223,6 +231,20 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             Ok(0)
         }
     }
+}
+
+/// Loads the secret rules up front: each rule left out is a warning on stderr, and with
+/// `strict` any of them fails the scan before it starts.
+fn check_rules(path: &Path, strict: bool) -> Result<()> {
+    let rules = if strict {
+        cutover_supply::RuleSet::load_strict(path)?
+    } else {
+        cutover_supply::RuleSet::load(path)?
+    };
+    for w in rules.warnings() {
+        eprintln!("warning: {w}; the rule is left out (--strict-rules makes this an error)");
+    }
+    Ok(())
 }
 
 async fn scan(

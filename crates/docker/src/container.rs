@@ -469,6 +469,7 @@ mod tests {
         ImageInfo {
             id: "sha256:abc".to_string(),
             tag: "cutover/hello:production-3".to_string(),
+            warning: None,
         }
     }
 

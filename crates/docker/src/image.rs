@@ -11,13 +11,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::engine_error::{describe, is_not_found, provider_error, status};
-use crate::{context, elf, DockerProvider};
-
-/// The flag appended to `RUSTFLAGS` for cargo builds: a static binary for `FROM scratch`.
-pub const STATIC_RUSTFLAG: &str = "-C target-feature=+crt-static";
-
-/// Target triple of cargo builds (the Engine runs linux/amd64 containers).
-const CARGO_TARGET: &str = "x86_64-unknown-linux-gnu";
+use crate::{cargo, context, DockerProvider};
 
 /// Dockerfile wrapped around a static binary.
 const BINARY_DOCKERFILE: &str =
@@ -40,6 +34,7 @@ impl ImageBuilder for DockerProvider {
         }
         let mut labels = labels.clone();
         labels.insert(labels::MANAGED.to_string(), "true".to_string());
+        let mut warning = None;
         let (archive, dockerfile) = match source {
             BuildSpec::Dockerfile {
                 context,
@@ -54,8 +49,9 @@ impl ImageBuilder for DockerProvider {
                 bin,
                 profile,
             } => {
-                let binary = cargo_build_static(manifest, bin, profile).await?;
-                let archive = context::tar_binary_image(&binary, BINARY_DOCKERFILE).map_err(|e| {
+                let built = cargo::build_static(&self.cargo_builds, manifest, bin, profile).await?;
+                warning = built.warning;
+                let archive = context::tar_binary_image(&built.binary, BINARY_DOCKERFILE).map_err(|e| {
                     ProviderError::permanent(format!(
                         "packing the binary {bin} into a build context failed: {e}; check free memory and disk space"
                     ))
@@ -69,11 +65,13 @@ impl ImageBuilder for DockerProvider {
         };
         self.build_archive(tag, archive, &dockerfile, &args, &labels)
             .await?;
-        self.inspect_image(tag).await?.ok_or_else(|| {
+        let mut image = self.inspect_image(tag).await?.ok_or_else(|| {
             ProviderError::transient(format!(
                 "image {tag} was built but the engine does not list it; retry the build"
             ))
-        })
+        })?;
+        image.warning = warning;
+        Ok(image)
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, ProviderError> {
@@ -163,6 +161,7 @@ impl DockerProvider {
                     ImageInfo {
                         id,
                         tag: reference.to_string(),
+                        warning: None,
                     },
                     labels,
                 )))
@@ -302,145 +301,6 @@ async fn directory_context(context: &Path, dockerfile: &str) -> Result<Vec<u8>, 
         })
 }
 
-/// The directory cargo puts a profile's artifacts in.
-pub(crate) fn profile_dir(profile: &str) -> &str {
-    match profile {
-        "dev" | "test" => "debug",
-        "bench" => "release",
-        other => other,
-    }
-}
-
-/// `RUSTFLAGS` for a static build, keeping flags the caller already set.
-pub(crate) fn static_rustflags(existing: Option<&str>, encoded: Option<&str>) -> String {
-    let mut flags: Vec<String> = Vec::new();
-    if let Some(encoded) = encoded.filter(|e| !e.is_empty()) {
-        flags.extend(encoded.split('\u{1f}').map(str::to_string));
-    } else if let Some(existing) = existing.filter(|e| !e.trim().is_empty()) {
-        flags.push(existing.trim().to_string());
-    }
-    flags.push(STATIC_RUSTFLAG.to_string());
-    flags.join(" ")
-}
-
-fn cargo_program() -> std::ffi::OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
-}
-
-fn tail_of(text: &[u8]) -> String {
-    let text = String::from_utf8_lossy(text);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(TAIL_LINES);
-    lines[start..].join("\n")
-}
-
-/// Build `bin` statically and return the bytes of the binary.
-async fn cargo_build_static(
-    manifest: &Path,
-    bin: &str,
-    profile: &str,
-) -> Result<Vec<u8>, ProviderError> {
-    if !manifest.is_file() {
-        return Err(ProviderError::permanent(format!(
-            "there is no cargo manifest at {}; fix build.manifest in deploy.toml",
-            manifest.display()
-        )));
-    }
-    let rustflags = static_rustflags(
-        std::env::var("RUSTFLAGS").ok().as_deref(),
-        std::env::var("CARGO_ENCODED_RUSTFLAGS").ok().as_deref(),
-    );
-    tracing::info!(bin, profile, manifest = %manifest.display(), "cargo build (static)");
-    let output = tokio::process::Command::new(cargo_program())
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(manifest)
-        .args(["--bin", bin, "--profile", profile, "--target", CARGO_TARGET])
-        .env("RUSTFLAGS", rustflags)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| {
-            ProviderError::permanent(format!(
-                "running cargo to build {bin} failed: {e}; install rust (cargo) or put it on PATH"
-            ))
-        })?;
-    if !output.status.success() {
-        return Err(ProviderError::permanent(format!(
-            "cargo build of {bin} (profile {profile}) failed with {}:\n{}\nfix the build error and try again",
-            output.status,
-            tail_of(&output.stderr)
-        )));
-    }
-    let target_dir = cargo_target_dir(manifest).await?;
-    let binary_path = target_dir
-        .join(CARGO_TARGET)
-        .join(profile_dir(profile))
-        .join(bin);
-    let binary = tokio::fs::read(&binary_path).await.map_err(|e| {
-        ProviderError::permanent(format!(
-            "cargo built {bin} but reading {} failed: {e}; check build.bin names a binary target",
-            binary_path.display()
-        ))
-    })?;
-    match elf::check_static(&binary) {
-        Ok(()) => Ok(binary),
-        Err(elf::NotStatic::Dynamic { interpreter }) => Err(ProviderError::permanent(format!(
-            "{} is dynamically linked (needs {interpreter}) and cannot run in a scratch image; make sure RUSTFLAGS keeps {STATIC_RUSTFLAG} and no dependency forces dynamic linking",
-            binary_path.display()
-        ))),
-        Err(elf::NotStatic::NotElf(why)) => Err(ProviderError::permanent(format!(
-            "{} is not a linux executable ({why}); check build.bin",
-            binary_path.display()
-        ))),
-    }
-}
-
-/// The target directory cargo uses for `manifest`.
-async fn cargo_target_dir(manifest: &Path) -> Result<PathBuf, ProviderError> {
-    let output = tokio::process::Command::new(cargo_program())
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| {
-            ProviderError::permanent(format!(
-                "running cargo metadata failed: {e}; install rust (cargo) or put it on PATH"
-            ))
-        })?;
-    if !output.status.success() {
-        return Err(ProviderError::permanent(format!(
-            "cargo metadata for {} failed:\n{}\nfix the manifest and try again",
-            manifest.display(),
-            tail_of(&output.stderr)
-        )));
-    }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| {
-        ProviderError::permanent(format!(
-            "cargo metadata printed something that is not json ({e}); check the cargo version"
-        ))
-    })?;
-    metadata
-        .get("target_directory")
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            ProviderError::permanent(
-                "cargo metadata did not name a target directory; check the cargo version",
-            )
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,41 +319,10 @@ mod tests {
     }
 
     #[test]
-    fn profile_dirs_follow_cargo() {
-        assert_eq!(profile_dir("dev"), "debug");
-        assert_eq!(profile_dir("test"), "debug");
-        assert_eq!(profile_dir("release"), "release");
-        assert_eq!(profile_dir("bench"), "release");
-        assert_eq!(profile_dir("dist"), "dist");
-    }
-
-    #[test]
-    fn static_flag_is_appended_to_existing_flags() {
-        assert_eq!(static_rustflags(None, None), STATIC_RUSTFLAG);
-        assert_eq!(
-            static_rustflags(Some("-C opt-level=2"), None),
-            format!("-C opt-level=2 {STATIC_RUSTFLAG}")
-        );
-        assert_eq!(
-            static_rustflags(Some("ignored"), Some("-C\u{1f}debuginfo=0")),
-            format!("-C debuginfo=0 {STATIC_RUSTFLAG}")
-        );
-        assert_eq!(static_rustflags(Some("  "), Some("")), STATIC_RUSTFLAG);
-    }
-
-    #[test]
     fn partial_exports_sit_beside_the_destination() {
         assert_eq!(
             partial_path(Path::new("/tmp/x/image.tar")),
             PathBuf::from("/tmp/x/image.tar.partial")
         );
-    }
-
-    #[test]
-    fn output_tails_keep_the_last_lines() {
-        let text: String = (0..40).map(|i| format!("line {i}\n")).collect();
-        let tail = tail_of(text.as_bytes());
-        assert!(tail.starts_with("line 25"));
-        assert!(tail.ends_with("line 39"));
     }
 }

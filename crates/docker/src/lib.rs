@@ -20,8 +20,10 @@
 //!   there), and an instance the Engine restarts may come back on a different port: read
 //!   the address again with `inspect` after a restart.
 //! - Cargo builds target `x86_64-unknown-linux-gnu` with `+crt-static`; the glibc static
-//!   libraries must be installed.
+//!   libraries must be installed. They run in a bubblewrap sandbox ([`CargoBuilds`],
+//!   `cargo.rs`): bubblewrap must be installed too.
 
+mod cargo;
 mod container;
 mod context;
 mod diagnose;
@@ -65,6 +67,7 @@ pub struct DockerProvider {
     addr: String,
     /// Serialises making environment networks (the Engine allows duplicate names).
     networks: std::sync::Arc<tokio::sync::Mutex<()>>,
+    cargo_builds: CargoBuilds,
 }
 
 /// Default socket when `DOCKER_HOST` is unset.
@@ -101,7 +104,15 @@ impl DockerProvider {
             docker,
             addr: addr.to_string(),
             networks: Default::default(),
+            cargo_builds: CargoBuilds::default(),
         })
+    }
+
+    /// Where cargo builds write and what they must not see (default: sandboxed, under the
+    /// user's cache directory).
+    pub fn with_cargo_builds(mut self, builds: CargoBuilds) -> DockerProvider {
+        self.cargo_builds = builds;
+        self
     }
 
     /// The Engine address this provider talks to (`unix://…` or `tcp://…`).
@@ -110,7 +121,7 @@ impl DockerProvider {
     }
 }
 
-pub use image::STATIC_RUSTFLAG;
+pub use cargo::{CargoBuilds, STATIC_RUSTFLAG, UNSANDBOXED_WARNING};
 pub use probe::probe_http;
 
 #[cfg(test)]

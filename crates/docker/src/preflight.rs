@@ -15,6 +15,15 @@ const PING_WAIT: Duration = Duration::from_secs(5);
 impl Preflight for DockerProvider {
     async fn check(&self, spec: &Spec, _env: &str) -> Vec<PreflightFailure> {
         let mut failures = build_source(&spec.build);
+        if matches!(spec.build, BuildSpec::Cargo { .. }) {
+            // Cargo builds run sandboxed: without bubblewrap nothing can be built.
+            if let Err(e) = crate::cargo::isolation(self.cargo_builds.unsandboxed) {
+                failures.push(PreflightFailure {
+                    field: "build.cargo".to_string(),
+                    message: e.message,
+                });
+            }
+        }
         let reason = match tokio::time::timeout(PING_WAIT, self.docker.ping()).await {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(crate::engine_error::describe(&e)),
@@ -162,6 +171,7 @@ mod tests {
             docker,
             addr: addr.clone(),
             networks: Default::default(),
+            cargo_builds: crate::CargoBuilds::default(),
         };
         std::fs::write(dir.path().join("Cargo.toml"), "[package]\n").unwrap();
         let spec = Spec {

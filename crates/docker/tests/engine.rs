@@ -87,6 +87,16 @@ async fn provider() -> DockerProvider {
     DockerProvider::connect()
         .await
         .expect("these tests need a running docker engine")
+        // Cargo builds write under the target directory, not the user's cache.
+        .with_cargo_builds(cutover_docker::CargoBuilds {
+            dir: builds_dir(),
+            ..cutover_docker::CargoBuilds::default()
+        })
+}
+
+/// Where this binary's cargo builds write (one directory per manifest inside).
+fn builds_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("engine-builds")
 }
 
 /// Remove everything of this run (`Some(run)`) or of runs whose process is gone (`None`).
@@ -374,12 +384,15 @@ async fn dockerfile_builds_use_the_context_args_and_labels() {
     }
     let (hello, _, _) = hello_image().await;
     let docker = provider().await;
-    let binary = repo_root_target().join("x86_64-unknown-linux-gnu/release/hello");
-    assert!(
-        binary.is_file(),
-        "the hello image build left {}",
-        binary.display()
-    );
+    let binary = std::fs::read_dir(builds_dir())
+        .expect("the builds directory")
+        .flatten()
+        .map(|dir| {
+            dir.path()
+                .join("target/x86_64-unknown-linux-gnu/release/hello")
+        })
+        .find(|binary| binary.is_file())
+        .expect("the hello image build left its binary in its build directory");
 
     let context = tempfile::tempdir().expect("temp dir");
     std::fs::copy(&binary, context.path().join("hello")).expect("copy binary");
@@ -443,12 +456,6 @@ async fn dockerfile_builds_use_the_context_args_and_labels() {
         .remove_image(&tag)
         .await
         .expect("removing twice is fine");
-}
-
-fn repo_root_target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 #[tokio::test]

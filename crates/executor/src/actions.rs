@@ -60,6 +60,7 @@ async fn resolve_image(
         ImageSource::Pinned { id, tag } => Ok(ImageInfo {
             id: id.clone(),
             tag: tag.clone(),
+            warning: None,
         }),
     }
 }

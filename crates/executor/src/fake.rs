@@ -129,6 +129,7 @@ impl ImageBuilder for FakeProviders {
         let image = ImageInfo {
             id: cutover_model::sha256_digest(tag.as_bytes()),
             tag: tag.to_string(),
+            warning: None,
         };
         w.images.insert(tag.to_string(), image.clone());
         *w.built.entry(tag.to_string()).or_default() += 1;

@@ -75,7 +75,10 @@ pub struct StepView {
 pub fn summarize(output: &StepOutput) -> String {
     match output {
         StepOutput::None => "nothing to do".to_string(),
-        StepOutput::Image(image) => format!("image {} ({})", image.tag, image.id),
+        StepOutput::Image(image) => match &image.warning {
+            Some(warning) => format!("image {} ({}); warning: {warning}", image.tag, image.id),
+            None => format!("image {} ({})", image.tag, image.id),
+        },
         StepOutput::Instance(i) => format!("instance {} at {}", i.name, i.addr),
         StepOutput::Healthy { probes } => format!("healthy after {probes} probes"),
         StepOutput::Shifted { previous } => {

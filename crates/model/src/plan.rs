@@ -165,6 +165,33 @@ impl Plan {
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id == id)
     }
+
+    /// The plan as clients are shown it: every container's environment values replaced by
+    /// their digests ([`ContainerSpec::with_env_digests`]). `digest` stays the digest of the
+    /// plan as saved, values included.
+    pub fn with_env_digests(&self) -> Plan {
+        let mut plan = self.clone();
+        for step in &mut plan.steps {
+            match &mut step.action {
+                Action::Provision { instance } => {
+                    instance.container = instance.container.with_env_digests();
+                }
+                Action::Record { container, .. } => *container = container.with_env_digests(),
+                // Listed so that a new action carrying a container is not missed here.
+                Action::Build { .. }
+                | Action::Scan { .. }
+                | Action::Sign { .. }
+                | Action::Verify { .. }
+                | Action::Approval { .. }
+                | Action::Adopt { .. }
+                | Action::HealthCheck { .. }
+                | Action::ShiftTraffic { .. }
+                | Action::Drain { .. }
+                | Action::Retire { .. } => {}
+            }
+        }
+        plan
+    }
 }
 
 /// One node of the plan's DAG.

@@ -11,6 +11,10 @@ pub struct ImageInfo {
     pub id: String,
     /// Human tag, e.g. `cutover/hello:production-3`.
     pub tag: String,
+    /// What people should know about how the image was built (an unsandboxed build), shown
+    /// with the build step's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Observed state of an instance.
@@ -93,6 +97,17 @@ pub struct Release {
     pub health: HealthSpec,
     /// Instance names at the time it was recorded.
     pub instances: Vec<String>,
+}
+
+impl Release {
+    /// The release as clients are shown it: environment values replaced by their digests
+    /// ([`ContainerSpec::with_env_digests`]).
+    pub fn with_env_digests(&self) -> Release {
+        Release {
+            container: self.container.with_env_digests(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Overall state of a deployment.

@@ -129,6 +129,27 @@ pub struct ContainerSpec {
     pub tmpfs: Vec<String>,
 }
 
+impl ContainerSpec {
+    /// Each environment variable's name with `sha256:<hex>` of its value: what the API, the
+    /// UI and plan renderings show instead of values (which only the spec and the provider
+    /// that starts the container read).
+    pub fn env_digests(&self) -> BTreeMap<String, String> {
+        self.env
+            .iter()
+            .map(|(name, value)| (name.clone(), crate::sha256_digest(value.as_bytes())))
+            .collect()
+    }
+
+    /// These settings as clients are shown them: every environment value replaced by its
+    /// digest ([`ContainerSpec::env_digests`]).
+    pub fn with_env_digests(&self) -> ContainerSpec {
+        ContainerSpec {
+            env: self.env_digests(),
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for ContainerSpec {
     fn default() -> Self {
         ContainerSpec {

@@ -338,7 +338,12 @@ fn container(c: &ContainerSpec) -> String {
         let _ = write!(s, ", command {:?}", c.command);
     }
     if !c.env.is_empty() {
-        let vars: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Names and value digests: the listing reaches clients, values must not.
+        let vars: Vec<String> = c
+            .env_digests()
+            .iter()
+            .map(|(k, digest)| format!("{k}={digest}"))
+            .collect();
         let _ = write!(s, ", env {}", vars.join(" "));
     }
     s

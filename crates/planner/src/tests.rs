@@ -52,6 +52,7 @@ fn release(id: &str, version: &str) -> Release {
         image: ImageInfo {
             id: format!("sha256:{}", "ab".repeat(32)),
             tag: format!("cutover/hello:{id}"),
+            warning: None,
         },
         plan_digest: format!("sha256:{}", "cd".repeat(32)),
         spec_digest: format!("sha256:{}", "ef".repeat(32)),
@@ -345,6 +346,48 @@ fn same_input_gives_byte_identical_plan_and_digest() {
         approval,
         serde_json::to_string(&approval_deploy_plan()).expect("serializes")
     );
+}
+
+#[test]
+fn clients_see_env_values_as_digests_and_the_plan_keeps_them() {
+    let plan = redeploy_plan();
+    let shown = plan.with_env_digests();
+    let digest = cutover_model::sha256_digest(b"v1");
+    let containers = |p: &Plan| -> Vec<ContainerSpec> {
+        p.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Provision { instance } => Some(instance.container.clone()),
+                Action::Record { container, .. } => Some(container.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (kept, redacted) = (containers(&plan), containers(&shown));
+    assert!(kept.len() >= 2, "provision and record steps");
+    for (k, r) in kept.iter().zip(&redacted) {
+        assert_eq!(k.env["VERSION"], "v1");
+        assert_eq!(r.env["VERSION"], digest);
+        assert_eq!(r, &k.with_env_digests());
+    }
+    // The digest stays the saved plan's; nothing else changes.
+    assert_eq!(shown.digest, plan.digest);
+    let text = render_text(&plan);
+    assert!(text.contains(&format!("VERSION={digest}")), "{text}");
+    assert!(!text.contains("VERSION=v1"), "{text}");
+    let mut back = shown.clone();
+    for (step, orig) in back.steps.iter_mut().zip(&plan.steps) {
+        match (&mut step.action, &orig.action) {
+            (Action::Provision { instance }, Action::Provision { instance: o }) => {
+                instance.container.env = o.container.env.clone();
+            }
+            (Action::Record { container, .. }, Action::Record { container: o, .. }) => {
+                container.env = o.env.clone();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(back, plan);
 }
 
 #[test]

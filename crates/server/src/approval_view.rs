@@ -53,14 +53,6 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn env_digests(container: &ContainerSpec) -> BTreeMap<String, String> {
-    container
-        .env
-        .iter()
-        .map(|(name, value)| (name.clone(), cutover_model::sha256_digest(value.as_bytes())))
-        .collect()
-}
-
 fn container_values(c: &ContainerSpec) -> Vec<(&'static str, Option<String>)> {
     vec![
         ("container.port", Some(c.port.to_string())),
@@ -246,7 +238,9 @@ pub fn settings_of_plan(plan: &Plan) -> Settings {
     ]);
     Settings {
         values,
-        env: container.map(env_digests).unwrap_or_default(),
+        env: container
+            .map(ContainerSpec::env_digests)
+            .unwrap_or_default(),
     }
 }
 
@@ -261,7 +255,7 @@ pub fn settings_of_release(release: &Release, plan: Option<&Plan>) -> Settings {
     values.extend(health_values(&release.health));
     Settings {
         values,
-        env: env_digests(&release.container),
+        env: release.container.env_digests(),
     }
 }
 
@@ -392,6 +386,7 @@ fn image_of(
         ImageSource::Pinned { id, tag } => Some(cutover_model::ImageInfo {
             id: id.clone(),
             tag: tag.clone(),
+            warning: None,
         }),
         ImageSource::Step { step } => match replayed?.steps.get(step)?.output.as_ref()? {
             StepOutput::Image(info) => Some(info.clone()),
@@ -614,6 +609,7 @@ mod tests {
             image: cutover_model::ImageInfo {
                 id: "sha256:1".to_string(),
                 tag: "t".to_string(),
+                warning: None,
             },
             plan_digest: old_plan.digest.clone(),
             spec_digest: String::new(),

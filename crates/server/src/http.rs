@@ -670,10 +670,11 @@ async fn create_plan(
         rollback.as_ref(),
     )
     .await?;
+    // Clients see environment variables by name and value digest, never values.
     Ok(Json(PlanResponse {
         digest: plan.digest.clone(),
         text: cutover_planner::render_text(&plan),
-        plan,
+        plan: plan.with_env_digests(),
     }))
 }
 

@@ -91,7 +91,11 @@ pub async fn env_statuses(
 ) -> Result<Vec<EnvStatus>, ServerError> {
     let mut out = Vec::new();
     for env in envs {
-        let current = cp.store.current_release(&env)?;
+        // Clients see environment variables by name and value digest, never values.
+        let current = cp
+            .store
+            .current_release(&env)?
+            .map(|r| r.with_env_digests());
         let app = current.as_ref().map(|r| r.app.clone());
         let instances = match &app {
             Some(app) => cp

@@ -28,6 +28,7 @@ fn release(env: &str, id: &str, at: u64) -> Release {
         image: ImageInfo {
             id: "sha256:abc".to_string(),
             tag: "cutover/hello:1".to_string(),
+            warning: None,
         },
         plan_digest: "sha256:plan".to_string(),
         spec_digest: "sha256:spec".to_string(),

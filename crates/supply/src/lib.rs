@@ -11,6 +11,7 @@ pub mod gate;
 pub mod image;
 pub mod inventory;
 pub mod osv;
+pub mod re2;
 pub mod report;
 pub mod secrets;
 pub mod synth;
@@ -22,5 +23,5 @@ pub use image::{FileFate, FileMeta, Image, ImageConfig, ImageReader, LayerInfo, 
 pub use inventory::{inventory, Distro, Inventory, InventoryCollector, Package};
 pub use osv::{AdvisoryDb, ImportLimits, ImportReport, Severity, VulnFinding};
 pub use report::{sbom, scan, scan_image, to_sarif, Findings, ImageSummary, ScanReport, ScanStats};
-pub use secrets::{RuleSet, SecretFinding, SecretLocation};
+pub use secrets::{RuleSet, RuleWarning, SecretFinding, SecretLocation};
 pub use version::Ecosystem;

@@ -83,7 +83,12 @@ pub fn scan_image(image: &Image, db: &AdvisoryDb, rules: &RuleSet) -> Result<Sca
             .cmp(&b.location)
             .then_with(|| a.rule_id.cmp(&b.rule_id))
     });
-    let mut warnings = image.warnings.clone();
+    let mut warnings: Vec<String> = rules
+        .warnings()
+        .iter()
+        .map(|w| format!("secret rule left out: {w}"))
+        .collect();
+    warnings.extend(image.warnings.iter().cloned());
     warnings.extend(inv.warnings);
     warnings.extend(visit_warnings);
     Ok(ScanReport {
@@ -186,6 +191,32 @@ fn sarif_level(s: Severity) -> &'static str {
     }
 }
 
+/// What a path in the image may not hold as it is in a SARIF `artifactLocation.uri`, a
+/// relative URI reference (RFC 3986): controls, space, delimiters and `%`, and `:` so that
+/// no first segment reads as a scheme. Non-ASCII bytes are always encoded.
+const URI_PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b':')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// A path in the image as a SARIF artifact URI.
+fn sarif_uri(path: &str) -> String {
+    percent_encoding::utf8_percent_encode(path, URI_PATH).to_string()
+}
+
 /// SARIF 2.1.0 export of a report's findings.
 pub fn to_sarif(report: &ScanReport) -> serde_json::Value {
     let mut rules: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
@@ -209,7 +240,7 @@ pub fn to_sarif(report: &ScanReport) -> serde_json::Value {
             "ruleId": v.id,
             "level": sarif_level(v.severity),
             "message": {"text": format!("{v}")},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": sarif_uri(&uri)}}}],
             "partialFingerprints": {"cutover/v1": format!("{}|{}|{}", v.id, v.purl, uri)},
             "properties": {"purl": v.purl, "layer": v.layer, "severity": v.severity},
         }));
@@ -224,7 +255,7 @@ pub fn to_sarif(report: &ScanReport) -> serde_json::Value {
         });
         let location = match &s.location {
             SecretLocation::File { path, line, .. } => {
-                let mut phys = json!({"artifactLocation": {"uri": path}});
+                let mut phys = json!({"artifactLocation": {"uri": sarif_uri(path)}});
                 if *line > 0 {
                     phys["region"] = json!({"startLine": line});
                 }

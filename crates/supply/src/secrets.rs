@@ -7,8 +7,10 @@ use aho_corasick::AhoCorasick;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use toml::Spanned;
 
 use crate::image::{FileFate, FileMeta, ImageConfig};
+use crate::re2;
 use crate::{Result, SupplyError};
 
 /// The rule set shipped with the crate.
@@ -28,6 +30,10 @@ struct Allowlist {
     regexes: Vec<Regex>,
     paths: Vec<Regex>,
     stopwords: Vec<String>,
+    /// The allowlist names commits; an image has none, so that condition never holds.
+    commits: bool,
+    /// Global allowlists only: the rules it applies to (all when empty).
+    target_rules: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +46,9 @@ struct Rule {
     path: Option<Regex>,
     allowlists: Vec<Allowlist>,
     has_keywords: bool,
+    /// gitleaks's rule for `generic*` rules with an entropy threshold: the secret must
+    /// contain a digit. Applies to rules from rule files, not to the built-in ones.
+    needs_digit: bool,
 }
 
 /// A compiled rule set.
@@ -48,18 +57,45 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     global: Vec<Allowlist>,
     keywords: Option<AhoCorasick>,
+    keyword_patterns: Vec<String>,
     /// For each keyword pattern, the rules it enables.
     keyword_rules: Vec<Vec<usize>>,
-    /// Rule evaluation order: file-specific (path) rules first, so that when two rules find
-    /// the same secret the more specific one names it.
+    /// Rule evaluation order: file-specific (path) rules first and `generic*` rules last, so
+    /// that when two rules find the same secret the more specific one names it.
     order: Vec<usize>,
+    warnings: Vec<RuleWarning>,
+    digest: String,
+}
+
+/// A rule (or allowlist) of a rule file that cannot be used. The loader leaves it out and
+/// the other rules still apply; [`RuleSet::load_strict`] makes it fatal instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleWarning {
+    /// The rule file.
+    pub source: String,
+    /// 1-based line of the rule's id (or of its regex or path).
+    pub line: usize,
+    /// The rule id; `None` for the global allowlist.
+    pub rule: Option<String>,
+    pub detail: String,
+}
+
+impl std::fmt::Display for RuleWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, line {}: ", self.source, self.line)?;
+        match &self.rule {
+            Some(id) => write!(f, "rule {id}: {}", self.detail),
+            None => write!(f, "{}", self.detail),
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawFile {
+    extend: Option<RawExtend>,
     #[serde(default)]
-    rules: Vec<RawRule>,
+    rules: Vec<Spanned<RawRule>>,
     allowlist: Option<RawAllowlist>,
     #[serde(default)]
     allowlists: Vec<RawAllowlist>,
@@ -67,22 +103,33 @@ struct RawFile {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct RawExtend {
+    #[serde(default)]
+    use_default: bool,
+    path: Option<String>,
+    #[serde(default)]
+    disabled_rules: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawRule {
-    id: String,
+    /// Its span gives the rule's line (a rule table's own span is unreliable with subtables).
+    id: Spanned<String>,
     #[serde(default)]
     description: String,
-    regex: Option<String>,
+    regex: Option<Spanned<String>>,
     secret_group: Option<usize>,
     entropy: Option<f64>,
     #[serde(default)]
     keywords: Vec<String>,
-    path: Option<String>,
+    path: Option<Spanned<String>>,
     allowlist: Option<RawAllowlist>,
     #[serde(default)]
     allowlists: Vec<RawAllowlist>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(rename_all = "camelCase")]
 struct RawAllowlist {
     condition: Option<String>,
@@ -93,59 +140,416 @@ struct RawAllowlist {
     paths: Vec<String>,
     #[serde(default)]
     stopwords: Vec<String>,
+    #[serde(default)]
+    commits: Vec<String>,
+    #[serde(default)]
+    target_rules: Vec<String>,
+}
+
+/// A rule as written, with where it was written, before compilation.
+struct RuleDef {
+    source: String,
+    line: usize,
+    builtin: bool,
+    id: String,
+    description: String,
+    regex: Option<(usize, String)>,
+    secret_group: Option<usize>,
+    entropy: Option<f64>,
+    keywords: Vec<String>,
+    path: Option<(usize, String)>,
+    allowlists: Vec<RawAllowlist>,
+}
+
+/// A global allowlist as written.
+struct GlobalDef {
+    source: String,
+    line: usize,
+    raw: RawAllowlist,
+}
+
+#[derive(Default)]
+struct Parsed {
+    rules: Vec<RuleDef>,
+    global: Vec<GlobalDef>,
+    /// sha256 of every file's text that went in, extended files first.
+    sources: Vec<[u8; 32]>,
+}
+
+/// How deep `[extend]` may nest (gitleaks allows two levels).
+const MAX_EXTEND_DEPTH: usize = 2;
+
+/// Compiled regexes may be larger than the `regex` crate's default allows: upstream rules
+/// combine `(?i)` with wide bounded repetitions.
+const REGEX_SIZE_LIMIT: usize = 64 << 20;
+
+fn compile_regex(go: &str) -> std::result::Result<Regex, String> {
+    regex::RegexBuilder::new(&re2::translate(go))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::Syntax(s) => s
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("error: "))
+                .unwrap_or(&s)
+                .to_string(),
+            other => other.to_string(),
+        })
+}
+
+/// 1-based line numbers of byte offsets in a text.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Lines {
+        Lines(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|nl| *nl < offset) + 1
+    }
+
+    /// The line of the `n`th (0-based) line whose trimmed text starts with `header`; 1 if
+    /// there is none. (The spans TOML gives for tables are unreliable when they have
+    /// subtables, so table headers are found by their text.)
+    fn of_header(&self, text: &str, header: &str, n: usize) -> usize {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim_start().starts_with(header))
+            .nth(n)
+            .map_or(1, |(i, _)| i + 1)
+    }
+}
+
+fn parse_rules(
+    text: &str,
+    name: &str,
+    base_dir: Option<&Path>,
+    depth: usize,
+    builtin: bool,
+) -> Result<Parsed> {
+    let err = |detail: String| SupplyError::Rules {
+        path: name.to_string(),
+        detail,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+    let lines = Lines::new(text);
+    let mut parsed = Parsed::default();
+    let own_digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    if let Some(ext) = raw.extend {
+        if depth >= MAX_EXTEND_DEPTH {
+            return Err(err(format!(
+                "[extend] nests more than {MAX_EXTEND_DEPTH} files deep; merge the files"
+            )));
+        }
+        if ext.use_default {
+            let base = parse_rules(DEFAULT_RULES, "default rules", None, depth + 1, true)?;
+            parsed.rules.extend(base.rules);
+            parsed.global.extend(base.global);
+            parsed.sources.extend(base.sources);
+        }
+        if let Some(p) = &ext.path {
+            let path = match base_dir {
+                Some(dir) => dir.join(p),
+                None => p.into(),
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| SupplyError::io(&path, e))?;
+            let base = parse_rules(
+                &text,
+                &path.display().to_string(),
+                path.parent(),
+                depth + 1,
+                false,
+            )?;
+            parsed.rules.extend(base.rules);
+            parsed.global.extend(base.global);
+            parsed.sources.extend(base.sources);
+        }
+        parsed.rules.retain(|r| !ext.disabled_rules.contains(&r.id));
+    }
+    for spanned in raw.rules {
+        let r = spanned.into_inner();
+        let line = lines.of(r.id.span().start);
+        let allowlists: Vec<RawAllowlist> = r.allowlist.into_iter().chain(r.allowlists).collect();
+        let def = RuleDef {
+            source: name.to_string(),
+            line,
+            builtin,
+            description: r.description,
+            regex: r.regex.map(|s| (lines.of(s.span().start), s.into_inner())),
+            secret_group: r.secret_group,
+            entropy: r.entropy,
+            keywords: r.keywords,
+            path: r.path.map(|s| (lines.of(s.span().start), s.into_inner())),
+            allowlists,
+            id: r.id.into_inner(),
+        };
+        match parsed.rules.iter_mut().find(|b| b.id == def.id) {
+            // Redefining an extended rule: what the new definition sets wins, the rest
+            // (and the allowlists) is kept, as gitleaks does.
+            Some(base) => base.merge(def),
+            _ => parsed.rules.push(def),
+        }
+    }
+    if let Some(a) = raw.allowlist {
+        parsed.global.push(GlobalDef {
+            source: name.to_string(),
+            line: lines.of_header(text, "[allowlist]", 0),
+            raw: a,
+        });
+    }
+    for (n, a) in raw.allowlists.into_iter().enumerate() {
+        parsed.global.push(GlobalDef {
+            source: name.to_string(),
+            line: lines.of_header(text, "[[allowlists]]", n),
+            raw: a,
+        });
+    }
+    parsed.sources.push(own_digest);
+    Ok(parsed)
+}
+
+impl RuleDef {
+    fn merge(&mut self, over: RuleDef) {
+        self.source = over.source;
+        self.line = over.line;
+        // A built-in rule stays built-in (no gitleaks digit rule) unless its match changes.
+        self.builtin &= over.builtin || (over.regex.is_none() && over.entropy.is_none());
+        if !over.description.is_empty() {
+            self.description = over.description;
+        }
+        if over.regex.is_some() {
+            self.regex = over.regex;
+        }
+        if over.path.is_some() {
+            self.path = over.path;
+        }
+        if over.secret_group.is_some() {
+            self.secret_group = over.secret_group;
+        }
+        if over.entropy.is_some() {
+            self.entropy = over.entropy;
+        }
+        for k in over.keywords {
+            if !self.keywords.contains(&k) {
+                self.keywords.push(k);
+            }
+        }
+        self.allowlists.extend(over.allowlists);
+    }
 }
 
 impl RuleSet {
     /// The shipped default rules.
     pub fn default_rules() -> RuleSet {
-        RuleSet::from_toml(DEFAULT_RULES, "default rules").expect("the shipped rules compile")
+        RuleSet::from_toml_strict(DEFAULT_RULES, "default rules")
+            .expect("the shipped rules compile")
     }
 
-    /// Reads a gitleaks-style rule file.
+    /// Reads a gitleaks rule file. Rules that cannot be used are left out and reported by
+    /// [`RuleSet::warnings`]; the file fails only when it is not valid TOML or when none
+    /// of its rules can be used.
     pub fn load(path: impl AsRef<Path>) -> Result<RuleSet> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| SupplyError::io(path, e))?;
-        RuleSet::from_toml(&text, &path.display().to_string())
+        RuleSet::compile(&text, &path.display().to_string(), path.parent(), false)
     }
 
-    /// Compiles rules from TOML text; `name` is used in error messages.
+    /// Like [`RuleSet::load`], but any rule that cannot be used fails the whole file.
+    pub fn load_strict(path: impl AsRef<Path>) -> Result<RuleSet> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| SupplyError::io(path, e))?;
+        RuleSet::compile(&text, &path.display().to_string(), path.parent(), true)
+    }
+
+    /// Compiles rules from TOML text; `name` is used in messages. Lenient like
+    /// [`RuleSet::load`]; an `[extend] path` is relative to the working directory.
     pub fn from_toml(text: &str, name: &str) -> Result<RuleSet> {
-        let err = |detail: String| SupplyError::Rules {
-            path: name.to_string(),
-            detail,
+        RuleSet::compile(text, name, None, false)
+    }
+
+    /// Like [`RuleSet::from_toml`], but any rule that cannot be used is an error.
+    pub fn from_toml_strict(text: &str, name: &str) -> Result<RuleSet> {
+        RuleSet::compile(text, name, None, true)
+    }
+
+    /// The rules and allowlists that were left out, each with its file, line and reason.
+    pub fn warnings(&self) -> &[RuleWarning] {
+        &self.warnings
+    }
+
+    /// `sha256:<hex>` of this crate's version and the text of every file these rules came
+    /// from (an `[extend]`ed file and the built-in rules included): what a cached scan made
+    /// with these rules should be keyed by.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The ids of the rules in use.
+    pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.id.as_str())
+    }
+
+    /// The same rules restricted to those with the given ids (gitleaks's `--enable-rule`).
+    pub fn only(&self, ids: &[&str]) -> RuleSet {
+        // Old rule index → new rule index.
+        let mut new_index = vec![None; self.rules.len()];
+        let mut rules = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            if ids.contains(&r.id.as_str()) {
+                new_index[i] = Some(rules.len());
+                rules.push(r.clone());
+            }
+        }
+        let mut patterns = Vec::new();
+        let mut keyword_rules = Vec::new();
+        for (pattern, enabled) in self.keyword_patterns.iter().zip(&self.keyword_rules) {
+            let kept: Vec<usize> = enabled.iter().filter_map(|&i| new_index[i]).collect();
+            if !kept.is_empty() {
+                patterns.push(pattern.clone());
+                keyword_rules.push(kept);
+            }
+        }
+        let mut set = RuleSet::assemble(
+            rules,
+            self.global.clone(),
+            patterns,
+            keyword_rules,
+            Vec::new(),
+        )
+        .expect("keywords that compiled once compile again");
+        set.digest = format!("{}+only:{}", self.digest, ids.join(","));
+        set
+    }
+
+    fn assemble(
+        rules: Vec<Rule>,
+        global: Vec<Allowlist>,
+        patterns: Vec<String>,
+        keyword_rules: Vec<Vec<usize>>,
+        warnings: Vec<RuleWarning>,
+    ) -> std::result::Result<RuleSet, String> {
+        let keywords = if patterns.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    // Over a hundred keywords, some of two or three bytes, defeat the SIMD
+                    // prefilter: a full DFA is the fastest byte-at-a-time search (its size
+                    // grows with the keywords; past a few thousand the crate chooses).
+                    .kind((patterns.len() <= 4000).then_some(aho_corasick::AhoCorasickKind::DFA))
+                    .build(&patterns)
+                    .map_err(|e| format!("keywords: {e}"))?,
+            )
         };
-        let raw: RawFile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut order: Vec<usize> = (0..rules.len()).collect();
+        order.sort_by_key(|i| {
+            (
+                rules[*i].path.is_none(),
+                rules[*i].id.starts_with("generic"),
+            )
+        });
+        Ok(RuleSet {
+            order,
+            rules,
+            global,
+            keywords,
+            keyword_patterns: patterns,
+            keyword_rules,
+            warnings,
+            digest: String::new(),
+        })
+    }
+
+    fn compile(text: &str, name: &str, base_dir: Option<&Path>, strict: bool) -> Result<RuleSet> {
+        let parsed = parse_rules(text, name, base_dir, 0, false)?;
+        let mut h = Sha256::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        for d in &parsed.sources {
+            h.update(d);
+        }
+        let digest = format!("sha256:{}", hex::encode(h.finalize()));
+        let mut warnings: Vec<RuleWarning> = Vec::new();
         let mut rules = Vec::new();
         let mut patterns: Vec<String> = Vec::new();
         let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
-        for (i, r) in raw.rules.into_iter().enumerate() {
-            if r.id.trim().is_empty() {
-                return Err(err(format!("rule #{} has an empty id", i + 1)));
-            }
-            let compile = |what: &str, re: &str| {
-                Regex::new(re).map_err(|e| err(format!("rule {}: invalid {what}: {e}", r.id)))
+        let total = parsed.rules.len();
+        for def in parsed.rules {
+            let warn = |line: usize, detail: String| RuleWarning {
+                source: def.source.clone(),
+                line,
+                rule: Some(def.id.clone()),
+                detail,
             };
-            let regex = r
-                .regex
-                .as_deref()
-                .map(|re| compile("regex", re))
-                .transpose()?;
-            let path = r
-                .path
-                .as_deref()
-                .map(|re| compile("path", re))
-                .transpose()?;
+            if def.id.trim().is_empty() {
+                warnings.push(warn(def.line, "the rule has an empty id".into()));
+                continue;
+            }
+            let regex = match &def.regex {
+                Some((line, re)) => match compile_regex(re) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        warnings.push(warn(*line, format!("invalid regex: {e}")));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let path = match &def.path {
+                Some((line, re)) => match compile_regex(re) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        warnings.push(warn(*line, format!("invalid path: {e}")));
+                        continue;
+                    }
+                },
+                None => None,
+            };
             if regex.is_none() && path.is_none() {
-                return Err(err(format!("rule {} needs a regex or a path", r.id)));
+                warnings.push(warn(def.line, "needs a regex or a path".into()));
+                continue;
+            }
+            if let (Some(g), Some(re)) = (def.secret_group, &regex) {
+                if g >= re.captures_len() {
+                    warnings.push(warn(
+                        def.line,
+                        format!(
+                            "secretGroup {g} is past the regex's {} groups",
+                            re.captures_len() - 1
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            if def.entropy.is_some_and(|e| !e.is_finite() || e < 0.0) {
+                warnings.push(warn(def.line, "entropy must be a number >= 0".into()));
+                continue;
             }
             let mut allowlists = Vec::new();
-            for a in r.allowlist.iter().chain(&r.allowlists) {
-                allowlists
-                    .push(compile_allowlist(a).map_err(|e| err(format!("rule {}: {e}", r.id)))?);
+            for (n, a) in def.allowlists.iter().enumerate() {
+                // A broken allowlist is left out whole: the rule then reports more, never less.
+                match compile_allowlist(a) {
+                    Ok(a) => allowlists.push(a),
+                    Err(e) => warnings.push(warn(
+                        def.line,
+                        format!("allowlist #{} left out: {e}", n + 1),
+                    )),
+                }
             }
             let idx = rules.len();
-            for k in &r.keywords {
+            for k in &def.keywords {
                 let k = k.to_lowercase();
+                if k.is_empty() {
+                    continue;
+                }
                 match patterns.iter().position(|p| *p == k) {
                     Some(p) => keyword_rules[p].push(idx),
                     None => {
@@ -155,39 +559,49 @@ impl RuleSet {
                 }
             }
             rules.push(Rule {
-                id: r.id,
-                description: r.description,
+                needs_digit: !def.builtin && def.id.starts_with("generic") && def.entropy.is_some(),
+                id: def.id,
+                description: def.description,
                 regex,
-                secret_group: r.secret_group,
-                entropy: r.entropy,
+                secret_group: def.secret_group,
+                entropy: def.entropy,
                 path,
                 allowlists,
-                has_keywords: !r.keywords.is_empty(),
+                has_keywords: def.keywords.iter().any(|k| !k.is_empty()),
             });
         }
         let mut global = Vec::new();
-        for a in raw.allowlist.iter().chain(&raw.allowlists) {
-            global.push(compile_allowlist(a).map_err(|e| err(format!("global allowlist: {e}")))?);
+        for g in parsed.global {
+            match compile_allowlist(&g.raw) {
+                Ok(a) => global.push(a),
+                Err(e) => warnings.push(RuleWarning {
+                    source: g.source,
+                    line: g.line,
+                    rule: None,
+                    detail: format!("global allowlist left out: {e}"),
+                }),
+            }
         }
-        let keywords = if patterns.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .build(&patterns)
-                    .map_err(|e| err(format!("keywords: {e}")))?,
-            )
+        let err = |detail: String| SupplyError::Rules {
+            path: name.to_string(),
+            detail,
         };
-        let mut order: Vec<usize> = (0..rules.len()).collect();
-        order.sort_by_key(|i| rules[*i].path.is_none());
-        Ok(RuleSet {
-            order,
-            rules,
-            global,
-            keywords,
-            keyword_rules,
-        })
+        if strict && !warnings.is_empty() {
+            let list: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+            return Err(err(format!(
+                "{} problem(s), and strict rules allow none: {}",
+                list.len(),
+                list.join("; ")
+            )));
+        }
+        if rules.is_empty() && total > 0 {
+            let list: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+            return Err(err(format!("no rule can be used: {}", list.join("; "))));
+        }
+        let mut set =
+            RuleSet::assemble(rules, global, patterns, keyword_rules, warnings).map_err(err)?;
+        set.digest = digest;
+        Ok(set)
     }
 
     pub fn len(&self) -> usize {
@@ -246,7 +660,10 @@ impl RuleSet {
                 }
                 .unwrap_or(whole);
                 if let Some(min) = rule.entropy {
-                    if shannon_entropy(secret.as_str()) < min {
+                    if shannon_entropy(secret.as_str()) <= min {
+                        continue;
+                    }
+                    if rule.needs_digit && !secret.as_str().bytes().any(|b| b.is_ascii_digit()) {
                         continue;
                     }
                 }
@@ -255,7 +672,9 @@ impl RuleSet {
                     .find('\n')
                     .map_or(text.len(), |i| whole.end() + i);
                 let line = &text[line_start..line_end];
-                if self.allowed(rule, secret.as_str(), whole.as_str(), line, path) {
+                if line.contains("gitleaks:allow")
+                    || self.allowed(rule, secret.as_str(), whole.as_str(), line, path)
+                {
                     continue;
                 }
                 out.push(RawSecret {
@@ -306,7 +725,7 @@ impl RuleSet {
     ) -> bool {
         rule.allowlists
             .iter()
-            .chain(&self.global)
+            .chain(self.global.iter().filter(|a| a.applies_to(&rule.id)))
             .any(|a| a.allows(secret, whole, line, path))
     }
 
@@ -326,7 +745,7 @@ fn compile_allowlist(a: &RawAllowlist) -> std::result::Result<Allowlist, String>
         "line" => Target::Line,
         other => {
             return Err(format!(
-                "allowlist regexTarget {other:?} is not secret, match or line"
+                "regexTarget {other:?} is not secret, match or line"
             ))
         }
     };
@@ -337,13 +756,13 @@ fn compile_allowlist(a: &RawAllowlist) -> std::result::Result<Allowlist, String>
         .to_ascii_uppercase()
         .as_str()
     {
-        "OR" => false,
+        "OR" | "" => false,
         "AND" => true,
-        other => return Err(format!("allowlist condition {other:?} is not OR or AND")),
+        other => return Err(format!("condition {other:?} is not OR or AND")),
     };
     let compile = |v: &Vec<String>| -> std::result::Result<Vec<Regex>, String> {
         v.iter()
-            .map(|r| Regex::new(r).map_err(|e| format!("invalid allowlist regex: {e}")))
+            .map(|r| compile_regex(r).map_err(|e| format!("invalid regex {r:?}: {e}")))
             .collect()
     };
     Ok(Allowlist {
@@ -352,12 +771,18 @@ fn compile_allowlist(a: &RawAllowlist) -> std::result::Result<Allowlist, String>
         regexes: compile(&a.regexes)?,
         paths: compile(&a.paths)?,
         stopwords: a.stopwords.iter().map(|s| s.to_lowercase()).collect(),
+        commits: !a.commits.is_empty(),
+        target_rules: a.target_rules.clone(),
     })
 }
 
 impl Allowlist {
+    fn applies_to(&self, rule: &str) -> bool {
+        self.target_rules.is_empty() || self.target_rules.iter().any(|r| r == rule)
+    }
+
     fn allows_path_only(&self, path: &str) -> bool {
-        !self.and && self.paths.iter().any(|r| r.is_match(path))
+        !self.and && self.target_rules.is_empty() && self.paths.iter().any(|r| r.is_match(path))
     }
 
     fn allows(&self, secret: &str, whole: &str, line: &str, path: Option<&str>) -> bool {
@@ -368,6 +793,9 @@ impl Allowlist {
         };
         let lower = secret.to_lowercase();
         let mut checks: Vec<bool> = Vec::new();
+        if self.commits {
+            checks.push(false);
+        }
         if !self.regexes.is_empty() {
             checks.push(self.regexes.iter().any(|r| r.is_match(target)));
         }

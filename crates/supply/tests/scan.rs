@@ -492,7 +492,10 @@ fn malformed_rule_files_are_clear_errors() {
     let err = RuleSet::from_toml("[[rules]]\nid = \"y\"\n", "bad.toml")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("rule y needs a regex or a path"), "{err}");
+    assert!(
+        err.contains("line 2: rule y: needs a regex or a path"),
+        "{err}"
+    );
 }
 
 #[test]
