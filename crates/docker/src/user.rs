@@ -260,7 +260,7 @@ impl DockerProvider {
         let group = self.read_container_file(container, GROUP).await?;
         resolve(user, passwd.as_deref(), group.as_deref()).map_err(|why| {
             ProviderError::permanent(format!(
-                "instance {container} would run as root or root's group (container.user {user:?}): {why}; set container.user to an unprivileged uid:gid such as 65534:65534"
+                "container.user {user:?} of instance {container} is refused: {why}; set container.user to an unprivileged uid:gid such as 65534:65534"
             ))
         })
     }
