@@ -437,6 +437,14 @@ drain_timeout = "5s"
             &format!("label=cutover.app={}", self.app),
         ]);
         docker_remove(&["rm", "-f"], &containers);
+        let networks = docker_words(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=cutover.app={}", self.app),
+        ]);
+        docker_remove(&["network", "rm"], &networks);
         let images = docker_words(&["images", "-q", &format!("cutover/{}", self.app)]);
         docker_remove(&["rmi", "-f"], &images);
     }

@@ -44,7 +44,8 @@ impl Compute for DockerProvider {
         if let Some(existing) = self.inspect_raw(&spec.name).await? {
             return self.adopt(spec, &deployment, existing).await;
         }
-        let body = create_body(spec, image);
+        let network = self.ensure_network(&spec.app, &spec.env).await?;
+        let body = create_body(spec, image, &network);
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
@@ -73,6 +74,7 @@ impl Compute for DockerProvider {
                 ))
             }
         }
+        self.refuse_root_user(spec).await?;
         if let Err(err) = self.start(&spec.name).await {
             if !err.is_transient() {
                 // Leave nothing behind for a start that will never succeed.
@@ -195,6 +197,7 @@ impl DockerProvider {
                 spec.name
             )));
         }
+        self.refuse_root_user(spec).await?;
         let status = existing.state.as_ref().and_then(|s| s.status);
         if matches!(
             status,
@@ -203,6 +206,24 @@ impl DockerProvider {
             self.start(&spec.name).await?;
         }
         self.wait_for_port(&spec.name).await
+    }
+
+    /// Resolve the user of a created container in its image; a user that maps to root
+    /// (uid 0 or gid 0) or does not exist is refused and the container removed, before it
+    /// ever starts.
+    async fn refuse_root_user(&self, spec: &InstanceSpec) -> Result<(), ProviderError> {
+        match self
+            .check_image_user(&spec.name, &spec.container.user)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                if !err.is_transient() {
+                    let _ = self.remove(&spec.name).await;
+                }
+                Err(err)
+            }
+        }
     }
 
     async fn start(&self, name: &str) -> Result<(), ProviderError> {
@@ -278,7 +299,11 @@ fn check_user(user: &str, name: &str) -> Result<(), ProviderError> {
 }
 
 /// The create request: hardened defaults from the spec.
-pub(crate) fn create_body(spec: &InstanceSpec, image: &ImageInfo) -> ContainerCreateBody {
+pub(crate) fn create_body(
+    spec: &InstanceSpec,
+    image: &ImageInfo,
+    network: &str,
+) -> ContainerCreateBody {
     let container = &spec.container;
     let port_key = format!("{}/tcp", container.port);
 
@@ -331,7 +356,8 @@ pub(crate) fn create_body(spec: &InstanceSpec, image: &ImageInfo) -> ContainerCr
             name: Some(RestartPolicyNameEnum::ON_FAILURE),
             maximum_retry_count: Some(MAX_RESTARTS),
         }),
-        network_mode: Some("bridge".to_string()),
+        // The environment's own network (by id), never the default bridge.
+        network_mode: Some(network.to_string()),
         ..Default::default()
     };
 
@@ -449,7 +475,7 @@ mod tests {
 
     #[test]
     fn create_body_is_hardened() {
-        let body = create_body(&spec(), &image());
+        let body = create_body(&spec(), &image(), "net-production");
         let host = body.host_config.expect("host config");
         assert_eq!(body.user.as_deref(), Some("65534:65534"));
         assert_eq!(host.readonly_rootfs, Some(true));
@@ -463,6 +489,7 @@ mod tests {
         assert_eq!(host.memory_swap, host.memory);
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         assert_eq!(host.pids_limit, Some(128));
+        assert_eq!(host.network_mode.as_deref(), Some("net-production"));
         assert_eq!(
             host.tmpfs,
             Some(HashMap::from([(
@@ -496,7 +523,7 @@ mod tests {
             .env
             .insert("PORT".to_string(), "9000".to_string());
         spec.container.command = vec!["/app".to_string(), "--flag".to_string()];
-        let body = create_body(&spec, &image());
+        let body = create_body(&spec, &image(), "net-production");
         let env = body.env.expect("env");
         assert!(env.contains(&"PORT=9000".to_string()));
         assert!(!env.contains(&"PORT=8080".to_string()));

@@ -1,89 +1,20 @@
 //! Build contexts: the tar archive the Engine's build API reads.
 //!
-//! A directory context honours a simple `.dockerignore` (path prefixes and globs with `*`,
-//! `?` and `**`, `!` to re-include, last match wins) and always leaves out `.git/` and
-//! `.cutover/` anywhere and `target/` at the top of the context. Archives are deterministic:
-//! sorted entries, zero timestamps and owners.
+//! A directory context honours `.dockerignore` as Docker does ([`crate::dockerignore`]; the
+//! Dockerfile and `.dockerignore` are always sent and the Engine leaves them out of the
+//! context when they are excluded) and
+//! always leaves out `.git/` and `.cutover/` anywhere and `target/` at the top of the
+//! context. Archives are deterministic: sorted entries, zero timestamps and owners.
 
 use std::io;
 use std::path::{Component, Path};
+
+use crate::dockerignore::{IgnoreRules, ParentMatches};
 
 /// Directory names never sent, at any depth.
 const ALWAYS_SKIPPED_ANYWHERE: &[&str] = &[".git", ".cutover"];
 /// Directory names never sent from the top of the context.
 const ALWAYS_SKIPPED_AT_TOP: &[&str] = &["target"];
-
-/// Rules read from a `.dockerignore`.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct IgnoreRules {
-    /// (re-include?, pattern split on `/`)
-    rules: Vec<(bool, Vec<String>)>,
-}
-
-impl IgnoreRules {
-    pub(crate) fn parse(text: &str) -> IgnoreRules {
-        let mut rules = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (include, pattern) = match line.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            let segments: Vec<String> = pattern
-                .split('/')
-                .filter(|s| !s.is_empty() && *s != ".")
-                .map(str::to_string)
-                .collect();
-            if !segments.is_empty() {
-                rules.push((include, segments));
-            }
-        }
-        IgnoreRules { rules }
-    }
-
-    /// Whether `relative` (a `/`-separated path inside the context) is left out.
-    pub(crate) fn is_ignored(&self, relative: &str) -> bool {
-        let path: Vec<&str> = relative.split('/').filter(|s| !s.is_empty()).collect();
-        let mut ignored = false;
-        for (include, pattern) in &self.rules {
-            // A pattern matching a parent directory matches everything below it.
-            let hit = (1..=path.len()).any(|len| match_segments(pattern, &path[..len]));
-            if hit {
-                ignored = !include;
-            }
-        }
-        ignored
-    }
-}
-
-fn match_segments(pattern: &[String], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
-        }
-        Some((first, rest)) => match path.split_first() {
-            Some((segment, path_rest)) => {
-                glob_segment(first.as_bytes(), segment.as_bytes())
-                    && match_segments(rest, path_rest)
-            }
-            None => false,
-        },
-    }
-}
-
-/// `*` and `?` within one path segment.
-fn glob_segment(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob_segment(rest, &text[skip..])),
-        Some((b'?', rest)) => !text.is_empty() && glob_segment(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && glob_segment(rest, &text[1..]),
-    }
-}
 
 /// Check that `dockerfile` is a plain relative path inside the context.
 pub(crate) fn check_relative(dockerfile: &str) -> Result<(), String> {
@@ -107,7 +38,8 @@ pub(crate) fn check_relative(dockerfile: &str) -> Result<(), String> {
 /// Tar the directory `context` for the build API; `dockerfile` (relative) is always sent.
 pub(crate) fn tar_directory(context: &Path, dockerfile: &str) -> io::Result<Vec<u8>> {
     let ignore = match std::fs::read_to_string(context.join(".dockerignore")) {
-        Ok(text) => IgnoreRules::parse(&text),
+        Ok(text) => IgnoreRules::parse(&text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => IgnoreRules::default(),
         Err(e) => return Err(e),
     };
@@ -115,7 +47,14 @@ pub(crate) fn tar_directory(context: &Path, dockerfile: &str) -> io::Result<Vec<
     let mut builder = tar::Builder::new(Vec::new());
     builder.mode(tar::HeaderMode::Deterministic);
     builder.follow_symlinks(false);
-    walk(context, "", &ignore, &dockerfile, &mut builder)?;
+    walk(
+        context,
+        "",
+        &ignore,
+        &ParentMatches::default(),
+        &dockerfile,
+        &mut builder,
+    )?;
     builder.into_inner()
 }
 
@@ -131,6 +70,7 @@ fn walk(
     dir: &Path,
     prefix: &str,
     ignore: &IgnoreRules,
+    parent: &ParentMatches,
     dockerfile: &str,
     builder: &mut tar::Builder<Vec<u8>>,
 ) -> io::Result<()> {
@@ -159,13 +99,38 @@ fn walk(
         if always_skipped {
             continue;
         }
-        let needed = relative == dockerfile || dockerfile.starts_with(&format!("{relative}/"));
-        if ignore.is_ignored(&relative) && !needed {
+        // The Dockerfile and `.dockerignore` are always sent, as the docker CLI sends them:
+        // the Engine reads both and then drops them from the context when `.dockerignore`
+        // excludes them.
+        let needed = relative == dockerfile
+            || relative == ".dockerignore"
+            || dockerfile.starts_with(&format!("{relative}/"));
+        let (excluded, matches) = ignore.matches(&relative, parent);
+        if excluded && !needed {
+            // As Docker: an excluded directory is entered (but not sent itself) only when
+            // an exception could re-include something inside it.
+            if file_type.is_dir() && ignore.must_enter(&relative) {
+                walk(
+                    &entry.path(),
+                    &relative,
+                    ignore,
+                    &matches,
+                    dockerfile,
+                    builder,
+                )?;
+            }
             continue;
         }
         if file_type.is_dir() {
             builder.append_dir(&relative, entry.path())?;
-            walk(&entry.path(), &relative, ignore, dockerfile, builder)?;
+            walk(
+                &entry.path(),
+                &relative,
+                ignore,
+                &matches,
+                dockerfile,
+                builder,
+            )?;
         } else {
             builder.append_path_with_name(entry.path(), &relative)?;
         }
@@ -211,28 +176,6 @@ mod tests {
                     .to_string()
             })
             .collect()
-    }
-
-    #[test]
-    fn ignore_rules_match_prefixes_globs_and_negations() {
-        let rules = IgnoreRules::parse(
-            "# comment\n\nnode_modules\n*.log\n/docs/\n**/secret?.txt\nbuild/*.o\n!keep.log\n",
-        );
-        assert!(rules.is_ignored("node_modules"));
-        assert!(rules.is_ignored("node_modules/a/b.js"));
-        assert!(rules.is_ignored("error.log"));
-        assert!(
-            !rules.is_ignored("sub/error.log"),
-            "* does not cross directories"
-        );
-        assert!(!rules.is_ignored("keep.log"), "! re-includes");
-        assert!(rules.is_ignored("docs/readme.md"));
-        assert!(rules.is_ignored("a/b/secret1.txt"));
-        assert!(rules.is_ignored("secret2.txt"));
-        assert!(!rules.is_ignored("secret10.txt"));
-        assert!(rules.is_ignored("build/x.o"));
-        assert!(!rules.is_ignored("build/x.c"));
-        assert!(!rules.is_ignored("src/main.rs"));
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //!   are only reachable from the Engine's host (a remote `DOCKER_HOST` needs the proxy to run
 //!   there), and an instance the Engine restarts may come back on a different port: read
 //!   the address again with `inspect` after a restart.
+//! - Each environment's containers join their own network with inter-container
+//!   communication off (`network.rs`): instances reach no other container, not even one of
+//!   their own environment; everything between them goes through the proxy.
 //! - Cargo builds target `x86_64-unknown-linux-gnu` with `+crt-static`; the glibc static
 //!   libraries must be installed. They run in a bubblewrap sandbox ([`CargoBuilds`],
 //!   `cargo.rs`): bubblewrap must be installed too.
@@ -27,11 +30,14 @@ mod cargo;
 mod container;
 mod context;
 mod diagnose;
+mod dockerignore;
 mod elf;
 mod engine_error;
 mod image;
+mod network;
 mod preflight;
 mod probe;
+mod user;
 
 use bollard::Docker;
 use cutover_model::ProviderError;
@@ -62,6 +68,8 @@ impl From<DockerError> for ProviderError {
 pub struct DockerProvider {
     docker: Docker,
     addr: String,
+    /// Serialises making environment networks (the Engine allows duplicate names).
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
     cargo_builds: CargoBuilds,
 }
 
@@ -98,6 +106,7 @@ impl DockerProvider {
         Ok(DockerProvider {
             docker,
             addr: addr.to_string(),
+            networks: Default::default(),
             cargo_builds: CargoBuilds::default(),
         })
     }

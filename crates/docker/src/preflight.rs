@@ -170,6 +170,7 @@ mod tests {
         let provider = DockerProvider {
             docker,
             addr: addr.clone(),
+            networks: Default::default(),
             cargo_builds: crate::CargoBuilds::default(),
         };
         std::fs::write(dir.path().join("Cargo.toml"), "[package]\n").unwrap();

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use cutover_docker::DockerProvider;
 use cutover_model::{
@@ -142,6 +142,40 @@ async fn sweep(only_run: Option<&str>) {
                 .v(true)
                 .build();
             let _ = docker.remove_container(id, Some(options)).await;
+        }
+    }
+    // Environment networks of test apps (`unique` names them `cutover-test-<run>-…`).
+    let managed = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}=true", labels::MANAGED)],
+    )]);
+    let networks = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&managed)
+                .build(),
+        ))
+        .await
+        .unwrap_or_default();
+    for network in networks {
+        let app = network
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::APP))
+            .cloned()
+            .unwrap_or_default();
+        let Some(rest) = app.strip_prefix("cutover-test-") else {
+            continue;
+        };
+        let owned = match only_run {
+            Some(run) => rest.starts_with(&format!("{run}-")),
+            None => {
+                let pid = rest.split('-').next().unwrap_or("");
+                pid.is_empty() || !Path::new("/proc").join(pid).exists()
+            }
+        };
+        if let Some(id) = network.id.as_deref().filter(|_| owned) {
+            let _ = docker.remove_network(id).await;
         }
     }
     let images = docker
@@ -530,7 +564,17 @@ async fn provisioned_instances_are_hardened_healthy_idempotent_and_removable() {
     assert_eq!(host.memory_swap, Some(64 * 1024 * 1024));
     assert_eq!(host.nano_cpus, Some(500_000_000));
     assert_eq!(host.pids_limit, Some(64));
-    assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+    // The environment's own network, never the default bridge.
+    let networks = raw
+        .network_settings
+        .clone()
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    assert_eq!(
+        networks.keys().collect::<Vec<_>>(),
+        vec![&format!("cutover-{app}-staging")]
+    );
+    assert_ne!(host.network_mode.as_deref(), Some("bridge"));
     let tmpfs = host.tmpfs.clone().unwrap_or_default();
     assert_eq!(
         tmpfs.get("/tmp").map(String::as_str),
@@ -833,4 +877,286 @@ async fn a_missing_container_has_no_diagnosis() {
         restart_count: 0,
     };
     assert_eq!(docker.diagnose(&instance).await, None);
+}
+
+/// A static, std-only probe: `GET /connect?addr=<ip:port>` answers `connected` or
+/// `failed: <why>` after trying a TCP connection from inside its container.
+const NETPROBE_MANIFEST: &str =
+    "[package]\nname = \"netprobe\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n";
+const NETPROBE_MAIN: &str = r#"
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+fn main() {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".to_string());
+    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind");
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let body = match path.strip_prefix("/connect?addr=") {
+                Some(addr) => match addr.parse::<SocketAddr>() {
+                    Ok(addr) => match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                        Ok(_) => "connected".to_string(),
+                        Err(e) => format!("failed: {e}"),
+                    },
+                    Err(e) => format!("bad address: {e}"),
+                },
+                None => "ok".to_string(),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                body.len(),
+                body
+            );
+        });
+    }
+}
+"#;
+
+/// Removes the named networks when dropped (after the containers' guard).
+struct NetworkGuard(Vec<String>);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            for name in names {
+                let _ = std::process::Command::new("docker")
+                    .args(["network", "rm", &name])
+                    .output();
+            }
+        })
+        .join();
+    }
+}
+
+fn in_env(mut spec: InstanceSpec, env: &str) -> InstanceSpec {
+    spec.env = env.to_string();
+    spec.release = format!("{env}-1");
+    spec.labels.insert(labels::ENV.to_string(), env.to_string());
+    spec.labels
+        .insert(labels::RELEASE.to_string(), format!("{env}-1"));
+    spec
+}
+
+/// The container's address on its (only) network, and that network's name.
+async fn private_addr(name: &str) -> (String, String) {
+    let raw = bollard::Docker::connect_with_local_defaults()
+        .expect("client")
+        .negotiate_version()
+        .await
+        .expect("engine")
+        .inspect_container(name, None)
+        .await
+        .expect("inspect");
+    let networks = raw
+        .network_settings
+        .and_then(|n| n.networks)
+        .expect("networks");
+    assert_eq!(networks.len(), 1, "one network per container: {networks:?}");
+    let (network, endpoint) = networks.into_iter().next().expect("a network");
+    let ip = endpoint.ip_address.filter(|ip| !ip.is_empty()).expect("ip");
+    (format!("{ip}:8080"), network)
+}
+
+/// What the probe in `from` says about a TCP connection to `to`.
+async fn connect_from(from: &Instance, to: &str) -> String {
+    let response = http_get(&from.addr, &format!("/connect?addr={to}")).await;
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn environments_cannot_reach_each_others_containers() {
+    if !require_docker().await {
+        return;
+    }
+    hello_image().await; // sweeps leftovers and registers the exit cleanup
+    let docker = provider().await;
+    let source_dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(source_dir.path().join("src")).expect("mkdir");
+    std::fs::write(source_dir.path().join("Cargo.toml"), NETPROBE_MANIFEST).expect("write");
+    std::fs::write(source_dir.path().join("src/main.rs"), NETPROBE_MAIN).expect("write");
+    let source = BuildSpec::Cargo {
+        manifest: source_dir.path().join("Cargo.toml"),
+        bin: "netprobe".to_string(),
+        profile: "release".to_string(),
+    };
+    let tag = format!("cutover-test/netprobe:{}", run_id());
+    let image = docker
+        .build(&tag, &source, &test_labels("d-netprobe"))
+        .await
+        .expect("build the probe image");
+
+    let app = unique("app");
+    let production = unique("prod");
+    let production_2 = unique("prod2");
+    let staging = unique("stage");
+    let _networks = NetworkGuard(vec![
+        format!("cutover-{app}-production"),
+        format!("cutover-{app}-staging"),
+    ]);
+    let _guard = ContainerGuard(vec![
+        production.clone(),
+        production_2.clone(),
+        staging.clone(),
+    ]);
+    let prod = docker
+        .provision(
+            &in_env(instance_spec(&production, &app, &[]), "production"),
+            &image,
+        )
+        .await
+        .expect("provision production");
+    let prod_2 = docker
+        .provision(
+            &in_env(instance_spec(&production_2, &app, &[]), "production"),
+            &image,
+        )
+        .await
+        .expect("provision a second production instance");
+    let stage = docker
+        .provision(
+            &in_env(instance_spec(&staging, &app, &[]), "staging"),
+            &image,
+        )
+        .await
+        .expect("provision staging");
+    for instance in [&prod, &prod_2, &stage] {
+        assert_eq!(
+            probe_settled(&docker, instance, "/").await,
+            Probe::Healthy,
+            "{}",
+            instance.name
+        );
+    }
+
+    let (prod_addr, prod_network) = private_addr(&production).await;
+    let (prod_2_addr, prod_2_network) = private_addr(&production_2).await;
+    let (_, stage_network) = private_addr(&staging).await;
+    assert_eq!(prod_network, format!("cutover-{app}-production"));
+    assert_eq!(prod_2_network, prod_network);
+    assert_eq!(stage_network, format!("cutover-{app}-staging"));
+
+    // The probe works: a container reaches its own private address.
+    assert_eq!(connect_from(&prod_2, &prod_2_addr).await, "connected");
+    // The attack: staging connects straight to production's private address, past the
+    // proxy. Refused.
+    let attack = connect_from(&stage, &prod_addr).await;
+    eprintln!("staging -> production {prod_addr}: {attack}");
+    assert!(attack.starts_with("failed: "), "{attack}");
+    // With inter-container communication off, instances of one environment do not reach
+    // each other either: everything goes through the proxy.
+    let sibling = connect_from(&prod_2, &prod_addr).await;
+    eprintln!("production -> production {prod_addr}: {sibling}");
+    assert!(sibling.starts_with("failed: "), "{sibling}");
+    // The host (and so the proxy) still reaches every instance on its published port.
+    assert!(http_get(&prod.addr, "/").await.ends_with("ok"));
+
+    drop(_guard);
+    drop(_networks);
+    docker.remove_image(&tag).await.expect("remove image");
+}
+
+#[tokio::test]
+async fn users_mapped_to_root_in_the_image_are_refused_before_start() {
+    if !require_docker().await {
+        return;
+    }
+    let (hello, _, _) = hello_image().await;
+    let docker = provider().await;
+    let context = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        context.path().join("passwd"),
+        "root:x:0:0:root:/root:/sbin/nologin\ntoor:x:0:0:backdoor:/root:/sbin/nologin\napp:x:1000:1000::/:/sbin/nologin\nwheel:x:1001:0::/:/sbin/nologin\n",
+    )
+    .expect("write");
+    std::fs::write(
+        context.path().join("group"),
+        "root:x:0:\napp:x:1000:\nadmins:x:0:\n",
+    )
+    .expect("write");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY passwd /etc/passwd\nCOPY group /etc/group\n",
+            hello.tag
+        ),
+    )
+    .expect("write");
+    let tag = format!("cutover-test/users:{}", run_id());
+    let image = docker
+        .build(
+            &tag,
+            &BuildSpec::Dockerfile {
+                context: context.path().to_path_buf(),
+                dockerfile: "Dockerfile".to_string(),
+                args: BTreeMap::new(),
+            },
+            &test_labels("d-users"),
+        )
+        .await
+        .expect("build the image with users");
+    let app = unique("app");
+    let _networks = NetworkGuard(vec![format!("cutover-{app}-staging")]);
+
+    for (user, expected) in [
+        (
+            "toor",
+            "/etc/passwd:2: toor:x:0:0:backdoor:/root:/sbin/nologin maps it to uid 0",
+        ),
+        (
+            "wheel",
+            "/etc/passwd:4: wheel:x:1001:0::/:/sbin/nologin gives it gid 0",
+        ),
+        (
+            "app:admins",
+            "/etc/group:3: admins:x:0: maps group \"admins\" to gid 0",
+        ),
+        (
+            "ghost",
+            "user \"ghost\" does not exist in the image's /etc/passwd",
+        ),
+        ("4242", "would run with gid 0"),
+    ] {
+        let name = unique("root");
+        let _guard = ContainerGuard(vec![name.clone()]);
+        let mut spec = instance_spec(&name, &app, &[]);
+        spec.container.user = user.to_string();
+        let err = docker
+            .provision(&spec, &image)
+            .await
+            .expect_err("a user mapped to root is refused");
+        assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+        assert!(err.message.contains(expected), "{user}: {}", err.message);
+        assert_eq!(
+            docker.inspect(&name).await.expect("inspect"),
+            None,
+            "nothing is left of a refused instance"
+        );
+    }
+
+    let name = unique("app");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let mut spec = instance_spec(&name, &app, &[]);
+    spec.container.user = "app".to_string();
+    let instance = docker
+        .provision(&spec, &image)
+        .await
+        .expect("an unprivileged name is fine");
+    assert_eq!(
+        probe_settled(&docker, &instance, "/healthz").await,
+        Probe::Healthy
+    );
+    drop(_guard);
+    docker.remove_image(&tag).await.expect("remove image");
 }
