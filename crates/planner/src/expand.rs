@@ -42,6 +42,13 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     }
 
     let setup = Setup::new(input, &file)?;
+    let rescanning;
+    let strategy = if env.protected && matches!(setup.kind, DeploymentKind::Rollback { .. }) {
+        rescanning = with_rescan(strategy, &file)?;
+        &rescanning
+    } else {
+        strategy
+    };
     let effective = effective_strategy(strategy, &setup.dropped);
     validate(&effective, &file)?;
     require_kinds(&effective, &setup.required, &file, setup.purpose)?;
@@ -279,6 +286,42 @@ fn warm_set<'a>(target: &Release, warm_instances: &'a [Instance]) -> Option<Vec<
                 .min_by(|a, b| a.name.cmp(&b.name))
         })
         .collect()
+}
+
+/// A rollback strategy for a protected environment: one that has no `scan` step gets one
+/// (id `scan`) that every `verify` step runs after, so the target's pinned image is
+/// rescanned against today's advisory database before anything changes.
+fn with_rescan(strategy: &Strategy, file: &str) -> Result<Strategy, PlanError> {
+    if strategy.steps.iter().any(|s| s.kind == StepKind::Scan) {
+        return Ok(strategy.clone());
+    }
+    if let Some(step) = strategy.steps.iter().find(|s| s.id == "scan") {
+        return Err(PlanError::StrategyStep {
+            file: file.to_string(),
+            step: step.id.clone(),
+            message: "a rollback in a protected environment rescans the image in a step named `scan`: rename this step".to_string(),
+        });
+    }
+    let mut steps = vec![StrategyStep {
+        id: "scan".to_string(),
+        kind: StepKind::Scan,
+        after: Vec::new(),
+        per_replica: false,
+        weight: None,
+    }];
+    for step in &strategy.steps {
+        let mut step = step.clone();
+        if step.kind == StepKind::Verify {
+            step.after.insert(0, "scan".to_string());
+        }
+        steps.push(step);
+    }
+    let strategy = Strategy {
+        steps,
+        ..strategy.clone()
+    };
+    validate(&strategy, file)?;
+    Ok(strategy)
 }
 
 /// The strategy without the templates of `dropped` kinds; a step that ran after a dropped

@@ -15,7 +15,9 @@
 //! - digest: `json_digest` of the plan with `digest` set to "".
 //!
 //! Supply chain and approval: a deploy scans, signs and verifies the built image before any
-//! instance starts; a rollback verifies the target's pinned image first. Nothing unsigned
+//! instance starts; a rollback verifies the target's pinned image first (in a protected environment after
+//! rescanning it against today's advisory database with the environment's gate, so a
+//! release found vulnerable since is refused before anything changes). Nothing unsigned
 //! runs: every strategy must put a `verify` step before `provision`/`adopt`. An `approval`
 //! step is planned only where the environment requires approval (`approval` or
 //! `protected`), and such an environment refuses a deploy strategy without one.

@@ -355,6 +355,12 @@ fn check_order(
             must_follow(v, s, "it checks the signature that step makes")?;
         }
     }
+    // An image that fails the gate never runs (a rollback's rescan has no sign after it).
+    for &i in &instances {
+        for &scan in &scans {
+            must_follow(i, scan, "an image that fails the gate never runs")?;
+        }
+    }
     // Nothing unsigned runs: every instance step comes after a verify step.
     for &i in &instances {
         if verifies.iter().any(|v| ancestors[i].contains(v)) {

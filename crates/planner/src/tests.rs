@@ -1067,26 +1067,62 @@ fn rollback_in(spec: &Spec, warm: bool) -> Result<Plan, PlanError> {
 
 #[test]
 fn rollback_verifies_the_pinned_image_first_and_never_waits_for_approval() {
+    // Unprotected: verify comes first and nothing is rescanned (warm stays instant).
+    let spec = spec();
+    for warm in [true, false] {
+        let plan = rollback_in(&spec, warm).expect("rollback plans");
+        assert_well_formed(&plan);
+        assert_eq!(plan.steps[0].id, "verify");
+        assert!(plan.steps[0].depends_on.is_empty());
+        assert!(plan.steps.iter().all(|s| !matches!(
+            s.kind,
+            StepKind::Approval | StepKind::Scan | StepKind::Sign | StepKind::Build
+        )));
+    }
+}
+
+#[test]
+fn a_protected_rollback_rescans_the_pinned_image_before_verifying_it() {
     let spec = guarded_spec();
+    let pinned = ImageSource::Pinned {
+        id: format!("sha256:{}", "ab".repeat(32)),
+        tag: "cutover/hello:production-6".to_string(),
+    };
     for warm in [true, false] {
         let plan = rollback_in(&spec, warm).expect("rollback plans");
         assert_well_formed(&plan);
         let first = &plan.steps[0];
-        assert_eq!(first.id, "verify");
+        assert_eq!(first.id, "scan");
         assert!(first.depends_on.is_empty());
         match &first.action {
+            Action::Scan {
+                image,
+                app,
+                env,
+                gate,
+            } => {
+                assert_eq!(image, &pinned);
+                assert_eq!(app, "hello");
+                assert_eq!(env, "production");
+                // The environment's gate, as a deploy's scan has it.
+                assert_eq!(gate.fail_on, "high");
+                assert!(gate.fail_on_skipped, "protected fails on what was skipped");
+                assert_eq!(
+                    gate.exceptions,
+                    Some(PathBuf::from("/srv/app/security/exceptions.toml"))
+                );
+            }
+            other => panic!("expected a scan action, got {other:?}"),
+        }
+        let verify = plan.step("verify").expect("a verify step");
+        assert_eq!(verify.depends_on, vec!["scan".to_string()]);
+        match &verify.action {
             Action::Verify {
                 image,
                 trusted_keys,
                 env,
             } => {
-                assert_eq!(
-                    image,
-                    &ImageSource::Pinned {
-                        id: format!("sha256:{}", "ab".repeat(32)),
-                        tag: "cutover/hello:production-6".to_string()
-                    }
-                );
+                assert_eq!(image, &pinned);
                 assert_eq!(trusted_keys.len(), 2);
                 assert_eq!(env, "production");
             }
@@ -1097,13 +1133,103 @@ fn rollback_verifies_the_pinned_image_first_and_never_waits_for_approval() {
             plan.step(instance).map(|s| s.depends_on.clone()),
             Some(vec!["verify".to_string()])
         );
+        // Same deploy gate action as a deploy to production.
+        let deploy = approval_deploy_plan();
+        let deploy_gate = deploy.steps.iter().find_map(|s| match &s.action {
+            Action::Scan { gate, .. } => Some(gate.clone()),
+            _ => None,
+        });
+        assert!(matches!(&first.action, Action::Scan { gate, .. } if Some(gate) == deploy_gate.as_ref()));
         assert!(plan.steps.iter().all(|s| !matches!(
             s.kind,
-            StepKind::Approval | StepKind::Scan | StepKind::Sign | StepKind::Build
+            StepKind::Approval | StepKind::Sign | StepKind::Build
         )));
     }
     let cold = rollback_in(&spec, false).expect("rollback plans");
     insta::assert_snapshot!("protected_cold_rollback_text", render_text(&cold));
+    let warm = rollback_in(&spec, true).expect("rollback plans");
+    insta::assert_snapshot!("protected_warm_rollback_text", render_text(&warm));
+}
+
+#[test]
+fn a_custom_protected_rollback_gets_a_rescan_and_a_scan_may_not_come_late() {
+    let late = parse_strategy(
+        r#"name = "late-scan"
+[[step]]
+id = "verify"
+kind = "verify"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["verify"]
+[[step]]
+id = "scan"
+kind = "scan"
+after = ["provision"]
+[[step]]
+id = "health-check"
+kind = "health-check"
+per_replica = true
+after = ["provision"]
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+after = ["health-check"]
+[[step]]
+id = "record"
+kind = "record"
+after = ["shift-traffic"]
+"#,
+        "plans/late-scan.toml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        late.to_string(),
+        "plans/late-scan.toml: step `provision`: must run after `scan` (an image that fails the gate never runs): add it (or a step after it) to `after`"
+    );
+    let misnamed = parse_strategy(
+        r#"name = "misnamed"
+[[step]]
+id = "scan"
+kind = "verify"
+[[step]]
+id = "provision"
+kind = "provision"
+per_replica = true
+after = ["scan"]
+[[step]]
+id = "health-check"
+kind = "health-check"
+per_replica = true
+after = ["provision"]
+[[step]]
+id = "shift-traffic"
+kind = "shift-traffic"
+after = ["health-check"]
+[[step]]
+id = "record"
+kind = "record"
+after = ["shift-traffic"]
+"#,
+        "plans/misnamed.toml",
+    )
+    .expect("parses");
+    let target = release("production-6", "v1");
+    let current = release("production-7", "v2");
+    let guarded = guarded_spec();
+    let error = plan(&PlanInput {
+        kind: PlanKind::Rollback {
+            target: &target,
+            warm_instances: &[],
+        },
+        ..deploy_input(&guarded, &misnamed, Some(&current), "production-9")
+    })
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("step `scan`: a rollback in a protected environment rescans"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -1447,8 +1573,15 @@ after = ["shift-traffic"]
         ),
         other => panic!("expected an approval of the pinned image, got {other:?}"),
     }
+    // The planner added the rescan the strategy lacks, before its verify.
+    assert_eq!(guarded.steps[0].kind, StepKind::Scan);
+    assert_eq!(
+        guarded.step("verify").map(|s| s.depends_on.clone()),
+        Some(vec!["scan".to_string()])
+    );
     let plain = rollback(&spec());
     assert!(plain.step("approval").is_none());
+    assert!(plain.step("scan").is_none());
     assert_eq!(
         plain.step("shift-traffic").map(|s| s.depends_on.clone()),
         Some(vec![
