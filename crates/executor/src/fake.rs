@@ -663,6 +663,31 @@ pub fn planned_rollback(
     )
 }
 
+/// As [`planned_rollback`] in a protected environment: the planner adds a rescan of the
+/// target's pinned image before its verify.
+pub fn planned_protected_rollback(
+    deployment: &str,
+    env: &str,
+    target: &Release,
+    current: Option<&Release>,
+    running: &[Instance],
+) -> Plan {
+    let mut spec = spec_for(env, target.replicas, None);
+    if let Some(environment) = spec.environments.get_mut(env) {
+        environment.protected = true;
+    }
+    planned(
+        &spec,
+        &builtin("rollback"),
+        deployment,
+        current,
+        PlanKind::Rollback {
+            target,
+            warm_instances: running,
+        },
+    )
+}
+
 /// Name the planner gives replica `replica` of a deploy's release.
 pub fn instance_name(release: &str, replica: u32) -> String {
     format!("cutover-{APP}-{release}-{replica}")

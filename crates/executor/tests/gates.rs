@@ -75,6 +75,142 @@ async fn a_failed_gate_unwinds_before_anything_is_provisioned() {
     assert!(!supply.verifies.contains_key(&image), "not verified");
 }
 
+/// r1 then r2 deployed; the advisory database then learns of a flaw in r1's image.
+async fn deployed_r2_then_r1_found_vulnerable(h: &Harness) -> (cutover_model::Release, u32) {
+    h.second_plan().await;
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
+    h.assert_deployed_r2();
+    h.fake
+        .supply()
+        .fail_gate(&["GHSA-4xqq-73wg-5mjp (high) in libfoo 1.2.3"]);
+    let r1 = h.store.release(ENV, "r1").unwrap().expect("r1 recorded");
+    let verifies = h
+        .fake
+        .supply()
+        .state()
+        .verifies
+        .get(&r1.image.id)
+        .copied()
+        .unwrap_or(0);
+    (r1, verifies)
+}
+
+/// The rollback was refused at its rescan: r2 still serves and is current, r1 never came
+/// back, nothing was verified, adopted or started.
+fn assert_rollback_refused(
+    h: &Harness,
+    status: &DeploymentStatus,
+    r1: &cutover_model::Release,
+    verifies: u32,
+) {
+    let reason = reason(status);
+    assert!(reason.contains("scan"), "names the step: {reason}");
+    assert!(
+        reason.contains(&format!(
+            "image {} failed the production gate: GHSA-4xqq-73wg-5mjp (high) in libfoo 1.2.3",
+            r1.image.id
+        )),
+        "names the advisory: {reason}"
+    );
+    h.assert_route_on("r2");
+    assert_eq!(
+        h.store.current_release_id(ENV).unwrap().as_deref(),
+        Some("r2")
+    );
+    let view = deployment_view(&h.store, "rb3").unwrap();
+    assert!(
+        view.steps
+            .iter()
+            .filter(|s| s.id != "scan")
+            .all(|s| s.state != "succeeded"),
+        "nothing after the scan ran: {view:?}"
+    );
+    let supply = h.fake.supply().state();
+    assert_eq!(
+        supply.verifies.get(&r1.image.id).copied().unwrap_or(0),
+        verifies
+    );
+    assert!(
+        supply.scans.get(&r1.image.id).copied().unwrap_or(0) >= 2,
+        "rescanned"
+    );
+}
+
+#[tokio::test]
+async fn a_protected_warm_rollback_to_a_release_now_failing_the_gate_is_refused() {
+    let h = harness();
+    let (r1, verifies) = deployed_r2_then_r1_found_vulnerable(&h).await;
+    let changes = h.fake.world().route_changes.len();
+    let plan = fake::planned_protected_rollback(
+        "rb3",
+        ENV,
+        &r1,
+        h.store.release(ENV, "r2").unwrap().as_ref(),
+        &h.fake.running_instances_of("r1"),
+    );
+    assert_eq!(plan.steps[0].id, "scan");
+    assert!(plan.step("adopt-0").is_some(), "planned warm: {plan:?}");
+    h.save(&plan);
+    let status = h.run_to_end("rb3", 0).await;
+    assert_rollback_refused(&h, &status, &r1, verifies);
+    assert_eq!(
+        h.fake.world().route_changes.len(),
+        changes,
+        "traffic untouched"
+    );
+    // r1's warm instances are left as they were (not adopted, not removed).
+    assert_eq!(h.fake.instances_of("r1").len(), 2);
+    assert_eq!(h.fake.instances_of("r2").len(), 2);
+}
+
+#[tokio::test]
+async fn a_protected_cold_rollback_to_a_release_now_failing_the_gate_starts_nothing() {
+    let h = harness();
+    let (r1, verifies) = deployed_r2_then_r1_found_vulnerable(&h).await;
+    let plan = fake::planned_protected_rollback(
+        "rb3",
+        ENV,
+        &r1,
+        h.store.release(ENV, "r2").unwrap().as_ref(),
+        &[],
+    );
+    assert!(plan.step("provision-0").is_some(), "planned cold: {plan:?}");
+    h.save(&plan);
+    let created = h.fake.world().created.clone();
+    let changes = h.fake.world().route_changes.len();
+    let status = h.run_to_end("rb3", 0).await;
+    assert_rollback_refused(&h, &status, &r1, verifies);
+    assert_eq!(h.fake.world().created, created, "nothing provisioned");
+    assert_eq!(
+        h.fake.world().route_changes.len(),
+        changes,
+        "traffic untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_protected_rollback_to_a_release_still_passing_rescans_and_succeeds() {
+    let h = harness();
+    h.second_plan().await;
+    assert_eq!(h.run_to_end("r2", 0).await, DeploymentStatus::Succeeded);
+    let r1 = h.store.release(ENV, "r1").unwrap().expect("r1 recorded");
+    let scans = h.fake.supply().state().scans.get(&r1.image.id).copied();
+    let plan = fake::planned_protected_rollback(
+        "rb3",
+        ENV,
+        &r1,
+        h.store.release(ENV, "r2").unwrap().as_ref(),
+        &h.fake.running_instances_of("r1"),
+    );
+    h.save(&plan);
+    assert_eq!(h.run_to_end("rb3", 0).await, DeploymentStatus::Succeeded);
+    h.assert_route_on("r1");
+    assert_eq!(
+        h.fake.supply().state().scans.get(&r1.image.id).copied(),
+        Some(scans.unwrap_or(0) + 1)
+    );
+}
+
 #[tokio::test]
 async fn a_refused_verification_unwinds_before_anything_is_provisioned() {
     let h = harness();

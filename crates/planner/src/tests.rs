@@ -1139,7 +1139,9 @@ fn a_protected_rollback_rescans_the_pinned_image_before_verifying_it() {
             Action::Scan { gate, .. } => Some(gate.clone()),
             _ => None,
         });
-        assert!(matches!(&first.action, Action::Scan { gate, .. } if Some(gate) == deploy_gate.as_ref()));
+        assert!(
+            matches!(&first.action, Action::Scan { gate, .. } if Some(gate) == deploy_gate.as_ref())
+        );
         assert!(plan.steps.iter().all(|s| !matches!(
             s.kind,
             StepKind::Approval | StepKind::Sign | StepKind::Build
@@ -1227,7 +1229,9 @@ after = ["shift-traffic"]
     })
     .unwrap_err();
     assert!(
-        error.to_string().contains("step `scan`: a rollback in a protected environment rescans"),
+        error
+            .to_string()
+            .contains("step `scan`: a rollback in a protected environment rescans"),
         "{error}"
     );
 }
