@@ -990,3 +990,78 @@ async fn a_lost_passphrase_fails_signing_saying_what_to_do() {
     );
     assert!(!err.is_transient());
 }
+
+/// Import an OSV database of exactly `advisories`, as of now.
+fn import_only(f: &Fixture, name: &str, advisories: &[serde_json::Value]) {
+    let osv = f._dir.path().join(name);
+    std::fs::create_dir_all(&osv).unwrap();
+    for a in advisories {
+        std::fs::write(
+            osv.join(format!("{}.json", a["id"].as_str().unwrap())),
+            a.to_string(),
+        )
+        .unwrap();
+    }
+    import_advisories(&SupplyPaths::new(&f.state), &osv, cutover_model::now_ms()).expect("import");
+}
+
+#[tokio::test]
+async fn an_image_that_passed_fails_its_rescan_once_the_database_knows_a_flaw() {
+    let lock = "version = 3\n[[package]]\nname = \"smallvec\"\nversion = \"0.6.13\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n";
+    let f = fixture_without_advisories(vec![SynthImage::file("app/Cargo.lock", lock)]);
+    let affected = |name: &str| {
+        serde_json::json!([{"package": {"ecosystem": "crates.io", "name": name},
+            "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}])
+    };
+    let unrelated = serde_json::json!({
+        "id": "RUSTSEC-2020-0016", "modified": "2024-01-01T00:00:00Z",
+        "summary": "net2 is unmaintained",
+        "affected": affected("net2"),
+        "database_specific": {"informational": "unmaintained", "categories": []},
+    });
+    // Deployed: the database of the day knows nothing against the image.
+    import_only(&f, "osv-then", std::slice::from_ref(&unrelated));
+    let chain = f.chain(None);
+    let gate = GateSpec::default();
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("scan");
+    assert!(outcome.passed, "{outcome:?}");
+    chain.sign(&f.image, &f.request()).await.expect("sign");
+    verify_image(chain.paths(), &f.image.id, "production", &[]).expect("verifies");
+
+    // A rescan against the same database passes again and keeps the signed verdict valid.
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("rescan");
+    assert!(outcome.passed, "{outcome:?}");
+    verify_image(chain.paths(), &f.image.id, "production", &[]).expect("still verifies");
+
+    // Today's database has an advisory against a package in the image: the rescan (not
+    // answered from the cache of the old database) fails, naming it.
+    let critical = serde_json::json!({
+        "id": "RUSTSEC-2021-0003", "modified": "2023-06-13T13:10:24Z",
+        "aliases": ["CVE-2021-25900"],
+        "summary": "buffer overflow in SmallVec::insert_many",
+        "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+        "affected": affected("smallvec"),
+    });
+    import_only(&f, "osv-now", &[unrelated, critical]);
+    let outcome = chain
+        .scan(&f.image, "hello", "production", &gate)
+        .await
+        .expect("rescan");
+    assert!(!outcome.passed, "{outcome:?}");
+    assert!(
+        outcome
+            .reasons
+            .iter()
+            .any(|r| r.contains("RUSTSEC-2021-0003") && r.contains("smallvec")),
+        "{:?}",
+        outcome.reasons
+    );
+    let record = verdict_record(&chain, &f.image, "production");
+    assert_eq!(record["passed"], false);
+}
