@@ -733,3 +733,37 @@ fn cargo_auditable_binaries_are_inventoried() {
     assert_eq!(got, [("smallvec", "1.6.0")]);
     assert_eq!(inv.packages[0].locations, ["usr/local/bin/app.so"]);
 }
+
+#[test]
+fn a_stripe_live_key_in_env_fails_the_gate() {
+    // Built at run time so the source holds no literal key.
+    let key = format!("sk_live_{}", "4eC39HqLyjWDarjtT1zdp7dc9Xq2Lm");
+    let mut img = SynthImage::new().layer(vec![file("app/README", "hello\n")], false);
+    img.env = vec!["PATH=/usr/bin".into(), format!("STRIPE_API_KEY={key}")];
+    let (_dir, path) = write(&img, false);
+    let report = scan(
+        &path,
+        &AdvisoryDb::default(),
+        &RuleSet::default_rules(),
+        Limits::default(),
+    )
+    .unwrap();
+    let found: Vec<&SecretFinding> = report.findings.secrets.iter().collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].rule_id, "stripe-secret-key");
+    assert!(
+        matches!(&found[0].location, SecretLocation::Config { field, .. } if field.starts_with("Env")),
+        "{:?}",
+        found[0].location
+    );
+    let shown = serde_json::to_string(&report).unwrap();
+    assert!(!shown.contains(&key), "the key leaked into the report");
+    let v = evaluate(
+        &report.findings,
+        &GatePolicy::default(),
+        &Exceptions::none(),
+        "2026-01-01".parse().unwrap(),
+    );
+    assert!(!v.passed, "{v:?}");
+    assert_eq!(v.secrets, 1);
+}
