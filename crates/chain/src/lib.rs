@@ -225,17 +225,9 @@ pub fn scan_key(
 /// `sha256:<hex>` of a file's content.
 pub fn file_digest(path: &Path) -> Result<String, ProviderError> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| io_error(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    std::io::copy(&mut file, &mut hasher).map_err(|e| io_error(path, e))?;
     Ok(format!("sha256:{:x}", hasher.finalize()))
 }
 

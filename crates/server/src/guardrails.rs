@@ -21,7 +21,6 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use cutover_model::{now_ms, BuildSpec, Spec};
@@ -52,10 +51,6 @@ fn proposals(cp: &ControlPlane) -> Result<TypedTree<GuardrailsProposal>, ServerE
 
 fn version_key(env: &str, version: u64) -> String {
     format!("{env}\0{version:020}")
-}
-
-fn sha256_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// The guardrails in force for `env` (its newest version).
@@ -99,7 +94,7 @@ fn save_version(
             set_by: who.person.clone(),
             set_at_ms: now_ms(),
             how: how.to_string(),
-            digest: sha256_of(text.as_bytes()),
+            digest: cutover_model::sha256_digest(text.as_bytes()),
             text: text.to_string(),
             guardrails: guardrails.clone(),
         };
@@ -635,7 +630,7 @@ pub fn gather(spec: &Spec, env: &str) -> SpecFacts {
     }
     let file = |path: &Option<PathBuf>| {
         let bytes = std::fs::read(path.as_ref()?).ok()?;
-        let digest = sha256_of(&bytes);
+        let digest = cutover_model::sha256_digest(&bytes);
         Some((bytes, digest))
     };
     facts.exceptions = file(&env.gate.exceptions);

@@ -1,6 +1,8 @@
 //! The HTTP API in-process: the router built by `router`, driven with `oneshot`, over a
 //! store and fake providers. Specs are written to a temporary directory.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tower::ServiceExt;
 use cutover_executor::fake::{FakeHealth, FakeProviders};
 use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_server::audit::AuditEntry;
-use cutover_server::auth::{self, NewToken, Role};
+use cutover_server::auth::{self, Role};
 use cutover_server::http::routes;
 use cutover_server::webhooks::{Delivery, Webhooks};
 use cutover_server::{guardrails, projects, router, ControlPlane, LocalPeer, Options};
@@ -121,19 +123,7 @@ impl Harness {
 
     /// A token named `name` belonging to `owner`.
     fn token_of(&self, role: Role, env: Option<&str>, name: &str, owner: &str) -> String {
-        auth::create_token(
-            &self.cp.store,
-            "test",
-            &NewToken {
-                role,
-                env: env.map(str::to_string),
-                name: Some(name.to_string()),
-                owner: Some(owner.to_string()),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap()
-        .token
+        common::token(&self.cp.store, role, env, name, owner)
     }
 
     async fn call(

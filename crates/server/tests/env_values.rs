@@ -3,6 +3,8 @@
 //! (as an admin), the plan and start responses, the event streams and every page of the
 //! web UI are searched for it. Names and `sha256:` digests of values are what clients see.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use tower::ServiceExt;
 use cutover_executor::fake::FakeProviders;
 use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_model::{sha256_digest, Action};
-use cutover_server::auth::{self, NewToken, Role};
+use cutover_server::auth::{self, Role};
 use cutover_server::http::routes;
 use cutover_server::{guardrails, projects, router, ControlPlane, Options};
 use cutover_store::Store;
@@ -118,19 +120,7 @@ impl Harness {
     }
 
     fn token(&self, role: Role, name: &str) -> String {
-        auth::create_token(
-            &self.cp.store,
-            "test",
-            &NewToken {
-                role,
-                env: None,
-                name: Some(name.to_string()),
-                owner: Some(name.to_string()),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap()
-        .token
+        common::token(&self.cp.store, role, None, name, name)
     }
 
     /// Sends a request and reads its body ([`read_body`]).

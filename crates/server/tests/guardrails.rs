@@ -1,6 +1,8 @@
 //! Guardrails and project roots, attacked through the router in-process (the HTTP door
 //! with tokens, the socket's door with its peer and with a token sent there).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tower::ServiceExt;
 
 use cutover_executor::fake::FakeProviders;
 use cutover_executor::{ExecutorConfig, RetryPolicy};
-use cutover_server::auth::{self, NewToken, Role};
+use cutover_server::auth::{self, Role};
 use cutover_server::{guardrails, projects, router, ControlPlane, LocalPeer};
 use cutover_signing::{Algorithm, KeyPair};
 use cutover_store::Store;
@@ -166,19 +168,7 @@ impl Harness {
     }
 
     fn token(&self, role: Role, env: Option<&str>, name: &str) -> String {
-        auth::create_token(
-            &self.cp.store,
-            "test",
-            &NewToken {
-                role,
-                env: env.map(str::to_string),
-                name: Some(name.to_string()),
-                owner: Some(name.to_string()),
-                expires_in_ms: None,
-            },
-        )
-        .unwrap()
-        .token
+        common::token(&self.cp.store, role, env, name, name)
     }
 
     /// A request through the HTTP door (`peer: None`) or the socket's (`Some(peer)`).

@@ -104,7 +104,7 @@ fn fewer_approvals_root_user_pinned_files_and_build_roots() {
         .exceptions = Some("/srv/app/exceptions.toml".into());
     weak.container.user = "0:0".to_string();
     let mut f = facts();
-    f.exceptions = Some((b"x".to_vec(), sha256_of(b"x")));
+    f.exceptions = Some((b"x".to_vec(), cutover_model::sha256_digest(b"x")));
     f.key_ids = vec![Ok("abc".to_string())];
     let found = violations(&weak, "production", &rails, &f);
     let fields: Vec<&str> = found.iter().map(|v| v.field.as_str()).collect();
