@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod duration;
 pub mod error;
 pub mod evidence;
+pub mod image_ref;
 pub mod journal;
 pub mod plan;
 pub mod provider;
@@ -19,6 +20,7 @@ pub use error::{ErrorClass, ProviderError};
 pub use evidence::{
     ExceptionEvidence, FindingEvidence, ProvenanceEvidence, ScanEvidence, SupplyEvidence,
 };
+pub use image_ref::{attestation_tag, ImageRef, ImageRefError};
 pub use journal::{JournalEntry, JournalEvent};
 pub use plan::RestoreRoute;
 pub use plan::{

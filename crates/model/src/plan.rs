@@ -137,6 +137,9 @@ pub enum DeploymentKind {
         /// True when the target's instances were still running at plan time.
         warm: bool,
     },
+    /// Build (or pull), scan, sign and verify an image without deploying it
+    /// (`cutover build`): no instance, route or release.
+    Build,
 }
 
 /// An immutable, digested plan: a DAG of steps.
@@ -179,6 +182,7 @@ impl Plan {
                 Action::Record { container, .. } => *container = container.with_env_digests(),
                 // Listed so that a new action carrying a container is not missed here.
                 Action::Build { .. }
+                | Action::Pull { .. }
                 | Action::Scan { .. }
                 | Action::Sign { .. }
                 | Action::Verify { .. }
@@ -242,6 +246,14 @@ pub enum Action {
         tag: String,
         source: BuildSpec,
         labels: BTreeMap<String, String>,
+    },
+    /// Take a prebuilt image from a registry by digest instead of building it: check its
+    /// manifest, pull it, fetch its attestations (signed elsewhere, e.g. by CI) and keep
+    /// them as the image's imported provenance. Output: the image.
+    Pull {
+        reference: crate::ImageRef,
+        /// Local tag given to the pulled image, e.g. `cutover/hello:production-3`.
+        tag: String,
     },
     Scan {
         image: ImageSource,

@@ -142,6 +142,10 @@ pub enum BuildSpec {
         /// Cargo profile, default `release`.
         profile: String,
     },
+    /// A prebuilt image in an OCI registry, pinned by digest (`[build] image = "…"`): it
+    /// is pulled, its attestations verified against the environment's trusted keys, and
+    /// scanned here; never built.
+    Image { reference: crate::ImageRef },
 }
 
 /// Settings of every instance of the app. Hardened defaults.

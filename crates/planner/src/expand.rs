@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, GateSpec,
+    json_digest, labels, Action, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec, GateSpec,
     HealthSpec, ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, RestoreRoute,
     Step, StepKind, Strategy, StrategyStep, PLAN_FORMAT,
 };
@@ -49,9 +49,13 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     } else {
         strategy
     };
-    let effective = effective_strategy(strategy, &setup.dropped);
+    let mut setup = setup;
+    let mut effective = effective_strategy(strategy, &setup.dropped);
     validate(&effective, &file)?;
     require_kinds(&effective, &setup.required, &file, setup.purpose)?;
+    if matches!(spec.build, BuildSpec::Image { .. }) {
+        pull_instead_of_build(&mut effective, &mut setup);
+    }
     if needs_approval(env) && setup.kind == DeploymentKind::Deploy {
         require_approval(&effective, &file, input.env)?;
     }
@@ -83,6 +87,37 @@ fn invalid(message: impl Into<String>) -> PlanError {
         message: message.into(),
     }
 }
+
+/// A spec naming a prebuilt image pulls it instead of building: the build step is named
+/// `pull` (unless the strategy uses that id for another step), and every step after it and
+/// every image taken from it follow the new name.
+fn pull_instead_of_build(strategy: &mut Strategy, setup: &mut Setup) {
+    let Some(build) = strategy.steps.iter().find(|s| s.kind == StepKind::Build) else {
+        return;
+    };
+    let old = build.id.clone();
+    if old == PULL_STEP || strategy.steps.iter().any(|s| s.id == PULL_STEP) {
+        return;
+    }
+    for step in &mut strategy.steps {
+        if step.id == old {
+            step.id = PULL_STEP.to_string();
+        }
+        for after in &mut step.after {
+            if *after == old {
+                *after = PULL_STEP.to_string();
+            }
+        }
+    }
+    if setup.image == (ImageSource::Step { step: old }) {
+        setup.image = ImageSource::Step {
+            step: PULL_STEP.to_string(),
+        };
+    }
+}
+
+/// The id of the step that pulls a prebuilt image.
+const PULL_STEP: &str = "pull";
 
 /// What differs between a deploy and a rollback, decided before expansion.
 struct Setup<'a> {
@@ -160,6 +195,45 @@ impl<'a> Setup<'a> {
                         StepKind::HealthCheck,
                         StepKind::ShiftTraffic,
                         StepKind::Record,
+                    ],
+                })
+            }
+            PlanKind::Build => {
+                let build_id = strategy
+                    .steps
+                    .iter()
+                    .find(|s| s.kind == StepKind::Build)
+                    .map(|s| s.id.clone())
+                    .unwrap_or_default();
+                // Only what makes and proves the image: nothing runs, nothing is recorded.
+                let dropped = strategy
+                    .steps
+                    .iter()
+                    .map(|s| s.kind)
+                    .filter(|k| {
+                        !matches!(
+                            k,
+                            StepKind::Build | StepKind::Scan | StepKind::Sign | StepKind::Verify
+                        )
+                    })
+                    .collect();
+                Ok(Setup {
+                    kind: DeploymentKind::Build,
+                    purpose: "build",
+                    release_id: input.deployment_id.to_string(),
+                    replicas: 0,
+                    image: ImageSource::Step { step: build_id },
+                    container: spec.container.clone(),
+                    check_health: spec.health.clone(),
+                    record_health: spec.health.clone(),
+                    adopt: Vec::new(),
+                    name_suffix: None,
+                    dropped,
+                    required: vec![
+                        StepKind::Build,
+                        StepKind::Scan,
+                        StepKind::Sign,
+                        StepKind::Verify,
                     ],
                 })
             }
@@ -513,10 +587,16 @@ fn expand(
                 }
             }
             let action = match template.kind {
-                StepKind::Build => Action::Build {
-                    tag: format!("cutover/{app}:{release}"),
-                    source: spec.build.clone(),
-                    labels: label_set(id, None),
+                StepKind::Build => match &spec.build {
+                    BuildSpec::Image { reference } => Action::Pull {
+                        reference: reference.clone(),
+                        tag: format!("cutover/{app}:{release}"),
+                    },
+                    source => Action::Build {
+                        tag: format!("cutover/{app}:{release}"),
+                        source: source.clone(),
+                        labels: label_set(id, None),
+                    },
                 },
                 StepKind::Scan => Action::Scan {
                     image: setup.image.clone(),

@@ -77,6 +77,9 @@ pub struct PlanInput<'a> {
 pub enum PlanKind<'a> {
     /// Build and roll out a new release.
     Deploy,
+    /// Build (or pull), scan, sign and verify only: no instance, route or release
+    /// (`cutover build`, e.g. in CI before the image is pushed).
+    Build,
     /// Go back to `target`. `warm_instances`: the target's instances still running, as
     /// found by the caller (all of them running makes the rollback warm).
     Rollback {

@@ -1666,3 +1666,86 @@ fn a_plan_saved_without_the_restore_route_reads_as_unrecorded() {
         }
     )));
 }
+
+fn image_spec() -> Spec {
+    Spec {
+        build: BuildSpec::Image {
+            reference: cutover_model::ImageRef::parse(&format!(
+                "127.0.0.1:5000/team/hello@sha256:{}",
+                "12".repeat(32)
+            ))
+            .expect("valid reference"),
+        },
+        ..spec()
+    }
+}
+
+#[test]
+fn a_prebuilt_image_is_pulled_then_scanned_signed_and_verified_here_before_it_runs() {
+    let spec = image_spec();
+    let strategy = builtin("blue-green");
+    let plan =
+        plan(&deploy_input(&spec, &strategy, None, "production-1")).expect("image deploy plans");
+    assert_well_formed(&plan);
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids[..4], ["pull", "scan", "sign", "verify"]);
+    assert!(!ids.contains(&"build"), "{ids:?}");
+    match &plan.steps[0].action {
+        Action::Pull { reference, tag } => {
+            assert_eq!(reference.registry, "127.0.0.1:5000");
+            assert_eq!(tag, "cutover/hello:production-1");
+        }
+        other => panic!("expected a pull, got {other:?}"),
+    }
+    // Every image the plan uses is the pulled one.
+    let scan = &plan.steps[1];
+    assert_eq!(scan.depends_on, ["pull"]);
+    match &scan.action {
+        Action::Scan { image, .. } => assert_eq!(
+            *image,
+            ImageSource::Step {
+                step: "pull".to_string()
+            }
+        ),
+        other => panic!("expected a scan, got {other:?}"),
+    }
+    let first_provision = ids.iter().position(|id| id.starts_with("provision")).unwrap();
+    assert!(ids.iter().position(|id| *id == "verify").unwrap() < first_provision);
+    insta::assert_snapshot!("image_deploy_text", render_text(&plan));
+}
+
+#[test]
+fn a_build_plan_builds_scans_signs_and_verifies_only() {
+    for spec in [spec(), image_spec()] {
+        let strategy = builtin("blue-green");
+        let input = PlanInput {
+            kind: PlanKind::Build,
+            ..deploy_input(&spec, &strategy, None, "production-1")
+        };
+        let plan = plan(&input).expect("build plans");
+        assert_well_formed(&plan);
+        assert_eq!(plan.kind, DeploymentKind::Build);
+        let kinds: Vec<StepKind> = plan.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                StepKind::Build,
+                StepKind::Scan,
+                StepKind::Sign,
+                StepKind::Verify
+            ]
+        );
+        assert!(!plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::Provision { .. } | Action::Record { .. })));
+    }
+    let spec = spec();
+    let strategy = builtin("blue-green");
+    let plan = plan(&PlanInput {
+        kind: PlanKind::Build,
+        ..deploy_input(&spec, &strategy, None, "production-1")
+    })
+    .expect("build plans");
+    insta::assert_snapshot!("build_only_text", render_text(&plan));
+}

@@ -6,7 +6,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use cutover_model::{
-    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,
+    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, ImageRef, Spec,
+    SupplySpec,
 };
 
 use crate::raw::{
@@ -103,6 +104,36 @@ fn convert_build(
     errors: &mut Errors,
 ) -> Option<BuildSpec> {
     let raw = build.get_ref();
+    if let Some(image) = &raw.image {
+        let others = [
+            ("build.cargo", raw.cargo.as_ref().map(|c| c.span())),
+            ("build.context", raw.context.as_ref().map(|c| c.span())),
+            (
+                "build.dockerfile",
+                raw.dockerfile.as_ref().map(|c| c.span()),
+            ),
+            ("build.args", raw.args.as_ref().map(|c| c.span())),
+        ];
+        let mut clash = false;
+        for (field, span) in others {
+            if let Some(span) = span {
+                clash = true;
+                errors.at(
+                    span,
+                    field,
+                    "cannot be used together with build.image: a prebuilt image is pulled, not built; keep one of them",
+                );
+            }
+        }
+        return match ImageRef::parse(image.get_ref()) {
+            Ok(reference) if !clash => Some(BuildSpec::Image { reference }),
+            Ok(_) => None,
+            Err(e) => {
+                errors.at(image.span(), "build.image", e.to_string());
+                None
+            }
+        };
+    }
     match (&raw.cargo, &raw.context) {
         (Some(_), Some(context)) => {
             errors.at(
@@ -116,7 +147,7 @@ fn convert_build(
             errors.at(
                 build.span(),
                 "build",
-                "needs exactly one of `cargo = { manifest = \"…\" }` or `context = \"<dir>\"`",
+                "needs exactly one of `cargo = { manifest = \"…\" }`, `context = \"<dir>\"` or `image = \"HOST[:PORT]/REPO@sha256:…\"`",
             );
             None
         }

@@ -35,6 +35,7 @@ pub(crate) struct RawBuild {
     pub context: Option<S<String>>,
     pub dockerfile: Option<S<String>>,
     pub args: Option<S<SpannedMap<String>>>,
+    pub image: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -907,3 +907,48 @@ fn readme_examples_parse() {
         }
     }
 }
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn a_prebuilt_image_by_digest_is_a_build() {
+    let f = Fixture::new();
+    let text = format!(
+        "app = \"hello\"\n[build]\nimage = \"127.0.0.1:5000/team/hello@{DIGEST}\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n"
+    );
+    let spec = f.parse(&text).expect("valid spec");
+    match spec.build {
+        BuildSpec::Image { reference } => {
+            assert_eq!(reference.registry, "127.0.0.1:5000");
+            assert_eq!(reference.repository, "team/hello");
+            assert_eq!(reference.digest, DIGEST);
+        }
+        other => panic!("expected an image build, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_tag_without_digest_is_refused_at_build_image_saying_why() {
+    let f = Fixture::new();
+    let text = "app = \"hello\"\n[build]\nimage = \"127.0.0.1:5000/hello:latest\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n";
+    let err = f.parse(text).unwrap_err();
+    assert_eq!(err.field, "build.image");
+    assert_eq!((err.line, err.column), (3, 9));
+    assert!(
+        err.message.contains("a tag can be moved"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("by digest"), "{}", err.message);
+}
+
+#[test]
+fn an_image_excludes_the_other_build_fields() {
+    let f = Fixture::new();
+    let text = format!(
+        "app = \"hello\"\n[build]\nimage = \"127.0.0.1:5000/hello@{DIGEST}\"\ncontext = \"ctx\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n"
+    );
+    let err = f.parse(&text).unwrap_err();
+    assert_eq!(err.field, "build.context");
+    assert!(err.message.contains("build.image"), "{}", err.message);
+}
