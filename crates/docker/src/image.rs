@@ -44,6 +44,11 @@ impl ImageBuilder for DockerProvider {
                 directory_context(context, dockerfile).await?,
                 dockerfile.clone(),
             ),
+            BuildSpec::Image { reference } => {
+                return Err(ProviderError::permanent(format!(
+                    "{reference} is a prebuilt image: it is pulled, not built; plan the deployment again"
+                )))
+            }
             BuildSpec::Cargo {
                 manifest,
                 bin,
@@ -61,7 +66,7 @@ impl ImageBuilder for DockerProvider {
         };
         let args = match source {
             BuildSpec::Dockerfile { args, .. } => args.clone(),
-            BuildSpec::Cargo { .. } => BTreeMap::new(),
+            BuildSpec::Cargo { .. } | BuildSpec::Image { .. } => BTreeMap::new(),
         };
         self.build_archive(tag, archive, &dockerfile, &args, &labels)
             .await?;
@@ -79,6 +84,14 @@ impl ImageBuilder for DockerProvider {
             .inspect_image_labels(reference)
             .await?
             .map(|(info, _)| info))
+    }
+
+    async fn pull(
+        &self,
+        reference: &cutover_model::ImageRef,
+        tag: &str,
+    ) -> Result<cutover_model::PulledImage, ProviderError> {
+        crate::registry::pull(self, reference, tag).await
     }
 }
 

@@ -37,6 +37,7 @@ mod image;
 mod network;
 mod preflight;
 mod probe;
+pub mod registry;
 mod user;
 
 use bollard::Docker;

@@ -79,6 +79,14 @@ pub(crate) async fn perform(
             source,
             labels,
         } => Ok(StepOutput::Image(p.images.build(tag, source, labels).await?)),
+        Action::Pull { reference, tag } => {
+            let supply = supply(ctx)?;
+            let pulled = p.images.pull(reference, tag).await?;
+            supply
+                .import(&pulled.image, reference, &pulled.attestations)
+                .await?;
+            Ok(StepOutput::Image(pulled.image))
+        }
         Action::Scan {
             image,
             app,
@@ -111,6 +119,7 @@ pub(crate) async fn perform(
             key,
             spec_digest,
             source,
+            invoked_by,
         } => {
             let supply = supply(ctx)?;
             let image = resolve_image(ctx, image, outputs, true).await?;
@@ -122,6 +131,7 @@ pub(crate) async fn perform(
                 plan_digest: plan.digest.clone(),
                 deployment_id: plan.deployment_id.clone(),
                 source: source.clone(),
+                invoked_by: invoked_by.clone(),
             };
             let key_id = supply.sign(&image, &request).await?;
             Ok(StepOutput::Signed { key_id })
@@ -563,6 +573,7 @@ pub(crate) async fn undo(
         // Scan results and attestations are facts about an image, kept beside it; an
         // approval is a fact about the plan. None of them is undone.
         Action::Build { .. }
+        | Action::Pull { .. }
         | Action::Scan { .. }
         | Action::Sign { .. }
         | Action::Verify { .. }

@@ -949,6 +949,7 @@ fn deploy_plan_full(
             key: None,
             spec_digest: "sha256:spec".to_string(),
             source: "/src/hello".into(),
+            invoked_by: None,
         },
     ));
     steps.push(step(

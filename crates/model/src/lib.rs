@@ -29,7 +29,7 @@ pub use plan::{
 };
 pub use provider::{
     Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, Preflight, PreflightFailure,
-    Preflights, Probe, Providers, ScanOutcome, SignRequest, SupplyChain, Traffic,
+    Preflights, Probe, Providers, PulledImage, ScanOutcome, SignRequest, SupplyChain, Traffic,
     DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_bytes, random_token_hex, RandomError};

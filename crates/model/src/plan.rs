@@ -270,6 +270,10 @@ pub enum Action {
         spec_digest: String,
         /// Where the build came from (the spec's directory).
         source: std::path::PathBuf,
+        /// The CI job (URL) that asked for the build, recorded in the provenance; `None`:
+        /// the control plane itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoked_by: Option<String>,
     },
     Verify {
         image: ImageSource,

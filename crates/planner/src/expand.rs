@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, labels, Action, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec, GateSpec,
-    HealthSpec, ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, RestoreRoute,
-    Step, StepKind, Strategy, StrategyStep, PLAN_FORMAT,
+    json_digest, labels, Action, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec,
+    GateSpec, HealthSpec, ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release,
+    RestoreRoute, Step, StepKind, Strategy, StrategyStep, PLAN_FORMAT,
 };
 
 use crate::strategy::{ancestors, quote_list, validate};
@@ -198,7 +198,7 @@ impl<'a> Setup<'a> {
                     ],
                 })
             }
-            PlanKind::Build => {
+            PlanKind::Build { .. } => {
                 let build_id = strategy
                     .steps
                     .iter()
@@ -615,6 +615,10 @@ fn expand(
                     key: spec.supply.signing_key.clone(),
                     spec_digest: spec_digest.clone(),
                     source: spec.base_dir.clone(),
+                    invoked_by: match input.kind {
+                        PlanKind::Build { invoked_by } => invoked_by.map(str::to_string),
+                        _ => None,
+                    },
                 },
                 StepKind::Verify => Action::Verify {
                     image: setup.image.clone(),

@@ -78,8 +78,9 @@ pub enum PlanKind<'a> {
     /// Build and roll out a new release.
     Deploy,
     /// Build (or pull), scan, sign and verify only: no instance, route or release
-    /// (`cutover build`, e.g. in CI before the image is pushed).
-    Build,
+    /// (`cutover build`, e.g. in CI before the image is pushed). `invoked_by`: the CI job
+    /// that asked for it (its URL), recorded in the provenance as who ran the build.
+    Build { invoked_by: Option<&'a str> },
     /// Go back to `target`. `warm_instances`: the target's instances still running, as
     /// found by the caller (all of them running makes the rollback warm).
     Rollback {

@@ -1709,7 +1709,10 @@ fn a_prebuilt_image_is_pulled_then_scanned_signed_and_verified_here_before_it_ru
         ),
         other => panic!("expected a scan, got {other:?}"),
     }
-    let first_provision = ids.iter().position(|id| id.starts_with("provision")).unwrap();
+    let first_provision = ids
+        .iter()
+        .position(|id| id.starts_with("provision"))
+        .unwrap();
     assert!(ids.iter().position(|id| *id == "verify").unwrap() < first_provision);
     insta::assert_snapshot!("image_deploy_text", render_text(&plan));
 }
@@ -1719,7 +1722,7 @@ fn a_build_plan_builds_scans_signs_and_verifies_only() {
     for spec in [spec(), image_spec()] {
         let strategy = builtin("blue-green");
         let input = PlanInput {
-            kind: PlanKind::Build,
+            kind: PlanKind::Build { invoked_by: None },
             ..deploy_input(&spec, &strategy, None, "production-1")
         };
         let plan = plan(&input).expect("build plans");
@@ -1743,7 +1746,7 @@ fn a_build_plan_builds_scans_signs_and_verifies_only() {
     let spec = spec();
     let strategy = builtin("blue-green");
     let plan = plan(&PlanInput {
-        kind: PlanKind::Build,
+        kind: PlanKind::Build { invoked_by: None },
         ..deploy_input(&spec, &strategy, None, "production-1")
     })
     .expect("build plans");

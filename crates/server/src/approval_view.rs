@@ -114,6 +114,7 @@ pub fn build_source(source: &BuildSpec) -> (&'static str, String) {
             }
             ("dockerfile", text)
         }
+        BuildSpec::Image { reference } => ("image", reference.to_string()),
     }
 }
 
@@ -131,7 +132,12 @@ pub fn settings_of_plan(plan: &Plan) -> Settings {
     let mut retire = None;
     for step in &plan.steps {
         match &step.action {
-            Action::Build { source, .. } => build = Some(source),
+            Action::Build { source, .. } => build = Some(source.clone()),
+            Action::Pull { reference, .. } => {
+                build = Some(BuildSpec::Image {
+                    reference: reference.clone(),
+                })
+            }
             Action::Scan { gate, .. } => scan_gate = Some(gate),
             Action::Verify { trusted_keys, .. } => trusted = Some(trusted_keys),
             Action::Approval { gate, .. } => approval = Some(gate),
@@ -231,7 +237,7 @@ pub fn settings_of_plan(plan: &Plan) -> Settings {
         (
             "build",
             build.map(|b| {
-                let (kind, source) = build_source(b);
+                let (kind, source) = build_source(&b);
                 format!("{kind}: {source}")
             }),
         ),
@@ -483,6 +489,7 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         kind: match &plan.kind {
             DeploymentKind::Deploy => "deploy".to_string(),
             DeploymentKind::Rollback { .. } => "rollback".to_string(),
+            DeploymentKind::Build => "build".to_string(),
         },
         release_id: record.release_id.clone(),
         requested_by: plan.requested_by.clone(),

@@ -342,6 +342,7 @@ pub async fn start(
     let action = match &plan.kind {
         DeploymentKind::Deploy => "deploy",
         DeploymentKind::Rollback { .. } => "rollback",
+        DeploymentKind::Build => "build",
     };
     let audited = audit::record_async(
         &cp.store,

@@ -612,6 +612,8 @@ pub fn gather(spec: &Spec, env: &str) -> SpecFacts {
         build_source: resolved(match &spec.build {
             BuildSpec::Dockerfile { context, .. } => context,
             BuildSpec::Cargo { manifest, .. } => manifest,
+            // A pulled image has no source here: the spec's directory stands for it.
+            BuildSpec::Image { .. } => &spec.base_dir,
         }),
         base_dir: resolved(&spec.base_dir),
         ..SpecFacts::default()
@@ -797,8 +799,9 @@ pub fn violations(
         let field = match &spec.build {
             BuildSpec::Dockerfile { .. } => "build.context",
             BuildSpec::Cargo { .. } => "build.cargo.manifest",
+            BuildSpec::Image { .. } => "base_dir",
         };
-        if !inside(&facts.build_source) {
+        if !inside(&facts.build_source) && !matches!(spec.build, BuildSpec::Image { .. }) {
             push(
                 field.into(),
                 facts.build_source.display().to_string(),
@@ -867,7 +870,9 @@ pub fn derive(spec: &Spec, env_name: &str, facts: &SpecFacts) -> Guardrails {
         build_roots: {
             // The spec's directory and the build source's.
             let source_dir = match &spec.build {
-                BuildSpec::Dockerfile { .. } => facts.build_source.clone(),
+                BuildSpec::Dockerfile { .. } | BuildSpec::Image { .. } => {
+                    facts.build_source.clone()
+                }
                 BuildSpec::Cargo { .. } => facts
                     .build_source
                     .parent()
