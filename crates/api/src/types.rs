@@ -343,6 +343,17 @@ pub struct PlanRequest {
     /// Plan a rollback instead of a deploy: to `to`, or to the previous release.
     #[serde(default)]
     pub rollback: Option<RollbackTo>,
+    /// Deploy this prebuilt image (`HOST[:PORT]/REPO@sha256:<64 hex>`, a digest is
+    /// required) instead of the spec's build: it is pulled, verified and scanned here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Build (or pull), scan, sign and verify only (`cutover build`): nothing is deployed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub build_only: bool,
+    /// With `build_only`: the CI job asking for the build (its URL), recorded in the
+    /// provenance as who ran the build. Default: the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
 }
 
 impl PlanRequest {

@@ -7,6 +7,7 @@
 mod client;
 mod daemon;
 mod follow;
+mod registry_cmds;
 mod render;
 mod serve;
 mod server_cmds;
@@ -66,7 +67,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
     /// Graphviz (plan only).
@@ -92,6 +93,30 @@ enum Command {
         /// Return once the deployment started instead of following it.
         #[arg(long)]
         detach: bool,
+        /// Deploy this prebuilt image (HOST[:PORT]/REPO@sha256:<hex>, as `cutover push`
+        /// prints it) instead of the spec's build: pulled, verified against the
+        /// environment's trusted keys, scanned here.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Build, scan, sign and verify for an environment without deploying; write the build
+    /// record and the attestation bundle to --out and print the image id.
+    Build {
+        #[arg(short, long)]
+        env: Option<String>,
+        /// Directory for build.json and attestations.json.
+        #[arg(long, default_value = "cutover-build")]
+        out: PathBuf,
+    },
+    /// Push the image of `cutover build --out DIR` and its attestations to an OCI registry
+    /// (HOST[:PORT]/REPO[:TAG]); print it by digest. Credentials: CUTOVER_REGISTRY_USERNAME
+    /// and CUTOVER_REGISTRY_PASSWORD, or the 0600 file CUTOVER_REGISTRY_AUTH
+    /// (default ~/.config/cutover/registry-auth.json, Docker's `auths` format).
+    Push {
+        target: String,
+        /// The directory `cutover build --out` wrote.
+        #[arg(long = "build", default_value = "cutover-build")]
+        build_dir: PathBuf,
     },
     /// Current release, traffic, instances and the latest deployment per environment.
     Status {
@@ -227,7 +252,7 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
     exit::ERROR
 }
 
-struct Context_ {
+pub(crate) struct Context_ {
     spec: PathBuf,
     state: StateDir,
     output: Output,
@@ -248,7 +273,9 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Plan { env, rollback, to } => {
             plan(&ctx, env, rollback.then_some(RollbackTo { to })).await
         }
-        Command::Deploy { env, detach } => start(&ctx, env, None, detach).await,
+        Command::Deploy { env, detach, image } => start_image(&ctx, env, None, detach, image).await,
+        Command::Build { env, out } => registry_cmds::build(&ctx, env, &out).await,
+        Command::Push { target, build_dir } => registry_cmds::push(&ctx, &target, &build_dir).await,
         Command::Rollback { env, to, detach } => {
             start(&ctx, env, Some(RollbackTo { to }), detach).await
         }
@@ -299,13 +326,13 @@ async fn run(cli: Cli) -> Result<u8> {
 }
 
 /// Validate the spec here first, so bad input fails fast and starts nothing.
-fn check_spec(ctx: &Context_) -> Result<()> {
+pub(crate) fn check_spec(ctx: &Context_) -> Result<()> {
     cutover_spec::load(&ctx.spec)?;
     Ok(())
 }
 
 /// Connect, and say so when starting the control plane resumed interrupted work.
-async fn connect(ctx: &Context_) -> Result<ApiClient> {
+pub(crate) async fn connect(ctx: &Context_) -> Result<ApiClient> {
     let (client, started) = connect_or_start(&ctx.state).await?;
     if started {
         let resumed: Resumed = client.post("/api/v1/resume", &()).await?;
@@ -347,10 +374,33 @@ async fn start(
     rollback: Option<RollbackTo>,
     detach: bool,
 ) -> Result<u8> {
+    start_image(ctx, env, rollback, detach, None).await
+}
+
+async fn start_image(
+    ctx: &Context_,
+    env: Option<String>,
+    rollback: Option<RollbackTo>,
+    detach: bool,
+    image: Option<String>,
+) -> Result<u8> {
+    if let Some(image) = &image {
+        // Bad input fails here, before anything starts.
+        if let Err(e) = cutover_model::ImageRef::parse(image) {
+            eprintln!("error: --image: {e}");
+            return Ok(exit::BAD_INPUT);
+        }
+    }
     check_spec(ctx)?;
     let client = connect(ctx).await?;
     let started: Started = client
-        .post("/api/v1/deployments", &request(ctx, env, rollback))
+        .post(
+            "/api/v1/deployments",
+            &PlanRequest {
+                image,
+                ..request(ctx, env, rollback)
+            },
+        )
         .await?;
     if detach {
         match ctx.output {

@@ -244,7 +244,12 @@ fn oci_reference(text: &str, image: &str) -> Result<Reference, ProviderError> {
 
 /// A registry error as people should read it: what failed for which image, and what to do.
 /// Never contains credentials (the client sends them in headers, never in URLs).
-fn registry_error(image: &str, registry: &str, what: &str, e: &OciDistributionError) -> ProviderError {
+fn registry_error(
+    image: &str,
+    registry: &str,
+    what: &str,
+    e: &OciDistributionError,
+) -> ProviderError {
     let text = e.to_string();
     let message = match e {
         OciDistributionError::UnauthorizedError { .. }
@@ -290,7 +295,9 @@ fn registry_error(image: &str, registry: &str, what: &str, e: &OciDistributionEr
 }
 
 fn not_found(image: &str) -> String {
-    format!("{image} is not in the registry; push it with `cutover push` and use the digest it prints")
+    format!(
+        "{image} is not in the registry; push it with `cutover push` and use the digest it prints"
+    )
 }
 
 fn connect_cause(e: &reqwest::Error) -> String {
@@ -407,7 +414,12 @@ pub async fn inspect_manifest(
                 .pull_manifest_raw(&oci, &auth, MANIFEST_TYPES)
                 .await
                 .map_err(|e| {
-                    registry_error(&image, &reference.registry, "reading its linux/amd64 manifest", &e)
+                    registry_error(
+                        &image,
+                        &reference.registry,
+                        "reading its linux/amd64 manifest",
+                        &e,
+                    )
                 })?;
             check_digest(&image, &body, &entry.digest)?;
             let inner: RawManifest = serde_json::from_slice(&body).map_err(|e| {
@@ -493,7 +505,9 @@ pub async fn fetch_attestations(
         client
             .pull_blob(&oci, &descriptor, &mut bytes)
             .await
-            .map_err(|e| registry_error(&image, &reference.registry, "reading an attestation", &e))?;
+            .map_err(|e| {
+                registry_error(&image, &reference.registry, "reading an attestation", &e)
+            })?;
         check_digest(&image, &bytes, &layer.digest)?;
         out.push(bytes);
     }
@@ -561,9 +575,11 @@ impl DockerProvider {
                 ))
             })?;
         let options = PushImageOptionsBuilder::default().tag(tag).build();
-        let mut stream =
-            self.docker
-                .push_image(&name, Some(options), credentials.map(|c| c.docker(registry)));
+        let mut stream = self.docker.push_image(
+            &name,
+            Some(options),
+            credentials.map(|c| c.docker(registry)),
+        );
         let mut digest = None;
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| push_failed(&target, registry, &describe(&e)))?;
@@ -587,16 +603,24 @@ impl DockerProvider {
             ))
         })?;
         ImageRef::parse(&format!("{name}@{digest}")).map_err(|e| {
-            ProviderError::permanent(format!("the Engine reported an unusable digest for {target}: {e}"))
+            ProviderError::permanent(format!(
+                "the Engine reported an unusable digest for {target}: {e}"
+            ))
         })
     }
 }
 
 fn push_failed(target: &str, registry: &str, why: &str) -> ProviderError {
     let lower = why.to_ascii_lowercase();
-    let advice = if lower.contains("unauthorized") || lower.contains("authentication required") || lower.contains("no basic auth") {
+    let advice = if lower.contains("unauthorized")
+        || lower.contains("authentication required")
+        || lower.contains("no basic auth")
+    {
         format!("registry {registry} refused the credentials; give the right ones in {USERNAME_ENV} and {PASSWORD_ENV} or the credentials file")
-    } else if lower.contains("connection refused") || lower.contains("no such host") || lower.contains("timeout") {
+    } else if lower.contains("connection refused")
+        || lower.contains("no such host")
+        || lower.contains("timeout")
+    {
         format!("cannot reach registry {registry}; check the address and that the registry runs")
     } else {
         "check the registry and retry".to_string()
@@ -616,7 +640,9 @@ pub(crate) async fn pull(
     let attestations = fetch_attestations(reference, credentials.as_ref()).await?;
     let present = provider.inspect_image(&image).await?;
     if present.is_none() {
-        let options = CreateImageOptionsBuilder::default().from_image(&image).build();
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(&image)
+            .build();
         let mut stream = provider.docker.create_image(
             Some(options),
             None,
@@ -646,14 +672,24 @@ pub(crate) async fn pull(
         .docker
         .tag_image(
             &pulled.id,
-            Some(TagImageOptionsBuilder::default().repo(repo).tag(local_tag).build()),
+            Some(
+                TagImageOptionsBuilder::default()
+                    .repo(repo)
+                    .tag(local_tag)
+                    .build(),
+            ),
         )
         .await
         .map_err(|e| {
             if is_not_found(&e) {
-                ProviderError::transient(format!("{image} vanished while it was tagged {tag}; retry"))
+                ProviderError::transient(format!(
+                    "{image} vanished while it was tagged {tag}; retry"
+                ))
             } else {
-                ProviderError::transient(format!("tagging {image} as {tag} failed: {}; retry", describe(&e)))
+                ProviderError::transient(format!(
+                    "tagging {image} as {tag} failed: {}; retry",
+                    describe(&e)
+                ))
             }
         })?;
     Ok(PulledImage {

@@ -48,6 +48,57 @@ pub struct StartedBy {
 /// What to go back to in a rollback: a named release, or the previous one when `None`.
 pub type RollbackTo = Option<String>;
 
+/// What a deploy request may change about the spec's deploy: a prebuilt image instead of
+/// the spec's build, or a build-only plan (and who asked for it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployOptions {
+    /// `image` of the request: `HOST[:PORT]/REPO@sha256:<hex>`.
+    pub image: Option<String>,
+    pub build_only: bool,
+    pub invoked_by: Option<String>,
+}
+
+impl DeployOptions {
+    /// The options of an API request body.
+    pub fn of(req: &cutover_api::PlanRequest) -> DeployOptions {
+        DeployOptions {
+            image: req.image.clone(),
+            build_only: req.build_only,
+            invoked_by: req.invoked_by.clone(),
+        }
+    }
+
+    /// Checked against the request's other fields; the image parsed.
+    fn check(
+        &self,
+        rollback: Option<&RollbackTo>,
+    ) -> Result<Option<cutover_model::ImageRef>, ServerError> {
+        if rollback.is_some() && (self.image.is_some() || self.build_only) {
+            return Err(ServerError::BadRequest(
+                "rollback: a rollback returns to a recorded release; leave out image and build_only"
+                    .to_string(),
+            ));
+        }
+        if let Some(by) = &self.invoked_by {
+            let ok = by.len() <= 512
+                && (by.starts_with("https://") || by.starts_with("http://"))
+                && !by.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok || !self.build_only {
+                return Err(ServerError::BadRequest(
+                    "invoked_by: give the CI job's URL (http(s)://…, at most 512 characters) with build_only".to_string(),
+                ));
+            }
+        }
+        self.image
+            .as_deref()
+            .map(|text| {
+                cutover_model::ImageRef::parse(text)
+                    .map_err(|e| ServerError::BadRequest(format!("image: {e}")))
+            })
+            .transpose()
+    }
+}
+
 fn spec_sources(cp: &ControlPlane) -> Result<TypedTree<SpecSource>, ServerError> {
     Ok(cp.store.typed_tree(SPEC_SOURCES_TREE)?)
 }
@@ -150,6 +201,7 @@ async fn prepare(
     requested_by: &str,
     rollback: Option<&RollbackTo>,
     allocate: bool,
+    options: &DeployOptions,
 ) -> Result<Plan, ServerError> {
     if allocate {
         if let Some(lease) = cp.store.lease(env)? {
@@ -191,6 +243,12 @@ async fn prepare(
     let deployment_id = format!("{env}-{seq}");
     let created_at_ms = now_ms();
     let (strategy_name, kind) = match &rollback {
+        None if options.build_only => (
+            spec.strategy.as_str(),
+            PlanKind::Build {
+                invoked_by: options.invoked_by.as_deref(),
+            },
+        ),
         None => (spec.strategy.as_str(), PlanKind::Deploy),
         Some((target, warm_instances)) => (
             "rollback",
@@ -271,11 +329,15 @@ fn admitted_spec(
     source: Option<&SpecSource>,
     env: Option<&str>,
     starting: bool,
+    image: Option<cutover_model::ImageRef>,
 ) -> Result<(Spec, String, SpecSource, Option<u64>), ServerError> {
     authorize(who, env)?;
     let source = resolve_source(cp, source, env)?;
     let admitted = crate::projects::admit(cp, who, &source)?;
-    let spec = crate::projects::load(cp, who, &admitted)?;
+    let mut spec = crate::projects::load(cp, who, &admitted)?;
+    if let Some(reference) = image {
+        spec.build = cutover_model::BuildSpec::Image { reference };
+    }
     let env = pick_env(&spec, env)?;
     who.require(needed_role(), Some(&env))?;
     let (spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
@@ -291,8 +353,21 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    let (spec, env, _, _) = admitted_spec(cp, who, source, env, false)?;
-    prepare(cp, &spec, &env, &who.name, rollback, false).await
+    plan_with(cp, who, source, env, rollback, &DeployOptions::default()).await
+}
+
+/// [`plan`] with a request's [`DeployOptions`].
+pub async fn plan_with(
+    cp: &ControlPlane,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    rollback: Option<&RollbackTo>,
+    options: &DeployOptions,
+) -> Result<Plan, ServerError> {
+    let image = options.check(rollback)?;
+    let (spec, env, _, _) = admitted_spec(cp, who, source, env, false, image)?;
+    prepare(cp, &spec, &env, &who.name, rollback, false, options).await
 }
 
 /// Plan and start a deployment (or a rollback when `rollback` is `Some`) as `who`; runs it
@@ -305,8 +380,21 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, true)?;
-    let plan = prepare(cp, &spec, &env, &who.name, rollback, true).await?;
+    start_with(cp, who, source, env, rollback, &DeployOptions::default()).await
+}
+
+/// [`start`] with a request's [`DeployOptions`].
+pub async fn start_with(
+    cp: &Arc<ControlPlane>,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    rollback: Option<&RollbackTo>,
+    options: &DeployOptions,
+) -> Result<Started, ServerError> {
+    let image = options.check(rollback)?;
+    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, true, image)?;
+    let plan = prepare(cp, &spec, &env, &who.name, rollback, true, options).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
         holder: plan.requested_by.clone(),

@@ -662,12 +662,13 @@ async fn create_plan(
     ApiJson(req): ApiJson<PlanRequest>,
 ) -> Result<Json<PlanResponse>, ServerError> {
     let rollback = req.rollback.as_ref().map(|r| r.to.clone());
-    let plan = deploy::plan(
+    let plan = deploy::plan_with(
         &cp,
         &who,
         Some(&req.source()),
         req.env.as_deref(),
         rollback.as_ref(),
+        &deploy::DeployOptions::of(&req),
     )
     .await?;
     // Clients see environment variables by name and value digest, never values.
@@ -703,12 +704,13 @@ async fn start_deployment(
         &who,
         key,
         &fingerprint,
-        deploy::start(
+        deploy::start_with(
             &cp,
             &who,
             Some(&req.source()),
             req.env.as_deref(),
             rollback.as_ref(),
+            &deploy::DeployOptions::of(&req),
         ),
     )
     .await
