@@ -765,6 +765,53 @@ pub fn recorded_evidence(
     Ok(evidence)
 }
 
+/// One environment's signed scan verdict about an image: whether it passed, and who signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictSeal {
+    pub env: String,
+    pub passed: bool,
+    pub key_ids: Vec<String>,
+}
+
+/// The signed scan verdicts recorded for `image_id`, one per environment, by name. Read as
+/// they are: [`verify_image`] checks signatures.
+pub fn verdict_seals(paths: &SupplyPaths, image_id: &str) -> Vec<VerdictSeal> {
+    let mut seals = Vec::new();
+    let Ok(entries) = std::fs::read_dir(paths.image_dir(image_id)) else {
+        return seals;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(env) = name
+            .strip_prefix("attestations-")
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Ok(bundle) = AttestationBundle::load(&entry.path()) else {
+            continue;
+        };
+        for envelope in &bundle.envelopes {
+            let Some(statement) = envelope
+                .decoded_payload()
+                .ok()
+                .and_then(|p| serde_json::from_slice::<cutover_signing::Statement>(&p).ok())
+            else {
+                continue;
+            };
+            if statement.predicate_type == SCAN_VERDICT_PREDICATE {
+                seals.push(VerdictSeal {
+                    env: env.to_string(),
+                    passed: statement.predicate["passed"].as_bool().unwrap_or(false),
+                    key_ids: envelope.key_ids(),
+                });
+            }
+        }
+    }
+    seals.sort_by(|a, b| a.env.cmp(&b.env));
+    seals
+}
+
 fn scan_evidence(record: &serde_json::Value) -> ScanEvidence {
     let strings = |key: &str| -> Vec<String> {
         record[key]
