@@ -273,18 +273,46 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     runs.push(run);
     block_on(reg::push_attestations(&good, original, Some(&creds))).expect("restore");
 
-    // An environment that trusts only this control plane's own key: CI's signature does not
-    // count.
-    write_spec(&cp, &cp_config, "");
-    let run = cp.cutover_with_env(&["deploy"], &cp_env);
-    assert_refused(&cp, &run, &image_id, "not trusted for production");
+    // An environment that trusts only this control plane's own key (it lists no trusted
+    // keys, nor do its guardrails): CI's signature does not count.
+    write_spec(&cp, &cp_config, trust_ci);
+    let mut text = std::fs::read_to_string(cp.spec_path()).unwrap();
+    text.push_str(&format!(
+        "\n[environments.local]\nlisten = \"127.0.0.1:{}\"\nreplicas = 1\n\n[environments.local.gate]\nallow_missing_advisories = true\n",
+        cutover_integration::reserve_port()
+    ));
+    std::fs::write(cp.spec_path(), text).unwrap();
+    let run = cp.cutover_with_env(&["deploy", "--env", "local"], &cp_env);
+    assert_refused(&cp, &run, &image_id, "not trusted for local");
     runs.push(run);
 
-    // ---- The real thing: CI's provenance, this control plane's scan and verdict.
+    // ---- The real thing: CI's provenance, this control plane's scan and verdict. Cold: the
+    // image leaves the Engine (CI built it on this one) and the control plane's scan cache
+    // goes, so the numbers below are those of a first pull and scan.
     write_spec(&cp, &cp_config, trust_ci);
+    let removed = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image_id])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let image_dir = cp
+        .state_dir()
+        .join("supply")
+        .join(image_id.trim_start_matches("sha256:"));
+    for entry in std::fs::read_dir(&image_dir).expect("the image was scanned").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("report-") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let started = std::time::Instant::now();
     let run = cp.cutover_with_env(&["deploy"], &cp_env);
+    let took = started.elapsed();
     run.assert_code(0);
     runs.push(run);
+    eprintln!(
+        "deploy by digest: `cutover deploy` to traffic on green took {} ms",
+        took.as_millis()
+    );
     wait_for("the proxy to serve the pulled image", Duration::from_secs(10), || {
         cp.get().is_ok_and(|(status, _, body)| status == 200 && body.contains("v1"))
     });

@@ -86,6 +86,15 @@ pub fn outcome(d: &DeploymentDetail) -> String {
         })
         .unwrap_or_default();
     match d.status.as_str() {
+        "succeeded" if d.kind == "build" => format!(
+            "build {} succeeded{took}: the image is scanned, signed and verified for {}; nothing was deployed",
+            d.id, d.env
+        ),
+        "rolled_back" if d.kind == "build" => format!(
+            "build {} failed{took}: {}; nothing was deployed",
+            d.id,
+            d.reason.as_deref().unwrap_or("no reason recorded")
+        ),
         "succeeded" => format!(
             "{} {} succeeded{took}: release {} is live in {}",
             d.kind, d.id, d.release_id, d.env
