@@ -934,7 +934,10 @@ fn deploy_with_approval() {
             source,
             app,
             env,
+            invoked_by,
         }) => {
+            // A deploy's build is the control plane's own.
+            assert_eq!(invoked_by, &None);
             assert_eq!(image, &built);
             assert_eq!(
                 key.as_deref(),
@@ -1745,6 +1748,18 @@ fn a_build_plan_builds_scans_signs_and_verifies_only() {
     }
     let spec = spec();
     let strategy = builtin("blue-green");
+    let job = "https://ci.example/team/hello/jobs/7";
+    let with_job = plan(&PlanInput {
+        kind: PlanKind::Build {
+            invoked_by: Some(job),
+        },
+        ..deploy_input(&spec, &strategy, None, "production-1")
+    })
+    .expect("build plans");
+    match with_job.step("sign").map(|s| &s.action) {
+        Some(Action::Sign { invoked_by, .. }) => assert_eq!(invoked_by.as_deref(), Some(job)),
+        other => panic!("expected a sign step, got {other:?}"),
+    }
     let plan = plan(&PlanInput {
         kind: PlanKind::Build { invoked_by: None },
         ..deploy_input(&spec, &strategy, None, "production-1")
