@@ -143,7 +143,10 @@ impl Registry {
         .build()
         .call()
         .map(|r| r.status().as_u16());
-        assert!(matches!(status, Ok(202)), "deleting {repository}@{digest}: {status:?}");
+        assert!(
+            matches!(status, Ok(202)),
+            "deleting {repository}@{digest}: {status:?}"
+        );
     }
 
     /// The digest the tag `repository:tag` points to, if any.

@@ -55,7 +55,10 @@ fn write_auth_file(path: &Path, registry: &Registry, password: &str) {
         .encode(format!("{}:{password}", registry.username));
     std::fs::write(
         path,
-        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, registry.addr),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.addr
+        ),
     )
     .expect("write auth file");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -81,13 +84,20 @@ fn assert_no_canary(runs: &[&Run]) {
     }
 }
 
-/// A refused deployment: non-zero exit, the message names what, nothing provisioned.
+/// A refused deployment: exit `code` (3: the pull step failed; 6: verification refused),
+/// the message names what, nothing provisioned.
 #[track_caller]
-fn assert_refused(cp: &Project, run: &Run, image: &str, why: &str) {
-    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+fn assert_refused(cp: &Project, run: &Run, code: i32, image: &str, why: &str) {
+    run.assert_code(code);
     let text = format!("{}{}", run.stdout, run.stderr);
-    assert!(text.contains(image), "the error does not name {image}:\n{text}");
-    assert!(text.contains(why), "the error does not say {why:?}:\n{text}");
+    assert!(
+        text.contains(image),
+        "the error does not name {image}:\n{text}"
+    );
+    assert!(
+        text.contains(why),
+        "the error does not say {why:?}:\n{text}"
+    );
     assert!(
         cp.containers().is_empty(),
         "something was provisioned: {:?}",
@@ -112,7 +122,14 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     context(&ci, None);
     let keys = ci.dir.path().join("keys");
     ci.cutover_with_env(
-        &["keys", "generate", "--name", "ci", "--dir", &keys.display().to_string()],
+        &[
+            "keys",
+            "generate",
+            "--name",
+            "ci",
+            "--dir",
+            &keys.display().to_string(),
+        ],
         &[("CUTOVER_KEY_PASSPHRASE", PASSPHRASE)],
     )
     .assert_code(0);
@@ -125,7 +142,11 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     let spec = std::fs::read_to_string(ci.spec_path()).unwrap();
     std::fs::write(
         ci.spec_path(),
-        spec.replacen("[container]", "[supply]\nsigning_key = \"keys/ci.key\"\n\n[container]", 1),
+        spec.replacen(
+            "[container]",
+            "[supply]\nsigning_key = \"keys/ci.key\"\n\n[container]",
+            1,
+        ),
     )
     .unwrap();
     let out = ci.dir.path().join("out");
@@ -142,7 +163,10 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("build.json")).unwrap()).unwrap();
     assert_eq!(record["image_id"], image_id.as_str());
-    assert_eq!(record["builder"], "https://github.example/team/hello/actions/runs/4242");
+    assert_eq!(
+        record["builder"],
+        "https://github.example/team/hello/actions/runs/4242"
+    );
     assert!(out.join("attestations.json").is_file());
     // Nothing was deployed in CI.
     assert!(ci.containers().is_empty(), "{:?}", ci.containers());
@@ -155,7 +179,10 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     pushed.assert_code(0);
     let reference = pushed.stdout.trim().to_string();
     let good = ImageRef::parse(&reference).expect("push prints a reference by digest");
-    assert_eq!(registry.tag_digest(REPO, "v1").as_deref(), Some(good.digest.as_str()));
+    assert_eq!(
+        registry.tag_digest(REPO, "v1").as_deref(),
+        Some(good.digest.as_str())
+    );
     assert!(registry.tag_digest(REPO, &good.attestation_tag()).is_some());
     assert_no_canary(&[&built, &pushed]);
 
@@ -204,19 +231,19 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     };
     let nowhere = format!("127.0.0.1:{closed}/{REPO}@{}", good.digest);
     let run = deploy(&nowhere);
-    assert_refused(&cp, &run, &nowhere, "cannot reach registry");
+    assert_refused(&cp, &run, 3, &nowhere, "cannot reach registry");
     runs.push(run);
 
     // A digest that is not in the registry.
     let missing = format!("{}/{REPO}@sha256:{}", registry.addr, "0".repeat(64));
     let run = deploy(&missing);
-    assert_refused(&cp, &run, &missing, "is not in the registry");
+    assert_refused(&cp, &run, 3, &missing, "is not in the registry");
     runs.push(run);
 
     // Wrong credentials (the file is read at each pull).
     write_auth_file(&auth_file, &registry, "not-the-password");
     let run = deploy(&reference);
-    assert_refused(&cp, &run, &reference, "refused the credentials");
+    assert_refused(&cp, &run, 3, &reference, "refused the credentials");
     runs.push(run);
     write_auth_file(&auth_file, &registry, CANARY_PASSWORD);
 
@@ -224,7 +251,7 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     let index_digest = push_index_without_amd64(&registry, &creds, &good);
     let index_ref = format!("{}/{REPO}@{index_digest}", registry.addr);
     let run = deploy(&index_ref);
-    assert_refused(&cp, &run, &index_ref, "without an image for linux/amd64");
+    assert_refused(&cp, &run, 3, &index_ref, "without an image for linux/amd64");
     assert!(run.stderr.contains("linux/arm64"), "{}", run.stderr);
     runs.push(run);
 
@@ -232,35 +259,47 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     // Other content re-pushed under the same tag, without attestations.
     context(&ci, Some("other content"));
     let other_out = ci.dir.path().join("other");
-    ci.cutover_with_env(&["build", "--out", &other_out.display().to_string()], &ci_env)
-        .assert_code(0);
+    ci.cutover_with_env(
+        &["build", "--out", &other_out.display().to_string()],
+        &ci_env,
+    )
+    .assert_code(0);
     let other: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(other_out.join("build.json")).unwrap())
             .unwrap();
     let other_id = other["image_id"].as_str().unwrap().to_string();
     assert_ne!(other_id, image_id);
     let docker = block_on(DockerProvider::connect()).expect("docker");
-    let repushed = block_on(docker.push_image_to(&other_id, &registry.addr, REPO, "v1", Some(&creds)))
-        .expect("push other content");
-    assert_eq!(registry.tag_digest(REPO, "v1").as_deref(), Some(repushed.digest.as_str()));
+    let repushed =
+        block_on(docker.push_image_to(&other_id, &registry.addr, REPO, "v1", Some(&creds)))
+            .expect("push other content");
+    assert_eq!(
+        registry.tag_digest(REPO, "v1").as_deref(),
+        Some(repushed.digest.as_str())
+    );
     let repushed_ref = repushed.to_string();
     let run = deploy(&repushed_ref);
-    assert_refused(&cp, &run, &repushed_ref, "has no attestations");
+    assert_refused(&cp, &run, 3, &repushed_ref, "has no attestations");
     runs.push(run);
     // The same tag still cannot move what the digest names: the original deploys later.
 
     // CI's attestations copied onto the other image's attestation tag.
     let original = block_on(reg::fetch_attestations(&good, Some(&creds))).expect("fetch");
-    block_on(reg::push_attestations(&repushed, original.clone(), Some(&creds))).expect("copy");
+    block_on(reg::push_attestations(
+        &repushed,
+        original.clone(),
+        Some(&creds),
+    ))
+    .expect("copy");
     let run = deploy(&repushed_ref);
-    assert_refused(&cp, &run, &repushed_ref, "not the pulled image");
+    assert_refused(&cp, &run, 3, &repushed_ref, "not the pulled image");
     runs.push(run);
 
     // An attestation altered: one byte of its payload changed (the signature no longer holds).
     let altered = alter_payload(&original);
     block_on(reg::push_attestations(&good, altered, Some(&creds))).expect("alter");
     let run = deploy(&reference);
-    assert_refused(&cp, &run, &image_id, "does not verify");
+    assert_refused(&cp, &run, 6, &image_id, "does not verify");
     runs.push(run);
 
     // The attestations removed.
@@ -269,7 +308,7 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
         .expect("attestation tag");
     registry.delete_manifest(REPO, &att_digest);
     let run = deploy(&reference);
-    assert_refused(&cp, &run, &reference, "has no attestations");
+    assert_refused(&cp, &run, 3, &reference, "has no attestations");
     runs.push(run);
     block_on(reg::push_attestations(&good, original, Some(&creds))).expect("restore");
 
@@ -283,7 +322,7 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     ));
     std::fs::write(cp.spec_path(), text).unwrap();
     let run = cp.cutover_with_env(&["deploy", "--env", "local"], &cp_env);
-    assert_refused(&cp, &run, &image_id, "not trusted for local");
+    assert_refused(&cp, &run, 6, &image_id, "not trusted for local");
     runs.push(run);
 
     // ---- The real thing: CI's provenance, this control plane's scan and verdict. Cold: the
@@ -294,12 +333,19 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
         .args(["rmi", "-f", &image_id])
         .output()
         .unwrap();
-    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
     let image_dir = cp
         .state_dir()
         .join("supply")
         .join(image_id.trim_start_matches("sha256:"));
-    for entry in std::fs::read_dir(&image_dir).expect("the image was scanned").flatten() {
+    for entry in std::fs::read_dir(&image_dir)
+        .expect("the image was scanned")
+        .flatten()
+    {
         if entry.file_name().to_string_lossy().starts_with("report-") {
             std::fs::remove_file(entry.path()).unwrap();
         }
@@ -313,9 +359,14 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
         "deploy by digest: `cutover deploy` to traffic on green took {} ms",
         took.as_millis()
     );
-    wait_for("the proxy to serve the pulled image", Duration::from_secs(10), || {
-        cp.get().is_ok_and(|(status, _, body)| status == 200 && body.contains("v1"))
-    });
+    wait_for(
+        "the proxy to serve the pulled image",
+        Duration::from_secs(10),
+        || {
+            cp.get()
+                .is_ok_and(|(status, _, body)| status == 200 && body.contains("v1"))
+        },
+    );
     let release = cp.current_release();
     let detail = cp
         .cutover(&["status", "--deployment", &release, "-o", "json"])
@@ -327,7 +378,10 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
         .args(["inspect", "--format", "{{.Image}}", &cp.containers()[0].0])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&container_image.stdout).trim(), image_id);
+    assert_eq!(
+        String::from_utf8_lossy(&container_image.stdout).trim(),
+        image_id
+    );
 
     // The chain of custody.
     let verify = cp.cutover_with_env(
@@ -340,7 +394,11 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
         reference.as_str(),
         "verdict for production",
     ] {
-        assert!(verify.stdout.contains(expected), "{expected} missing:\n{}", verify.stdout);
+        assert!(
+            verify.stdout.contains(expected),
+            "{expected} missing:\n{}",
+            verify.stdout
+        );
     }
     runs.push(verify);
 
@@ -358,7 +416,10 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     let refs: Vec<&Run> = runs.iter().collect();
     assert_no_canary(&refs);
     let log = std::fs::read_to_string(cp.state_dir().join("serve.log")).unwrap_or_default();
-    assert!(!log.contains(CANARY_PASSWORD), "the password is in serve.log");
+    assert!(
+        !log.contains(CANARY_PASSWORD),
+        "the password is in serve.log"
+    );
     let inspect = std::process::Command::new("docker")
         .arg("inspect")
         .args(cp.containers().iter().map(|c| c.0.clone()))
@@ -368,7 +429,11 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
 }
 
 /// Push an OCI index naming the good image's manifest as linux/arm64 only; its digest.
-fn push_index_without_amd64(registry: &Registry, creds: &RegistryCredentials, good: &ImageRef) -> String {
+fn push_index_without_amd64(
+    registry: &Registry,
+    creds: &RegistryCredentials,
+    good: &ImageRef,
+) -> String {
     // The good manifest's media type (Docker's schema 2, what the Engine pushes).
     let index = serde_json::json!({
         "schemaVersion": 2,
@@ -412,7 +477,10 @@ fn manifest_size(registry: &Registry, good: &ImageRef) -> u64 {
         registry.addr, good.digest
     ))
     .header("Authorization", &registry.basic_auth())
-    .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+    .header(
+        "Accept",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
     .call()
     .expect("get manifest");
     response
@@ -432,7 +500,10 @@ fn alter_payload(envelopes: &[Vec<u8>]) -> Vec<Vec<u8>> {
         .decode(envelope["payload"].as_str().unwrap())
         .unwrap();
     let text = String::from_utf8(payload.clone()).unwrap();
-    let at = text.find("\"production\"").expect("the payload names the environment") + 1;
+    let at = text
+        .find("\"production\"")
+        .expect("the payload names the environment")
+        + 1;
     payload[at] = b'P';
     envelope["payload"] = serde_json::Value::String(engine.encode(&payload));
     out[0] = serde_json::to_vec(&envelope).unwrap();

@@ -1109,11 +1109,9 @@ async fn a_pulled_image_runs_only_where_its_provenance_signer_is_trusted() {
     let ci = cutover_signing::KeyPair::generate(cutover_signing::Algorithm::EcdsaP256);
     let ci_pub = f.state.join("ci.pub");
     ci.save_public(&ci_pub).unwrap();
-    let reference = cutover_model::ImageRef::parse(&format!(
-        "127.0.0.1:5000/hello@sha256:{}",
-        "ab".repeat(32)
-    ))
-    .unwrap();
+    let reference =
+        cutover_model::ImageRef::parse(&format!("127.0.0.1:5000/hello@sha256:{}", "ab".repeat(32)))
+            .unwrap();
 
     // Statements about another image are refused at import, and nothing is kept.
     let other = cutover_model::sha256_digest(b"other image");
@@ -1121,7 +1119,11 @@ async fn a_pulled_image_runs_only_where_its_provenance_signer_is_trusted() {
         .import(&f.image, &reference, &ci_attestations(&other, &ci))
         .await
         .unwrap_err();
-    assert!(err.message.contains("not the pulled image"), "{}", err.message);
+    assert!(
+        err.message.contains("not the pulled image"),
+        "{}",
+        err.message
+    );
     assert!(!chain.paths().imported_provenance(&f.image.id).exists());
 
     chain
