@@ -1715,3 +1715,89 @@ async fn an_approval_must_name_the_current_view_and_records_it() {
     );
     assert_eq!(h.cp.store.approvals(&id).unwrap()[0].view_digest, digest);
 }
+
+#[tokio::test]
+async fn a_plan_may_name_a_prebuilt_image_by_digest_or_be_build_only() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let image = format!("127.0.0.1:5000/team/hello@sha256:{}", "ab".repeat(32));
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "image": image})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids[..4], ["pull", "scan", "sign", "verify"], "{ids:?}");
+    assert!(body["text"].as_str().unwrap().contains(&image));
+
+    // A tag alone is refused naming the field and why; so is a rollback with an image.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "image": "127.0.0.1:5000/team/hello:v1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("image: "), "{message}");
+    assert!(message.contains("a tag can be moved"), "{message}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "image": image, "rollback": {}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Build only: build, scan, sign and verify, nothing else.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({
+                "spec_path": h.spec_path(), "env": "staging", "build_only": true,
+                "invoked_by": "https://ci.example/team/hello/jobs/7",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let kinds: Vec<&str> = body["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["build", "scan", "sign", "verify"], "{kinds:?}");
+    assert_eq!(body["plan"]["kind"]["type"], "build", "{body}");
+    // invoked_by is a URL, and only with build_only.
+    for bad in [
+        json!({"spec_path": h.spec_path(), "env": "staging", "build_only": true, "invoked_by": "not a url"}),
+        json!({"spec_path": h.spec_path(), "env": "staging", "invoked_by": "https://ci.example/jobs/7"}),
+    ] {
+        let (status, body) = h
+            .call(Method::POST, "/api/v1/plans", Some(&deployer), Some(bad))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("invoked_by: "),
+            "{body}"
+        );
+    }
+}
