@@ -143,6 +143,19 @@ pub struct ProvenanceView {
     pub signing_key_id: Option<String>,
     /// The keys the verify step accepted.
     pub verified_key_ids: Vec<String>,
+    /// The source repository (git remote `origin`), as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Who ran the build (a CI job's URL, or the control plane), as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
+    /// The registry reference the image and its provenance were pulled from, when it was
+    /// built and signed elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_from: Option<String>,
+    /// The keys that signed the provenance (CI's, for a pulled image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provenance_key_ids: Vec<String>,
 }
 
 /// Which guardrails version an approval view was computed under.

@@ -461,8 +461,21 @@ pub fn approval_view(v: &ApprovalView) -> String {
             .map(|x| format!(" version {x}"))
             .unwrap_or_default()
     );
+    if let Some(by) = &p.invoked_by {
+        let _ = writeln!(out, "  run by    {by}");
+    }
     if let (Some(kind), Some(source)) = (&p.build_kind, &p.build_source) {
         let _ = writeln!(out, "  source    {kind}: {source}");
+    }
+    if let Some(repository) = &p.repository {
+        let _ = writeln!(out, "  repo      {repository}");
+    }
+    if let Some(reference) = &p.pulled_from {
+        let _ = writeln!(
+            out,
+            "  pulled    {reference}, provenance signed by {}",
+            p.provenance_key_ids.join(", ")
+        );
     }
     if let Some(commit) = &p.git_commit {
         let _ = writeln!(
@@ -580,6 +593,44 @@ mod tests {
         assert!(text.contains(&view.view_digest), "{text}");
         assert!(text.contains("signed by fake-key-1"), "{text}");
         assert!(text.contains("scan      passed"), "{text}");
+        cp.abort_runs();
+    }
+
+    #[tokio::test]
+    async fn the_approval_view_says_where_a_pulled_image_and_its_provenance_came_from() {
+        use cutover_executor::fake;
+        let fakes = fake::FakeProviders::new();
+        let cp = cutover_server::ControlPlane::new(
+            cutover_store::Store::temporary().unwrap(),
+            fakes.providers(),
+            cutover_executor::ExecutorConfig::default(),
+        );
+        let spec = fake::spec_for("prod", 1, Some(cutover_model::ApprovalSpec::default()));
+        let plan = fake::planned_deploy_of(&spec, "prod-1", None);
+        waiting(&cp, &plan).await;
+        let mut view = cutover_server::approval_view::approval_view(&cp, "prod-1")
+            .await
+            .unwrap();
+        let reference = format!("127.0.0.1:5000/team/hello@sha256:{}", "ab".repeat(32));
+        view.provenance.pulled_from = Some(reference.clone());
+        view.provenance.invoked_by = Some("https://ci.example/team/hello/jobs/7".to_string());
+        view.provenance.repository = Some("https://git.example/team/hello".to_string());
+        view.provenance.provenance_key_ids = vec!["ci-key".to_string()];
+        let text = approval_view(&view);
+        assert!(
+            text.contains(&format!(
+                "pulled    {reference}, provenance signed by ci-key"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("run by    https://ci.example/team/hello/jobs/7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("repo      https://git.example/team/hello"),
+            "{text}"
+        );
         cp.abort_runs();
     }
 

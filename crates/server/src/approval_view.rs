@@ -459,12 +459,19 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         provenance.source_path = p.source_path.clone();
         provenance.git_commit = p.git_commit.clone();
         provenance.git_dirty = p.git_dirty;
+        provenance.repository = p.repository.clone();
+        provenance.invoked_by = p.invoked_by.clone();
+        provenance.pulled_from = p.pulled_from.clone();
+        provenance.provenance_key_ids = p.key_ids.clone();
     }
     if let Some(build) = plan.steps.iter().find_map(|s| match &s.action {
-        Action::Build { source, .. } => Some(source),
+        Action::Build { source, .. } => Some(source.clone()),
+        Action::Pull { reference, .. } => Some(BuildSpec::Image {
+            reference: reference.clone(),
+        }),
         _ => None,
     }) {
-        let (kind, source) = build_source(build);
+        let (kind, source) = build_source(&build);
         provenance.build_kind = Some(kind.to_string());
         provenance.build_source = Some(source);
     }
