@@ -235,6 +235,7 @@ mod tests {
             steps,
             journal: Vec::new(),
             approval: None,
+            promoted_from: None,
         }
     }
 

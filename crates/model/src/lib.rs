@@ -7,6 +7,7 @@ pub mod duration;
 pub mod error;
 pub mod evidence;
 pub mod journal;
+pub mod live;
 pub mod plan;
 pub mod provider;
 pub mod random;
@@ -20,6 +21,7 @@ pub use evidence::{
     ExceptionEvidence, FindingEvidence, ProvenanceEvidence, ScanEvidence, SupplyEvidence,
 };
 pub use journal::{JournalEntry, JournalEvent};
+pub use live::{image_path, live_periods, LiveCause, LiveChange, LiveEnd, LivePeriod};
 pub use plan::RestoreRoute;
 pub use plan::{
     Action, DeploymentKind, ImageSource, InstanceSpec, Plan, Step, StepKind, StepOutput, Strategy,

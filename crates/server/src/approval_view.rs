@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use cutover_model::{
-    Action, BuildSpec, ContainerSpec, DeploymentKind, HealthSpec, ImageSource, Plan, Release,
+    Action, BuildSpec, ContainerSpec, HealthSpec, ImageSource, Plan, Release,
     StepOutput, SupplyEvidence,
 };
 
@@ -480,10 +480,7 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         deployment_id: id.to_string(),
         app: plan.app.clone(),
         env: plan.env.clone(),
-        kind: match &plan.kind {
-            DeploymentKind::Deploy => "deploy".to_string(),
-            DeploymentKind::Rollback { .. } => "rollback".to_string(),
-        },
+        kind: plan.kind.label().to_string(),
         release_id: record.release_id.clone(),
         requested_by: plan.requested_by.clone(),
         waiting: gate.as_ref().is_some_and(|g| g.waiting),

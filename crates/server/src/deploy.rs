@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use cutover_model::{
-    now_ms, DeploymentKind, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec,
+    now_ms, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec,
     Strategy,
 };
 use cutover_planner::{PlanInput, PlanKind};
@@ -48,6 +48,28 @@ pub struct StartedBy {
 /// What to go back to in a rollback: a named release, or the previous one when `None`.
 pub type RollbackTo = Option<String>;
 
+pub use crate::api::Promote;
+
+/// What a plan or start does.
+#[derive(Debug, Clone, Copy)]
+pub enum Intent<'a> {
+    /// Build and roll out a new release.
+    Deploy,
+    /// Go back to a release of the environment.
+    Rollback(&'a RollbackTo),
+    /// Roll out the image of a release of another environment, without a build.
+    Promote(&'a Promote),
+}
+
+impl<'a> Intent<'a> {
+    fn of_rollback(rollback: Option<&'a RollbackTo>) -> Intent<'a> {
+        match rollback {
+            Some(to) => Intent::Rollback(to),
+            None => Intent::Deploy,
+        }
+    }
+}
+
 fn spec_sources(cp: &ControlPlane) -> Result<TypedTree<SpecSource>, ServerError> {
     Ok(cp.store.typed_tree(SPEC_SOURCES_TREE)?)
 }
@@ -64,16 +86,18 @@ pub fn started_by(
     Ok(starters(cp)?.get(deployment_id)?)
 }
 
-/// The source to use: the one given, else (for rollbacks) the remembered one of `env`.
+/// The source to use: the one given, else the remembered one of `env`, else (for a
+/// promotion) that of the source environment (a spec names every environment).
 fn resolve_source(
     cp: &ControlPlane,
     source: Option<&SpecSource>,
     env: Option<&str>,
+    also: Option<&str>,
 ) -> Result<SpecSource, ServerError> {
     if let Some(source) = source {
         return Ok(source.clone());
     }
-    if let Some(env) = env {
+    for env in [env, also].into_iter().flatten() {
         if let Some(remembered) = spec_sources(cp)?.get(env)? {
             return Ok(remembered);
         }
@@ -148,9 +172,22 @@ async fn prepare(
     spec: &Spec,
     env: &str,
     requested_by: &str,
-    rollback: Option<&RollbackTo>,
+    intent: Intent<'_>,
     allocate: bool,
 ) -> Result<Plan, ServerError> {
+    let rollback = match intent {
+        Intent::Rollback(to) => Some(to),
+        _ => None,
+    };
+    let promoted = match intent {
+        Intent::Promote(promote) => Some(promoted_release(cp, env, promote)?),
+        _ => None,
+    };
+    // Soak guardrails, before anything is planned (rollbacks are exempt: they restore a
+    // release this environment already ran, and must stay the fast way back).
+    if rollback.is_none() {
+        crate::guardrails::enforce_soak(cp, env, promoted.as_ref().map(|r| &r.image.id))?;
+    }
     if allocate {
         if let Some(lease) = cp.store.lease(env)? {
             return Err(ServerError::Conflict(format!(
@@ -160,7 +197,11 @@ async fn prepare(
         }
     }
     if let (None, Some(preflight)) = (rollback, &cp.providers.preflight) {
-        let failures = preflight.check(spec, env).await;
+        let mut failures = preflight.check(spec, env).await;
+        if promoted.is_some() {
+            // A promotion builds nothing: its build source need not exist here.
+            failures.retain(|f| !f.field.starts_with("build"));
+        }
         if !failures.is_empty() {
             let shown: Vec<String> = failures.iter().map(ToString::to_string).collect();
             return Err(ServerError::BadRequest(shown.join("; ")));
@@ -190,9 +231,10 @@ async fn prepare(
     };
     let deployment_id = format!("{env}-{seq}");
     let created_at_ms = now_ms();
-    let (strategy_name, kind) = match &rollback {
-        None => (spec.strategy.as_str(), PlanKind::Deploy),
-        Some((target, warm_instances)) => (
+    let (strategy_name, kind) = match (&rollback, &promoted) {
+        (None, Some(source)) => (spec.strategy.as_str(), PlanKind::Promote { source }),
+        (None, None) => (spec.strategy.as_str(), PlanKind::Deploy),
+        (Some((target, warm_instances)), _) => (
             "rollback",
             PlanKind::Rollback {
                 target,
@@ -215,6 +257,28 @@ async fn prepare(
         current_route: current_route.as_ref(),
         kind,
     })?)
+}
+
+/// The release a promotion to `env` deploys the image of.
+fn promoted_release(cp: &ControlPlane, env: &str, promote: &Promote) -> Result<Release, ServerError> {
+    let from_env = promote.source_env().ok_or_else(|| {
+        ServerError::BadRequest(format!(
+            "promote.from_env: release id {:?} does not name its environment (like `staging-7`); give the source environment (`--from`)",
+            promote.release
+        ))
+    })?;
+    if from_env == env {
+        return Err(ServerError::BadRequest(format!(
+            "promote: release {} is a release of {env} already; promote it to another environment, or roll back to it with `cutover rollback --env {env} --to {}`",
+            promote.release, promote.release
+        )));
+    }
+    cp.store.release(&from_env, &promote.release)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "release {} of environment {from_env} not found; `cutover history --env {from_env}` lists releases",
+            promote.release
+        ))
+    })
 }
 
 /// The release to go back to: the one named, or the newest succeeded release other than
@@ -270,10 +334,34 @@ fn admitted_spec(
     who: &Principal,
     source: Option<&SpecSource>,
     env: Option<&str>,
+    intent: Intent<'_>,
     starting: bool,
 ) -> Result<(Spec, String, SpecSource, Option<u64>), ServerError> {
     authorize(who, env)?;
-    let source = resolve_source(cp, source, env)?;
+    // A promotion reads a release of its source environment: the caller must at least
+    // see that environment (and deploy to the target), checked before anything is read.
+    let from_env = match intent {
+        Intent::Promote(promote) => {
+            if env.is_none() {
+                return Err(ServerError::BadRequest(
+                    "env: name the environment to promote to (`--to`)".to_string(),
+                ));
+            }
+            let from_env = promote.source_env();
+            match &from_env {
+                Some(from) => who.require(Role::Viewer, Some(from))?,
+                None => {
+                    return Err(ServerError::BadRequest(format!(
+                        "promote.from_env: release id {:?} does not name its environment (like `staging-7`); give the source environment (`--from`)",
+                        promote.release
+                    )))
+                }
+            }
+            from_env
+        }
+        _ => None,
+    };
+    let source = resolve_source(cp, source, env, from_env.as_deref())?;
     let admitted = crate::projects::admit(cp, who, &source)?;
     let spec = crate::projects::load(cp, who, &admitted)?;
     let env = pick_env(&spec, env)?;
@@ -291,8 +379,19 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    let (spec, env, _, _) = admitted_spec(cp, who, source, env, false)?;
-    prepare(cp, &spec, &env, &who.name, rollback, false).await
+    plan_intent(cp, who, source, env, Intent::of_rollback(rollback)).await
+}
+
+/// [`plan`] of any intent (a promotion too).
+pub async fn plan_intent(
+    cp: &ControlPlane,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    intent: Intent<'_>,
+) -> Result<Plan, ServerError> {
+    let (spec, env, _, _) = admitted_spec(cp, who, source, env, intent, false)?;
+    prepare(cp, &spec, &env, &who.name, intent, false).await
 }
 
 /// Plan and start a deployment (or a rollback when `rollback` is `Some`) as `who`; runs it
@@ -305,8 +404,20 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, true)?;
-    let plan = prepare(cp, &spec, &env, &who.name, rollback, true).await?;
+    start_intent(cp, who, source, env, Intent::of_rollback(rollback)).await
+}
+
+/// [`start`] of any intent (a promotion too): one path for every start, with the same
+/// order (authorise, admit the spec, guardrails, plan) and audit.
+pub async fn start_intent(
+    cp: &Arc<ControlPlane>,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    intent: Intent<'_>,
+) -> Result<Started, ServerError> {
+    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, intent, true)?;
+    let plan = prepare(cp, &spec, &env, &who.name, intent, true).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
         holder: plan.requested_by.clone(),
@@ -339,10 +450,7 @@ pub async fn start(
             Ok(())
         })
         .await?;
-    let action = match &plan.kind {
-        DeploymentKind::Deploy => "deploy",
-        DeploymentKind::Rollback { .. } => "rollback",
-    };
+    let action = plan.kind.label();
     let audited = audit::record_async(
         &cp.store,
         &who.name,
@@ -356,6 +464,7 @@ pub async fn start(
             "spec_digest": plan.spec_digest,
             "spec_path": source.spec_path,
             "guardrails_version": guardrails,
+            "promoted_from": crate::api::PromotedFrom::of(&plan.kind),
         }),
     )
     .await;

@@ -47,7 +47,8 @@ use crate::api::{
     CreatedToken, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
     EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, Grant, GuardrailViolation, Guardrails,
     GuardrailsProposal, GuardrailsShow, GuardrailsVersion, Health, HistoryLine, HistoryQuery,
-    InstanceLine, NewToken, NewUser, PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Resumed,
+    InstanceLine, NewToken, NewUser, PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Promote,
+    PromotedFrom, Resumed,
     Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
     TokenRecord, UserLine, WarmRelease,
 };
@@ -612,7 +613,7 @@ where
         ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
-        ExceptionLine, ProvenanceView, GuardrailsInForce
+        ExceptionLine, ProvenanceView, GuardrailsInForce, Promote, PromotedFrom
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -662,12 +663,12 @@ async fn create_plan(
     ApiJson(req): ApiJson<PlanRequest>,
 ) -> Result<Json<PlanResponse>, ServerError> {
     let rollback = req.rollback.as_ref().map(|r| r.to.clone());
-    let plan = deploy::plan(
+    let plan = deploy::plan_intent(
         &cp,
         &who,
         Some(&req.source()),
         req.env.as_deref(),
-        rollback.as_ref(),
+        intent_of(&req, rollback.as_ref())?,
     )
     .await?;
     // Clients see environment variables by name and value digest, never values.
@@ -698,20 +699,36 @@ async fn start_deployment(
     let key = idempotency_key(&headers)?;
     let fingerprint = serde_json::to_vec(&("deploy", &req)).unwrap_or_default();
     let rollback = req.rollback.as_ref().map(|r| r.to.clone());
+    let intent = intent_of(&req, rollback.as_ref())?;
     idempotent(
         &cp,
         &who,
         key,
         &fingerprint,
-        deploy::start(
+        deploy::start_intent(
             &cp,
             &who,
             Some(&req.source()),
             req.env.as_deref(),
-            rollback.as_ref(),
+            intent,
         ),
     )
     .await
+}
+
+/// What a plan request asks for: a deploy, a rollback or a promotion (not two at once).
+fn intent_of<'a>(
+    req: &'a PlanRequest,
+    rollback: Option<&'a deploy::RollbackTo>,
+) -> Result<deploy::Intent<'a>, ServerError> {
+    match (rollback, &req.promote) {
+        (Some(_), Some(_)) => Err(ServerError::BadRequest(
+            "promote: a request is a rollback or a promotion, not both; leave out `rollback` or `promote`".to_string(),
+        )),
+        (None, Some(promote)) => Ok(deploy::Intent::Promote(promote)),
+        (Some(to), None) => Ok(deploy::Intent::Rollback(to)),
+        (None, None) => Ok(deploy::Intent::Deploy),
+    }
 }
 
 /// Deployments newest first, limited to the environments the caller may view.

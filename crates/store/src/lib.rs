@@ -17,7 +17,7 @@
 
 use cutover_model::{
     format_ms, now_ms, DeploymentKind, DeploymentStatus, ErrorClass, JournalEntry, JournalEvent,
-    Plan, ProviderError, Release,
+    LiveChange, LivePeriod, Plan, ProviderError, Release,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,8 @@ use tokio::sync::broadcast;
 
 /// Name of the file holding the pid of the process that owns the store.
 const PID_FILE: &str = "cutover.pid";
+/// Changes of current releases ([`LiveChange`]), keyed `<env>\0<at ms>\0<deployment>`.
+const LIVE_TREE: &str = "live_changes";
 
 /// How many events a subscriber may fall behind before it gets
 /// [`broadcast::error::RecvError::Lagged`] (and should re-read what it shows).
@@ -903,6 +905,56 @@ impl Store {
                 .then_with(|| b.deployment_id.cmp(&a.deployment_id))
         });
         Ok(out)
+    }
+
+    // ----- live changes -----
+
+    /// Record that `change.env`'s current release changed (after [`Store::set_current`] or
+    /// [`Store::clear_current`]). Idempotent: when the environment's newest change already
+    /// says the same (a re-run of the step after a crash), nothing is written. Flushed.
+    pub fn note_live(&self, change: &LiveChange) -> Result<()> {
+        let tree = self.typed_tree::<LiveChange>(LIVE_TREE)?;
+        let newest = tree
+            .scan_prefix(&format!("{}\0", change.env))?
+            .into_iter()
+            .map(|(_, c)| c)
+            .max_by_key(|c| c.at_ms);
+        if newest.is_some_and(|n| {
+            n.deployment_id == change.deployment_id
+                && n.release_id == change.release_id
+                && n.cause == change.cause
+        }) {
+            return Ok(());
+        }
+        tree.insert(
+            &format!(
+                "{}\0{:020}\0{}",
+                change.env, change.at_ms, change.deployment_id
+            ),
+            change,
+        )?;
+        self.flush()?;
+        self.publish_env(&change.env);
+        Ok(())
+    }
+
+    /// Every recorded change of current releases (of `env`, or of all environments),
+    /// oldest first. Changes before this record existed are not in it.
+    pub fn live_changes(&self, env: Option<&str>) -> Result<Vec<LiveChange>> {
+        let tree = self.typed_tree::<LiveChange>(LIVE_TREE)?;
+        let prefix = env.map(|e| format!("{e}\0")).unwrap_or_default();
+        let mut out: Vec<LiveChange> = tree
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        out.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.env.cmp(&b.env)));
+        Ok(out)
+    }
+
+    /// Where `image_id` has been live: [`cutover_model::image_path`] over every change.
+    pub fn image_path(&self, image_id: &str) -> Result<Vec<LivePeriod>> {
+        Ok(cutover_model::image_path(&self.live_changes(None)?, image_id))
     }
 
     // ----- leases -----
