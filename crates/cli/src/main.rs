@@ -20,7 +20,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use cutover_server::api::{
-    DeploymentState, EnvStatus, ErrorCode, HistoryLine, PlanRequest, PlanResponse, Resumed,
+    DeploymentState, EnvStatus, ErrorCode, HistoryLine, PlanRequest, PlanResponse, Promote, Resumed,
     RollbackTo, Started,
 };
 
@@ -114,6 +114,23 @@ enum Command {
         env: Option<String>,
         #[arg(long)]
         to: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Deploy exactly the image of a release of another environment (e.g. staging-7) to
+    /// --to: same image id, a fresh scan verdict for the target, no build.
+    Promote {
+        /// The release whose image is promoted, e.g. staging-7.
+        release: String,
+        /// The environment to promote to.
+        #[arg(long)]
+        to: String,
+        /// The release's environment (default: the release id without `-<number>`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only show the plan the promotion would run.
+        #[arg(long)]
+        plan: bool,
         #[arg(long)]
         detach: bool,
     },
@@ -252,6 +269,27 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Rollback { env, to, detach } => {
             start(&ctx, env, Some(RollbackTo { to }), detach).await
         }
+        Command::Promote {
+            release,
+            to,
+            from,
+            plan: only_plan,
+            detach,
+        } => {
+            let promote = Promote {
+                release,
+                from_env: from,
+            };
+            let req = PlanRequest {
+                promote: Some(promote),
+                ..request(&ctx, Some(to), None)
+            };
+            if only_plan {
+                plan_request(&ctx, &req).await
+            } else {
+                start_request(&ctx, &req, detach).await
+            }
+        }
         Command::Status { env, deployment } => status(&ctx, env, deployment).await,
         Command::History { env, limit } => history(&ctx, env, limit).await,
         Command::Resume => resume(&ctx).await,
@@ -328,11 +366,13 @@ fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) ->
 }
 
 async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
+    plan_request(ctx, &request(ctx, env, rollback)).await
+}
+
+async fn plan_request(ctx: &Context_, req: &PlanRequest) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let planned: PlanResponse = client
-        .post("/api/v1/plans", &request(ctx, env, rollback))
-        .await?;
+    let planned: PlanResponse = client.post("/api/v1/plans", req).await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&planned.plan)?),
         Output::Dot => print!("{}", cutover_planner::render_dot(&planned.plan)),
@@ -347,11 +387,13 @@ async fn start(
     rollback: Option<RollbackTo>,
     detach: bool,
 ) -> Result<u8> {
+    start_request(ctx, &request(ctx, env, rollback), detach).await
+}
+
+async fn start_request(ctx: &Context_, req: &PlanRequest, detach: bool) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let started: Started = client
-        .post("/api/v1/deployments", &request(ctx, env, rollback))
-        .await?;
+    let started: Started = client.post("/api/v1/deployments", req).await?;
     if detach {
         match ctx.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&started)?),

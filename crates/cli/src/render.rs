@@ -121,6 +121,13 @@ pub fn deployment(d: &DeploymentDetail) -> String {
         let _ = writeln!(out, "  reason    {reason}");
     }
     let _ = writeln!(out, "  release   {}", d.release_id);
+    if let Some(from) = &d.promoted_from {
+        let _ = writeln!(
+            out,
+            "  promoted  from {} ({}): its image, no build",
+            from.release, from.env
+        );
+    }
     if let Some(prev) = &d.previous_release {
         let _ = writeln!(out, "  previous  {prev}");
     }
@@ -176,6 +183,18 @@ pub fn status(envs: &[EnvStatus]) -> String {
                     r.created_by,
                     format_ms(r.created_at_ms)
                 );
+                let promoted = e
+                    .latest
+                    .as_ref()
+                    .filter(|d| d.release_id == r.id)
+                    .and_then(|d| d.promoted_from.as_ref());
+                if let Some(from) = promoted {
+                    let _ = writeln!(
+                        out,
+                        "  promoted   from {} ({})",
+                        from.release, from.env
+                    );
+                }
             }
             None => {
                 let _ = writeln!(out, "{}: no release yet", e.env);
@@ -262,10 +281,13 @@ pub fn history(lines: &[HistoryLine]) -> String {
             .finished_at_ms
             .map(|f| format_duration_ms(f.saturating_sub(l.created_at_ms)))
             .unwrap_or_else(|| "-".to_string());
-        let outcome = match &l.reason {
+        let mut outcome = match &l.reason {
             Some(r) => format!("{}: {r}", l.status),
             None => l.status.to_string(),
         };
+        if let Some(from) = &l.promoted_from {
+            outcome = format!("{outcome} (promoted from {})", from.release);
+        }
         let _ = writeln!(
             out,
             "{:<20} {:<9} {:<20} {:<20} {:<12} {:<20} {:>8}  {}",
