@@ -28,7 +28,7 @@ pub use plan::{
     StrategyStep, PLAN_FORMAT,
 };
 pub use provider::{
-    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, Preflight, PreflightFailure,
+    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, LocalImage, Preflight, PreflightFailure,
     Preflights, Probe, Providers, ScanOutcome, SignRequest, SupplyChain, Traffic,
     DIAGNOSIS_LOG_LINES,
 };

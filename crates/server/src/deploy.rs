@@ -78,6 +78,11 @@ fn starters(cp: &ControlPlane) -> Result<TypedTree<StartedBy>, ServerError> {
     Ok(cp.store.typed_tree(STARTERS_TREE)?)
 }
 
+/// The spec source the newest deployment of `env` used, if any.
+pub fn remembered_source(cp: &ControlPlane, env: &str) -> Result<Option<SpecSource>, ServerError> {
+    Ok(spec_sources(cp)?.get(env)?)
+}
+
 /// The principal recorded as the starter of `deployment_id`, if any.
 pub fn started_by(
     cp: &ControlPlane,

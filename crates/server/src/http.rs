@@ -28,7 +28,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::serve::IncomingStream;
 use axum::{Extension, Json, Router};
 use futures_util::{Stream, StreamExt};
@@ -47,7 +47,8 @@ use crate::api::{
     CreatedToken, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
     EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, Grant, GuardrailViolation, Guardrails,
     GuardrailsProposal, GuardrailsShow, GuardrailsVersion, Health, HistoryLine, HistoryQuery,
-    InstanceLine, NewToken, NewUser, PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Promote,
+    GcFailed, GcKept, GcRemoved, GcReport, GcRequest, InstanceLine, NewToken, NewUser, Pin,
+    PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Promote,
     PromotedFrom, Resumed,
     Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
     TokenRecord, UserLine, WarmRelease,
@@ -392,6 +393,20 @@ pub fn routes() -> Vec<RouteDef> {
             Admin,
             post(crate::projects::remove_project),
         ),
+        route(
+            M::POST,
+            "/api/v1/environments/{env}/releases/{release}/pin",
+            Deployer,
+            post(crate::retention::pin_release),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/environments/{env}/releases/{release}/pin",
+            Deployer,
+            delete(crate::retention::unpin_release),
+        ),
+        route(M::GET, "/api/v1/pins", Viewer, get(crate::retention::get_pins)),
+        route(M::POST, "/api/v1/gc", Admin, post(crate::retention::run_gc)),
         route(M::POST, "/api/v1/shutdown", Admin, post(shutdown)),
         route(M::GET, "/metrics", Viewer, get(metrics)),
     ]
@@ -601,6 +616,10 @@ where
         crate::projects::list_projects,
         crate::projects::add_project,
         crate::projects::remove_project,
+        crate::retention::pin_release,
+        crate::retention::unpin_release,
+        crate::retention::get_pins,
+        crate::retention::run_gc,
         shutdown,
         metrics,
     ),
@@ -613,7 +632,8 @@ where
         ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
-        ExceptionLine, ProvenanceView, GuardrailsInForce, Promote, PromotedFrom
+        ExceptionLine, ProvenanceView, GuardrailsInForce, Promote, PromotedFrom, Pin, GcRequest,
+        GcReport, GcKept, GcRemoved, GcFailed
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

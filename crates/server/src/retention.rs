@@ -1,0 +1,489 @@
+//! Retention: which local images (and their attestations under `supply/`) a rollback may
+//! still need, and `cutover gc`, which removes the rest.
+//!
+//! An image is kept when it is the current image of an environment, used by an instance
+//! (running or stopped: warm releases, and anything the engine would refuse to remove
+//! anyway), one of the newest `keep_releases` releases of an environment, pinned
+//! (`cutover pin`), or used by a deployment that is running, unwinding or stuck. Every
+//! other image cutover built for an app of this control plane is removed through the
+//! image provider (never forced: the engine refuses an image a container uses), with its
+//! `supply/<image>` directory. Images of apps this store never deployed are not looked at.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde_json::json;
+
+use cutover_model::spec::DEFAULT_KEEP_RELEASES;
+use cutover_model::{now_ms, ImageSource, Instance, LocalImage, Release};
+use cutover_store::TypedTree;
+
+use crate::api::{ErrorBody, GcFailed, GcKept, GcRemoved, GcReport, GcRequest, Pin};
+use crate::auth::{Principal, Role};
+use crate::http::{ApiJson, ApiPath};
+use crate::{audit, ControlPlane, ServerError};
+
+const PINS_TREE: &str = "pins";
+
+fn pins(cp: &ControlPlane) -> Result<TypedTree<Pin>, ServerError> {
+    Ok(cp.store.typed_tree(PINS_TREE)?)
+}
+
+fn pin_key(env: &str, release: &str) -> String {
+    format!("{env}\0{release}")
+}
+
+/// Every pin, by environment and release.
+pub fn list_pins(cp: &ControlPlane) -> Result<Vec<Pin>, ServerError> {
+    Ok(pins(cp)?.values()?)
+}
+
+/// Pin `release` of `env` (deployer of `env`): `cutover gc` keeps its image. Audited;
+/// pinning a pinned release changes nothing.
+pub async fn pin(
+    cp: &ControlPlane,
+    who: &Principal,
+    env: &str,
+    release: &str,
+) -> Result<Pin, ServerError> {
+    who.require(Role::Deployer, Some(env))?;
+    let found = cp.store.release(env, release)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "release {release} of environment {env} not found; `cutover history --env {env}` lists releases"
+        ))
+    })?;
+    let tree = pins(cp)?;
+    if let Some(existing) = tree.get(&pin_key(env, release))? {
+        return Ok(existing);
+    }
+    let pin = Pin {
+        env: env.to_string(),
+        release: release.to_string(),
+        image_id: found.image.id,
+        by: who.name.clone(),
+        at_ms: now_ms(),
+    };
+    tree.insert(&pin_key(env, release), &pin)?;
+    cp.store.flush()?;
+    let audited = audit::record_async(
+        &cp.store,
+        &who.name,
+        "pin",
+        &format!("{env}/{release}"),
+        json!({"env": env, "release": release, "image_id": pin.image_id}),
+    )
+    .await;
+    if let Err(e) = audited {
+        // An unaudited pin is withdrawn.
+        tree.remove(&pin_key(env, release))?;
+        cp.store.flush()?;
+        return Err(e);
+    }
+    Ok(pin)
+}
+
+/// Unpin `release` of `env` (deployer of `env`). Audited; 404 when it is not pinned.
+pub async fn unpin(
+    cp: &ControlPlane,
+    who: &Principal,
+    env: &str,
+    release: &str,
+) -> Result<Pin, ServerError> {
+    who.require(Role::Deployer, Some(env))?;
+    let tree = pins(cp)?;
+    let Some(pin) = tree.get(&pin_key(env, release))? else {
+        return Err(ServerError::NotFound(format!(
+            "release {release} of environment {env} is not pinned; `cutover pin --list` lists pins"
+        )));
+    };
+    let audited = audit::record_async(
+        &cp.store,
+        &who.name,
+        "unpin",
+        &format!("{env}/{release}"),
+        json!({"env": env, "release": release, "image_id": pin.image_id}),
+    )
+    .await;
+    audited?;
+    tree.remove(&pin_key(env, release))?;
+    cp.store.flush()?;
+    Ok(pin)
+}
+
+/// What retention decides from: gathered by [`gather`], judged by [`decide`].
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// Local images cutover built, by app.
+    pub images: Vec<(String, LocalImage)>,
+    /// Every release of every environment.
+    pub releases: Vec<Release>,
+    /// Current release id per environment.
+    pub current: BTreeMap<String, String>,
+    /// `keep_releases` per environment (missing: the default).
+    pub keep: BTreeMap<String, u32>,
+    /// Every instance of the apps, in any state.
+    pub instances: Vec<Instance>,
+    pub pins: Vec<Pin>,
+    /// Deployments running, unwinding or stuck: (id, status, env, release, image ids its
+    /// plan names).
+    pub busy: Vec<BusyDeployment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BusyDeployment {
+    pub id: String,
+    pub status: String,
+    pub env: String,
+    pub release: String,
+    pub images: Vec<String>,
+}
+
+/// One image and the verdict on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub app: String,
+    pub image: LocalImage,
+    /// The releases that ran it (`env/release`).
+    pub releases: Vec<String>,
+    /// Why it is kept; empty: it goes.
+    pub reasons: Vec<String>,
+}
+
+/// Keep or remove each local image. Pure.
+pub fn decide(facts: &Facts) -> Vec<Verdict> {
+    let mut reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut add = |id: &str, why: String| {
+        let list = reasons.entry(id.to_string()).or_default();
+        if !list.contains(&why) {
+            list.push(why);
+        }
+    };
+    let by_id: BTreeMap<(&str, &str), &Release> = facts
+        .releases
+        .iter()
+        .map(|r| ((r.env.as_str(), r.id.as_str()), r))
+        .collect();
+    for (env, release) in &facts.current {
+        if let Some(r) = by_id.get(&(env.as_str(), release.as_str())) {
+            add(&r.image.id, format!("current in {env} ({release})"));
+        }
+    }
+    for i in &facts.instances {
+        let state = match &i.state {
+            cutover_model::InstanceState::Running => "running".to_string(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        add(
+            &i.image_id,
+            format!("instance {} of {} ({state}) uses it", i.name, i.release),
+        );
+    }
+    let mut envs: BTreeMap<&str, Vec<&Release>> = BTreeMap::new();
+    for r in &facts.releases {
+        envs.entry(r.env.as_str()).or_default().push(r);
+    }
+    for (env, list) in &mut envs {
+        list.sort_by(|a, b| {
+            b.created_at_ms
+                .cmp(&a.created_at_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        let keep = facts
+            .keep
+            .get(*env)
+            .copied()
+            .unwrap_or(DEFAULT_KEEP_RELEASES);
+        for r in list.iter().take(keep as usize) {
+            add(
+                &r.image.id,
+                format!("one of the last {keep} releases of {env} ({})", r.id),
+            );
+        }
+    }
+    for p in &facts.pins {
+        add(
+            &p.image_id,
+            format!("{}/{} pinned by {}", p.env, p.release, p.by),
+        );
+    }
+    for d in &facts.busy {
+        for id in &d.images {
+            add(id, format!("used by deployment {} ({})", d.id, d.status));
+        }
+    }
+    let mut out: Vec<Verdict> = facts
+        .images
+        .iter()
+        .map(|(app, image)| {
+            let mut why = reasons.get(&image.id).cloned().unwrap_or_default();
+            // The image a busy deployment builds carries its release label.
+            for d in &facts.busy {
+                if image.env.as_deref() == Some(d.env.as_str())
+                    && image.release.as_deref() == Some(d.release.as_str())
+                {
+                    let line = format!("built by deployment {} ({})", d.id, d.status);
+                    if !why.contains(&line) {
+                        why.push(line);
+                    }
+                }
+            }
+            let releases = facts
+                .releases
+                .iter()
+                .filter(|r| r.image.id == image.id)
+                .map(|r| format!("{}/{}", r.env, r.id))
+                .collect();
+            Verdict {
+                app: app.clone(),
+                image: image.clone(),
+                releases,
+                reasons: why,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.app.cmp(&b.app).then_with(|| a.image.id.cmp(&b.image.id)));
+    out
+}
+
+/// Read the store and the providers.
+async fn gather(cp: &ControlPlane, who: &Principal) -> Result<Facts, ServerError> {
+    let mut facts = Facts::default();
+    let mut apps = BTreeSet::new();
+    for env in cp.store.environments()? {
+        let releases = cp.store.releases(&env)?;
+        for r in &releases {
+            apps.insert(r.app.clone());
+        }
+        if let Some(current) = cp.store.current_release_id(&env)? {
+            facts.current.insert(env.clone(), current);
+        }
+        facts.keep.insert(env.clone(), keep_releases(cp, who, &env));
+        facts.releases.extend(releases);
+    }
+    for record in cp.store.unfinished()? {
+        apps.insert(record.app.clone());
+        let mut images = Vec::new();
+        if let Some(plan) = cp.store.plan(&record.id)? {
+            for step in &plan.steps {
+                if let cutover_model::Action::Provision { instance } = &step.action {
+                    if let ImageSource::Pinned { id, .. } = &instance.image {
+                        images.push(id.clone());
+                    }
+                }
+            }
+        }
+        if let Some(previous) = &record.previous_release {
+            if let Some(r) = cp.store.release(&record.env, previous)? {
+                images.push(r.image.id);
+            }
+        }
+        images.sort();
+        images.dedup();
+        facts.busy.push(BusyDeployment {
+            id: record.id.clone(),
+            status: record.status.label().to_string(),
+            env: record.env.clone(),
+            release: record.release_id.clone(),
+            images,
+        });
+    }
+    for app in &apps {
+        for image in cp.providers.images.list_images(app).await? {
+            facts.images.push((app.clone(), image));
+        }
+        facts
+            .instances
+            .extend(cp.providers.compute.list(app, None).await?);
+    }
+    facts.pins = list_pins(cp)?;
+    Ok(facts)
+}
+
+/// `keep_releases` of `env` from the spec it was last deployed with; the default when that
+/// spec cannot be read now.
+fn keep_releases(cp: &ControlPlane, who: &Principal, env: &str) -> u32 {
+    let read = || -> Result<Option<u32>, ServerError> {
+        let Some(source) = crate::deploy::remembered_source(cp, env)? else {
+            return Ok(None);
+        };
+        let admitted = crate::projects::admit(cp, who, &source)?;
+        let spec = crate::projects::load(cp, who, &admitted)?;
+        Ok(spec.environments.get(env).map(|e| e.keep_releases))
+    };
+    match read() {
+        Ok(Some(n)) => n,
+        Ok(None) => DEFAULT_KEEP_RELEASES,
+        Err(e) => {
+            tracing::warn!(env, error = %e, "gc: the spec of the environment cannot be read; keeping the default number of releases");
+            DEFAULT_KEEP_RELEASES
+        }
+    }
+}
+
+/// Bytes of the files under `dir` (0 when missing).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// `supply/<hex>` of an image, beside the store.
+fn supply_dir(cp: &ControlPlane, image_id: &str) -> Option<PathBuf> {
+    let store = cp.store.dir();
+    if !store.is_absolute() {
+        return None;
+    }
+    let hex = image_id.strip_prefix("sha256:")?;
+    if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(store.with_file_name("supply").join(hex))
+}
+
+/// Remove what no rollback needs (admin of every environment). `dry_run` removes nothing.
+pub async fn gc(cp: &ControlPlane, who: &Principal, dry_run: bool) -> Result<GcReport, ServerError> {
+    who.require(Role::Admin, None)?;
+    let facts = gather(cp, who).await?;
+    let mut report = GcReport {
+        dry_run,
+        kept: Vec::new(),
+        removed: Vec::new(),
+        failed: Vec::new(),
+        bytes_freed: 0,
+    };
+    for verdict in decide(&facts) {
+        if !verdict.reasons.is_empty() {
+            report.kept.push(GcKept {
+                image_id: verdict.image.id.clone(),
+                app: verdict.app.clone(),
+                tags: verdict.image.tags.clone(),
+                reasons: verdict.reasons,
+            });
+            continue;
+        }
+        let dir = supply_dir(cp, &verdict.image.id);
+        let attestation_bytes = dir.as_deref().map(dir_bytes).unwrap_or(0);
+        if !dry_run {
+            if let Err(e) = cp.providers.images.remove_image(&verdict.image.id).await {
+                report.failed.push(GcFailed {
+                    image_id: verdict.image.id.clone(),
+                    error: e.message,
+                });
+                continue;
+            }
+            if let Some(dir) = dir.as_deref().filter(|d| d.exists()) {
+                if let Err(e) = std::fs::remove_dir_all(dir) {
+                    report.failed.push(GcFailed {
+                        image_id: verdict.image.id.clone(),
+                        error: format!(
+                            "the image is gone but its attestations in {} stay: {e}",
+                            dir.display()
+                        ),
+                    });
+                }
+            }
+        }
+        report.bytes_freed += verdict.image.size_bytes + attestation_bytes;
+        report.removed.push(GcRemoved {
+            image_id: verdict.image.id.clone(),
+            app: verdict.app,
+            tags: verdict.image.tags,
+            releases: verdict.releases,
+            image_bytes: verdict.image.size_bytes,
+            attestation_bytes,
+        });
+    }
+    if !dry_run {
+        let removed: Vec<&str> = report.removed.iter().map(|r| r.image_id.as_str()).collect();
+        audit::record_async(
+            &cp.store,
+            &who.name,
+            "gc",
+            "images",
+            json!({"removed": removed, "bytes_freed": report.bytes_freed, "kept": report.kept.len()}),
+        )
+        .await?;
+    }
+    Ok(report)
+}
+
+// ----- handlers -----
+
+type Cp = State<std::sync::Arc<ControlPlane>>;
+type Who = Extension<Principal>;
+
+/// Pin a release: `cutover gc` keeps its image and attestations (deployer of the
+/// environment; audited).
+#[utoipa::path(post, path = "/api/v1/environments/{env}/releases/{release}/pin", tag = "retention",
+    params(("env" = String, Path, description = "Environment name"), ("release" = String, Path, description = "Release id")),
+    responses(
+        (status = 200, body = Pin),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub(crate) async fn pin_release(
+    State(cp): Cp,
+    Extension(who): Who,
+    ApiPath((env, release)): ApiPath<(String, String)>,
+) -> Result<Json<Pin>, ServerError> {
+    Ok(Json(pin(&cp, &who, &env, &release).await?))
+}
+
+/// Unpin a release (deployer of the environment; audited).
+#[utoipa::path(delete, path = "/api/v1/environments/{env}/releases/{release}/pin", tag = "retention",
+    params(("env" = String, Path, description = "Environment name"), ("release" = String, Path, description = "Release id")),
+    responses(
+        (status = 200, body = Pin),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+pub(crate) async fn unpin_release(
+    State(cp): Cp,
+    Extension(who): Who,
+    ApiPath((env, release)): ApiPath<(String, String)>,
+) -> Result<Json<Pin>, ServerError> {
+    Ok(Json(unpin(&cp, &who, &env, &release).await?))
+}
+
+/// Pinned releases of the environments the caller may view.
+#[utoipa::path(get, path = "/api/v1/pins", tag = "retention",
+    responses(
+        (status = 200, body = Vec<Pin>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub(crate) async fn get_pins(
+    State(cp): Cp,
+    Extension(who): Who,
+) -> Result<Json<Vec<Pin>>, ServerError> {
+    let all = list_pins(&cp)?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|p| who.can(Role::Viewer, Some(&p.env)))
+            .collect(),
+    ))
+}
+
+/// Remove local images (and their attestations) no rollback needs; report what was kept
+/// and why (admin).
+#[utoipa::path(post, path = "/api/v1/gc", tag = "retention", request_body = GcRequest,
+    responses(
+        (status = 200, body = GcReport),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub(crate) async fn run_gc(
+    State(cp): Cp,
+    Extension(who): Who,
+    ApiJson(req): ApiJson<GcRequest>,
+) -> Result<Json<GcReport>, ServerError> {
+    Ok(Json(gc(&cp, &who, req.dry_run).await?))
+}
