@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cutover_integration::{
-    get, require_docker, reserve_port, static_hello_binary, AppConfig, Project, Run,
+    get, require_docker, reserve_port, static_hello_binary, wait_for, AppConfig, Project, Run,
 };
 
 /// How long production wants an image live in staging. Short, so the test waits little;
@@ -36,9 +36,13 @@ fn write_spec(p: &Project, staging: u16, dev: u16, marker: &str) {
         ..AppConfig::default()
     });
     let mut text = std::fs::read_to_string(p.spec_path()).expect("read spec");
-    for (env, port) in [("staging", staging), ("dev", dev)] {
+    // dev keeps only its newest release and retires replaced ones at once (for gc).
+    for (env, port, extra) in [
+        ("staging", staging, "retire_after = \"5m\""),
+        ("dev", dev, "retire_after = \"0s\"\nkeep_releases = 1"),
+    ] {
         text.push_str(&format!(
-            "\n[environments.{env}]\nlisten = \"127.0.0.1:{port}\"\nreplicas = 1\nretire_after = \"5m\"\ndrain_timeout = \"5s\"\n\n[environments.{env}.gate]\nallow_missing_advisories = true\n"
+            "\n[environments.{env}]\nlisten = \"127.0.0.1:{port}\"\nreplicas = 1\n{extra}\ndrain_timeout = \"5s\"\n\n[environments.{env}.gate]\nallow_missing_advisories = true\n"
         ));
     }
     std::fs::write(p.spec_path(), text).expect("write spec");
@@ -190,4 +194,72 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
         ],
     );
     assert_eq!(image_of(&p, "production"), staging_image, "production untouched");
+
+    // Retention: dev keeps one release; dev-1 is pinned, dev-2 is neither.
+    let dev1_image = image_of(&p, "dev");
+    p.cutover(&["pin", "dev-1"]).assert_code(0);
+    write_spec(&p, staging_port, dev_port, "four");
+    p.cutover(&["deploy", "--env", "dev"]).assert_code(0);
+    let dev2_image = image_of(&p, "dev");
+    write_spec(&p, staging_port, dev_port, "five");
+    p.cutover(&["deploy", "--env", "dev"]).assert_code(0);
+    let dev3_image = image_of(&p, "dev");
+    // The reaper removes dev's replaced instances at once (retire_after = 0s).
+    wait_for("dev-1 and dev-2 retired", Duration::from_secs(30), || {
+        !p.containers()
+            .iter()
+            .any(|(_, release, _)| release == "dev-1" || release == "dev-2")
+    });
+    let supply = p.state_dir().join("supply");
+    let attestations = |image: &str| supply.join(image.trim_start_matches("sha256:"));
+    assert!(attestations(&dev2_image).is_dir(), "dev-2 was scanned and signed");
+
+    let dry = p.cutover(&["gc", "--dry-run", "-o", "json"]);
+    dry.assert_code(0);
+    let dry = dry.json();
+    assert_eq!(dry["dry_run"], true);
+    let removed: Vec<&str> = dry["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["image_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, [dev2_image.as_str()], "{dry}");
+    assert!(image_exists(&dev2_image), "a dry run removes nothing");
+
+    let run = p.cutover(&["gc"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("1 image(s) removed"), "{}", run.stdout);
+    assert!(!image_exists(&dev2_image), "dev-2's image is gone");
+    assert!(!attestations(&dev2_image).exists(), "with its attestations");
+    let report = p.cutover(&["gc", "-o", "json"]).json();
+    let kept = |image: &str| -> String {
+        report["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["image_id"] == image)
+            .map(|k| k["reasons"].to_string())
+            .unwrap_or_else(|| panic!("{image} not kept: {report}"))
+    };
+    assert!(kept(&dev1_image).contains("dev/dev-1 pinned by"), "{report}");
+    assert!(kept(&dev3_image).contains("current in dev (dev-3)"), "{report}");
+    assert!(kept(&staging_image).contains("current in production (production-1)"), "{report}");
+    assert!(kept(&rolled_image).contains("instance"), "staging-2 is warm: {report}");
+    for image in [&dev1_image, &dev3_image, &staging_image, &rolled_image] {
+        assert!(image_exists(image), "{image} kept");
+    }
+    // Unpinned, dev-1 goes too.
+    p.cutover(&["unpin", "dev-1"]).assert_code(0);
+    p.cutover(&["gc"]).assert_code(0);
+    assert!(!image_exists(&dev1_image));
+    assert!(image_exists(&dev3_image));
+}
+
+fn image_exists(id: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", id])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }

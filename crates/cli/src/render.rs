@@ -304,6 +304,48 @@ pub fn history(lines: &[HistoryLine]) -> String {
     out
 }
 
+/// `cutover gc`: each image removed with the bytes freed, each kept with its reasons.
+pub fn gc(report: &cutover_server::api::GcReport) -> String {
+    let mut out = String::new();
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let verb = if report.dry_run { "would remove" } else { "removed" };
+    for r in &report.removed {
+        let names = if r.tags.is_empty() {
+            r.releases.join(", ")
+        } else {
+            r.tags.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "{verb} {} ({names}): image {}, attestations {}",
+            short(&r.image_id),
+            mib(r.image_bytes),
+            mib(r.attestation_bytes)
+        );
+    }
+    for k in &report.kept {
+        let _ = writeln!(
+            out,
+            "kept {} ({}): {}",
+            short(&k.image_id),
+            k.tags.join(", "),
+            k.reasons.join("; ")
+        );
+    }
+    for f in &report.failed {
+        let _ = writeln!(out, "could not remove {}: {}", short(&f.image_id), f.error);
+    }
+    let _ = writeln!(
+        out,
+        "{} image(s) {verb}, {} kept, {} freed{}",
+        report.removed.len(),
+        report.kept.len(),
+        mib(report.bytes_freed),
+        if report.dry_run { " (dry run: nothing removed)" } else { "" }
+    );
+    out
+}
+
 /// `sha256:0123456789ab` (12 hex digits).
 fn short(id: &str) -> &str {
     let end = id.find(':').map(|i| i + 13).unwrap_or(12).min(id.len());
