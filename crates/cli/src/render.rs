@@ -382,6 +382,21 @@ pub fn approval_view(v: &ApprovalView) -> String {
         }
     );
     let _ = writeln!(out, "  view      {}", v.view_digest);
+    if let Some(from) = &v.promoted_from {
+        let _ = writeln!(
+            out,
+            "  promoted  from {} ({}): its image, not rebuilt",
+            from.release, from.env
+        );
+    }
+    if v.image_path.is_empty() {
+        let _ = writeln!(out, "  path      not live in any environment yet");
+    } else {
+        let _ = writeln!(out, "  path through environments");
+        for step in &v.image_path {
+            let _ = writeln!(out, "    {}", step.summary);
+        }
+    }
     match &v.running {
         Some(r) => {
             let _ = writeln!(

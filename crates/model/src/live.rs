@@ -162,6 +162,32 @@ pub fn describe_period(period: &LivePeriod, now_ms: u64) -> String {
     )
 }
 
+/// One line that does not change while the period lasts (for digested views):
+/// `staging as staging-7, live from … (still live)` or `…, live from … for 12m 3s until …, rolled back by staging-9`.
+pub fn describe_period_fixed(period: &LivePeriod) -> String {
+    let from = crate::format_ms(period.from_ms);
+    match (&period.ended, period.until_ms) {
+        (LiveEnd::StillLive, _) | (_, None) => format!(
+            "{} as {}, live from {from} (still live)",
+            period.env, period.release_id
+        ),
+        (end, Some(until)) => {
+            let how = match end {
+                LiveEnd::RolledBack { by } => format!("rolled back by {by}"),
+                LiveEnd::Replaced { by } => format!("replaced by {by}"),
+                LiveEnd::StillLive => String::new(),
+            };
+            format!(
+                "{} as {}, live from {from} for {} until {}, {how}",
+                period.env,
+                period.release_id,
+                crate::format_duration_ms(until.saturating_sub(period.from_ms)),
+                crate::format_ms(until)
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +265,10 @@ mod tests {
         assert_eq!(where_, [("staging", "staging-1"), ("production", "production-1")]);
         assert_eq!(path[0].until_ms, Some(6_000));
         assert!(image_path(&changes, "sha256:c").is_empty());
+        let fixed = describe_period_fixed(&path[0]);
+        assert!(fixed.contains("for 5s until"), "{fixed}");
+        assert!(fixed.ends_with("replaced by staging-d6000"), "{fixed}");
+        assert!(describe_period_fixed(&path[1]).ends_with("(still live)"));
         let line = describe_period(&path[0], 10_000);
         assert!(line.starts_with("staging as staging-1 for 5s (since "), "{line}");
         assert!(line.contains("replaced by staging-d6000"), "{line}");

@@ -18,7 +18,8 @@ use cutover_model::{
 };
 
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
+    ProvenanceView,
     RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::{ControlPlane, ServerError};
@@ -504,6 +505,16 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
             digest: g.digest,
             set_by: g.set_by,
         }),
+        promoted_from: crate::api::PromotedFrom::of(&plan.kind),
+        image_path: match &image {
+            Some(image) => cp
+                .store
+                .image_path(&image.id)?
+                .iter()
+                .map(ImagePathStep::of)
+                .collect(),
+            None => Vec::new(),
+        },
         view_digest: String::new(),
     };
     view.view_digest = digest(&view);
@@ -647,14 +658,27 @@ mod tests {
             scan: None,
             provenance: ProvenanceView::default(),
             guardrails: None,
+            promoted_from: None,
+            image_path: Vec::new(),
             view_digest: String::new(),
         };
         let d = digest(&view);
         let mut with = view.clone();
         with.view_digest = d.clone();
         assert_eq!(digest(&with), d);
-        let mut other = view;
+        let mut other = view.clone();
         other.env_vars.added.push("X".to_string());
         assert_ne!(digest(&other), d);
+        // Where the image has been is part of what is approved.
+        let mut moved = view;
+        moved.image_path.push(ImagePathStep::of(&cutover_model::LivePeriod {
+            env: "staging".to_string(),
+            release_id: "staging-7".to_string(),
+            image_id: "sha256:i".to_string(),
+            from_ms: 1,
+            until_ms: None,
+            ended: cutover_model::LiveEnd::StillLive,
+        }));
+        assert_ne!(digest(&moved), d);
     }
 }

@@ -54,7 +54,8 @@ use crate::api::{
     TokenRecord, UserLine, WarmRelease,
 };
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
+    ProvenanceView,
     RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
@@ -633,7 +634,7 @@ where
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
         ExceptionLine, ProvenanceView, GuardrailsInForce, Promote, PromotedFrom, Pin, GcRequest,
-        GcReport, GcKept, GcRemoved, GcFailed
+        GcReport, GcKept, GcRemoved, GcFailed, ImagePathStep
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
