@@ -173,7 +173,9 @@ pub fn decide(facts: &Facts) -> Vec<Verdict> {
     for i in &facts.instances {
         let state = match &i.state {
             cutover_model::InstanceState::Running => "running".to_string(),
-            other => format!("{other:?}").to_lowercase(),
+            cutover_model::InstanceState::Restarting => "restarting".to_string(),
+            cutover_model::InstanceState::Exited { code } => format!("exited with {code}"),
+            cutover_model::InstanceState::Other { detail } => detail.clone(),
         };
         add(
             &i.image_id,
@@ -339,7 +341,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// `supply/<hex>` of an image, beside the store.
 fn supply_dir(cp: &ControlPlane, image_id: &str) -> Option<PathBuf> {
-    let store = cp.store.dir();
+    supply_dir_beside(cp.store.dir(), image_id)
+}
+
+/// `<store>/../supply/<hex>` when `image_id` is `sha256:<hex>` (nothing else names a
+/// directory to remove) and the store is on disk.
+fn supply_dir_beside(store: &Path, image_id: &str) -> Option<PathBuf> {
     if !store.is_absolute() {
         return None;
     }
@@ -486,4 +493,175 @@ pub(crate) async fn run_gc(
     ApiJson(req): ApiJson<GcRequest>,
 ) -> Result<Json<GcReport>, ServerError> {
     Ok(Json(gc(&cp, &who, req.dry_run).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_model::{ContainerSpec, HealthSpec, ImageInfo, InstanceState};
+
+    fn image(n: u32) -> String {
+        format!("sha256:{n:064}")
+    }
+
+    fn release(env: &str, n: u32) -> Release {
+        Release {
+            id: format!("{env}-{n}"),
+            app: "hello".to_string(),
+            env: env.to_string(),
+            deployment_id: format!("{env}-{n}"),
+            image: ImageInfo {
+                id: image(n),
+                tag: format!("cutover/hello:{env}-{n}"),
+                warning: None,
+            },
+            plan_digest: String::new(),
+            spec_digest: String::new(),
+            created_by: "alice".to_string(),
+            created_at_ms: u64::from(n) * 1000,
+            replicas: 1,
+            container: ContainerSpec::default(),
+            health: HealthSpec::default(),
+            instances: Vec::new(),
+        }
+    }
+
+    fn local(n: u32, env: &str) -> (String, LocalImage) {
+        (
+            "hello".to_string(),
+            LocalImage {
+                id: image(n),
+                tags: vec![format!("cutover/hello:{env}-{n}")],
+                size_bytes: 100,
+                env: Some(env.to_string()),
+                release: Some(format!("{env}-{n}")),
+            },
+        )
+    }
+
+    /// staging-1..=8 (image n each), staging-8 current, keep 3.
+    fn facts() -> Facts {
+        Facts {
+            images: (1..=8).map(|n| local(n, "staging")).collect(),
+            releases: (1..=8).map(|n| release("staging", n)).collect(),
+            current: [("staging".to_string(), "staging-8".to_string())].into(),
+            keep: [("staging".to_string(), 3)].into(),
+            ..Facts::default()
+        }
+    }
+
+    fn kept(verdicts: &[Verdict]) -> Vec<String> {
+        verdicts
+            .iter()
+            .filter(|v| !v.reasons.is_empty())
+            .map(|v| v.image.id.clone())
+            .collect()
+    }
+
+    fn reasons_of(verdicts: &[Verdict], n: u32) -> Vec<String> {
+        verdicts
+            .iter()
+            .find(|v| v.image.id == image(n))
+            .map(|v| v.reasons.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_newest_releases_and_the_current_one_are_kept() {
+        let verdicts = decide(&facts());
+        assert_eq!(kept(&verdicts), [image(6), image(7), image(8)]);
+        assert_eq!(
+            reasons_of(&verdicts, 8),
+            [
+                "current in staging (staging-8)",
+                "one of the last 3 releases of staging (staging-8)"
+            ]
+        );
+        let gone = verdicts.iter().find(|v| v.image.id == image(1)).unwrap();
+        assert_eq!(gone.releases, ["staging/staging-1"]);
+    }
+
+    #[test]
+    fn pinned_warm_and_busy_images_are_kept_whatever_their_age() {
+        let mut facts = facts();
+        facts.pins.push(Pin {
+            env: "staging".to_string(),
+            release: "staging-1".to_string(),
+            image_id: image(1),
+            by: "bob".to_string(),
+            at_ms: 0,
+        });
+        facts.instances.push(Instance {
+            name: "cutover-hello-staging-2-0".to_string(),
+            id: "c2".to_string(),
+            app: "hello".to_string(),
+            env: "staging".to_string(),
+            release: "staging-2".to_string(),
+            deployment_id: "staging-2".to_string(),
+            replica: 0,
+            addr: String::new(),
+            image_id: image(2),
+            state: InstanceState::Exited { code: 0 },
+            restart_count: 0,
+        });
+        // A stuck rollback to staging-3, and a deploy building staging-9's image.
+        facts.busy.push(BusyDeployment {
+            id: "staging-10".to_string(),
+            status: "stuck".to_string(),
+            env: "staging".to_string(),
+            release: "staging-3".to_string(),
+            images: vec![image(3)],
+        });
+        facts.images.push(local(9, "staging"));
+        facts.busy.push(BusyDeployment {
+            id: "staging-9".to_string(),
+            status: "running".to_string(),
+            env: "staging".to_string(),
+            release: "staging-9".to_string(),
+            images: Vec::new(),
+        });
+        let verdicts = decide(&facts);
+        assert_eq!(reasons_of(&verdicts, 1), ["staging/staging-1 pinned by bob"]);
+        assert_eq!(
+            reasons_of(&verdicts, 2),
+            ["instance cutover-hello-staging-2-0 of staging-2 (exited with 0) uses it"]
+        );
+        assert!(reasons_of(&verdicts, 3)
+            .iter()
+            .any(|r| r == "used by deployment staging-10 (stuck)"));
+        assert_eq!(
+            reasons_of(&verdicts, 9),
+            ["built by deployment staging-9 (running)"]
+        );
+        assert!(reasons_of(&verdicts, 4).is_empty() && reasons_of(&verdicts, 5).is_empty());
+    }
+
+    #[test]
+    fn an_image_promoted_elsewhere_is_kept_by_the_other_environment() {
+        let mut facts = facts();
+        let mut promoted = release("production", 1);
+        promoted.image.id = image(2);
+        facts.releases.push(promoted);
+        let verdicts = decide(&facts);
+        assert_eq!(
+            reasons_of(&verdicts, 2),
+            ["one of the last 5 releases of production (production-1)"],
+            "production's default keep_releases keeps it"
+        );
+        let v = verdicts.iter().find(|v| v.image.id == image(2)).unwrap();
+        assert_eq!(v.releases, ["staging/staging-2", "production/production-1"]);
+    }
+
+    #[test]
+    fn supply_dirs_are_named_by_hex_only() {
+        let store = Path::new("/state/.cutover/db");
+        assert_eq!(
+            supply_dir_beside(store, &image(7)),
+            Some(PathBuf::from(format!("/state/.cutover/supply/{:064}", 7)))
+        );
+        for bad in ["sha256:../../etc", "sha256:", "md5:abc", "../x"] {
+            assert_eq!(supply_dir_beside(store, bad), None, "{bad}");
+        }
+        assert_eq!(supply_dir_beside(Path::new("<temporary>"), &image(7)), None);
+    }
 }
