@@ -165,6 +165,12 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
         ms("health-check"),
         ms("shift-traffic")
     );
+    // `cutover verify` shows where the image has been.
+    let verified = p.cutover(&["verify", &staging_image, "--env", "production"]);
+    verified.assert_code(0);
+    for line in ["live in staging as staging-1, live from", "live in production as production-1, live from"] {
+        assert!(verified.stdout.contains(line), "{line:?} not in {}", verified.stdout);
+    }
     let history = p.cutover(&["history", "--env", "production"]);
     assert!(history.stdout.contains("promoted from staging-1"), "{}", history.stdout);
 

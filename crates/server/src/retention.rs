@@ -480,6 +480,34 @@ pub(crate) async fn get_pins(
     ))
 }
 
+/// Where an image has been live, oldest first: the environments the caller may view.
+#[utoipa::path(get, path = "/api/v1/images/{image}/path", tag = "retention",
+    params(("image" = String, Path, description = "Image id, sha256:<hex>")),
+    responses(
+        (status = 200, body = Vec<crate::api::ImagePathStep>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ))]
+pub(crate) async fn image_path(
+    State(cp): Cp,
+    Extension(who): Who,
+    ApiPath(image): ApiPath<String>,
+) -> Result<Json<Vec<crate::api::ImagePathStep>>, ServerError> {
+    if !cutover_signing::is_image_digest(&image) {
+        return Err(ServerError::BadRequest(format!(
+            "image: {image:?} is not an image id (sha256:<64 hex digits>)"
+        )));
+    }
+    Ok(Json(
+        cp.store
+            .image_path(&image)?
+            .iter()
+            .filter(|p| who.can(Role::Viewer, Some(&p.env)))
+            .map(crate::api::ImagePathStep::of)
+            .collect(),
+    ))
+}
+
 /// Remove local images (and their attestations) no rollback needs; report what was kept
 /// and why (admin).
 #[utoipa::path(post, path = "/api/v1/gc", tag = "retention", request_body = GcRequest,
