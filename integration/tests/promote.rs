@@ -92,10 +92,19 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
         ),
     )
     .unwrap();
-    p.cutover(&["guardrails", "set", "production", &rails.display().to_string()])
-        .assert_code(0);
+    p.cutover(&[
+        "guardrails",
+        "set",
+        "production",
+        &rails.display().to_string(),
+    ])
+    .assert_code(0);
     let shown = p.cutover(&["guardrails", "show", "production"]);
-    assert!(shown.stdout.contains("live for 3s in staging"), "{}", shown.stdout);
+    assert!(
+        shown.stdout.contains("live for 3s in staging"),
+        "{}",
+        shown.stdout
+    );
 
     p.cutover(&["deploy", "--env", "staging"]).assert_code(0);
     // staging-1 went live before the deploy command returned.
@@ -121,14 +130,21 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
     let built = p.cutover(&["deploy", "--env", "production"]);
     assert_refused(
         &built,
-        &["a deploy builds a new image, which was never live in staging", "cutover promote"],
+        &[
+            "a deploy builds a new image, which was never live in staging",
+            "cutover promote",
+        ],
     );
 
     // After the soak the promotion runs, without a build, the very same image.
     std::thread::sleep(soaked_at.saturating_duration_since(Instant::now()));
     let plan = p.cutover(&["promote", "staging-1", "--to", "production", "--plan"]);
     plan.assert_code(0);
-    assert!(plan.stdout.contains("promoted from staging-1 (staging)"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("promoted from staging-1 (staging)"),
+        "{}",
+        plan.stdout
+    );
     let started = Instant::now();
     p.cutover(&["promote", "staging-1", "--to", "production"])
         .assert_code(0);
@@ -139,12 +155,29 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
     assert_eq!(promoted["promoted_from"]["env"], "staging");
     let steps = promoted["steps"].as_array().expect("steps");
     let kinds: Vec<&str> = steps.iter().map(|s| s["kind"].as_str().unwrap()).collect();
-    assert!(!kinds.contains(&"build"), "a promotion builds nothing: {kinds:?}");
-    for kind in ["scan", "sign", "verify", "provision", "health-check", "shift-traffic"] {
+    assert!(
+        !kinds.contains(&"build"),
+        "a promotion builds nothing: {kinds:?}"
+    );
+    for kind in [
+        "scan",
+        "sign",
+        "verify",
+        "provision",
+        "health-check",
+        "shift-traffic",
+    ] {
         assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
     }
-    assert!(steps.iter().all(|s| s["state"] == "succeeded"), "{promoted}");
-    assert_eq!(image_of(&p, "production"), staging_image, "the same image id");
+    assert!(
+        steps.iter().all(|s| s["state"] == "succeeded"),
+        "{promoted}"
+    );
+    assert_eq!(
+        image_of(&p, "production"),
+        staging_image,
+        "the same image id"
+    );
     let (code, release, _) = get(&p.url()).expect("production answers");
     assert_eq!((code, release.as_str()), (200, "production-1"));
     let ms = |kind: &str| -> u64 {
@@ -168,11 +201,22 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
     // `cutover verify` shows where the image has been.
     let verified = p.cutover(&["verify", &staging_image, "--env", "production"]);
     verified.assert_code(0);
-    for line in ["live in staging as staging-1, live from", "live in production as production-1, live from"] {
-        assert!(verified.stdout.contains(line), "{line:?} not in {}", verified.stdout);
+    for line in [
+        "live in staging as staging-1, live from",
+        "live in production as production-1, live from",
+    ] {
+        assert!(
+            verified.stdout.contains(line),
+            "{line:?} not in {}",
+            verified.stdout
+        );
     }
     let history = p.cutover(&["history", "--env", "production"]);
-    assert!(history.stdout.contains("promoted from staging-1"), "{}", history.stdout);
+    assert!(
+        history.stdout.contains("promoted from staging-1"),
+        "{}",
+        history.stdout
+    );
 
     // An image that was never live in staging (dev's own build) is refused.
     write_spec(&p, staging_port, dev_port, "two");
@@ -180,7 +224,10 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
     let never = p.cutover(&["promote", "dev-1", "--to", "production"]);
     assert_refused(
         &never,
-        &["it was never live in staging", "where it has been: dev as dev-1 for"],
+        &[
+            "it was never live in staging",
+            "where it has been: dev as dev-1 for",
+        ],
     );
 
     // An image rolled back in staging is refused, however long it was live.
@@ -199,7 +246,11 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
             "rolled back by staging-3",
         ],
     );
-    assert_eq!(image_of(&p, "production"), staging_image, "production untouched");
+    assert_eq!(
+        image_of(&p, "production"),
+        staging_image,
+        "production untouched"
+    );
 
     // Retention: dev keeps one release; dev-1 is pinned, dev-2 is neither.
     let dev1_image = image_of(&p, "dev");
@@ -218,7 +269,10 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
     });
     let supply = p.state_dir().join("supply");
     let attestations = |image: &str| supply.join(image.trim_start_matches("sha256:"));
-    assert!(attestations(&dev2_image).is_dir(), "dev-2 was scanned and signed");
+    assert!(
+        attestations(&dev2_image).is_dir(),
+        "dev-2 was scanned and signed"
+    );
 
     let dry = p.cutover(&["gc", "--dry-run", "-o", "json"]);
     dry.assert_code(0);
@@ -248,10 +302,22 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
             .map(|k| k["reasons"].to_string())
             .unwrap_or_else(|| panic!("{image} not kept: {report}"))
     };
-    assert!(kept(&dev1_image).contains("dev/dev-1 pinned by"), "{report}");
-    assert!(kept(&dev3_image).contains("current in dev (dev-3)"), "{report}");
-    assert!(kept(&staging_image).contains("current in production (production-1)"), "{report}");
-    assert!(kept(&rolled_image).contains("instance"), "staging-2 is warm: {report}");
+    assert!(
+        kept(&dev1_image).contains("dev/dev-1 pinned by"),
+        "{report}"
+    );
+    assert!(
+        kept(&dev3_image).contains("current in dev (dev-3)"),
+        "{report}"
+    );
+    assert!(
+        kept(&staging_image).contains("current in production (production-1)"),
+        "{report}"
+    );
+    assert!(
+        kept(&rolled_image).contains("instance"),
+        "staging-2 is warm: {report}"
+    );
     for image in [&dev1_image, &dev3_image, &staging_image, &rolled_image] {
         assert!(image_exists(image), "{image} kept");
     }

@@ -17,12 +17,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use cutover_model::format_ms;
 use clap::{Parser, Subcommand, ValueEnum};
+use cutover_model::format_ms;
 
 use cutover_server::api::{
-    DeploymentState, EnvStatus, ErrorCode, HistoryLine, GcReport, GcRequest, Pin, PlanRequest, PlanResponse, Promote, Resumed,
-    RollbackTo, Started,
+    DeploymentState, EnvStatus, ErrorCode, GcReport, GcRequest, HistoryLine, Pin, PlanRequest,
+    PlanResponse, Promote, Resumed, RollbackTo, Started,
 };
 
 use client::{connect_or_start, ApiClient, CallError, StateDir};
@@ -315,11 +315,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 start_request(&ctx, &req, detach).await
             }
         }
-        Command::Pin {
-            release,
-            env,
-            list,
-        } => match (list, release) {
+        Command::Pin { release, env, list } => match (list, release) {
             (false, Some(release)) => pin(&ctx, &release, env, true).await,
             _ => pins(&ctx).await,
         },
@@ -516,7 +512,11 @@ async fn gc(ctx: &Context_, dry_run: bool) -> Result<u8> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         _ => print!("{}", render::gc(&report)),
     }
-    Ok(if report.failed.is_empty() { 0 } else { exit::ERROR })
+    Ok(if report.failed.is_empty() {
+        0
+    } else {
+        exit::ERROR
+    })
 }
 
 async fn resume(ctx: &Context_) -> Result<u8> {

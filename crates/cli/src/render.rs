@@ -189,11 +189,7 @@ pub fn status(envs: &[EnvStatus]) -> String {
                     .filter(|d| d.release_id == r.id)
                     .and_then(|d| d.promoted_from.as_ref());
                 if let Some(from) = promoted {
-                    let _ = writeln!(
-                        out,
-                        "  promoted   from {} ({})",
-                        from.release, from.env
-                    );
+                    let _ = writeln!(out, "  promoted   from {} ({})", from.release, from.env);
                 }
             }
             None => {
@@ -308,7 +304,11 @@ pub fn history(lines: &[HistoryLine]) -> String {
 pub fn gc(report: &cutover_server::api::GcReport) -> String {
     let mut out = String::new();
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
-    let verb = if report.dry_run { "would remove" } else { "removed" };
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     for r in &report.removed {
         let names = if r.tags.is_empty() {
             r.releases.join(", ")
@@ -341,7 +341,11 @@ pub fn gc(report: &cutover_server::api::GcReport) -> String {
         report.removed.len(),
         report.kept.len(),
         mib(report.bytes_freed),
-        if report.dry_run { " (dry run: nothing removed)" } else { "" }
+        if report.dry_run {
+            " (dry run: nothing removed)"
+        } else {
+            ""
+        }
     );
     out
 }

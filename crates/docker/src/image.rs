@@ -91,7 +91,9 @@ impl ImageBuilder for DockerProvider {
                 format!("{}={app}", labels::APP),
             ],
         )]);
-        let options = ListImagesOptionsBuilder::default().filters(&filters).build();
+        let options = ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
         let images = self
             .docker
             .list_images(Some(options))

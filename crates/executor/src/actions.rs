@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use cutover_model::{
     now_ms, Action, ApprovalSpec, Backend, DeploymentKind, ImageInfo, ImageSource, Instance,
-    InstanceState, JournalEvent, LiveCause, LiveChange, Probe, ProviderError, Release, Route, SignRequest, Step,
-    StepOutput, SupplyChain,
+    InstanceState, JournalEvent, LiveCause, LiveChange, Probe, ProviderError, Release, Route,
+    SignRequest, Step, StepOutput, SupplyChain,
 };
 use cutover_store::{HistoryEntry, Retirement, StoreError, StoreEvent};
 use tokio::sync::broadcast;

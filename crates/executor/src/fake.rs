@@ -16,10 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cutover_model::{
     json_digest, labels, Action, ApprovalSpec, BuildSpec, Compute, ContainerSpec, DeploymentKind,
-    Diagnosis, DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo, LocalImage,
-    ImageSource, Instance, InstanceSpec, InstanceState, Plan, Probe, ProviderError, Providers,
-    Release, RestoreRoute, Route, ScanOutcome, SignRequest, Spec, Step, StepKind, SupplyChain,
-    SupplySpec, Traffic, PLAN_FORMAT,
+    Diagnosis, DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo,
+    ImageSource, Instance, InstanceSpec, InstanceState, LocalImage, Plan, Probe, ProviderError,
+    Providers, Release, RestoreRoute, Route, ScanOutcome, SignRequest, Spec, Step, StepKind,
+    SupplyChain, SupplySpec, Traffic, PLAN_FORMAT,
 };
 use cutover_planner::{PlanInput, PlanKind};
 

@@ -648,7 +648,10 @@ async fn going_live_and_being_unwound_are_recorded_once_each() {
     h.faults
         .fail_action("retire", ProviderError::permanent("retire failed"));
     let status = h.run_to_end("r2", 0).await;
-    assert!(matches!(status, DeploymentStatus::RolledBack { .. }), "{status:?}");
+    assert!(
+        matches!(status, DeploymentStatus::RolledBack { .. }),
+        "{status:?}"
+    );
     let changes = h.store.live_changes(Some(ENV)).unwrap();
     let seen: Vec<(Option<&str>, &str, cutover_model::LiveCause)> = changes
         .iter()

@@ -28,8 +28,8 @@ pub use plan::{
     StrategyStep, PLAN_FORMAT,
 };
 pub use provider::{
-    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, LocalImage, Preflight, PreflightFailure,
-    Preflights, Probe, Providers, ScanOutcome, SignRequest, SupplyChain, Traffic,
+    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, LocalImage, Preflight,
+    PreflightFailure, Preflights, Probe, Providers, ScanOutcome, SignRequest, SupplyChain, Traffic,
     DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_bytes, random_token_hex, RandomError};

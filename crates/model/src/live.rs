@@ -192,7 +192,13 @@ pub fn describe_period_fixed(period: &LivePeriod) -> String {
 mod tests {
     use super::*;
 
-    fn change(env: &str, release: Option<&str>, image: &str, cause: LiveCause, at: u64) -> LiveChange {
+    fn change(
+        env: &str,
+        release: Option<&str>,
+        image: &str,
+        cause: LiveCause,
+        at: u64,
+    ) -> LiveChange {
         LiveChange {
             env: env.to_string(),
             release_id: release.map(str::to_string),
@@ -206,9 +212,27 @@ mod tests {
     #[test]
     fn periods_end_by_replacement_or_rollback() {
         let changes = vec![
-            change("staging", Some("staging-1"), "sha256:a", LiveCause::Deploy, 1_000),
-            change("staging", Some("staging-2"), "sha256:b", LiveCause::Deploy, 5_000),
-            change("staging", Some("staging-1"), "sha256:a", LiveCause::Rollback, 9_000),
+            change(
+                "staging",
+                Some("staging-1"),
+                "sha256:a",
+                LiveCause::Deploy,
+                1_000,
+            ),
+            change(
+                "staging",
+                Some("staging-2"),
+                "sha256:b",
+                LiveCause::Deploy,
+                5_000,
+            ),
+            change(
+                "staging",
+                Some("staging-1"),
+                "sha256:a",
+                LiveCause::Rollback,
+                9_000,
+            ),
         ];
         let periods = live_periods(&changes);
         assert_eq!(periods.len(), 3);
@@ -225,23 +249,56 @@ mod tests {
     #[test]
     fn a_repeated_record_does_not_split_a_period_and_an_undo_rolls_back() {
         let changes = vec![
-            change("production", Some("production-1"), "sha256:a", LiveCause::Deploy, 1_000),
-            change("production", Some("production-1"), "sha256:a", LiveCause::Deploy, 1_500),
-            change("production", Some("production-2"), "sha256:b", LiveCause::Deploy, 3_000),
-            change("production", Some("production-1"), "sha256:a", LiveCause::Undo, 3_500),
+            change(
+                "production",
+                Some("production-1"),
+                "sha256:a",
+                LiveCause::Deploy,
+                1_000,
+            ),
+            change(
+                "production",
+                Some("production-1"),
+                "sha256:a",
+                LiveCause::Deploy,
+                1_500,
+            ),
+            change(
+                "production",
+                Some("production-2"),
+                "sha256:b",
+                LiveCause::Deploy,
+                3_000,
+            ),
+            change(
+                "production",
+                Some("production-1"),
+                "sha256:a",
+                LiveCause::Undo,
+                3_500,
+            ),
         ];
         let periods = live_periods(&changes);
         assert_eq!(periods.len(), 3, "{periods:?}");
         assert_eq!(periods[0].from_ms, 1_000);
         assert_eq!(periods[0].until_ms, Some(3_000));
-        assert!(periods[1].rolled_back(), "the unwind took production-2 away");
+        assert!(
+            periods[1].rolled_back(),
+            "the unwind took production-2 away"
+        );
         assert_eq!(periods[2].ended, LiveEnd::StillLive);
     }
 
     #[test]
     fn clearing_the_environment_rolls_back_its_only_release() {
         let changes = vec![
-            change("staging", Some("staging-1"), "sha256:a", LiveCause::Deploy, 1_000),
+            change(
+                "staging",
+                Some("staging-1"),
+                "sha256:a",
+                LiveCause::Deploy,
+                1_000,
+            ),
             change("staging", None, "", LiveCause::Undo, 2_000),
         ];
         let periods = live_periods(&changes);
@@ -253,16 +310,37 @@ mod tests {
     #[test]
     fn an_image_path_crosses_environments_in_time_order() {
         let changes = vec![
-            change("staging", Some("staging-1"), "sha256:a", LiveCause::Deploy, 1_000),
-            change("production", Some("production-1"), "sha256:a", LiveCause::Promote, 4_000),
-            change("staging", Some("staging-2"), "sha256:b", LiveCause::Deploy, 6_000),
+            change(
+                "staging",
+                Some("staging-1"),
+                "sha256:a",
+                LiveCause::Deploy,
+                1_000,
+            ),
+            change(
+                "production",
+                Some("production-1"),
+                "sha256:a",
+                LiveCause::Promote,
+                4_000,
+            ),
+            change(
+                "staging",
+                Some("staging-2"),
+                "sha256:b",
+                LiveCause::Deploy,
+                6_000,
+            ),
         ];
         let path = image_path(&changes, "sha256:a");
         let where_: Vec<(&str, &str)> = path
             .iter()
             .map(|p| (p.env.as_str(), p.release_id.as_str()))
             .collect();
-        assert_eq!(where_, [("staging", "staging-1"), ("production", "production-1")]);
+        assert_eq!(
+            where_,
+            [("staging", "staging-1"), ("production", "production-1")]
+        );
         assert_eq!(path[0].until_ms, Some(6_000));
         assert!(image_path(&changes, "sha256:c").is_empty());
         let fixed = describe_period_fixed(&path[0]);
@@ -270,7 +348,10 @@ mod tests {
         assert!(fixed.ends_with("replaced by staging-d6000"), "{fixed}");
         assert!(describe_period_fixed(&path[1]).ends_with("(still live)"));
         let line = describe_period(&path[0], 10_000);
-        assert!(line.starts_with("staging as staging-1 for 5s (since "), "{line}");
+        assert!(
+            line.starts_with("staging as staging-1 for 5s (since "),
+            "{line}"
+        );
         assert!(line.contains("replaced by staging-d6000"), "{line}");
     }
 }

@@ -1676,7 +1676,11 @@ fn staging_release() -> Release {
     source
 }
 
-fn promote_plan(spec: &Spec, current: Option<&Release>, source: &Release) -> Result<Plan, PlanError> {
+fn promote_plan(
+    spec: &Spec,
+    current: Option<&Release>,
+    source: &Release,
+) -> Result<Plan, PlanError> {
     let strategy = builtin("blue-green");
     plan(&PlanInput {
         kind: PlanKind::Promote { source },
@@ -1742,7 +1746,9 @@ fn promotion() {
                 // The target's own settings (replicas and container from its spec).
                 assert_eq!(instance.container, spec.container);
             }
-            Action::Record { image, replicas, .. } => {
+            Action::Record {
+                image, replicas, ..
+            } => {
                 assert_eq!(image, &pinned);
                 assert_eq!(*replicas, 2, "the target environment's replicas");
             }
@@ -1750,10 +1756,7 @@ fn promotion() {
         }
     }
     let text = render_text(&plan);
-    assert!(
-        text.contains("promoted from staging-7 (staging)"),
-        "{text}"
-    );
+    assert!(text.contains("promoted from staging-7 (staging)"), "{text}");
     insta::assert_json_snapshot!("promotion", plan);
     insta::assert_snapshot!("promotion_text", render_text(&plan));
     insta::assert_snapshot!("promotion_dot", render_dot(&plan));
@@ -1768,7 +1771,13 @@ fn a_promotion_to_an_environment_needing_approval_waits_for_it() {
     assert_eq!(ids[..3], ["scan", "sign", "verify"]);
     let approval = plan.step("approval").expect("an approval step");
     assert_eq!(approval.depends_on, ["health-check-0", "health-check-1"]);
-    assert!(matches!(&approval.action, Action::Approval { image: ImageSource::Pinned { .. }, .. }));
+    assert!(matches!(
+        &approval.action,
+        Action::Approval {
+            image: ImageSource::Pinned { .. },
+            ..
+        }
+    ));
     insta::assert_snapshot!("promotion_with_approval_text", render_text(&plan));
 }
 
@@ -1778,7 +1787,11 @@ fn promotion_mistakes_are_refused() {
     // A release of the environment itself.
     let same_env = release("production-6", "v1");
     let err = promote_plan(&spec, None, &same_env).unwrap_err();
-    assert!(err.to_string().contains("already a release of `production`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("already a release of `production`"),
+        "{err}"
+    );
     // A release of another app.
     let mut other_app = staging_release();
     other_app.app = "other".to_string();

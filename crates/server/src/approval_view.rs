@@ -13,14 +13,13 @@
 use std::collections::BTreeMap;
 
 use cutover_model::{
-    Action, BuildSpec, ContainerSpec, HealthSpec, ImageSource, Plan, Release,
-    StepOutput, SupplyEvidence,
+    Action, BuildSpec, ContainerSpec, HealthSpec, ImageSource, Plan, Release, StepOutput,
+    SupplyEvidence,
 };
 
 use crate::api::{
     ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
-    ProvenanceView,
-    RunningRelease, ScanVerdictView, SettingChange,
+    ProvenanceView, RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::{ControlPlane, ServerError};
 
@@ -671,14 +670,16 @@ mod tests {
         assert_ne!(digest(&other), d);
         // Where the image has been is part of what is approved.
         let mut moved = view;
-        moved.image_path.push(ImagePathStep::of(&cutover_model::LivePeriod {
-            env: "staging".to_string(),
-            release_id: "staging-7".to_string(),
-            image_id: "sha256:i".to_string(),
-            from_ms: 1,
-            until_ms: None,
-            ended: cutover_model::LiveEnd::StillLive,
-        }));
+        moved
+            .image_path
+            .push(ImagePathStep::of(&cutover_model::LivePeriod {
+                env: "staging".to_string(),
+                release_id: "staging-7".to_string(),
+                image_id: "sha256:i".to_string(),
+                from_ms: 1,
+                until_ms: None,
+                ended: cutover_model::LiveEnd::StillLive,
+            }));
         assert_ne!(digest(&moved), d);
     }
 }

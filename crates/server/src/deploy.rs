@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use cutover_model::{
-    now_ms, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec,
-    Strategy,
+    now_ms, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec, Strategy,
 };
 use cutover_planner::{PlanInput, PlanKind};
 use cutover_store::{DeploymentRecord, Lease, TypedTree};
@@ -265,7 +264,11 @@ async fn prepare(
 }
 
 /// The release a promotion to `env` deploys the image of.
-fn promoted_release(cp: &ControlPlane, env: &str, promote: &Promote) -> Result<Release, ServerError> {
+fn promoted_release(
+    cp: &ControlPlane,
+    env: &str,
+    promote: &Promote,
+) -> Result<Release, ServerError> {
     let from_env = promote.source_env().ok_or_else(|| {
         ServerError::BadRequest(format!(
             "promote.from_env: release id {:?} does not name its environment (like `staging-7`); give the source environment (`--from`)",

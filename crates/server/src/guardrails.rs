@@ -1138,7 +1138,11 @@ pub fn enforce(
 /// would build) unless the environment's soak guardrail is met: the image was live in
 /// each of `requires_success_in` for `soak` at a stretch and never rolled back there.
 /// Rollbacks do not come here: they restore what this environment already ran.
-pub fn enforce_soak(cp: &ControlPlane, env: &str, image_id: Option<&String>) -> Result<(), ServerError> {
+pub fn enforce_soak(
+    cp: &ControlPlane,
+    env: &str,
+    image_id: Option<&String>,
+) -> Result<(), ServerError> {
     let Some(version) = current(cp, env)? else {
         return Ok(());
     };
@@ -1214,7 +1218,11 @@ pub fn soak_refusal(
     if problems.is_empty() {
         return None;
     }
-    let wanted: Vec<String> = rails.requires_success_in.iter().map(|o| required(o)).collect();
+    let wanted: Vec<String> = rails
+        .requires_success_in
+        .iter()
+        .map(|o| required(o))
+        .collect();
     let been = if path.is_empty() {
         "nowhere yet".to_string()
     } else {

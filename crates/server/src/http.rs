@@ -45,18 +45,16 @@ use cutover_store::{Claim, TypedTree};
 use crate::api::{
     events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, ContainerFloor,
     CreatedToken, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
-    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, Grant, GuardrailViolation, Guardrails,
-    GuardrailsProposal, GuardrailsShow, GuardrailsVersion, Health, HistoryLine, HistoryQuery,
-    GcFailed, GcKept, GcRemoved, GcReport, GcRequest, InstanceLine, NewToken, NewUser, Pin,
-    PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Promote,
-    PromotedFrom, Resumed,
-    Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
+    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, GcFailed, GcKept, GcRemoved, GcReport,
+    GcRequest, Grant, GuardrailViolation, Guardrails, GuardrailsProposal, GuardrailsShow,
+    GuardrailsVersion, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser, Pin,
+    PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Promote, PromotedFrom, Resumed, Role,
+    RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
     TokenRecord, UserLine, WarmRelease,
 };
 use crate::api::{
     ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
-    ProvenanceView,
-    RunningRelease, ScanVerdictView, SettingChange,
+    ProvenanceView, RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;
@@ -406,7 +404,12 @@ pub fn routes() -> Vec<RouteDef> {
             Deployer,
             delete(crate::retention::unpin_release),
         ),
-        route(M::GET, "/api/v1/pins", Viewer, get(crate::retention::get_pins)),
+        route(
+            M::GET,
+            "/api/v1/pins",
+            Viewer,
+            get(crate::retention::get_pins),
+        ),
         route(
             M::GET,
             "/api/v1/images/{image}/path",
@@ -733,13 +736,7 @@ async fn start_deployment(
         &who,
         key,
         &fingerprint,
-        deploy::start_intent(
-            &cp,
-            &who,
-            Some(&req.source()),
-            req.env.as_deref(),
-            intent,
-        ),
+        deploy::start_intent(&cp, &who, Some(&req.source()), req.env.as_deref(), intent),
     )
     .await
 }

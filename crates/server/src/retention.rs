@@ -358,7 +358,11 @@ fn supply_dir_beside(store: &Path, image_id: &str) -> Option<PathBuf> {
 }
 
 /// Remove what no rollback needs (admin of every environment). `dry_run` removes nothing.
-pub async fn gc(cp: &ControlPlane, who: &Principal, dry_run: bool) -> Result<GcReport, ServerError> {
+pub async fn gc(
+    cp: &ControlPlane,
+    who: &Principal,
+    dry_run: bool,
+) -> Result<GcReport, ServerError> {
     who.require(Role::Admin, None)?;
     let facts = gather(cp, who).await?;
     let mut report = GcReport {
@@ -649,7 +653,10 @@ mod tests {
             images: Vec::new(),
         });
         let verdicts = decide(&facts);
-        assert_eq!(reasons_of(&verdicts, 1), ["staging/staging-1 pinned by bob"]);
+        assert_eq!(
+            reasons_of(&verdicts, 1),
+            ["staging/staging-1 pinned by bob"]
+        );
         assert_eq!(
             reasons_of(&verdicts, 2),
             ["instance cutover-hello-staging-2-0 of staging-2 (exited with 0) uses it"]

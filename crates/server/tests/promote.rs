@@ -154,7 +154,12 @@ impl Harness {
         let start = Instant::now();
         loop {
             let (status, detail) = self
-                .call(Method::GET, &format!("/api/v1/deployments/{id}"), None, None)
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/deployments/{id}"),
+                    None,
+                    None,
+                )
                 .await;
             assert_eq!(status, StatusCode::OK, "{detail}");
             if !detail["finished_at_ms"].is_null() {
@@ -227,15 +232,26 @@ async fn a_promotion_runs_no_build_serves_the_same_image_and_waits_for_the_soak(
             .contains("a deploy builds a new image, which was never live in staging"),
         "{body}"
     );
-    assert!(h.cp.store.deployments(Some("production"), 10).unwrap().is_empty());
+    assert!(h
+        .cp
+        .store
+        .deployments(Some("production"), 10)
+        .unwrap()
+        .is_empty());
 
     // With the soak met (any time live), the promotion runs without a build.
-    h.set("production", "requires_success_in = [\"staging\"]\nsoak = \"0s\"\n");
+    h.set(
+        "production",
+        "requires_success_in = [\"staging\"]\nsoak = \"0s\"\n",
+    );
     let (status, done) = h.run(None, "production", promote("staging-1")).await;
     assert_eq!(status, StatusCode::CREATED, "{done}");
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["kind"], "promote");
-    assert_eq!(done["promoted_from"], json!({"release": "staging-1", "env": "staging"}));
+    assert_eq!(
+        done["promoted_from"],
+        json!({"release": "staging-1", "env": "staging"})
+    );
     let kinds: Vec<&str> = done["steps"]
         .as_array()
         .unwrap()
@@ -244,14 +260,29 @@ async fn a_promotion_runs_no_build_serves_the_same_image_and_waits_for_the_soak(
         .collect();
     assert!(!kinds.contains(&"build"), "{kinds:?}");
     assert_eq!(&kinds[..3], ["scan", "sign", "verify"]);
-    assert_eq!(h.image_of("production"), image, "the very image of staging-1");
+    assert_eq!(
+        h.image_of("production"),
+        image,
+        "the very image of staging-1"
+    );
     // The history and the audit log say where it came from.
     let (_, history) = h
-        .call(Method::GET, "/api/v1/deployments?env=production", None, None)
+        .call(
+            Method::GET,
+            "/api/v1/deployments?env=production",
+            None,
+            None,
+        )
         .await;
-    assert_eq!(history[0]["promoted_from"]["release"], "staging-1", "{history}");
+    assert_eq!(
+        history[0]["promoted_from"]["release"], "staging-1",
+        "{history}"
+    );
     let audited = cutover_server::audit::export(&h.cp.store, None).unwrap();
-    let entry = audited.iter().find(|e| e.action == "promote").expect("audited");
+    let entry = audited
+        .iter()
+        .find(|e| e.action == "promote")
+        .expect("audited");
     assert_eq!(entry.details["promoted_from"]["release"], "staging-1");
     // Its image's path: live in staging, then in production.
     let path = h.cp.store.image_path(&image).unwrap();
@@ -268,7 +299,10 @@ async fn an_image_rolled_back_in_staging_or_never_there_is_refused() {
         .run(None, "staging", json!({"rollback": {"to": "staging-1"}}))
         .await;
     assert_eq!(back["status"], "succeeded", "{back:#}");
-    h.set("production", "requires_success_in = [\"staging\"]\nsoak = \"0s\"\n");
+    h.set(
+        "production",
+        "requires_success_in = [\"staging\"]\nsoak = \"0s\"\n",
+    );
     let (status, body) = h.run(None, "production", promote("staging-2")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let message = body["message"].as_str().unwrap();
@@ -283,7 +317,10 @@ async fn an_image_rolled_back_in_staging_or_never_there_is_refused() {
     // A release of the target itself is not promoted (a rollback goes back to it).
     let (status, body) = h.run(None, "production", promote("production-1")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("is a release of production already"));
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("is a release of production already"));
     // An unknown release is 404.
     let (status, _) = h.run(None, "production", promote("staging-99")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -295,17 +332,36 @@ async fn promoting_needs_deployer_on_the_target_and_sight_of_the_source() {
     h.run(None, "staging", json!({})).await;
     h.run(None, "production", json!({})).await;
     // Deployer of production who may not see staging: refused before anything is read.
-    let blind = common::token(&h.cp.store, Role::Deployer, Some("production"), "blind", "blind");
-    let (status, body) = h.run(Some(&blind), "production", promote("staging-1")).await;
+    let blind = common::token(
+        &h.cp.store,
+        Role::Deployer,
+        Some("production"),
+        "blind",
+        "blind",
+    );
+    let (status, body) = h
+        .run(Some(&blind), "production", promote("staging-1"))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     // Deployer of staging may not promote to production.
-    let staging_only =
-        common::token(&h.cp.store, Role::Deployer, Some("staging"), "stager", "stager");
+    let staging_only = common::token(
+        &h.cp.store,
+        Role::Deployer,
+        Some("staging"),
+        "stager",
+        "stager",
+    );
     let (status, body) = h
         .run(Some(&staging_only), "production", promote("staging-1"))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(h.cp.store.deployments(Some("production"), 10).unwrap().len(), 1);
+    assert_eq!(
+        h.cp.store
+            .deployments(Some("production"), 10)
+            .unwrap()
+            .len(),
+        1
+    );
     // Rollback and promotion at once is a bad request.
     let (status, _) = h
         .run(
@@ -360,12 +416,20 @@ async fn gc_keeps_current_warm_recent_and_pinned_images_and_removes_the_rest() {
         if instances.iter().all(|i| i.release == "staging-4") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "retired instances stay");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "retired instances stay"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let release_image = |id: &str| h.cp.store.release("staging", id).unwrap().unwrap().image.id;
     let (status, dry) = h
-        .call(Method::POST, "/api/v1/gc", None, Some(json!({"dry_run": true})))
+        .call(
+            Method::POST,
+            "/api/v1/gc",
+            None,
+            Some(json!({"dry_run": true})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{dry}");
     let removed = |report: &Value| -> Vec<String> {
@@ -393,7 +457,10 @@ async fn gc_keeps_current_warm_recent_and_pinned_images_and_removes_the_rest() {
         .call(Method::POST, "/api/v1/gc", None, Some(json!({})))
         .await;
     assert_eq!(removed(&report), expected, "{report:#}");
-    assert_eq!(report["bytes_freed"], 2 * cutover_executor::fake::FAKE_IMAGE_BYTES);
+    assert_eq!(
+        report["bytes_freed"],
+        2 * cutover_executor::fake::FAKE_IMAGE_BYTES
+    );
     for gone in ["staging-2", "staging-3"] {
         assert!(h
             .cp
@@ -413,8 +480,14 @@ async fn gc_keeps_current_warm_recent_and_pinned_images_and_removes_the_rest() {
             .map(|k| k["reasons"].to_string())
             .unwrap_or_default()
     };
-    assert!(reasons("staging-1").contains("staging/staging-1 pinned by admin"), "{report:#}");
-    assert!(reasons("staging-4").contains("current in staging (staging-4)"), "{report:#}");
+    assert!(
+        reasons("staging-1").contains("staging/staging-1 pinned by admin"),
+        "{report:#}"
+    );
+    assert!(
+        reasons("staging-4").contains("current in staging (staging-4)"),
+        "{report:#}"
+    );
     assert!(reasons("staging-4").contains("one of the last 1 releases of staging"));
     assert!(reasons("staging-4").contains("instance"), "{report:#}");
     let actions: Vec<String> = cutover_server::audit::export(&h.cp.store, None)

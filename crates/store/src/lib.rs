@@ -954,7 +954,10 @@ impl Store {
 
     /// Where `image_id` has been live: [`cutover_model::image_path`] over every change.
     pub fn image_path(&self, image_id: &str) -> Result<Vec<LivePeriod>> {
-        Ok(cutover_model::image_path(&self.live_changes(None)?, image_id))
+        Ok(cutover_model::image_path(
+            &self.live_changes(None)?,
+            image_id,
+        ))
     }
 
     // ----- leases -----

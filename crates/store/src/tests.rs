@@ -897,25 +897,61 @@ fn live_changes_are_recorded_once_and_give_image_paths() {
         at_ms: at,
     };
     store
-        .note_live(&change("staging", "staging-1", "sha256:a", "staging-1", LiveCause::Deploy, 10))
+        .note_live(&change(
+            "staging",
+            "staging-1",
+            "sha256:a",
+            "staging-1",
+            LiveCause::Deploy,
+            10,
+        ))
         .unwrap();
     // A re-run of the same record step (later clock) writes nothing.
     store
-        .note_live(&change("staging", "staging-1", "sha256:a", "staging-1", LiveCause::Deploy, 20))
+        .note_live(&change(
+            "staging",
+            "staging-1",
+            "sha256:a",
+            "staging-1",
+            LiveCause::Deploy,
+            20,
+        ))
         .unwrap();
     assert_eq!(store.live_changes(Some("staging")).unwrap().len(), 1);
     store
-        .note_live(&change("production", "production-1", "sha256:a", "production-1", LiveCause::Promote, 30))
+        .note_live(&change(
+            "production",
+            "production-1",
+            "sha256:a",
+            "production-1",
+            LiveCause::Promote,
+            30,
+        ))
         .unwrap();
     store
-        .note_live(&change("staging", "staging-2", "sha256:b", "staging-2", LiveCause::Deploy, 40))
+        .note_live(&change(
+            "staging",
+            "staging-2",
+            "sha256:b",
+            "staging-2",
+            LiveCause::Deploy,
+            40,
+        ))
         .unwrap();
     let path = store.image_path("sha256:a").unwrap();
     let summary: Vec<(&str, u64, Option<u64>)> = path
         .iter()
         .map(|p| (p.env.as_str(), p.from_ms, p.until_ms))
         .collect();
-    assert_eq!(summary, [("staging", 10, Some(40)), ("production", 30, None)]);
-    assert_eq!(path[0].ended, LiveEnd::Replaced { by: "staging-2".to_string() });
+    assert_eq!(
+        summary,
+        [("staging", 10, Some(40)), ("production", 30, None)]
+    );
+    assert_eq!(
+        path[0].ended,
+        LiveEnd::Replaced {
+            by: "staging-2".to_string()
+        }
+    );
     assert_eq!(store.live_changes(None).unwrap().len(), 3);
 }
