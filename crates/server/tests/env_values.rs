@@ -300,13 +300,12 @@ async fn no_route_and_no_page_shows_an_env_value_only_its_name_and_digest() {
     for route in routes().into_iter().filter(|r| r.method == Method::GET) {
         get_routes += 1;
         for (id, env) in [("staging-2", "staging"), ("production-1", "production")] {
-            let image = h
-                .cp
-                .store
-                .release("staging", "staging-2")
-                .unwrap()
-                .map(|r| r.image.id)
-                .unwrap_or_default();
+            let image =
+                h.cp.store
+                    .release("staging", "staging-2")
+                    .unwrap()
+                    .map(|r| r.image.id)
+                    .unwrap_or_default();
             let path = route
                 .path
                 .replace("{id}", id)
