@@ -106,7 +106,9 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
         shown.stdout
     );
 
+    let deploying = Instant::now();
     p.cutover(&["deploy", "--env", "staging"]).assert_code(0);
+    let deploy_took = deploying.elapsed();
     // staging-1 went live before the deploy command returned.
     let soaked_at = Instant::now() + SOAK;
     let staging_image = image_of(&p, "staging");
@@ -189,8 +191,9 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
             .unwrap_or(0)
     };
     eprintln!(
-        "promotion: {} from command to exit (traffic on green); scan {}ms, sign {}ms, verify {}ms, provision {}ms, health {}ms, shift {}ms",
+        "promotion: {} from command to exit (traffic on green; the deploy that built it: {}); scan {}ms, sign {}ms, verify {}ms, provision {}ms, health {}ms, shift {}ms",
         cutover_model::format_duration(took),
+        cutover_model::format_duration(deploy_took),
         ms("scan"),
         ms("sign"),
         ms("verify"),

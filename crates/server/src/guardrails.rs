@@ -146,6 +146,11 @@ pub fn set(
     who.require(Role::Admin, Some(env))?;
     check_env_name(env)?;
     let guardrails = parse(text, Path::new(file))?;
+    if guardrails.requires_success_in.iter().any(|e| e == env) {
+        return Err(ServerError::BadRequest(format!(
+            "{file}: requires_success_in: {env} cannot require images to have soaked in {env} itself; name the environments before it (e.g. staging)"
+        )));
+    }
     save_version(cp, who, env, text, guardrails, "set")
 }
 

@@ -193,6 +193,16 @@ async fn a_promotion_runs_no_build_serves_the_same_image_and_waits_for_the_soak(
     let h = Harness::new();
     let (_, staged) = h.run(None, "staging", json!({})).await;
     assert_eq!(staged["status"], "succeeded", "{staged:#}");
+    // An environment cannot require soaking in itself.
+    let err = guardrails::set(
+        &h.cp,
+        &auth::Principal::local("admin"),
+        "production",
+        "requires_success_in = [\"production\"]\n",
+        "p.toml",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("itself"), "{err}");
     // Production takes only images that were live in staging for an hour.
     h.set(
         "production",
