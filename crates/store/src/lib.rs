@@ -29,7 +29,7 @@ use tokio::sync::broadcast;
 
 /// Name of the file holding the pid of the process that owns the store.
 const PID_FILE: &str = "cutover.pid";
-/// Changes of current releases ([`LiveChange`]), keyed `<env>\0<at ms>\0<deployment>`.
+/// Changes of current releases ([`LiveChange`]), keyed `<env>\0<sequence number>`.
 const LIVE_TREE: &str = "live_changes";
 
 /// How many events a subscriber may fall behind before it gets
@@ -914,11 +914,10 @@ impl Store {
     /// says the same (a re-run of the step after a crash), nothing is written. Flushed.
     pub fn note_live(&self, change: &LiveChange) -> Result<()> {
         let tree = self.typed_tree::<LiveChange>(LIVE_TREE)?;
-        let newest = tree
-            .scan_prefix(&format!("{}\0", change.env))?
-            .into_iter()
-            .map(|(_, c)| c)
-            .max_by_key(|c| c.at_ms);
+        let existing = tree.scan_prefix(&format!("{}\0", change.env))?;
+        // Keys sort by their sequence number, so the last one is the newest change.
+        let count = existing.len();
+        let newest = existing.into_iter().map(|(_, c)| c).next_back();
         if newest.is_some_and(|n| {
             n.deployment_id == change.deployment_id
                 && n.release_id == change.release_id
@@ -926,13 +925,8 @@ impl Store {
         }) {
             return Ok(());
         }
-        tree.insert(
-            &format!(
-                "{}\0{:020}\0{}",
-                change.env, change.at_ms, change.deployment_id
-            ),
-            change,
-        )?;
+        // One deployment holds the environment at a time, so the count is not raced.
+        tree.insert(&format!("{}\0{count:012}", change.env), change)?;
         self.flush()?;
         self.publish_env(&change.env);
         Ok(())
@@ -948,7 +942,8 @@ impl Store {
             .into_iter()
             .map(|(_, c)| c)
             .collect();
-        out.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.env.cmp(&b.env)));
+        // Stable: changes of one environment in the same millisecond keep their order.
+        out.sort_by_key(|c| c.at_ms);
         Ok(out)
     }
 

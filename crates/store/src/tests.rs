@@ -954,4 +954,39 @@ fn live_changes_are_recorded_once_and_give_image_paths() {
         }
     );
     assert_eq!(store.live_changes(None).unwrap().len(), 3);
+    // Going live and being unwound in the same millisecond: both kept, in order.
+    store
+        .note_live(&change(
+            "staging",
+            "staging-3",
+            "sha256:c",
+            "staging-3",
+            LiveCause::Deploy,
+            50,
+        ))
+        .unwrap();
+    store
+        .note_live(&change(
+            "staging",
+            "staging-2",
+            "sha256:b",
+            "staging-3",
+            LiveCause::Undo,
+            50,
+        ))
+        .unwrap();
+    let staging = store.live_changes(Some("staging")).unwrap();
+    let causes: Vec<LiveCause> = staging.iter().map(|c| c.cause).collect();
+    assert_eq!(
+        causes,
+        [
+            LiveCause::Deploy,
+            LiveCause::Deploy,
+            LiveCause::Deploy,
+            LiveCause::Undo
+        ]
+    );
+    let c_path = store.image_path("sha256:c").unwrap();
+    assert_eq!(c_path.len(), 1);
+    assert!(c_path[0].rolled_back(), "{c_path:?}");
 }
