@@ -1188,7 +1188,7 @@ async fn gc_lists_an_apps_images_and_never_removes_one_a_container_uses() {
     let listed = docker.list_images(&app).await.expect("list");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].id, image.id);
-    assert_eq!(listed[0].tags, [tag.clone()]);
+    assert_eq!(listed[0].tags, std::slice::from_ref(&tag));
     assert!(listed[0].size_bytes > 0);
     assert!(docker
         .list_images(&unique("other-app"))
