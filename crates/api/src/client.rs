@@ -91,6 +91,10 @@ impl ApiClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
     pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -9,9 +9,11 @@
 mod approval_view;
 pub mod client;
 mod guardrails;
+mod retention;
 mod types;
 pub mod unix;
 
 pub use approval_view::*;
 pub use guardrails::*;
+pub use retention::*;
 pub use types::*;

@@ -240,6 +240,7 @@ mod tests {
             steps,
             journal: Vec::new(),
             approval: None,
+            promoted_from: None,
         }
     }
 

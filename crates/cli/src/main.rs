@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use cutover_model::format_ms;
 
 use cutover_server::api::{
-    DeploymentState, EnvStatus, ErrorCode, HistoryLine, PlanRequest, PlanResponse, Resumed,
-    RollbackTo, Started,
+    DeploymentState, EnvStatus, ErrorCode, GcReport, GcRequest, HistoryLine, Pin, PlanRequest,
+    PlanResponse, Promote, Resumed, RollbackTo, Started,
 };
 
 use client::{connect_or_start, ApiClient, CallError, StateDir};
@@ -141,6 +142,47 @@ enum Command {
         to: Option<String>,
         #[arg(long)]
         detach: bool,
+    },
+    /// Deploy exactly the image of a release of another environment (e.g. staging-7) to
+    /// --to: same image id, a fresh scan verdict for the target, no build.
+    Promote {
+        /// The release whose image is promoted, e.g. staging-7.
+        release: String,
+        /// The environment to promote to.
+        #[arg(long)]
+        to: String,
+        /// The release's environment (default: the release id without `-<number>`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only show the plan the promotion would run.
+        #[arg(long)]
+        plan: bool,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Keep a release's image and attestations through `cutover gc` (--list: the pins).
+    Pin {
+        /// The release, e.g. production-4.
+        #[arg(required_unless_present = "list")]
+        release: Option<String>,
+        /// Its environment (default: the release id without `-<number>`).
+        #[arg(short, long)]
+        env: Option<String>,
+        #[arg(long, conflicts_with = "release")]
+        list: bool,
+    },
+    /// Let `cutover gc` remove a release's image again once nothing else keeps it.
+    Unpin {
+        release: String,
+        #[arg(short, long)]
+        env: Option<String>,
+    },
+    /// Remove local images (and their attestations) no rollback needs: all but the current,
+    /// warm, last `keep_releases` and pinned ones, and those of unfinished deployments.
+    Gc {
+        /// Report only; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Finish or unwind deployments interrupted by a crash, and follow them.
     Resume,
@@ -279,6 +321,33 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Rollback { env, to, detach } => {
             start(&ctx, env, Some(RollbackTo { to }), detach).await
         }
+        Command::Promote {
+            release,
+            to,
+            from,
+            plan: only_plan,
+            detach,
+        } => {
+            let promote = Promote {
+                release,
+                from_env: from,
+            };
+            let req = PlanRequest {
+                promote: Some(promote),
+                ..request(&ctx, Some(to), None)
+            };
+            if only_plan {
+                plan_request(&ctx, &req).await
+            } else {
+                start_request(&ctx, &req, detach).await
+            }
+        }
+        Command::Pin { release, env, list } => match (list, release) {
+            (false, Some(release)) => pin(&ctx, &release, env, true).await,
+            _ => pins(&ctx).await,
+        },
+        Command::Unpin { release, env } => pin(&ctx, &release, env, false).await,
+        Command::Gc { dry_run } => gc(&ctx, dry_run).await,
         Command::Status { env, deployment } => status(&ctx, env, deployment).await,
         Command::History { env, limit } => history(&ctx, env, limit).await,
         Command::Resume => resume(&ctx).await,
@@ -355,11 +424,13 @@ fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) ->
 }
 
 async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
+    plan_request(ctx, &request(ctx, env, rollback)).await
+}
+
+async fn plan_request(ctx: &Context_, req: &PlanRequest) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let planned: PlanResponse = client
-        .post("/api/v1/plans", &request(ctx, env, rollback))
-        .await?;
+    let planned: PlanResponse = client.post("/api/v1/plans", req).await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&planned.plan)?),
         Output::Dot => print!("{}", cutover_planner::render_dot(&planned.plan)),
@@ -391,17 +462,17 @@ async fn start_image(
             return Ok(exit::BAD_INPUT);
         }
     }
+    let req = PlanRequest {
+        image,
+        ..request(ctx, env, rollback)
+    };
+    start_request(ctx, &req, detach).await
+}
+
+async fn start_request(ctx: &Context_, req: &PlanRequest, detach: bool) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let started: Started = client
-        .post(
-            "/api/v1/deployments",
-            &PlanRequest {
-                image,
-                ..request(ctx, env, rollback)
-            },
-        )
-        .await?;
+    let started: Started = client.post("/api/v1/deployments", req).await?;
     if detach {
         match ctx.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&started)?),
@@ -415,6 +486,85 @@ async fn start_image(
         ctx.output == Output::Json,
     )
     .await
+}
+
+/// The environment of `release`: `env`, else the release id without `-<number>`.
+fn release_env(release: &str, env: Option<String>) -> Result<String> {
+    Promote {
+        release: release.to_string(),
+        from_env: env,
+    }
+    .source_env()
+    .ok_or_else(|| {
+        anyhow::Error::new(CallError::Api(cutover_server::api::ErrorBody {
+            code: ErrorCode::BadRequest,
+            message: format!("release id {release:?} does not name its environment (like `production-4`); give it with --env"),
+            error_id: None,
+            violations: Vec::new(),
+        }))
+    })
+}
+
+async fn pin(ctx: &Context_, release: &str, env: Option<String>, pin: bool) -> Result<u8> {
+    let env = release_env(release, env)?;
+    let client = connect(ctx).await?;
+    let path = format!(
+        "/api/v1/environments/{}/releases/{}/pin",
+        encode(&env),
+        encode(release)
+    );
+    let answer: Pin = if pin {
+        client.post(&path, &()).await?
+    } else {
+        client.delete(&path).await?
+    };
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+        _ if pin => println!(
+            "pinned {env}/{release} (image {}, by {} at {}): `cutover gc` keeps it",
+            answer.image_id,
+            answer.by,
+            format_ms(answer.at_ms)
+        ),
+        _ => println!("unpinned {env}/{release} (image {})", answer.image_id),
+    }
+    Ok(0)
+}
+
+async fn pins(ctx: &Context_) -> Result<u8> {
+    let client = connect(ctx).await?;
+    let pins: Vec<Pin> = client.get("/api/v1/pins").await?;
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&pins)?),
+        _ if pins.is_empty() => println!("no release is pinned"),
+        _ => {
+            for p in &pins {
+                println!(
+                    "{}/{}  image {}  by {} at {}",
+                    p.env,
+                    p.release,
+                    p.image_id,
+                    p.by,
+                    format_ms(p.at_ms)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn gc(ctx: &Context_, dry_run: bool) -> Result<u8> {
+    let client = connect(ctx).await?;
+    let report: GcReport = client.post("/api/v1/gc", &GcRequest { dry_run }).await?;
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        _ => print!("{}", render::gc(&report)),
+    }
+    Ok(if report.failed.is_empty() {
+        0
+    } else {
+        exit::ERROR
+    })
 }
 
 async fn resume(ctx: &Context_) -> Result<u8> {

@@ -130,6 +130,13 @@ pub fn deployment(d: &DeploymentDetail) -> String {
         let _ = writeln!(out, "  reason    {reason}");
     }
     let _ = writeln!(out, "  release   {}", d.release_id);
+    if let Some(from) = &d.promoted_from {
+        let _ = writeln!(
+            out,
+            "  promoted  from {} ({}): its image, no build",
+            from.release, from.env
+        );
+    }
     if let Some(prev) = &d.previous_release {
         let _ = writeln!(out, "  previous  {prev}");
     }
@@ -185,6 +192,14 @@ pub fn status(envs: &[EnvStatus]) -> String {
                     r.created_by,
                     format_ms(r.created_at_ms)
                 );
+                let promoted = e
+                    .latest
+                    .as_ref()
+                    .filter(|d| d.release_id == r.id)
+                    .and_then(|d| d.promoted_from.as_ref());
+                if let Some(from) = promoted {
+                    let _ = writeln!(out, "  promoted   from {} ({})", from.release, from.env);
+                }
             }
             None => {
                 let _ = writeln!(out, "{}: no release yet", e.env);
@@ -271,10 +286,13 @@ pub fn history(lines: &[HistoryLine]) -> String {
             .finished_at_ms
             .map(|f| format_duration_ms(f.saturating_sub(l.created_at_ms)))
             .unwrap_or_else(|| "-".to_string());
-        let outcome = match &l.reason {
+        let mut outcome = match &l.reason {
             Some(r) => format!("{}: {r}", l.status),
             None => l.status.to_string(),
         };
+        if let Some(from) = &l.promoted_from {
+            outcome = format!("{outcome} (promoted from {})", from.release);
+        }
         let _ = writeln!(
             out,
             "{:<20} {:<9} {:<20} {:<20} {:<12} {:<20} {:>8}  {}",
@@ -288,6 +306,56 @@ pub fn history(lines: &[HistoryLine]) -> String {
             outcome
         );
     }
+    out
+}
+
+/// `cutover gc`: each image removed with the bytes freed, each kept with its reasons.
+pub fn gc(report: &cutover_server::api::GcReport) -> String {
+    let mut out = String::new();
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for r in &report.removed {
+        let names = if r.tags.is_empty() {
+            r.releases.join(", ")
+        } else {
+            r.tags.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "{verb} {} ({names}): image {}, attestations {}",
+            short(&r.image_id),
+            mib(r.image_bytes),
+            mib(r.attestation_bytes)
+        );
+    }
+    for k in &report.kept {
+        let _ = writeln!(
+            out,
+            "kept {} ({}): {}",
+            short(&k.image_id),
+            k.tags.join(", "),
+            k.reasons.join("; ")
+        );
+    }
+    for f in &report.failed {
+        let _ = writeln!(out, "could not remove {}: {}", short(&f.image_id), f.error);
+    }
+    let _ = writeln!(
+        out,
+        "{} image(s) {verb}, {} kept, {} freed{}",
+        report.removed.len(),
+        report.kept.len(),
+        mib(report.bytes_freed),
+        if report.dry_run {
+            " (dry run: nothing removed)"
+        } else {
+            ""
+        }
+    );
     out
 }
 
@@ -327,6 +395,21 @@ pub fn approval_view(v: &ApprovalView) -> String {
         }
     );
     let _ = writeln!(out, "  view      {}", v.view_digest);
+    if let Some(from) = &v.promoted_from {
+        let _ = writeln!(
+            out,
+            "  promoted  from {} ({}): its image, not rebuilt",
+            from.release, from.env
+        );
+    }
+    if v.image_path.is_empty() {
+        let _ = writeln!(out, "  path      not live in any environment yet");
+    } else {
+        let _ = writeln!(out, "  path through environments");
+        for step in &v.image_path {
+            let _ = writeln!(out, "    {}", step.summary);
+        }
+    }
     match &v.running {
         Some(r) => {
             let _ = writeln!(

@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 use cutover_docker::DockerProvider;
 use cutover_model::{GateSpec, ImageBuilder, ImageInfo};
-use cutover_server::api::HistoryLine;
+use cutover_server::api::{HistoryLine, ImagePathStep};
 
 use crate::client::{client, StateDir};
 use cutover_chain::{self as chain, LocalSupplyChain, SupplyPaths};
@@ -148,10 +148,15 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             let image_id = resolve_image(state, &target, Some(&env)).await?;
             match chain::verify_image(&paths, &image_id, &env, &keys) {
                 Ok(key_ids) => {
+                    // Where it has been, when a control plane runs for this state.
+                    let path: Vec<ImagePathStep> = client(state)
+                        .get(&format!("/api/v1/images/{image_id}/path"))
+                        .await
+                        .unwrap_or_default();
                     if json {
                         println!(
                             "{}",
-                            serde_json::json!({"image": image_id, "verified": true, "key_ids": key_ids})
+                            serde_json::json!({"image": image_id, "verified": true, "key_ids": key_ids, "path": path})
                         );
                     } else {
                         println!(
@@ -159,6 +164,9 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
                             key_ids.join(", ")
                         );
                         print!("{}", custody(&paths, &image_id, &env)?);
+                        for step in &path {
+                            println!("  live in {}", step.summary);
+                        }
                     }
                     Ok(0)
                 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod evidence;
 pub mod image_ref;
 pub mod journal;
+pub mod live;
 pub mod plan;
 pub mod provider;
 pub mod random;
@@ -22,14 +23,16 @@ pub use evidence::{
 };
 pub use image_ref::{attestation_tag, ImageRef, ImageRefError};
 pub use journal::{JournalEntry, JournalEvent};
+pub use live::{image_path, live_periods, LiveCause, LiveChange, LiveEnd, LivePeriod};
 pub use plan::RestoreRoute;
 pub use plan::{
     Action, DeploymentKind, ImageSource, InstanceSpec, Plan, Step, StepKind, StepOutput, Strategy,
     StrategyStep, PLAN_FORMAT,
 };
 pub use provider::{
-    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, Preflight, PreflightFailure,
-    Preflights, Probe, Providers, PulledImage, ScanOutcome, SignRequest, SupplyChain, Traffic,
+    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, LocalImage, Preflight,
+    PreflightFailure, Preflights, Probe, Providers, PulledImage, ScanOutcome, SignRequest,
+    SupplyChain, Traffic,
     DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_bytes, random_token_hex, RandomError};

@@ -140,6 +140,47 @@ pub enum DeploymentKind {
     /// Build (or pull), scan, sign and verify an image without deploying it
     /// (`cutover build`): no instance, route or release.
     Build,
+    /// Roll out, as a new release of this environment, exactly the image of a release of
+    /// another environment: no build, the same image id, a fresh scan verdict for this
+    /// environment.
+    Promote {
+        /// The release whose image is promoted, e.g. `staging-7`.
+        from_release: String,
+        /// Its environment.
+        from_env: String,
+    },
+}
+
+impl DeploymentKind {
+    /// The word people and the audit log see: `deploy`, `rollback` or `promote`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeploymentKind::Deploy => "deploy",
+            DeploymentKind::Rollback { .. } => "rollback",
+            DeploymentKind::Promote { .. } => "promote",
+            DeploymentKind::Build => "build",
+        }
+    }
+
+    /// Whether the deployment makes a new release (deploy, promote) rather than going
+    /// back to an existing one (rollback) or making none (build).
+    pub fn creates_release(&self) -> bool {
+        matches!(
+            self,
+            DeploymentKind::Deploy | DeploymentKind::Promote { .. }
+        )
+    }
+
+    /// `promoted from staging-7` for a promotion.
+    pub fn promoted_from(&self) -> Option<(&str, &str)> {
+        match self {
+            DeploymentKind::Promote {
+                from_release,
+                from_env,
+            } => Some((from_release.as_str(), from_env.as_str())),
+            _ => None,
+        }
+    }
 }
 
 /// An immutable, digested plan: a DAG of steps.

@@ -41,6 +41,20 @@ pub trait ImageBuilder: Send + Sync {
             "this image builder cannot pull {reference}; deploy it with the Docker provider"
         )))
     }
+
+    /// The local images cutover built for `app` (by their `cutover.app` label). A provider
+    /// that keeps no local images lists none.
+    async fn list_images(&self, _app: &str) -> Result<Vec<LocalImage>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Remove a local image cutover built, by id (all its tags). Never forced: an image a
+    /// container still uses is refused with a permanent error. A missing image is fine.
+    async fn remove_image(&self, id: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent(format!(
+            "this image provider cannot remove images, so {id} stays"
+        )))
+    }
 }
 
 /// An image pulled from a registry, with the attestations stored next to it there.
@@ -49,6 +63,19 @@ pub struct PulledImage {
     pub image: ImageInfo,
     /// The DSSE envelopes found under the image's attestation tag, JSON each.
     pub attestations: Vec<Vec<u8>>,
+}
+
+/// A local image cutover built (what retention looks at).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalImage {
+    /// `sha256:<hex>`.
+    pub id: String,
+    pub tags: Vec<String>,
+    /// Bytes on disk (layers shared with other images included).
+    pub size_bytes: u64,
+    /// Its `cutover.env` and `cutover.release` labels, when present.
+    pub env: Option<String>,
+    pub release: Option<String>,
 }
 
 /// Runs instances.

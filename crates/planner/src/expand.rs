@@ -56,7 +56,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     if matches!(spec.build, BuildSpec::Image { .. }) {
         pull_instead_of_build(&mut effective, &mut setup);
     }
-    if needs_approval(env) && setup.kind == DeploymentKind::Deploy {
+    if needs_approval(env) && setup.kind.creates_release() {
         require_approval(&effective, &file, input.env)?;
     }
 
@@ -237,6 +237,50 @@ impl<'a> Setup<'a> {
                     ],
                 })
             }
+            PlanKind::Promote { source } => {
+                if let Some(step) = strategy.steps.iter().find(|s| s.kind == StepKind::Adopt) {
+                    return Err(PlanError::StrategyStep {
+                        file: file.to_string(),
+                        step: step.id.clone(),
+                        message: "adopt steps only belong in rollback strategies: a promotion starts new instances".to_string(),
+                    });
+                }
+                check_promoted(input, source)?;
+                let env = &spec.environments[input.env];
+                // The deploy strategy without its build: the image exists and is pinned.
+                let mut dropped = BTreeSet::from([StepKind::Build]);
+                if !needs_approval(env) {
+                    dropped.insert(StepKind::Approval);
+                }
+                Ok(Setup {
+                    kind: DeploymentKind::Promote {
+                        from_release: source.id.clone(),
+                        from_env: source.env.clone(),
+                    },
+                    purpose: "promote",
+                    release_id: input.deployment_id.to_string(),
+                    replicas: env.replicas,
+                    image: ImageSource::Pinned {
+                        id: source.image.id.clone(),
+                        tag: source.image.tag.clone(),
+                    },
+                    container: spec.container.clone(),
+                    check_health: spec.health.clone(),
+                    record_health: spec.health.clone(),
+                    adopt: Vec::new(),
+                    name_suffix: None,
+                    dropped,
+                    required: vec![
+                        StepKind::Scan,
+                        StepKind::Sign,
+                        StepKind::Verify,
+                        StepKind::Provision,
+                        StepKind::HealthCheck,
+                        StepKind::ShiftTraffic,
+                        StepKind::Record,
+                    ],
+                })
+            }
             PlanKind::Rollback {
                 target,
                 warm_instances,
@@ -316,6 +360,36 @@ impl<'a> Setup<'a> {
             }
         }
     }
+}
+
+fn check_promoted(input: &PlanInput, source: &Release) -> Result<(), PlanError> {
+    if source.app != input.spec.app {
+        return Err(invalid(format!(
+            "release `{}` belongs to app {}, not {}: promote a release of this app",
+            source.id, source.app, input.spec.app
+        )));
+    }
+    if source.env == input.env {
+        return Err(invalid(format!(
+            "release `{}` is already a release of `{}`: promote it to another environment, or roll back to it",
+            source.id, input.env
+        )));
+    }
+    if source.image.id.is_empty() {
+        return Err(invalid(format!(
+            "release `{}` has no pinned image id: it cannot be promoted",
+            source.id
+        )));
+    }
+    if let Some(current) = input.current {
+        if current.id == input.deployment_id {
+            return Err(invalid(format!(
+                "release `{}` already exists: give the deployment a new id",
+                current.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_target(input: &PlanInput, target: &Release) -> Result<(), PlanError> {

@@ -14,6 +14,9 @@
 //! - idempotency key: `<deployment id>/<step id>`;
 //! - digest: `json_digest` of the plan with `digest` set to "".
 //!
+//! A promotion deploys the pinned image of a release of another environment: the deploy
+//! strategy without its build step, the image by id, scanned against the target's gate.
+//!
 //! Supply chain and approval: a deploy scans, signs and verifies the built image before any
 //! instance starts; a rollback verifies the target's pinned image first (in a protected environment after
 //! rescanning it against today's advisory database with the environment's gate, so a
@@ -87,6 +90,10 @@ pub enum PlanKind<'a> {
         target: &'a Release,
         warm_instances: &'a [Instance],
     },
+    /// Roll out exactly the image of `source`, a release of another environment, as a new
+    /// release of this one: no build step; scan (this environment's gate), sign, verify,
+    /// then provision and shift like a deploy.
+    Promote { source: &'a Release },
 }
 
 /// Why a strategy or plan was refused. Messages are lowercase and say what to change.

@@ -27,6 +27,13 @@ pub fn render_text(plan: &Plan) -> String {
                 "cold: start it again"
             }
         ),
+        DeploymentKind::Promote {
+            from_release,
+            from_env,
+        } => format!(
+            "promote {} to {}, promoted from {from_release} ({from_env}): its image, no build",
+            plan.app, plan.env
+        ),
     };
     let _ = writeln!(out, "plan {}: {what}", plan.deployment_id);
     let _ = writeln!(

@@ -13,13 +13,13 @@
 use std::collections::BTreeMap;
 
 use cutover_model::{
-    Action, BuildSpec, ContainerSpec, DeploymentKind, HealthSpec, ImageSource, Plan, Release,
-    StepOutput, SupplyEvidence,
+    Action, BuildSpec, ContainerSpec, HealthSpec, ImageSource, Plan, Release, StepOutput,
+    SupplyEvidence,
 };
 
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
-    RunningRelease, ScanVerdictView, SettingChange,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
+    ProvenanceView, RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::{ControlPlane, ServerError};
 
@@ -493,11 +493,7 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         deployment_id: id.to_string(),
         app: plan.app.clone(),
         env: plan.env.clone(),
-        kind: match &plan.kind {
-            DeploymentKind::Deploy => "deploy".to_string(),
-            DeploymentKind::Rollback { .. } => "rollback".to_string(),
-            DeploymentKind::Build => "build".to_string(),
-        },
+        kind: plan.kind.label().to_string(),
         release_id: record.release_id.clone(),
         requested_by: plan.requested_by.clone(),
         waiting: gate.as_ref().is_some_and(|g| g.waiting),
@@ -521,6 +517,16 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
             digest: g.digest,
             set_by: g.set_by,
         }),
+        promoted_from: crate::api::PromotedFrom::of(&plan.kind),
+        image_path: match &image {
+            Some(image) => cp
+                .store
+                .image_path(&image.id)?
+                .iter()
+                .map(ImagePathStep::of)
+                .collect(),
+            None => Vec::new(),
+        },
         view_digest: String::new(),
     };
     view.view_digest = digest(&view);
@@ -664,14 +670,29 @@ mod tests {
             scan: None,
             provenance: ProvenanceView::default(),
             guardrails: None,
+            promoted_from: None,
+            image_path: Vec::new(),
             view_digest: String::new(),
         };
         let d = digest(&view);
         let mut with = view.clone();
         with.view_digest = d.clone();
         assert_eq!(digest(&with), d);
-        let mut other = view;
+        let mut other = view.clone();
         other.env_vars.added.push("X".to_string());
         assert_ne!(digest(&other), d);
+        // Where the image has been is part of what is approved.
+        let mut moved = view;
+        moved
+            .image_path
+            .push(ImagePathStep::of(&cutover_model::LivePeriod {
+                env: "staging".to_string(),
+                release_id: "staging-7".to_string(),
+                image_id: "sha256:i".to_string(),
+                from_ms: 1,
+                until_ms: None,
+                ended: cutover_model::LiveEnd::StillLive,
+            }));
+        assert_ne!(digest(&moved), d);
     }
 }

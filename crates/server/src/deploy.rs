@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use cutover_model::{
-    now_ms, DeploymentKind, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec,
-    Strategy,
+    now_ms, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec, Strategy,
 };
 use cutover_planner::{PlanInput, PlanKind};
 use cutover_store::{DeploymentRecord, Lease, TypedTree};
@@ -71,13 +70,22 @@ impl DeployOptions {
     /// Checked against the request's other fields; the image parsed.
     fn check(
         &self,
-        rollback: Option<&RollbackTo>,
+        intent: Intent<'_>,
     ) -> Result<Option<cutover_model::ImageRef>, ServerError> {
-        if rollback.is_some() && (self.image.is_some() || self.build_only) {
-            return Err(ServerError::BadRequest(
-                "rollback: a rollback returns to a recorded release; leave out image and build_only"
-                    .to_string(),
-            ));
+        match intent {
+            Intent::Rollback(_) if self.image.is_some() || self.build_only => {
+                return Err(ServerError::BadRequest(
+                    "rollback: a rollback returns to a recorded release; leave out image and build_only"
+                        .to_string(),
+                ));
+            }
+            Intent::Promote(_) if self.image.is_some() || self.build_only => {
+                return Err(ServerError::BadRequest(
+                    "promote: a promotion deploys the image of the release it names; leave out image and build_only"
+                        .to_string(),
+                ));
+            }
+            _ => {}
         }
         if let Some(by) = &self.invoked_by {
             let ok = by.len() <= 512
@@ -99,12 +107,39 @@ impl DeployOptions {
     }
 }
 
+pub use crate::api::Promote;
+
+/// What a plan or start does.
+#[derive(Debug, Clone, Copy)]
+pub enum Intent<'a> {
+    /// Build and roll out a new release.
+    Deploy,
+    /// Go back to a release of the environment.
+    Rollback(&'a RollbackTo),
+    /// Roll out the image of a release of another environment, without a build.
+    Promote(&'a Promote),
+}
+
+impl<'a> Intent<'a> {
+    fn of_rollback(rollback: Option<&'a RollbackTo>) -> Intent<'a> {
+        match rollback {
+            Some(to) => Intent::Rollback(to),
+            None => Intent::Deploy,
+        }
+    }
+}
+
 fn spec_sources(cp: &ControlPlane) -> Result<TypedTree<SpecSource>, ServerError> {
     Ok(cp.store.typed_tree(SPEC_SOURCES_TREE)?)
 }
 
 fn starters(cp: &ControlPlane) -> Result<TypedTree<StartedBy>, ServerError> {
     Ok(cp.store.typed_tree(STARTERS_TREE)?)
+}
+
+/// The spec source the newest deployment of `env` used, if any.
+pub fn remembered_source(cp: &ControlPlane, env: &str) -> Result<Option<SpecSource>, ServerError> {
+    Ok(spec_sources(cp)?.get(env)?)
 }
 
 /// The principal recorded as the starter of `deployment_id`, if any.
@@ -115,16 +150,18 @@ pub fn started_by(
     Ok(starters(cp)?.get(deployment_id)?)
 }
 
-/// The source to use: the one given, else (for rollbacks) the remembered one of `env`.
+/// The source to use: the one given, else the remembered one of `env`, else (for a
+/// promotion) that of the source environment (a spec names every environment).
 fn resolve_source(
     cp: &ControlPlane,
     source: Option<&SpecSource>,
     env: Option<&str>,
+    also: Option<&str>,
 ) -> Result<SpecSource, ServerError> {
     if let Some(source) = source {
         return Ok(source.clone());
     }
-    if let Some(env) = env {
+    for env in [env, also].into_iter().flatten() {
         if let Some(remembered) = spec_sources(cp)?.get(env)? {
             return Ok(remembered);
         }
@@ -199,10 +236,23 @@ async fn prepare(
     spec: &Spec,
     env: &str,
     requested_by: &str,
-    rollback: Option<&RollbackTo>,
+    intent: Intent<'_>,
     allocate: bool,
     options: &DeployOptions,
 ) -> Result<Plan, ServerError> {
+    let rollback = match intent {
+        Intent::Rollback(to) => Some(to),
+        _ => None,
+    };
+    let promoted = match intent {
+        Intent::Promote(promote) => Some(promoted_release(cp, env, promote)?),
+        _ => None,
+    };
+    // Soak guardrails, before anything is planned (rollbacks are exempt: they restore a
+    // release this environment already ran, and must stay the fast way back).
+    if rollback.is_none() && !options.build_only {
+        crate::guardrails::enforce_soak(cp, env, promoted.as_ref().map(|r| &r.image.id))?;
+    }
     if allocate {
         if let Some(lease) = cp.store.lease(env)? {
             return Err(ServerError::Conflict(format!(
@@ -212,7 +262,11 @@ async fn prepare(
         }
     }
     if let (None, Some(preflight)) = (rollback, &cp.providers.preflight) {
-        let failures = preflight.check(spec, env).await;
+        let mut failures = preflight.check(spec, env).await;
+        if promoted.is_some() {
+            // A promotion builds nothing: its build source need not exist here.
+            failures.retain(|f| !f.field.starts_with("build"));
+        }
         if !failures.is_empty() {
             let shown: Vec<String> = failures.iter().map(ToString::to_string).collect();
             return Err(ServerError::BadRequest(shown.join("; ")));
@@ -242,15 +296,16 @@ async fn prepare(
     };
     let deployment_id = format!("{env}-{seq}");
     let created_at_ms = now_ms();
-    let (strategy_name, kind) = match &rollback {
-        None if options.build_only => (
+    let (strategy_name, kind) = match (&rollback, &promoted) {
+        (None, Some(source)) => (spec.strategy.as_str(), PlanKind::Promote { source }),
+        (None, None) if options.build_only => (
             spec.strategy.as_str(),
             PlanKind::Build {
                 invoked_by: options.invoked_by.as_deref(),
             },
         ),
-        None => (spec.strategy.as_str(), PlanKind::Deploy),
-        Some((target, warm_instances)) => (
+        (None, None) => (spec.strategy.as_str(), PlanKind::Deploy),
+        (Some((target, warm_instances)), _) => (
             "rollback",
             PlanKind::Rollback {
                 target,
@@ -273,6 +328,32 @@ async fn prepare(
         current_route: current_route.as_ref(),
         kind,
     })?)
+}
+
+/// The release a promotion to `env` deploys the image of.
+fn promoted_release(
+    cp: &ControlPlane,
+    env: &str,
+    promote: &Promote,
+) -> Result<Release, ServerError> {
+    let from_env = promote.source_env().ok_or_else(|| {
+        ServerError::BadRequest(format!(
+            "promote.from_env: release id {:?} does not name its environment (like `staging-7`); give the source environment (`--from`)",
+            promote.release
+        ))
+    })?;
+    if from_env == env {
+        return Err(ServerError::BadRequest(format!(
+            "promote: release {} is a release of {env} already; promote it to another environment, or roll back to it with `cutover rollback --env {env} --to {}`",
+            promote.release, promote.release
+        )));
+    }
+    cp.store.release(&from_env, &promote.release)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "release {} of environment {from_env} not found; `cutover history --env {from_env}` lists releases",
+            promote.release
+        ))
+    })
 }
 
 /// The release to go back to: the one named, or the newest succeeded release other than
@@ -328,11 +409,35 @@ fn admitted_spec(
     who: &Principal,
     source: Option<&SpecSource>,
     env: Option<&str>,
+    intent: Intent<'_>,
     starting: bool,
     image: Option<cutover_model::ImageRef>,
 ) -> Result<(Spec, String, SpecSource, Option<u64>), ServerError> {
     authorize(who, env)?;
-    let source = resolve_source(cp, source, env)?;
+    // A promotion reads a release of its source environment: the caller must at least
+    // see that environment (and deploy to the target), checked before anything is read.
+    let from_env = match intent {
+        Intent::Promote(promote) => {
+            if env.is_none() {
+                return Err(ServerError::BadRequest(
+                    "env: name the environment to promote to (`--to`)".to_string(),
+                ));
+            }
+            let from_env = promote.source_env();
+            match &from_env {
+                Some(from) => who.require(Role::Viewer, Some(from))?,
+                None => {
+                    return Err(ServerError::BadRequest(format!(
+                        "promote.from_env: release id {:?} does not name its environment (like `staging-7`); give the source environment (`--from`)",
+                        promote.release
+                    )))
+                }
+            }
+            from_env
+        }
+        _ => None,
+    };
+    let source = resolve_source(cp, source, env, from_env.as_deref())?;
     let admitted = crate::projects::admit(cp, who, &source)?;
     let mut spec = crate::projects::load(cp, who, &admitted)?;
     if let Some(reference) = image {
@@ -353,21 +458,29 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    plan_with(cp, who, source, env, rollback, &DeployOptions::default()).await
+    plan_with(
+        cp,
+        who,
+        source,
+        env,
+        Intent::of_rollback(rollback),
+        &DeployOptions::default(),
+    )
+    .await
 }
 
-/// [`plan`] with a request's [`DeployOptions`].
+/// [`plan`] of any intent (a promotion too) with a request's [`DeployOptions`].
 pub async fn plan_with(
     cp: &ControlPlane,
     who: &Principal,
     source: Option<&SpecSource>,
     env: Option<&str>,
-    rollback: Option<&RollbackTo>,
+    intent: Intent<'_>,
     options: &DeployOptions,
 ) -> Result<Plan, ServerError> {
-    let image = options.check(rollback)?;
-    let (spec, env, _, _) = admitted_spec(cp, who, source, env, false, image)?;
-    prepare(cp, &spec, &env, &who.name, rollback, false, options).await
+    let image = options.check(intent)?;
+    let (spec, env, _, _) = admitted_spec(cp, who, source, env, intent, false, image)?;
+    prepare(cp, &spec, &env, &who.name, intent, false, options).await
 }
 
 /// Plan and start a deployment (or a rollback when `rollback` is `Some`) as `who`; runs it
@@ -380,21 +493,32 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    start_with(cp, who, source, env, rollback, &DeployOptions::default()).await
+    start_with(
+        cp,
+        who,
+        source,
+        env,
+        Intent::of_rollback(rollback),
+        &DeployOptions::default(),
+    )
+    .await
 }
 
-/// [`start`] with a request's [`DeployOptions`].
+/// [`start`] of any intent (a promotion too) with a request's [`DeployOptions`]: one path
+/// for every start, with the same order (authorise, admit the spec, guardrails, plan) and
+/// audit.
 pub async fn start_with(
     cp: &Arc<ControlPlane>,
     who: &Principal,
     source: Option<&SpecSource>,
     env: Option<&str>,
-    rollback: Option<&RollbackTo>,
+    intent: Intent<'_>,
     options: &DeployOptions,
 ) -> Result<Started, ServerError> {
-    let image = options.check(rollback)?;
-    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, true, image)?;
-    let plan = prepare(cp, &spec, &env, &who.name, rollback, true, options).await?;
+    let image = options.check(intent)?;
+    let (spec, env, source, guardrails) =
+        admitted_spec(cp, who, source, env, intent, true, image)?;
+    let plan = prepare(cp, &spec, &env, &who.name, intent, true, options).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
         holder: plan.requested_by.clone(),
@@ -427,11 +551,7 @@ pub async fn start_with(
             Ok(())
         })
         .await?;
-    let action = match &plan.kind {
-        DeploymentKind::Deploy => "deploy",
-        DeploymentKind::Rollback { .. } => "rollback",
-        DeploymentKind::Build => "build",
-    };
+    let action = plan.kind.label();
     let audited = audit::record_async(
         &cp.store,
         &who.name,
@@ -445,6 +565,7 @@ pub async fn start_with(
             "spec_digest": plan.spec_digest,
             "spec_path": source.spec_path,
             "guardrails_version": guardrails,
+            "promoted_from": crate::api::PromotedFrom::of(&plan.kind),
         }),
     )
     .await;

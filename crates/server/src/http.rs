@@ -28,7 +28,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::serve::IncomingStream;
 use axum::{Extension, Json, Router};
 use futures_util::{Stream, StreamExt};
@@ -45,15 +45,16 @@ use cutover_store::{Claim, TypedTree};
 use crate::api::{
     events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, ContainerFloor,
     CreatedToken, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
-    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, Grant, GuardrailViolation, Guardrails,
-    GuardrailsProposal, GuardrailsShow, GuardrailsVersion, Health, HistoryLine, HistoryQuery,
-    InstanceLine, NewToken, NewUser, PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Resumed,
-    Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
+    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, GcFailed, GcKept, GcRemoved, GcReport,
+    GcRequest, Grant, GuardrailViolation, Guardrails, GuardrailsProposal, GuardrailsShow,
+    GuardrailsVersion, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser, Pin,
+    PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Promote, PromotedFrom, Resumed, Role,
+    RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
     TokenRecord, UserLine, WarmRelease,
 };
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
-    RunningRelease, ScanVerdictView, SettingChange,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
+    ProvenanceView, RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;
@@ -391,6 +392,31 @@ pub fn routes() -> Vec<RouteDef> {
             Admin,
             post(crate::projects::remove_project),
         ),
+        route(
+            M::POST,
+            "/api/v1/environments/{env}/releases/{release}/pin",
+            Deployer,
+            post(crate::retention::pin_release),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/environments/{env}/releases/{release}/pin",
+            Deployer,
+            delete(crate::retention::unpin_release),
+        ),
+        route(
+            M::GET,
+            "/api/v1/pins",
+            Viewer,
+            get(crate::retention::get_pins),
+        ),
+        route(
+            M::GET,
+            "/api/v1/images/{image}/path",
+            Viewer,
+            get(crate::retention::image_path),
+        ),
+        route(M::POST, "/api/v1/gc", Admin, post(crate::retention::run_gc)),
         route(M::POST, "/api/v1/shutdown", Admin, post(shutdown)),
         route(M::GET, "/metrics", Viewer, get(metrics)),
     ]
@@ -600,6 +626,11 @@ where
         crate::projects::list_projects,
         crate::projects::add_project,
         crate::projects::remove_project,
+        crate::retention::pin_release,
+        crate::retention::unpin_release,
+        crate::retention::get_pins,
+        crate::retention::image_path,
+        crate::retention::run_gc,
         shutdown,
         metrics,
     ),
@@ -612,7 +643,8 @@ where
         ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
-        ExceptionLine, ProvenanceView, GuardrailsInForce
+        ExceptionLine, ProvenanceView, GuardrailsInForce, Promote, PromotedFrom, Pin, GcRequest,
+        GcReport, GcKept, GcRemoved, GcFailed, ImagePathStep
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -667,7 +699,7 @@ async fn create_plan(
         &who,
         Some(&req.source()),
         req.env.as_deref(),
-        rollback.as_ref(),
+        intent_of(&req, rollback.as_ref())?,
         &deploy::DeployOptions::of(&req),
     )
     .await?;
@@ -699,6 +731,7 @@ async fn start_deployment(
     let key = idempotency_key(&headers)?;
     let fingerprint = serde_json::to_vec(&("deploy", &req)).unwrap_or_default();
     let rollback = req.rollback.as_ref().map(|r| r.to.clone());
+    let intent = intent_of(&req, rollback.as_ref())?;
     idempotent(
         &cp,
         &who,
@@ -709,11 +742,26 @@ async fn start_deployment(
             &who,
             Some(&req.source()),
             req.env.as_deref(),
-            rollback.as_ref(),
+            intent,
             &deploy::DeployOptions::of(&req),
         ),
     )
     .await
+}
+
+/// What a plan request asks for: a deploy, a rollback or a promotion (not two at once).
+fn intent_of<'a>(
+    req: &'a PlanRequest,
+    rollback: Option<&'a deploy::RollbackTo>,
+) -> Result<deploy::Intent<'a>, ServerError> {
+    match (rollback, &req.promote) {
+        (Some(_), Some(_)) => Err(ServerError::BadRequest(
+            "promote: a request is a rollback or a promotion, not both; leave out `rollback` or `promote`".to_string(),
+        )),
+        (None, Some(promote)) => Ok(deploy::Intent::Promote(promote)),
+        (Some(to), None) => Ok(deploy::Intent::Rollback(to)),
+        (None, None) => Ok(deploy::Intent::Deploy),
+    }
 }
 
 /// Deployments newest first, limited to the environments the caller may view.

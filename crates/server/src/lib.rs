@@ -24,6 +24,7 @@ pub mod guardrails;
 pub mod http;
 pub mod metrics;
 pub mod projects;
+pub mod retention;
 pub mod ui;
 mod view;
 pub mod watch;

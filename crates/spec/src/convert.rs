@@ -18,6 +18,8 @@ use crate::Errors;
 
 const DEFAULT_STRATEGY: &str = "blue-green";
 const MAX_REPLICAS: i64 = 64;
+/// Most releases `keep_releases` may keep per environment.
+const MAX_KEEP_RELEASES: i64 = 1000;
 const MIN_MEMORY: u64 = 4 * 1024 * 1024;
 const MAX_APPROVERS: i64 = 10;
 const MAX_APPROVAL_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -726,6 +728,20 @@ fn convert_environments(
                     replicas.span(),
                     &field("replicas"),
                     format!("must be between 1 and {MAX_REPLICAS}, got {n}"),
+                );
+            }
+        }
+        if let Some(keep) = &raw_env.keep_releases {
+            let n = *keep.get_ref();
+            if (1..=MAX_KEEP_RELEASES).contains(&n) {
+                spec.keep_releases = n as u32;
+            } else {
+                errors.at(
+                    keep.span(),
+                    &field("keep_releases"),
+                    format!(
+                        "must be between 1 and {MAX_KEEP_RELEASES} (the newest releases `cutover gc` keeps for rollbacks), got {n}"
+                    ),
                 );
             }
         }

@@ -84,6 +84,7 @@ pub(crate) struct RawEnvironment {
     pub approvals: Option<S<RawApprovals>>,
     pub gate: Option<S<RawGate>>,
     pub trusted_keys: Option<S<Vec<S<String>>>>,
+    pub keep_releases: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,6 +95,14 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "must be between 1 and 64, got 0",
     ),
     (
+        "keep_releases = 0",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nkeep_releases = 0\n",
+        6,
+        17,
+        "environments.production.keep_releases",
+        "must be between 1 and 1000 (the newest releases `cutover gc` keeps for rollbacks), got 0",
+    ),
+    (
         "bad listen",
         "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"localhost\"\n",
         5,
@@ -690,6 +698,7 @@ fail_on_unmaintained = true
 [environments.staging]
 listen = "[::1]:8081"
 replicas = 1
+keep_releases = 12
 retire_after = "0s"
 drain_timeout = "1s"
 approval = true
@@ -770,6 +779,7 @@ allow_missing_advisories = true
                 ..GateSpec::default()
             },
             trusted_keys: vec![root.join("keys/release.pub"), root.join("keys/ci.pub")],
+            keep_releases: 5,
         })
     );
     assert_eq!(
@@ -792,6 +802,7 @@ allow_missing_advisories = true
                 ..GateSpec::default()
             },
             trusted_keys: Vec::new(),
+            keep_releases: 12,
         })
     );
     // The model's serialized form reads back to the same spec, and the digest is stable.
