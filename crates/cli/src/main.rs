@@ -61,6 +61,30 @@ struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// A control plane's HTTPS API, e.g. https://cutover.example.com: every command that
+    /// talks to the control plane talks to it instead of the local socket, and none starts
+    /// one here. Needs a token (--token-file or CUTOVER_TOKEN). http:// only to loopback.
+    #[arg(long, global = true, env = "CUTOVER_URL", value_name = "URL")]
+    url: Option<String>,
+    /// With --url: a file holding the API token, readable by its owner only (mode 0600).
+    /// A token is never taken from the command line; CUTOVER_TOKEN also gives one.
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "url"
+    )]
+    token_file: Option<PathBuf>,
+    /// With --url: the CA certificate(s) (PEM) that signed the control plane's TLS
+    /// certificate; trusted instead of the system's roots (self-signed or private CA).
+    #[arg(long, global = true, env = "CUTOVER_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Send the spec's text with this directory on the control plane's machine (inside a
+    /// registered project root), which the spec's relative paths resolve against. Without
+    /// it, a spec sent to --url may name no file (deploy a prebuilt image).
+    #[arg(long, global = true, env = "CUTOVER_BASE_DIR", value_name = "DIR")]
+    base_dir: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,6 +185,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.output == Output::Json;
     let daemon = matches!(
         cli.command,
         Command::Serve { stop: false, .. } | Command::Proxy
@@ -187,10 +212,43 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            let code = exit_code_of(&e);
             eprintln!("error: {}", render::error_chain(&e));
-            ExitCode::from(exit_code_of(&e))
+            if json {
+                println!("{}", error_json(&e, code));
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// An error as one JSON document on stdout (`--output json`), for scripts: the API's
+/// error code when the control plane refused, the message, the exit code.
+fn error_json(e: &anyhow::Error, exit_code: u8) -> serde_json::Value {
+    let body = e.chain().find_map(|cause| match cause.downcast_ref::<CallError>() {
+        Some(CallError::Api(body)) => Some(body.clone()),
+        _ => None,
+    });
+    let code = match (&body, e.chain().any(|c| c.is::<cutover_spec::SpecError>())) {
+        (Some(body), _) => body.code.as_str().to_string(),
+        (None, true) => "bad_request".to_string(),
+        (None, false) if e.chain().any(|c| c.is::<CallError>()) => "unreachable".to_string(),
+        (None, false) => "error".to_string(),
+    };
+    let mut error = serde_json::json!({
+        "code": code,
+        "message": render::error_chain(e),
+        "exit_code": exit_code,
+    });
+    if let (Some(body), Some(object)) = (&body, error.as_object_mut()) {
+        if let Some(id) = &body.error_id {
+            object.insert("error_id".into(), serde_json::json!(id));
+        }
+        if !body.violations.is_empty() {
+            object.insert("violations".into(), serde_json::json!(body.violations));
+        }
+    }
+    serde_json::json!({ "error": error })
 }
 
 fn init_tracing(daemon: bool) {
@@ -231,6 +289,44 @@ struct Context_ {
     spec: PathBuf,
     state: StateDir,
     output: Output,
+    /// The remote control plane's client (`--url`), when one is named.
+    remote: Option<ApiClient>,
+    /// `--base-dir`: send the spec's text with this directory instead of its path.
+    base_dir: Option<String>,
+}
+
+impl Context_ {
+    /// Where deployments are followed from.
+    fn door(&self) -> follow::Door<'_> {
+        match &self.remote {
+            Some(client) => follow::Door::Remote(client),
+            None => follow::Door::Local(&self.state),
+        }
+    }
+}
+
+/// What a command does with `--url`: talk to that control plane, run here regardless
+/// (it works on this machine's files, Docker engine or keys), or refuse.
+#[derive(Debug, PartialEq, Eq)]
+enum Reach {
+    ControlPlane,
+    Local,
+    Refused(&'static str),
+}
+
+fn reach(command: &Command) -> Reach {
+    match command {
+        Command::Serve { .. } => Reach::Refused(
+            "`cutover serve` runs the control plane on this machine and does not talk to --url (CUTOVER_URL); unset it to run or stop a local control plane",
+        ),
+        Command::Proxy | Command::Supply(_) => Reach::Local,
+        Command::Server(server_cmds::ServerCommand::Audit {
+            command: server_cmds::AuditCommand::Key,
+        }) => Reach::Refused(
+            "`cutover audit key` prints the key of the control plane on this machine; run it where the control plane runs, without --url (CUTOVER_URL)",
+        ),
+        _ => Reach::ControlPlane,
+    }
 }
 
 async fn run(cli: Cli) -> Result<u8> {
@@ -239,10 +335,23 @@ async fn run(cli: Cli) -> Result<u8> {
         Some(dir) => client::absolute(dir),
         None => spec.parent().unwrap_or(Path::new(".")).join(".cutover"),
     });
+    let url = cli.url.as_deref().filter(|u| !u.trim().is_empty());
+    let remote = match (url, reach(&cli.command)) {
+        (None, _) | (Some(_), Reach::Local) => None,
+        (Some(_), Reach::Refused(why)) => anyhow::bail!("{why}"),
+        (Some(url), Reach::ControlPlane) => Some(client::remote_client(client::RemoteArgs {
+            url,
+            token_file: cli.token_file.as_deref(),
+            ca_cert: cli.ca_cert.as_deref(),
+            env_token: std::env::var("CUTOVER_TOKEN").ok(),
+        })?),
+    };
     let ctx = Context_ {
         spec,
         state,
         output: cli.output,
+        remote,
+        base_dir: cli.base_dir.filter(|d| !d.is_empty()),
     };
     match cli.command {
         Command::Plan { env, rollback, to } => {
@@ -283,7 +392,13 @@ async fn run(cli: Cli) -> Result<u8> {
             ..
         } => stop(&ctx, keep_proxy).await,
         Command::Server(command) => {
-            server_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+            server_cmds::run(
+                command,
+                &ctx.state,
+                ctx.remote.clone(),
+                ctx.output == Output::Json,
+            )
+            .await
         }
         Command::Supply(command) => {
             supply_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
@@ -298,14 +413,21 @@ async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// Validate the spec here first, so bad input fails fast and starts nothing.
+/// Validate the spec here first, so bad input fails fast and starts nothing. A spec sent as
+/// text is checked by the control plane, against its own files.
 fn check_spec(ctx: &Context_) -> Result<()> {
-    cutover_spec::load(&ctx.spec)?;
+    if ctx.remote.is_none() && ctx.base_dir.is_none() {
+        cutover_spec::load(&ctx.spec)?;
+    }
     Ok(())
 }
 
-/// Connect, and say so when starting the control plane resumed interrupted work.
+/// Connect, and say so when starting the control plane resumed interrupted work. With
+/// `--url`, the remote control plane's client: nothing is started or looked for here.
 async fn connect(ctx: &Context_) -> Result<ApiClient> {
+    if let Some(client) = &ctx.remote {
+        return Ok(client.clone());
+    }
     let (client, started) = connect_or_start(&ctx.state).await?;
     if started {
         let resumed: Resumed = client.post("/api/v1/resume", &()).await?;
@@ -318,20 +440,43 @@ async fn connect(ctx: &Context_) -> Result<ApiClient> {
     Ok(client)
 }
 
-fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> PlanRequest {
-    PlanRequest {
-        spec_path: Some(ctx.spec.to_string_lossy().into_owned()),
+/// The plan or deploy request: the spec's path on the socket (the control plane reads it
+/// there); its text to a remote control plane or with `--base-dir`.
+fn request(
+    ctx: &Context_,
+    env: Option<String>,
+    rollback: Option<RollbackTo>,
+) -> Result<PlanRequest> {
+    if ctx.remote.is_none() && ctx.base_dir.is_none() {
+        return Ok(PlanRequest {
+            spec_path: Some(ctx.spec.to_string_lossy().into_owned()),
+            env,
+            rollback,
+            ..PlanRequest::default()
+        });
+    }
+    let text = std::fs::read_to_string(&ctx.spec).map_err(|e| cutover_spec::SpecError {
+        path: ctx.spec.clone(),
+        line: 1,
+        column: 1,
+        field: String::new(),
+        message: format!("cannot read the spec file: {e}; check the path passed to cutover (-f)"),
+        others: Vec::new(),
+    })?;
+    Ok(PlanRequest {
+        spec: Some(text),
+        base_dir: ctx.base_dir.clone(),
         env,
         rollback,
         ..PlanRequest::default()
-    }
+    })
 }
 
 async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
     let planned: PlanResponse = client
-        .post("/api/v1/plans", &request(ctx, env, rollback))
+        .post("/api/v1/plans", &request(ctx, env, rollback)?)
         .await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&planned.plan)?),
@@ -350,7 +495,7 @@ async fn start(
     check_spec(ctx)?;
     let client = connect(ctx).await?;
     let started: Started = client
-        .post("/api/v1/deployments", &request(ctx, env, rollback))
+        .post("/api/v1/deployments", &request(ctx, env, rollback)?)
         .await?;
     if detach {
         match ctx.output {
@@ -360,7 +505,7 @@ async fn start(
         return Ok(0);
     }
     follow::follow(
-        &ctx.state,
+        ctx.door(),
         &started.deployment_id,
         ctx.output == Output::Json,
     )
@@ -380,7 +525,7 @@ async fn resume(ctx: &Context_) -> Result<u8> {
     }
     let mut worst = 0;
     for id in &resumed.deployments {
-        worst = worst.max(follow::follow(&ctx.state, id, ctx.output == Output::Json).await?);
+        worst = worst.max(follow::follow(ctx.door(), id, ctx.output == Output::Json).await?);
     }
     Ok(worst)
 }
