@@ -148,12 +148,11 @@ impl RemoteHttp {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")));
         if let Some((file, pem)) = ca {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                UrlError::CaCert {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| UrlError::CaCert {
                     file: file.to_string(),
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             if certs.is_empty() {
                 return Err(UrlError::CaCert {
                     file: file.to_string(),

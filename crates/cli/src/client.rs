@@ -190,6 +190,7 @@ pub struct RemoteArgs<'a> {
 /// The client of a remote control plane. Fails at once, saying how to give one, without a
 /// token: over the network the token is the only identity.
 pub fn remote_client(args: RemoteArgs<'_>) -> anyhow::Result<ApiClient> {
+    cutover_api::remote::check_url(args.url)?;
     let token = match args.token_file {
         Some(file) => read_token_file(file)?,
         None => args
@@ -213,7 +214,8 @@ pub fn remote_client(args: RemoteArgs<'_>) -> anyhow::Result<ApiClient> {
     };
     let client = ApiClient::remote(
         args.url,
-        ca.as_ref().map(|(name, pem)| (name.as_str(), pem.as_slice())),
+        ca.as_ref()
+            .map(|(name, pem)| (name.as_str(), pem.as_slice())),
     )?;
     Ok(client.with_token(Some(&token)))
 }
@@ -229,10 +231,7 @@ pub fn read_token_file(file: &Path) -> anyhow::Result<String> {
         .metadata()
         .with_context(|| format!("cannot read the token file {}", file.display()))?;
     if !meta.is_file() {
-        anyhow::bail!(
-            "the token file {} is not a regular file",
-            file.display()
-        );
+        anyhow::bail!("the token file {} is not a regular file", file.display());
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -296,11 +295,17 @@ mod tests {
     fn an_empty_or_missing_token_file_is_refused_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let file = token_file(dir.path(), 0o600, " \n");
-        assert!(read_token_file(&file).unwrap_err().to_string().contains("is empty"));
+        assert!(read_token_file(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
         let missing = dir.path().join("nope");
         let err = read_token_file(&missing).unwrap_err().to_string();
         assert!(err.contains(&missing.display().to_string()), "{err}");
-        assert!(read_token_file(dir.path()).is_err(), "a directory is no token file");
+        assert!(
+            read_token_file(dir.path()).is_err(),
+            "a directory is no token file"
+        );
     }
 
     #[test]

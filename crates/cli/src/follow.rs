@@ -135,9 +135,9 @@ pub fn outcome_json(
     image_id: Option<String>,
     exit_code: u8,
 ) -> serde_json::Value {
-    let failed = detail.failed_step().map(|s| {
-        serde_json::json!({"id": s.id, "kind": s.kind, "error": s.error})
-    });
+    let failed = detail
+        .failed_step()
+        .map(|s| serde_json::json!({"id": s.id, "kind": s.kind, "error": s.error}));
     serde_json::json!({
         "deployment_id": detail.id,
         "env": detail.env,

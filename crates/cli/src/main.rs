@@ -225,10 +225,12 @@ fn main() -> ExitCode {
 /// An error as one JSON document on stdout (`--output json`), for scripts: the API's
 /// error code when the control plane refused, the message, the exit code.
 fn error_json(e: &anyhow::Error, exit_code: u8) -> serde_json::Value {
-    let body = e.chain().find_map(|cause| match cause.downcast_ref::<CallError>() {
-        Some(CallError::Api(body)) => Some(body.clone()),
-        _ => None,
-    });
+    let body = e
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<CallError>() {
+            Some(CallError::Api(body)) => Some(body.clone()),
+            _ => None,
+        });
     let code = match (&body, e.chain().any(|c| c.is::<cutover_spec::SpecError>())) {
         (Some(body), _) => body.code.as_str().to_string(),
         (None, true) => "bad_request".to_string(),

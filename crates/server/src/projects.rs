@@ -585,7 +585,10 @@ mod tests {
             let Err(ServerError::BadRequest(message)) = admit_without_base(text) else {
                 panic!("{text} was admitted");
             };
-            assert!(message.starts_with(&format!("{field}: ")), "{text}: {message}");
+            assert!(
+                message.starts_with(&format!("{field}: ")),
+                "{text}: {message}"
+            );
             assert!(message.contains("base_dir"), "{message}");
         }
         // A prebuilt image that names no file: admitted (parsed later, against no directory).
@@ -602,7 +605,11 @@ mod tests {
         };
         assert_eq!(e.path, PathBuf::from(NO_BASE_NAME));
         // Nothing can exist below the stand-in base, so nothing is read through it.
-        assert!(!Path::new(NO_BASE_FILE).parent().unwrap().join("plans").exists());
+        assert!(!Path::new(NO_BASE_FILE)
+            .parent()
+            .unwrap()
+            .join("plans")
+            .exists());
     }
 
     #[test]

@@ -501,10 +501,7 @@ async fn a_spec_sent_without_base_dir_may_name_no_file_of_the_control_plane() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{exists}");
     let (_, missing) = plan(with_context("/nonexistent-cutover-dir")).await;
     assert_eq!(
-        exists["message"]
-            .as_str()
-            .unwrap()
-            .replace("/etc", "DIR"),
+        exists["message"].as_str().unwrap().replace("/etc", "DIR"),
         missing["message"]
             .as_str()
             .unwrap()
@@ -540,7 +537,10 @@ async fn a_spec_sent_without_base_dir_may_name_no_file_of_the_control_plane() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert!(!body["message"].as_str().unwrap().contains("build"), "{body}");
+    assert!(
+        !body["message"].as_str().unwrap().contains("build"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
