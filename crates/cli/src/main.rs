@@ -4,6 +4,8 @@
 //! needed), renders answers. The control plane (`cutover serve`) and the proxy
 //! (`cutover proxy`) are entry points of the same binary.
 
+#[cfg(test)]
+mod ci_examples;
 mod client;
 mod daemon;
 mod follow;
