@@ -316,8 +316,7 @@ mod tests {
             ca_cert: None,
             env_token: None,
         })
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
         assert!(err.contains("--token-file"), "{err}");
         assert!(err.contains("CUTOVER_TOKEN"), "{err}");
@@ -333,8 +332,7 @@ mod tests {
             ca_cert: None,
             env_token: None,
         })
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
         assert!(err.contains("in the clear"), "{err}");
         assert!(!err.contains("canary-token-7f3a"), "{err}");

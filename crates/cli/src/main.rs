@@ -32,7 +32,7 @@ use follow::exit;
 const EXIT_HELP: &str = "\
 Exit codes:
   0  success
-  1  error (control plane unreachable, I/O, internal)
+  1  error (control plane unreachable, I/O, internal; a token without the role needed)
   2  bad input: invalid deploy.toml, unknown environment or release, bad arguments,
      a spec weaker than its environment's guardrails
   3  the deployment failed and was rolled back (traffic stayed on or returned to the previous release)
@@ -672,4 +672,70 @@ async fn stop(ctx: &Context_, keep_proxy: bool) -> Result<u8> {
 /// Percent-encode a query or path value.
 fn encode(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reach_of(args: &[&str]) -> Reach {
+        let mut words = vec!["cutover"];
+        words.extend(args);
+        reach(&Cli::try_parse_from(words).unwrap().command)
+    }
+
+    #[test]
+    fn with_a_url_control_plane_commands_go_remote_and_local_ones_stay_here() {
+        for remote in [
+            &["deploy", "--env", "staging"][..],
+            &["rollback"],
+            &["plan"],
+            &["status"],
+            &["history"],
+            &["resume"],
+            &["approve", "production-3"],
+            &["token", "list"],
+            &["user", "list"],
+            &["guardrails", "show", "production"],
+            &["projects", "list"],
+            &["audit", "verify"],
+            &["audit", "export"],
+        ] {
+            assert_eq!(reach_of(remote), Reach::ControlPlane, "{remote:?}");
+        }
+        for local in [
+            &["scan", "img:1"][..],
+            &["verify", "production-1", "--env", "production"],
+            &["sbom", "production-1"],
+            &["keys", "generate", "--name", "ci"],
+            &["advisories", "import", "osv.zip"],
+        ] {
+            assert_eq!(reach_of(local), Reach::Local, "{local:?}");
+        }
+        for refused in [&["serve"][..], &["serve", "--stop"], &["audit", "key"]] {
+            assert!(
+                matches!(reach_of(refused), Reach::Refused(_)),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_in_json_keeps_the_api_code_and_the_exit_code() {
+        let refused = anyhow::Error::new(CallError::Api(cutover_server::api::ErrorBody {
+            code: ErrorCode::Forbidden,
+            message: "ci lacks the deployer role for environment staging".into(),
+            error_id: None,
+            violations: Vec::new(),
+        }));
+        let code = exit_code_of(&refused);
+        assert_eq!(code, exit::ERROR);
+        let json = error_json(&refused, code);
+        assert_eq!(json["error"]["code"], "forbidden");
+        assert_eq!(json["error"]["exit_code"], 1);
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployer role"));
+    }
 }
