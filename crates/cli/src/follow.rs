@@ -337,6 +337,100 @@ mod tests {
         }
     }
 
+    /// A control plane over plain HTTP on loopback whose first event stream breaks after one
+    /// journal entry: the follower reconnects, sending `Last-Event-ID` of the entry shown,
+    /// and the token each time; the second stream ends the deployment.
+    #[tokio::test]
+    async fn a_broken_remote_stream_reconnects_after_the_last_event_shown() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+        use hyper::body::Incoming;
+        use hyper::{Request, Response};
+        use std::sync::{Arc, Mutex};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // (path, Last-Event-ID, Authorization) of every request.
+        let seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>> = Arc::default();
+        let mut done = detail(DeploymentState::Succeeded, None);
+        done.id = "staging-1".into();
+        done.env = "staging".into();
+        let done = serde_json::to_string(&done).unwrap();
+        let entry = serde_json::to_string(&JournalEntry {
+            seq: 7,
+            at_ms: 1,
+            event: cutover_model::JournalEvent::DeploymentStarted { resumed: 0 },
+        })
+        .unwrap();
+        let server = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let seen = seen.clone();
+                    let (done, entry) = (done.clone(), entry.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string)
+                            };
+                            let path = req.uri().path().to_string();
+                            let resume = header("last-event-id");
+                            seen.lock().unwrap().push((
+                                path.clone(),
+                                resume.clone(),
+                                header("authorization"),
+                            ));
+                            let body = if path.ends_with("/events") {
+                                match resume {
+                                    // The first stream: one entry, then the connection ends.
+                                    None => format!("event: journal\nid: 7\ndata: {entry}\n\n"),
+                                    Some(_) => "event: end\ndata: {}\n\n".to_string(),
+                                }
+                            } else if path == "/api/v1/deployments" {
+                                "[]".to_string()
+                            } else {
+                                done.clone()
+                            };
+                            async move {
+                                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(body))))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        };
+        let client = ApiClient::remote(&format!("http://{addr}"), None)
+            .unwrap()
+            .with_token(Some("canary-token-1b2c"));
+        let code = tokio::time::timeout(
+            Duration::from_secs(20),
+            follow(Door::Remote(&client), "staging-1", true),
+        )
+        .await
+        .expect("followed within the deadline")
+        .unwrap();
+        server.abort();
+        assert_eq!(code, exit::OK);
+        let seen = seen.lock().unwrap();
+        let streams: Vec<_> = seen
+            .iter()
+            .filter(|(path, ..)| path.ends_with("/events"))
+            .collect();
+        assert_eq!(streams.len(), 2, "{seen:?}");
+        assert_eq!(streams[0].1, None);
+        assert_eq!(streams[1].1.as_deref(), Some("7"), "resumes after entry 7");
+        assert!(seen
+            .iter()
+            .all(|(.., auth)| auth.as_deref() == Some("Bearer canary-token-1b2c")));
+    }
+
     #[test]
     fn the_help_lists_every_exit_code() {
         for code in [
