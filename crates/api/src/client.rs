@@ -299,6 +299,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let client = ApiClient::remote("https://cutover.example.com", None)
+            .unwrap()
+            .with_token(Some("canary-token-93d1"));
+        assert!(client.is_remote());
+        assert_eq!(client.target(), "https://cutover.example.com");
+        assert!(!format!("{client:?}").contains("canary-token-93d1"));
+        let socket = ApiClient::unix("/run/x.sock").with_token(Some("canary-token-93d1"));
+        assert!(!format!("{socket:?}").contains("canary-token-93d1"));
+    }
+
+    #[test]
     fn an_answer_without_an_error_body_keeps_its_status_class() {
         let body = error_body(404, b"<html>");
         assert_eq!(body.code, ErrorCode::NotFound);
