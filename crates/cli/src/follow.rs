@@ -350,8 +350,9 @@ mod tests {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // (path, Last-Event-ID, Authorization) of every request.
-        let seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>> = Arc::default();
+        /// (path, Last-Event-ID, Authorization) of a request.
+        type Seen = (String, Option<String>, Option<String>);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let mut done = detail(DeploymentState::Succeeded, None);
         done.id = "staging-1".into();
         done.env = "staging".into();
