@@ -3,7 +3,8 @@
 //! and a deployer token deploys (the spec's text with `--base-dir`), waits for the outcome,
 //! deploys again and rolls back, with `--output json` for scripts; a viewer token is
 //! refused and starts nothing; a token cannot be given in argv; an untrusted certificate
-//! fails saying what to do. The token never shows in any output. Needs Docker.
+//! fails saying what to do; a deploy waits at its approval gate over the event stream while
+//! another person approves remotely. The token never shows in any output. Needs Docker.
 
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -59,6 +60,49 @@ fn token(p: &Project, role: &str, name: &str) -> String {
     run.json()["token"].as_str().unwrap().to_string()
 }
 
+/// Start `cutover serve --http 127.0.0.1:PORT` over TLS (a self-signed certificate) for
+/// project `p`, and register the project's directories as the local admin: (the process,
+/// the directory holding certificate, key and log, the certificate, the port).
+fn start_serve(p: &Project) -> (Serve, tempfile::TempDir, PathBuf, u16) {
+    let secrets = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = self_signed();
+    let (cert, key) = (
+        secrets.path().join("cert.pem"),
+        secrets.path().join("key.pem"),
+    );
+    write_private(&cert, &cert_pem);
+    write_private(&key, &key_pem);
+    let port = reserve_port();
+    let log_path = secrets.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let serve = Serve(
+        p.command(&["serve", "--http", &format!("127.0.0.1:{port}")])
+            .env("CUTOVER_TLS_CERT", &cert)
+            .env("CUTOVER_TLS_KEY", &key)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cutover serve"),
+    );
+    let pid = serve.0.id();
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_for("the TLS listener and the control socket", WAIT, || {
+        assert!(alive(pid), "cutover serve exited:\n{}", log_text());
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && std::os::unix::net::UnixStream::connect(p.state_dir().join("control.sock")).is_ok()
+    });
+
+    // The local admin registers the project (the spec's directory and the app's source,
+    // which the spec names by absolute path).
+    let hello = repo_root().join("examples/hello");
+    for dir in [p.dir.path(), hello.as_path()] {
+        p.cutover(&["projects", "add", &dir.display().to_string()])
+            .assert_code(0);
+    }
+
+    (serve, secrets, cert, port)
+}
+
 struct Remote<'a> {
     p: &'a Project,
     url: String,
@@ -111,45 +155,13 @@ fn deploy_and_roll_back_over_https_with_a_deployer_token_and_refuse_a_viewer() {
         replicas: 1,
         ..AppConfig::default()
     });
-    let secrets = tempfile::tempdir().unwrap();
-    let (cert_pem, key_pem) = self_signed();
-    let (cert, key) = (
-        secrets.path().join("cert.pem"),
-        secrets.path().join("key.pem"),
-    );
-    write_private(&cert, &cert_pem);
-    write_private(&key, &key_pem);
-    let port = reserve_port();
-    let log_path = secrets.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let serve = Serve(
-        p.command(&["serve", "--http", &format!("127.0.0.1:{port}")])
-            .env("CUTOVER_TLS_CERT", &cert)
-            .env("CUTOVER_TLS_KEY", &key)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover serve"),
-    );
-    let pid = serve.0.id();
-    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    wait_for("the TLS listener and the control socket", WAIT, || {
-        assert!(alive(pid), "cutover serve exited:\n{}", log_text());
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && std::os::unix::net::UnixStream::connect(p.state_dir().join("control.sock")).is_ok()
-    });
-
-    // The local admin registers the project (the spec's directory and the app's source,
-    // which the spec names by absolute path) and makes the tokens CI would hold.
-    let hello = repo_root().join("examples/hello");
-    for dir in [p.dir.path(), hello.as_path()] {
-        p.cutover(&["projects", "add", &dir.display().to_string()])
-            .assert_code(0);
-    }
+    let (serve, secrets, cert, port) = start_serve(&p);
     let deployer = token(&p, "deployer", "ci");
     let viewer = token(&p, "viewer", "dashboard");
     let deployer_file = secrets.path().join("deployer.token");
     write_private(&deployer_file, &deployer);
+    let log_path = secrets.path().join("serve.log");
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     let remote = Remote {
         p: &p,
@@ -302,6 +314,108 @@ fn deploy_and_roll_back_over_https_with_a_deployer_token_and_refuse_a_viewer() {
     assert!(!seen.contains(&viewer), "the viewer token was printed");
     let log = log_text();
     assert!(!log.contains(&deployer) && !log.contains(&viewer));
+    drop(serve);
+}
+
+#[test]
+fn a_deploy_waits_at_its_approval_gate_and_an_approver_approves_over_https() {
+    if !require_docker() {
+        return;
+    }
+    let p = Project::new("remote-approve");
+    p.write_spec(&AppConfig {
+        replicas: 1,
+        ..AppConfig::default()
+    });
+    let spec = std::fs::read_to_string(p.spec_path()).unwrap();
+    assert!(spec.contains("drain_timeout = \"5s\"\n"));
+    std::fs::write(
+        p.spec_path(),
+        spec.replace(
+            "drain_timeout = \"5s\"\n",
+            "drain_timeout = \"5s\"\napproval = true\n",
+        ),
+    )
+    .unwrap();
+    let (serve, secrets, cert, port) = start_serve(&p);
+    // Two people: the deployer (ci) and an approver (alice).
+    let deployer = token(&p, "deployer", "ci");
+    let approver = token(&p, "approver", "alice");
+    let deployer_file = secrets.path().join("deployer.token");
+    write_private(&deployer_file, &deployer);
+    let remote = Remote {
+        p: &p,
+        url: format!("https://127.0.0.1:{port}"),
+        ca: cert,
+        seen: Default::default(),
+    };
+    let base_dir = p.dir.path().display().to_string();
+    let args = [
+        "deploy",
+        "--env",
+        "production",
+        "--base-dir",
+        base_dir.as_str(),
+        "-o",
+        "json",
+    ];
+    // The first spec proposes the guardrails (approval included); the admin accepts them.
+    remote
+        .run(&args, Token::File(&deployer_file))
+        .assert_code(1);
+    p.cutover(&["guardrails", "accept", "production"])
+        .assert_code(0);
+
+    // The deploy waits at the gate over the HTTPS event stream.
+    // Killed if the test fails before it ends.
+    let mut waiting = Serve(
+        p.command(&args)
+            .env("CUTOVER_URL", &remote.url)
+            .env("CUTOVER_CA_CERT", &remote.ca)
+            .arg("--token-file")
+            .arg(&deployer_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut id = String::new();
+    wait_for(
+        "the deployment to wait for approval",
+        Duration::from_secs(120),
+        || {
+            let status = remote.run(
+                &["status", "--env", "production", "-o", "json"],
+                Token::Env(&approver),
+            );
+            status.assert_code(0);
+            let latest = &status.json()[0]["latest"];
+            id = latest["id"].as_str().unwrap_or_default().to_string();
+            latest["approval"]["waiting"] == true
+        },
+    );
+    // The deployer cannot approve their own deployment; the approver can, remotely.
+    let own = remote.run(&["approve", &id], Token::File(&deployer_file));
+    assert_ne!(own.code, 0, "{}", own.stderr);
+    assert!(own.stderr.contains("approver"), "{}", own.stderr);
+    let approved = remote.run(&["approve", &id, "--comment", "ok"], Token::Env(&approver));
+    approved.assert_code(0);
+    assert!(
+        approved.stderr.contains("view sha256:"),
+        "{}",
+        approved.stderr
+    );
+
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut waiting.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let code = waiting.0.wait().unwrap().code();
+    assert_eq!(code, Some(0), "{stdout}");
+    let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(outcome["deployment_id"], id.as_str());
+    assert_eq!(outcome["status"], "succeeded");
+    assert_eq!(p.get().unwrap().1, outcome["release_id"].as_str().unwrap());
+    let seen = remote.seen.borrow();
+    assert!(!seen.contains(&deployer) && !seen.contains(&approver));
     drop(serve);
 }
 
