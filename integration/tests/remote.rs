@@ -3,8 +3,8 @@
 //! and a deployer token deploys (the spec's text with `--base-dir`), waits for the outcome,
 //! deploys again and rolls back, with `--output json` for scripts; a viewer token is
 //! refused and starts nothing; a token cannot be given in argv; an untrusted certificate
-//! fails saying what to do; a deploy waits at its approval gate over the event stream while
-//! another person approves remotely. The token never shows in any output. Needs Docker.
+//! fails saying what to do; a deploy waits at its approval gate over the event stream,
+//! through a restart of the control plane, while another person approves remotely. The token never shows in any output. Needs Docker.
 
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -60,6 +60,34 @@ fn token(p: &Project, role: &str, name: &str) -> String {
     run.json()["token"].as_str().unwrap().to_string()
 }
 
+/// Run `cutover serve --http 127.0.0.1:PORT` over TLS with `cert.pem` and `key.pem` of
+/// `dir` (its log appended to `serve.log` there) until its listener and socket answer.
+fn serve_on(p: &Project, dir: &Path, port: u16) -> Serve {
+    let log_path = dir.join("serve.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let serve = Serve(
+        p.command(&["serve", "--http", &format!("127.0.0.1:{port}")])
+            .env("CUTOVER_TLS_CERT", dir.join("cert.pem"))
+            .env("CUTOVER_TLS_KEY", dir.join("key.pem"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cutover serve"),
+    );
+    let pid = serve.0.id();
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_for("the TLS listener and the control socket", WAIT, || {
+        assert!(alive(pid), "cutover serve exited:\n{}", log_text());
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && std::os::unix::net::UnixStream::connect(p.state_dir().join("control.sock")).is_ok()
+    });
+    serve
+}
+
 /// Start `cutover serve --http 127.0.0.1:PORT` over TLS (a self-signed certificate) for
 /// project `p`, and register the project's directories as the local admin: (the process,
 /// the directory holding certificate, key and log, the certificate, the port).
@@ -73,24 +101,7 @@ fn start_serve(p: &Project) -> (Serve, tempfile::TempDir, PathBuf, u16) {
     write_private(&cert, &cert_pem);
     write_private(&key, &key_pem);
     let port = reserve_port();
-    let log_path = secrets.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let serve = Serve(
-        p.command(&["serve", "--http", &format!("127.0.0.1:{port}")])
-            .env("CUTOVER_TLS_CERT", &cert)
-            .env("CUTOVER_TLS_KEY", &key)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover serve"),
-    );
-    let pid = serve.0.id();
-    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    wait_for("the TLS listener and the control socket", WAIT, || {
-        assert!(alive(pid), "cutover serve exited:\n{}", log_text());
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && std::os::unix::net::UnixStream::connect(p.state_dir().join("control.sock")).is_ok()
-    });
+    let serve = serve_on(p, secrets.path(), port);
 
     // The local admin registers the project (the spec's directory and the app's source,
     // which the spec names by absolute path).
@@ -318,7 +329,7 @@ fn deploy_and_roll_back_over_https_with_a_deployer_token_and_refuse_a_viewer() {
 }
 
 #[test]
-fn a_deploy_waits_at_its_approval_gate_and_an_approver_approves_over_https() {
+fn a_deploy_waits_at_its_gate_through_a_restart_and_an_approver_approves_over_https() {
     if !require_docker() {
         return;
     }
@@ -368,6 +379,7 @@ fn a_deploy_waits_at_its_approval_gate_and_an_approver_approves_over_https() {
 
     // The deploy waits at the gate over the HTTPS event stream.
     // Killed if the test fails before it ends.
+    let follower_log = secrets.path().join("follower.log");
     let mut waiting = Serve(
         p.command(&args)
             .env("CUTOVER_URL", &remote.url)
@@ -375,7 +387,7 @@ fn a_deploy_waits_at_its_approval_gate_and_an_approver_approves_over_https() {
             .arg("--token-file")
             .arg(&deployer_file)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&follower_log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -394,6 +406,11 @@ fn a_deploy_waits_at_its_approval_gate_and_an_approver_approves_over_https() {
             latest["approval"]["waiting"] == true
         },
     );
+    // The control plane dies while the CLI follows; a new one resumes the deployment at its
+    // gate, and the CLI reconnects to its event stream.
+    drop(serve);
+    let serve = serve_on(&p, secrets.path(), port);
+
     // The deployer cannot approve their own deployment; the approver can, remotely.
     let own = remote.run(&["approve", &id], Token::File(&deployer_file));
     assert_ne!(own.code, 0, "{}", own.stderr);
@@ -409,7 +426,9 @@ fn a_deploy_waits_at_its_approval_gate_and_an_approver_approves_over_https() {
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut waiting.0.stdout.take().unwrap(), &mut stdout).unwrap();
     let code = waiting.0.wait().unwrap().code();
-    assert_eq!(code, Some(0), "{stdout}");
+    let progress = std::fs::read_to_string(&follower_log).unwrap();
+    assert_eq!(code, Some(0), "{stdout}\n{progress}");
+    assert!(progress.contains("reconnecting"), "{progress}");
     let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(outcome["deployment_id"], id.as_str());
     assert_eq!(outcome["status"], "succeeded");

@@ -109,7 +109,8 @@ pub async fn follow(door: Door<'_>, id: &str, json: bool) -> Result<u8> {
                         cutover_model::format_duration(RECONNECT_DEADLINE)
                     );
                 }
-                progress.line(&format!("lost the event stream ({lost}); reconnecting"));
+                // Said even with --output json (on stderr): a script's log shows the gap.
+                progress.note(&format!("lost the event stream ({lost}); reconnecting"));
                 tokio::time::sleep(backoff.delay_after(restarts)).await;
             }
         }
@@ -256,6 +257,14 @@ impl Progress {
         if !self.enabled {
             return;
         }
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// A line on stderr whatever the output format.
+    fn note(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
