@@ -74,6 +74,11 @@ fn describe(error: &reqwest::Error) -> String {
     } else {
         innermost
     };
+    if what.contains("CaUsedAsEndEntity") {
+        return format!(
+            "{what}; the control plane serves a CA certificate as its own (as `openssl req -x509` makes by default): give it a certificate with basicConstraints CA:FALSE (`-addext basicConstraints=critical,CA:FALSE`), or one signed by that CA"
+        );
+    }
     if what.contains("certificate") || what.contains("UnknownIssuer") {
         format!(
             "{what}; the control plane's TLS certificate is not trusted: pass the CA certificate that signed it with --ca-cert or CUTOVER_CA_CERT"
