@@ -1,6 +1,7 @@
-//! [`ApiClient`]: `/api/v1` as typed calls, over the control plane's Unix socket. On the
-//! socket the control plane knows the caller by its peer credentials; a bearer token, when
-//! given, makes the caller act as that token's owner instead.
+//! [`ApiClient`]: `/api/v1` as typed calls, over the control plane's Unix socket or over
+//! HTTPS to a control plane on another machine ([`crate::remote`]). On the socket the
+//! control plane knows the caller by its peer credentials; a bearer token, when given, makes
+//! the caller act as that token's owner instead. Over HTTPS the token is the only identity.
 
 use std::path::PathBuf;
 
@@ -13,15 +14,25 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::remote::{RemoteError, RemoteHttp, UrlError};
 use crate::unix::{UnixHttp, UnixHttpError};
 use crate::{ErrorBody, ErrorCode};
+
+/// Why a request got no answer, per transport.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Unix(#[from] UnixHttpError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
 
 /// Why a call failed.
 #[derive(Debug, Error)]
 pub enum CallError {
-    /// Nothing answers (not started, or died).
+    /// Nothing answers (not started, or died; or the network or TLS handshake failed).
     #[error("cannot reach the control plane: {0}")]
-    Unreachable(#[source] UnixHttpError),
+    Unreachable(#[source] TransportError),
     /// The control plane answered with an error.
     #[error("{}", .0.message)]
     Api(ErrorBody),
@@ -48,24 +59,73 @@ pub struct Event {
     pub id: String,
 }
 
+/// How the client reaches the control plane.
+#[derive(Debug, Clone)]
+enum Transport {
+    Unix(UnixHttp),
+    Remote(RemoteHttp),
+}
+
 /// The typed client of `/api/v1`.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
-    http: UnixHttp,
+    http: Transport,
     token: Option<HeaderValue>,
 }
 
 impl ApiClient {
     pub fn unix(socket: impl Into<PathBuf>) -> ApiClient {
         ApiClient {
-            http: UnixHttp::new(socket, "cutover"),
+            http: Transport::Unix(UnixHttp::new(socket, "cutover")),
             token: None,
         }
     }
 
+    /// A client of the control plane at `url` (see [`crate::remote::check_url`]), trusting
+    /// only the certificates of `ca` (file name, PEM) when given, else the system's roots.
+    pub fn remote(url: &str, ca: Option<(&str, &[u8])>) -> Result<ApiClient, UrlError> {
+        Ok(ApiClient {
+            http: Transport::Remote(RemoteHttp::new(url, ca)?),
+            token: None,
+        })
+    }
+
+    /// Whether this client talks to a control plane over HTTP(S) rather than the socket.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.http, Transport::Remote(_))
+    }
+
+    /// Where the control plane is: its URL, or its socket.
+    pub fn target(&self) -> String {
+        match &self.http {
+            Transport::Unix(unix) => unix.socket().display().to_string(),
+            Transport::Remote(remote) => remote.url().to_string(),
+        }
+    }
+
+    /// The error of an event stream that ended before its deployment did.
+    pub fn stream_ended(&self) -> CallError {
+        let detail = "the event stream ended before the deployment did";
+        CallError::Unreachable(match &self.http {
+            Transport::Unix(unix) => TransportError::Unix(UnixHttpError::Unreachable {
+                socket: unix.socket().to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionReset, detail),
+            }),
+            Transport::Remote(remote) => TransportError::Remote(RemoteError {
+                url: remote.url().to_string(),
+                detail: detail.to_string(),
+            }),
+        })
+    }
+
     /// Act as the owner of `token` instead of the socket's peer.
     pub fn with_token(mut self, token: Option<&str>) -> ApiClient {
-        self.token = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
+        self.token = token.and_then(|t| {
+            let mut value = HeaderValue::from_str(&format!("Bearer {t}")).ok()?;
+            // Never shown by Debug.
+            value.set_sensitive(true);
+            Some(value)
+        });
         self
     }
 
@@ -116,11 +176,24 @@ impl ApiClient {
                 what: path.to_string(),
                 detail: e.to_string(),
             })?;
-        let (status, answer) = self
-            .http
-            .exchange(method, path, &self.headers(None), bytes)
-            .await
-            .map_err(CallError::Unreachable)?;
+        let headers = self.headers(None);
+        let (status, answer) = match &self.http {
+            Transport::Unix(unix) => unix
+                .exchange(method, path, &headers, bytes)
+                .await
+                .map_err(|e| CallError::Unreachable(e.into()))?,
+            Transport::Remote(remote) => {
+                let response = remote
+                    .send(method, path, &headers, bytes, false)
+                    .await
+                    .map_err(|e| CallError::Unreachable(e.into()))?;
+                let status = response.status();
+                let answer = response.bytes().await.map_err(|e| {
+                    CallError::Unreachable(RemoteError::from_reqwest(remote.url(), &e).into())
+                })?;
+                (status, answer)
+            }
+        };
         if !status.is_success() {
             return Err(CallError::Api(error_body(status.as_u16(), &answer)));
         }
@@ -142,43 +215,68 @@ impl ApiClient {
                 .ok()
                 .map(|v| (HeaderName::from_static("last-event-id"), v))
         });
-        let response = self
-            .http
-            .send(Method::GET, path, &self.headers(resume), None)
-            .await
-            .map_err(CallError::Unreachable)?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(CallError::Api(error_body(status.as_u16(), &body)));
-        }
-        let socket = self.http.socket().to_path_buf();
-        Ok(response
-            .into_body()
-            .into_data_stream()
-            .eventsource()
-            .map(move |item| match item {
-                Ok(e) => Ok(Event {
-                    event: e.event,
-                    data: e.data,
-                    id: e.id,
-                }),
-                Err(eventsource_stream::EventStreamError::Transport(source)) => {
-                    Err(CallError::Unreachable(UnixHttpError::Connection {
-                        socket: socket.clone(),
-                        source,
+        let headers = self.headers(resume);
+        // Either transport's body as a stream of bytes, its errors already in our terms.
+        let bytes: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, CallError>> + Send>> =
+            match &self.http {
+                Transport::Unix(unix) => {
+                    let response = unix
+                        .send(Method::GET, path, &headers, None)
+                        .await
+                        .map_err(|e| CallError::Unreachable(e.into()))?;
+                    let status = response.status();
+                    if !status.is_success() {
+                        let body = response
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        return Err(CallError::Api(error_body(status.as_u16(), &body)));
+                    }
+                    let socket = unix.socket().to_path_buf();
+                    Box::pin(response.into_body().into_data_stream().map(move |item| {
+                        item.map_err(|source| {
+                            CallError::Unreachable(
+                                UnixHttpError::Connection {
+                                    socket: socket.clone(),
+                                    source,
+                                }
+                                .into(),
+                            )
+                        })
                     }))
                 }
-                Err(e) => Err(CallError::Decode {
-                    what: "an event stream".to_string(),
-                    detail: e.to_string(),
-                }),
-            }))
+                Transport::Remote(remote) => {
+                    let response = remote
+                        .send(Method::GET, path, &headers, None, true)
+                        .await
+                        .map_err(|e| CallError::Unreachable(e.into()))?;
+                    let status = response.status();
+                    if !status.is_success() {
+                        let body = response.bytes().await.unwrap_or_default();
+                        return Err(CallError::Api(error_body(status.as_u16(), &body)));
+                    }
+                    let url = remote.url().to_string();
+                    Box::pin(response.bytes_stream().map(move |item| {
+                        item.map_err(|e| {
+                            CallError::Unreachable(RemoteError::from_reqwest(&url, &e).into())
+                        })
+                    }))
+                }
+            };
+        Ok(bytes.eventsource().map(|item| match item {
+            Ok(e) => Ok(Event {
+                event: e.event,
+                data: e.data,
+                id: e.id,
+            }),
+            Err(eventsource_stream::EventStreamError::Transport(error)) => Err(error),
+            Err(e) => Err(CallError::Decode {
+                what: "an event stream".to_string(),
+                detail: e.to_string(),
+            }),
+        }))
     }
 }
 
@@ -203,6 +301,18 @@ fn error_body(status: u16, body: &[u8]) -> ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let client = ApiClient::remote("https://cutover.example.com", None)
+            .unwrap()
+            .with_token(Some("canary-token-93d1"));
+        assert!(client.is_remote());
+        assert_eq!(client.target(), "https://cutover.example.com");
+        assert!(!format!("{client:?}").contains("canary-token-93d1"));
+        let socket = ApiClient::unix("/run/x.sock").with_token(Some("canary-token-93d1"));
+        assert!(!format!("{socket:?}").contains("canary-token-93d1"));
+    }
 
     #[test]
     fn an_answer_without_an_error_body_keeps_its_status_class() {

@@ -1,7 +1,8 @@
 //! The control plane's API as data: request and response bodies of `/api/v1`, the enums
 //! that cross crate boundaries (deployment and step states, decisions, error codes), the
 //! one error body every answer uses, and the clients that speak it ([`unix::UnixHttp`]
-//! for HTTP/1.1 over a Unix socket, [`client::ApiClient`] for `/api/v1` on top of it).
+//! for HTTP/1.1 over a Unix socket, [`remote::RemoteHttp`] for HTTPS to a control plane on
+//! another machine, [`client::ApiClient`] for `/api/v1` over either).
 //!
 //! The server, the CLI and the web UI all use these types, so a field renamed here is
 //! renamed everywhere; the OpenAPI document is generated from their schemas.
@@ -10,6 +11,7 @@ mod approval_view;
 pub mod client;
 mod guardrails;
 mod retention;
+pub mod remote;
 mod types;
 pub mod unix;
 

@@ -331,7 +331,9 @@ pub struct PlanRequest {
     /// Absolute path of `deploy.toml` on the control plane's machine.
     #[serde(default)]
     pub spec_path: Option<String>,
-    /// The text of a `deploy.toml` (give `base_dir` with it).
+    /// The text of a `deploy.toml`: with `base_dir` when it names files; without, it may
+    /// name no file of the control plane's machine (a prebuilt image), else 400 naming the
+    /// field.
     #[serde(default)]
     pub spec: Option<String>,
     /// Absolute directory on the control plane's machine that relative paths in `spec`

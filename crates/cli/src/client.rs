@@ -176,3 +176,165 @@ pub fn absolute(path: &Path) -> PathBuf {
             .unwrap_or_else(|_| path.to_path_buf())
     }
 }
+
+/// How to reach a control plane on another machine: `--url`/`CUTOVER_URL`, the token from
+/// `--token-file` or `CUTOVER_TOKEN`, trust from `--ca-cert`/`CUTOVER_CA_CERT`.
+pub struct RemoteArgs<'a> {
+    pub url: &'a str,
+    pub token_file: Option<&'a Path>,
+    pub ca_cert: Option<&'a Path>,
+    /// `CUTOVER_TOKEN`, when set.
+    pub env_token: Option<String>,
+}
+
+/// The client of a remote control plane. Fails at once, saying how to give one, without a
+/// token: over the network the token is the only identity.
+pub fn remote_client(args: RemoteArgs<'_>) -> anyhow::Result<ApiClient> {
+    cutover_api::remote::check_url(args.url)?;
+    let token = match args.token_file {
+        Some(file) => read_token_file(file)?,
+        None => args
+            .env_token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no token for the control plane at {}: put it in a file readable only by you and pass --token-file FILE, or set CUTOVER_TOKEN (`cutover token create` makes one)",
+                    args.url.trim_end_matches('/')
+                )
+            })?,
+    };
+    let ca = match args.ca_cert {
+        Some(file) => Some((
+            file.display().to_string(),
+            std::fs::read(file)
+                .with_context(|| format!("cannot read the CA certificate {}", file.display()))?,
+        )),
+        None => None,
+    };
+    let client = ApiClient::remote(
+        args.url,
+        ca.as_ref()
+            .map(|(name, pem)| (name.as_str(), pem.as_slice())),
+    )?;
+    Ok(client.with_token(Some(&token)))
+}
+
+/// The token in `file`: refused when other users may read the file (or it is not a
+/// regular file), so a token is never kept where others can take it.
+pub fn read_token_file(file: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut opened = std::fs::File::open(file)
+        .with_context(|| format!("cannot open the token file {}", file.display()))?;
+    let meta = opened
+        .metadata()
+        .with_context(|| format!("cannot read the token file {}", file.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("the token file {} is not a regular file", file.display());
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the token file {} is readable by other users (mode {mode:o}); run `chmod 600 {}`",
+            file.display(),
+            file.display()
+        );
+    }
+    let mut text = String::new();
+    opened
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the token file {}", file.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", file.display());
+    }
+    if token.lines().count() > 1 {
+        anyhow::bail!(
+            "the token file {} holds more than one line; it holds the token alone",
+            file.display()
+        );
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn token_file(dir: &Path, mode: u32, text: &str) -> PathBuf {
+        let file = dir.join("token");
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_private_token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = token_file(dir.path(), 0o600, "cut_abc123\n");
+        assert_eq!(read_token_file(&file).unwrap(), "cut_abc123");
+        let file = token_file(dir.path(), 0o400, "cut_abc123");
+        assert_eq!(read_token_file(&file).unwrap(), "cut_abc123");
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused_without_showing_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            let file = token_file(dir.path(), mode, "canary-token-7f3a");
+            let err = read_token_file(&file).unwrap_err().to_string();
+            assert!(err.contains("readable by other users"), "{mode:o}: {err}");
+            assert!(err.contains("chmod 600"), "{err}");
+            assert!(!err.contains("canary-token-7f3a"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_missing_token_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = token_file(dir.path(), 0o600, " \n");
+        assert!(read_token_file(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
+        let missing = dir.path().join("nope");
+        let err = read_token_file(&missing).unwrap_err().to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        assert!(
+            read_token_file(dir.path()).is_err(),
+            "a directory is no token file"
+        );
+    }
+
+    #[test]
+    fn a_url_without_a_token_fails_at_once_saying_how_to_give_one() {
+        let err = remote_client(RemoteArgs {
+            url: "https://cutover.example.com",
+            token_file: None,
+            ca_cert: None,
+            env_token: None,
+        })
+        .expect_err("refused")
+        .to_string();
+        assert!(err.contains("--token-file"), "{err}");
+        assert!(err.contains("CUTOVER_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_to_the_network_is_refused_before_any_token_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = token_file(dir.path(), 0o600, "canary-token-7f3a");
+        let err = remote_client(RemoteArgs {
+            url: "http://192.0.2.10:8080",
+            token_file: Some(&file),
+            ca_cert: None,
+            env_token: None,
+        })
+        .expect_err("refused")
+        .to_string();
+        assert!(err.contains("in the clear"), "{err}");
+        assert!(!err.contains("canary-token-7f3a"), "{err}");
+    }
+}

@@ -1,20 +1,23 @@
 //! Following a deployment until it ends: the control plane's event stream
-//! (`/api/v1/deployments/{id}/events`, server-sent events on the control socket) rendered
-//! as progress lines (a spinner on a terminal), and a restart of the control plane if it
-//! dies meanwhile (the restart resumes the deployment; the stream resumes after the last
-//! journal entry shown).
+//! (`/api/v1/deployments/{id}/events`, server-sent events on the control socket or over
+//! HTTPS) rendered as progress lines (a spinner on a terminal), and a restart of the local
+//! control plane if it dies meanwhile (the restart resumes the deployment), or, with a
+//! remote one, reconnecting within a deadline; either way the stream resumes after the last
+//! journal entry shown (`Last-Event-ID`).
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cutover_model::JournalEntry;
-use cutover_server::api::{events, DeploymentDetail, DeploymentState, ErrorBody, StepState};
+use cutover_model::{Backoff, JournalEntry};
+use cutover_server::api::{
+    events, DeploymentDetail, DeploymentState, ErrorBody, HistoryLine, StepState,
+};
 
-use crate::client::{client, connect_or_start, CallError, StateDir};
+use crate::client::{client, connect_or_start, ApiClient, CallError, StateDir};
 use crate::render;
 
 /// Exit codes of the CLI (the table in `cutover --help`).
@@ -28,15 +31,33 @@ pub mod exit {
     pub const SUPPLY_CHAIN: u8 = 6;
 }
 
+/// Where a deployment is followed from.
+#[derive(Clone, Copy)]
+pub enum Door<'a> {
+    /// The local control plane of this state directory (restarted if it dies).
+    Local(&'a StateDir),
+    /// A control plane on another machine (reconnected to, never started).
+    Remote(&'a ApiClient),
+}
+
+/// How long a lost connection to a remote control plane is retried before giving up (the
+/// deployment goes on there either way).
+pub const RECONNECT_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Follow deployment `id`; returns the exit code its outcome maps to.
-pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
-    let mut client = client(state);
+pub async fn follow(door: Door<'_>, id: &str, json: bool) -> Result<u8> {
+    let mut client = match door {
+        Door::Local(state) => client(state),
+        Door::Remote(remote) => remote.clone(),
+    };
     let progress = Progress::new(!json);
     let detail_path = format!("/api/v1/deployments/{}", crate::encode(id));
     let events_path = format!("{detail_path}/events");
     let mut shown: Option<u64> = None;
     let mut restarts = 0u32;
     let mut start_ms: Option<u64> = None;
+    let mut lost_since: Option<Instant> = None;
+    let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     loop {
         let lost = match follow_once(
             &client,
@@ -45,13 +66,19 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
             &progress,
             &mut shown,
             &mut start_ms,
+            &mut lost_since,
         )
         .await
         {
             Ok(detail) => {
                 progress.finish();
+                let code = exit_code(&detail);
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&detail)?);
+                    let image_id = image_of(&client, &detail).await;
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&outcome_json(&detail, image_id, code))?
+                    );
                 } else {
                     if detail.kind == "build" {
                         // `cutover build` prints the image id alone on stdout.
@@ -60,22 +87,80 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
                         println!("{}", render::outcome(&detail));
                     }
                 }
-                return Ok(exit_code(&detail));
+                return Ok(code);
             }
             Err(CallError::Unreachable(e)) => e.to_string(),
             Err(e) => return Err(e.into()),
         };
         restarts += 1;
-        if restarts > 20 {
-            anyhow::bail!(
-                "the control plane keeps dying ({lost}); see {}",
-                state.serve_log().display()
-            );
+        match door {
+            Door::Local(state) => {
+                if restarts > 20 {
+                    anyhow::bail!(
+                        "the control plane keeps dying ({lost}); see {}",
+                        state.serve_log().display()
+                    );
+                }
+                progress.line(
+                    "the control plane stopped answering; restarting it to resume the deployment",
+                );
+                client = connect_or_start(state).await?.0;
+            }
+            Door::Remote(_) => {
+                let since = *lost_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= RECONNECT_DEADLINE {
+                    anyhow::bail!(
+                        "lost the control plane for {} while following {id} ({lost}); the deployment goes on there: see `cutover status --deployment {id}`",
+                        cutover_model::format_duration(RECONNECT_DEADLINE)
+                    );
+                }
+                // Said even with --output json (on stderr): a script's log shows the gap.
+                progress.note(&format!("lost the event stream ({lost}); reconnecting"));
+                tokio::time::sleep(backoff.delay_after(restarts)).await;
+            }
         }
-        progress
-            .line("the control plane stopped answering; restarting it to resume the deployment");
-        client = connect_or_start(state).await?.0;
     }
+}
+
+/// The image a finished deployment deployed (from the history), if the control plane says.
+async fn image_of(client: &ApiClient, detail: &DeploymentDetail) -> Option<String> {
+    let path = format!(
+        "/api/v1/deployments?env={}&limit=500",
+        crate::encode(&detail.env)
+    );
+    let lines: Vec<HistoryLine> = client.get(&path).await.ok()?;
+    lines
+        .into_iter()
+        .find(|l| l.deployment_id == detail.id)
+        .and_then(|l| l.image_id)
+}
+
+/// The outcome as one JSON document (`--output json`): what a script needs to decide.
+pub fn outcome_json(
+    detail: &DeploymentDetail,
+    image_id: Option<String>,
+    exit_code: u8,
+) -> serde_json::Value {
+    let failed = detail
+        .failed_step()
+        .map(|s| serde_json::json!({"id": s.id, "kind": s.kind, "error": s.error}));
+    serde_json::json!({
+        "deployment_id": detail.id,
+        "env": detail.env,
+        "kind": detail.kind,
+        "release_id": detail.release_id,
+        "previous_release": detail.previous_release,
+        "status": detail.status,
+        "exit_code": exit_code,
+        "plan_digest": detail.plan_digest,
+        "image_id": image_id,
+        "requested_by": detail.requested_by,
+        "created_at_ms": detail.created_at_ms,
+        "finished_at_ms": detail.finished_at_ms,
+        "reason": detail.reason,
+        "failed_step": failed,
+        "steps": detail.steps,
+    })
 }
 
 /// Follow until the deployment ends (its final detail) or the connection is lost
@@ -87,6 +172,7 @@ async fn follow_once(
     progress: &Progress,
     shown: &mut Option<u64>,
     start_ms: &mut Option<u64>,
+    lost_since: &mut Option<Instant>,
 ) -> Result<DeploymentDetail, CallError> {
     if start_ms.is_none() {
         let detail: DeploymentDetail = client.get(detail_path).await?;
@@ -98,6 +184,8 @@ async fn follow_once(
         detail: e.to_string(),
     };
     let mut stream = client.events(events_path, *shown).await?;
+    // Connected again: a later loss gets a fresh deadline.
+    *lost_since = None;
     while let Some(event) = stream.next().await {
         let event = event?;
         match event.event.as_str() {
@@ -128,15 +216,7 @@ async fn follow_once(
         }
     }
     // The stream ended without `end`: the control plane went away.
-    Err(CallError::Unreachable(
-        cutover_api::unix::UnixHttpError::Unreachable {
-            socket: std::path::PathBuf::from("the control socket"),
-            source: std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "the event stream ended before the deployment did",
-            ),
-        },
-    ))
+    Err(client.stream_ended())
 }
 
 /// Exit code of a finished deployment: rolled back because the supply chain refused the
@@ -182,6 +262,14 @@ impl Progress {
         if !self.enabled {
             return;
         }
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// A line on stderr whatever the output format.
+    fn note(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
@@ -262,6 +350,101 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    /// A control plane over plain HTTP on loopback whose first event stream breaks after one
+    /// journal entry: the follower reconnects, sending `Last-Event-ID` of the entry shown,
+    /// and the token each time; the second stream ends the deployment.
+    #[tokio::test]
+    async fn a_broken_remote_stream_reconnects_after_the_last_event_shown() {
+        use bytes::Bytes;
+        use http_body_util::Full;
+        use hyper::body::Incoming;
+        use hyper::{Request, Response};
+        use std::sync::{Arc, Mutex};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        /// (path, Last-Event-ID, Authorization) of a request.
+        type Seen = (String, Option<String>, Option<String>);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let mut done = detail(DeploymentState::Succeeded, None);
+        done.id = "staging-1".into();
+        done.env = "staging".into();
+        let done = serde_json::to_string(&done).unwrap();
+        let entry = serde_json::to_string(&JournalEntry {
+            seq: 7,
+            at_ms: 1,
+            event: cutover_model::JournalEvent::DeploymentStarted { resumed: 0 },
+        })
+        .unwrap();
+        let server = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let seen = seen.clone();
+                    let (done, entry) = (done.clone(), entry.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string)
+                            };
+                            let path = req.uri().path().to_string();
+                            let resume = header("last-event-id");
+                            seen.lock().unwrap().push((
+                                path.clone(),
+                                resume.clone(),
+                                header("authorization"),
+                            ));
+                            let body = if path.ends_with("/events") {
+                                match resume {
+                                    // The first stream: one entry, then the connection ends.
+                                    None => format!("event: journal\nid: 7\ndata: {entry}\n\n"),
+                                    Some(_) => "event: end\ndata: {}\n\n".to_string(),
+                                }
+                            } else if path == "/api/v1/deployments" {
+                                "[]".to_string()
+                            } else {
+                                done.clone()
+                            };
+                            async move {
+                                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(body))))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        };
+        let client = ApiClient::remote(&format!("http://{addr}"), None)
+            .unwrap()
+            .with_token(Some("canary-token-1b2c"));
+        let code = tokio::time::timeout(
+            Duration::from_secs(20),
+            follow(Door::Remote(&client), "staging-1", true),
+        )
+        .await
+        .expect("followed within the deadline")
+        .unwrap();
+        server.abort();
+        assert_eq!(code, exit::OK);
+        let seen = seen.lock().unwrap();
+        let streams: Vec<_> = seen
+            .iter()
+            .filter(|(path, ..)| path.ends_with("/events"))
+            .collect();
+        assert_eq!(streams.len(), 2, "{seen:?}");
+        assert_eq!(streams[0].1, None);
+        assert_eq!(streams[1].1.as_deref(), Some("7"), "resumes after entry 7");
+        assert!(seen
+            .iter()
+            .all(|(.., auth)| auth.as_deref() == Some("Bearer canary-token-1b2c")));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! needed), renders answers. The control plane (`cutover serve`) and the proxy
 //! (`cutover proxy`) are entry points of the same binary.
 
+#[cfg(test)]
+mod ci_examples;
 mod client;
 mod daemon;
 mod follow;
@@ -32,7 +34,7 @@ use follow::exit;
 const EXIT_HELP: &str = "\
 Exit codes:
   0  success
-  1  error (control plane unreachable, I/O, internal)
+  1  error (control plane unreachable, I/O, internal; a token without the role needed)
   2  bad input: invalid deploy.toml, unknown environment or release, bad arguments,
      a spec weaker than its environment's guardrails
   3  the deployment failed and was rolled back (traffic stayed on or returned to the previous release)
@@ -63,6 +65,30 @@ struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// A control plane's HTTPS API, e.g. https://cutover.example.com: every command that
+    /// talks to the control plane talks to it instead of the local socket, and none starts
+    /// one here. Needs a token (--token-file or CUTOVER_TOKEN). http:// only to loopback.
+    #[arg(long, global = true, env = "CUTOVER_URL", value_name = "URL")]
+    url: Option<String>,
+    /// With --url: a file holding the API token, readable by its owner only (mode 0600).
+    /// A token is never taken from the command line; CUTOVER_TOKEN also gives one.
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "url"
+    )]
+    token_file: Option<PathBuf>,
+    /// With --url: the CA certificate(s) (PEM) that signed the control plane's TLS
+    /// certificate; trusted instead of the system's roots (self-signed or private CA).
+    #[arg(long, global = true, env = "CUTOVER_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Send the spec's text with this directory on the control plane's machine (inside a
+    /// registered project root), which the spec's relative paths resolve against. Without
+    /// it, a spec sent to --url may name no file (deploy a prebuilt image).
+    #[arg(long, global = true, env = "CUTOVER_BASE_DIR", value_name = "DIR")]
+    base_dir: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -228,6 +254,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.output == Output::Json;
     let daemon = matches!(
         cli.command,
         Command::Serve { stop: false, .. } | Command::Proxy
@@ -254,10 +281,45 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            let code = exit_code_of(&e);
             eprintln!("error: {}", render::error_chain(&e));
-            ExitCode::from(exit_code_of(&e))
+            if json {
+                println!("{}", error_json(&e, code));
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// An error as one JSON document on stdout (`--output json`), for scripts: the API's
+/// error code when the control plane refused, the message, the exit code.
+fn error_json(e: &anyhow::Error, exit_code: u8) -> serde_json::Value {
+    let body = e
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<CallError>() {
+            Some(CallError::Api(body)) => Some(body.clone()),
+            _ => None,
+        });
+    let code = match (&body, e.chain().any(|c| c.is::<cutover_spec::SpecError>())) {
+        (Some(body), _) => body.code.as_str().to_string(),
+        (None, true) => "bad_request".to_string(),
+        (None, false) if e.chain().any(|c| c.is::<CallError>()) => "unreachable".to_string(),
+        (None, false) => "error".to_string(),
+    };
+    let mut error = serde_json::json!({
+        "code": code,
+        "message": render::error_chain(e),
+        "exit_code": exit_code,
+    });
+    if let (Some(body), Some(object)) = (&body, error.as_object_mut()) {
+        if let Some(id) = &body.error_id {
+            object.insert("error_id".into(), serde_json::json!(id));
+        }
+        if !body.violations.is_empty() {
+            object.insert("violations".into(), serde_json::json!(body.violations));
+        }
+    }
+    serde_json::json!({ "error": error })
 }
 
 fn init_tracing(daemon: bool) {
@@ -298,6 +360,48 @@ pub(crate) struct Context_ {
     spec: PathBuf,
     state: StateDir,
     output: Output,
+    /// The remote control plane's client (`--url`), when one is named.
+    remote: Option<ApiClient>,
+    /// `--base-dir`: send the spec's text with this directory instead of its path.
+    base_dir: Option<String>,
+}
+
+impl Context_ {
+    /// Where deployments are followed from.
+    fn door(&self) -> follow::Door<'_> {
+        match &self.remote {
+            Some(client) => follow::Door::Remote(client),
+            None => follow::Door::Local(&self.state),
+        }
+    }
+}
+
+/// What a command does with `--url`: talk to that control plane, run here regardless
+/// (it works on this machine's files, Docker engine or keys), or refuse.
+#[derive(Debug, PartialEq, Eq)]
+enum Reach {
+    ControlPlane,
+    Local,
+    Refused(&'static str),
+}
+
+fn reach(command: &Command) -> Reach {
+    match command {
+        Command::Serve { .. } => Reach::Refused(
+            "`cutover serve` runs the control plane on this machine and does not talk to --url (CUTOVER_URL); unset it to run or stop a local control plane",
+        ),
+        // `build` runs on this machine's own control plane (CI's, with CI's key) and writes
+        // its result here; `push` talks to the registry from here.
+        Command::Proxy | Command::Supply(_) | Command::Build { .. } | Command::Push { .. } => {
+            Reach::Local
+        }
+        Command::Server(server_cmds::ServerCommand::Audit {
+            command: server_cmds::AuditCommand::Key,
+        }) => Reach::Refused(
+            "`cutover audit key` prints the key of the control plane on this machine; run it where the control plane runs, without --url (CUTOVER_URL)",
+        ),
+        _ => Reach::ControlPlane,
+    }
 }
 
 async fn run(cli: Cli) -> Result<u8> {
@@ -306,10 +410,23 @@ async fn run(cli: Cli) -> Result<u8> {
         Some(dir) => client::absolute(dir),
         None => spec.parent().unwrap_or(Path::new(".")).join(".cutover"),
     });
+    let url = cli.url.as_deref().filter(|u| !u.trim().is_empty());
+    let remote = match (url, reach(&cli.command)) {
+        (None, _) | (Some(_), Reach::Local) => None,
+        (Some(_), Reach::Refused(why)) => anyhow::bail!("{why}"),
+        (Some(url), Reach::ControlPlane) => Some(client::remote_client(client::RemoteArgs {
+            url,
+            token_file: cli.token_file.as_deref(),
+            ca_cert: cli.ca_cert.as_deref(),
+            env_token: std::env::var("CUTOVER_TOKEN").ok(),
+        })?),
+    };
     let ctx = Context_ {
         spec,
         state,
         output: cli.output,
+        remote,
+        base_dir: cli.base_dir.filter(|d| !d.is_empty()),
     };
     match cli.command {
         Command::Plan { env, rollback, to } => {
@@ -334,7 +451,7 @@ async fn run(cli: Cli) -> Result<u8> {
             };
             let req = PlanRequest {
                 promote: Some(promote),
-                ..request(&ctx, Some(to), None)
+                ..request(&ctx, Some(to), None)?
             };
             if only_plan {
                 plan_request(&ctx, &req).await
@@ -379,7 +496,13 @@ async fn run(cli: Cli) -> Result<u8> {
             ..
         } => stop(&ctx, keep_proxy).await,
         Command::Server(command) => {
-            server_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+            server_cmds::run(
+                command,
+                &ctx.state,
+                ctx.remote.clone(),
+                ctx.output == Output::Json,
+            )
+            .await
         }
         Command::Supply(command) => {
             supply_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
@@ -394,14 +517,21 @@ async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// Validate the spec here first, so bad input fails fast and starts nothing.
+/// Validate the spec here first, so bad input fails fast and starts nothing. A spec sent as
+/// text is checked by the control plane, against its own files.
 pub(crate) fn check_spec(ctx: &Context_) -> Result<()> {
-    cutover_spec::load(&ctx.spec)?;
+    if ctx.remote.is_none() && ctx.base_dir.is_none() {
+        cutover_spec::load(&ctx.spec)?;
+    }
     Ok(())
 }
 
-/// Connect, and say so when starting the control plane resumed interrupted work.
+/// Connect, and say so when starting the control plane resumed interrupted work. With
+/// `--url`, the remote control plane's client: nothing is started or looked for here.
 pub(crate) async fn connect(ctx: &Context_) -> Result<ApiClient> {
+    if let Some(client) = &ctx.remote {
+        return Ok(client.clone());
+    }
     let (client, started) = connect_or_start(&ctx.state).await?;
     if started {
         let resumed: Resumed = client.post("/api/v1/resume", &()).await?;
@@ -414,17 +544,40 @@ pub(crate) async fn connect(ctx: &Context_) -> Result<ApiClient> {
     Ok(client)
 }
 
-fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> PlanRequest {
-    PlanRequest {
-        spec_path: Some(ctx.spec.to_string_lossy().into_owned()),
+/// The plan or deploy request: the spec's path on the socket (the control plane reads it
+/// there); its text to a remote control plane or with `--base-dir`.
+fn request(
+    ctx: &Context_,
+    env: Option<String>,
+    rollback: Option<RollbackTo>,
+) -> Result<PlanRequest> {
+    if ctx.remote.is_none() && ctx.base_dir.is_none() {
+        return Ok(PlanRequest {
+            spec_path: Some(ctx.spec.to_string_lossy().into_owned()),
+            env,
+            rollback,
+            ..PlanRequest::default()
+        });
+    }
+    let text = std::fs::read_to_string(&ctx.spec).map_err(|e| cutover_spec::SpecError {
+        path: ctx.spec.clone(),
+        line: 1,
+        column: 1,
+        field: String::new(),
+        message: format!("cannot read the spec file: {e}; check the path passed to cutover (-f)"),
+        others: Vec::new(),
+    })?;
+    Ok(PlanRequest {
+        spec: Some(text),
+        base_dir: ctx.base_dir.clone(),
         env,
         rollback,
         ..PlanRequest::default()
-    }
+    })
 }
 
 async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
-    plan_request(ctx, &request(ctx, env, rollback)).await
+    plan_request(ctx, &request(ctx, env, rollback)?).await
 }
 
 async fn plan_request(ctx: &Context_, req: &PlanRequest) -> Result<u8> {
@@ -464,7 +617,7 @@ async fn start_image(
     }
     let req = PlanRequest {
         image,
-        ..request(ctx, env, rollback)
+        ..request(ctx, env, rollback)?
     };
     start_request(ctx, &req, detach).await
 }
@@ -481,7 +634,7 @@ async fn start_request(ctx: &Context_, req: &PlanRequest, detach: bool) -> Resul
         return Ok(0);
     }
     follow::follow(
-        &ctx.state,
+        ctx.door(),
         &started.deployment_id,
         ctx.output == Output::Json,
     )
@@ -580,7 +733,7 @@ async fn resume(ctx: &Context_) -> Result<u8> {
     }
     let mut worst = 0;
     for id in &resumed.deployments {
-        worst = worst.max(follow::follow(&ctx.state, id, ctx.output == Output::Json).await?);
+        worst = worst.max(follow::follow(ctx.door(), id, ctx.output == Output::Json).await?);
     }
     Ok(worst)
 }
@@ -723,4 +876,75 @@ async fn stop(ctx: &Context_, keep_proxy: bool) -> Result<u8> {
 /// Percent-encode a query or path value.
 fn encode(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reach_of(args: &[&str]) -> Reach {
+        let mut words = vec!["cutover"];
+        words.extend(args);
+        reach(&Cli::try_parse_from(words).unwrap().command)
+    }
+
+    #[test]
+    fn with_a_url_control_plane_commands_go_remote_and_local_ones_stay_here() {
+        for remote in [
+            &["deploy", "--env", "staging"][..],
+            &["rollback"],
+            &["plan"],
+            &["status"],
+            &["history"],
+            &["resume"],
+            &["approve", "production-3"],
+            &["token", "list"],
+            &["user", "list"],
+            &["guardrails", "show", "production"],
+            &["projects", "list"],
+            &["audit", "verify"],
+            &["audit", "export"],
+            &["promote", "staging-3", "--to", "production"],
+            &["pin", "production-3"],
+            &["gc", "--dry-run"],
+        ] {
+            assert_eq!(reach_of(remote), Reach::ControlPlane, "{remote:?}");
+        }
+        for local in [
+            &["scan", "img:1"][..],
+            &["verify", "production-1", "--env", "production"],
+            &["sbom", "production-1"],
+            &["keys", "generate", "--name", "ci"],
+            &["advisories", "import", "osv.zip"],
+            &["build", "--env", "staging"],
+            &["push", "127.0.0.1:5000/hello"],
+        ] {
+            assert_eq!(reach_of(local), Reach::Local, "{local:?}");
+        }
+        for refused in [&["serve"][..], &["serve", "--stop"], &["audit", "key"]] {
+            assert!(
+                matches!(reach_of(refused), Reach::Refused(_)),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_in_json_keeps_the_api_code_and_the_exit_code() {
+        let refused = anyhow::Error::new(CallError::Api(cutover_server::api::ErrorBody {
+            code: ErrorCode::Forbidden,
+            message: "ci lacks the deployer role for environment staging".into(),
+            error_id: None,
+            violations: Vec::new(),
+        }));
+        let code = exit_code_of(&refused);
+        assert_eq!(code, exit::ERROR);
+        let json = error_json(&refused, code);
+        assert_eq!(json["error"]["code"], "forbidden");
+        assert_eq!(json["error"]["exit_code"], 1);
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployer role"));
+    }
 }

@@ -63,7 +63,7 @@ pub async fn build(ctx: &Context_, env: Option<String>, out: &Path) -> Result<u8
         ..PlanRequest::default()
     };
     let started: Started = client.post("/api/v1/deployments", &request).await?;
-    let code = follow::follow(&ctx.state, &started.deployment_id, false).await?;
+    let code = follow::follow(ctx.door(), &started.deployment_id, false).await?;
     if code != 0 {
         return Ok(code);
     }

@@ -17,7 +17,7 @@ use cutover_server::api::{
 use cutover_server::audit::{AuditEntry, VerifyReport};
 use cutover_server::auth::{self, CreatedToken, NewToken, Role, TokenRecord};
 
-use crate::client::{connect_or_start, StateDir};
+use crate::client::{connect_or_start, ApiClient, StateDir};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RoleArg {
@@ -170,14 +170,24 @@ pub enum AuditCommand {
     },
 }
 
-pub async fn run(command: ServerCommand, state: &StateDir, json: bool) -> Result<u8> {
+/// Run an administration command against `remote` (`--url`) when given, else the local
+/// control plane (started when needed).
+pub async fn run(
+    command: ServerCommand,
+    state: &StateDir,
+    remote: Option<ApiClient>,
+    json: bool,
+) -> Result<u8> {
     if let ServerCommand::Audit {
         command: AuditCommand::Key,
     } = command
     {
         return audit_key(state, json);
     }
-    let (client, _) = connect_or_start(state).await?;
+    let client = match remote {
+        Some(client) => client,
+        None => connect_or_start(state).await?.0,
+    };
     match command {
         ServerCommand::Token { command } => match command {
             TokenCommand::Create {
@@ -595,6 +605,14 @@ async fn projects(
         ProjectsCommand::Add { dir } => ("/api/v1/projects", dir),
         ProjectsCommand::Rm { dir } => ("/api/v1/projects/remove", dir),
     };
+    // A path on the control plane's machine: relative ones mean nothing there.
+    if client.is_remote() && !body.is_absolute() {
+        bail!(
+            "{}: give an absolute path on the control plane's machine ({})",
+            body.display(),
+            client.target()
+        );
+    }
     let body = ProjectPath {
         path: crate::client::absolute(&body).display().to_string(),
     };

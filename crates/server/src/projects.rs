@@ -170,7 +170,9 @@ pub struct Admitted {
     /// `base_dir` (with `spec`).
     pub file: PathBuf,
     pub text: Option<String>,
-    pub root: PathBuf,
+    /// The project root it lies in; none for a spec sent without `base_dir`, which names
+    /// no file.
+    pub root: Option<PathBuf>,
 }
 
 fn outside(field: &str, path: &str) -> ServerError {
@@ -190,11 +192,7 @@ pub fn admit(
     let (field, given, is_file) = match (&source.spec_path, &source.spec, &source.base_dir) {
         (Some(path), None, None) => ("spec_path", path.clone(), true),
         (None, Some(_), Some(base)) => ("base_dir", base.clone(), false),
-        (None, Some(_), None) => {
-            return Err(ServerError::BadRequest(
-                "base_dir: is required with spec: the absolute directory on the control plane's machine that relative paths in the spec resolve against".to_string(),
-            ))
-        }
+        (None, Some(text), None) => return admit_without_base(text),
         (Some(_), Some(_), _) | (Some(_), None, Some(_)) => {
             return Err(ServerError::BadRequest(
                 "spec_path: give either spec_path, or spec with base_dir, not both".to_string(),
@@ -247,7 +245,7 @@ pub fn admit(
             },
             file: canonical,
             text: None,
-            root,
+            root: Some(root),
         }
     } else {
         Admitted {
@@ -258,9 +256,66 @@ pub fn admit(
             },
             file: canonical.join("deploy.toml"),
             text: source.spec.clone(),
-            root,
+            root: Some(root),
         }
     })
+}
+
+/// Where a spec sent without `base_dir` is parsed as if it lived: a path under which no
+/// file can exist (`/dev/null` is no directory), so nothing it could name resolves to a
+/// file of the control plane, and `plans/` falls back to the built-in strategies.
+const NO_BASE_FILE: &str = "/dev/null/deploy.toml";
+
+/// How a spec sent without `base_dir` is named in messages.
+const NO_BASE_NAME: &str = "deploy.toml (sent without base_dir)";
+
+/// A spec sent as text without `base_dir`: admitted only when it names no file of the
+/// control plane's machine (a prebuilt image), checked on its text before anything is
+/// parsed or read. A spec that names one is refused naming the field.
+fn admit_without_base(text: &str) -> Result<Admitted, ServerError> {
+    if let Some((field, value)) = files_named_by_text(text).into_iter().next() {
+        return Err(names_a_file(&field, &value));
+    }
+    Ok(Admitted {
+        source: SpecSource {
+            spec_path: None,
+            spec: Some(text.to_string()),
+            base_dir: None,
+        },
+        file: PathBuf::from(NO_BASE_FILE),
+        text: Some(text.to_string()),
+        root: None,
+    })
+}
+
+fn names_a_file(field: &str, value: &str) -> ServerError {
+    ServerError::BadRequest(format!(
+        "{field}: names a file ({value}) but the spec came without base_dir, so no directory of the control plane's machine is its project: build and sign in CI and deploy the image by reference, or send base_dir (`--base-dir DIR`) naming the project's directory inside a registered project root"
+    ))
+}
+
+/// The fields of a spec's text that name files, the build's source included: a `[build]`
+/// section builds from a directory or a manifest unless it names a prebuilt image.
+fn files_named_by_text(text: &str) -> Vec<(String, String)> {
+    let mut named = named_paths(text);
+    if let Ok(doc) = text.parse::<toml::Table>() {
+        if let Some(build) = doc.get("build").and_then(toml::Value::as_table) {
+            let prebuilt = build.contains_key("image");
+            let source_named = named
+                .iter()
+                .any(|(f, _)| f == "build.context" || f == "build.cargo.manifest");
+            if !prebuilt && !source_named {
+                // Whatever it builds from would be read on the control plane's machine.
+                let field = if build.contains_key("cargo") {
+                    "build.cargo.manifest"
+                } else {
+                    "build.context"
+                };
+                named.insert(0, (field.to_string(), "the build source".to_string()));
+            }
+        }
+    }
+    named
 }
 
 /// Read, check and parse the admitted spec: every path it names lies inside a registered
@@ -277,14 +332,17 @@ pub fn load(cp: &ControlPlane, who: &Principal, admitted: &Admitted) -> Result<S
             ))
         })?,
     };
+    let Some(root) = &admitted.root else {
+        return load_without_base(&text);
+    };
     let base = admitted.file.parent().unwrap_or(Path::new("/"));
     let local_admin = who.socket_peer && who.can(Role::Admin, None);
     for (field, value) in named_paths(&text) {
         let given = Path::new(&value);
         let lexically = lexical(&base.join(given));
         if !given.is_absolute() {
-            if !lexically.starts_with(&admitted.root) {
-                return Err(escapes(&field, &value, &admitted.root));
+            if !lexically.starts_with(root) {
+                return Err(escapes(&field, &value, root));
             }
             continue;
         }
@@ -307,6 +365,22 @@ pub fn load(cp: &ControlPlane, who: &Principal, admitted: &Admitted) -> Result<S
     }
     let spec = cutover_spec::parse(&text, &admitted.file)?;
     check_resolved_paths(&spec, &list(cp)?)?;
+    Ok(spec)
+}
+
+/// Parse a spec sent without `base_dir` (its text named no file: [`admit_without_base`]);
+/// then, on the parsed spec, check again that it names none.
+fn load_without_base(text: &str) -> Result<Spec, ServerError> {
+    let spec = cutover_spec::parse(text, Path::new(NO_BASE_FILE)).map_err(|mut e| {
+        e.path = PathBuf::from(NO_BASE_NAME);
+        for other in &mut e.others {
+            other.path = PathBuf::from(NO_BASE_NAME);
+        }
+        e
+    })?;
+    if let Some((field, path)) = spec_files(&spec).into_iter().next() {
+        return Err(names_a_file(&field, &path.display().to_string()));
+    }
     Ok(spec)
 }
 
@@ -376,31 +450,29 @@ fn named_paths(text: &str) -> Vec<(String, String)> {
 
 /// The parsed spec's paths, symlinks resolved (those that exist: the parser required the
 /// build source and every named file to), each inside a registered root.
-fn check_resolved_paths(spec: &Spec, roots: &[ProjectRoot]) -> Result<(), ServerError> {
-    let mut paths: Vec<(String, PathBuf)> = vec![
-        ("base_dir".into(), spec.base_dir.clone()),
-        ("plans".into(), cutover_spec::strategy_path(spec)),
-    ];
+/// The files a parsed spec names, by field (not its own directory or `plans/`).
+fn spec_files(spec: &Spec) -> Vec<(String, PathBuf)> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
     match &spec.build {
         BuildSpec::Dockerfile {
             context,
             dockerfile,
             ..
         } => {
-            paths.push(("build.context".into(), context.clone()));
-            paths.push(("build.dockerfile".into(), context.join(dockerfile)));
+            files.push(("build.context".into(), context.clone()));
+            files.push(("build.dockerfile".into(), context.join(dockerfile)));
         }
         BuildSpec::Cargo { manifest, .. } => {
-            paths.push(("build.cargo.manifest".into(), manifest.clone()));
+            files.push(("build.cargo.manifest".into(), manifest.clone()));
         }
         BuildSpec::Image { .. } => {}
     }
     if let Some(key) = &spec.supply.signing_key {
-        paths.push(("supply.signing_key".into(), key.clone()));
+        files.push(("supply.signing_key".into(), key.clone()));
     }
     for (name, env) in &spec.environments {
         for (i, key) in env.trusted_keys.iter().enumerate() {
-            paths.push((
+            files.push((
                 format!("environments.{name}.trusted_keys[{i}]"),
                 key.clone(),
             ));
@@ -410,10 +482,19 @@ fn check_resolved_paths(spec: &Spec, roots: &[ProjectRoot]) -> Result<(), Server
             ("secret_rules", &env.gate.secret_rules),
         ] {
             if let Some(file) = file {
-                paths.push((format!("environments.{name}.gate.{what}"), file.clone()));
+                files.push((format!("environments.{name}.gate.{what}"), file.clone()));
             }
         }
     }
+    files
+}
+
+fn check_resolved_paths(spec: &Spec, roots: &[ProjectRoot]) -> Result<(), ServerError> {
+    let mut paths: Vec<(String, PathBuf)> = vec![
+        ("base_dir".into(), spec.base_dir.clone()),
+        ("plans".into(), cutover_spec::strategy_path(spec)),
+    ];
+    paths.extend(spec_files(spec));
     for (field, path) in paths {
         if root_of(roots, &lexical(&path)).is_none() {
             return Err(outside(&field, &path.display().to_string()));
@@ -483,6 +564,54 @@ pub(crate) async fn remove_project(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_without_base_dir_is_refused_for_each_field_that_names_a_file() {
+        let cases = [
+            ("[build]\ncontext = \".\"\n", "build.context"),
+            ("[build]\ncargo = { manifest = \"Cargo.toml\" }\n", "build.cargo.manifest"),
+            // A build source left to its default is read on the control plane all the same.
+            ("[build]\ncargo = { bin = \"x\" }\n", "build.cargo.manifest"),
+            ("[build]\nimage = \"r/x@sha256:00\"\n[supply]\nsigning_key = \"/k\"\n", "supply.signing_key"),
+            (
+                "[build]\nimage = \"r/x@sha256:00\"\n[environments.p]\ntrusted_keys = [\"ci.pub\"]\n",
+                "environments.p.trusted_keys[0]",
+            ),
+            (
+                "[build]\nimage = \"r/x@sha256:00\"\n[environments.p.gate]\nexceptions = \"e.toml\"\n",
+                "environments.p.gate.exceptions",
+            ),
+        ];
+        for (text, field) in cases {
+            let Err(ServerError::BadRequest(message)) = admit_without_base(text) else {
+                panic!("{text} was admitted");
+            };
+            assert!(
+                message.starts_with(&format!("{field}: ")),
+                "{text}: {message}"
+            );
+            assert!(message.contains("base_dir"), "{message}");
+        }
+        // A prebuilt image that names no file: admitted (parsed later, against no directory).
+        let admitted = admit_without_base("[build]\nimage = \"r/x@sha256:00\"\n").unwrap();
+        assert_eq!(admitted.root, None);
+        assert_eq!(admitted.source.base_dir, None);
+    }
+
+    #[test]
+    fn a_spec_without_base_dir_is_parsed_against_no_directory_and_named_as_sent() {
+        // Parse errors name the text as sent, not the stand-in path.
+        let Err(ServerError::Spec(e)) = load_without_base("app = 1\n") else {
+            panic!("a bad spec was loaded");
+        };
+        assert_eq!(e.path, PathBuf::from(NO_BASE_NAME));
+        // Nothing can exist below the stand-in base, so nothing is read through it.
+        assert!(!Path::new(NO_BASE_FILE)
+            .parent()
+            .unwrap()
+            .join("plans")
+            .exists());
+    }
 
     #[test]
     fn lexical_resolves_dots_without_the_file_system() {

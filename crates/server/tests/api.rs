@@ -471,6 +471,84 @@ async fn a_spec_can_be_uploaded_as_text_with_its_base_directory() {
 }
 
 #[tokio::test]
+async fn a_spec_sent_without_base_dir_may_name_no_file_of_the_control_plane() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let plan = |spec: String| {
+        let h = &h;
+        let deployer = deployer.clone();
+        async move {
+            h.call(
+                Method::POST,
+                "/api/v1/plans",
+                Some(&deployer),
+                Some(json!({"spec": spec, "env": "staging"})),
+            )
+            .await
+        }
+    };
+    // The build's source would be read on the control plane's machine.
+    let (status, body) = plan(SPEC.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("build.cargo.manifest: "), "{message}");
+    assert!(message.contains("deploy the image"), "{message}");
+    assert!(message.contains("--base-dir"), "{message}");
+
+    // An absolute path is refused the same way whether it exists or not (nothing is read).
+    let with_context = |dir: &str| {
+        SPEC.replace(
+            r#"cargo = { manifest = "app/Cargo.toml", bin = "hello" }"#,
+            &format!("context = {dir:?}"),
+        )
+    };
+    let (status, exists) = plan(with_context("/etc")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{exists}");
+    let (_, missing) = plan(with_context("/nonexistent-cutover-dir")).await;
+    assert_eq!(
+        exists["message"].as_str().unwrap().replace("/etc", "DIR"),
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .replace("/nonexistent-cutover-dir", "DIR")
+    );
+    assert!(exists["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("build.context: "));
+
+    // Every other field that names a file is refused by name too.
+    let keyed = format!("{SPEC}\n[supply]\nsigning_key = \"/etc/ssh/ssh_host_ed25519_key\"\n");
+    let keyed = keyed.replace(
+        r#"cargo = { manifest = "app/Cargo.toml", bin = "hello" }"#,
+        "",
+    );
+    let (status, body) = plan(keyed).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("build.context: ") || message.starts_with("supply.signing_key: "),
+        "{message}"
+    );
+
+    // Authorise before reading: a viewer learns nothing about the spec.
+    let viewer = h.token(Role::Viewer, None, "look");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(&viewer),
+            Some(json!({"spec": SPEC, "env": "staging"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        !body["message"].as_str().unwrap().contains("build"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn the_same_idempotency_key_returns_the_same_deployment() {
     let h = Harness::new();
     let deployer = h.token(Role::Deployer, None, "ci");

@@ -48,7 +48,7 @@ fn main() {
         worst_pct = worst_pct.max(pct);
         println!(
             "{:<16} {:>8}ms {:>8}ms {:>12}ms {:>8}ms {:>8.2}%",
-            detail["id"].as_str().unwrap_or("?"),
+            detail["deployment_id"].as_str().unwrap_or("?"),
             cli_wall,
             cp_wall,
             critical,
