@@ -85,6 +85,10 @@ enum Command {
         rollback: bool,
         #[arg(long, requires = "rollback")]
         to: Option<String>,
+        /// Plan the deploy of this prebuilt image (HOST[:PORT]/REPO@sha256:<hex>) instead of
+        /// the spec's build.
+        #[arg(long, conflicts_with = "rollback")]
+        image: Option<String>,
     },
     /// Build, provision green, health-check, shift traffic, retire blue.
     Deploy {
@@ -270,9 +274,12 @@ async fn run(cli: Cli) -> Result<u8> {
         output: cli.output,
     };
     match cli.command {
-        Command::Plan { env, rollback, to } => {
-            plan(&ctx, env, rollback.then_some(RollbackTo { to })).await
-        }
+        Command::Plan {
+            env,
+            rollback,
+            to,
+            image,
+        } => plan(&ctx, env, rollback.then_some(RollbackTo { to }), image).await,
         Command::Deploy { env, detach, image } => start_image(&ctx, env, None, detach, image).await,
         Command::Build { env, out } => registry_cmds::build(&ctx, env, &out).await,
         Command::Push { target, build_dir } => registry_cmds::push(&ctx, &target, &build_dir).await,
@@ -354,11 +361,22 @@ fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) ->
     }
 }
 
-async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
+async fn plan(
+    ctx: &Context_,
+    env: Option<String>,
+    rollback: Option<RollbackTo>,
+    image: Option<String>,
+) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
     let planned: PlanResponse = client
-        .post("/api/v1/plans", &request(ctx, env, rollback))
+        .post(
+            "/api/v1/plans",
+            &PlanRequest {
+                image,
+                ..request(ctx, env, rollback)
+            },
+        )
         .await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&planned.plan)?),
