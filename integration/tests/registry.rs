@@ -203,6 +203,15 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     let deploy = |image: &str| cp.cutover_with_env(&["deploy", "--image", image], &cp_env);
     let mut runs = Vec::new();
 
+    // The plan pulls instead of building.
+    let planned = cp.cutover_with_env(&["plan", "--image", &reference], &cp_env);
+    planned.assert_code(0);
+    assert!(
+        planned.stdout.contains(&format!("pull image {reference}")),
+        "{}",
+        planned.stdout
+    );
+
     // Bad input: a tag alone (exit 2, nothing planned).
     let tag_only = format!("{}/{REPO}:v1", registry.addr);
     let run = deploy(&tag_only);

@@ -112,6 +112,10 @@ enum Command {
         rollback: bool,
         #[arg(long, requires = "rollback")]
         to: Option<String>,
+        /// Plan the deploy of this prebuilt image (HOST[:PORT]/REPO@sha256:<hex>) instead of
+        /// the spec's build.
+        #[arg(long, conflicts_with = "rollback")]
+        image: Option<String>,
     },
     /// Build, provision green, health-check, shift traffic, retire blue.
     Deploy {
@@ -429,9 +433,12 @@ async fn run(cli: Cli) -> Result<u8> {
         base_dir: cli.base_dir.filter(|d| !d.is_empty()),
     };
     match cli.command {
-        Command::Plan { env, rollback, to } => {
-            plan(&ctx, env, rollback.then_some(RollbackTo { to })).await
-        }
+        Command::Plan {
+            env,
+            rollback,
+            to,
+            image,
+        } => plan(&ctx, env, rollback.then_some(RollbackTo { to }), image).await,
         Command::Deploy { env, detach, image } => start_image(&ctx, env, None, detach, image).await,
         Command::Build { env, out } => registry_cmds::build(&ctx, env, &out).await,
         Command::Push { target, build_dir } => registry_cmds::push(&ctx, &target, &build_dir).await,
@@ -576,8 +583,17 @@ fn request(
     })
 }
 
-async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
-    plan_request(ctx, &request(ctx, env, rollback)?).await
+async fn plan(
+    ctx: &Context_,
+    env: Option<String>,
+    rollback: Option<RollbackTo>,
+    image: Option<String>,
+) -> Result<u8> {
+    let req = PlanRequest {
+        image,
+        ..request(ctx, env, rollback)?
+    };
+    plan_request(ctx, &req).await
 }
 
 async fn plan_request(ctx: &Context_, req: &PlanRequest) -> Result<u8> {

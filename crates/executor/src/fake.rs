@@ -47,6 +47,8 @@ pub struct FakeWorld {
     /// Health answers by instance name, or by release (checked second).
     pub health: BTreeMap<String, FakeHealth>,
     pub drains: u32,
+    /// Images pulled from a registry, by reference.
+    pub pulled: BTreeMap<String, u32>,
     /// What `diagnose` answers, by instance name or by release (checked second).
     pub diagnoses: BTreeMap<String, Diagnosis>,
     next_port: u16,
@@ -176,6 +178,29 @@ impl ImageBuilder for FakeProviders {
         }
         w.images.retain(|_, image| image.id != id);
         Ok(())
+    }
+
+    /// The image of `reference` (its id: the digest of the reference's text), with one
+    /// attestation naming it; pulled once, found again afterwards.
+    async fn pull(
+        &self,
+        reference: &cutover_model::ImageRef,
+        tag: &str,
+    ) -> Result<cutover_model::PulledImage, ProviderError> {
+        let mut w = self.world();
+        let image = ImageInfo {
+            id: cutover_model::sha256_digest(reference.to_string().as_bytes()),
+            tag: tag.to_string(),
+            warning: None,
+        };
+        if !w.images.contains_key(tag) {
+            *w.pulled.entry(reference.to_string()).or_default() += 1;
+            w.images.insert(tag.to_string(), image.clone());
+        }
+        Ok(cutover_model::PulledImage {
+            attestations: vec![format!("attestation of {}", image.id).into_bytes()],
+            image,
+        })
     }
 }
 
@@ -319,6 +344,10 @@ pub struct FakeSupplyState {
     pub sign_requests: BTreeMap<String, SignRequest>,
     /// What `evidence` answers for an image id (else what the fake's own calls recorded).
     pub evidence: BTreeMap<String, cutover_model::SupplyEvidence>,
+    /// Attestations imported with pulled images: reference by image id.
+    pub imports: BTreeMap<String, String>,
+    /// When set, every import of pulled attestations is refused with this message.
+    pub import_refusal: Option<String>,
 }
 
 /// Key id the fake signs with.
@@ -418,6 +447,25 @@ impl SupplyChain for FakeSupply {
                 image.id
             ))),
         }
+    }
+
+    async fn import(
+        &self,
+        image: &ImageInfo,
+        reference: &cutover_model::ImageRef,
+        envelopes: &[Vec<u8>],
+    ) -> Result<(), ProviderError> {
+        let mut s = self.state();
+        if let Some(message) = &s.import_refusal {
+            return Err(ProviderError::permanent(message.clone()));
+        }
+        if envelopes.is_empty() {
+            return Err(ProviderError::permanent(format!(
+                "{reference} has no attestations"
+            )));
+        }
+        s.imports.insert(image.id.clone(), reference.to_string());
+        Ok(())
     }
 
     async fn evidence(

@@ -676,3 +676,62 @@ async fn going_live_and_being_unwound_are_recorded_once_each() {
     assert_eq!(r1_path.len(), 2, "live, replaced, live again: {r1_path:?}");
     assert_eq!(r1_path[1].ended, cutover_model::LiveEnd::StillLive);
 }
+fn image_spec() -> cutover_model::Spec {
+    let mut spec = fake::spec_for(ENV, 2, None);
+    spec.build = cutover_model::BuildSpec::Image {
+        reference: cutover_model::ImageRef::parse(&format!(
+            "127.0.0.1:5000/team/hello@sha256:{}",
+            "cd".repeat(32)
+        ))
+        .unwrap(),
+    };
+    spec
+}
+
+#[tokio::test]
+async fn a_prebuilt_image_is_pulled_once_and_its_attestations_kept_before_it_runs() {
+    let h = harness();
+    let spec = image_spec();
+    let cutover_model::BuildSpec::Image { reference } = &spec.build else {
+        unreachable!()
+    };
+    let plan = fake::planned_deploy_of(&spec, "r1", None);
+    h.save(&plan);
+    // A crash after the pull's side effect: the pull runs again and finds its earlier work.
+    h.faults.crash_after_action("pull");
+    assert_eq!(h.run_to_end("r1", 1).await, DeploymentStatus::Succeeded);
+    let world = h.fake.world();
+    assert_eq!(world.pulled.get(&reference.to_string()), Some(&1));
+    assert!(
+        world.built.is_empty(),
+        "nothing is built: {:?}",
+        world.built
+    );
+    drop(world);
+    let release = h.store.release(ENV, "r1").unwrap().expect("recorded");
+    assert_eq!(
+        release.image.id,
+        cutover_model::sha256_digest(reference.to_string().as_bytes())
+    );
+    let supply = h.fake.supply().state();
+    assert_eq!(
+        supply.imports.get(&release.image.id),
+        Some(&reference.to_string())
+    );
+    assert_eq!(supply.verifies.get(&release.image.id), Some(&1));
+}
+
+#[tokio::test]
+async fn refused_attestations_provision_nothing() {
+    let h = harness();
+    h.fake.supply().state().import_refusal =
+        Some("the attestations are about another image".to_string());
+    let plan = fake::planned_deploy_of(&image_spec(), "r1", None);
+    h.save(&plan);
+    assert!(matches!(
+        h.run_to_end("r1", 0).await,
+        DeploymentStatus::RolledBack { .. }
+    ));
+    assert!(h.fake.world().created.is_empty());
+    assert!(h.store.release(ENV, "r1").unwrap().is_none());
+}
