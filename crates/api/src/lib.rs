@@ -10,8 +10,8 @@
 mod approval_view;
 pub mod client;
 mod guardrails;
-mod retention;
 pub mod remote;
+mod retention;
 mod types;
 pub mod unix;
 

@@ -92,8 +92,11 @@ impl SupplyPaths {
         self.image_dir(image_id)
             .join(format!("attestations-{env}.json"))
     }
-    /// The provenance of `image_id` signed elsewhere (e.g. by CI) and imported when the
-    /// image was pulled from a registry: the attestation bundle as it was stored there.
+    /// The original provenance of `image_id`, kept once per image: imported when the image
+    /// was pulled from a registry (signed elsewhere, e.g. by CI: the attestation bundle as
+    /// it was stored there), else the provenance its first signing here made. Signing it for
+    /// another environment (a promotion) never replaces it, and verification judges the
+    /// provenance by this file.
     pub fn imported_provenance(&self, image_id: &str) -> PathBuf {
         self.image_dir(image_id).join("provenance-imported.json")
     }
@@ -994,6 +997,7 @@ impl SupplyChain for LocalSupplyChain {
         bundle
             .save(&self.paths.attestations(&image.id, &request.env))
             .map_err(|e| ProviderError::transient(e.to_string()))?;
+        keep_original_provenance(&self.paths, &bundle)?;
         Ok(key.key_id().to_string())
     }
 
@@ -1022,6 +1026,40 @@ impl SupplyChain for LocalSupplyChain {
     ) -> Result<SupplyEvidence, ProviderError> {
         recorded_evidence(&self.paths, &image.id, env)
     }
+}
+
+/// Keep the provenance of the image's first signing here as its original provenance,
+/// unless it has one (imported with it, or from an earlier signing): a promotion signs a
+/// fresh verdict for its environment but keeps where the image came from.
+fn keep_original_provenance(
+    paths: &SupplyPaths,
+    bundle: &AttestationBundle,
+) -> Result<(), ProviderError> {
+    let file = paths.imported_provenance(&bundle.image_digest);
+    if file.exists() {
+        return Ok(());
+    }
+    let envelopes: Vec<_> = bundle
+        .envelopes
+        .iter()
+        .filter(|envelope| {
+            envelope
+                .decoded_payload()
+                .ok()
+                .and_then(|p| serde_json::from_slice::<cutover_signing::Statement>(&p).ok())
+                .is_some_and(|s| s.predicate_type == PROVENANCE_PREDICATE)
+        })
+        .cloned()
+        .collect();
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    AttestationBundle {
+        image_digest: bundle.image_digest.clone(),
+        envelopes,
+    }
+    .save(&file)
+    .map_err(|e| ProviderError::transient(e.to_string()))
 }
 
 /// Keep the attestations pulled with an image (DSSE envelopes, as stored in the registry)

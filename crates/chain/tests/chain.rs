@@ -503,6 +503,10 @@ async fn provenance_records_the_git_commit_and_whether_the_tree_was_dirty() {
     // cutover's state directory beside the spec is not a change of the source.
     std::fs::create_dir_all(source.join(".cutover")).unwrap();
     std::fs::write(source.join(".cutover/serve.log"), "{}\n").unwrap();
+    // Each signing below stands for a new image: the first signing's provenance is kept
+    // as the image's original one otherwise (see the promotion test below).
+    let original = chain.paths().imported_provenance(&f.image.id);
+    std::fs::remove_file(&original).expect("the first signing kept its provenance");
     chain.sign(&f.image, &request).await.expect("sign");
     let clean = chain
         .evidence(&f.image, "production")
@@ -512,6 +516,7 @@ async fn provenance_records_the_git_commit_and_whether_the_tree_was_dirty() {
         .unwrap();
     assert_eq!(clean.git_dirty, Some(false));
     std::fs::write(source.join("main.rs"), "fn main() { println!(); }\n").unwrap();
+    std::fs::remove_file(&original).unwrap();
     chain.sign(&f.image, &request).await.expect("sign again");
     let dirty = chain
         .evidence(&f.image, "production")
@@ -520,6 +525,45 @@ async fn provenance_records_the_git_commit_and_whether_the_tree_was_dirty() {
         .provenance
         .unwrap();
     assert_eq!(dirty.git_dirty, Some(true));
+}
+
+#[tokio::test]
+async fn signing_for_another_environment_keeps_the_original_provenance() {
+    let f = fixture(false);
+    let chain = f.chain(None);
+    for env in ["staging", "production"] {
+        chain
+            .scan(&f.image, "hello", env, &GateSpec::default())
+            .await
+            .expect("scan");
+    }
+    let mut staging = f.request();
+    staging.env = "staging".to_string();
+    staging.deployment_id = "staging-7".to_string();
+    staging.source = PathBuf::from("/srv/built-here");
+    chain
+        .sign(&f.image, &staging)
+        .await
+        .expect("sign for staging");
+    // The promotion to production signs a fresh verdict for production, from elsewhere.
+    let mut production = f.request();
+    production.env = "production".to_string();
+    production.deployment_id = "production-3".to_string();
+    production.source = PathBuf::from("/srv/promoted-from");
+    chain
+        .sign(&f.image, &production)
+        .await
+        .expect("sign for production");
+    let evidence = chain.evidence(&f.image, "production").await.unwrap();
+    let provenance = evidence.provenance.expect("provenance");
+    assert_eq!(provenance.source_path.as_deref(), Some("/srv/built-here"));
+    // Production's own bundle holds its own verdict, and verification passes with both.
+    let verdict = verdict_record(&chain, &f.image, "production");
+    assert_eq!(verdict["env"], "production");
+    chain
+        .verify(&f.image, "production", &[])
+        .await
+        .expect("verified with the original provenance");
 }
 
 fn days_ms(days: u64) -> u64 {

@@ -32,8 +32,7 @@ pub use plan::{
 pub use provider::{
     Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, LocalImage, Preflight,
     PreflightFailure, Preflights, Probe, Providers, PulledImage, ScanOutcome, SignRequest,
-    SupplyChain, Traffic,
-    DIAGNOSIS_LOG_LINES,
+    SupplyChain, Traffic, DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_bytes, random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};

@@ -68,10 +68,7 @@ impl DeployOptions {
     }
 
     /// Checked against the request's other fields; the image parsed.
-    fn check(
-        &self,
-        intent: Intent<'_>,
-    ) -> Result<Option<cutover_model::ImageRef>, ServerError> {
+    fn check(&self, intent: Intent<'_>) -> Result<Option<cutover_model::ImageRef>, ServerError> {
         match intent {
             Intent::Rollback(_) if self.image.is_some() || self.build_only => {
                 return Err(ServerError::BadRequest(
@@ -516,8 +513,7 @@ pub async fn start_with(
     options: &DeployOptions,
 ) -> Result<Started, ServerError> {
     let image = options.check(intent)?;
-    let (spec, env, source, guardrails) =
-        admitted_spec(cp, who, source, env, intent, true, image)?;
+    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, intent, true, image)?;
     let plan = prepare(cp, &spec, &env, &who.name, intent, true, options).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
