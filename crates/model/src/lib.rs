@@ -27,13 +27,15 @@ pub use plan::{
 };
 pub use provider::{
     Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, Preflight, PreflightFailure,
-    Preflights, Probe, Providers, ScanOutcome, SignRequest, SupplyChain, Traffic,
+    Preflights, Probe, Providers, ScanOutcome, SecretSource, SignRequest, SupplyChain, Traffic,
     DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_bytes, random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};
+pub use spec::check_secret_name;
 pub use spec::{
-    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,
+    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, SecretMount,
+    SecretPin, SecretSourceRef, Spec, SupplySpec, SECRETS_DIR,
 };
 
 use sha2::{Digest, Sha256};

@@ -91,28 +91,13 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>> {
     Ok(buf)
 }
 
-/// Whether `name` may name a secret (or the file it is mounted as): 1 to 128 characters of
-/// `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+/// Whether `name` may name a secret (it becomes a file name):
+/// [`cutover_model::check_secret_name`].
 pub fn check_name(name: &str) -> Result<()> {
-    let bad = |reason| SecretsError::InvalidName {
+    cutover_model::check_secret_name(name).map_err(|reason| SecretsError::InvalidName {
         name: name.to_string(),
         reason,
-    };
-    if name.is_empty() || name.len() > 128 {
-        return Err(bad("a name has 1 to 128 characters"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(bad(
-            "a name uses only letters, digits, `.`, `_` and `-` (it becomes a file name)",
-        ));
-    }
-    if name.starts_with('.') || name.starts_with('-') {
-        return Err(bad("a name does not start with `.` or `-`"));
-    }
-    Ok(())
+    })
 }
 
 /// What a value's ciphertext is bound to: its environment, name and version.
