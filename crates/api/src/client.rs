@@ -99,6 +99,10 @@ impl ApiClient {
         self.call(Method::PUT, path, Some(body)).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

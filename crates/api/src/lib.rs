@@ -10,8 +10,10 @@ mod approval_view;
 pub mod client;
 mod guardrails;
 mod types;
+pub mod secrets;
 pub mod unix;
 
 pub use approval_view::*;
 pub use guardrails::*;
+pub use secrets::*;
 pub use types::*;

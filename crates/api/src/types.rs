@@ -343,6 +343,18 @@ pub struct PlanRequest {
     /// Plan a rollback instead of a deploy: to `to`, or to the previous release.
     #[serde(default)]
     pub rollback: Option<RollbackTo>,
+    /// Values of the spec's `env://` secret references, from the caller's environment;
+    /// each is stored as a new secret version (never echoed, never kept as sent).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_env: std::collections::BTreeMap<String, String>,
+    /// Rotate secrets: a new release of the current release's image with the latest
+    /// secret versions; nothing is built (`cutover rotate`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secrets_only: bool,
+    /// A rollback whose target pins a revoked secret version: start a new release of its
+    /// image with the latest versions instead of refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_latest_secrets: bool,
 }
 
 impl PlanRequest {
@@ -407,6 +419,10 @@ pub struct PlanResponse {
 pub struct RollbackRequest {
     #[serde(default)]
     pub to: Option<String>,
+    /// When the target pins a revoked secret version: start a new release of its image
+    /// with the latest versions instead of refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_latest_secrets: bool,
     #[serde(default)]
     pub spec_path: Option<String>,
     #[serde(default)]
@@ -429,6 +445,10 @@ pub struct Started {
     pub plan_digest: String,
     pub env: String,
     pub release_id: String,
+    /// Things the caller should fix that did not stop the deployment (e.g. a value of
+    /// `container.env` that looks like a secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A decision at an approval gate; it names the plan digest and image id it approves

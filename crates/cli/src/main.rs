@@ -9,6 +9,7 @@ mod daemon;
 mod follow;
 mod render;
 mod serve;
+mod secret_cmds;
 mod server_cmds;
 mod supply_cmds;
 
@@ -92,6 +93,23 @@ enum Command {
         /// Return once the deployment started instead of following it.
         #[arg(long)]
         detach: bool,
+        /// Rotate secrets only: a new release of the current image with the latest secret
+        /// versions, no build (same as `cutover rotate`).
+        #[arg(long)]
+        secrets_only: bool,
+    },
+    /// A new release of the current image with the latest secret versions: provision
+    /// green, health-check, shift, retire blue; nothing is built.
+    Rotate {
+        /// The environment (may be left out when the spec has one).
+        env: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// The secret store: set, list, rotate, revoke, rm, rewrap (values never printed).
+    Secret {
+        #[command(subcommand)]
+        command: secret_cmds::SecretCommand,
     },
     /// Current release, traffic, instances and the latest deployment per environment.
     Status {
@@ -116,6 +134,10 @@ enum Command {
         to: Option<String>,
         #[arg(long)]
         detach: bool,
+        /// When the target pins a revoked secret version, start a new release of its image
+        /// with the latest versions instead of refusing.
+        #[arg(long)]
+        use_latest_secrets: bool,
     },
     /// Finish or unwind deployments interrupted by a crash, and follow them.
     Resume,
@@ -149,6 +171,12 @@ enum Command {
         /// Remembered for later starts without the flag (`.cutover/audit-sinks.json`).
         #[arg(long = "audit-sink", env = "CUTOVER_AUDIT_SINK", value_delimiter = ',')]
         audit_sink: Vec<std::path::PathBuf>,
+        /// The secrets master key file (base64 or hex of 32 bytes, mode 0600). Without it,
+        /// CUTOVER_SECRETS_KEY (the key itself, for CI), else a key file made on first use
+        /// in $XDG_CONFIG_HOME/cutover/secrets/. A key that does not match the store stops
+        /// the start.
+        #[arg(long, env = "CUTOVER_SECRETS_KEY_FILE", value_name = "FILE")]
+        secrets_key: Option<PathBuf>,
     },
     /// Run the data-plane proxy in the foreground (started by the control plane).
     #[command(hide = true)]
@@ -248,9 +276,30 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Plan { env, rollback, to } => {
             plan(&ctx, env, rollback.then_some(RollbackTo { to })).await
         }
-        Command::Deploy { env, detach } => start(&ctx, env, None, detach).await,
-        Command::Rollback { env, to, detach } => {
-            start(&ctx, env, Some(RollbackTo { to }), detach).await
+        Command::Deploy {
+            env,
+            detach,
+            secrets_only,
+        } => start(&ctx, env, None, detach, secrets_only, false).await,
+        Command::Rotate { env, detach } => start(&ctx, env, None, detach, true, false).await,
+        Command::Rollback {
+            env,
+            to,
+            detach,
+            use_latest_secrets,
+        } => {
+            start(
+                &ctx,
+                env,
+                Some(RollbackTo { to }),
+                detach,
+                false,
+                use_latest_secrets,
+            )
+            .await
+        }
+        Command::Secret { command } => {
+            secret_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
         }
         Command::Status { env, deployment } => status(&ctx, env, deployment).await,
         Command::History { env, limit } => history(&ctx, env, limit).await,
@@ -262,6 +311,7 @@ async fn run(cli: Cli) -> Result<u8> {
             door,
             webhook,
             audit_sink,
+            secrets_key,
             ..
         } => {
             serve::run(
@@ -272,6 +322,7 @@ async fn run(cli: Cli) -> Result<u8> {
                     door,
                     webhooks: webhook,
                     audit_sinks: audit_sink,
+                    secrets_key,
                 },
             )
             .await?;
@@ -346,12 +397,27 @@ async fn start(
     env: Option<String>,
     rollback: Option<RollbackTo>,
     detach: bool,
+    secrets_only: bool,
+    use_latest_secrets: bool,
 ) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let started: Started = client
-        .post("/api/v1/deployments", &request(ctx, env, rollback))
-        .await?;
+    let deploy = rollback.is_none() && !secrets_only;
+    let request = PlanRequest {
+        secrets_only,
+        use_latest_secrets,
+        // The control plane's environment is not the caller's: env:// values go along.
+        secret_env: if deploy {
+            caller_secret_env(ctx)
+        } else {
+            Default::default()
+        },
+        ..request(ctx, env, rollback)
+    };
+    let started: Started = client.post("/api/v1/deployments", &request).await?;
+    for warning in &started.warnings {
+        eprintln!("{warning}");
+    }
     if detach {
         match ctx.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&started)?),
@@ -365,6 +431,20 @@ async fn start(
         ctx.output == Output::Json,
     )
     .await
+}
+
+/// The values of the spec's `env://` secret references in this process's environment
+/// (missing ones are left out; the control plane names them).
+fn caller_secret_env(ctx: &Context_) -> std::collections::BTreeMap<String, String> {
+    let Ok(spec) = cutover_spec::load(&ctx.spec) else {
+        return Default::default();
+    };
+    spec.container
+        .secrets
+        .values()
+        .filter_map(|m| m.source.strip_prefix("env://"))
+        .filter_map(|var| std::env::var(var).ok().map(|v| (var.to_string(), v)))
+        .collect()
 }
 
 async fn resume(ctx: &Context_) -> Result<u8> {

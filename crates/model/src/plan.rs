@@ -137,6 +137,11 @@ pub enum DeploymentKind {
         /// True when the target's instances were still running at plan time.
         warm: bool,
     },
+    /// A new release of `from`'s pinned image with the latest secret versions (no build).
+    Rotate {
+        /// The release whose image and settings the new one takes.
+        from: String,
+    },
 }
 
 /// An immutable, digested plan: a DAG of steps.

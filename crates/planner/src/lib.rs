@@ -83,6 +83,11 @@ pub enum PlanKind<'a> {
         target: &'a Release,
         warm_instances: &'a [Instance],
     },
+    /// A new release (id: the deployment id) of `source`'s pinned image and settings, whose
+    /// container the caller re-pinned to the latest secret versions: fresh instances,
+    /// health-checked, then shifted to, like a cold rollback; nothing is built. Planned
+    /// with the rollback strategy.
+    Rotate { source: &'a Release },
 }
 
 /// Why a strategy or plan was refused. Messages are lowercase and say what to change.

@@ -23,6 +23,10 @@ pub fn render_text(plan: &Plan) -> String {
                 "cold: start it again"
             }
         ),
+        DeploymentKind::Rotate { from } => format!(
+            "rotate the secrets of {} in {}: a new release of {from}'s image with the latest secret versions",
+            plan.app, plan.env
+        ),
     };
     let _ = writeln!(out, "plan {}: {what}", plan.deployment_id);
     let _ = writeln!(

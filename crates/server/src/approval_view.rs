@@ -483,6 +483,7 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         kind: match &plan.kind {
             DeploymentKind::Deploy => "deploy".to_string(),
             DeploymentKind::Rollback { .. } => "rollback".to_string(),
+            DeploymentKind::Rotate { .. } => "rotate".to_string(),
         },
         release_id: record.release_id.clone(),
         requested_by: plan.requested_by.clone(),

@@ -48,6 +48,21 @@ pub struct StartedBy {
 /// What to go back to in a rollback: a named release, or the previous one when `None`.
 pub type RollbackTo = Option<String>;
 
+/// How a deployment treats `[container.secrets]`.
+#[derive(Debug, Clone, Default)]
+pub struct SecretOptions {
+    /// Values of the `env://` references, as the caller's environment had them (the
+    /// control plane's own environment is not the caller's). Never stored as given: each
+    /// is sealed as a new version of its secret.
+    pub caller_env: std::collections::BTreeMap<String, String>,
+    /// A rollback whose target pins a revoked version goes ahead with the latest versions
+    /// instead of refusing.
+    pub use_latest: bool,
+    /// Rotate: a new release of the current release's image and settings with the latest
+    /// secret versions (`cutover rotate`); no build, the spec's own container settings unused.
+    pub rotate: bool,
+}
+
 fn spec_sources(cp: &ControlPlane) -> Result<TypedTree<SpecSource>, ServerError> {
     Ok(cp.store.typed_tree(SPEC_SOURCES_TREE)?)
 }
@@ -150,6 +165,7 @@ async fn prepare(
     requested_by: &str,
     rollback: Option<&RollbackTo>,
     allocate: bool,
+    secrets: &SecretOptions,
 ) -> Result<Plan, ServerError> {
     if allocate {
         if let Some(lease) = cp.store.lease(env)? {
@@ -159,7 +175,7 @@ async fn prepare(
             )));
         }
     }
-    if let (None, Some(preflight)) = (rollback, &cp.providers.preflight) {
+    if let (None, false, Some(preflight)) = (rollback, secrets.rotate, &cp.providers.preflight) {
         let failures = preflight.check(spec, env).await;
         if !failures.is_empty() {
             let shown: Vec<String> = failures.iter().map(ToString::to_string).collect();
@@ -168,19 +184,55 @@ async fn prepare(
     }
     let current = cp.store.current_release(env)?;
     // Everything that can refuse the request runs before a deployment number is taken.
+    // (target, warm instances, rotate): a rollback, or a rotation (a new release of the
+    // target's image with the latest secret versions).
     let rollback = match rollback {
+        None if secrets.rotate => {
+            let mut source = current.clone().ok_or_else(|| {
+                ServerError::BadRequest(format!(
+                    "environment {env} has no current release to rotate the secrets of; deploy it first"
+                ))
+            })?;
+            if source.container.secrets.is_empty() {
+                return Err(ServerError::BadRequest(format!(
+                    "release {} uses no secrets: there is nothing to rotate",
+                    source.id
+                )));
+            }
+            crate::secrets::repin_latest(&cp.store, env, &mut source.container.secrets)?;
+            Some((source, Vec::new(), true))
+        }
         None => None,
         Some(named) => {
-            let target = rollback_target(cp, env, current.as_ref(), named.as_deref())?;
-            let warm: Vec<Instance> = cp
-                .providers
-                .compute
-                .list(&target.app, Some(env))
-                .await?
-                .into_iter()
-                .filter(|i| i.release == target.id && i.state == InstanceState::Running)
-                .collect();
-            Some((target, warm))
+            let mut target = rollback_target(cp, env, current.as_ref(), named.as_deref())?;
+            // The target's pinned secret versions come back with it, unless one was
+            // revoked since: then refuse, naming it, or (asked to) take the latest
+            // versions in a new release of the target's image.
+            let revoked =
+                crate::secrets::revoked_pins(&cp.store, env, &target.container.secrets)?;
+            let repinned = !revoked.is_empty();
+            if repinned {
+                if !secrets.use_latest {
+                    return Err(ServerError::Conflict(format!(
+                        "release {} pins revoked secret versions ({}); roll back with --use-latest-secrets to use the latest versions, or pick another release",
+                        target.id,
+                        revoked.join(", ")
+                    )));
+                }
+                crate::secrets::repin_latest(&cp.store, env, &mut target.container.secrets)?;
+            }
+            let warm: Vec<Instance> = if repinned {
+                Vec::new()
+            } else {
+                cp.providers
+                    .compute
+                    .list(&target.app, Some(env))
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.release == target.id && i.state == InstanceState::Running)
+                    .collect()
+            };
+            Some((target, warm, repinned))
         }
     };
     let seq = if allocate {
@@ -192,7 +244,8 @@ async fn prepare(
     let created_at_ms = now_ms();
     let (strategy_name, kind) = match &rollback {
         None => (spec.strategy.as_str(), PlanKind::Deploy),
-        Some((target, warm_instances)) => (
+        Some((source, _, true)) => ("rollback", PlanKind::Rotate { source }),
+        Some((target, warm_instances, false)) => (
             "rollback",
             PlanKind::Rollback {
                 target,
@@ -271,15 +324,39 @@ fn admitted_spec(
     source: Option<&SpecSource>,
     env: Option<&str>,
     starting: bool,
-) -> Result<(Spec, String, SpecSource, Option<u64>), ServerError> {
+    secrets: Option<&SecretOptions>,
+) -> Result<(Spec, String, SpecSource, Option<u64>, Vec<String>), ServerError> {
     authorize(who, env)?;
     let source = resolve_source(cp, source, env)?;
     let admitted = crate::projects::admit(cp, who, &source)?;
     let spec = crate::projects::load(cp, who, &admitted)?;
     let env = pick_env(&spec, env)?;
     who.require(needed_role(), Some(&env))?;
-    let (spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
-    Ok((spec, env, admitted.source, guardrails))
+    let (mut spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
+    let warnings = crate::plaintext::check_env_values(&spec, &env, &admitted)?;
+    // A deploy pins its secrets (a rollback uses its target's pins instead).
+    if let Some(options) = secrets {
+        if !spec.container.secrets.is_empty() {
+            let text = match &admitted.text {
+                Some(text) => Some(text.clone()),
+                None => std::fs::read_to_string(&admitted.file).ok(),
+            };
+            let located = text.as_deref().map(|text| crate::secrets::SpecText {
+                text,
+                path: &admitted.file,
+            });
+            crate::secrets::pin_spec(
+                cp,
+                who,
+                &mut spec,
+                &env,
+                &options.caller_env,
+                located.as_ref(),
+                starting,
+            )?;
+        }
+    }
+    Ok((spec, env, admitted.source, guardrails, warnings))
 }
 
 /// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
@@ -291,8 +368,21 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    let (spec, env, _, _) = admitted_spec(cp, who, source, env, false)?;
-    prepare(cp, &spec, &env, &who.name, rollback, false).await
+    plan_with(cp, who, source, env, rollback, &SecretOptions::default()).await
+}
+
+/// [`plan`] with the caller's secret options.
+pub async fn plan_with(
+    cp: &ControlPlane,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    rollback: Option<&RollbackTo>,
+    secrets: &SecretOptions,
+) -> Result<Plan, ServerError> {
+    let pin = (rollback.is_none() && !secrets.rotate).then_some(secrets);
+    let (spec, env, _, _, _) = admitted_spec(cp, who, source, env, false, pin)?;
+    prepare(cp, &spec, &env, &who.name, rollback, false, secrets).await
 }
 
 /// Plan and start a deployment (or a rollback when `rollback` is `Some`) as `who`; runs it
@@ -305,8 +395,22 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, true)?;
-    let plan = prepare(cp, &spec, &env, &who.name, rollback, true).await?;
+    start_with(cp, who, source, env, rollback, &SecretOptions::default()).await
+}
+
+/// [`start`] with the caller's secret options.
+pub async fn start_with(
+    cp: &Arc<ControlPlane>,
+    who: &Principal,
+    source: Option<&SpecSource>,
+    env: Option<&str>,
+    rollback: Option<&RollbackTo>,
+    secrets: &SecretOptions,
+) -> Result<Started, ServerError> {
+    let pin = (rollback.is_none() && !secrets.rotate).then_some(secrets);
+    let (spec, env, source, guardrails, warnings) =
+        admitted_spec(cp, who, source, env, true, pin)?;
+    let plan = prepare(cp, &spec, &env, &who.name, rollback, true, secrets).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
         holder: plan.requested_by.clone(),
@@ -342,6 +446,7 @@ pub async fn start(
     let action = match &plan.kind {
         DeploymentKind::Deploy => "deploy",
         DeploymentKind::Rollback { .. } => "rollback",
+        DeploymentKind::Rotate { .. } => "rotate",
     };
     let audited = audit::record_async(
         &cp.store,
@@ -389,5 +494,6 @@ pub async fn start(
         plan_digest: plan.digest.clone(),
         env: plan.env.clone(),
         release_id: plan.release_id.clone(),
+        warnings,
     })
 }

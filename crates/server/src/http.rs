@@ -28,7 +28,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::serve::IncomingStream;
 use axum::{Extension, Json, Router};
 use futures_util::{Stream, StreamExt};
@@ -391,6 +391,42 @@ pub fn routes() -> Vec<RouteDef> {
             Admin,
             post(crate::projects::remove_project),
         ),
+        route(
+            M::GET,
+            "/api/v1/secrets",
+            Viewer,
+            get(crate::secrets::list_secrets),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/secrets/{env}/{name}",
+            Admin,
+            put(crate::secrets::set_secret),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/secrets/{env}/{name}",
+            Admin,
+            delete(crate::secrets::remove_secret),
+        ),
+        route(
+            M::POST,
+            "/api/v1/secrets/{env}/{name}/rotate",
+            Admin,
+            post(crate::secrets::rotate_secret),
+        ),
+        route(
+            M::POST,
+            "/api/v1/secrets/{env}/{name}/revoke",
+            Admin,
+            post(crate::secrets::revoke_secret),
+        ),
+        route(
+            M::POST,
+            "/api/v1/secrets/rewrap",
+            Admin,
+            post(crate::secrets::rewrap_secrets),
+        ),
         route(M::POST, "/api/v1/shutdown", Admin, post(shutdown)),
         route(M::GET, "/metrics", Viewer, get(metrics)),
     ]
@@ -600,6 +636,12 @@ where
         crate::projects::list_projects,
         crate::projects::add_project,
         crate::projects::remove_project,
+        crate::secrets::list_secrets,
+        crate::secrets::set_secret,
+        crate::secrets::remove_secret,
+        crate::secrets::rotate_secret,
+        crate::secrets::revoke_secret,
+        crate::secrets::rewrap_secrets,
         shutdown,
         metrics,
     ),
@@ -612,7 +654,10 @@ where
         ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
-        ExceptionLine, ProvenanceView, GuardrailsInForce
+        ExceptionLine, ProvenanceView, GuardrailsInForce,
+        crate::api::SecretLine, crate::api::SecretVersionLine, crate::api::SetSecret,
+        crate::api::RevokeSecret, crate::api::SecretChanged, crate::api::RewrapSecrets,
+        crate::api::RewrapReport
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -662,12 +707,13 @@ async fn create_plan(
     ApiJson(req): ApiJson<PlanRequest>,
 ) -> Result<Json<PlanResponse>, ServerError> {
     let rollback = req.rollback.as_ref().map(|r| r.to.clone());
-    let plan = deploy::plan(
+    let plan = deploy::plan_with(
         &cp,
         &who,
         Some(&req.source()),
         req.env.as_deref(),
         rollback.as_ref(),
+        &secret_options(&req),
     )
     .await?;
     // Clients see environment variables by name and value digest, never values.
@@ -703,15 +749,25 @@ async fn start_deployment(
         &who,
         key,
         &fingerprint,
-        deploy::start(
+        deploy::start_with(
             &cp,
             &who,
             Some(&req.source()),
             req.env.as_deref(),
             rollback.as_ref(),
+            &secret_options(&req),
         ),
     )
     .await
+}
+
+/// What a plan request asks of secrets.
+fn secret_options(req: &PlanRequest) -> deploy::SecretOptions {
+    deploy::SecretOptions {
+        caller_env: req.secret_env.clone(),
+        use_latest: req.use_latest_secrets,
+        rotate: req.secrets_only,
+    }
 }
 
 /// Deployments newest first, limited to the environments the caller may view.
@@ -1058,7 +1114,17 @@ async fn rollback(
         &who,
         key,
         &fingerprint,
-        deploy::start(&cp, &who, given, Some(&env), Some(&to)),
+        deploy::start_with(
+            &cp,
+            &who,
+            given,
+            Some(&env),
+            Some(&to),
+            &deploy::SecretOptions {
+                use_latest: req.use_latest_secrets,
+                ..Default::default()
+            },
+        ),
     )
     .await
 }

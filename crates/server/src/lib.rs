@@ -23,7 +23,9 @@ pub mod follow;
 pub mod guardrails;
 pub mod http;
 pub mod metrics;
+pub mod plaintext;
 pub mod projects;
+pub mod secrets;
 pub mod ui;
 mod view;
 pub mod watch;
@@ -54,6 +56,8 @@ pub struct Options {
     pub webhooks: webhooks::Webhooks,
     /// Where proxy counters for `/metrics` come from.
     pub proxy_stats: Option<Arc<dyn metrics::ProxyStats>>,
+    /// The secrets master key (none: secret operations are refused).
+    pub secrets: Option<Arc<secrets::Keyring>>,
 }
 
 /// Shared state of a running control plane.
@@ -75,6 +79,8 @@ pub struct ControlPlane {
     pub instance_id: String,
     /// Rate limits of web logins and the bound on password hashing.
     pub login_limits: ui::limits::LoginLimits,
+    /// The master key of the secret store.
+    pub secrets: Arc<secrets::Keyring>,
 }
 
 impl ControlPlane {
@@ -105,6 +111,7 @@ impl ControlPlane {
             hub: follow::Hub::default(),
             instance_id: instance_id(),
             login_limits: ui::limits::LoginLimits::default(),
+            secrets: options.secrets.unwrap_or_default(),
         })
     }
 

@@ -189,6 +189,7 @@ pub fn kind_label(kind: &DeploymentKind) -> &'static str {
     match kind {
         DeploymentKind::Deploy => "deploy",
         DeploymentKind::Rollback { .. } => "rollback",
+        DeploymentKind::Rotate { .. } => "rotate",
     }
 }
 
