@@ -48,6 +48,9 @@ impl Compute for DockerProvider {
         let values = self.secret_values(spec).await?;
         let mut body = create_body(spec, image, &network);
         if let Some(files) = &self.secret_files {
+            if !values.is_empty() {
+                files.reserve(spec)?;
+            }
             add_secrets(&mut body, spec, files, &values);
         }
         let options = CreateContainerOptionsBuilder::default()

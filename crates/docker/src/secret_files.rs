@@ -112,6 +112,36 @@ impl SecretFiles {
             .collect()
     }
 
+    /// Empty files where `container`'s secret files go, made before the container is
+    /// created (the Engine would make a missing bind source a directory); [`Self::write`]
+    /// replaces them with the values once the container's user is known.
+    pub fn reserve(&self, spec: &InstanceSpec) -> Result<(), ProviderError> {
+        let dir = self.dir_of(&spec.name);
+        let fail = |e: std::io::Error| {
+            ProviderError::permanent(format!(
+                "cannot prepare the secret files of container {} in {}: {e}",
+                spec.name,
+                dir.display()
+            ))
+        };
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+        for name in spec.container.secrets.keys() {
+            let path = dir.join(name);
+            if path.is_dir() {
+                std::fs::remove_dir(&path).map_err(fail)?;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o400)
+                .open(&path)
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
     /// Write the files of `container` (0400, owned by `uid:gid`, in a 0700 directory).
     pub fn write(
         &self,

@@ -213,7 +213,7 @@ async fn prepare(
             let repinned = !revoked.is_empty();
             if repinned {
                 if !secrets.use_latest {
-                    return Err(ServerError::Conflict(format!(
+                    return Err(ServerError::BadRequest(format!(
                         "release {} pins revoked secret versions ({}); roll back with --use-latest-secrets to use the latest versions, or pick another release",
                         target.id,
                         revoked.join(", ")

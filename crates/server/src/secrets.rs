@@ -41,6 +41,9 @@ use crate::{audit, ControlPlane, ServerError};
 
 const SECRETS_TREE: &str = "secrets";
 const KEY_CHECK: &str = "secrets_key_check";
+/// Test-only hook: the control plane panics right after it decrypted a secret for an
+/// injection. Off unless set to `1` in the control plane's environment.
+pub const TEST_PANIC_HOOK: &str = "CUTOVER_TEST_PANIC_ON_INJECT";
 
 /// The master key in use (replaced by a rewrap).
 #[derive(Default)]
@@ -694,6 +697,11 @@ impl SecretSource for StoreSecrets {
         let fail = |e: ServerError| ProviderError::permanent(format!("secret {mount}: {e}"));
         let value = value(&self.store, &self.keyring, &instance.env, &pin.name, pin.version)
             .map_err(fail)?;
+        if std::env::var_os(TEST_PANIC_HOOK).is_some_and(|v| v == "1") {
+            // Test-only (off unless set): a crash while a value is held, so tests can
+            // search the crash output for it.
+            panic!("{TEST_PANIC_HOOK}=1: panicking while holding secret {mount} ({value:?})");
+        }
         audit::record_async(
             &self.store,
             "control-plane",
