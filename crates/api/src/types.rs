@@ -534,6 +534,9 @@ pub struct EnvStatus {
     /// The guardrails in force (what approvers rely on), if any were set.
     #[serde(default)]
     pub guardrails: Option<crate::GuardrailsVersion>,
+    /// Secrets of the environment past their max age: rotate them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -251,6 +251,29 @@ mod tests {
         let files = SecretFiles::new(Arc::new(Fixed), shm.path().join("s")).unwrap();
         let uid = unsafe { libc::getuid() };
         let gid = unsafe { libc::getgid() };
+        let mut spec: InstanceSpec = serde_json::from_value(serde_json::json!({
+            "name": "c-1", "app": "a", "env": "e", "release": "r", "deployment_id": "d",
+            "replica": 0, "image": {"step": {"step": "build"}},
+            "container": serde_json::to_value(cutover_model::ContainerSpec::default()).unwrap(),
+            "labels": {},
+        }))
+        .unwrap();
+        spec.container.secrets.insert(
+            "db".to_string(),
+            cutover_model::SecretMount {
+                source: "secret://db".to_string(),
+                path: "/run/secrets/db".to_string(),
+                as_env: false,
+                pin: Some(SecretPin { name: "db".to_string(), version: 1 }),
+            },
+        );
+        // Reserved before the container exists, so the Engine never makes a directory there.
+        files.reserve(&spec).unwrap();
+        assert!(files.dir_of("c-1").join("db").is_file());
+        assert_eq!(
+            files.binds(&spec),
+            vec![format!("{}:/run/secrets/db:ro", files.dir_of("c-1").join("db").display())]
+        );
         let values = vec![("db".to_string(), SecretSlice::from(b"one".to_vec()))];
         files.write("c-1", &values, uid, gid).unwrap();
         // A second attempt replaces the read-only file.

@@ -238,6 +238,7 @@ pub async fn serve(
     }
     let reaper = tokio::spawn(reaper(cp.clone()));
     let sessions = tokio::spawn(purge_sessions(cp.clone()));
+    let secret_ages = tokio::spawn(secrets::watch_ages(cp.clone()));
     let watcher = cp.spawn_watcher();
     let http_task = http_listener.map(|(l, options)| {
         let cp = cp.clone();
@@ -257,6 +258,7 @@ pub async fn serve(
         .map_err(|e| ServerError::io(socket, e));
     reaper.abort();
     sessions.abort();
+    secret_ages.abort();
     watcher.abort();
     if let Some(task) = http_task {
         task.abort();

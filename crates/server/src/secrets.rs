@@ -507,6 +507,82 @@ pub fn list(store: &Store, env: Option<&str>) -> Result<Vec<SecretLine>, ServerE
     Ok(out)
 }
 
+// ----- age -----
+
+const EXPIRY_NOTICES: &str = "secrets_expiry_notified";
+
+/// What `cutover status` warns about in `env`: each secret whose latest version is older
+/// than its `max_age`.
+pub fn expired_warnings(store: &Store, env: &str) -> Result<Vec<String>, ServerError> {
+    Ok(list(store, Some(env))?
+        .into_iter()
+        .filter(|s| s.expired)
+        .map(|s| {
+            format!(
+                "secret {}/{} version {} is {} old, past its max age of {}; rotate it: `cutover secret rotate {}/{}` then `cutover rotate {}`",
+                s.env,
+                s.name,
+                s.latest.unwrap_or(0),
+                cutover_model::format_duration_ms(s.age_ms),
+                cutover_model::format_duration_ms(s.max_age_ms.unwrap_or(0)),
+                s.env,
+                s.name,
+                s.env
+            )
+        })
+        .collect())
+}
+
+/// Webhook events for secrets that went past their max age since the last look, each
+/// (secret, version) once; remembered in the store.
+pub fn due_expiry_events(store: &Store) -> Result<Vec<crate::webhooks::Event>, ServerError> {
+    let mut notified: BTreeMap<String, u64> = store.kv_get(EXPIRY_NOTICES)?.unwrap_or_default();
+    let mut events = Vec::new();
+    for line in list(store, None)? {
+        let (true, Some(version)) = (line.expired, line.latest) else {
+            continue;
+        };
+        let key = format!("{}/{}", line.env, line.name);
+        if notified.get(&key) == Some(&version) {
+            continue;
+        }
+        notified.insert(key.clone(), version);
+        events.push(crate::webhooks::Event {
+            event: "secret_expired".to_string(),
+            deployment: String::new(),
+            env: line.env.clone(),
+            release: String::new(),
+            reason: Some(format!(
+                "secret {key} version {version} is older than its max age of {}; rotate it",
+                cutover_model::format_duration_ms(line.max_age_ms.unwrap_or(0))
+            )),
+        });
+    }
+    if !events.is_empty() {
+        store.kv_set(EXPIRY_NOTICES, &notified)?;
+        store.flush()?;
+    }
+    Ok(events)
+}
+
+/// Fire `secret_expired` webhooks now and then hourly: one wake-up an hour.
+pub async fn watch_ages(cp: Arc<ControlPlane>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+    loop {
+        let store = cp.store.clone();
+        match tokio::task::spawn_blocking(move || due_expiry_events(&store)).await {
+            Ok(Ok(events)) => {
+                for event in events {
+                    cp.webhooks.notify(event);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not check the ages of secrets"),
+            Err(e) => tracing::warn!(error = %e, "checking the ages of secrets failed"),
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
 // ----- pinning a spec's references -----
 
 /// Where a spec came from, for errors that point at its `[container.secrets]` entries.

@@ -511,3 +511,52 @@ async fn a_wrong_master_key_is_refused_and_rewrap_moves_every_key() {
     secrets::open(&h.cp.store, &MasterKey::parse(&new_b64, "t").unwrap()).unwrap();
     assert!(h.audit_actions().iter().any(|a| a == "secret.rewrap"));
 }
+
+#[tokio::test]
+async fn a_secret_past_its_max_age_warns_in_status_and_fires_one_webhook_event() {
+    let h = Harness::new();
+    let admin = h.token(Role::Admin, None, "root");
+    let (status, body) = h
+        .api(
+            Method::PUT,
+            "/api/v1/secrets/staging/db-password",
+            &admin,
+            Some(json!({"value_base64": b64(&canary(1)), "max_age": "90d"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(secrets::expired_warnings(&h.cp.store, "staging").unwrap().is_empty());
+    assert!(secrets::due_expiry_events(&h.cp.store).unwrap().is_empty());
+
+    // Tighten it: now past.
+    h.api(
+        Method::PUT,
+        "/api/v1/secrets/staging/other",
+        &admin,
+        Some(json!({"value_base64": b64(&canary(2)), "max_age": "1ms"})),
+    )
+    .await;
+    let (status, body) = h
+        .api(
+            Method::POST,
+            "/api/v1/deployments",
+            &admin,
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "secret_env": {"IT_TOKEN": canary(3)}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    h.wait_succeeded(&admin, "staging-1").await;
+    let (status, body) = h
+        .api(Method::GET, "/api/v1/environments/staging", &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let env: Value = serde_json::from_str(&body).unwrap();
+    let warnings = env["secret_warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{env:#}");
+    assert!(warnings[0].as_str().unwrap().contains("staging/other version 1"));
+    let events = secrets::due_expiry_events(&h.cp.store).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "secret_expired");
+    assert!(events[0].text().contains("staging/other version 1"), "{}", events[0].text());
+    assert!(secrets::due_expiry_events(&h.cp.store).unwrap().is_empty(), "once per version");
+}
