@@ -253,7 +253,7 @@ mod tests {
         let gid = unsafe { libc::getgid() };
         let mut spec: InstanceSpec = serde_json::from_value(serde_json::json!({
             "name": "c-1", "app": "a", "env": "e", "release": "r", "deployment_id": "d",
-            "replica": 0, "image": {"step": {"step": "build"}},
+            "replica": 0, "image": {"type": "step", "step": "build"},
             "container": serde_json::to_value(cutover_model::ContainerSpec::default()).unwrap(),
             "labels": {},
         }))
