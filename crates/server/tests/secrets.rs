@@ -560,3 +560,51 @@ async fn a_secret_past_its_max_age_warns_in_status_and_fires_one_webhook_event()
     assert!(events[0].text().contains("staging/other version 1"), "{}", events[0].text());
     assert!(secrets::due_expiry_events(&h.cp.store).unwrap().is_empty(), "once per version");
 }
+
+#[tokio::test]
+async fn file_sources_are_authorised_before_they_are_read() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("key"), canary(7)).unwrap();
+    std::fs::write(h.dir.path().join("key"), canary(8)).unwrap();
+    let spec_with = |path: &std::path::Path| {
+        SPEC.replace(
+            "token = { source = \"env://IT_TOKEN\", path = \"/etc/app/token\" }",
+            &format!("token = \"file://{}\"", path.display()),
+        )
+    };
+    h.set(&h.token(Role::Admin, None, "root"), "staging/db-password", &canary(1))
+        .await;
+
+    // A file outside every project root: refused before it is read.
+    std::fs::write(h.dir.path().join("deploy.toml"), spec_with(&outside.path().join("key"))).unwrap();
+    let (status, body) = h
+        .api(
+            Method::POST,
+            "/api/v1/deployments",
+            &deployer,
+            Some(json!({"spec_path": h.spec_path(), "env": "staging"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("container.secrets.token"), "{body}");
+    assert_clean("the refusal", &body, &canary(7));
+    assert!(secrets::record(&h.cp.store, "staging", "token").unwrap().is_none());
+
+    // Inside the project: stored as a version, pinned.
+    std::fs::write(h.dir.path().join("deploy.toml"), spec_with(&h.dir.path().join("key"))).unwrap();
+    let (status, body) = h
+        .api(
+            Method::POST,
+            "/api/v1/deployments",
+            &deployer,
+            Some(json!({"spec_path": h.spec_path(), "env": "staging"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let record = secrets::record(&h.cp.store, "staging", "token").unwrap().unwrap();
+    assert!(record.versions[0].origin.starts_with("file://"));
+    let value = secrets::value(&h.cp.store, &h.keyring, "staging", "token", 1).unwrap();
+    assert_eq!(value.expose_secret(), canary(8).as_bytes());
+}
