@@ -124,9 +124,7 @@ fn assert_nowhere(p: &Project, value: &str) {
         "the proxy's routes were searched"
     );
     assert!(
-        files
-            .iter()
-            .any(|f| f.to_string_lossy().contains("/db/")),
+        files.iter().any(|f| f.to_string_lossy().contains("/db/")),
         "the sled database was searched"
     );
     for file in &files {
@@ -147,8 +145,16 @@ fn assert_nowhere(p: &Project, value: &str) {
         vec!["audit", "export"],
     ] {
         let run = p.cutover(&args);
-        assert_clean(&format!("cutover {args:?} stdout"), run.stdout.as_bytes(), value);
-        assert_clean(&format!("cutover {args:?} stderr"), run.stderr.as_bytes(), value);
+        assert_clean(
+            &format!("cutover {args:?} stdout"),
+            run.stdout.as_bytes(),
+            value,
+        );
+        assert_clean(
+            &format!("cutover {args:?} stderr"),
+            run.stderr.as_bytes(),
+            value,
+        );
     }
     for (name, _, _) in p.containers() {
         let out = Command::new("docker")
@@ -184,11 +190,20 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("cutover secret set production/db-password"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cutover secret set production/db-password"),
+        "{}",
+        run.stderr
+    );
     write_spec(&p, "app-secret = \"env://IT_MISSING_VAR\"");
     let run = p.cutover(&["deploy"]);
     run.assert_code(2);
-    assert!(run.stderr.contains("IT_MISSING_VAR is not set"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("IT_MISSING_VAR is not set"),
+        "{}",
+        run.stderr
+    );
     write_spec(&p, "app-secret = \"vault://x\"");
     let run = p.cutover(&["deploy"]);
     run.assert_code(2);
@@ -202,7 +217,10 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     write_spec(&p, "app-secret = \"secret://db-password\"");
     p.cutover(&["deploy"]).assert_code(0);
     let release1 = p.current_release();
-    assert_eq!(digest_served(&p), format!("sha256:{}", sha256_hex(first.as_bytes())));
+    assert_eq!(
+        digest_served(&p),
+        format!("sha256:{}", sha256_hex(first.as_bytes()))
+    );
     let listed = p.cutover(&["secret", "list", "production", "-o", "json"]);
     listed.assert_code(0);
     let lines = listed.json();
@@ -212,7 +230,12 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     // The file in the container: read-only bind mount, mode 0400, of the app's user.
     let container = p.containers().into_iter().find(|c| c.2).unwrap().0;
     let inspect = Command::new("docker")
-        .args(["inspect", "--format", "{{json .HostConfig.Binds}}", &container])
+        .args([
+            "inspect",
+            "--format",
+            "{{json .HostConfig.Binds}}",
+            &container,
+        ])
         .output()
         .unwrap();
     let binds = String::from_utf8_lossy(&inspect.stdout);
@@ -253,21 +276,34 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     });
     let report = load.stop();
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
-    assert_eq!(digest_served(&p), format!("sha256:{}", sha256_hex(second.as_bytes())));
+    assert_eq!(
+        digest_served(&p),
+        format!("sha256:{}", sha256_hex(second.as_bytes()))
+    );
 
     // Rollback restores the old release with its pinned (old) value.
     p.cutover(&["rollback"]).assert_code(0);
     assert_eq!(p.current_release(), release1);
-    assert_eq!(digest_served(&p), format!("sha256:{}", sha256_hex(first.as_bytes())));
+    assert_eq!(
+        digest_served(&p),
+        format!("sha256:{}", sha256_hex(first.as_bytes()))
+    );
     p.cutover(&["rollback", "--to", &release2]).assert_code(0);
 
     // A revoked version is refused, naming it, unless the latest versions are asked for.
-    p.cutover(&["secret", "revoke", "production/db-password", "--version", "1"])
-        .assert_code(0);
+    p.cutover(&[
+        "secret",
+        "revoke",
+        "production/db-password",
+        "--version",
+        "1",
+    ])
+    .assert_code(0);
     let refused = p.cutover(&["rollback", "--to", &release1]);
     refused.assert_code(2);
     assert!(
-        refused.stderr.contains("db-password version 1") && refused.stderr.contains("--use-latest-secrets"),
+        refused.stderr.contains("db-password version 1")
+            && refused.stderr.contains("--use-latest-secrets"),
         "{}",
         refused.stderr
     );
@@ -275,20 +311,35 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     p.cutover(&["rollback", "--to", &release1, "--use-latest-secrets"])
         .assert_code(0);
     let release3 = p.current_release();
-    assert!(release3 != release1 && release3 != release2, "a new release: {release3}");
-    assert_eq!(digest_served(&p), format!("sha256:{}", sha256_hex(second.as_bytes())));
+    assert!(
+        release3 != release1 && release3 != release2,
+        "a new release: {release3}"
+    );
+    assert_eq!(
+        digest_served(&p),
+        format!("sha256:{}", sha256_hex(second.as_bytes()))
+    );
     assert_nowhere(&p, &first);
     assert_nowhere(&p, &second);
 
     // The audit chain has every set, rotate, revoke and injection.
     let audit = p.cutover(&["audit", "export"]);
     audit.assert_code(0);
-    for action in ["secret.set", "secret.rotate", "secret.revoke", "secret.inject"] {
-        assert!(audit.stdout.contains(action), "no {action} in the audit log");
+    for action in [
+        "secret.set",
+        "secret.rotate",
+        "secret.revoke",
+        "secret.inject",
+    ] {
+        assert!(
+            audit.stdout.contains(action),
+            "no {action} in the audit log"
+        );
     }
 
     // A wrong master key: the control plane refuses to start and changes nothing.
-    p.cutover(&["serve", "--stop", "--keep-proxy"]).assert_code(0);
+    p.cutover(&["serve", "--stop", "--keep-proxy"])
+        .assert_code(0);
     let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     let run = p.cutover_with_env(&["status"], &[("CUTOVER_SECRETS_KEY", &wrong)]);
     run.assert_code(1);
@@ -304,7 +355,8 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     assert_eq!(after.json()[0]["latest"], 2);
 
     // Crash output after a forced panic while a value is held holds no value.
-    p.cutover(&["serve", "--stop", "--keep-proxy"]).assert_code(0);
+    p.cutover(&["serve", "--stop", "--keep-proxy"])
+        .assert_code(0);
     let started = p.cutover_with_env(
         &["rotate", "--detach"],
         &[("CUTOVER_TEST_PANIC_ON_INJECT", "1")],

@@ -9,8 +9,8 @@
 mod approval_view;
 pub mod client;
 mod guardrails;
-mod types;
 pub mod secrets;
+mod types;
 pub mod unix;
 
 pub use approval_view::*;

@@ -8,8 +8,8 @@ mod client;
 mod daemon;
 mod follow;
 mod render;
-mod serve;
 mod secret_cmds;
+mod serve;
 mod server_cmds;
 mod supply_cmds;
 

@@ -231,10 +231,20 @@ async fn rewrap(
         .await?;
     if let Some((staged, default)) = install {
         let old = default.with_extension("key.old");
-        std::fs::rename(&default, &old)
-            .with_context(|| format!("the store now uses the key in {}; move it to {} by hand", staged.display(), default.display()))?;
-        std::fs::rename(&staged, &default)
-            .with_context(|| format!("the store now uses the key in {}; move it to {} by hand", staged.display(), default.display()))?;
+        std::fs::rename(&default, &old).with_context(|| {
+            format!(
+                "the store now uses the key in {}; move it to {} by hand",
+                staged.display(),
+                default.display()
+            )
+        })?;
+        std::fs::rename(&staged, &default).with_context(|| {
+            format!(
+                "the store now uses the key in {}; move it to {} by hand",
+                staged.display(),
+                default.display()
+            )
+        })?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

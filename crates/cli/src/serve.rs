@@ -9,13 +9,13 @@ use anyhow::{Context, Result};
 
 use cutover_chain::LocalSupplyChain;
 use cutover_docker::{CargoBuilds, DockerProvider, SecretFiles};
-use cutover_secrets::MasterKey;
-use cutover_server::secrets::{Keyring, StoreSecrets};
 use cutover_executor::{ExecutorConfig, FaultInjector};
 use cutover_model::{Preflights, Providers, SecretSource};
 use cutover_proxy::{AdminClient, ProxyTraffic};
+use cutover_secrets::MasterKey;
 use cutover_server::door::{DoorOptions, TlsFiles};
 use cutover_server::metrics::{ProxyStatLine, ProxyStats};
+use cutover_server::secrets::{Keyring, StoreSecrets};
 use cutover_server::webhooks::{Delivery, Webhooks};
 use cutover_server::{ControlPlane, HttpDoor, Options};
 use cutover_store::Store;

@@ -56,13 +56,18 @@ pub fn is_tmpfs(path: &Path) -> std::io::Result<bool> {
 
 impl std::fmt::Debug for SecretFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretFiles").field("base", &self.base).finish()
+        f.debug_struct("SecretFiles")
+            .field("base", &self.base)
+            .finish()
     }
 }
 
 impl SecretFiles {
     /// Keep secret files under `base` (made 0700; it must be on a tmpfs).
-    pub fn new(source: Arc<dyn SecretSource>, base: PathBuf) -> Result<SecretFiles, SecretFilesError> {
+    pub fn new(
+        source: Arc<dyn SecretSource>,
+        base: PathBuf,
+    ) -> Result<SecretFiles, SecretFilesError> {
         let io = |source| SecretFilesError::Io {
             path: base.clone(),
             source,
@@ -188,7 +193,9 @@ impl SecretFiles {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove secret files"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove secret files")
+            }
         }
     }
 
@@ -236,16 +243,18 @@ mod tests {
     fn a_directory_on_a_disk_is_refused() {
         let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         assert!(!is_tmpfs(disk.path()).unwrap());
-        let err = SecretFiles::new(Arc::new(Fixed), disk.path().join("secrets"))
-            .err()
-            .expect("refused");
+        let err =
+            SecretFiles::new(Arc::new(Fixed), disk.path().join("secrets")).expect_err("refused");
         assert!(err.to_string().contains("not on a tmpfs"), "{err}");
     }
 
     #[test]
     fn files_are_0400_in_a_0700_directory_and_go_with_the_container() {
         let Some(shm) = shm() else {
-            assert!(std::env::var("CI").is_err(), "/dev/shm is not a tmpfs on CI");
+            assert!(
+                std::env::var("CI").is_err(),
+                "/dev/shm is not a tmpfs on CI"
+            );
             return;
         };
         let files = SecretFiles::new(Arc::new(Fixed), shm.path().join("s")).unwrap();
@@ -264,7 +273,10 @@ mod tests {
                 source: "secret://db".to_string(),
                 path: "/run/secrets/db".to_string(),
                 as_env: false,
-                pin: Some(SecretPin { name: "db".to_string(), version: 1 }),
+                pin: Some(SecretPin {
+                    name: "db".to_string(),
+                    version: 1,
+                }),
             },
         );
         // Reserved before the container exists, so the Engine never makes a directory there.
@@ -272,7 +284,10 @@ mod tests {
         assert!(files.dir_of("c-1").join("db").is_file());
         assert_eq!(
             files.binds(&spec),
-            vec![format!("{}:/run/secrets/db:ro", files.dir_of("c-1").join("db").display())]
+            vec![format!(
+                "{}:/run/secrets/db:ro",
+                files.dir_of("c-1").join("db").display()
+            )]
         );
         let values = vec![("db".to_string(), SecretSlice::from(b"one".to_vec()))];
         files.write("c-1", &values, uid, gid).unwrap();

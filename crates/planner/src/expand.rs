@@ -47,8 +47,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         && matches!(
             setup.kind,
             DeploymentKind::Rollback { .. } | DeploymentKind::Rotate { .. }
-        )
-    {
+        ) {
         rescanning = with_rescan(strategy, &file)?;
         &rescanning
     } else {
@@ -254,7 +253,9 @@ impl<'a> Setup<'a> {
                     return Err(PlanError::StrategyStep {
                         file: file.to_string(),
                         step: step.id.clone(),
-                        message: "a rotation never builds or signs: use the built-in `rollback` strategy".to_string(),
+                        message:
+                            "a rotation never builds or signs: use the built-in `rollback` strategy"
+                                .to_string(),
                     });
                 }
                 if source.app != spec.app || source.env != input.env {

@@ -1708,17 +1708,20 @@ fn rotate_starts_a_new_release_of_the_pinned_image_with_its_pins_and_builds_noth
         }
     );
     assert_eq!(plan.release_id, "production-9");
-    assert!(plan.steps.iter().all(|s| !matches!(
-        s.kind,
-        StepKind::Build | StepKind::Sign | StepKind::Adopt
-    )));
+    assert!(plan
+        .steps
+        .iter()
+        .all(|s| !matches!(s.kind, StepKind::Build | StepKind::Sign | StepKind::Adopt)));
     assert!(plan.steps.iter().any(|s| s.kind == StepKind::Verify));
     match &plan.step("provision-0").map(|s| &s.action) {
         Some(Action::Provision { instance }) => {
             assert_eq!(instance.name, "cutover-hello-production-9-0");
             assert_eq!(instance.release, "production-9");
             assert_eq!(
-                instance.container.secrets["db"].pin.as_ref().map(|p| p.version),
+                instance.container.secrets["db"]
+                    .pin
+                    .as_ref()
+                    .map(|p| p.version),
                 Some(4)
             );
             assert!(matches!(instance.image, ImageSource::Pinned { .. }));

@@ -12,10 +12,7 @@ fn a_sealed_value_opens_with_its_key_and_aad() {
     let master = MasterKey::generate().unwrap();
     let aad = Aad::new("production", "db-password", 1);
     let sealed = seal(&master, &aad, &value()).unwrap();
-    assert!(!sealed
-        .ciphertext
-        .windows(CANARY.len())
-        .any(|w| w == CANARY));
+    assert!(!sealed.ciphertext.windows(CANARY.len()).any(|w| w == CANARY));
     let opened = open(&master, &aad, &sealed).unwrap();
     assert_eq!(opened.expose_secret(), CANARY);
 }
@@ -133,7 +130,10 @@ fn a_key_file_open_to_others_is_refused() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let err = MasterKey::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("chmod 600"), "{err}");
-    assert!(made.write_new_file(&path).is_err(), "never replaces a key file");
+    assert!(
+        made.write_new_file(&path).is_err(),
+        "never replaces a key file"
+    );
 }
 
 #[test]
@@ -141,7 +141,18 @@ fn names_must_be_file_names() {
     for good in ["db-password", "API_KEY", "a.b", "x1"] {
         check_name(good).unwrap();
     }
-    for bad in ["", ".", "..", "../etc/passwd", "a/b", "-rf", ".hidden", "with space", "é", &"a".repeat(129)] {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "../etc/passwd",
+        "a/b",
+        "-rf",
+        ".hidden",
+        "with space",
+        "é",
+        &"a".repeat(129),
+    ] {
         assert!(check_name(bad).is_err(), "{bad:?} accepted");
     }
 }

@@ -208,8 +208,7 @@ async fn prepare(
             // The target's pinned secret versions come back with it, unless one was
             // revoked since: then refuse, naming it, or (asked to) take the latest
             // versions in a new release of the target's image.
-            let revoked =
-                crate::secrets::revoked_pins(&cp.store, env, &target.container.secrets)?;
+            let revoked = crate::secrets::revoked_pins(&cp.store, env, &target.container.secrets)?;
             let repinned = !revoked.is_empty();
             if repinned {
                 if !secrets.use_latest {
@@ -325,7 +324,7 @@ fn admitted_spec(
     env: Option<&str>,
     starting: bool,
     secrets: Option<&SecretOptions>,
-) -> Result<(Spec, String, SpecSource, Option<u64>, Vec<String>), ServerError> {
+) -> Result<Admission, ServerError> {
     authorize(who, env)?;
     let source = resolve_source(cp, source, env)?;
     let admitted = crate::projects::admit(cp, who, &source)?;
@@ -356,7 +355,23 @@ fn admitted_spec(
             )?;
         }
     }
-    Ok((spec, env, admitted.source, guardrails, warnings))
+    Ok(Admission {
+        spec,
+        env,
+        source: admitted.source,
+        guardrails,
+        warnings,
+    })
+}
+
+/// A spec admitted for planning: the spec (secrets pinned), its environment, its
+/// canonical source, the guardrails version in force and warnings for the caller.
+struct Admission {
+    spec: Spec,
+    env: String,
+    source: SpecSource,
+    guardrails: Option<u64>,
+    warnings: Vec<String>,
 }
 
 /// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
@@ -381,7 +396,7 @@ pub async fn plan_with(
     secrets: &SecretOptions,
 ) -> Result<Plan, ServerError> {
     let pin = (rollback.is_none() && !secrets.rotate).then_some(secrets);
-    let (spec, env, _, _, _) = admitted_spec(cp, who, source, env, false, pin)?;
+    let Admission { spec, env, .. } = admitted_spec(cp, who, source, env, false, pin)?;
     prepare(cp, &spec, &env, &who.name, rollback, false, secrets).await
 }
 
@@ -408,8 +423,13 @@ pub async fn start_with(
     secrets: &SecretOptions,
 ) -> Result<Started, ServerError> {
     let pin = (rollback.is_none() && !secrets.rotate).then_some(secrets);
-    let (spec, env, source, guardrails, warnings) =
-        admitted_spec(cp, who, source, env, true, pin)?;
+    let Admission {
+        spec,
+        env,
+        source,
+        guardrails,
+        warnings,
+    } = admitted_spec(cp, who, source, env, true, pin)?;
     let plan = prepare(cp, &spec, &env, &who.name, rollback, true, secrets).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),

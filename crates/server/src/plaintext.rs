@@ -17,7 +17,9 @@ pub fn suspicious_keys(spec: &Spec) -> Vec<String> {
         .iter()
         .filter(|(key, value)| {
             // As an env file line, so rules that look for a key name see one.
-            !rules.scan_text(&format!("{key}={value}\n"), None).is_empty()
+            !rules
+                .scan_text(&format!("{key}={value}\n"), None)
+                .is_empty()
         })
         .map(|(key, _)| key.clone())
         .collect()
@@ -53,7 +55,10 @@ pub fn check_env_values(
             shown.join("; ")
         )));
     }
-    Ok(keys.iter().map(|k| format!("warning: {}", advice(k, env))).collect())
+    Ok(keys
+        .iter()
+        .map(|k| format!("warning: {}", advice(k, env)))
+        .collect())
 }
 
 #[cfg(test)]

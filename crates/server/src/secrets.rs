@@ -358,7 +358,10 @@ pub fn remove(
         json!({"last_version": before.last_version}),
     ) {
         restore(cp, &tree, &store_key, Some(&before))?;
-        return Err(unaudited(e, &format!("secret {env}/{name} was not removed")));
+        return Err(unaudited(
+            e,
+            &format!("secret {env}/{name} was not removed"),
+        ));
     }
     Ok(SecretChanged {
         env: env.to_string(),
@@ -370,11 +373,7 @@ pub fn remove(
 /// Move every data key to `new`, leaving value ciphertexts as they are; the key check
 /// follows. Every record is rewrapped in memory first, so one that does not open changes
 /// nothing. Audited.
-pub fn rewrap(
-    cp: &ControlPlane,
-    actor: &str,
-    new: MasterKey,
-) -> Result<RewrapReport, ServerError> {
+pub fn rewrap(cp: &ControlPlane, actor: &str, new: MasterKey) -> Result<RewrapReport, ServerError> {
     let old = cp.secrets.get()?;
     let tree = tree(&cp.store)?;
     let all = tree.scan_prefix("")?;
@@ -449,7 +448,10 @@ pub fn value(
 }
 
 /// Releases of `env` by the secret versions they pin: `(name, version) -> release ids`.
-fn pinned_by(store: &Store, env: &str) -> Result<BTreeMap<(String, u64), Vec<String>>, ServerError> {
+fn pinned_by(
+    store: &Store,
+    env: &str,
+) -> Result<BTreeMap<(String, u64), Vec<String>>, ServerError> {
     let mut out: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
     for release in store.releases(env)? {
         for mount in release.container.secrets.values() {
@@ -640,13 +642,24 @@ pub fn pin_spec(
                     )
                 })?;
                 let value = cutover_secrets::secret_value(value.as_bytes().to_vec());
-                pin_value(cp, who, env, &mount_name, value, &format!("env://{var}"), store)?
+                pin_value(
+                    cp,
+                    who,
+                    env,
+                    &mount_name,
+                    value,
+                    &format!("env://{var}"),
+                    store,
+                )?
             }
             SecretSourceRef::File(path) => {
                 let bytes = std::fs::read(&path).map_err(|e| {
                     at(
                         &mount_name,
-                        format!("cannot read {}: {e}; check the file on the control plane's machine", path.display()),
+                        format!(
+                            "cannot read {}: {e}; check the file on the control plane's machine",
+                            path.display()
+                        ),
                     )
                 })?;
                 let value = cutover_secrets::secret_value(bytes);
@@ -703,7 +716,16 @@ fn pin_value(
             version: next,
         });
     }
-    let changed = put_version(cp, &who.name, env, name, &value, origin, "secret.store", None)?;
+    let changed = put_version(
+        cp,
+        &who.name,
+        env,
+        name,
+        &value,
+        origin,
+        "secret.store",
+        None,
+    )?;
     Ok(SecretPin {
         name: name.to_string(),
         version: changed.version,
@@ -771,8 +793,14 @@ impl SecretSource for StoreSecrets {
         pin: &SecretPin,
     ) -> Result<SecretValue, ProviderError> {
         let fail = |e: ServerError| ProviderError::permanent(format!("secret {mount}: {e}"));
-        let value = value(&self.store, &self.keyring, &instance.env, &pin.name, pin.version)
-            .map_err(fail)?;
+        let value = value(
+            &self.store,
+            &self.keyring,
+            &instance.env,
+            &pin.name,
+            pin.version,
+        )
+        .map_err(fail)?;
         if std::env::var_os(TEST_PANIC_HOOK).is_some_and(|v| v == "1") {
             // Test-only (off unless set): a crash while a value is held, so tests can
             // search the crash output for it.

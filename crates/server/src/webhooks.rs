@@ -35,7 +35,9 @@ impl Event {
             return format!(
                 "cutover: in {}: {}",
                 self.env,
-                self.reason.as_deref().unwrap_or("a secret is past its max age")
+                self.reason
+                    .as_deref()
+                    .unwrap_or("a secret is past its max age")
             );
         }
         let what = match self.event.as_str() {

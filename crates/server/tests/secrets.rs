@@ -158,7 +158,12 @@ impl Harness {
         let start = Instant::now();
         loop {
             let (_, body) = self
-                .api(Method::GET, &format!("/api/v1/deployments/{id}"), token, None)
+                .api(
+                    Method::GET,
+                    &format!("/api/v1/deployments/{id}"),
+                    token,
+                    None,
+                )
                 .await;
             let detail: Value = serde_json::from_str(&body).unwrap();
             if detail["status"] == "succeeded" {
@@ -183,7 +188,10 @@ impl Harness {
 
 fn assert_clean(what: &str, body: &str, value: &str) {
     assert!(!body.contains(value), "{what} shows the value: {body}");
-    assert!(!body.contains(&b64(value)), "{what} shows it base64: {body}");
+    assert!(
+        !body.contains(&b64(value)),
+        "{what} shows it base64: {body}"
+    );
 }
 
 #[tokio::test]
@@ -197,11 +205,27 @@ async fn roles_decide_who_sets_and_nobody_reads_a_value() {
 
     // A deployer references secrets but cannot set, rotate, revoke or remove them.
     for (method, path, body) in [
-        (Method::PUT, "/api/v1/secrets/staging/db-password", Some(json!({"value_base64": b64(&value)}))),
-        (Method::POST, "/api/v1/secrets/staging/db-password/rotate", Some(json!({"value_base64": b64(&value)}))),
-        (Method::POST, "/api/v1/secrets/staging/db-password/revoke", Some(json!({"version": 1}))),
+        (
+            Method::PUT,
+            "/api/v1/secrets/staging/db-password",
+            Some(json!({"value_base64": b64(&value)})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/secrets/staging/db-password/rotate",
+            Some(json!({"value_base64": b64(&value)})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/secrets/staging/db-password/revoke",
+            Some(json!({"version": 1})),
+        ),
         (Method::DELETE, "/api/v1/secrets/staging/db-password", None),
-        (Method::POST, "/api/v1/secrets/rewrap", Some(json!({"new_key_base64": b64(&"k".repeat(32))}))),
+        (
+            Method::POST,
+            "/api/v1/secrets/rewrap",
+            Some(json!({"new_key_base64": b64(&"k".repeat(32))})),
+        ),
     ] {
         for token in [&deployer, &viewer] {
             let (status, body) = h.api(method.clone(), path, token, body.clone()).await;
@@ -209,7 +233,9 @@ async fn roles_decide_who_sets_and_nobody_reads_a_value() {
         }
     }
     // An admin of staging only manages staging's secrets.
-    let (status, body) = h.set(&staging_admin, "production/db-password", &value).await;
+    let (status, body) = h
+        .set(&staging_admin, "production/db-password", &value)
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, body) = h.set(&staging_admin, "staging/db-password", &value).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -270,7 +296,12 @@ async fn roles_decide_who_sets_and_nobody_reads_a_value() {
     assert!(lines[0].expired, "max_age 1ms has passed");
     assert!(lines[0].versions[0].revoked_at_ms.is_some());
     let (status, _) = h
-        .api(Method::DELETE, "/api/v1/secrets/staging/db-password", &admin, None)
+        .api(
+            Method::DELETE,
+            "/api/v1/secrets/staging/db-password",
+            &admin,
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(secrets::list(&h.cp.store, None).unwrap().is_empty());
@@ -278,8 +309,16 @@ async fn roles_decide_who_sets_and_nobody_reads_a_value() {
     let again: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(again["version"], 3, "versions are never reused");
     let actions = h.audit_actions();
-    for action in ["secret.set", "secret.rotate", "secret.revoke", "secret.remove"] {
-        assert!(actions.iter().any(|a| a == action), "{action} in {actions:?}");
+    for action in [
+        "secret.set",
+        "secret.rotate",
+        "secret.revoke",
+        "secret.remove",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} in {actions:?}"
+        );
     }
 }
 
@@ -352,8 +391,20 @@ async fn deploys_pin_versions_store_env_values_and_no_get_route_shows_a_value() 
     assert_eq!(
         pins,
         vec![
-            ("db".to_string(), SecretPin { name: "db-password".into(), version: 1 }),
-            ("token".to_string(), SecretPin { name: "token".into(), version: 1 }),
+            (
+                "db".to_string(),
+                SecretPin {
+                    name: "db-password".into(),
+                    version: 1
+                }
+            ),
+            (
+                "token".to_string(),
+                SecretPin {
+                    name: "token".into(),
+                    version: 1
+                }
+            ),
         ]
     );
     let plan_json = serde_json::to_string(&plan).unwrap();
@@ -366,7 +417,14 @@ async fn deploys_pin_versions_store_env_values_and_no_get_route_shows_a_value() 
         keyring: h.keyring.clone(),
     };
     let value = source
-        .resolve(&instance, "db", &SecretPin { name: "db-password".into(), version: 1 })
+        .resolve(
+            &instance,
+            "db",
+            &SecretPin {
+                name: "db-password".into(),
+                version: 1,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(value.expose_secret(), stored.as_bytes());
@@ -416,11 +474,28 @@ async fn deploys_pin_versions_store_env_values_and_no_get_route_shows_a_value() 
     assert_eq!(status, StatusCode::CREATED, "{body}");
     h.wait_succeeded(&admin, "staging-3").await;
     let rotated = h.cp.store.plan("staging-3").unwrap().unwrap();
-    assert!(!rotated.steps.iter().any(|s| matches!(s.action, Action::Build { .. })));
+    assert!(!rotated
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, Action::Build { .. })));
     let release = h.cp.store.current_release("staging").unwrap().unwrap();
     assert_eq!(release.id, "staging-3");
-    assert_eq!(release.container.secrets["db"].pin.as_ref().unwrap().version, 2);
-    assert_eq!(release.container.secrets["token"].pin.as_ref().unwrap().version, 1);
+    assert_eq!(
+        release.container.secrets["db"]
+            .pin
+            .as_ref()
+            .unwrap()
+            .version,
+        2
+    );
+    assert_eq!(
+        release.container.secrets["token"]
+            .pin
+            .as_ref()
+            .unwrap()
+            .version,
+        1
+    );
 
     // Rolling back to a release that pins a revoked version is refused, naming it.
     h.api(
@@ -452,7 +527,14 @@ async fn deploys_pin_versions_store_env_values_and_no_get_route_shows_a_value() 
     h.wait_succeeded(&admin, "staging-4").await;
     let release = h.cp.store.current_release("staging").unwrap().unwrap();
     assert_eq!(release.id, "staging-4");
-    assert_eq!(release.container.secrets["db"].pin.as_ref().unwrap().version, 2);
+    assert_eq!(
+        release.container.secrets["db"]
+            .pin
+            .as_ref()
+            .unwrap()
+            .version,
+        2
+    );
 }
 
 #[tokio::test]
@@ -468,8 +550,7 @@ async fn tampered_ciphertext_fails_naming_the_secret_and_never_panics() {
     record.versions[0].sealed.ciphertext[last] ^= 0x01;
     tree.insert(key, &record).unwrap();
     let err = secrets::value(&h.cp.store, &h.keyring, "staging", "db-password", 1)
-        .err()
-        .expect("a tampered value does not open")
+        .expect_err("a tampered value does not open")
         .to_string();
     assert!(err.contains("staging/db-password version 1"), "{err}");
     assert!(!err.contains("CANARY"), "{err}");
@@ -481,7 +562,12 @@ async fn a_wrong_master_key_is_refused_and_rewrap_moves_every_key() {
     let admin = h.token(Role::Admin, None, "root");
     h.set(&admin, "staging/a", &canary(1)).await;
     h.set(&admin, "staging/b", &canary(2)).await;
-    let before: Vec<_> = h.cp.store.typed_tree::<secrets::SecretRecord>("secrets").unwrap().values().unwrap();
+    let before: Vec<_> =
+        h.cp.store
+            .typed_tree::<secrets::SecretRecord>("secrets")
+            .unwrap()
+            .values()
+            .unwrap();
 
     let other = MasterKey::generate().unwrap();
     let err = secrets::open(&h.cp.store, &other).unwrap_err().to_string();
@@ -500,9 +586,17 @@ async fn a_wrong_master_key_is_refused_and_rewrap_moves_every_key() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["versions"], 2);
-    let after: Vec<_> = h.cp.store.typed_tree::<secrets::SecretRecord>("secrets").unwrap().values().unwrap();
+    let after: Vec<_> =
+        h.cp.store
+            .typed_tree::<secrets::SecretRecord>("secrets")
+            .unwrap()
+            .values()
+            .unwrap();
     for (b, a) in before.iter().zip(&after) {
-        assert_eq!(b.versions[0].sealed.ciphertext, a.versions[0].sealed.ciphertext);
+        assert_eq!(
+            b.versions[0].sealed.ciphertext,
+            a.versions[0].sealed.ciphertext
+        );
         assert_ne!(b.versions[0].sealed.data_key, a.versions[0].sealed.data_key);
     }
     let value = secrets::value(&h.cp.store, &h.keyring, "staging", "b", 1).unwrap();
@@ -525,7 +619,9 @@ async fn a_secret_past_its_max_age_warns_in_status_and_fires_one_webhook_event()
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(secrets::expired_warnings(&h.cp.store, "staging").unwrap().is_empty());
+    assert!(secrets::expired_warnings(&h.cp.store, "staging")
+        .unwrap()
+        .is_empty());
     assert!(secrets::due_expiry_events(&h.cp.store).unwrap().is_empty());
 
     // Tighten it: now past.
@@ -553,12 +649,22 @@ async fn a_secret_past_its_max_age_warns_in_status_and_fires_one_webhook_event()
     let env: Value = serde_json::from_str(&body).unwrap();
     let warnings = env["secret_warnings"].as_array().expect("warnings");
     assert_eq!(warnings.len(), 1, "{env:#}");
-    assert!(warnings[0].as_str().unwrap().contains("staging/other version 1"));
+    assert!(warnings[0]
+        .as_str()
+        .unwrap()
+        .contains("staging/other version 1"));
     let events = secrets::due_expiry_events(&h.cp.store).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, "secret_expired");
-    assert!(events[0].text().contains("staging/other version 1"), "{}", events[0].text());
-    assert!(secrets::due_expiry_events(&h.cp.store).unwrap().is_empty(), "once per version");
+    assert!(
+        events[0].text().contains("staging/other version 1"),
+        "{}",
+        events[0].text()
+    );
+    assert!(
+        secrets::due_expiry_events(&h.cp.store).unwrap().is_empty(),
+        "once per version"
+    );
 }
 
 #[tokio::test]
@@ -574,11 +680,19 @@ async fn file_sources_are_authorised_before_they_are_read() {
             &format!("token = \"file://{}\"", path.display()),
         )
     };
-    h.set(&h.token(Role::Admin, None, "root"), "staging/db-password", &canary(1))
-        .await;
+    h.set(
+        &h.token(Role::Admin, None, "root"),
+        "staging/db-password",
+        &canary(1),
+    )
+    .await;
 
     // A file outside every project root: refused before it is read.
-    std::fs::write(h.dir.path().join("deploy.toml"), spec_with(&outside.path().join("key"))).unwrap();
+    std::fs::write(
+        h.dir.path().join("deploy.toml"),
+        spec_with(&outside.path().join("key")),
+    )
+    .unwrap();
     let (status, body) = h
         .api(
             Method::POST,
@@ -590,10 +704,16 @@ async fn file_sources_are_authorised_before_they_are_read() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("container.secrets.token"), "{body}");
     assert_clean("the refusal", &body, &canary(7));
-    assert!(secrets::record(&h.cp.store, "staging", "token").unwrap().is_none());
+    assert!(secrets::record(&h.cp.store, "staging", "token")
+        .unwrap()
+        .is_none());
 
     // Inside the project: stored as a version, pinned.
-    std::fs::write(h.dir.path().join("deploy.toml"), spec_with(&h.dir.path().join("key"))).unwrap();
+    std::fs::write(
+        h.dir.path().join("deploy.toml"),
+        spec_with(&h.dir.path().join("key")),
+    )
+    .unwrap();
     let (status, body) = h
         .api(
             Method::POST,
@@ -603,7 +723,9 @@ async fn file_sources_are_authorised_before_they_are_read() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let record = secrets::record(&h.cp.store, "staging", "token").unwrap().unwrap();
+    let record = secrets::record(&h.cp.store, "staging", "token")
+        .unwrap()
+        .unwrap();
     assert!(record.versions[0].origin.starts_with("file://"));
     let value = secrets::value(&h.cp.store, &h.keyring, "staging", "token", 1).unwrap();
     assert_eq!(value.expose_secret(), canary(8).as_bytes());

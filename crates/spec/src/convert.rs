@@ -11,8 +11,8 @@ use cutover_model::{
 };
 
 use crate::raw::{
-    RawApprovals, RawBuild, RawContainer, RawEnvironment, RawGate, RawHealth, RawSize, RawSpec,
-    RawSecret, RawSupply, S,
+    RawApprovals, RawBuild, RawContainer, RawEnvironment, RawGate, RawHealth, RawSecret, RawSize,
+    RawSpec, RawSupply, S,
 };
 use crate::Errors;
 
@@ -393,7 +393,10 @@ fn convert_secrets(
         let mount_path = match &path {
             Some(p) => {
                 let text = p.get_ref();
-                if !text.starts_with('/') || text.split('/').any(|c| c == ".." || c == ".") || text.ends_with('/') {
+                if !text.starts_with('/')
+                    || text.split('/').any(|c| c == ".." || c == ".")
+                    || text.ends_with('/')
+                {
                     errors.at(
                         p.span(),
                         &format!("{field}.path"),
@@ -429,7 +432,10 @@ fn convert_secrets(
                 errors.at(
                     at,
                     &format!("{field}.as_env"),
-                    format!("container.env sets {} too; keep one of them", name.get_ref()),
+                    format!(
+                        "container.env sets {} too; keep one of them",
+                        name.get_ref()
+                    ),
                 );
                 continue;
             }

@@ -212,7 +212,13 @@ pub fn secret_error(text: &str, path: &Path, name: &str, message: impl Into<Stri
         .and_then(|c| c.secrets)
         .and_then(|s| s.get(name).map(|v| v.span()))
         .unwrap_or(0..0);
-    error_at(text, path, span, &format!("container.secrets.{name}"), message)
+    error_at(
+        text,
+        path,
+        span,
+        &format!("container.secrets.{name}"),
+        message,
+    )
 }
 
 pub fn spec_digest(spec: &Spec) -> String {

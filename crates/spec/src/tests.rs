@@ -940,17 +940,67 @@ fn container_secrets_parse_with_default_and_given_paths() {
 fn bad_secret_references_name_line_column_and_field() {
     let f = Fixture::new();
     let cases: &[(&str, usize, &str, &str)] = &[
-        ("x = \"vault://x\"", 5, "container.secrets.x", "unknown scheme"),
-        ("x = \"aws-sm://prod/db\"", 5, "container.secrets.x", "comes with the AWS provider"),
-        ("x = \"secret://../etc\"", 5, "container.secrets.x", "letters, digits"),
-        ("\"../x\" = \"secret://x\"", 1, "container.secrets.../x", "not a valid secret name"),
-        ("x = \"env://1BAD\"", 5, "container.secrets.x", "not an environment variable name"),
-        ("x = \"file://relative/path\"", 5, "container.secrets.x", "absolute path"),
-        ("x = { source = \"secret://x\", path = \"run/x\" }", 37, "container.secrets.x.path", "absolute file path"),
-        ("x = { path = \"/run/x\" }", 5, "container.secrets.x", "needs a source"),
-        ("x = { source = \"secret://x\", mode = 1 }", 30, "", "unknown field `mode`"),
+        (
+            "x = \"vault://x\"",
+            5,
+            "container.secrets.x",
+            "unknown scheme",
+        ),
+        (
+            "x = \"aws-sm://prod/db\"",
+            5,
+            "container.secrets.x",
+            "comes with the AWS provider",
+        ),
+        (
+            "x = \"secret://../etc\"",
+            5,
+            "container.secrets.x",
+            "letters, digits",
+        ),
+        (
+            "\"../x\" = \"secret://x\"",
+            1,
+            "container.secrets.../x",
+            "not a valid secret name",
+        ),
+        (
+            "x = \"env://1BAD\"",
+            5,
+            "container.secrets.x",
+            "not an environment variable name",
+        ),
+        (
+            "x = \"file://relative/path\"",
+            5,
+            "container.secrets.x",
+            "absolute path",
+        ),
+        (
+            "x = { source = \"secret://x\", path = \"run/x\" }",
+            37,
+            "container.secrets.x.path",
+            "absolute file path",
+        ),
+        (
+            "x = { path = \"/run/x\" }",
+            5,
+            "container.secrets.x",
+            "needs a source",
+        ),
+        (
+            "x = { source = \"secret://x\", mode = 1 }",
+            30,
+            "",
+            "unknown field `mode`",
+        ),
         ("x = 3", 5, "", "a source such as"),
-        ("my-key = { source = \"secret://x\", as_env = true }", 44, "container.secrets.my-key.as_env", "not an environment variable name"),
+        (
+            "my-key = { source = \"secret://x\", as_env = true }",
+            44,
+            "container.secrets.my-key.as_env",
+            "not an environment variable name",
+        ),
     ];
     for (entry, column, field, fragment) in cases {
         let text = format!(
@@ -973,14 +1023,28 @@ fn two_secrets_on_one_path_or_a_secret_shadowing_env_are_refused() {
     let text = "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container.env]\nTOKEN = \"x\"\n[container.secrets]\na = { source = \"secret://a\", path = \"/run/secrets/b\" }\nb = \"secret://b\"\nTOKEN = { source = \"secret://t\", as_env = true }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n";
     let err = f.parse(text).expect_err("collisions");
     let all: Vec<String> = err.all().map(ToString::to_string).collect();
-    assert!(all.iter().any(|e| e.contains("container.secrets.b.path") && e.contains("already the path of secret a")), "{all:?}");
-    assert!(all.iter().any(|e| e.contains("container.secrets.TOKEN.as_env") && e.contains("container.env sets TOKEN")), "{all:?}");
+    assert!(
+        all.iter().any(|e| e.contains("container.secrets.b.path")
+            && e.contains("already the path of secret a")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.contains("container.secrets.TOKEN.as_env")
+                && e.contains("container.env sets TOKEN")),
+        "{all:?}"
+    );
 }
 
 #[test]
 fn a_late_secret_error_points_at_its_entry() {
     let f = Fixture::new();
-    let err = secret_error(WITH_SECRETS, &f.spec_path(), "API_TOKEN", "env://CI_API_TOKEN is not set");
+    let err = secret_error(
+        WITH_SECRETS,
+        &f.spec_path(),
+        "API_TOKEN",
+        "env://CI_API_TOKEN is not set",
+    );
     assert_eq!((err.line, err.column), (6, 13), "{err}");
     assert_eq!(err.field, "container.secrets.API_TOKEN");
 }

@@ -231,6 +231,23 @@ fn sha256_hex(data: &[u8]) -> String {
     h.iter().map(|v| format!("{v:08x}")).collect()
 }
 
+/// PID 1 in a container ignores SIGTERM unless it installs a handler: exit at once on it.
+fn install_sigterm_exit() {
+    extern "C" fn on_sigterm(_: i32) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { _exit(0) }
+    }
+    extern "C" {
+        fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+        fn _exit(code: i32) -> !;
+    }
+    const SIGTERM: i32 = 15;
+    // SAFETY: installs a handler that only exits the process.
+    unsafe {
+        signal(SIGTERM, on_sigterm);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -247,22 +264,5 @@ mod tests {
             super::sha256_hex(&[b'a'; 1000]),
             "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
         );
-    }
-}
-
-/// PID 1 in a container ignores SIGTERM unless it installs a handler: exit at once on it.
-fn install_sigterm_exit() {
-    extern "C" fn on_sigterm(_: i32) {
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { _exit(0) }
-    }
-    extern "C" {
-        fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
-        fn _exit(code: i32) -> !;
-    }
-    const SIGTERM: i32 = 15;
-    // SAFETY: installs a handler that only exits the process.
-    unsafe {
-        signal(SIGTERM, on_sigterm);
     }
 }
