@@ -354,6 +354,25 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     after.assert_code(0);
     assert_eq!(after.json()[0]["latest"], 2);
 
+    // Rewrap to a new master key (made by the CLI, installed as the default key file):
+    // values untouched, the restarted control plane opens them with the new key.
+    let rewrapped = p.cutover(&["secret", "rewrap"]);
+    rewrapped.assert_code(0);
+    assert!(
+        rewrapped
+            .stdout
+            .contains("rewrapped 2 versions of 1 secrets"),
+        "{}",
+        rewrapped.stdout
+    );
+    p.cutover(&["serve", "--stop", "--keep-proxy"])
+        .assert_code(0);
+    p.cutover(&["rotate"]).assert_code(0);
+    assert_eq!(
+        digest_served(&p),
+        format!("sha256:{}", sha256_hex(second.as_bytes()))
+    );
+
     // Crash output after a forced panic while a value is held holds no value.
     p.cutover(&["serve", "--stop", "--keep-proxy"])
         .assert_code(0);

@@ -381,9 +381,16 @@ fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) ->
 async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let planned: PlanResponse = client
-        .post("/api/v1/plans", &request(ctx, env, rollback))
-        .await?;
+    let secret_env = if rollback.is_none() {
+        caller_secret_env(ctx)
+    } else {
+        Default::default()
+    };
+    let request = PlanRequest {
+        secret_env,
+        ..request(ctx, env, rollback)
+    };
+    let planned: PlanResponse = client.post("/api/v1/plans", &request).await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&planned.plan)?),
         Output::Dot => print!("{}", cutover_planner::render_dot(&planned.plan)),

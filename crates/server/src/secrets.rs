@@ -695,6 +695,16 @@ fn pin_value(
     cutover_secrets::check_value(&value)
         .map_err(|e| ServerError::BadRequest(format!("container.secrets.{name}: {e}")))?;
     let existing = record(&cp.store, env, name)?.filter(|r| !r.removed);
+    // A spec may add versions only to secrets that specs made: one an admin set is never
+    // overwritten by whoever may deploy.
+    if existing
+        .as_ref()
+        .is_some_and(|r| r.versions.iter().any(|v| v.origin == "api"))
+    {
+        return Err(ServerError::Forbidden(format!(
+            "container.secrets.{name}: secret {env}/{name} is managed with `cutover secret set`; a spec's {origin} cannot replace it: reference it as secret://{name}, or give this entry another name"
+        )));
+    }
     if let Some(latest) = existing.as_ref().and_then(|r| r.latest()) {
         let same = self::value(&cp.store, &cp.secrets, env, name, latest.version)
             .map(|stored| {

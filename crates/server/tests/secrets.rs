@@ -730,3 +730,29 @@ async fn file_sources_are_authorised_before_they_are_read() {
     let value = secrets::value(&h.cp.store, &h.keyring, "staging", "token", 1).unwrap();
     assert_eq!(value.expose_secret(), canary(8).as_bytes());
 }
+
+#[tokio::test]
+async fn a_deployer_cannot_overwrite_an_admins_secret_through_an_env_reference() {
+    let h = Harness::new();
+    let admin = h.token(Role::Admin, None, "root");
+    let deployer = h.token(Role::Deployer, None, "ci");
+    h.set(&admin, "staging/db-password", &canary(1)).await;
+    // The admin's secret is named like the spec's env:// entry.
+    h.set(&admin, "staging/token", &canary(2)).await;
+    let (status, body) = h
+        .api(
+            Method::POST,
+            "/api/v1/deployments",
+            &deployer,
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "secret_env": {"IT_TOKEN": canary(9)}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("managed with `cutover secret set`"), "{body}");
+    let record = secrets::record(&h.cp.store, "staging", "token")
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.versions.len(), 1, "nothing was stored");
+    let value = secrets::value(&h.cp.store, &h.keyring, "staging", "token", 1).unwrap();
+    assert_eq!(value.expose_secret(), canary(2).as_bytes());
+}
