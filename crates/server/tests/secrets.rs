@@ -177,6 +177,62 @@ impl Harness {
         }
     }
 
+    async fn page(&self, path: &str, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
+        let mut request = Request::get(path);
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let set_cookie = response
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap().to_string());
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(frame)) = tokio::time::timeout_at(until, body.frame()).await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        (
+            status,
+            String::from_utf8_lossy(&bytes).into_owned(),
+            set_cookie,
+        )
+    }
+
+    /// A web UI session of the owner of `token` (the login form takes a token).
+    async fn ui_login(&self, token: &str) -> String {
+        let (status, form, cookie) = self.page("/login", None).await;
+        assert_eq!(status, StatusCode::OK, "{form}");
+        let anon = cookie.expect("the login page sets its proof cookie");
+        let marker = "name=\"csrf\" value=\"";
+        let at = form.find(marker).expect("the login form has a csrf field") + marker.len();
+        let csrf = &form[at..at + form[at..].find('"').unwrap()];
+        let body = format!("csrf={csrf}&token={token}&next=%2F");
+        let request = Request::post("/login")
+            .header(header::COOKIE, &anon)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "login refused");
+        response
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap().to_string())
+            .expect("a session cookie")
+    }
+
     fn audit_actions(&self) -> Vec<String> {
         cutover_server::audit::export(&self.cp.store, None)
             .unwrap()
@@ -450,6 +506,20 @@ async fn deploys_pin_versions_store_env_values_and_no_get_route_shows_a_value() 
         checked += 1;
     }
     assert!(checked >= 10);
+    // Every page of the web UI, as an admin.
+    let cookie = h.ui_login(&admin).await;
+    for path in [
+        "/",
+        "/history",
+        "/deployments/staging-1",
+        "/deployments/staging-2",
+        "/rollback/staging",
+        "/ui/deployments/staging-2/events",
+    ] {
+        let (status, body, _) = h.page(path, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        seen.push(body);
+    }
     for body in &seen {
         assert_clean("an API answer", body, &stored);
         assert_clean("an API answer", body, &from_env);
