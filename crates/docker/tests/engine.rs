@@ -1270,6 +1270,18 @@ async fn secrets_are_read_only_files_and_only_as_env_reaches_the_environment() {
     let dir = files.dir_of(&name);
     assert!(dir.join("app-secret").is_file());
 
+    // At start the control plane sweeps the files of containers that no longer exist.
+    let gone = unique("gone");
+    std::fs::create_dir_all(files.dir_of(&gone)).unwrap();
+    std::fs::write(files.dir_of(&gone).join("app-secret"), "left over").unwrap();
+    let swept = docker.sweep_secret_files().await.expect("sweep");
+    assert_eq!(swept, vec![gone.clone()]);
+    assert!(!files.dir_of(&gone).exists());
+    assert!(
+        dir.join("app-secret").is_file(),
+        "a live container keeps its files"
+    );
+
     docker.remove(&name).await.expect("remove");
     assert!(!dir.exists(), "the secret files go with the container");
 }
