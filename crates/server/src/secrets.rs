@@ -78,7 +78,10 @@ impl Keyring {
 /// Check `master` against the store's key check (made on first use). A wrong key is
 /// refused before anything is written.
 pub fn open(store: &Store, master: &MasterKey) -> Result<(), SecretsError> {
-    let check: Option<KeyCheck> = store.kv_get(KEY_CHECK).ok().flatten();
+    // A check that cannot be read is never replaced: that would bless any key.
+    let check: Option<KeyCheck> = store
+        .kv_get(KEY_CHECK)
+        .map_err(|_| SecretsError::Malformed("the key check in the store cannot be read"))?;
     match check {
         Some(check) => check.verify(master),
         None => {
