@@ -267,8 +267,10 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     wait_for("load to get going", Duration::from_secs(10), || {
         load.ok_so_far() > 20
     });
+    let rotate_started = std::time::Instant::now();
     let rotated = p.cutover(&["rotate"]);
     rotated.assert_code(0);
+    let rotate_took = rotate_started.elapsed();
     let release2 = p.current_release();
     assert_ne!(release1, release2);
     wait_for("the new release to serve", Duration::from_secs(10), || {
@@ -276,6 +278,10 @@ fn a_canary_secret_reaches_only_its_container_and_rotates_as_a_release() {
     });
     let report = load.stop();
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    eprintln!(
+        "rotation under load: `cutover rotate` took {rotate_took:?}; {} requests, {} failed",
+        report.ok, report.failed
+    );
     assert_eq!(
         digest_served(&p),
         format!("sha256:{}", sha256_hex(second.as_bytes()))

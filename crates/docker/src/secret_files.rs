@@ -187,6 +187,27 @@ impl SecretFiles {
         Ok(())
     }
 
+    /// The values in `container`'s files (for the diagnosis to redact; 4+ characters).
+    pub(crate) fn values_of(&self, container: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir_of(container)) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .filter(|v| v.trim().len() >= 4)
+            .flat_map(|v| {
+                let trimmed = v.trim().to_string();
+                if trimmed == v {
+                    vec![v]
+                } else {
+                    vec![v, trimmed]
+                }
+            })
+            .collect()
+    }
+
     /// Remove `container`'s files (missing ones are fine).
     pub fn remove(&self, container: &str) {
         let dir = self.dir_of(container);
@@ -299,6 +320,17 @@ mod tests {
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("db")), 0o400);
         assert_eq!(std::fs::read(dir.join("db")).unwrap(), b"two");
+        // Too short to redact safely: left out; longer values (and their trimmed form) in.
+        assert!(files.values_of("c-1").is_empty());
+        let values = vec![(
+            "db".to_string(),
+            SecretSlice::from(b"s3cret-value\n".to_vec()),
+        )];
+        files.write("c-1", &values, uid, gid).unwrap();
+        assert_eq!(
+            files.values_of("c-1"),
+            vec!["s3cret-value\n".to_string(), "s3cret-value".to_string()]
+        );
         let existing = std::collections::BTreeSet::from(["c-2".to_string()]);
         assert_eq!(files.orphans(&existing), vec!["c-1".to_string()]);
         files.remove("c-1");
