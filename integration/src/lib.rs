@@ -4,6 +4,7 @@
 //! every container, image, process and file a test made.
 
 pub mod browser;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -42,8 +42,51 @@ pub struct ApprovalView {
     /// requires whatever the spec says); `None` while the environment has none. Covered by
     /// the digest: approving names the guardrails too.
     pub guardrails: Option<GuardrailsInForce>,
+    /// A promotion's source release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<crate::PromotedFrom>,
+    /// Where the image has been live, oldest first (covered by the digest; it changes
+    /// only when a period starts or ends).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_path: Vec<ImagePathStep>,
     /// `sha256:<hex>` of the canonical JSON of this view with `view_digest` empty.
     pub view_digest: String,
+}
+
+/// One stretch of time the image was the current release of an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImagePathStep {
+    pub env: String,
+    pub release_id: String,
+    pub live_from_ms: u64,
+    /// `None` while still live.
+    pub live_until_ms: Option<u64>,
+    /// `still-live`, `replaced` or `rolled-back`.
+    pub ended: String,
+    /// The deployment that replaced or rolled it back.
+    pub ended_by: Option<String>,
+    /// The line people read.
+    pub summary: String,
+}
+
+impl ImagePathStep {
+    pub fn of(period: &cutover_model::LivePeriod) -> ImagePathStep {
+        use cutover_model::LiveEnd;
+        let (ended, ended_by) = match &period.ended {
+            LiveEnd::StillLive => ("still-live", None),
+            LiveEnd::Replaced { by } => ("replaced", Some(by.clone())),
+            LiveEnd::RolledBack { by } => ("rolled-back", Some(by.clone())),
+        };
+        ImagePathStep {
+            env: period.env.clone(),
+            release_id: period.release_id.clone(),
+            live_from_ms: period.from_ms,
+            live_until_ms: period.until_ms,
+            ended: ended.to_string(),
+            ended_by,
+            summary: cutover_model::live::describe_period_fixed(period),
+        }
+    }
 }
 
 /// The release a deployment replaces.
@@ -143,6 +186,19 @@ pub struct ProvenanceView {
     pub signing_key_id: Option<String>,
     /// The keys the verify step accepted.
     pub verified_key_ids: Vec<String>,
+    /// The source repository (git remote `origin`), as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Who ran the build (a CI job's URL, or the control plane), as signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
+    /// The registry reference the image and its provenance were pulled from, when it was
+    /// built and signed elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_from: Option<String>,
+    /// The keys that signed the provenance (CI's, for a pulled image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provenance_key_ids: Vec<String>,
 }
 
 /// Which guardrails version an approval view was computed under.

@@ -91,16 +91,16 @@ impl ApiClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
     pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> Result<T, CallError> {
         self.call(Method::PUT, path, Some(body)).await
-    }
-
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
-        self.call(Method::DELETE, path, None::<&()>).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

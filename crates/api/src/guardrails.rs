@@ -21,6 +21,15 @@ pub struct Guardrails {
     pub trusted_keys: Vec<String>,
     pub gate: GateFloor,
     pub container: ContainerFloor,
+    /// Environments where an image must have been live (the current release, serving
+    /// traffic) for `soak_ms`, continuously and without a rollback, before any deploy or
+    /// promotion to this environment may run it. Empty: no such requirement.
+    #[serde(default)]
+    pub requires_success_in: Vec<String>,
+    /// How long (milliseconds) the image must have been live in each of
+    /// `requires_success_in`; `None` with environments listed: any time live counts.
+    #[serde(default)]
+    pub soak_ms: Option<u64>,
 }
 
 /// The least strict scan gate a spec may ask for.

@@ -9,11 +9,13 @@
 mod approval_view;
 pub mod client;
 mod guardrails;
+mod retention;
 pub mod secrets;
 mod types;
 pub mod unix;
 
 pub use approval_view::*;
 pub use guardrails::*;
+pub use retention::*;
 pub use secrets::*;
 pub use types::*;

@@ -355,6 +355,44 @@ pub struct PlanRequest {
     /// image with the latest versions instead of refusing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_latest_secrets: bool,
+    /// Deploy this prebuilt image (`HOST[:PORT]/REPO@sha256:<64 hex>`, a digest is
+    /// required) instead of the spec's build: it is pulled, verified and scanned here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Build (or pull), scan, sign and verify only (`cutover build`): nothing is deployed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub build_only: bool,
+    /// With `build_only`: the CI job asking for the build (its URL), recorded in the
+    /// provenance as who ran the build. Default: the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
+    /// Plan a promotion instead of a deploy: the image of `release` (of another
+    /// environment) rolled out to `env`, without a build.
+    #[serde(default)]
+    pub promote: Option<Promote>,
+}
+
+/// What a promotion deploys: the image of a release of another environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    /// The release whose image is promoted, e.g. `staging-7`.
+    pub release: String,
+    /// Its environment; by default the release id's prefix (`staging` of `staging-7`).
+    #[serde(default)]
+    pub from_env: Option<String>,
+}
+
+impl Promote {
+    /// The source environment: `from_env`, else the release id without its `-<number>`.
+    pub fn source_env(&self) -> Option<String> {
+        if let Some(env) = &self.from_env {
+            return Some(env.clone());
+        }
+        let (env, seq) = self.release.rsplit_once('-')?;
+        (!env.is_empty() && !seq.is_empty() && seq.chars().all(|c| c.is_ascii_digit()))
+            .then(|| env.to_string())
+    }
 }
 
 impl PlanRequest {
@@ -575,6 +613,26 @@ pub struct DeploymentDetail {
     /// The approval gate, when the plan has one: what to approve and who did.
     #[serde(default)]
     pub approval: Option<ApprovalInfo>,
+    /// A promotion's source: the release whose image it deploys, e.g. `staging-7`.
+    #[serde(default)]
+    pub promoted_from: Option<PromotedFrom>,
+}
+
+/// Where a promotion's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PromotedFrom {
+    pub release: String,
+    pub env: String,
+}
+
+impl PromotedFrom {
+    /// The source of a deployment of `kind`, when it is a promotion.
+    pub fn of(kind: &cutover_model::DeploymentKind) -> Option<PromotedFrom> {
+        kind.promoted_from().map(|(release, env)| PromotedFrom {
+            release: release.to_string(),
+            env: env.to_string(),
+        })
+    }
 }
 
 impl DeploymentDetail {
@@ -655,6 +713,9 @@ pub struct HistoryLine {
     pub finished_at_ms: Option<u64>,
     pub status: DeploymentState,
     pub reason: Option<String>,
+    /// A promotion's source release.
+    #[serde(default)]
+    pub promoted_from: Option<PromotedFrom>,
 }
 
 /// Names of the server-sent events of `GET /api/v1/deployments/{id}/events`.

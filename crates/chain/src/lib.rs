@@ -34,7 +34,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use cutover_model::{
-    now_ms, ExceptionEvidence, FindingEvidence, GateSpec, ImageInfo, ProvenanceEvidence,
+    now_ms, ExceptionEvidence, FindingEvidence, GateSpec, ImageInfo, ImageRef, ProvenanceEvidence,
     ProviderError, ScanEvidence, ScanOutcome, SignRequest, SupplyChain, SupplyEvidence,
 };
 use cutover_signing::{
@@ -91,6 +91,15 @@ impl SupplyPaths {
     pub fn attestations(&self, image_id: &str, env: &str) -> PathBuf {
         self.image_dir(image_id)
             .join(format!("attestations-{env}.json"))
+    }
+    /// The provenance of `image_id` signed elsewhere (e.g. by CI) and imported when the
+    /// image was pulled from a registry: the attestation bundle as it was stored there.
+    pub fn imported_provenance(&self, image_id: &str) -> PathBuf {
+        self.image_dir(image_id).join("provenance-imported.json")
+    }
+    /// Where an imported image came from: `{reference, manifest_digest}`.
+    pub fn origin(&self, image_id: &str) -> PathBuf {
+        self.image_dir(image_id).join("origin.json")
     }
     pub fn verdict(&self, image_id: &str, env: &str) -> PathBuf {
         self.image_dir(image_id).join(format!("verdict-{env}.json"))
@@ -593,6 +602,44 @@ pub fn summary(report: &ScanReport, verdict: &Verdict) -> String {
     )
 }
 
+/// The source repository: git remote `origin`'s URL, without any credentials in it.
+fn git_origin(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["remote", "get-url", "origin"])
+        .output()
+        .ok()?;
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !url.is_empty()).then(|| strip_userinfo(&url))
+}
+
+/// `https://user:token@host/x` → `https://host/x`: a remote URL may carry a token.
+fn strip_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if path.is_empty() && !rest.contains('/') {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Who ran a build the control plane made on its own: `cutover-control-plane://<host>`.
+fn control_plane_builder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("cutover-control-plane://{host}")
+}
+
 fn git_commit(dir: &Path) -> Option<String> {
     let out = std::process::Command::new("git")
         .arg("-C")
@@ -670,7 +717,16 @@ pub fn recorded_evidence(
         })?;
         evidence.scan = Some(scan_evidence(&record));
     }
-    let bundle_file = paths.attestations(image_id, env);
+    let imported = paths.imported_provenance(image_id);
+    let pulled_from = std::fs::read_to_string(paths.origin(image_id))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["reference"].as_str().map(str::to_string));
+    let bundle_file = if imported.exists() {
+        imported
+    } else {
+        paths.attestations(image_id, env)
+    };
     if bundle_file.exists() {
         let bundle = AttestationBundle::load(&bundle_file).map_err(permanent)?;
         for envelope in &bundle.envelopes {
@@ -699,11 +755,61 @@ pub fn recorded_evidence(
                     .pointer("/buildDefinition/externalParameters/source/gitDirty")
                     .and_then(|v| v.as_bool()),
                 key_ids: envelope.key_ids(),
+                repository: text("/buildDefinition/externalParameters/source/repository"),
+                invoked_by: text("/buildDefinition/internalParameters/builder"),
+                pulled_from: pulled_from.clone(),
             });
             break;
         }
     }
     Ok(evidence)
+}
+
+/// One environment's signed scan verdict about an image: whether it passed, and who signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictSeal {
+    pub env: String,
+    pub passed: bool,
+    pub key_ids: Vec<String>,
+}
+
+/// The signed scan verdicts recorded for `image_id`, one per environment, by name. Read as
+/// they are: [`verify_image`] checks signatures.
+pub fn verdict_seals(paths: &SupplyPaths, image_id: &str) -> Vec<VerdictSeal> {
+    let mut seals = Vec::new();
+    let Ok(entries) = std::fs::read_dir(paths.image_dir(image_id)) else {
+        return seals;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(env) = name
+            .strip_prefix("attestations-")
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Ok(bundle) = AttestationBundle::load(&entry.path()) else {
+            continue;
+        };
+        for envelope in &bundle.envelopes {
+            let Some(statement) = envelope
+                .decoded_payload()
+                .ok()
+                .and_then(|p| serde_json::from_slice::<cutover_signing::Statement>(&p).ok())
+            else {
+                continue;
+            };
+            if statement.predicate_type == SCAN_VERDICT_PREDICATE {
+                seals.push(VerdictSeal {
+                    env: env.to_string(),
+                    passed: statement.predicate["passed"].as_bool().unwrap_or(false),
+                    key_ids: envelope.key_ids(),
+                });
+            }
+        }
+    }
+    seals.sort_by(|a, b| a.env.cmp(&b.env));
+    seals
 }
 
 fn scan_evidence(record: &serde_json::Value) -> ScanEvidence {
@@ -866,11 +972,18 @@ impl SupplyChain for LocalSupplyChain {
                     path: Some(request.source.display().to_string()),
                     git_commit: git_commit(&request.source),
                     git_dirty: git_dirty(&request.source),
+                    repository: git_origin(&request.source),
                 },
                 resolved_dependencies: Vec::new(),
                 builder_id: DEFAULT_BUILDER_ID.to_string(),
                 builder_version: Some(env!("CARGO_PKG_VERSION").to_string()),
                 deployment_id: request.deployment_id.clone(),
+                invoked_by: Some(
+                    request
+                        .invoked_by
+                        .clone()
+                        .unwrap_or_else(control_plane_builder),
+                ),
                 started_on_ms: now,
                 finished_on_ms: now,
             },
@@ -893,6 +1006,15 @@ impl SupplyChain for LocalSupplyChain {
         verify_image(&self.paths, &image.id, env, trusted_keys)
     }
 
+    async fn import(
+        &self,
+        image: &ImageInfo,
+        reference: &ImageRef,
+        envelopes: &[Vec<u8>],
+    ) -> Result<(), ProviderError> {
+        import_attestations(&self.paths, image, reference, envelopes)
+    }
+
     async fn evidence(
         &self,
         image: &ImageInfo,
@@ -902,10 +1024,86 @@ impl SupplyChain for LocalSupplyChain {
     }
 }
 
+/// Keep the attestations pulled with an image (DSSE envelopes, as stored in the registry)
+/// as its imported provenance. Every statement in them must be about exactly this image
+/// (its id, the config digest of the pulled manifest), and a provenance must be among them;
+/// signatures are checked by [`verify_image`] against each environment's trusted keys.
+pub fn import_attestations(
+    paths: &SupplyPaths,
+    image: &ImageInfo,
+    reference: &ImageRef,
+    envelopes: &[Vec<u8>],
+) -> Result<(), ProviderError> {
+    let refuse = |why: String| {
+        ProviderError::permanent(format!(
+            "the attestations of {reference} ({}) {why}; refusing the image: push it again with `cutover push` from the build that signed it",
+            reference.attestation_tag()
+        ))
+    };
+    let mut bundle = AttestationBundle {
+        image_digest: image.id.clone(),
+        envelopes: Vec::new(),
+    };
+    let mut has_provenance = false;
+    for (index, bytes) in envelopes.iter().enumerate() {
+        let envelope: cutover_signing::Envelope = serde_json::from_slice(bytes).map_err(|e| {
+            refuse(format!(
+                "hold layer {index}, which is not a DSSE envelope ({e})"
+            ))
+        })?;
+        let payload = envelope.decoded_payload().map_err(|e| {
+            refuse(format!(
+                "hold layer {index} with an unreadable payload ({e})"
+            ))
+        })?;
+        let statement: cutover_signing::Statement =
+            serde_json::from_slice(&payload).map_err(|e| {
+                refuse(format!(
+                    "hold layer {index}, which is not an in-toto statement ({e})"
+                ))
+            })?;
+        let about_image = statement
+            .subject
+            .iter()
+            .any(|subject| subject.sha256().as_deref() == Some(image.id.as_str()));
+        if !about_image {
+            let subjects: Vec<String> = statement
+                .subject
+                .iter()
+                .map(|s| s.sha256().unwrap_or_else(|| s.name.clone()))
+                .collect();
+            return Err(refuse(format!(
+                "are about {}, not the pulled image {}",
+                subjects.join(", "),
+                image.id
+            )));
+        }
+        has_provenance |= statement.predicate_type == PROVENANCE_PREDICATE;
+        bundle.envelopes.push(envelope);
+    }
+    if !has_provenance {
+        return Err(refuse("hold no provenance".to_string()));
+    }
+    let dir = paths.image_dir(&image.id);
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    bundle
+        .save(&paths.imported_provenance(&image.id))
+        .map_err(|e| ProviderError::transient(e.to_string()))?;
+    write_json(
+        &paths.origin(&image.id),
+        &json!({ "reference": reference.to_string(), "image": image.id }),
+    )
+}
+
 /// Verify the attestations of `image_id` for `env`: signed by a trusted key (the local key
 /// when `trusted_keys` is empty), about exactly this image, with a passing scan verdict made
 /// for this environment that records the advisory database it was judged against (or says
 /// the gate explicitly allowed none).
+///
+/// An image pulled from a registry carries its provenance signed elsewhere (CI): that
+/// provenance must be signed by one of the environment's trusted keys, and the scan verdict
+/// (this control plane's judgement, made against its own advisory database) by a trusted
+/// key or by this control plane's local key.
 pub fn verify_image(
     paths: &SupplyPaths,
     image_id: &str,
@@ -924,7 +1122,30 @@ pub fn verify_image(
     } else {
         VerifyPolicy::from_key_files(env, trusted_keys).map_err(permanent)?
     };
-    let verified = verify_bundle(&bundle, image_id, &policy).map_err(permanent)?;
+    let imported = paths.imported_provenance(image_id);
+    let (verified, mut signers) = if imported.exists() {
+        let provenance = AttestationBundle::load(&imported).map_err(permanent)?;
+        let provenance_policy = VerifyPolicy {
+            required_predicates: vec![PROVENANCE_PREDICATE.to_string()],
+            ..policy.clone()
+        };
+        let origin = verify_bundle(&provenance, image_id, &provenance_policy).map_err(|e| {
+            ProviderError::permanent(format!(
+                "the provenance pulled with image {image_id} is not trusted for {env}: {e}"
+            ))
+        })?;
+        let mut judges = policy.clone();
+        if !trusted_keys.is_empty() {
+            judges.trusted_keys.push(local_public_key(paths)?);
+        }
+        let verified = verify_bundle(&bundle, image_id, &judges).map_err(permanent)?;
+        (verified, origin.signer_key_ids())
+    } else {
+        (
+            verify_bundle(&bundle, image_id, &policy).map_err(permanent)?,
+            Vec::new(),
+        )
+    };
     let verdict = verified
         .predicate(SCAN_VERDICT_PREDICATE)
         .cloned()
@@ -959,5 +1180,10 @@ pub fn verify_image(
             "image {image_id} is signed, but its signed scan verdict records no advisory database digest, so what it was checked against is unknown; scan and sign it again, refusing to run it"
         )));
     }
-    Ok(verified.signer_key_ids())
+    for id in verified.signer_key_ids() {
+        if !signers.contains(&id) {
+            signers.push(id);
+        }
+    }
+    Ok(signers)
 }

@@ -154,6 +154,7 @@ impl Fixture {
             plan_digest: cutover_model::sha256_digest(b"plan"),
             deployment_id: "d-1".to_string(),
             source: self.state.clone(),
+            invoked_by: None,
         }
     }
 }
@@ -1064,4 +1065,126 @@ async fn an_image_that_passed_fails_its_rescan_once_the_database_knows_a_flaw() 
     );
     let record = verdict_record(&chain, &f.image, "production");
     assert_eq!(record["passed"], false);
+}
+
+/// Attestations of `digest` signed elsewhere (by a "CI" key), as a registry holds them:
+/// one DSSE envelope (JSON) per layer.
+fn ci_attestations(digest: &str, key: &cutover_signing::KeyPair) -> Vec<Vec<u8>> {
+    let inputs = cutover_signing::AttestInputs {
+        image_name: "127.0.0.1:5000/hello:v1".to_string(),
+        provenance: cutover_signing::ProvenanceInputs {
+            app: "hello".to_string(),
+            env: "ci".to_string(),
+            spec_digest: cutover_model::sha256_digest(b"spec"),
+            plan_digest: cutover_model::sha256_digest(b"plan"),
+            source: cutover_signing::SourceInfo {
+                path: Some("/src/hello".to_string()),
+                git_commit: Some("0123456789abcdef0123456789abcdef01234567".to_string()),
+                git_dirty: Some(false),
+                repository: Some("https://git.example/team/hello".to_string()),
+            },
+            resolved_dependencies: Vec::new(),
+            builder_id: cutover_signing::DEFAULT_BUILDER_ID.to_string(),
+            builder_version: None,
+            deployment_id: "ci-1".to_string(),
+            invoked_by: Some("https://ci.example/team/hello/jobs/7".to_string()),
+            started_on_ms: 1_700_000_000_000,
+            finished_on_ms: 1_700_000_000_000,
+        },
+        sbom: None,
+        scan_verdict: None,
+    };
+    cutover_signing::attest(digest, inputs, key)
+        .expect("attest")
+        .envelopes
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pulled_image_runs_only_where_its_provenance_signer_is_trusted() {
+    let f = fixture(false);
+    let chain = f.chain(None);
+    let ci = cutover_signing::KeyPair::generate(cutover_signing::Algorithm::EcdsaP256);
+    let ci_pub = f.state.join("ci.pub");
+    ci.save_public(&ci_pub).unwrap();
+    let reference =
+        cutover_model::ImageRef::parse(&format!("127.0.0.1:5000/hello@sha256:{}", "ab".repeat(32)))
+            .unwrap();
+
+    // Statements about another image are refused at import, and nothing is kept.
+    let other = cutover_model::sha256_digest(b"other image");
+    let err = chain
+        .import(&f.image, &reference, &ci_attestations(&other, &ci))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains("not the pulled image"),
+        "{}",
+        err.message
+    );
+    assert!(!chain.paths().imported_provenance(&f.image.id).exists());
+
+    chain
+        .import(&f.image, &reference, &ci_attestations(&f.image.id, &ci))
+        .await
+        .expect("import");
+    chain
+        .scan(&f.image, "hello", "production", &GateSpec::default())
+        .await
+        .expect("scan");
+    // This control plane signs its own verdict with its local key.
+    chain.sign(&f.image, &f.request()).await.expect("sign");
+
+    // Trusting CI: CI's provenance, the local key's verdict.
+    let signers = chain
+        .verify(&f.image, "production", std::slice::from_ref(&ci_pub))
+        .await
+        .expect("verified");
+    assert!(signers.contains(&ci.key_id().to_string()), "{signers:?}");
+    // Trusting only the local key: CI's provenance does not count.
+    let err = chain.verify(&f.image, "production", &[]).await.unwrap_err();
+    assert!(
+        err.message.contains("not trusted for production"),
+        "{}",
+        err.message
+    );
+    // Trusting another key: neither.
+    let stranger = cutover_signing::KeyPair::generate(cutover_signing::Algorithm::Ed25519);
+    let stranger_pub = f.state.join("stranger.pub");
+    stranger.save_public(&stranger_pub).unwrap();
+    assert!(chain
+        .verify(&f.image, "production", &[stranger_pub])
+        .await
+        .is_err());
+
+    // The evidence names the source, the CI job and where the provenance came from.
+    let evidence = chain.evidence(&f.image, "production").await.unwrap();
+    let provenance = evidence.provenance.expect("provenance");
+    assert_eq!(
+        provenance.repository.as_deref(),
+        Some("https://git.example/team/hello")
+    );
+    assert_eq!(
+        provenance.invoked_by.as_deref(),
+        Some("https://ci.example/team/hello/jobs/7")
+    );
+    assert_eq!(provenance.pulled_from, Some(reference.to_string()));
+    assert_eq!(provenance.key_ids, vec![ci.key_id().to_string()]);
+
+    // An imported provenance altered after the fact (a byte of its payload) fails.
+    let file = chain.paths().imported_provenance(&f.image.id);
+    let mut bundle = AttestationBundle::load(&file).unwrap();
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut payload = engine.decode(&bundle.envelopes[0].payload).unwrap();
+    let at = String::from_utf8_lossy(&payload).find("\"ci\"").unwrap() + 1;
+    payload[at] = b'C';
+    bundle.envelopes[0].payload = engine.encode(&payload);
+    bundle.save(&file).unwrap();
+    let err = chain
+        .verify(&f.image, "production", &[ci_pub])
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("does not verify"), "{}", err.message);
 }

@@ -53,7 +53,12 @@ pub async fn follow(state: &StateDir, id: &str, json: bool) -> Result<u8> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&detail)?);
                 } else {
-                    println!("{}", render::outcome(&detail));
+                    if detail.kind == "build" {
+                        // `cutover build` prints the image id alone on stdout.
+                        eprintln!("{}", render::outcome(&detail));
+                    } else {
+                        println!("{}", render::outcome(&detail));
+                    }
                 }
                 return Ok(exit_code(&detail));
             }
@@ -235,6 +240,7 @@ mod tests {
             steps,
             journal: Vec::new(),
             approval: None,
+            promoted_from: None,
         }
     }
 

@@ -7,6 +7,7 @@
 mod client;
 mod daemon;
 mod follow;
+mod registry_cmds;
 mod render;
 mod secret_cmds;
 mod serve;
@@ -19,10 +20,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use cutover_model::format_ms;
 
 use cutover_server::api::{
-    DeploymentState, EnvStatus, ErrorCode, HistoryLine, PlanRequest, PlanResponse, Resumed,
-    RollbackTo, Started,
+    DeploymentState, EnvStatus, ErrorCode, GcReport, GcRequest, HistoryLine, Pin, PlanRequest,
+    PlanResponse, Promote, Resumed, RollbackTo, Started,
 };
 
 use client::{connect_or_start, ApiClient, CallError, StateDir};
@@ -67,7 +69,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
     /// Graphviz (plan only).
@@ -93,9 +95,14 @@ enum Command {
         /// Return once the deployment started instead of following it.
         #[arg(long)]
         detach: bool,
+        /// Deploy this prebuilt image (HOST[:PORT]/REPO@sha256:<hex>, as `cutover push`
+        /// prints it) instead of the spec's build: pulled, verified against the
+        /// environment's trusted keys, scanned here.
+        #[arg(long)]
+        image: Option<String>,
         /// Rotate secrets only: a new release of the current image with the latest secret
         /// versions, no build (same as `cutover rotate`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "image")]
         secrets_only: bool,
     },
     /// A new release of the current image with the latest secret versions: provision
@@ -110,6 +117,25 @@ enum Command {
     Secret {
         #[command(subcommand)]
         command: secret_cmds::SecretCommand,
+    },
+    /// Build, scan, sign and verify for an environment without deploying; write the build
+    /// record and the attestation bundle to --out and print the image id.
+    Build {
+        #[arg(short, long)]
+        env: Option<String>,
+        /// Directory for build.json and attestations.json.
+        #[arg(long, default_value = "cutover-build")]
+        out: PathBuf,
+    },
+    /// Push the image of `cutover build --out DIR` and its attestations to an OCI registry
+    /// (HOST[:PORT]/REPO[:TAG]); print it by digest. Credentials: CUTOVER_REGISTRY_USERNAME
+    /// and CUTOVER_REGISTRY_PASSWORD, or the 0600 file CUTOVER_REGISTRY_AUTH
+    /// (default ~/.config/cutover/registry-auth.json, Docker's `auths` format).
+    Push {
+        target: String,
+        /// The directory `cutover build --out` wrote.
+        #[arg(long = "build", default_value = "cutover-build")]
+        build_dir: PathBuf,
     },
     /// Current release, traffic, instances and the latest deployment per environment.
     Status {
@@ -138,6 +164,47 @@ enum Command {
         /// with the latest versions instead of refusing.
         #[arg(long)]
         use_latest_secrets: bool,
+    },
+    /// Deploy exactly the image of a release of another environment (e.g. staging-7) to
+    /// --to: same image id, a fresh scan verdict for the target, no build.
+    Promote {
+        /// The release whose image is promoted, e.g. staging-7.
+        release: String,
+        /// The environment to promote to.
+        #[arg(long)]
+        to: String,
+        /// The release's environment (default: the release id without `-<number>`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only show the plan the promotion would run.
+        #[arg(long)]
+        plan: bool,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Keep a release's image and attestations through `cutover gc` (--list: the pins).
+    Pin {
+        /// The release, e.g. production-4.
+        #[arg(required_unless_present = "list")]
+        release: Option<String>,
+        /// Its environment (default: the release id without `-<number>`).
+        #[arg(short, long)]
+        env: Option<String>,
+        #[arg(long, conflicts_with = "release")]
+        list: bool,
+    },
+    /// Let `cutover gc` remove a release's image again once nothing else keeps it.
+    Unpin {
+        release: String,
+        #[arg(short, long)]
+        env: Option<String>,
+    },
+    /// Remove local images (and their attestations) no rollback needs: all but the current,
+    /// warm, last `keep_releases` and pinned ones, and those of unfinished deployments.
+    Gc {
+        /// Report only; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Finish or unwind deployments interrupted by a crash, and follow them.
     Resume,
@@ -255,7 +322,7 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
     exit::ERROR
 }
 
-struct Context_ {
+pub(crate) struct Context_ {
     spec: PathBuf,
     state: StateDir,
     output: Output,
@@ -274,33 +341,81 @@ async fn run(cli: Cli) -> Result<u8> {
     };
     match cli.command {
         Command::Plan { env, rollback, to } => {
-            plan(&ctx, env, rollback.then_some(RollbackTo { to })).await
+            let rollback = rollback.then_some(RollbackTo { to });
+            let req = PlanRequest {
+                // The control plane's environment is not the caller's: env:// values go along.
+                secret_env: if rollback.is_none() {
+                    caller_secret_env(&ctx)
+                } else {
+                    Default::default()
+                },
+                ..request(&ctx, env, rollback)
+            };
+            plan_request(&ctx, &req).await
         }
         Command::Deploy {
             env,
             detach,
-            secrets_only,
-        } => start(&ctx, env, None, detach, secrets_only, false).await,
-        Command::Rotate { env, detach } => start(&ctx, env, None, detach, true, false).await,
+            image,
+            secrets_only: false,
+        } => start_image(&ctx, env, None, detach, image).await,
+        Command::Deploy {
+            env,
+            detach,
+            secrets_only: true,
+            ..
+        }
+        | Command::Rotate { env, detach } => {
+            let req = PlanRequest {
+                secrets_only: true,
+                ..request(&ctx, env, None)
+            };
+            start_request(&ctx, &req, detach).await
+        }
+        Command::Secret { command } => {
+            secret_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+        }
+        Command::Build { env, out } => registry_cmds::build(&ctx, env, &out).await,
+        Command::Push { target, build_dir } => registry_cmds::push(&ctx, &target, &build_dir).await,
         Command::Rollback {
             env,
             to,
             detach,
             use_latest_secrets,
         } => {
-            start(
-                &ctx,
-                env,
-                Some(RollbackTo { to }),
-                detach,
-                false,
+            let req = PlanRequest {
                 use_latest_secrets,
-            )
-            .await
+                ..request(&ctx, env, Some(RollbackTo { to }))
+            };
+            start_request(&ctx, &req, detach).await
         }
-        Command::Secret { command } => {
-            secret_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+        Command::Promote {
+            release,
+            to,
+            from,
+            plan: only_plan,
+            detach,
+        } => {
+            let promote = Promote {
+                release,
+                from_env: from,
+            };
+            let req = PlanRequest {
+                promote: Some(promote),
+                ..request(&ctx, Some(to), None)
+            };
+            if only_plan {
+                plan_request(&ctx, &req).await
+            } else {
+                start_request(&ctx, &req, detach).await
+            }
         }
+        Command::Pin { release, env, list } => match (list, release) {
+            (false, Some(release)) => pin(&ctx, &release, env, true).await,
+            _ => pins(&ctx).await,
+        },
+        Command::Unpin { release, env } => pin(&ctx, &release, env, false).await,
+        Command::Gc { dry_run } => gc(&ctx, dry_run).await,
         Command::Status { env, deployment } => status(&ctx, env, deployment).await,
         Command::History { env, limit } => history(&ctx, env, limit).await,
         Command::Resume => resume(&ctx).await,
@@ -350,13 +465,13 @@ async fn run(cli: Cli) -> Result<u8> {
 }
 
 /// Validate the spec here first, so bad input fails fast and starts nothing.
-fn check_spec(ctx: &Context_) -> Result<()> {
+pub(crate) fn check_spec(ctx: &Context_) -> Result<()> {
     cutover_spec::load(&ctx.spec)?;
     Ok(())
 }
 
 /// Connect, and say so when starting the control plane resumed interrupted work.
-async fn connect(ctx: &Context_) -> Result<ApiClient> {
+pub(crate) async fn connect(ctx: &Context_) -> Result<ApiClient> {
     let (client, started) = connect_or_start(&ctx.state).await?;
     if started {
         let resumed: Resumed = client.post("/api/v1/resume", &()).await?;
@@ -378,19 +493,10 @@ fn request(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) ->
     }
 }
 
-async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>) -> Result<u8> {
+async fn plan_request(ctx: &Context_, req: &PlanRequest) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
-    let secret_env = if rollback.is_none() {
-        caller_secret_env(ctx)
-    } else {
-        Default::default()
-    };
-    let request = PlanRequest {
-        secret_env,
-        ..request(ctx, env, rollback)
-    };
-    let planned: PlanResponse = client.post("/api/v1/plans", &request).await?;
+    let planned: PlanResponse = client.post("/api/v1/plans", req).await?;
     match ctx.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&planned.plan)?),
         Output::Dot => print!("{}", cutover_planner::render_dot(&planned.plan)),
@@ -399,29 +505,37 @@ async fn plan(ctx: &Context_, env: Option<String>, rollback: Option<RollbackTo>)
     Ok(0)
 }
 
-async fn start(
+async fn start_image(
     ctx: &Context_,
     env: Option<String>,
     rollback: Option<RollbackTo>,
     detach: bool,
-    secrets_only: bool,
-    use_latest_secrets: bool,
+    image: Option<String>,
 ) -> Result<u8> {
-    check_spec(ctx)?;
-    let client = connect(ctx).await?;
-    let deploy = rollback.is_none() && !secrets_only;
-    let request = PlanRequest {
-        secrets_only,
-        use_latest_secrets,
+    if let Some(image) = &image {
+        // Bad input fails here, before anything starts.
+        if let Err(e) = cutover_model::ImageRef::parse(image) {
+            eprintln!("error: --image: {e}");
+            return Ok(exit::BAD_INPUT);
+        }
+    }
+    let req = PlanRequest {
+        image,
         // The control plane's environment is not the caller's: env:// values go along.
-        secret_env: if deploy {
+        secret_env: if rollback.is_none() {
             caller_secret_env(ctx)
         } else {
             Default::default()
         },
         ..request(ctx, env, rollback)
     };
-    let started: Started = client.post("/api/v1/deployments", &request).await?;
+    start_request(ctx, &req, detach).await
+}
+
+async fn start_request(ctx: &Context_, req: &PlanRequest, detach: bool) -> Result<u8> {
+    check_spec(ctx)?;
+    let client = connect(ctx).await?;
+    let started: Started = client.post("/api/v1/deployments", req).await?;
     for warning in &started.warnings {
         eprintln!("{warning}");
     }
@@ -452,6 +566,85 @@ fn caller_secret_env(ctx: &Context_) -> std::collections::BTreeMap<String, Strin
         .filter_map(|m| m.source.strip_prefix("env://"))
         .filter_map(|var| std::env::var(var).ok().map(|v| (var.to_string(), v)))
         .collect()
+}
+
+/// The environment of `release`: `env`, else the release id without `-<number>`.
+fn release_env(release: &str, env: Option<String>) -> Result<String> {
+    Promote {
+        release: release.to_string(),
+        from_env: env,
+    }
+    .source_env()
+    .ok_or_else(|| {
+        anyhow::Error::new(CallError::Api(cutover_server::api::ErrorBody {
+            code: ErrorCode::BadRequest,
+            message: format!("release id {release:?} does not name its environment (like `production-4`); give it with --env"),
+            error_id: None,
+            violations: Vec::new(),
+        }))
+    })
+}
+
+async fn pin(ctx: &Context_, release: &str, env: Option<String>, pin: bool) -> Result<u8> {
+    let env = release_env(release, env)?;
+    let client = connect(ctx).await?;
+    let path = format!(
+        "/api/v1/environments/{}/releases/{}/pin",
+        encode(&env),
+        encode(release)
+    );
+    let answer: Pin = if pin {
+        client.post(&path, &()).await?
+    } else {
+        client.delete(&path).await?
+    };
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+        _ if pin => println!(
+            "pinned {env}/{release} (image {}, by {} at {}): `cutover gc` keeps it",
+            answer.image_id,
+            answer.by,
+            format_ms(answer.at_ms)
+        ),
+        _ => println!("unpinned {env}/{release} (image {})", answer.image_id),
+    }
+    Ok(0)
+}
+
+async fn pins(ctx: &Context_) -> Result<u8> {
+    let client = connect(ctx).await?;
+    let pins: Vec<Pin> = client.get("/api/v1/pins").await?;
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&pins)?),
+        _ if pins.is_empty() => println!("no release is pinned"),
+        _ => {
+            for p in &pins {
+                println!(
+                    "{}/{}  image {}  by {} at {}",
+                    p.env,
+                    p.release,
+                    p.image_id,
+                    p.by,
+                    format_ms(p.at_ms)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn gc(ctx: &Context_, dry_run: bool) -> Result<u8> {
+    let client = connect(ctx).await?;
+    let report: GcReport = client.post("/api/v1/gc", &GcRequest { dry_run }).await?;
+    match ctx.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        _ => print!("{}", render::gc(&report)),
+    }
+    Ok(if report.failed.is_empty() {
+        0
+    } else {
+        exit::ERROR
+    })
 }
 
 async fn resume(ctx: &Context_) -> Result<u8> {

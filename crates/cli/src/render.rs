@@ -86,6 +86,15 @@ pub fn outcome(d: &DeploymentDetail) -> String {
         })
         .unwrap_or_default();
     match d.status.as_str() {
+        "succeeded" if d.kind == "build" => format!(
+            "build {} succeeded{took}: the image is scanned, signed and verified for {}; nothing was deployed",
+            d.id, d.env
+        ),
+        "rolled_back" if d.kind == "build" => format!(
+            "build {} failed{took}: {}; nothing was deployed",
+            d.id,
+            d.reason.as_deref().unwrap_or("no reason recorded")
+        ),
         "succeeded" => format!(
             "{} {} succeeded{took}: release {} is live in {}",
             d.kind, d.id, d.release_id, d.env
@@ -121,6 +130,13 @@ pub fn deployment(d: &DeploymentDetail) -> String {
         let _ = writeln!(out, "  reason    {reason}");
     }
     let _ = writeln!(out, "  release   {}", d.release_id);
+    if let Some(from) = &d.promoted_from {
+        let _ = writeln!(
+            out,
+            "  promoted  from {} ({}): its image, no build",
+            from.release, from.env
+        );
+    }
     if let Some(prev) = &d.previous_release {
         let _ = writeln!(out, "  previous  {prev}");
     }
@@ -176,6 +192,14 @@ pub fn status(envs: &[EnvStatus]) -> String {
                     r.created_by,
                     format_ms(r.created_at_ms)
                 );
+                let promoted = e
+                    .latest
+                    .as_ref()
+                    .filter(|d| d.release_id == r.id)
+                    .and_then(|d| d.promoted_from.as_ref());
+                if let Some(from) = promoted {
+                    let _ = writeln!(out, "  promoted   from {} ({})", from.release, from.env);
+                }
             }
             None => {
                 let _ = writeln!(out, "{}: no release yet", e.env);
@@ -265,10 +289,13 @@ pub fn history(lines: &[HistoryLine]) -> String {
             .finished_at_ms
             .map(|f| format_duration_ms(f.saturating_sub(l.created_at_ms)))
             .unwrap_or_else(|| "-".to_string());
-        let outcome = match &l.reason {
+        let mut outcome = match &l.reason {
             Some(r) => format!("{}: {r}", l.status),
             None => l.status.to_string(),
         };
+        if let Some(from) = &l.promoted_from {
+            outcome = format!("{outcome} (promoted from {})", from.release);
+        }
         let _ = writeln!(
             out,
             "{:<20} {:<9} {:<20} {:<20} {:<12} {:<20} {:>8}  {}",
@@ -282,6 +309,56 @@ pub fn history(lines: &[HistoryLine]) -> String {
             outcome
         );
     }
+    out
+}
+
+/// `cutover gc`: each image removed with the bytes freed, each kept with its reasons.
+pub fn gc(report: &cutover_server::api::GcReport) -> String {
+    let mut out = String::new();
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for r in &report.removed {
+        let names = if r.tags.is_empty() {
+            r.releases.join(", ")
+        } else {
+            r.tags.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "{verb} {} ({names}): image {}, attestations {}",
+            short(&r.image_id),
+            mib(r.image_bytes),
+            mib(r.attestation_bytes)
+        );
+    }
+    for k in &report.kept {
+        let _ = writeln!(
+            out,
+            "kept {} ({}): {}",
+            short(&k.image_id),
+            k.tags.join(", "),
+            k.reasons.join("; ")
+        );
+    }
+    for f in &report.failed {
+        let _ = writeln!(out, "could not remove {}: {}", short(&f.image_id), f.error);
+    }
+    let _ = writeln!(
+        out,
+        "{} image(s) {verb}, {} kept, {} freed{}",
+        report.removed.len(),
+        report.kept.len(),
+        mib(report.bytes_freed),
+        if report.dry_run {
+            " (dry run: nothing removed)"
+        } else {
+            ""
+        }
+    );
     out
 }
 
@@ -321,6 +398,21 @@ pub fn approval_view(v: &ApprovalView) -> String {
         }
     );
     let _ = writeln!(out, "  view      {}", v.view_digest);
+    if let Some(from) = &v.promoted_from {
+        let _ = writeln!(
+            out,
+            "  promoted  from {} ({}): its image, not rebuilt",
+            from.release, from.env
+        );
+    }
+    if v.image_path.is_empty() {
+        let _ = writeln!(out, "  path      not live in any environment yet");
+    } else {
+        let _ = writeln!(out, "  path through environments");
+        for step in &v.image_path {
+            let _ = writeln!(out, "    {}", step.summary);
+        }
+    }
     match &v.running {
         Some(r) => {
             let _ = writeln!(
@@ -455,8 +547,21 @@ pub fn approval_view(v: &ApprovalView) -> String {
             .map(|x| format!(" version {x}"))
             .unwrap_or_default()
     );
+    if let Some(by) = &p.invoked_by {
+        let _ = writeln!(out, "  run by    {by}");
+    }
     if let (Some(kind), Some(source)) = (&p.build_kind, &p.build_source) {
         let _ = writeln!(out, "  source    {kind}: {source}");
+    }
+    if let Some(repository) = &p.repository {
+        let _ = writeln!(out, "  repo      {repository}");
+    }
+    if let Some(reference) = &p.pulled_from {
+        let _ = writeln!(
+            out,
+            "  pulled    {reference}, provenance signed by {}",
+            p.provenance_key_ids.join(", ")
+        );
     }
     if let Some(commit) = &p.git_commit {
         let _ = writeln!(
@@ -574,6 +679,44 @@ mod tests {
         assert!(text.contains(&view.view_digest), "{text}");
         assert!(text.contains("signed by fake-key-1"), "{text}");
         assert!(text.contains("scan      passed"), "{text}");
+        cp.abort_runs();
+    }
+
+    #[tokio::test]
+    async fn the_approval_view_says_where_a_pulled_image_and_its_provenance_came_from() {
+        use cutover_executor::fake;
+        let fakes = fake::FakeProviders::new();
+        let cp = cutover_server::ControlPlane::new(
+            cutover_store::Store::temporary().unwrap(),
+            fakes.providers(),
+            cutover_executor::ExecutorConfig::default(),
+        );
+        let spec = fake::spec_for("prod", 1, Some(cutover_model::ApprovalSpec::default()));
+        let plan = fake::planned_deploy_of(&spec, "prod-1", None);
+        waiting(&cp, &plan).await;
+        let mut view = cutover_server::approval_view::approval_view(&cp, "prod-1")
+            .await
+            .unwrap();
+        let reference = format!("127.0.0.1:5000/team/hello@sha256:{}", "ab".repeat(32));
+        view.provenance.pulled_from = Some(reference.clone());
+        view.provenance.invoked_by = Some("https://ci.example/team/hello/jobs/7".to_string());
+        view.provenance.repository = Some("https://git.example/team/hello".to_string());
+        view.provenance.provenance_key_ids = vec!["ci-key".to_string()];
+        let text = approval_view(&view);
+        assert!(
+            text.contains(&format!(
+                "pulled    {reference}, provenance signed by ci-key"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("run by    https://ci.example/team/hello/jobs/7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("repo      https://git.example/team/hello"),
+            "{text}"
+        );
         cp.abort_runs();
     }
 

@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 use cutover_docker::DockerProvider;
 use cutover_model::{GateSpec, ImageBuilder, ImageInfo};
-use cutover_server::api::HistoryLine;
+use cutover_server::api::{HistoryLine, ImagePathStep};
 
 use crate::client::{client, StateDir};
 use cutover_chain::{self as chain, LocalSupplyChain, SupplyPaths};
@@ -148,16 +148,25 @@ pub async fn run(command: SupplyCommand, state: &StateDir, json: bool) -> Result
             let image_id = resolve_image(state, &target, Some(&env)).await?;
             match chain::verify_image(&paths, &image_id, &env, &keys) {
                 Ok(key_ids) => {
+                    // Where it has been, when a control plane runs for this state.
+                    let path: Vec<ImagePathStep> = client(state)
+                        .get(&format!("/api/v1/images/{image_id}/path"))
+                        .await
+                        .unwrap_or_default();
                     if json {
                         println!(
                             "{}",
-                            serde_json::json!({"image": image_id, "verified": true, "key_ids": key_ids})
+                            serde_json::json!({"image": image_id, "verified": true, "key_ids": key_ids, "path": path})
                         );
                     } else {
                         println!(
                             "verified: image {image_id} is signed by {} and passed its gate",
                             key_ids.join(", ")
                         );
+                        print!("{}", custody(&paths, &image_id, &env)?);
+                        for step in &path {
+                            println!("  live in {}", step.summary);
+                        }
                     }
                     Ok(0)
                 }
@@ -345,4 +354,50 @@ async fn resolve_image(state: &StateDir, target: &str, env: Option<&str>) -> Res
     }
     let docker = DockerProvider::connect().await?;
     Ok(lookup_image(&docker, target).await?.id)
+}
+
+/// The chain of custody of a verified image: who built it from which source, who signed its
+/// provenance and where it came from, and each environment's verdict with its signer.
+fn custody(paths: &SupplyPaths, image_id: &str, env: &str) -> Result<String> {
+    let evidence = chain::recorded_evidence(paths, image_id, env)?;
+    let mut out = String::from("chain of custody:\n");
+    match &evidence.provenance {
+        Some(p) => {
+            out.push_str(&format!(
+                "  builder      {}\n",
+                p.invoked_by.as_deref().unwrap_or(p.builder_id.as_str())
+            ));
+            let dirty = match p.git_dirty {
+                Some(true) => " (work tree dirty)",
+                Some(false) => " (clean)",
+                None => "",
+            };
+            out.push_str(&format!(
+                "  source       {}@{}{dirty}\n",
+                p.repository
+                    .as_deref()
+                    .or(p.source_path.as_deref())
+                    .unwrap_or("unknown"),
+                p.git_commit.as_deref().unwrap_or("unknown commit"),
+            ));
+            out.push_str(&format!(
+                "  provenance   signed by {}{}\n",
+                p.key_ids.join(", "),
+                match &p.pulled_from {
+                    Some(reference) => format!(", pulled from {reference}"),
+                    None => ", signed here".to_string(),
+                }
+            ));
+        }
+        None => out.push_str("  provenance   none recorded\n"),
+    }
+    for seal in chain::verdict_seals(paths, image_id) {
+        out.push_str(&format!(
+            "  verdict for {}: {}, signed by {}\n",
+            seal.env,
+            if seal.passed { "passed" } else { "failed" },
+            seal.key_ids.join(", ")
+        ));
+    }
+    Ok(out)
 }

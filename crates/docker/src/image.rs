@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptionsBuilder};
-use cutover_model::{labels, BuildSpec, ImageBuilder, ImageInfo, ProviderError};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
+};
+use cutover_model::{labels, BuildSpec, ImageBuilder, ImageInfo, LocalImage, ProviderError};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -44,6 +46,11 @@ impl ImageBuilder for DockerProvider {
                 directory_context(context, dockerfile).await?,
                 dockerfile.clone(),
             ),
+            BuildSpec::Image { reference } => {
+                return Err(ProviderError::permanent(format!(
+                    "{reference} is a prebuilt image: it is pulled, not built; plan the deployment again"
+                )))
+            }
             BuildSpec::Cargo {
                 manifest,
                 bin,
@@ -61,7 +68,7 @@ impl ImageBuilder for DockerProvider {
         };
         let args = match source {
             BuildSpec::Dockerfile { args, .. } => args.clone(),
-            BuildSpec::Cargo { .. } => BTreeMap::new(),
+            BuildSpec::Cargo { .. } | BuildSpec::Image { .. } => BTreeMap::new(),
         };
         self.build_archive(tag, archive, &dockerfile, &args, &labels)
             .await?;
@@ -79,6 +86,81 @@ impl ImageBuilder for DockerProvider {
             .inspect_image_labels(reference)
             .await?
             .map(|(info, _)| info))
+    }
+
+    async fn pull(
+        &self,
+        reference: &cutover_model::ImageRef,
+        tag: &str,
+    ) -> Result<cutover_model::PulledImage, ProviderError> {
+        crate::registry::pull(self, reference, tag).await
+    }
+
+    async fn list_images(&self, app: &str) -> Result<Vec<LocalImage>, ProviderError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}=true", labels::MANAGED),
+                format!("{}={app}", labels::APP),
+            ],
+        )]);
+        let options = ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|e| provider_error(&format!("listing the images of {app}"), &e))?;
+        Ok(images
+            .into_iter()
+            .map(|i| LocalImage {
+                env: i.labels.get(labels::ENV).cloned(),
+                release: i.labels.get(labels::RELEASE).cloned(),
+                id: i.id,
+                tags: i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                size_bytes: u64::try_from(i.size).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), ProviderError> {
+        // Each tag, then the id: never forced, so the engine refuses (409) while any
+        // container, running or stopped, uses the image.
+        let tags = match self.inspect_image_tags(id).await? {
+            Some(tags) => tags,
+            None => return Ok(()),
+        };
+        // Untagging an image with other tags skips the engine's own check: ask first.
+        let filters = HashMap::from([("ancestor".to_string(), vec![id.to_string()])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let users = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| provider_error(&format!("listing the containers of image {id}"), &e))?;
+        if let Some(user) = users.first() {
+            let name = user
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| user.id.clone().unwrap_or_default());
+            return Err(ProviderError::permanent(format!(
+                "cannot remove image {id}: container {name} uses it; remove the container first"
+            )));
+        }
+        for tag in &tags {
+            DockerProvider::remove_image(self, tag).await?;
+        }
+        DockerProvider::remove_image(self, id).await
     }
 }
 
@@ -142,6 +224,15 @@ impl DockerProvider {
         file.flush().await.map_err(write_failed)?;
         file.sync_all().await.map_err(write_failed)?;
         Ok(())
+    }
+
+    /// The tags of image `id`, `None` when it does not exist.
+    async fn inspect_image_tags(&self, id: &str) -> Result<Option<Vec<String>>, ProviderError> {
+        match self.docker.inspect_image(id).await {
+            Ok(image) => Ok(Some(image.repo_tags.unwrap_or_default())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(provider_error(&format!("inspecting image {id}"), &e)),
+        }
     }
 
     /// The image and its labels, `None` when it does not exist.

@@ -37,6 +37,7 @@ mod image;
 mod network;
 mod preflight;
 mod probe;
+pub mod registry;
 mod secret_files;
 mod user;
 

@@ -50,6 +50,9 @@ pub(crate) fn build_source(build: &BuildSpec) -> Vec<PreflightFailure> {
         message,
     };
     match build {
+        // Checked by the pull step, which names the image: the registry's answer may change
+        // between now and then.
+        BuildSpec::Image { .. } => Vec::new(),
         BuildSpec::Dockerfile {
             context,
             dockerfile,

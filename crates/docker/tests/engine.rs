@@ -1285,3 +1285,93 @@ async fn secrets_are_read_only_files_and_only_as_env_reaches_the_environment() {
     docker.remove(&name).await.expect("remove");
     assert!(!dir.exists(), "the secret files go with the container");
 }
+
+#[tokio::test]
+async fn gc_lists_an_apps_images_and_never_removes_one_a_container_uses() {
+    if !require_docker().await {
+        return;
+    }
+    let (hello, _, _) = hello_image().await;
+    let docker = provider().await;
+    let app = unique("gc-app");
+    let context = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {}\nLABEL gc-case=\"{app}\"\n", hello.tag),
+    )
+    .expect("write");
+    let source = BuildSpec::Dockerfile {
+        context: context.path().to_path_buf(),
+        dockerfile: "Dockerfile".to_string(),
+        args: BTreeMap::new(),
+    };
+    let mut labels = test_labels("d-gc");
+    labels.insert(labels::APP.to_string(), app.clone());
+    let tag = format!("cutover-test/gc:{}", run_id());
+    let image = docker.build(&tag, &source, &labels).await.expect("build");
+
+    let listed = docker.list_images(&app).await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, image.id);
+    assert_eq!(listed[0].tags, std::slice::from_ref(&tag));
+    assert!(listed[0].size_bytes > 0);
+    assert!(docker
+        .list_images(&unique("other-app"))
+        .await
+        .expect("list")
+        .is_empty());
+
+    // A container of the image, running, then stopped: the image stays.
+    let name = unique("gc-user");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let spec = instance_spec(&name, &app, &[]);
+    docker.provision(&spec, &image).await.expect("provision");
+    let err = ImageBuilder::remove_image(&docker, &image.id)
+        .await
+        .expect_err("a running container uses it");
+    assert!(err.message.contains(&name), "{}", err.message);
+    assert!(docker
+        .inspect_image(&image.id)
+        .await
+        .expect("inspect")
+        .is_some());
+    bollard::Docker::connect_with_local_defaults()
+        .expect("client")
+        .stop_container(
+            &name,
+            Some(
+                bollard::query_parameters::StopContainerOptionsBuilder::default()
+                    .t(1)
+                    .build(),
+            ),
+        )
+        .await
+        .expect("stop");
+    assert!(ImageBuilder::remove_image(&docker, &image.id)
+        .await
+        .is_err());
+    assert!(docker.inspect_image(&tag).await.expect("inspect").is_some());
+
+    // Without containers it goes, with its tag; removing it again is fine.
+    docker.remove(&name).await.expect("remove container");
+    ImageBuilder::remove_image(&docker, &image.id)
+        .await
+        .expect("remove image");
+    assert_eq!(
+        docker.inspect_image(&image.id).await.expect("inspect"),
+        None
+    );
+    assert_eq!(docker.inspect_image(&tag).await.expect("inspect"), None);
+    assert!(docker.list_images(&app).await.expect("list").is_empty());
+    ImageBuilder::remove_image(&docker, &image.id)
+        .await
+        .expect("removing a missing image is fine");
+    assert!(
+        docker
+            .inspect_image(&hello.tag)
+            .await
+            .expect("inspect")
+            .is_some(),
+        "its base stays"
+    );
+}

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use cutover_model::{
     now_ms, Action, ApprovalSpec, Backend, DeploymentKind, ImageInfo, ImageSource, Instance,
-    InstanceState, JournalEvent, Probe, ProviderError, Release, Route, SignRequest, Step,
-    StepOutput, SupplyChain,
+    InstanceState, JournalEvent, LiveCause, LiveChange, Probe, ProviderError, Release, Route,
+    SignRequest, Step, StepOutput, SupplyChain,
 };
 use cutover_store::{HistoryEntry, Retirement, StoreError, StoreEvent};
 use tokio::sync::broadcast;
@@ -79,6 +79,14 @@ pub(crate) async fn perform(
             source,
             labels,
         } => Ok(StepOutput::Image(p.images.build(tag, source, labels).await?)),
+        Action::Pull { reference, tag } => {
+            let supply = supply(ctx)?;
+            let pulled = p.images.pull(reference, tag).await?;
+            supply
+                .import(&pulled.image, reference, &pulled.attestations)
+                .await?;
+            Ok(StepOutput::Image(pulled.image))
+        }
         Action::Scan {
             image,
             app,
@@ -111,6 +119,7 @@ pub(crate) async fn perform(
             key,
             spec_digest,
             source,
+            invoked_by,
         } => {
             let supply = supply(ctx)?;
             let image = resolve_image(ctx, image, outputs, true).await?;
@@ -122,6 +131,7 @@ pub(crate) async fn perform(
                 plan_digest: plan.digest.clone(),
                 deployment_id: plan.deployment_id.clone(),
                 source: source.clone(),
+                invoked_by: invoked_by.clone(),
             };
             let key_id = supply.sign(&image, &request).await?;
             Ok(StepOutput::Signed { key_id })
@@ -275,6 +285,7 @@ pub(crate) async fn perform(
             let (container, health, replicas) = (container.clone(), health.clone(), *replicas);
             ctx.store
                 .write_async(move |store| {
+                    let image_id = image.id.clone();
                     if store.release(&plan.env, &release)?.is_none() {
                         store.put_release(&Release {
                             id: release.clone(),
@@ -293,6 +304,22 @@ pub(crate) async fn perform(
                         })?;
                     }
                     store.set_current(&plan.env, &release)?;
+                    // When it went live: what soak guardrails and image paths read.
+                    store.note_live(&LiveChange {
+                        env: plan.env.clone(),
+                        release_id: Some(release.clone()),
+                        image_id: Some(image_id),
+                        deployment_id: plan.deployment_id.clone(),
+                        cause: match plan.kind {
+                            // A rotation is a new release of the same image: a deploy.
+                            DeploymentKind::Deploy
+                            | DeploymentKind::Build
+                            | DeploymentKind::Rotate { .. } => LiveCause::Deploy,
+                            DeploymentKind::Promote { .. } => LiveCause::Promote,
+                            DeploymentKind::Rollback { .. } => LiveCause::Rollback,
+                        },
+                        at_ms: now_ms(),
+                    })?;
                     store.record_history(
                         &plan.env,
                         &HistoryEntry {
@@ -563,6 +590,7 @@ pub(crate) async fn undo(
         // Scan results and attestations are facts about an image, kept beside it; an
         // approval is a fact about the plan. None of them is undone.
         Action::Build { .. }
+        | Action::Pull { .. }
         | Action::Scan { .. }
         | Action::Sign { .. }
         | Action::Verify { .. }
@@ -617,7 +645,27 @@ pub(crate) async fn undo(
                         None => store.clear_current(&plan.env)?,
                     }
                 }
-                if plan.kind == DeploymentKind::Deploy {
+                // Noted even when a re-run finds the current pointer already restored:
+                // `note_live` skips a change it has.
+                let recorded_live = store
+                    .live_changes(Some(&plan.env))?
+                    .last()
+                    .is_some_and(|c| c.deployment_id == plan.deployment_id);
+                if recorded_live {
+                    let previous = match &plan.previous_release {
+                        Some(previous) => store.release(&plan.env, previous)?,
+                        None => None,
+                    };
+                    store.note_live(&LiveChange {
+                        env: plan.env.clone(),
+                        release_id: previous.as_ref().map(|r| r.id.clone()),
+                        image_id: previous.map(|r| r.image.id),
+                        deployment_id: plan.deployment_id.clone(),
+                        cause: LiveCause::Undo,
+                        at_ms: now_ms(),
+                    })?;
+                }
+                if plan.kind.creates_release() {
                     let created_here = store
                         .release(&plan.env, release)?
                         .is_some_and(|r| r.deployment_id == plan.deployment_id);

@@ -17,9 +17,9 @@ use async_trait::async_trait;
 use cutover_model::{
     json_digest, labels, Action, ApprovalSpec, BuildSpec, Compute, ContainerSpec, DeploymentKind,
     Diagnosis, DrainReport, GateSpec, HealthProbe, HealthSpec, ImageBuilder, ImageInfo,
-    ImageSource, Instance, InstanceSpec, InstanceState, Plan, Probe, ProviderError, Providers,
-    Release, RestoreRoute, Route, ScanOutcome, SignRequest, Spec, Step, StepKind, SupplyChain,
-    SupplySpec, Traffic, PLAN_FORMAT,
+    ImageSource, Instance, InstanceSpec, InstanceState, LocalImage, Plan, Probe, ProviderError,
+    Providers, Release, RestoreRoute, Route, ScanOutcome, SignRequest, Spec, Step, StepKind,
+    SupplyChain, SupplySpec, Traffic, PLAN_FORMAT,
 };
 use cutover_planner::{PlanInput, PlanKind};
 
@@ -143,7 +143,44 @@ impl ImageBuilder for FakeProviders {
             .find(|i| i.id == reference || i.tag == reference)
             .cloned())
     }
+
+    async fn list_images(&self, app: &str) -> Result<Vec<LocalImage>, ProviderError> {
+        let w = self.world();
+        let prefix = format!("cutover/{app}:");
+        let mut out: Vec<LocalImage> = Vec::new();
+        for image in w.images.values() {
+            let Some(release) = image.tag.strip_prefix(&prefix) else {
+                continue;
+            };
+            match out.iter_mut().find(|l| l.id == image.id) {
+                Some(line) => line.tags.push(image.tag.clone()),
+                None => out.push(LocalImage {
+                    id: image.id.clone(),
+                    tags: vec![image.tag.clone()],
+                    size_bytes: FAKE_IMAGE_BYTES,
+                    env: release.rsplit_once('-').map(|(env, _)| env.to_string()),
+                    release: Some(release.to_string()),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), ProviderError> {
+        let mut w = self.world();
+        if let Some(user) = w.instances.values().find(|i| i.image_id == id) {
+            return Err(ProviderError::permanent(format!(
+                "cannot remove image {id}: container {} uses it; remove the container first",
+                user.name
+            )));
+        }
+        w.images.retain(|_, image| image.id != id);
+        Ok(())
+    }
 }
+
+/// What every fake image weighs.
+pub const FAKE_IMAGE_BYTES: u64 = 1 << 20;
 
 #[async_trait]
 impl Compute for FakeProviders {
@@ -949,6 +986,7 @@ fn deploy_plan_full(
             key: None,
             spec_digest: "sha256:spec".to_string(),
             source: "/src/hello".into(),
+            invoked_by: None,
         },
     ));
     steps.push(step(

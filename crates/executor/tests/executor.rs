@@ -639,3 +639,40 @@ async fn a_corrupt_store_entry_fails_its_step_at_once_without_retries() {
         "{record_events:?}"
     );
 }
+
+#[tokio::test]
+async fn going_live_and_being_unwound_are_recorded_once_each() {
+    let h = harness();
+    let (r1, _) = h.second_plan().await;
+    // r2 goes live (record), then retire fails: the unwind puts r1 back.
+    h.faults
+        .fail_action("retire", ProviderError::permanent("retire failed"));
+    let status = h.run_to_end("r2", 0).await;
+    assert!(
+        matches!(status, DeploymentStatus::RolledBack { .. }),
+        "{status:?}"
+    );
+    let changes = h.store.live_changes(Some(ENV)).unwrap();
+    let seen: Vec<(Option<&str>, &str, cutover_model::LiveCause)> = changes
+        .iter()
+        .map(|c| (c.release_id.as_deref(), c.deployment_id.as_str(), c.cause))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("r1"), "r1", cutover_model::LiveCause::Deploy),
+            (Some("r2"), "r2", cutover_model::LiveCause::Deploy),
+            (Some("r1"), "r2", cutover_model::LiveCause::Undo),
+        ]
+    );
+    // Undoing again (a resumed unwind) records nothing new.
+    assert_eq!(h.exec.run("r2").await.unwrap(), status);
+    assert_eq!(h.store.live_changes(Some(ENV)).unwrap().len(), 3);
+    let r2_image = cutover_model::sha256_digest(b"cutover/hello:r2");
+    let path = h.store.image_path(&r2_image).unwrap();
+    assert_eq!(path.len(), 1, "{path:?}");
+    assert!(path[0].rolled_back(), "{path:?}");
+    let r1_path = h.store.image_path(&r1.image.id).unwrap();
+    assert_eq!(r1_path.len(), 2, "live, replaced, live again: {r1_path:?}");
+    assert_eq!(r1_path[1].ended, cutover_model::LiveEnd::StillLive);
+}

@@ -86,4 +86,14 @@ pub struct ProvenanceEvidence {
     pub git_dirty: Option<bool>,
     /// Key ids of the signatures over the provenance.
     pub key_ids: Vec<String>,
+    /// The source repository (git remote `origin`), when recorded.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// Who ran the build: a CI job's URL or the control plane, when recorded.
+    #[serde(default)]
+    pub invoked_by: Option<String>,
+    /// The registry reference the provenance was pulled with, when it was signed elsewhere
+    /// and imported (`None`: signed by this control plane).
+    #[serde(default)]
+    pub pulled_from: Option<String>,
 }

@@ -6,7 +6,9 @@ pub mod backoff;
 pub mod duration;
 pub mod error;
 pub mod evidence;
+pub mod image_ref;
 pub mod journal;
+pub mod live;
 pub mod plan;
 pub mod provider;
 pub mod random;
@@ -19,16 +21,18 @@ pub use error::{ErrorClass, ProviderError};
 pub use evidence::{
     ExceptionEvidence, FindingEvidence, ProvenanceEvidence, ScanEvidence, SupplyEvidence,
 };
+pub use image_ref::{attestation_tag, ImageRef, ImageRefError};
 pub use journal::{JournalEntry, JournalEvent};
+pub use live::{image_path, live_periods, LiveCause, LiveChange, LiveEnd, LivePeriod};
 pub use plan::RestoreRoute;
 pub use plan::{
     Action, DeploymentKind, ImageSource, InstanceSpec, Plan, Step, StepKind, StepOutput, Strategy,
     StrategyStep, PLAN_FORMAT,
 };
 pub use provider::{
-    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, Preflight, PreflightFailure,
-    Preflights, Probe, Providers, ScanOutcome, SecretSource, SignRequest, SupplyChain, Traffic,
-    DIAGNOSIS_LOG_LINES,
+    Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, LocalImage, Preflight,
+    PreflightFailure, Preflights, Probe, Providers, PulledImage, ScanOutcome, SecretSource,
+    SignRequest, SupplyChain, Traffic, DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_bytes, random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};

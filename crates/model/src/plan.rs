@@ -142,6 +142,51 @@ pub enum DeploymentKind {
         /// The release whose image and settings the new one takes.
         from: String,
     },
+    /// Build (or pull), scan, sign and verify an image without deploying it
+    /// (`cutover build`): no instance, route or release.
+    Build,
+    /// Roll out, as a new release of this environment, exactly the image of a release of
+    /// another environment: no build, the same image id, a fresh scan verdict for this
+    /// environment.
+    Promote {
+        /// The release whose image is promoted, e.g. `staging-7`.
+        from_release: String,
+        /// Its environment.
+        from_env: String,
+    },
+}
+
+impl DeploymentKind {
+    /// The word people and the audit log see: `deploy`, `rollback` or `promote`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeploymentKind::Deploy => "deploy",
+            DeploymentKind::Rollback { .. } => "rollback",
+            DeploymentKind::Promote { .. } => "promote",
+            DeploymentKind::Build => "build",
+            DeploymentKind::Rotate { .. } => "rotate",
+        }
+    }
+
+    /// Whether the deployment makes a new release (deploy, promote, rotate) rather than going
+    /// back to an existing one (rollback) or making none (build).
+    pub fn creates_release(&self) -> bool {
+        matches!(
+            self,
+            DeploymentKind::Deploy | DeploymentKind::Promote { .. } | DeploymentKind::Rotate { .. }
+        )
+    }
+
+    /// `promoted from staging-7` for a promotion.
+    pub fn promoted_from(&self) -> Option<(&str, &str)> {
+        match self {
+            DeploymentKind::Promote {
+                from_release,
+                from_env,
+            } => Some((from_release.as_str(), from_env.as_str())),
+            _ => None,
+        }
+    }
 }
 
 /// An immutable, digested plan: a DAG of steps.
@@ -184,6 +229,7 @@ impl Plan {
                 Action::Record { container, .. } => *container = container.with_env_digests(),
                 // Listed so that a new action carrying a container is not missed here.
                 Action::Build { .. }
+                | Action::Pull { .. }
                 | Action::Scan { .. }
                 | Action::Sign { .. }
                 | Action::Verify { .. }
@@ -248,6 +294,14 @@ pub enum Action {
         source: BuildSpec,
         labels: BTreeMap<String, String>,
     },
+    /// Take a prebuilt image from a registry by digest instead of building it: check its
+    /// manifest, pull it, fetch its attestations (signed elsewhere, e.g. by CI) and keep
+    /// them as the image's imported provenance. Output: the image.
+    Pull {
+        reference: crate::ImageRef,
+        /// Local tag given to the pulled image, e.g. `cutover/hello:production-3`.
+        tag: String,
+    },
     Scan {
         image: ImageSource,
         app: String,
@@ -263,6 +317,10 @@ pub enum Action {
         spec_digest: String,
         /// Where the build came from (the spec's directory).
         source: std::path::PathBuf,
+        /// The CI job (URL) that asked for the build, recorded in the provenance; `None`:
+        /// the control plane itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoked_by: Option<String>,
     },
     Verify {
         image: ImageSource,

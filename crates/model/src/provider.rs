@@ -28,6 +28,54 @@ pub trait ImageBuilder: Send + Sync {
 
     /// Look an image up by id or tag.
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, ProviderError>;
+
+    /// Pull `reference` (by digest) from its registry, tag it `tag`, and fetch the
+    /// attestations stored next to it. When the image is already here, only the
+    /// attestations are fetched again. Builders without a registry refuse.
+    async fn pull(
+        &self,
+        reference: &crate::ImageRef,
+        _tag: &str,
+    ) -> Result<PulledImage, ProviderError> {
+        Err(ProviderError::permanent(format!(
+            "this image builder cannot pull {reference}; deploy it with the Docker provider"
+        )))
+    }
+
+    /// The local images cutover built for `app` (by their `cutover.app` label). A provider
+    /// that keeps no local images lists none.
+    async fn list_images(&self, _app: &str) -> Result<Vec<LocalImage>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Remove a local image cutover built, by id (all its tags). Never forced: an image a
+    /// container still uses is refused with a permanent error. A missing image is fine.
+    async fn remove_image(&self, id: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent(format!(
+            "this image provider cannot remove images, so {id} stays"
+        )))
+    }
+}
+
+/// An image pulled from a registry, with the attestations stored next to it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    pub image: ImageInfo,
+    /// The DSSE envelopes found under the image's attestation tag, JSON each.
+    pub attestations: Vec<Vec<u8>>,
+}
+
+/// A local image cutover built (what retention looks at).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalImage {
+    /// `sha256:<hex>`.
+    pub id: String,
+    pub tags: Vec<String>,
+    /// Bytes on disk (layers shared with other images included).
+    pub size_bytes: u64,
+    /// Its `cutover.env` and `cutover.release` labels, when present.
+    pub env: Option<String>,
+    pub release: Option<String>,
 }
 
 /// Runs instances.
@@ -190,6 +238,8 @@ pub struct SignRequest {
     pub plan_digest: String,
     pub deployment_id: String,
     pub source: std::path::PathBuf,
+    /// The CI job (URL) that asked for the build; `None`: the control plane itself.
+    pub invoked_by: Option<String>,
 }
 
 /// The supply chain: scan, sign and verify images. Results are kept beside the image
@@ -217,6 +267,21 @@ pub trait SupplyChain: Send + Sync {
         env: &str,
         trusted_keys: &[std::path::PathBuf],
     ) -> Result<Vec<String>, ProviderError>;
+
+    /// Keep the attestations pulled with `image` from `reference` (DSSE envelopes, JSON
+    /// each) as its provenance signed elsewhere; refuses statements about another image.
+    /// Supply chains that keep nothing refuse pulled images.
+    async fn import(
+        &self,
+        image: &ImageInfo,
+        reference: &crate::ImageRef,
+        _envelopes: &[Vec<u8>],
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent(format!(
+            "this control plane cannot import the attestations of {reference} (image {}); deploy it from a control plane with the local supply chain",
+            image.id
+        )))
+    }
 
     /// What was recorded about `image` for `env` (the scan verdict with its findings and
     /// used exceptions, the signed provenance), read back without scanning again. Empty when

@@ -142,6 +142,10 @@ pub enum BuildSpec {
         /// Cargo profile, default `release`.
         profile: String,
     },
+    /// A prebuilt image in an OCI registry, pinned by digest (`[build] image = "…"`): it
+    /// is pulled, its attestations verified against the environment's trusted keys, and
+    /// scanned here; never built.
+    Image { reference: crate::ImageRef },
 }
 
 /// Settings of every instance of the app. Hardened defaults.
@@ -367,6 +371,25 @@ pub struct EnvironmentSpec {
     pub gate: GateSpec,
     /// Public keys (PEM) whose signatures this environment trusts; empty trusts the local key.
     pub trusted_keys: Vec<PathBuf>,
+    /// How many of the newest releases `cutover gc` keeps (their images and attestations),
+    /// besides the current, warm and pinned ones; default 5. Left out of the serialized
+    /// spec at the default, so digests of specs without it do not change.
+    #[serde(
+        default = "default_keep_releases",
+        skip_serializing_if = "is_default_keep_releases"
+    )]
+    pub keep_releases: u32,
+}
+
+/// Releases `cutover gc` keeps per environment unless the spec says otherwise.
+pub const DEFAULT_KEEP_RELEASES: u32 = 5;
+
+fn default_keep_releases() -> u32 {
+    DEFAULT_KEEP_RELEASES
+}
+
+fn is_default_keep_releases(n: &u32) -> bool {
+    *n == DEFAULT_KEEP_RELEASES
 }
 
 impl EnvironmentSpec {
@@ -383,6 +406,7 @@ impl EnvironmentSpec {
             approvals: ApprovalSpec::default(),
             gate: GateSpec::default(),
             trusted_keys: Vec::new(),
+            keep_releases: DEFAULT_KEEP_RELEASES,
         }
     }
 }

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cutover_model::{
-    json_digest, labels, Action, ContainerSpec, DeploymentKind, EnvironmentSpec, GateSpec,
-    HealthSpec, ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release, RestoreRoute,
-    Step, StepKind, Strategy, StrategyStep, PLAN_FORMAT,
+    json_digest, labels, Action, BuildSpec, ContainerSpec, DeploymentKind, EnvironmentSpec,
+    GateSpec, HealthSpec, ImageSource, Instance, InstanceSpec, InstanceState, Plan, Release,
+    RestoreRoute, Step, StepKind, Strategy, StrategyStep, PLAN_FORMAT,
 };
 
 use crate::strategy::{ancestors, quote_list, validate};
@@ -53,10 +53,14 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     } else {
         strategy
     };
-    let effective = effective_strategy(strategy, &setup.dropped);
+    let mut setup = setup;
+    let mut effective = effective_strategy(strategy, &setup.dropped);
     validate(&effective, &file)?;
     require_kinds(&effective, &setup.required, &file, setup.purpose)?;
-    if needs_approval(env) && setup.kind == DeploymentKind::Deploy {
+    if matches!(spec.build, BuildSpec::Image { .. }) {
+        pull_instead_of_build(&mut effective, &mut setup);
+    }
+    if needs_approval(env) && setup.kind.creates_release() {
         require_approval(&effective, &file, input.env)?;
     }
 
@@ -87,6 +91,37 @@ fn invalid(message: impl Into<String>) -> PlanError {
         message: message.into(),
     }
 }
+
+/// A spec naming a prebuilt image pulls it instead of building: the build step is named
+/// `pull` (unless the strategy uses that id for another step), and every step after it and
+/// every image taken from it follow the new name.
+fn pull_instead_of_build(strategy: &mut Strategy, setup: &mut Setup) {
+    let Some(build) = strategy.steps.iter().find(|s| s.kind == StepKind::Build) else {
+        return;
+    };
+    let old = build.id.clone();
+    if old == PULL_STEP || strategy.steps.iter().any(|s| s.id == PULL_STEP) {
+        return;
+    }
+    for step in &mut strategy.steps {
+        if step.id == old {
+            step.id = PULL_STEP.to_string();
+        }
+        for after in &mut step.after {
+            if *after == old {
+                *after = PULL_STEP.to_string();
+            }
+        }
+    }
+    if setup.image == (ImageSource::Step { step: old }) {
+        setup.image = ImageSource::Step {
+            step: PULL_STEP.to_string(),
+        };
+    }
+}
+
+/// The id of the step that pulls a prebuilt image.
+const PULL_STEP: &str = "pull";
 
 /// What differs between a deploy and a rollback, decided before expansion.
 struct Setup<'a> {
@@ -157,6 +192,89 @@ impl<'a> Setup<'a> {
                     dropped,
                     required: vec![
                         StepKind::Build,
+                        StepKind::Scan,
+                        StepKind::Sign,
+                        StepKind::Verify,
+                        StepKind::Provision,
+                        StepKind::HealthCheck,
+                        StepKind::ShiftTraffic,
+                        StepKind::Record,
+                    ],
+                })
+            }
+            PlanKind::Build { .. } => {
+                let build_id = strategy
+                    .steps
+                    .iter()
+                    .find(|s| s.kind == StepKind::Build)
+                    .map(|s| s.id.clone())
+                    .unwrap_or_default();
+                // Only what makes and proves the image: nothing runs, nothing is recorded.
+                let dropped = strategy
+                    .steps
+                    .iter()
+                    .map(|s| s.kind)
+                    .filter(|k| {
+                        !matches!(
+                            k,
+                            StepKind::Build | StepKind::Scan | StepKind::Sign | StepKind::Verify
+                        )
+                    })
+                    .collect();
+                Ok(Setup {
+                    kind: DeploymentKind::Build,
+                    purpose: "build",
+                    release_id: input.deployment_id.to_string(),
+                    replicas: 0,
+                    image: ImageSource::Step { step: build_id },
+                    container: spec.container.clone(),
+                    check_health: spec.health.clone(),
+                    record_health: spec.health.clone(),
+                    adopt: Vec::new(),
+                    name_suffix: None,
+                    dropped,
+                    required: vec![
+                        StepKind::Build,
+                        StepKind::Scan,
+                        StepKind::Sign,
+                        StepKind::Verify,
+                    ],
+                })
+            }
+            PlanKind::Promote { source } => {
+                if let Some(step) = strategy.steps.iter().find(|s| s.kind == StepKind::Adopt) {
+                    return Err(PlanError::StrategyStep {
+                        file: file.to_string(),
+                        step: step.id.clone(),
+                        message: "adopt steps only belong in rollback strategies: a promotion starts new instances".to_string(),
+                    });
+                }
+                check_promoted(input, source)?;
+                let env = &spec.environments[input.env];
+                // The deploy strategy without its build: the image exists and is pinned.
+                let mut dropped = BTreeSet::from([StepKind::Build]);
+                if !needs_approval(env) {
+                    dropped.insert(StepKind::Approval);
+                }
+                Ok(Setup {
+                    kind: DeploymentKind::Promote {
+                        from_release: source.id.clone(),
+                        from_env: source.env.clone(),
+                    },
+                    purpose: "promote",
+                    release_id: input.deployment_id.to_string(),
+                    replicas: env.replicas,
+                    image: ImageSource::Pinned {
+                        id: source.image.id.clone(),
+                        tag: source.image.tag.clone(),
+                    },
+                    container: spec.container.clone(),
+                    check_health: spec.health.clone(),
+                    record_health: spec.health.clone(),
+                    adopt: Vec::new(),
+                    name_suffix: None,
+                    dropped,
+                    required: vec![
                         StepKind::Scan,
                         StepKind::Sign,
                         StepKind::Verify,
@@ -308,6 +426,36 @@ impl<'a> Setup<'a> {
             }
         }
     }
+}
+
+fn check_promoted(input: &PlanInput, source: &Release) -> Result<(), PlanError> {
+    if source.app != input.spec.app {
+        return Err(invalid(format!(
+            "release `{}` belongs to app {}, not {}: promote a release of this app",
+            source.id, source.app, input.spec.app
+        )));
+    }
+    if source.env == input.env {
+        return Err(invalid(format!(
+            "release `{}` is already a release of `{}`: promote it to another environment, or roll back to it",
+            source.id, input.env
+        )));
+    }
+    if source.image.id.is_empty() {
+        return Err(invalid(format!(
+            "release `{}` has no pinned image id: it cannot be promoted",
+            source.id
+        )));
+    }
+    if let Some(current) = input.current {
+        if current.id == input.deployment_id {
+            return Err(invalid(format!(
+                "release `{}` already exists: give the deployment a new id",
+                current.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_target(input: &PlanInput, target: &Release) -> Result<(), PlanError> {
@@ -579,10 +727,16 @@ fn expand(
                 }
             }
             let action = match template.kind {
-                StepKind::Build => Action::Build {
-                    tag: format!("cutover/{app}:{release}"),
-                    source: spec.build.clone(),
-                    labels: label_set(id, None),
+                StepKind::Build => match &spec.build {
+                    BuildSpec::Image { reference } => Action::Pull {
+                        reference: reference.clone(),
+                        tag: format!("cutover/{app}:{release}"),
+                    },
+                    source => Action::Build {
+                        tag: format!("cutover/{app}:{release}"),
+                        source: source.clone(),
+                        labels: label_set(id, None),
+                    },
                 },
                 StepKind::Scan => Action::Scan {
                     image: setup.image.clone(),
@@ -601,6 +755,10 @@ fn expand(
                     key: spec.supply.signing_key.clone(),
                     spec_digest: spec_digest.clone(),
                     source: spec.base_dir.clone(),
+                    invoked_by: match input.kind {
+                        PlanKind::Build { invoked_by } => invoked_by.map(str::to_string),
+                        _ => None,
+                    },
                 },
                 StepKind::Verify => Action::Verify {
                     image: setup.image.clone(),

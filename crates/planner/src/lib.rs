@@ -14,6 +14,9 @@
 //! - idempotency key: `<deployment id>/<step id>`;
 //! - digest: `json_digest` of the plan with `digest` set to "".
 //!
+//! A promotion deploys the pinned image of a release of another environment: the deploy
+//! strategy without its build step, the image by id, scanned against the target's gate.
+//!
 //! Supply chain and approval: a deploy scans, signs and verifies the built image before any
 //! instance starts; a rollback verifies the target's pinned image first (in a protected environment after
 //! rescanning it against today's advisory database with the environment's gate, so a
@@ -77,6 +80,10 @@ pub struct PlanInput<'a> {
 pub enum PlanKind<'a> {
     /// Build and roll out a new release.
     Deploy,
+    /// Build (or pull), scan, sign and verify only: no instance, route or release
+    /// (`cutover build`, e.g. in CI before the image is pushed). `invoked_by`: the CI job
+    /// that asked for it (its URL), recorded in the provenance as who ran the build.
+    Build { invoked_by: Option<&'a str> },
     /// Go back to `target`. `warm_instances`: the target's instances still running, as
     /// found by the caller (all of them running makes the rollback warm).
     Rollback {
@@ -88,6 +95,10 @@ pub enum PlanKind<'a> {
     /// health-checked, then shifted to, like a cold rollback; nothing is built. Planned
     /// with the rollback strategy.
     Rotate { source: &'a Release },
+    /// Roll out exactly the image of `source`, a release of another environment, as a new
+    /// release of this one: no build step; scan (this environment's gate), sign, verify,
+    /// then provision and shift like a deploy.
+    Promote { source: &'a Release },
 }
 
 /// Why a strategy or plan was refused. Messages are lowercase and say what to change.

@@ -13,6 +13,10 @@ pub fn render_text(plan: &Plan) -> String {
     let mut out = String::new();
     let what = match &plan.kind {
         DeploymentKind::Deploy => format!("deploy {} to {}", plan.app, plan.env),
+        DeploymentKind::Build => format!(
+            "build {} for {} (scan, sign and verify; nothing is deployed)",
+            plan.app, plan.env
+        ),
         DeploymentKind::Rollback { target, warm } => format!(
             "roll {} in {} back to {target} ({})",
             plan.app,
@@ -25,6 +29,13 @@ pub fn render_text(plan: &Plan) -> String {
         ),
         DeploymentKind::Rotate { from } => format!(
             "rotate the secrets of {} in {}: a new release of {from}'s image with the latest secret versions",
+            plan.app, plan.env
+        ),
+        DeploymentKind::Promote {
+            from_release,
+            from_env,
+        } => format!(
+            "promote {} to {}, promoted from {from_release} ({from_env}): its image, no build",
             plan.app, plan.env
         ),
     };
@@ -150,9 +161,17 @@ fn describe(action: &Action) -> Vec<String> {
                     }
                     s
                 }
+                BuildSpec::Image { reference } => format!("pull {reference}"),
             };
             vec![format!("build image {tag}"), from]
         }
+        Action::Pull { reference, tag } => vec![
+            format!("pull image {reference}"),
+            format!(
+                "check its manifest (linux/amd64), fetch its attestations ({}), tag it {tag}",
+                reference.attestation_tag()
+            ),
+        ],
         Action::Scan {
             image: source,
             gate,

@@ -934,7 +934,10 @@ fn deploy_with_approval() {
             source,
             app,
             env,
+            invoked_by,
         }) => {
+            // A deploy's build is the control plane's own.
+            assert_eq!(invoked_by, &None);
             assert_eq!(image, &built);
             assert_eq!(
                 key.as_deref(),
@@ -1736,4 +1739,260 @@ fn rotate_starts_a_new_release_of_the_pinned_image_with_its_pins_and_builds_noth
     }
     assert!(render_text(&plan).contains("rotate the secrets of hello in production"));
     insta::assert_json_snapshot!("rotate", plan);
+}
+
+fn image_spec() -> Spec {
+    Spec {
+        build: BuildSpec::Image {
+            reference: cutover_model::ImageRef::parse(&format!(
+                "127.0.0.1:5000/team/hello@sha256:{}",
+                "12".repeat(32)
+            ))
+            .expect("valid reference"),
+        },
+        ..spec()
+    }
+}
+
+#[test]
+fn a_prebuilt_image_is_pulled_then_scanned_signed_and_verified_here_before_it_runs() {
+    let spec = image_spec();
+    let strategy = builtin("blue-green");
+    let plan =
+        plan(&deploy_input(&spec, &strategy, None, "production-1")).expect("image deploy plans");
+    assert_well_formed(&plan);
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids[..4], ["pull", "scan", "sign", "verify"]);
+    assert!(!ids.contains(&"build"), "{ids:?}");
+    match &plan.steps[0].action {
+        Action::Pull { reference, tag } => {
+            assert_eq!(reference.registry, "127.0.0.1:5000");
+            assert_eq!(tag, "cutover/hello:production-1");
+        }
+        other => panic!("expected a pull, got {other:?}"),
+    }
+    // Every image the plan uses is the pulled one.
+    let scan = &plan.steps[1];
+    assert_eq!(scan.depends_on, ["pull"]);
+    match &scan.action {
+        Action::Scan { image, .. } => assert_eq!(
+            *image,
+            ImageSource::Step {
+                step: "pull".to_string()
+            }
+        ),
+        other => panic!("expected a scan, got {other:?}"),
+    }
+    let first_provision = ids
+        .iter()
+        .position(|id| id.starts_with("provision"))
+        .unwrap();
+    assert!(ids.iter().position(|id| *id == "verify").unwrap() < first_provision);
+    insta::assert_snapshot!("image_deploy_text", render_text(&plan));
+}
+
+#[test]
+fn a_build_plan_builds_scans_signs_and_verifies_only() {
+    for spec in [spec(), image_spec()] {
+        let strategy = builtin("blue-green");
+        let input = PlanInput {
+            kind: PlanKind::Build { invoked_by: None },
+            ..deploy_input(&spec, &strategy, None, "production-1")
+        };
+        let plan = plan(&input).expect("build plans");
+        assert_well_formed(&plan);
+        assert_eq!(plan.kind, DeploymentKind::Build);
+        let kinds: Vec<StepKind> = plan.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                StepKind::Build,
+                StepKind::Scan,
+                StepKind::Sign,
+                StepKind::Verify
+            ]
+        );
+        assert!(!plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::Provision { .. } | Action::Record { .. })));
+    }
+    let spec = spec();
+    let strategy = builtin("blue-green");
+    let job = "https://ci.example/team/hello/jobs/7";
+    let with_job = plan(&PlanInput {
+        kind: PlanKind::Build {
+            invoked_by: Some(job),
+        },
+        ..deploy_input(&spec, &strategy, None, "production-1")
+    })
+    .expect("build plans");
+    match with_job.step("sign").map(|s| &s.action) {
+        Some(Action::Sign { invoked_by, .. }) => assert_eq!(invoked_by.as_deref(), Some(job)),
+        other => panic!("expected a sign step, got {other:?}"),
+    }
+    let plan = plan(&PlanInput {
+        kind: PlanKind::Build { invoked_by: None },
+        ..deploy_input(&spec, &strategy, None, "production-1")
+    })
+    .expect("build plans");
+    insta::assert_snapshot!("build_only_text", render_text(&plan));
+}
+
+/// A staging release of the same app, whose image a promotion to production deploys.
+fn staging_release() -> Release {
+    let mut source = release("staging-7", "v2");
+    source.env = "staging".to_string();
+    source.image.id = format!("sha256:{}", "5a".repeat(32));
+    source.replicas = 1;
+    source
+}
+
+fn promote_plan(
+    spec: &Spec,
+    current: Option<&Release>,
+    source: &Release,
+) -> Result<Plan, PlanError> {
+    let strategy = builtin("blue-green");
+    plan(&PlanInput {
+        kind: PlanKind::Promote { source },
+        ..deploy_input(spec, &strategy, current, "production-8")
+    })
+}
+
+#[test]
+fn promotion() {
+    let spec = spec();
+    let current = release("production-7", "v1");
+    let source = staging_release();
+    let plan = promote_plan(&spec, Some(&current), &source).expect("promotion plans");
+    assert_well_formed(&plan);
+    assert_eq!(
+        plan.kind,
+        DeploymentKind::Promote {
+            from_release: "staging-7".to_string(),
+            from_env: "staging".to_string(),
+        }
+    );
+    assert_eq!(plan.release_id, "production-8");
+    assert_eq!(plan.previous_release.as_deref(), Some("production-7"));
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "scan",
+            "sign",
+            "verify",
+            "provision-0",
+            "provision-1",
+            "health-check-0",
+            "health-check-1",
+            "shift-traffic",
+            "drain",
+            "retire",
+            "record",
+        ],
+        "no build step; the rest like a deploy"
+    );
+    assert!(plan.steps.iter().all(|s| s.kind != StepKind::Build));
+    // The scan that runs first depends on nothing: the image exists.
+    assert!(plan.step("scan").unwrap().depends_on.is_empty());
+    let pinned = ImageSource::Pinned {
+        id: source.image.id.clone(),
+        tag: source.image.tag.clone(),
+    };
+    for step in &plan.steps {
+        match &step.action {
+            Action::Scan { image, env, .. } | Action::Sign { image, env, .. } => {
+                assert_eq!(image, &pinned);
+                assert_eq!(env, "production", "a fresh verdict for the target");
+            }
+            Action::Verify { image, env, .. } => {
+                assert_eq!(image, &pinned);
+                assert_eq!(env, "production");
+            }
+            Action::Provision { instance } => {
+                assert_eq!(instance.image, pinned);
+                assert_eq!(instance.env, "production");
+                assert_eq!(instance.release, "production-8");
+                // The target's own settings (replicas and container from its spec).
+                assert_eq!(instance.container, spec.container);
+            }
+            Action::Record {
+                image, replicas, ..
+            } => {
+                assert_eq!(image, &pinned);
+                assert_eq!(*replicas, 2, "the target environment's replicas");
+            }
+            _ => {}
+        }
+    }
+    let text = render_text(&plan);
+    assert!(text.contains("promoted from staging-7 (staging)"), "{text}");
+    insta::assert_json_snapshot!("promotion", plan);
+    insta::assert_snapshot!("promotion_text", render_text(&plan));
+    insta::assert_snapshot!("promotion_dot", render_dot(&plan));
+}
+
+#[test]
+fn a_promotion_to_an_environment_needing_approval_waits_for_it() {
+    let spec = guarded_spec();
+    let plan = promote_plan(&spec, None, &staging_release()).expect("promotion plans");
+    assert_well_formed(&plan);
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids[..3], ["scan", "sign", "verify"]);
+    let approval = plan.step("approval").expect("an approval step");
+    assert_eq!(approval.depends_on, ["health-check-0", "health-check-1"]);
+    assert!(matches!(
+        &approval.action,
+        Action::Approval {
+            image: ImageSource::Pinned { .. },
+            ..
+        }
+    ));
+    insta::assert_snapshot!("promotion_with_approval_text", render_text(&plan));
+}
+
+#[test]
+fn promotion_mistakes_are_refused() {
+    let spec = spec();
+    // A release of the environment itself.
+    let same_env = release("production-6", "v1");
+    let err = promote_plan(&spec, None, &same_env).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already a release of `production`"),
+        "{err}"
+    );
+    // A release of another app.
+    let mut other_app = staging_release();
+    other_app.app = "other".to_string();
+    let err = promote_plan(&spec, None, &other_app).unwrap_err();
+    assert!(err.to_string().contains("belongs to app other"), "{err}");
+    // A release without a pinned image.
+    let mut no_image = staging_release();
+    no_image.image.id.clear();
+    let err = promote_plan(&spec, None, &no_image).unwrap_err();
+    assert!(err.to_string().contains("no pinned image id"), "{err}");
+    // A rollback strategy cannot promote.
+    let strategy = builtin("rollback");
+    let source = staging_release();
+    let err = plan(&PlanInput {
+        kind: PlanKind::Promote { source: &source },
+        ..deploy_input(&spec, &strategy, None, "production-8")
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("adopt"), "{err}");
+}
+
+#[test]
+fn a_promotion_plan_differs_from_a_deploy_and_names_its_source() {
+    let spec = spec();
+    let a = promote_plan(&spec, None, &staging_release()).unwrap();
+    let mut other = staging_release();
+    other.id = "staging-8".to_string();
+    let b = promote_plan(&spec, None, &other).unwrap();
+    assert_ne!(a.digest, b.digest);
+    let back: Plan = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+    assert_eq!(back, a);
 }

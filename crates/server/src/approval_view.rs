@@ -13,13 +13,13 @@
 use std::collections::BTreeMap;
 
 use cutover_model::{
-    Action, BuildSpec, ContainerSpec, DeploymentKind, HealthSpec, ImageSource, Plan, Release,
-    StepOutput, SupplyEvidence,
+    Action, BuildSpec, ContainerSpec, HealthSpec, ImageSource, Plan, Release, StepOutput,
+    SupplyEvidence,
 };
 
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
-    RunningRelease, ScanVerdictView, SettingChange,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
+    ProvenanceView, RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::{ControlPlane, ServerError};
 
@@ -114,6 +114,7 @@ pub fn build_source(source: &BuildSpec) -> (&'static str, String) {
             }
             ("dockerfile", text)
         }
+        BuildSpec::Image { reference } => ("image", reference.to_string()),
     }
 }
 
@@ -131,7 +132,12 @@ pub fn settings_of_plan(plan: &Plan) -> Settings {
     let mut retire = None;
     for step in &plan.steps {
         match &step.action {
-            Action::Build { source, .. } => build = Some(source),
+            Action::Build { source, .. } => build = Some(source.clone()),
+            Action::Pull { reference, .. } => {
+                build = Some(BuildSpec::Image {
+                    reference: reference.clone(),
+                })
+            }
             Action::Scan { gate, .. } => scan_gate = Some(gate),
             Action::Verify { trusted_keys, .. } => trusted = Some(trusted_keys),
             Action::Approval { gate, .. } => approval = Some(gate),
@@ -231,7 +237,7 @@ pub fn settings_of_plan(plan: &Plan) -> Settings {
         (
             "build",
             build.map(|b| {
-                let (kind, source) = build_source(b);
+                let (kind, source) = build_source(&b);
                 format!("{kind}: {source}")
             }),
         ),
@@ -453,12 +459,19 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         provenance.source_path = p.source_path.clone();
         provenance.git_commit = p.git_commit.clone();
         provenance.git_dirty = p.git_dirty;
+        provenance.repository = p.repository.clone();
+        provenance.invoked_by = p.invoked_by.clone();
+        provenance.pulled_from = p.pulled_from.clone();
+        provenance.provenance_key_ids = p.key_ids.clone();
     }
     if let Some(build) = plan.steps.iter().find_map(|s| match &s.action {
-        Action::Build { source, .. } => Some(source),
+        Action::Build { source, .. } => Some(source.clone()),
+        Action::Pull { reference, .. } => Some(BuildSpec::Image {
+            reference: reference.clone(),
+        }),
         _ => None,
     }) {
-        let (kind, source) = build_source(build);
+        let (kind, source) = build_source(&build);
         provenance.build_kind = Some(kind.to_string());
         provenance.build_source = Some(source);
     }
@@ -480,11 +493,7 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
         deployment_id: id.to_string(),
         app: plan.app.clone(),
         env: plan.env.clone(),
-        kind: match &plan.kind {
-            DeploymentKind::Deploy => "deploy".to_string(),
-            DeploymentKind::Rollback { .. } => "rollback".to_string(),
-            DeploymentKind::Rotate { .. } => "rotate".to_string(),
-        },
+        kind: plan.kind.label().to_string(),
         release_id: record.release_id.clone(),
         requested_by: plan.requested_by.clone(),
         waiting: gate.as_ref().is_some_and(|g| g.waiting),
@@ -508,6 +517,16 @@ pub async fn approval_view(cp: &ControlPlane, id: &str) -> Result<ApprovalView, 
             digest: g.digest,
             set_by: g.set_by,
         }),
+        promoted_from: crate::api::PromotedFrom::of(&plan.kind),
+        image_path: match &image {
+            Some(image) => cp
+                .store
+                .image_path(&image.id)?
+                .iter()
+                .map(ImagePathStep::of)
+                .collect(),
+            None => Vec::new(),
+        },
         view_digest: String::new(),
     };
     view.view_digest = digest(&view);
@@ -651,14 +670,29 @@ mod tests {
             scan: None,
             provenance: ProvenanceView::default(),
             guardrails: None,
+            promoted_from: None,
+            image_path: Vec::new(),
             view_digest: String::new(),
         };
         let d = digest(&view);
         let mut with = view.clone();
         with.view_digest = d.clone();
         assert_eq!(digest(&with), d);
-        let mut other = view;
+        let mut other = view.clone();
         other.env_vars.added.push("X".to_string());
         assert_ne!(digest(&other), d);
+        // Where the image has been is part of what is approved.
+        let mut moved = view;
+        moved
+            .image_path
+            .push(ImagePathStep::of(&cutover_model::LivePeriod {
+                env: "staging".to_string(),
+                release_id: "staging-7".to_string(),
+                image_id: "sha256:i".to_string(),
+                from_ms: 1,
+                until_ms: None,
+                ended: cutover_model::LiveEnd::StillLive,
+            }));
+        assert_ne!(digest(&moved), d);
     }
 }

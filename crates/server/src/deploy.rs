@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use cutover_model::{
-    now_ms, DeploymentKind, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec,
-    Strategy,
+    now_ms, DeploymentStatus, Instance, InstanceState, Plan, Release, Spec, Strategy,
 };
 use cutover_planner::{PlanInput, PlanKind};
 use cutover_store::{DeploymentRecord, Lease, TypedTree};
@@ -48,19 +47,96 @@ pub struct StartedBy {
 /// What to go back to in a rollback: a named release, or the previous one when `None`.
 pub type RollbackTo = Option<String>;
 
-/// How a deployment treats `[container.secrets]`.
-#[derive(Debug, Clone, Default)]
-pub struct SecretOptions {
-    /// Values of the `env://` references, as the caller's environment had them (the
-    /// control plane's own environment is not the caller's). Never stored as given: each
-    /// is sealed as a new version of its secret.
+/// What a deploy request may change about the spec's deploy: a prebuilt image instead of
+/// the spec's build, or a build-only plan (and who asked for it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployOptions {
+    /// `image` of the request: `HOST[:PORT]/REPO@sha256:<hex>`.
+    pub image: Option<String>,
+    pub build_only: bool,
+    pub invoked_by: Option<String>,
+    /// Values of the `env://` secret references, as the caller's environment had them
+    /// (the control plane's own environment is not the caller's). Never stored as given:
+    /// each is sealed as a new version of its secret.
     pub caller_env: std::collections::BTreeMap<String, String>,
-    /// A rollback whose target pins a revoked version goes ahead with the latest versions
-    /// instead of refusing.
-    pub use_latest: bool,
+    /// A rollback whose target pins a revoked secret version goes ahead with the latest
+    /// versions (as a new release of its image) instead of refusing.
+    pub use_latest_secrets: bool,
     /// Rotate: a new release of the current release's image and settings with the latest
-    /// secret versions (`cutover rotate`); no build, the spec's own container settings unused.
-    pub rotate: bool,
+    /// secret versions (`cutover rotate`); no build.
+    pub secrets_only: bool,
+}
+
+impl DeployOptions {
+    /// The options of an API request body.
+    pub fn of(req: &cutover_api::PlanRequest) -> DeployOptions {
+        DeployOptions {
+            image: req.image.clone(),
+            build_only: req.build_only,
+            invoked_by: req.invoked_by.clone(),
+            caller_env: req.secret_env.clone(),
+            use_latest_secrets: req.use_latest_secrets,
+            secrets_only: req.secrets_only,
+        }
+    }
+
+    /// Checked against the request's other fields; the image parsed.
+    fn check(&self, intent: Intent<'_>) -> Result<Option<cutover_model::ImageRef>, ServerError> {
+        match intent {
+            Intent::Rollback(_) if self.image.is_some() || self.build_only => {
+                return Err(ServerError::BadRequest(
+                    "rollback: a rollback returns to a recorded release; leave out image and build_only"
+                        .to_string(),
+                ));
+            }
+            Intent::Promote(_) if self.image.is_some() || self.build_only => {
+                return Err(ServerError::BadRequest(
+                    "promote: a promotion deploys the image of the release it names; leave out image and build_only"
+                        .to_string(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(by) = &self.invoked_by {
+            let ok = by.len() <= 512
+                && (by.starts_with("https://") || by.starts_with("http://"))
+                && !by.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok || !self.build_only {
+                return Err(ServerError::BadRequest(
+                    "invoked_by: give the CI job's URL (http(s)://…, at most 512 characters) with build_only".to_string(),
+                ));
+            }
+        }
+        self.image
+            .as_deref()
+            .map(|text| {
+                cutover_model::ImageRef::parse(text)
+                    .map_err(|e| ServerError::BadRequest(format!("image: {e}")))
+            })
+            .transpose()
+    }
+}
+
+pub use crate::api::Promote;
+
+/// What a plan or start does.
+#[derive(Debug, Clone, Copy)]
+pub enum Intent<'a> {
+    /// Build and roll out a new release.
+    Deploy,
+    /// Go back to a release of the environment.
+    Rollback(&'a RollbackTo),
+    /// Roll out the image of a release of another environment, without a build.
+    Promote(&'a Promote),
+}
+
+impl<'a> Intent<'a> {
+    fn of_rollback(rollback: Option<&'a RollbackTo>) -> Intent<'a> {
+        match rollback {
+            Some(to) => Intent::Rollback(to),
+            None => Intent::Deploy,
+        }
+    }
 }
 
 fn spec_sources(cp: &ControlPlane) -> Result<TypedTree<SpecSource>, ServerError> {
@@ -71,6 +147,11 @@ fn starters(cp: &ControlPlane) -> Result<TypedTree<StartedBy>, ServerError> {
     Ok(cp.store.typed_tree(STARTERS_TREE)?)
 }
 
+/// The spec source the newest deployment of `env` used, if any.
+pub fn remembered_source(cp: &ControlPlane, env: &str) -> Result<Option<SpecSource>, ServerError> {
+    Ok(spec_sources(cp)?.get(env)?)
+}
+
 /// The principal recorded as the starter of `deployment_id`, if any.
 pub fn started_by(
     cp: &ControlPlane,
@@ -79,16 +160,18 @@ pub fn started_by(
     Ok(starters(cp)?.get(deployment_id)?)
 }
 
-/// The source to use: the one given, else (for rollbacks) the remembered one of `env`.
+/// The source to use: the one given, else the remembered one of `env`, else (for a
+/// promotion) that of the source environment (a spec names every environment).
 fn resolve_source(
     cp: &ControlPlane,
     source: Option<&SpecSource>,
     env: Option<&str>,
+    also: Option<&str>,
 ) -> Result<SpecSource, ServerError> {
     if let Some(source) = source {
         return Ok(source.clone());
     }
-    if let Some(env) = env {
+    for env in [env, also].into_iter().flatten() {
         if let Some(remembered) = spec_sources(cp)?.get(env)? {
             return Ok(remembered);
         }
@@ -163,10 +246,23 @@ async fn prepare(
     spec: &Spec,
     env: &str,
     requested_by: &str,
-    rollback: Option<&RollbackTo>,
+    intent: Intent<'_>,
     allocate: bool,
-    secrets: &SecretOptions,
+    options: &DeployOptions,
 ) -> Result<Plan, ServerError> {
+    let rollback = match intent {
+        Intent::Rollback(to) => Some(to),
+        _ => None,
+    };
+    let promoted = match intent {
+        Intent::Promote(promote) => Some(promoted_release(cp, env, promote)?),
+        _ => None,
+    };
+    // Soak guardrails, before anything is planned (rollbacks are exempt: they restore a
+    // release this environment already ran, and must stay the fast way back).
+    if rollback.is_none() && !options.build_only {
+        crate::guardrails::enforce_soak(cp, env, promoted.as_ref().map(|r| &r.image.id))?;
+    }
     if allocate {
         if let Some(lease) = cp.store.lease(env)? {
             return Err(ServerError::Conflict(format!(
@@ -175,8 +271,14 @@ async fn prepare(
             )));
         }
     }
-    if let (None, false, Some(preflight)) = (rollback, secrets.rotate, &cp.providers.preflight) {
-        let failures = preflight.check(spec, env).await;
+    if let (None, false, Some(preflight)) =
+        (rollback, options.secrets_only, &cp.providers.preflight)
+    {
+        let mut failures = preflight.check(spec, env).await;
+        if promoted.is_some() {
+            // A promotion builds nothing: its build source need not exist here.
+            failures.retain(|f| !f.field.starts_with("build"));
+        }
         if !failures.is_empty() {
             let shown: Vec<String> = failures.iter().map(ToString::to_string).collect();
             return Err(ServerError::BadRequest(shown.join("; ")));
@@ -184,24 +286,30 @@ async fn prepare(
     }
     let current = cp.store.current_release(env)?;
     // Everything that can refuse the request runs before a deployment number is taken.
-    // (target, warm instances, rotate): a rollback, or a rotation (a new release of the
-    // target's image with the latest secret versions).
-    let rollback = match rollback {
-        None if secrets.rotate => {
-            let mut source = current.clone().ok_or_else(|| {
-                ServerError::BadRequest(format!(
-                    "environment {env} has no current release to rotate the secrets of; deploy it first"
-                ))
-            })?;
-            if source.container.secrets.is_empty() {
-                return Err(ServerError::BadRequest(format!(
-                    "release {} uses no secrets: there is nothing to rotate",
-                    source.id
-                )));
-            }
-            crate::secrets::repin_latest(&cp.store, env, &mut source.container.secrets)?;
-            Some((source, Vec::new(), true))
+    // A rotation: a new release of the current release's image with the latest secret
+    // versions; or a rollback whose target pins a revoked version, when asked.
+    let mut rotate: Option<Release> = None;
+    if options.secrets_only {
+        if promoted.is_some() || rollback.is_some() || options.build_only {
+            return Err(ServerError::BadRequest(
+                "secrets_only: a rotation is neither a rollback, a promotion nor a build; leave those out".to_string(),
+            ));
         }
+        let mut source = current.clone().ok_or_else(|| {
+            ServerError::BadRequest(format!(
+                "environment {env} has no current release to rotate the secrets of; deploy it first"
+            ))
+        })?;
+        if source.container.secrets.is_empty() {
+            return Err(ServerError::BadRequest(format!(
+                "release {} uses no secrets: there is nothing to rotate",
+                source.id
+            )));
+        }
+        crate::secrets::repin_latest(&cp.store, env, &mut source.container.secrets)?;
+        rotate = Some(source);
+    }
+    let rollback = match rollback {
         None => None,
         Some(named) => {
             let mut target = rollback_target(cp, env, current.as_ref(), named.as_deref())?;
@@ -209,29 +317,27 @@ async fn prepare(
             // revoked since: then refuse, naming it, or (asked to) take the latest
             // versions in a new release of the target's image.
             let revoked = crate::secrets::revoked_pins(&cp.store, env, &target.container.secrets)?;
-            let repinned = !revoked.is_empty();
-            if repinned {
-                if !secrets.use_latest {
-                    return Err(ServerError::BadRequest(format!(
-                        "release {} pins revoked secret versions ({}); roll back with --use-latest-secrets to use the latest versions, or pick another release",
-                        target.id,
-                        revoked.join(", ")
-                    )));
-                }
-                crate::secrets::repin_latest(&cp.store, env, &mut target.container.secrets)?;
-            }
-            let warm: Vec<Instance> = if repinned {
-                Vec::new()
-            } else {
-                cp.providers
+            if revoked.is_empty() {
+                let warm: Vec<Instance> = cp
+                    .providers
                     .compute
                     .list(&target.app, Some(env))
                     .await?
                     .into_iter()
                     .filter(|i| i.release == target.id && i.state == InstanceState::Running)
-                    .collect()
-            };
-            Some((target, warm, repinned))
+                    .collect();
+                Some((target, warm))
+            } else if options.use_latest_secrets {
+                crate::secrets::repin_latest(&cp.store, env, &mut target.container.secrets)?;
+                rotate = Some(target);
+                None
+            } else {
+                return Err(ServerError::BadRequest(format!(
+                    "release {} pins revoked secret versions ({}); roll back with --use-latest-secrets to use the latest versions, or pick another release",
+                    target.id,
+                    revoked.join(", ")
+                )));
+            }
         }
     };
     let seq = if allocate {
@@ -241,10 +347,22 @@ async fn prepare(
     };
     let deployment_id = format!("{env}-{seq}");
     let created_at_ms = now_ms();
-    let (strategy_name, kind) = match &rollback {
-        None => (spec.strategy.as_str(), PlanKind::Deploy),
-        Some((source, _, true)) => ("rollback", PlanKind::Rotate { source }),
-        Some((target, warm_instances, false)) => (
+    let (strategy_name, kind) = match (&rollback, &promoted) {
+        (None, _) if rotate.is_some() => (
+            "rollback",
+            PlanKind::Rotate {
+                source: rotate.as_ref().expect("checked just now"),
+            },
+        ),
+        (None, Some(source)) => (spec.strategy.as_str(), PlanKind::Promote { source }),
+        (None, None) if options.build_only => (
+            spec.strategy.as_str(),
+            PlanKind::Build {
+                invoked_by: options.invoked_by.as_deref(),
+            },
+        ),
+        (None, None) => (spec.strategy.as_str(), PlanKind::Deploy),
+        (Some((target, warm_instances)), _) => (
             "rollback",
             PlanKind::Rollback {
                 target,
@@ -267,6 +385,32 @@ async fn prepare(
         current_route: current_route.as_ref(),
         kind,
     })?)
+}
+
+/// The release a promotion to `env` deploys the image of.
+fn promoted_release(
+    cp: &ControlPlane,
+    env: &str,
+    promote: &Promote,
+) -> Result<Release, ServerError> {
+    let from_env = promote.source_env().ok_or_else(|| {
+        ServerError::BadRequest(format!(
+            "promote.from_env: release id {:?} does not name its environment (like `staging-7`); give the source environment (`--from`)",
+            promote.release
+        ))
+    })?;
+    if from_env == env {
+        return Err(ServerError::BadRequest(format!(
+            "promote: release {} is a release of {env} already; promote it to another environment, or roll back to it with `cutover rollback --env {env} --to {}`",
+            promote.release, promote.release
+        )));
+    }
+    cp.store.release(&from_env, &promote.release)?.ok_or_else(|| {
+        ServerError::NotFound(format!(
+            "release {} of environment {from_env} not found; `cutover history --env {from_env}` lists releases",
+            promote.release
+        ))
+    })
 }
 
 /// The release to go back to: the one named, or the newest succeeded release other than
@@ -317,23 +461,52 @@ fn authorize(who: &Principal, env: Option<&str>) -> Result<(), ServerError> {
 
 /// Authorize, check where the spec lives, read it, pick the environment and hold it to the
 /// environment's guardrails: the spec to plan, with its (canonical) source.
+#[allow(clippy::too_many_arguments)]
 fn admitted_spec(
     cp: &ControlPlane,
     who: &Principal,
     source: Option<&SpecSource>,
     env: Option<&str>,
+    intent: Intent<'_>,
     starting: bool,
-    secrets: Option<&SecretOptions>,
+    image: Option<cutover_model::ImageRef>,
+    secrets: Option<&DeployOptions>,
 ) -> Result<Admission, ServerError> {
     authorize(who, env)?;
-    let source = resolve_source(cp, source, env)?;
+    // A promotion reads a release of its source environment: the caller must at least
+    // see that environment (and deploy to the target), checked before anything is read.
+    let from_env = match intent {
+        Intent::Promote(promote) => {
+            if env.is_none() {
+                return Err(ServerError::BadRequest(
+                    "env: name the environment to promote to (`--to`)".to_string(),
+                ));
+            }
+            let from_env = promote.source_env();
+            match &from_env {
+                Some(from) => who.require(Role::Viewer, Some(from))?,
+                None => {
+                    return Err(ServerError::BadRequest(format!(
+                        "promote.from_env: release id {:?} does not name its environment (like `staging-7`); give the source environment (`--from`)",
+                        promote.release
+                    )))
+                }
+            }
+            from_env
+        }
+        _ => None,
+    };
+    let source = resolve_source(cp, source, env, from_env.as_deref())?;
     let admitted = crate::projects::admit(cp, who, &source)?;
-    let spec = crate::projects::load(cp, who, &admitted)?;
+    let mut spec = crate::projects::load(cp, who, &admitted)?;
+    if let Some(reference) = image {
+        spec.build = cutover_model::BuildSpec::Image { reference };
+    }
     let env = pick_env(&spec, env)?;
     who.require(needed_role(), Some(&env))?;
     let (mut spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
     let warnings = crate::plaintext::check_env_values(&spec, &env, &admitted)?;
-    // A deploy pins its secrets (a rollback uses its target's pins instead).
+    // A deploy pins its secrets (a rollback or a rotation uses its release's pins).
     if let Some(options) = secrets {
         if !spec.container.secrets.is_empty() {
             let text = match &admitted.text {
@@ -374,6 +547,13 @@ struct Admission {
     warnings: Vec<String>,
 }
 
+/// Whether this intent pins the spec's secrets: a deploy (or promotion or build) does; a
+/// rollback and a rotation use the pins of a recorded release.
+fn pins_spec<'o>(intent: Intent<'_>, options: &'o DeployOptions) -> Option<&'o DeployOptions> {
+    let pins = !matches!(intent, Intent::Rollback(_)) && !options.secrets_only;
+    pins.then_some(options)
+}
+
 /// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
 /// environment asked for (a rollback's environment when no source is given).
 pub async fn plan(
@@ -383,21 +563,38 @@ pub async fn plan(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Plan, ServerError> {
-    plan_with(cp, who, source, env, rollback, &SecretOptions::default()).await
+    plan_with(
+        cp,
+        who,
+        source,
+        env,
+        Intent::of_rollback(rollback),
+        &DeployOptions::default(),
+    )
+    .await
 }
 
-/// [`plan`] with the caller's secret options.
+/// [`plan`] of any intent (a promotion too) with a request's [`DeployOptions`].
 pub async fn plan_with(
     cp: &ControlPlane,
     who: &Principal,
     source: Option<&SpecSource>,
     env: Option<&str>,
-    rollback: Option<&RollbackTo>,
-    secrets: &SecretOptions,
+    intent: Intent<'_>,
+    options: &DeployOptions,
 ) -> Result<Plan, ServerError> {
-    let pin = (rollback.is_none() && !secrets.rotate).then_some(secrets);
-    let Admission { spec, env, .. } = admitted_spec(cp, who, source, env, false, pin)?;
-    prepare(cp, &spec, &env, &who.name, rollback, false, secrets).await
+    let image = options.check(intent)?;
+    let Admission { spec, env, .. } = admitted_spec(
+        cp,
+        who,
+        source,
+        env,
+        intent,
+        false,
+        image,
+        pins_spec(intent, options),
+    )?;
+    prepare(cp, &spec, &env, &who.name, intent, false, options).await
 }
 
 /// Plan and start a deployment (or a rollback when `rollback` is `Some`) as `who`; runs it
@@ -410,27 +607,46 @@ pub async fn start(
     env: Option<&str>,
     rollback: Option<&RollbackTo>,
 ) -> Result<Started, ServerError> {
-    start_with(cp, who, source, env, rollback, &SecretOptions::default()).await
+    start_with(
+        cp,
+        who,
+        source,
+        env,
+        Intent::of_rollback(rollback),
+        &DeployOptions::default(),
+    )
+    .await
 }
 
-/// [`start`] with the caller's secret options.
+/// [`start`] of any intent (a promotion too) with a request's [`DeployOptions`]: one path
+/// for every start, with the same order (authorise, admit the spec, guardrails, plan) and
+/// audit.
 pub async fn start_with(
     cp: &Arc<ControlPlane>,
     who: &Principal,
     source: Option<&SpecSource>,
     env: Option<&str>,
-    rollback: Option<&RollbackTo>,
-    secrets: &SecretOptions,
+    intent: Intent<'_>,
+    options: &DeployOptions,
 ) -> Result<Started, ServerError> {
-    let pin = (rollback.is_none() && !secrets.rotate).then_some(secrets);
+    let image = options.check(intent)?;
     let Admission {
         spec,
         env,
         source,
         guardrails,
         warnings,
-    } = admitted_spec(cp, who, source, env, true, pin)?;
-    let plan = prepare(cp, &spec, &env, &who.name, rollback, true, secrets).await?;
+    } = admitted_spec(
+        cp,
+        who,
+        source,
+        env,
+        intent,
+        true,
+        image,
+        pins_spec(intent, options),
+    )?;
+    let plan = prepare(cp, &spec, &env, &who.name, intent, true, options).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
         holder: plan.requested_by.clone(),
@@ -463,11 +679,7 @@ pub async fn start_with(
             Ok(())
         })
         .await?;
-    let action = match &plan.kind {
-        DeploymentKind::Deploy => "deploy",
-        DeploymentKind::Rollback { .. } => "rollback",
-        DeploymentKind::Rotate { .. } => "rotate",
-    };
+    let action = plan.kind.label();
     let audited = audit::record_async(
         &cp.store,
         &who.name,
@@ -481,6 +693,7 @@ pub async fn start_with(
             "spec_digest": plan.spec_digest,
             "spec_path": source.spec_path,
             "guardrails_version": guardrails,
+            "promoted_from": crate::api::PromotedFrom::of(&plan.kind),
         }),
     )
     .await;

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 use toml::Spanned;
 
-use cutover_model::{now_ms, BuildSpec, Spec};
+use cutover_model::{format_duration_ms, now_ms, BuildSpec, LivePeriod, Spec};
 use cutover_signing::PublicKey;
 use cutover_spec::SpecError;
 use cutover_store::{Claim, TypedTree};
@@ -146,6 +146,11 @@ pub fn set(
     who.require(Role::Admin, Some(env))?;
     check_env_name(env)?;
     let guardrails = parse(text, Path::new(file))?;
+    if guardrails.requires_success_in.iter().any(|e| e == env) {
+        return Err(ServerError::BadRequest(format!(
+            "{file}: requires_success_in: {env} cannot require images to have soaked in {env} itself; name the environments before it (e.g. staging)"
+        )));
+    }
     save_version(cp, who, env, text, guardrails, "set")
 }
 
@@ -202,6 +207,9 @@ struct RawGuardrails {
     gate: RawGate,
     #[serde(default)]
     container: RawContainer,
+    #[serde(default)]
+    requires_success_in: Vec<Spanned<String>>,
+    soak: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -385,6 +393,51 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             );
         }
     }
+    let mut requires_success_in: Vec<String> = Vec::new();
+    for (i, env) in raw.requires_success_in.iter().enumerate() {
+        let name = env.get_ref();
+        if check_env_name(name).is_err() {
+            fail(
+                env.span(),
+                &format!("requires_success_in[{i}]"),
+                format!("must be an environment name ([a-z0-9][a-z0-9-]*), got {name:?}"),
+            );
+        } else if requires_success_in.contains(name) {
+            fail(
+                env.span(),
+                &format!("requires_success_in[{i}]"),
+                format!("lists {name:?} twice"),
+            );
+        } else {
+            requires_success_in.push(name.clone());
+        }
+    }
+    let soak_ms = match &raw.soak {
+        None => None,
+        Some(soak) => match humantime::parse_duration(soak.get_ref()) {
+            Ok(_) if raw.requires_success_in.is_empty() => {
+                fail(
+                    soak.span(),
+                    "soak",
+                    "needs requires_success_in: name the environments the image must have soaked in, e.g. requires_success_in = [\"staging\"]".to_string(),
+                );
+                None
+            }
+            Ok(d) => Some(d.as_millis() as u64),
+            Err(e) => {
+                fail(
+                    soak.span(),
+                    "soak",
+                    format!(
+                        "is not a duration ({}): write e.g. \"30m\" or \"2h\", got {:?}",
+                        e.to_string().trim_end_matches('.').to_lowercase(),
+                        soak.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     errors.sort_by_key(|e| (e.line, e.column));
     let mut errors = errors.into_iter();
     if let Some(mut first) = errors.next() {
@@ -412,6 +465,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Guardrails, SpecError> {
             max_cpus: raw.container.max_cpus.map(Spanned::into_inner),
             max_pids: raw.container.max_pids.map(Spanned::into_inner),
         },
+        requires_success_in,
+        soak_ms,
     })
 }
 
@@ -431,6 +486,17 @@ pub fn render(guardrails: &Guardrails) -> String {
         .map(|k| format!("'''\n{}'''", k.trim_end().to_string() + "\n"))
         .collect();
     out.push_str(&format!("trusted_keys = [{}]\n", keys.join(", ")));
+    if !guardrails.requires_success_in.is_empty() {
+        let envs: Vec<String> = guardrails
+            .requires_success_in
+            .iter()
+            .map(|e| quote(e))
+            .collect();
+        out.push_str(&format!("requires_success_in = [{}]\n", envs.join(", ")));
+        if let Some(ms) = guardrails.soak_ms {
+            out.push_str(&format!("soak = \"{ms}ms\"\n"));
+        }
+    }
     out.push_str("\n[gate]\n");
     out.push_str(&format!("fail_on = {}\n", quote(&guardrails.gate.fail_on)));
     out.push_str(&format!(
@@ -582,6 +648,18 @@ pub fn summary(guardrails: &Guardrails) -> Vec<(&'static str, String)> {
             },
         ),
         ("container", container.join(", ")),
+        (
+            "soak",
+            if g.requires_success_in.is_empty() {
+                "not required".to_string()
+            } else {
+                format!(
+                    "live for {} in {} without a rollback, before deploys and promotions",
+                    cutover_model::format_duration_ms(g.soak_ms.unwrap_or(0)),
+                    g.requires_success_in.join(", ")
+                )
+            },
+        ),
     ]
 }
 
@@ -612,6 +690,8 @@ pub fn gather(spec: &Spec, env: &str) -> SpecFacts {
         build_source: resolved(match &spec.build {
             BuildSpec::Dockerfile { context, .. } => context,
             BuildSpec::Cargo { manifest, .. } => manifest,
+            // A pulled image has no source here: the spec's directory stands for it.
+            BuildSpec::Image { .. } => &spec.base_dir,
         }),
         base_dir: resolved(&spec.base_dir),
         ..SpecFacts::default()
@@ -797,8 +877,9 @@ pub fn violations(
         let field = match &spec.build {
             BuildSpec::Dockerfile { .. } => "build.context",
             BuildSpec::Cargo { .. } => "build.cargo.manifest",
+            BuildSpec::Image { .. } => "base_dir",
         };
-        if !inside(&facts.build_source) {
+        if !inside(&facts.build_source) && !matches!(spec.build, BuildSpec::Image { .. }) {
             push(
                 field.into(),
                 facts.build_source.display().to_string(),
@@ -867,7 +948,9 @@ pub fn derive(spec: &Spec, env_name: &str, facts: &SpecFacts) -> Guardrails {
         build_roots: {
             // The spec's directory and the build source's.
             let source_dir = match &spec.build {
-                BuildSpec::Dockerfile { .. } => facts.build_source.clone(),
+                BuildSpec::Dockerfile { .. } | BuildSpec::Image { .. } => {
+                    facts.build_source.clone()
+                }
                 BuildSpec::Cargo { .. } => facts
                     .build_source
                     .parent()
@@ -897,6 +980,9 @@ pub fn derive(spec: &Spec, env_name: &str, facts: &SpecFacts) -> Guardrails {
             max_cpus: Some(spec.container.cpus),
             max_pids: Some(spec.container.pids_limit),
         },
+        // A spec says nothing of soaking: only an admin's guardrails file asks for it.
+        requires_success_in: Vec::new(),
+        soak_ms: None,
     }
 }
 
@@ -1054,6 +1140,125 @@ pub fn enforce(
         env_spec.gate.secret_rules = Some(materialize(&dir, &name, bytes)?);
     }
     Ok((spec, met))
+}
+
+// ----- soaking -----
+
+/// Refuse a deploy or promotion to `env` of `image_id` (`None`: an image the deployment
+/// would build) unless the environment's soak guardrail is met: the image was live in
+/// each of `requires_success_in` for `soak` at a stretch and never rolled back there.
+/// Rollbacks do not come here: they restore what this environment already ran.
+pub fn enforce_soak(
+    cp: &ControlPlane,
+    env: &str,
+    image_id: Option<&String>,
+) -> Result<(), ServerError> {
+    let Some(version) = current(cp, env)? else {
+        return Ok(());
+    };
+    let rails = &version.guardrails;
+    if rails.requires_success_in.is_empty() {
+        return Ok(());
+    }
+    let path = match image_id {
+        Some(id) => cp.store.image_path(id)?,
+        None => Vec::new(),
+    };
+    match soak_refusal(env, rails, image_id.map(String::as_str), &path, now_ms()) {
+        None => Ok(()),
+        Some((message, violations)) => Err(ServerError::Guardrails {
+            message,
+            violations,
+        }),
+    }
+}
+
+/// Why `image_id` may not go to `env` yet under `rails`, given where it has been
+/// (`path`, [`cutover_model::image_path`]); `None` when it may. Pure.
+pub fn soak_refusal(
+    env: &str,
+    rails: &Guardrails,
+    image_id: Option<&str>,
+    path: &[LivePeriod],
+    now_ms: u64,
+) -> Option<(String, Vec<GuardrailViolation>)> {
+    if rails.requires_success_in.is_empty() {
+        return None;
+    }
+    let soak_ms = rails.soak_ms.unwrap_or(0);
+    let soak = format_duration_ms(soak_ms);
+    let required = |other: &str| format!("{soak} live in {other} without a rollback");
+    let mut problems = Vec::new();
+    let mut violations = Vec::new();
+    for other in &rails.requires_success_in {
+        let periods: Vec<&LivePeriod> = path.iter().filter(|p| p.env == *other).collect();
+        let rolled_back = periods.iter().find(|p| p.rolled_back());
+        let longest = periods.iter().map(|p| p.live_ms(now_ms)).max();
+        let problem = match (image_id, rolled_back, longest) {
+            (None, _, _) => Some(format!(
+                "a deploy builds a new image, which was never live in {other}"
+            )),
+            (Some(_), Some(p), _) => Some(format!(
+                "it was rolled back in {other}: {}",
+                cutover_model::live::describe_period(p, now_ms)
+            )),
+            (Some(_), None, None) => Some(format!("it was never live in {other}")),
+            (Some(_), None, Some(ms)) if ms < soak_ms => {
+                let lines: Vec<String> = periods
+                    .iter()
+                    .map(|p| cutover_model::live::describe_period(p, now_ms))
+                    .collect();
+                Some(format!(
+                    "it was live in {}; {} more to go",
+                    lines.join("; "),
+                    format_duration_ms(soak_ms - ms)
+                ))
+            }
+            (Some(_), None, Some(_)) => None,
+        };
+        if let Some(problem) = problem {
+            violations.push(GuardrailViolation {
+                field: "requires_success_in".to_string(),
+                spec: problem.clone(),
+                required: required(other),
+            });
+            problems.push(problem);
+        }
+    }
+    if problems.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = rails
+        .requires_success_in
+        .iter()
+        .map(|o| required(o))
+        .collect();
+    let been = if path.is_empty() {
+        "nowhere yet".to_string()
+    } else {
+        path.iter()
+            .map(|p| cutover_model::live::describe_period(p, now_ms))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let what = match image_id {
+        Some(id) => format!("image {id}"),
+        None => "a new build".to_string(),
+    };
+    let hint = match image_id {
+        None => format!(
+            "; promote a release that soaked there instead (`cutover promote <release> --to {env}`)"
+        ),
+        Some(_) => String::new(),
+    };
+    Some((
+        format!(
+            "{what} may not go to {env}: {}; {env} requires {} (`cutover guardrails show {env}`). where it has been: {been}; nothing was planned{hint}",
+            problems.join("; "),
+            wanted.join(" and "),
+        ),
+        violations,
+    ))
 }
 
 // ----- handlers -----

@@ -45,15 +45,16 @@ use cutover_store::{Claim, TypedTree};
 use crate::api::{
     events, ApprovalAccepted, ApprovalInfo, ApprovalRequest, AuditQuery, ContainerFloor,
     CreatedToken, Decision, DecisionLine, DeploymentDetail, DeploymentState, EnvStatus,
-    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, Grant, GuardrailViolation, Guardrails,
-    GuardrailsProposal, GuardrailsShow, GuardrailsVersion, Health, HistoryLine, HistoryQuery,
-    InstanceLine, NewToken, NewUser, PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Resumed,
-    Role, RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
+    EnvironmentsQuery, ErrorBody, ErrorCode, GateFloor, GcFailed, GcKept, GcRemoved, GcReport,
+    GcRequest, Grant, GuardrailViolation, Guardrails, GuardrailsProposal, GuardrailsShow,
+    GuardrailsVersion, Health, HistoryLine, HistoryQuery, InstanceLine, NewToken, NewUser, Pin,
+    PlanRequest, PlanResponse, ProjectPath, ProjectRoot, Promote, PromotedFrom, Resumed, Role,
+    RollbackRequest, RollbackTo, SetGuardrails, SpecSource, Started, StepLine, StepState,
     TokenRecord, UserLine, WarmRelease,
 };
 use crate::api::{
-    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ProvenanceView,
-    RunningRelease, ScanVerdictView, SettingChange,
+    ApprovalView, EnvVarChanges, ExceptionLine, FindingLine, GuardrailsInForce, ImagePathStep,
+    ProvenanceView, RunningRelease, ScanVerdictView, SettingChange,
 };
 use crate::audit::{AuditEntry, BrokenLink, VerifyReport};
 use crate::auth::Principal;
@@ -392,6 +393,31 @@ pub fn routes() -> Vec<RouteDef> {
             post(crate::projects::remove_project),
         ),
         route(
+            M::POST,
+            "/api/v1/environments/{env}/releases/{release}/pin",
+            Deployer,
+            post(crate::retention::pin_release),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/environments/{env}/releases/{release}/pin",
+            Deployer,
+            delete(crate::retention::unpin_release),
+        ),
+        route(
+            M::GET,
+            "/api/v1/pins",
+            Viewer,
+            get(crate::retention::get_pins),
+        ),
+        route(
+            M::GET,
+            "/api/v1/images/{image}/path",
+            Viewer,
+            get(crate::retention::image_path),
+        ),
+        route(M::POST, "/api/v1/gc", Admin, post(crate::retention::run_gc)),
+        route(
             M::GET,
             "/api/v1/secrets",
             Viewer,
@@ -636,6 +662,11 @@ where
         crate::projects::list_projects,
         crate::projects::add_project,
         crate::projects::remove_project,
+        crate::retention::pin_release,
+        crate::retention::unpin_release,
+        crate::retention::get_pins,
+        crate::retention::image_path,
+        crate::retention::run_gc,
         crate::secrets::list_secrets,
         crate::secrets::set_secret,
         crate::secrets::remove_secret,
@@ -654,7 +685,8 @@ where
         ContainerFloor, GuardrailsVersion, GuardrailsProposal, GuardrailsShow, SetGuardrails,
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
-        ExceptionLine, ProvenanceView, GuardrailsInForce,
+        ExceptionLine, ProvenanceView, GuardrailsInForce, Promote, PromotedFrom, Pin, GcRequest,
+        GcReport, GcKept, GcRemoved, GcFailed, ImagePathStep,
         crate::api::SecretLine, crate::api::SecretVersionLine, crate::api::SetSecret,
         crate::api::RevokeSecret, crate::api::SecretChanged, crate::api::RewrapSecrets,
         crate::api::RewrapReport
@@ -712,8 +744,8 @@ async fn create_plan(
         &who,
         Some(&req.source()),
         req.env.as_deref(),
-        rollback.as_ref(),
-        &secret_options(&req),
+        intent_of(&req, rollback.as_ref())?,
+        &deploy::DeployOptions::of(&req),
     )
     .await?;
     // Clients see environment variables by name and value digest, never values.
@@ -744,6 +776,7 @@ async fn start_deployment(
     let key = idempotency_key(&headers)?;
     let fingerprint = serde_json::to_vec(&("deploy", &req)).unwrap_or_default();
     let rollback = req.rollback.as_ref().map(|r| r.to.clone());
+    let intent = intent_of(&req, rollback.as_ref())?;
     idempotent(
         &cp,
         &who,
@@ -754,19 +787,25 @@ async fn start_deployment(
             &who,
             Some(&req.source()),
             req.env.as_deref(),
-            rollback.as_ref(),
-            &secret_options(&req),
+            intent,
+            &deploy::DeployOptions::of(&req),
         ),
     )
     .await
 }
 
-/// What a plan request asks of secrets.
-fn secret_options(req: &PlanRequest) -> deploy::SecretOptions {
-    deploy::SecretOptions {
-        caller_env: req.secret_env.clone(),
-        use_latest: req.use_latest_secrets,
-        rotate: req.secrets_only,
+/// What a plan request asks for: a deploy, a rollback or a promotion (not two at once).
+fn intent_of<'a>(
+    req: &'a PlanRequest,
+    rollback: Option<&'a deploy::RollbackTo>,
+) -> Result<deploy::Intent<'a>, ServerError> {
+    match (rollback, &req.promote) {
+        (Some(_), Some(_)) => Err(ServerError::BadRequest(
+            "promote: a request is a rollback or a promotion, not both; leave out `rollback` or `promote`".to_string(),
+        )),
+        (None, Some(promote)) => Ok(deploy::Intent::Promote(promote)),
+        (Some(to), None) => Ok(deploy::Intent::Rollback(to)),
+        (None, None) => Ok(deploy::Intent::Deploy),
     }
 }
 
@@ -1119,9 +1158,9 @@ async fn rollback(
             &who,
             given,
             Some(&env),
-            Some(&to),
-            &deploy::SecretOptions {
-                use_latest: req.use_latest_secrets,
+            deploy::Intent::Rollback(&to),
+            &deploy::DeployOptions {
+                use_latest_secrets: req.use_latest_secrets,
                 ..Default::default()
             },
         ),

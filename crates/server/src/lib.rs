@@ -25,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod plaintext;
 pub mod projects;
+pub mod retention;
 pub mod secrets;
 pub mod ui;
 mod view;

@@ -409,6 +409,7 @@ fn check_resolved_paths(spec: &Spec, roots: &[ProjectRoot]) -> Result<(), Server
         BuildSpec::Cargo { manifest, .. } => {
             paths.push(("build.cargo.manifest".into(), manifest.clone()));
         }
+        BuildSpec::Image { .. } => {}
     }
     if let Some(key) = &spec.supply.signing_key {
         paths.push(("supply.signing_key".into(), key.clone()));

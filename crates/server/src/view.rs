@@ -53,6 +53,7 @@ pub fn detail(store: &Store, id: &str) -> Result<DeploymentDetail, ServerError> 
     let (status, reason) = status_parts(&record.status);
     Ok(DeploymentDetail {
         kind: kind_label(&record.kind).to_string(),
+        promoted_from: crate::api::PromotedFrom::of(&record.kind),
         id: record.id,
         env: record.env,
         release_id: record.release_id,
@@ -161,6 +162,7 @@ pub fn history_lines(
         let (status, reason) = status_parts(&d.status);
         out.push(HistoryLine {
             kind: kind_label(&d.kind).to_string(),
+            promoted_from: crate::api::PromotedFrom::of(&d.kind),
             deployment_id: d.id,
             env: d.env,
             release_id: d.release_id,
@@ -187,11 +189,7 @@ pub fn status_parts(status: &DeploymentStatus) -> (DeploymentState, Option<Strin
 }
 
 pub fn kind_label(kind: &DeploymentKind) -> &'static str {
-    match kind {
-        DeploymentKind::Deploy => "deploy",
-        DeploymentKind::Rollback { .. } => "rollback",
-        DeploymentKind::Rotate { .. } => "rotate",
-    }
+    kind.label()
 }
 
 /// The API's word for a step state label of the executor's view.

@@ -254,6 +254,8 @@ impl Harness {
 fn concrete(path: &str) -> String {
     path.replace("{id}", "staging-1")
         .replace("{env}", "staging")
+        .replace("{release}", "staging-1")
+        .replace("{image}", &format!("sha256:{}", "0".repeat(64)))
 }
 
 #[tokio::test]
@@ -299,7 +301,10 @@ async fn every_route_refuses_a_role_that_does_not_allow_it() {
         let token = match route.role {
             Role::Deployer => &approver_all,
             Role::Approver | Role::Admin => &deployer_all,
-            Role::Viewer if route.path.contains('{') => &viewer_elsewhere,
+            // (An image's path is a listing filtered to the caller's environments.)
+            Role::Viewer if route.path.contains("{id}") || route.path.contains("{env}") => {
+                &viewer_elsewhere
+            }
             Role::Viewer => continue,
         };
         let (status, body) = h
@@ -1714,4 +1719,90 @@ async fn an_approval_must_name_the_current_view_and_records_it() {
         "{approve}"
     );
     assert_eq!(h.cp.store.approvals(&id).unwrap()[0].view_digest, digest);
+}
+
+#[tokio::test]
+async fn a_plan_may_name_a_prebuilt_image_by_digest_or_be_build_only() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    let image = format!("127.0.0.1:5000/team/hello@sha256:{}", "ab".repeat(32));
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "image": image})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids[..4], ["pull", "scan", "sign", "verify"], "{ids:?}");
+    assert!(body["text"].as_str().unwrap().contains(&image));
+
+    // A tag alone is refused naming the field and why; so is a rollback with an image.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "image": "127.0.0.1:5000/team/hello:v1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("image: "), "{message}");
+    assert!(message.contains("a tag can be moved"), "{message}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec_path": h.spec_path(), "env": "staging", "image": image, "rollback": {}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Build only: build, scan, sign and verify, nothing else.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({
+                "spec_path": h.spec_path(), "env": "staging", "build_only": true,
+                "invoked_by": "https://ci.example/team/hello/jobs/7",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let kinds: Vec<&str> = body["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["build", "scan", "sign", "verify"], "{kinds:?}");
+    assert_eq!(body["plan"]["kind"]["type"], "build", "{body}");
+    // invoked_by is a URL, and only with build_only.
+    for bad in [
+        json!({"spec_path": h.spec_path(), "env": "staging", "build_only": true, "invoked_by": "not a url"}),
+        json!({"spec_path": h.spec_path(), "env": "staging", "invoked_by": "https://ci.example/jobs/7"}),
+    ] {
+        let (status, body) = h
+            .call(Method::POST, "/api/v1/plans", Some(&deployer), Some(bad))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("invoked_by: "),
+            "{body}"
+        );
+    }
 }

@@ -300,7 +300,17 @@ async fn no_route_and_no_page_shows_an_env_value_only_its_name_and_digest() {
     for route in routes().into_iter().filter(|r| r.method == Method::GET) {
         get_routes += 1;
         for (id, env) in [("staging-2", "staging"), ("production-1", "production")] {
-            let path = route.path.replace("{id}", id).replace("{env}", env);
+            let image =
+                h.cp.store
+                    .release("staging", "staging-2")
+                    .unwrap()
+                    .map(|r| r.image.id)
+                    .unwrap_or_default();
+            let path = route
+                .path
+                .replace("{id}", id)
+                .replace("{env}", env)
+                .replace("{image}", &image);
             let (status, body) = h.api(Method::GET, &path, &admin, None).await;
             assert!(status.is_success(), "GET {path}: {status} {body}");
             seen.push((format!("GET {path}"), status, body));

@@ -91,6 +91,9 @@ pub struct SourceInfo {
     /// Whether the source's work tree had uncommitted changes, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_dirty: Option<bool>,
+    /// The source repository (git remote `origin`'s URL), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 /// A SLSA `ResourceDescriptor` for `resolvedDependencies`.
@@ -119,6 +122,11 @@ pub struct ProvenanceInputs {
     pub builder_version: Option<String>,
     /// Becomes `runDetails.metadata.invocationId`.
     pub deployment_id: String,
+    /// Who ran the build: the CI job (its URL) when a CI job asked for it, else the control
+    /// plane (`cutover-control-plane://<host>`). Becomes
+    /// `buildDefinition.internalParameters.builder`.
+    #[serde(default)]
+    pub invoked_by: Option<String>,
     pub started_on_ms: u64,
     pub finished_on_ms: u64,
 }
@@ -136,6 +144,9 @@ impl ProvenanceInputs {
         if let Some(dirty) = self.source.git_dirty {
             source.insert("gitDirty".into(), json!(dirty));
         }
+        if let Some(repository) = &self.source.repository {
+            source.insert("repository".into(), json!(repository));
+        }
         let mut builder = serde_json::Map::new();
         builder.insert("id".into(), json!(self.builder_id));
         if let Some(version) = &self.builder_version {
@@ -152,6 +163,7 @@ impl ProvenanceInputs {
                     "source": Value::Object(source),
                 },
                 "resolvedDependencies": self.resolved_dependencies,
+                "internalParameters": { "builder": self.invoked_by },
             },
             "runDetails": {
                 "builder": Value::Object(builder),
@@ -308,6 +320,7 @@ pub(crate) mod tests {
                     path: Some("/src/hello".to_string()),
                     git_commit: Some("0123456789abcdef0123456789abcdef01234567".to_string()),
                     git_dirty: None,
+                    repository: None,
                 },
                 resolved_dependencies: vec![ResourceDescriptor {
                     uri: Some("file:///src/hello/Cargo.lock".to_string()),
@@ -317,6 +330,7 @@ pub(crate) mod tests {
                 builder_id: DEFAULT_BUILDER_ID.to_string(),
                 builder_version: None,
                 deployment_id: "dep-42".to_string(),
+                invoked_by: None,
                 started_on_ms: 1_700_000_000_000,
                 finished_on_ms: 1_700_000_060_000,
             },

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cutover_model::{
     check_secret_name, ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec,
-    HealthSpec, SecretMount, SecretSourceRef, Spec, SupplySpec, SECRETS_DIR,
+    HealthSpec, ImageRef, SecretMount, SecretSourceRef, Spec, SupplySpec, SECRETS_DIR,
 };
 
 use crate::raw::{
@@ -18,6 +18,8 @@ use crate::Errors;
 
 const DEFAULT_STRATEGY: &str = "blue-green";
 const MAX_REPLICAS: i64 = 64;
+/// Most releases `keep_releases` may keep per environment.
+const MAX_KEEP_RELEASES: i64 = 1000;
 const MIN_MEMORY: u64 = 4 * 1024 * 1024;
 const MAX_APPROVERS: i64 = 10;
 const MAX_APPROVAL_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -104,6 +106,36 @@ fn convert_build(
     errors: &mut Errors,
 ) -> Option<BuildSpec> {
     let raw = build.get_ref();
+    if let Some(image) = &raw.image {
+        let others = [
+            ("build.cargo", raw.cargo.as_ref().map(|c| c.span())),
+            ("build.context", raw.context.as_ref().map(|c| c.span())),
+            (
+                "build.dockerfile",
+                raw.dockerfile.as_ref().map(|c| c.span()),
+            ),
+            ("build.args", raw.args.as_ref().map(|c| c.span())),
+        ];
+        let mut clash = false;
+        for (field, span) in others {
+            if let Some(span) = span {
+                clash = true;
+                errors.at(
+                    span,
+                    field,
+                    "cannot be used together with build.image: a prebuilt image is pulled, not built; keep one of them",
+                );
+            }
+        }
+        return match ImageRef::parse(image.get_ref()) {
+            Ok(reference) if !clash => Some(BuildSpec::Image { reference }),
+            Ok(_) => None,
+            Err(e) => {
+                errors.at(image.span(), "build.image", e.to_string());
+                None
+            }
+        };
+    }
     match (&raw.cargo, &raw.context) {
         (Some(_), Some(context)) => {
             errors.at(
@@ -117,7 +149,7 @@ fn convert_build(
             errors.at(
                 build.span(),
                 "build",
-                "needs exactly one of `cargo = { manifest = \"…\" }` or `context = \"<dir>\"`",
+                "needs exactly one of `cargo = { manifest = \"…\" }`, `context = \"<dir>\"` or `image = \"HOST[:PORT]/REPO@sha256:…\"`",
             );
             None
         }
@@ -801,6 +833,20 @@ fn convert_environments(
                     replicas.span(),
                     &field("replicas"),
                     format!("must be between 1 and {MAX_REPLICAS}, got {n}"),
+                );
+            }
+        }
+        if let Some(keep) = &raw_env.keep_releases {
+            let n = *keep.get_ref();
+            if (1..=MAX_KEEP_RELEASES).contains(&n) {
+                spec.keep_releases = n as u32;
+            } else {
+                errors.at(
+                    keep.span(),
+                    &field("keep_releases"),
+                    format!(
+                        "must be between 1 and {MAX_KEEP_RELEASES} (the newest releases `cutover gc` keeps for rollbacks), got {n}"
+                    ),
                 );
             }
         }

@@ -35,6 +35,7 @@ pub(crate) struct RawBuild {
     pub context: Option<S<String>>,
     pub dockerfile: Option<S<String>>,
     pub args: Option<S<SpannedMap<String>>>,
+    pub image: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +121,7 @@ pub(crate) struct RawEnvironment {
     pub approvals: Option<S<RawApprovals>>,
     pub gate: Option<S<RawGate>>,
     pub trusted_keys: Option<S<Vec<S<String>>>>,
+    pub keep_releases: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,6 +95,14 @@ const MALFORMED: &[(&str, &str, usize, usize, &str, &str)] = &[
         "must be between 1 and 64, got 0",
     ),
     (
+        "keep_releases = 0",
+        "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nkeep_releases = 0\n",
+        6,
+        17,
+        "environments.production.keep_releases",
+        "must be between 1 and 1000 (the newest releases `cutover gc` keeps for rollbacks), got 0",
+    ),
+    (
         "bad listen",
         "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[environments.production]\nlisten = \"localhost\"\n",
         5,
@@ -690,6 +698,7 @@ fail_on_unmaintained = true
 [environments.staging]
 listen = "[::1]:8081"
 replicas = 1
+keep_releases = 12
 retire_after = "0s"
 drain_timeout = "1s"
 approval = true
@@ -771,6 +780,7 @@ allow_missing_advisories = true
                 ..GateSpec::default()
             },
             trusted_keys: vec![root.join("keys/release.pub"), root.join("keys/ci.pub")],
+            keep_releases: 5,
         })
     );
     assert_eq!(
@@ -793,6 +803,7 @@ allow_missing_advisories = true
                 ..GateSpec::default()
             },
             trusted_keys: Vec::new(),
+            keep_releases: 12,
         })
     );
     // The model's serialized form reads back to the same spec, and the digest is stable.
@@ -1017,6 +1028,25 @@ fn bad_secret_references_name_line_column_and_field() {
     }
 }
 
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn a_prebuilt_image_by_digest_is_a_build() {
+    let f = Fixture::new();
+    let text = format!(
+        "app = \"hello\"\n[build]\nimage = \"127.0.0.1:5000/team/hello@{DIGEST}\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n"
+    );
+    let spec = f.parse(&text).expect("valid spec");
+    match spec.build {
+        BuildSpec::Image { reference } => {
+            assert_eq!(reference.registry, "127.0.0.1:5000");
+            assert_eq!(reference.repository, "team/hello");
+            assert_eq!(reference.digest, DIGEST);
+        }
+        other => panic!("expected an image build, got {other:?}"),
+    }
+}
+
 #[test]
 fn two_secrets_on_one_path_or_a_secret_shadowing_env_are_refused() {
     let f = Fixture::new();
@@ -1047,4 +1077,30 @@ fn a_late_secret_error_points_at_its_entry() {
     );
     assert_eq!((err.line, err.column), (6, 13), "{err}");
     assert_eq!(err.field, "container.secrets.API_TOKEN");
+}
+
+#[test]
+fn a_tag_without_digest_is_refused_at_build_image_saying_why() {
+    let f = Fixture::new();
+    let text = "app = \"hello\"\n[build]\nimage = \"127.0.0.1:5000/hello:latest\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n";
+    let err = f.parse(text).unwrap_err();
+    assert_eq!(err.field, "build.image");
+    assert_eq!((err.line, err.column), (3, 9));
+    assert!(
+        err.message.contains("a tag can be moved"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("by digest"), "{}", err.message);
+}
+
+#[test]
+fn an_image_excludes_the_other_build_fields() {
+    let f = Fixture::new();
+    let text = format!(
+        "app = \"hello\"\n[build]\nimage = \"127.0.0.1:5000/hello@{DIGEST}\"\ncontext = \"ctx\"\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n"
+    );
+    let err = f.parse(&text).unwrap_err();
+    assert_eq!(err.field, "build.context");
+    assert!(err.message.contains("build.image"), "{}", err.message);
 }

@@ -17,7 +17,7 @@
 
 use cutover_model::{
     format_ms, now_ms, DeploymentKind, DeploymentStatus, ErrorClass, JournalEntry, JournalEvent,
-    Plan, ProviderError, Release,
+    LiveChange, LivePeriod, Plan, ProviderError, Release,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,8 @@ use tokio::sync::broadcast;
 
 /// Name of the file holding the pid of the process that owns the store.
 const PID_FILE: &str = "cutover.pid";
+/// Changes of current releases ([`LiveChange`]), keyed `<env>\0<sequence number>`.
+const LIVE_TREE: &str = "live_changes";
 
 /// How many events a subscriber may fall behind before it gets
 /// [`broadcast::error::RecvError::Lagged`] (and should re-read what it shows).
@@ -903,6 +905,54 @@ impl Store {
                 .then_with(|| b.deployment_id.cmp(&a.deployment_id))
         });
         Ok(out)
+    }
+
+    // ----- live changes -----
+
+    /// Record that `change.env`'s current release changed (after [`Store::set_current`] or
+    /// [`Store::clear_current`]). Idempotent: when the environment's newest change already
+    /// says the same (a re-run of the step after a crash), nothing is written. Flushed.
+    pub fn note_live(&self, change: &LiveChange) -> Result<()> {
+        let tree = self.typed_tree::<LiveChange>(LIVE_TREE)?;
+        let existing = tree.scan_prefix(&format!("{}\0", change.env))?;
+        // Keys sort by their sequence number, so the last one is the newest change.
+        let count = existing.len();
+        let newest = existing.into_iter().map(|(_, c)| c).next_back();
+        if newest.is_some_and(|n| {
+            n.deployment_id == change.deployment_id
+                && n.release_id == change.release_id
+                && n.cause == change.cause
+        }) {
+            return Ok(());
+        }
+        // One deployment holds the environment at a time, so the count is not raced.
+        tree.insert(&format!("{}\0{count:012}", change.env), change)?;
+        self.flush()?;
+        self.publish_env(&change.env);
+        Ok(())
+    }
+
+    /// Every recorded change of current releases (of `env`, or of all environments),
+    /// oldest first. Changes before this record existed are not in it.
+    pub fn live_changes(&self, env: Option<&str>) -> Result<Vec<LiveChange>> {
+        let tree = self.typed_tree::<LiveChange>(LIVE_TREE)?;
+        let prefix = env.map(|e| format!("{e}\0")).unwrap_or_default();
+        let mut out: Vec<LiveChange> = tree
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        // Stable: changes of one environment in the same millisecond keep their order.
+        out.sort_by_key(|c| c.at_ms);
+        Ok(out)
+    }
+
+    /// Where `image_id` has been live: [`cutover_model::image_path`] over every change.
+    pub fn image_path(&self, image_id: &str) -> Result<Vec<LivePeriod>> {
+        Ok(cutover_model::image_path(
+            &self.live_changes(None)?,
+            image_id,
+        ))
     }
 
     // ----- leases -----

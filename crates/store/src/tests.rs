@@ -883,3 +883,110 @@ async fn a_failed_write_async_still_announces_the_writes_it_made() {
         Some("r1")
     );
 }
+
+#[test]
+fn live_changes_are_recorded_once_and_give_image_paths() {
+    use cutover_model::{LiveCause, LiveChange, LiveEnd};
+    let store = Store::temporary().unwrap();
+    let change = |env: &str, release: &str, image: &str, deployment: &str, cause, at| LiveChange {
+        env: env.to_string(),
+        release_id: Some(release.to_string()),
+        image_id: Some(image.to_string()),
+        deployment_id: deployment.to_string(),
+        cause,
+        at_ms: at,
+    };
+    store
+        .note_live(&change(
+            "staging",
+            "staging-1",
+            "sha256:a",
+            "staging-1",
+            LiveCause::Deploy,
+            10,
+        ))
+        .unwrap();
+    // A re-run of the same record step (later clock) writes nothing.
+    store
+        .note_live(&change(
+            "staging",
+            "staging-1",
+            "sha256:a",
+            "staging-1",
+            LiveCause::Deploy,
+            20,
+        ))
+        .unwrap();
+    assert_eq!(store.live_changes(Some("staging")).unwrap().len(), 1);
+    store
+        .note_live(&change(
+            "production",
+            "production-1",
+            "sha256:a",
+            "production-1",
+            LiveCause::Promote,
+            30,
+        ))
+        .unwrap();
+    store
+        .note_live(&change(
+            "staging",
+            "staging-2",
+            "sha256:b",
+            "staging-2",
+            LiveCause::Deploy,
+            40,
+        ))
+        .unwrap();
+    let path = store.image_path("sha256:a").unwrap();
+    let summary: Vec<(&str, u64, Option<u64>)> = path
+        .iter()
+        .map(|p| (p.env.as_str(), p.from_ms, p.until_ms))
+        .collect();
+    assert_eq!(
+        summary,
+        [("staging", 10, Some(40)), ("production", 30, None)]
+    );
+    assert_eq!(
+        path[0].ended,
+        LiveEnd::Replaced {
+            by: "staging-2".to_string()
+        }
+    );
+    assert_eq!(store.live_changes(None).unwrap().len(), 3);
+    // Going live and being unwound in the same millisecond: both kept, in order.
+    store
+        .note_live(&change(
+            "staging",
+            "staging-3",
+            "sha256:c",
+            "staging-3",
+            LiveCause::Deploy,
+            50,
+        ))
+        .unwrap();
+    store
+        .note_live(&change(
+            "staging",
+            "staging-2",
+            "sha256:b",
+            "staging-3",
+            LiveCause::Undo,
+            50,
+        ))
+        .unwrap();
+    let staging = store.live_changes(Some("staging")).unwrap();
+    let causes: Vec<LiveCause> = staging.iter().map(|c| c.cause).collect();
+    assert_eq!(
+        causes,
+        [
+            LiveCause::Deploy,
+            LiveCause::Deploy,
+            LiveCause::Deploy,
+            LiveCause::Undo
+        ]
+    );
+    let c_path = store.image_path("sha256:c").unwrap();
+    assert_eq!(c_path.len(), 1);
+    assert!(c_path[0].rolled_back(), "{c_path:?}");
+}

@@ -145,3 +145,250 @@ fn file_errors_name_line_column_and_field() {
     let err = parse("trusted_keys = [\"not a key\"]\n", Path::new("p.toml")).unwrap_err();
     assert_eq!(err.field, "trusted_keys[0]");
 }
+
+// ----- soaking -----
+
+const MIN: u64 = 60_000;
+
+fn soaking(envs: &[&str], soak_ms: u64) -> Guardrails {
+    let mut rails = derive(&spec(), "production", &facts());
+    rails.requires_success_in = envs.iter().map(|e| e.to_string()).collect();
+    rails.soak_ms = Some(soak_ms);
+    rails
+}
+
+fn period(
+    env: &str,
+    release: &str,
+    from: u64,
+    until: Option<u64>,
+    ended: cutover_model::LiveEnd,
+) -> LivePeriod {
+    LivePeriod {
+        env: env.to_string(),
+        release_id: release.to_string(),
+        image_id: "sha256:img".to_string(),
+        from_ms: from,
+        until_ms: until,
+        ended,
+    }
+}
+
+fn replaced(by: &str) -> cutover_model::LiveEnd {
+    cutover_model::LiveEnd::Replaced { by: by.to_string() }
+}
+
+#[test]
+fn soak_files_read_back_and_bad_values_name_their_place() {
+    let text = "requires_success_in = [\"staging\", \"qa\"]\nsoak = \"30m\"\n";
+    let rails = parse(text, Path::new("p.toml")).unwrap();
+    assert_eq!(rails.requires_success_in, ["staging", "qa"]);
+    assert_eq!(rails.soak_ms, Some(30 * MIN));
+    let again = parse(&render(&rails), Path::new("p.toml")).unwrap();
+    assert_eq!(again, rails);
+    assert!(summary(&rails)
+        .iter()
+        .any(|(k, v)| *k == "soak" && v.contains("30m in staging, qa")));
+    let err = parse(
+        "requires_success_in = [\"staging\"]\nsoak = \"soon\"\n",
+        Path::new("p.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.line, err.column, err.field.as_str()),
+        (2, 8, "soak"),
+        "{err}"
+    );
+    let err = parse("soak = \"1h\"\n", Path::new("p.toml")).unwrap_err();
+    assert!(
+        err.to_string().contains("needs requires_success_in"),
+        "{err}"
+    );
+    let err = parse("requires_success_in = [\"Staging\"]\n", Path::new("p.toml")).unwrap_err();
+    assert_eq!(err.field, "requires_success_in[0]", "{err}");
+    let err = parse(
+        "requires_success_in = [\"qa\", \"qa\"]\n",
+        Path::new("p.toml"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    // Old versions without the fields read as no soak requirement.
+    let old: Guardrails = serde_json::from_value({
+        let mut v = serde_json::to_value(derive(&spec(), "production", &facts())).unwrap();
+        v.as_object_mut().unwrap().remove("requires_success_in");
+        v.as_object_mut().unwrap().remove("soak_ms");
+        v
+    })
+    .unwrap();
+    assert!(old.requires_success_in.is_empty());
+    assert!(soak_refusal("production", &old, None, &[], 0).is_none());
+}
+
+#[test]
+fn an_image_never_live_in_staging_is_refused() {
+    let rails = soaking(&["staging"], 30 * MIN);
+    let elsewhere = [period(
+        "dev",
+        "dev-3",
+        0,
+        None,
+        cutover_model::LiveEnd::StillLive,
+    )];
+    let (message, violations) = soak_refusal(
+        "production",
+        &rails,
+        Some("sha256:img"),
+        &elsewhere,
+        90 * MIN,
+    )
+    .unwrap();
+    assert!(
+        message
+            .starts_with("image sha256:img may not go to production: it was never live in staging"),
+        "{message}"
+    );
+    assert!(
+        message.contains("production requires 30m live in staging without a rollback"),
+        "{message}"
+    );
+    assert!(
+        message.contains("where it has been: dev as dev-3 for 1h 30m"),
+        "{message}"
+    );
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].field, "requires_success_in");
+    // A deploy (a new build) is never live anywhere.
+    let (message, _) = soak_refusal("production", &rails, None, &[], 0).unwrap();
+    assert!(
+        message.contains("a deploy builds a new image, which was never live in staging"),
+        "{message}"
+    );
+    assert!(
+        message.contains("where it has been: nowhere yet"),
+        "{message}"
+    );
+    assert!(
+        message.contains("cutover promote <release> --to production"),
+        "{message}"
+    );
+}
+
+#[test]
+fn too_short_a_stay_is_refused_with_how_long_and_what_is_left() {
+    let rails = soaking(&["staging"], 30 * MIN);
+    let path = [period(
+        "staging",
+        "staging-7",
+        0,
+        None,
+        cutover_model::LiveEnd::StillLive,
+    )];
+    let now = 12 * MIN + 3_000;
+    let (message, _) = soak_refusal("production", &rails, Some("sha256:img"), &path, now).unwrap();
+    assert!(
+        message.contains("it was live in staging as staging-7 for 12m 3s (since 1970-01-01T00:00:00Z, still live); 17m 57s more to go"),
+        "{message}"
+    );
+    // Two short stays do not add up: the soak is continuous.
+    let path = [
+        period(
+            "staging",
+            "staging-7",
+            0,
+            Some(20 * MIN),
+            replaced("staging-8"),
+        ),
+        period(
+            "staging",
+            "staging-9",
+            40 * MIN,
+            None,
+            cutover_model::LiveEnd::StillLive,
+        ),
+    ];
+    assert!(soak_refusal("production", &rails, Some("sha256:img"), &path, 60 * MIN).is_some());
+}
+
+#[test]
+fn a_rolled_back_image_is_refused_however_long_it_was_live() {
+    let rails = soaking(&["staging"], 30 * MIN);
+    let path = [period(
+        "staging",
+        "staging-7",
+        0,
+        Some(120 * MIN),
+        cutover_model::LiveEnd::RolledBack {
+            by: "staging-9".to_string(),
+        },
+    )];
+    let (message, _) =
+        soak_refusal("production", &rails, Some("sha256:img"), &path, 200 * MIN).unwrap();
+    assert!(
+        message.contains("it was rolled back in staging: staging as staging-7 for 2h"),
+        "{message}"
+    );
+    assert!(message.contains("rolled back by staging-9"), "{message}");
+}
+
+#[test]
+fn long_enough_stays_pass_still_live_or_replaced() {
+    let rails = soaking(&["staging"], 30 * MIN);
+    let live = [period(
+        "staging",
+        "staging-7",
+        0,
+        None,
+        cutover_model::LiveEnd::StillLive,
+    )];
+    assert!(soak_refusal("production", &rails, Some("sha256:img"), &live, 30 * MIN).is_none());
+    let done = [period(
+        "staging",
+        "staging-7",
+        0,
+        Some(45 * MIN),
+        replaced("staging-8"),
+    )];
+    assert!(soak_refusal("production", &rails, Some("sha256:img"), &done, 500 * MIN).is_none());
+    // No soak time: any stay counts, none does not.
+    let any = soaking(&["staging"], 0);
+    assert!(soak_refusal("production", &any, Some("sha256:img"), &live, 0).is_none());
+    assert!(soak_refusal("production", &any, Some("sha256:img"), &[], 0).is_some());
+}
+
+#[test]
+fn every_named_environment_must_be_met() {
+    let rails = soaking(&["staging", "qa"], 30 * MIN);
+    let staging_only = [period(
+        "staging",
+        "staging-7",
+        0,
+        None,
+        cutover_model::LiveEnd::StillLive,
+    )];
+    let (message, violations) = soak_refusal(
+        "production",
+        &rails,
+        Some("sha256:img"),
+        &staging_only,
+        60 * MIN,
+    )
+    .unwrap();
+    assert!(message.contains("it was never live in qa"), "{message}");
+    assert!(!message.contains("never live in staging"), "{message}");
+    assert!(
+        message.contains("production requires 30m live in staging without a rollback and 30m live in qa without a rollback"),
+        "{message}"
+    );
+    assert_eq!(violations.len(), 1);
+    let both = [
+        staging_only[0].clone(),
+        period(
+            "qa",
+            "qa-2",
+            10 * MIN,
+            None,
+            cutover_model::LiveEnd::StillLive,
+        ),
+    ];
+    assert!(soak_refusal("production", &rails, Some("sha256:img"), &both, 60 * MIN).is_none());
+}

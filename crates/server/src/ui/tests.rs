@@ -1225,3 +1225,65 @@ async fn the_control_plane_purges_expired_sessions_when_it_starts() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_approval_page_shows_a_promotions_source_and_the_images_path() {
+    let ui = ui();
+    let staging = fake::planned_deploy("staging-1", "staging", None, 1);
+    start(&ui.cp, &staging);
+    wait_for(&ui.cp, "staging-1", |d| {
+        d.status == DeploymentState::Succeeded
+    })
+    .await;
+    let source = ui
+        .cp
+        .store
+        .release("staging", "staging-1")
+        .unwrap()
+        .unwrap();
+    let spec = fake::spec_for("prod", 1, Some(approval_gate()));
+    let strategy = cutover_planner::parse_strategy(
+        cutover_planner::builtin_strategy("blue-green").unwrap(),
+        "plans/blue-green.toml",
+    )
+    .unwrap();
+    let plan = cutover_planner::plan(&cutover_planner::PlanInput {
+        spec: &spec,
+        env: "prod",
+        strategy: &strategy,
+        deployment_id: "prod-1",
+        requested_by: "tester",
+        created_at_ms: cutover_model::now_ms(),
+        current: None,
+        current_route: None,
+        kind: cutover_planner::PlanKind::Promote { source: &source },
+    })
+    .unwrap();
+    start(&ui.cp, &plan);
+    wait_for(&ui.cp, "prod-1", |d| {
+        d.steps
+            .iter()
+            .any(|s| s.kind == "approval" && s.state == StepState::Started)
+    })
+    .await;
+    let (approver, _) = login(&ui.app, "alice").await;
+    let page = send(&ui.app, get("/deployments/prod-1", Some(&approver))).await;
+    assert!(
+        page.body
+            .contains("Promoted from <strong>staging-1</strong> (staging)"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("id=\"promoted-from-line\""),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("id=\"image-path\""), "{}", page.body);
+    assert!(
+        page.body.contains("staging as staging-1, live from"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(&source.image.id));
+}
