@@ -495,14 +495,13 @@ async fn deploys_pin_versions_store_env_values_and_no_get_route_shows_a_value() 
 
     // Every GET route, as an admin: never a value.
     let mut checked = 0;
-    let image_id = h
-        .cp
-        .store
-        .current_release("staging")
-        .unwrap()
-        .unwrap()
-        .image
-        .id;
+    let image_id =
+        h.cp.store
+            .current_release("staging")
+            .unwrap()
+            .unwrap()
+            .image
+            .id;
     for route in routes().into_iter().filter(|r| r.method == Method::GET) {
         let path = route
             .path
