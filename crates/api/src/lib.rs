@@ -12,10 +12,12 @@ pub mod client;
 mod guardrails;
 pub mod remote;
 mod retention;
+pub mod secrets;
 mod types;
 pub mod unix;
 
 pub use approval_view::*;
 pub use guardrails::*;
 pub use retention::*;
+pub use secrets::*;
 pub use types::*;

@@ -345,6 +345,18 @@ pub struct PlanRequest {
     /// Plan a rollback instead of a deploy: to `to`, or to the previous release.
     #[serde(default)]
     pub rollback: Option<RollbackTo>,
+    /// Values of the spec's `env://` secret references, from the caller's environment;
+    /// each is stored as a new secret version (never echoed, never kept as sent).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_env: std::collections::BTreeMap<String, String>,
+    /// Rotate secrets: a new release of the current release's image with the latest
+    /// secret versions; nothing is built (`cutover rotate`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secrets_only: bool,
+    /// A rollback whose target pins a revoked secret version: start a new release of its
+    /// image with the latest versions instead of refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_latest_secrets: bool,
     /// Deploy this prebuilt image (`HOST[:PORT]/REPO@sha256:<64 hex>`, a digest is
     /// required) instead of the spec's build: it is pulled, verified and scanned here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -447,6 +459,10 @@ pub struct PlanResponse {
 pub struct RollbackRequest {
     #[serde(default)]
     pub to: Option<String>,
+    /// When the target pins a revoked secret version: start a new release of its image
+    /// with the latest versions instead of refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_latest_secrets: bool,
     #[serde(default)]
     pub spec_path: Option<String>,
     #[serde(default)]
@@ -469,6 +485,10 @@ pub struct Started {
     pub plan_digest: String,
     pub env: String,
     pub release_id: String,
+    /// Things the caller should fix that did not stop the deployment (e.g. a value of
+    /// `container.env` that looks like a secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A decision at an approval gate; it names the plan digest and image id it approves
@@ -554,6 +574,9 @@ pub struct EnvStatus {
     /// The guardrails in force (what approvers rely on), if any were set.
     #[serde(default)]
     pub guardrails: Option<crate::GuardrailsVersion>,
+    /// Secrets of the environment past their max age: rotate them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

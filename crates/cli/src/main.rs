@@ -11,6 +11,7 @@ mod daemon;
 mod follow;
 mod registry_cmds;
 mod render;
+mod secret_cmds;
 mod serve;
 mod server_cmds;
 mod supply_cmds;
@@ -129,6 +130,23 @@ enum Command {
         /// environment's trusted keys, scanned here.
         #[arg(long)]
         image: Option<String>,
+        /// Rotate secrets only: a new release of the current image with the latest secret
+        /// versions, no build (same as `cutover rotate`).
+        #[arg(long, conflicts_with = "image")]
+        secrets_only: bool,
+    },
+    /// A new release of the current image with the latest secret versions: provision
+    /// green, health-check, shift, retire blue; nothing is built.
+    Rotate {
+        /// The environment (may be left out when the spec has one).
+        env: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// The secret store: set, list, rotate, revoke, rm, rewrap (values never printed).
+    Secret {
+        #[command(subcommand)]
+        command: secret_cmds::SecretCommand,
     },
     /// Build, scan, sign and verify for an environment without deploying; write the build
     /// record and the attestation bundle to --out and print the image id.
@@ -172,6 +190,10 @@ enum Command {
         to: Option<String>,
         #[arg(long)]
         detach: bool,
+        /// When the target pins a revoked secret version, start a new release of its image
+        /// with the latest versions instead of refusing.
+        #[arg(long)]
+        use_latest_secrets: bool,
     },
     /// Deploy exactly the image of a release of another environment (e.g. staging-7) to
     /// --to: same image id, a fresh scan verdict for the target, no build.
@@ -246,6 +268,12 @@ enum Command {
         /// Remembered for later starts without the flag (`.cutover/audit-sinks.json`).
         #[arg(long = "audit-sink", env = "CUTOVER_AUDIT_SINK", value_delimiter = ',')]
         audit_sink: Vec<std::path::PathBuf>,
+        /// The secrets master key file (base64 or hex of 32 bytes, mode 0600). Without it,
+        /// CUTOVER_SECRETS_KEY (the key itself, for CI), else a key file made on first use
+        /// in $XDG_CONFIG_HOME/cutover/secrets/. A key that does not match the store stops
+        /// the start.
+        #[arg(long, env = "CUTOVER_SECRETS_KEY_FILE", value_name = "FILE")]
+        secrets_key: Option<PathBuf>,
     },
     /// Run the data-plane proxy in the foreground (started by the control plane).
     #[command(hide = true)]
@@ -438,12 +466,55 @@ async fn run(cli: Cli) -> Result<u8> {
             rollback,
             to,
             image,
-        } => plan(&ctx, env, rollback.then_some(RollbackTo { to }), image).await,
-        Command::Deploy { env, detach, image } => start_image(&ctx, env, None, detach, image).await,
+        } => {
+            let rollback = rollback.then_some(RollbackTo { to });
+            let req = PlanRequest {
+                image,
+                // The control plane's environment is not the caller's: env:// values go along.
+                secret_env: if rollback.is_none() {
+                    caller_secret_env(&ctx)
+                } else {
+                    Default::default()
+                },
+                ..request(&ctx, env, rollback)?
+            };
+            plan_request(&ctx, &req).await
+        }
+        Command::Deploy {
+            env,
+            detach,
+            image,
+            secrets_only: false,
+        } => start_image(&ctx, env, None, detach, image).await,
+        Command::Deploy {
+            env,
+            detach,
+            secrets_only: true,
+            ..
+        }
+        | Command::Rotate { env, detach } => {
+            let req = PlanRequest {
+                secrets_only: true,
+                ..request(&ctx, env, None)?
+            };
+            start_request(&ctx, &req, detach).await
+        }
+        Command::Secret { command } => {
+            secret_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+        }
         Command::Build { env, out } => registry_cmds::build(&ctx, env, &out).await,
         Command::Push { target, build_dir } => registry_cmds::push(&ctx, &target, &build_dir).await,
-        Command::Rollback { env, to, detach } => {
-            start(&ctx, env, Some(RollbackTo { to }), detach).await
+        Command::Rollback {
+            env,
+            to,
+            detach,
+            use_latest_secrets,
+        } => {
+            let req = PlanRequest {
+                use_latest_secrets,
+                ..request(&ctx, env, Some(RollbackTo { to }))?
+            };
+            start_request(&ctx, &req, detach).await
         }
         Command::Promote {
             release,
@@ -482,6 +553,7 @@ async fn run(cli: Cli) -> Result<u8> {
             door,
             webhook,
             audit_sink,
+            secrets_key,
             ..
         } => {
             serve::run(
@@ -492,6 +564,7 @@ async fn run(cli: Cli) -> Result<u8> {
                     door,
                     webhooks: webhook,
                     audit_sinks: audit_sink,
+                    secrets_key,
                 },
             )
             .await?;
@@ -583,19 +656,6 @@ fn request(
     })
 }
 
-async fn plan(
-    ctx: &Context_,
-    env: Option<String>,
-    rollback: Option<RollbackTo>,
-    image: Option<String>,
-) -> Result<u8> {
-    let req = PlanRequest {
-        image,
-        ..request(ctx, env, rollback)?
-    };
-    plan_request(ctx, &req).await
-}
-
 async fn plan_request(ctx: &Context_, req: &PlanRequest) -> Result<u8> {
     check_spec(ctx)?;
     let client = connect(ctx).await?;
@@ -606,15 +666,6 @@ async fn plan_request(ctx: &Context_, req: &PlanRequest) -> Result<u8> {
         Output::Text => print!("{}", planned.text),
     }
     Ok(0)
-}
-
-async fn start(
-    ctx: &Context_,
-    env: Option<String>,
-    rollback: Option<RollbackTo>,
-    detach: bool,
-) -> Result<u8> {
-    start_image(ctx, env, rollback, detach, None).await
 }
 
 async fn start_image(
@@ -633,6 +684,12 @@ async fn start_image(
     }
     let req = PlanRequest {
         image,
+        // The control plane's environment is not the caller's: env:// values go along.
+        secret_env: if rollback.is_none() {
+            caller_secret_env(ctx)
+        } else {
+            Default::default()
+        },
         ..request(ctx, env, rollback)?
     };
     start_request(ctx, &req, detach).await
@@ -642,6 +699,9 @@ async fn start_request(ctx: &Context_, req: &PlanRequest, detach: bool) -> Resul
     check_spec(ctx)?;
     let client = connect(ctx).await?;
     let started: Started = client.post("/api/v1/deployments", req).await?;
+    for warning in &started.warnings {
+        eprintln!("{warning}");
+    }
     if detach {
         match ctx.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&started)?),
@@ -655,6 +715,20 @@ async fn start_request(ctx: &Context_, req: &PlanRequest, detach: bool) -> Resul
         ctx.output == Output::Json,
     )
     .await
+}
+
+/// The values of the spec's `env://` secret references in this process's environment
+/// (missing ones are left out; the control plane names them).
+fn caller_secret_env(ctx: &Context_) -> std::collections::BTreeMap<String, String> {
+    let Ok(spec) = cutover_spec::load(&ctx.spec) else {
+        return Default::default();
+    };
+    spec.container
+        .secrets
+        .values()
+        .filter_map(|m| m.source.strip_prefix("env://"))
+        .filter_map(|var| std::env::var(var).ok().map(|v| (var.to_string(), v)))
+        .collect()
 }
 
 /// The environment of `release`: `env`, else the release id without `-<number>`.

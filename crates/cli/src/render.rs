@@ -205,6 +205,9 @@ pub fn status(envs: &[EnvStatus]) -> String {
                 let _ = writeln!(out, "{}: no release yet", e.env);
             }
         }
+        for warning in &e.secret_warnings {
+            let _ = writeln!(out, "  warning: {warning}");
+        }
         match &e.route {
             Some(route) => {
                 let backends: Vec<String> = route

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use cutover_chain::LocalSupplyChain;
-use cutover_docker::{CargoBuilds, DockerProvider};
+use cutover_docker::{CargoBuilds, DockerProvider, SecretFiles};
 use cutover_executor::{ExecutorConfig, FaultInjector};
-use cutover_model::{Preflights, Providers};
+use cutover_model::{Preflights, Providers, SecretSource};
 use cutover_proxy::{AdminClient, ProxyTraffic};
+use cutover_secrets::MasterKey;
 use cutover_server::door::{DoorOptions, TlsFiles};
 use cutover_server::metrics::{ProxyStatLine, ProxyStats};
+use cutover_server::secrets::{Keyring, StoreSecrets};
 use cutover_server::webhooks::{Delivery, Webhooks};
 use cutover_server::{ControlPlane, HttpDoor, Options};
 use cutover_store::Store;
@@ -34,6 +36,55 @@ pub struct ServeOptions {
     pub webhooks: Vec<String>,
     /// Files that get a signed checkpoint of the audit chain on every append.
     pub audit_sinks: Vec<std::path::PathBuf>,
+    /// The secrets master key file (0600); else `CUTOVER_SECRETS_KEY`, else the default
+    /// file ([`default_secrets_key`]), made on first use.
+    pub secrets_key: Option<PathBuf>,
+}
+
+/// The default secrets master key file of a state directory: outside it, in
+/// `$XDG_CONFIG_HOME/cutover/secrets/<16 hex of the state directory's path>.key` (default
+/// `~/.config/…`), so a copy of the state directory holds no usable key.
+pub fn default_secrets_key(state: &StateDir) -> Result<PathBuf> {
+    let dir = cutover_chain::default_passphrase_dir()
+        .and_then(|p| p.parent().map(|p| p.join("secrets")))
+        .context("cannot tell where to keep the secrets master key: set XDG_CONFIG_HOME or HOME, or give --secrets-key")?;
+    Ok(dir.join(format!("{}.key", state_tag(state))))
+}
+
+/// 16 hex digits naming a state directory (its absolute path's sha256).
+fn state_tag(state: &StateDir) -> String {
+    use sha2::{Digest, Sha256};
+    let path = std::fs::canonicalize(&state.0).unwrap_or_else(|_| state.0.clone());
+    hex::encode(&Sha256::digest(path.to_string_lossy().as_bytes())[..8])
+}
+
+/// The master key this control plane seals secrets with.
+fn secrets_master_key(state: &StateDir, given: Option<&PathBuf>) -> Result<MasterKey> {
+    if let Some(path) = given {
+        return MasterKey::from_file(path).context("--secrets-key");
+    }
+    if let Some(key) = MasterKey::from_env()? {
+        return Ok(key);
+    }
+    let path = default_secrets_key(state)?;
+    Ok(MasterKey::load_or_create(&path)?)
+}
+
+/// Where secret files are written: `CUTOVER_SECRETS_DIR`, else a directory of this state
+/// directory under `/dev/shm` (a tmpfs). Secret injection is off (with a warning) when it
+/// is not on a tmpfs.
+fn secret_files(state: &StateDir, source: Arc<dyn SecretSource>) -> Option<SecretFiles> {
+    let base = std::env::var_os("CUTOVER_SECRETS_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/cutover-secrets-{}", state_tag(state))));
+    match SecretFiles::new(source, base) {
+        Ok(files) => Some(files),
+        Err(e) => {
+            tracing::warn!(error = %e, "secrets cannot be injected: deployments of specs with [container.secrets] will fail");
+            None
+        }
+    }
 }
 
 /// TLS and limits of the `--http` listener (`cutover serve`).
@@ -195,7 +246,15 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         .context("--webhook")?;
     crate::client::create_state_dir(&state.0)?;
     crate::client::check_private(&state.0)?;
+    // The secrets master key is checked before anything else changes: a wrong key stops
+    // the start with the store as it was.
+    let master = secrets_master_key(&state, serve.secrets_key.as_ref())?;
     let store = Store::open(&state.db())?;
+    if let Err(e) = cutover_server::secrets::open(&store, &master) {
+        drop(store);
+        anyhow::bail!("cannot start the control plane: {e}");
+    }
+    let keyring = Arc::new(Keyring::new(master));
     anchor_audit(&state, &store, &serve.audit_sinks)?;
     cutover_proxy::pidfile::write(&state.serve_pid())
         .with_context(|| format!("cannot write {}", state.serve_pid().display()))?;
@@ -204,11 +263,24 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
     ensure_proxy(&state, &admin).await?;
     let supervisor = tokio::spawn(supervise_proxy(state.clone(), admin.clone()));
 
-    let docker = Arc::new(
-        DockerProvider::connect()
-            .await?
-            .with_cargo_builds(cargo_builds(&state)),
-    );
+    let mut docker = DockerProvider::connect()
+        .await?
+        .with_cargo_builds(cargo_builds(&state));
+    let source: Arc<dyn SecretSource> = Arc::new(StoreSecrets {
+        store: store.clone(),
+        keyring: keyring.clone(),
+    });
+    if let Some(files) = secret_files(&state, source) {
+        docker = docker.with_secret_files(files);
+    }
+    match docker.sweep_secret_files().await {
+        Ok(swept) if !swept.is_empty() => {
+            tracing::info!(containers = ?swept, "removed the secret files of containers that no longer exist")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep secret files"),
+    }
+    let docker = Arc::new(docker);
     let audit = store.clone();
     let providers = Providers {
         images: docker.clone(),
@@ -238,6 +310,7 @@ pub async fn run(state: StateDir, serve: ServeOptions) -> Result<()> {
         Options {
             webhooks,
             proxy_stats: Some(Arc::new(ProxyAdminStats(admin))),
+            secrets: Some(keyring),
             ..Options::default()
         },
     );

@@ -45,7 +45,14 @@ impl Compute for DockerProvider {
             return self.adopt(spec, &deployment, existing).await;
         }
         let network = self.ensure_network(&spec.app, &spec.env).await?;
-        let body = create_body(spec, image, &network);
+        let values = self.secret_values(spec).await?;
+        let mut body = create_body(spec, image, &network);
+        if let Some(files) = &self.secret_files {
+            if !values.is_empty() {
+                files.reserve(spec)?;
+            }
+            add_secrets(&mut body, spec, files, &values);
+        }
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
@@ -74,7 +81,11 @@ impl Compute for DockerProvider {
                 ))
             }
         }
-        self.refuse_root_user(spec).await?;
+        let user = self.refuse_root_user(spec).await?;
+        if let Err(err) = self.write_secret_files(spec, &values, &user) {
+            let _ = self.remove(&spec.name).await;
+            return Err(err);
+        }
         if let Err(err) = self.start(&spec.name).await {
             if !err.is_transient() {
                 // Leave nothing behind for a start that will never succeed.
@@ -115,12 +126,18 @@ impl Compute for DockerProvider {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(name, Some(options)).await {
+        let removed = match self.docker.remove_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) if status(&e) == Some(409) => self.wait_until_gone(name).await,
             Err(e) => Err(provider_error(&format!("removing container {name}"), &e)),
+        };
+        if removed.is_ok() {
+            if let Some(files) = &self.secret_files {
+                files.remove(name);
+            }
         }
+        removed
     }
 
     async fn list(&self, app: &str, env: Option<&str>) -> Result<Vec<Instance>, ProviderError> {
@@ -159,6 +176,43 @@ impl Compute for DockerProvider {
 }
 
 impl DockerProvider {
+    /// Whether a container of this name exists.
+    pub(crate) async fn docker_has(&self, name: &str) -> Result<bool, ProviderError> {
+        Ok(self.inspect_raw(name).await?.is_some())
+    }
+
+    /// The values of the instance's secrets (none without secrets); refused when the
+    /// spec has secrets and this provider keeps no secret files.
+    async fn secret_values(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Result<Vec<(String, secrecy::SecretSlice<u8>)>, ProviderError> {
+        if spec.container.secrets.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.secret_files {
+            Some(files) => files.resolve(spec).await,
+            None => Err(ProviderError::permanent(format!(
+                "instance {} has secrets but this control plane injects none (no secrets directory on a tmpfs); restart it with one",
+                spec.name
+            ))),
+        }
+    }
+
+    fn write_secret_files(
+        &self,
+        spec: &InstanceSpec,
+        values: &[(String, secrecy::SecretSlice<u8>)],
+        user: &crate::user::Resolved,
+    ) -> Result<(), ProviderError> {
+        match &self.secret_files {
+            Some(files) if !values.is_empty() => {
+                files.write(&spec.name, values, user.uid, user.gid)
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn inspect_raw(
         &self,
         name: &str,
@@ -197,12 +251,15 @@ impl DockerProvider {
                 spec.name
             )));
         }
-        self.refuse_root_user(spec).await?;
+        let user = self.refuse_root_user(spec).await?;
         let status = existing.state.as_ref().and_then(|s| s.status);
         if matches!(
             status,
             Some(ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::EXITED)
         ) {
+            // The files may be gone (a reboot empties the tmpfs): write them again.
+            let values = self.secret_values(spec).await?;
+            self.write_secret_files(spec, &values, &user)?;
             self.start(&spec.name).await?;
         }
         self.wait_for_port(&spec.name).await
@@ -211,12 +268,15 @@ impl DockerProvider {
     /// Resolve the user of a created container in its image; a user that maps to root
     /// (uid 0 or gid 0) or does not exist is refused and the container removed, before it
     /// ever starts.
-    async fn refuse_root_user(&self, spec: &InstanceSpec) -> Result<(), ProviderError> {
+    async fn refuse_root_user(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Result<crate::user::Resolved, ProviderError> {
         match self
             .check_image_user(&spec.name, &spec.container.user)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(user) => Ok(user),
             Err(err) => {
                 if !err.is_transient() {
                     let _ = self.remove(&spec.name).await;
@@ -370,6 +430,32 @@ pub(crate) fn create_body(
         labels: Some(container_labels),
         host_config: Some(host_config),
         ..Default::default()
+    }
+}
+
+/// Mount the instance's secret files read-only; `as_env` secrets also become
+/// environment variables (visible to `docker inspect`: only when the spec asks).
+fn add_secrets(
+    body: &mut ContainerCreateBody,
+    spec: &InstanceSpec,
+    files: &crate::SecretFiles,
+    values: &[(String, secrecy::SecretSlice<u8>)],
+) {
+    use secrecy::ExposeSecret;
+    let binds = files.binds(spec);
+    if !binds.is_empty() {
+        if let Some(host) = body.host_config.as_mut() {
+            host.binds.get_or_insert_with(Vec::new).extend(binds);
+        }
+    }
+    let env = body.env.get_or_insert_with(Vec::new);
+    for (name, value) in values {
+        if spec.container.secrets.get(name).is_some_and(|m| m.as_env) {
+            env.push(format!(
+                "{name}={}",
+                String::from_utf8_lossy(value.expose_secret())
+            ));
+        }
     }
 }
 

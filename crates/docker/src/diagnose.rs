@@ -31,7 +31,14 @@ impl DockerProvider {
             &instance.id
         };
         let raw = self.docker.inspect_container(key, None).await.ok()?;
-        let secrets = env_values(&raw);
+        let mut secrets = env_values(&raw);
+        // The values of its secret files too: an app that prints its secret must not
+        // reach the journal through its log tail.
+        if let Some(files) = &self.secret_files {
+            let name = raw.name.as_deref().unwrap_or(&instance.name);
+            secrets.extend(files.values_of(name.trim_start_matches('/')));
+            secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
         let logs = match tokio::time::timeout(LOG_WAIT, self.log_tail(key)).await {
             Ok(lines) => lines,
             Err(_) => vec![format!(

@@ -38,6 +38,7 @@ mod network;
 mod preflight;
 mod probe;
 pub mod registry;
+mod secret_files;
 mod user;
 
 use bollard::Docker;
@@ -72,6 +73,8 @@ pub struct DockerProvider {
     /// Serialises making environment networks (the Engine allows duplicate names).
     networks: std::sync::Arc<tokio::sync::Mutex<()>>,
     cargo_builds: CargoBuilds,
+    /// Where secret files are written (none: specs with secrets are refused).
+    secret_files: Option<secret_files::SecretFiles>,
 }
 
 /// Default socket when `DOCKER_HOST` is unset.
@@ -109,6 +112,7 @@ impl DockerProvider {
             addr: addr.to_string(),
             networks: Default::default(),
             cargo_builds: CargoBuilds::default(),
+            secret_files: None,
         })
     }
 
@@ -119,6 +123,29 @@ impl DockerProvider {
         self
     }
 
+    /// Inject secrets as files kept by `files` (a directory on a tmpfs).
+    pub fn with_secret_files(mut self, files: SecretFiles) -> DockerProvider {
+        self.secret_files = Some(files);
+        self
+    }
+
+    /// Remove the secret files of containers that no longer exist (after a crash of the
+    /// control plane, or containers removed by hand). Returns the names swept.
+    pub async fn sweep_secret_files(&self) -> Result<Vec<String>, ProviderError> {
+        let Some(files) = &self.secret_files else {
+            return Ok(Vec::new());
+        };
+        let mut swept = Vec::new();
+        for name in files.orphans(&Default::default()) {
+            if self.docker_has(&name).await? {
+                continue;
+            }
+            files.remove(&name);
+            swept.push(name);
+        }
+        Ok(swept)
+    }
+
     /// The Engine address this provider talks to (`unix://…` or `tcp://…`).
     pub fn engine_addr(&self) -> &str {
         &self.addr
@@ -127,6 +154,7 @@ impl DockerProvider {
 
 pub use cargo::{CargoBuilds, STATIC_RUSTFLAG, UNSANDBOXED_WARNING};
 pub use probe::probe_http;
+pub use secret_files::{is_tmpfs, SecretFiles, SecretFilesError};
 
 #[cfg(test)]
 mod tests {

@@ -175,6 +175,7 @@ mod tests {
             addr: addr.clone(),
             networks: Default::default(),
             cargo_builds: crate::CargoBuilds::default(),
+            secret_files: None,
         };
         std::fs::write(dir.path().join("Cargo.toml"), "[package]\n").unwrap();
         let spec = Spec {

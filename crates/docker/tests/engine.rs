@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{
@@ -1159,6 +1160,130 @@ async fn users_mapped_to_root_in_the_image_are_refused_before_start() {
     );
     drop(_guard);
     docker.remove_image(&tag).await.expect("remove image");
+}
+
+/// Values by mount name, as the control plane's store would hand them out.
+struct FixedSecrets(BTreeMap<String, String>);
+
+#[async_trait::async_trait]
+impl cutover_model::SecretSource for FixedSecrets {
+    async fn resolve(
+        &self,
+        _instance: &InstanceSpec,
+        mount: &str,
+        _pin: &cutover_model::SecretPin,
+    ) -> Result<secrecy::SecretSlice<u8>, cutover_model::ProviderError> {
+        let value = self.0.get(mount).expect("a value for every mount");
+        Ok(secrecy::SecretSlice::from(value.as_bytes().to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_read_only_files_and_only_as_env_reaches_the_environment() {
+    if !require_docker().await {
+        return;
+    }
+    let (image, _, _) = hello_image().await;
+    let shm = match tempfile::tempdir_in("/dev/shm") {
+        Ok(dir) if cutover_docker::is_tmpfs(dir.path()).unwrap_or(false) => dir,
+        _ => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "/dev/shm is not a tmpfs on CI"
+            );
+            return;
+        }
+    };
+    let file_value = format!("FILE-CANARY-{}", run_id());
+    let env_value = format!("ENV-CANARY-{}", run_id());
+    let values = BTreeMap::from([
+        ("app-secret".to_string(), file_value.clone()),
+        ("API_KEY".to_string(), env_value.clone()),
+    ]);
+    let files =
+        cutover_docker::SecretFiles::new(Arc::new(FixedSecrets(values)), shm.path().join("s"))
+            .expect("a tmpfs directory");
+    let docker = provider().await.with_secret_files(files.clone());
+    let name = unique("secret");
+    let app = unique("app");
+    let _guard = ContainerGuard(vec![name.clone()]);
+    let mut spec = instance_spec(&name, &app, &[]);
+    for (mount, as_env) in [("app-secret", false), ("API_KEY", true)] {
+        spec.container.secrets.insert(
+            mount.to_string(),
+            cutover_model::SecretMount {
+                source: format!("secret://{mount}"),
+                path: format!("/run/secrets/{mount}"),
+                as_env,
+                pin: Some(cutover_model::SecretPin {
+                    name: mount.to_string(),
+                    version: 1,
+                }),
+            },
+        );
+    }
+
+    // Without a place for secret files, a spec with secrets is refused.
+    let bare = provider().await;
+    let err = bare.provision(&spec, image).await.expect_err("refused");
+    assert_eq!(err.class, ErrorClass::Permanent, "{err}");
+    assert!(err.message.contains("has secrets"), "{err}");
+
+    let instance = docker.provision(&spec, image).await.expect("provision");
+    assert_eq!(
+        probe_settled(&docker, &instance, "/healthz").await,
+        Probe::Healthy
+    );
+    let response = http_get(&instance.addr, "/secret-digest").await;
+    assert!(
+        response.ends_with(&format!(
+            "{}\n",
+            cutover_model::sha256_digest(file_value.as_bytes())
+        )),
+        "{response}"
+    );
+
+    let raw = bollard::Docker::connect_with_local_defaults()
+        .expect("client")
+        .negotiate_version()
+        .await
+        .expect("engine")
+        .inspect_container(&name, None)
+        .await
+        .expect("inspect container");
+    let shown = serde_json::to_string(&raw).unwrap();
+    assert!(
+        !shown.contains(&file_value),
+        "docker inspect shows the file's value"
+    );
+    assert!(
+        shown.contains(&format!("API_KEY={env_value}")),
+        "as_env is the one way into the environment (and inspect shows it)"
+    );
+    let binds = raw.host_config.unwrap().binds.unwrap();
+    assert!(
+        binds
+            .iter()
+            .any(|b| b.ends_with(":/run/secrets/app-secret:ro")),
+        "{binds:?}"
+    );
+    let dir = files.dir_of(&name);
+    assert!(dir.join("app-secret").is_file());
+
+    // At start the control plane sweeps the files of containers that no longer exist.
+    let gone = unique("gone");
+    std::fs::create_dir_all(files.dir_of(&gone)).unwrap();
+    std::fs::write(files.dir_of(&gone).join("app-secret"), "left over").unwrap();
+    let swept = docker.sweep_secret_files().await.expect("sweep");
+    assert_eq!(swept, vec![gone.clone()]);
+    assert!(!files.dir_of(&gone).exists());
+    assert!(
+        dir.join("app-secret").is_file(),
+        "a live container keeps its files"
+    );
+
+    docker.remove(&name).await.expect("remove");
+    assert!(!dir.exists(), "the secret files go with the container");
 }
 
 #[tokio::test]

@@ -311,7 +311,10 @@ pub(crate) async fn perform(
                         image_id: Some(image_id),
                         deployment_id: plan.deployment_id.clone(),
                         cause: match plan.kind {
-                            DeploymentKind::Deploy | DeploymentKind::Build => LiveCause::Deploy,
+                            // A rotation is a new release of the same image: a deploy.
+                            DeploymentKind::Deploy
+                            | DeploymentKind::Build
+                            | DeploymentKind::Rotate { .. } => LiveCause::Deploy,
                             DeploymentKind::Promote { .. } => LiveCause::Promote,
                             DeploymentKind::Rollback { .. } => LiveCause::Rollback,
                         },

@@ -31,13 +31,15 @@ pub use plan::{
 };
 pub use provider::{
     Compute, Diagnosis, DrainReport, HealthProbe, ImageBuilder, LocalImage, Preflight,
-    PreflightFailure, Preflights, Probe, Providers, PulledImage, ScanOutcome, SignRequest,
-    SupplyChain, Traffic, DIAGNOSIS_LOG_LINES,
+    PreflightFailure, Preflights, Probe, Providers, PulledImage, ScanOutcome, SecretSource,
+    SignRequest, SupplyChain, Traffic, DIAGNOSIS_LOG_LINES,
 };
 pub use random::{random_bytes, random_token_hex, RandomError};
 pub use release::{Backend, DeploymentStatus, ImageInfo, Instance, InstanceState, Release, Route};
+pub use spec::check_secret_name;
 pub use spec::{
-    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, Spec, SupplySpec,
+    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, SecretMount,
+    SecretPin, SecretSourceRef, Spec, SupplySpec, SECRETS_DIR,
 };
 
 use sha2::{Digest, Sha256};

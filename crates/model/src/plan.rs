@@ -137,6 +137,11 @@ pub enum DeploymentKind {
         /// True when the target's instances were still running at plan time.
         warm: bool,
     },
+    /// A new release of `from`'s pinned image with the latest secret versions (no build).
+    Rotate {
+        /// The release whose image and settings the new one takes.
+        from: String,
+    },
     /// Build (or pull), scan, sign and verify an image without deploying it
     /// (`cutover build`): no instance, route or release.
     Build,
@@ -159,15 +164,16 @@ impl DeploymentKind {
             DeploymentKind::Rollback { .. } => "rollback",
             DeploymentKind::Promote { .. } => "promote",
             DeploymentKind::Build => "build",
+            DeploymentKind::Rotate { .. } => "rotate",
         }
     }
 
-    /// Whether the deployment makes a new release (deploy, promote) rather than going
+    /// Whether the deployment makes a new release (deploy, promote, rotate) rather than going
     /// back to an existing one (rollback) or making none (build).
     pub fn creates_release(&self) -> bool {
         matches!(
             self,
-            DeploymentKind::Deploy | DeploymentKind::Promote { .. }
+            DeploymentKind::Deploy | DeploymentKind::Promote { .. } | DeploymentKind::Rotate { .. }
         )
     }
 

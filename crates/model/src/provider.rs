@@ -162,6 +162,21 @@ impl Diagnosis {
     }
 }
 
+/// Where providers get secret values at provision time: the control plane's store, which
+/// audits every call as an injection. Values come back zeroizing and redacted.
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    /// The value of `pin` (a stored secret of `instance.env`) for the instance's secret
+    /// `mount` (the name the app sees). Fails, naming the secret, when it is missing,
+    /// revoked or does not decrypt.
+    async fn resolve(
+        &self,
+        instance: &InstanceSpec,
+        mount: &str,
+        pin: &crate::spec::SecretPin,
+    ) -> Result<secrecy::SecretSlice<u8>, ProviderError>;
+}
+
 /// Result of one health probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {

@@ -169,7 +169,109 @@ pub struct ContainerSpec {
     pub read_only: bool,
     /// Writable tmpfs mounts (paths) when the root filesystem is read-only, default `["/tmp"]`.
     pub tmpfs: Vec<String>,
+    /// Secrets the app gets, by the name it sees (`[container.secrets]`): files under
+    /// `/run/secrets/`, never values in the spec. The control plane pins each to a stored
+    /// version before planning.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretMount>,
 }
+
+/// One secret of `[container.secrets]`: where its value comes from, where the app finds
+/// it, and (once the control plane has pinned it) the stored version it gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    /// `secret://<name>` (the store), `env://<VAR>` (the caller's environment at plan
+    /// time, stored as a new version), `file:///<path>` (a file on the control plane's
+    /// host, stored as a new version), `aws-sm://…` (not yet).
+    pub source: String,
+    /// Absolute path of the file inside the container, default `/run/secrets/<name>`.
+    pub path: String,
+    /// Also set an environment variable of this name with the value. Visible to
+    /// `docker inspect` and to every process of the container: a policy finding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_env: bool,
+    /// The stored secret and version this plan injects (set by the control plane before
+    /// planning; never a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<SecretPin>,
+}
+
+/// A stored secret version, by name and number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretPin {
+    /// The secret's name in the store (of the plan's environment).
+    pub name: String,
+    pub version: u64,
+}
+
+/// Whether `name` may name a secret (and the file it is mounted as): 1 to 128 characters
+/// of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`. The error says why not.
+pub fn check_secret_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("a name has 1 to 128 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("a name uses only letters, digits, `.`, `_` and `-` (it becomes a file name)");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err("a name does not start with `.` or `-`");
+    }
+    Ok(())
+}
+
+/// A secret's source, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSourceRef {
+    /// `secret://<name>`: a stored secret of the environment.
+    Store(String),
+    /// `env://<VAR>`: the caller's environment when planning.
+    Env(String),
+    /// `file:///<path>`: a file on the control plane's host.
+    File(PathBuf),
+}
+
+impl SecretSourceRef {
+    /// Parse a source; the error says what is wrong and what is accepted.
+    pub fn parse(source: &str) -> Result<SecretSourceRef, String> {
+        if let Some(name) = source.strip_prefix("secret://") {
+            check_secret_name(name).map_err(|why| format!("secret://{name}: {why}"))?;
+            return Ok(SecretSourceRef::Store(name.to_string()));
+        }
+        if let Some(var) = source.strip_prefix("env://") {
+            let valid = !var.is_empty()
+                && !var.starts_with(|c: char| c.is_ascii_digit())
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "env://{var}: not an environment variable name (letters, digits and `_`)"
+                ));
+            }
+            return Ok(SecretSourceRef::Env(var.to_string()));
+        }
+        if let Some(path) = source.strip_prefix("file://") {
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "{source}: a file source is an absolute path without `..`, e.g. file:///run/keys/db"
+                ));
+            }
+            return Ok(SecretSourceRef::File(PathBuf::from(path)));
+        }
+        if source.starts_with("aws-sm://") {
+            return Err(format!(
+                "{source}: aws-sm:// comes with the AWS provider; use secret://, env:// or file:// for now"
+            ));
+        }
+        Err(format!(
+            "{source:?} has an unknown scheme: use secret://<name> (the secret store), env://<VAR> or file:///<path>"
+        ))
+    }
+}
+
+/// Where secret files are mounted unless `path` says otherwise.
+pub const SECRETS_DIR: &str = "/run/secrets";
 
 impl ContainerSpec {
     /// Each environment variable's name with `sha256:<hex>` of its value: what the API, the
@@ -204,6 +306,7 @@ impl Default for ContainerSpec {
             user: "65534:65534".to_string(),
             read_only: true,
             tmpfs: vec!["/tmp".to_string()],
+            secrets: BTreeMap::new(),
         }
     }
 }

@@ -43,7 +43,11 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
 
     let setup = Setup::new(input, &file)?;
     let rescanning;
-    let strategy = if env.protected && matches!(setup.kind, DeploymentKind::Rollback { .. }) {
+    let strategy = if env.protected
+        && matches!(
+            setup.kind,
+            DeploymentKind::Rollback { .. } | DeploymentKind::Rotate { .. }
+        ) {
         rescanning = with_rescan(strategy, &file)?;
         &rescanning
     } else {
@@ -352,6 +356,68 @@ impl<'a> Setup<'a> {
                     required: vec![
                         StepKind::Verify,
                         instance_kind,
+                        StepKind::HealthCheck,
+                        StepKind::ShiftTraffic,
+                        StepKind::Record,
+                    ],
+                })
+            }
+            PlanKind::Rotate { source } => {
+                if let Some(step) = strategy
+                    .steps
+                    .iter()
+                    .find(|s| matches!(s.kind, StepKind::Build | StepKind::Sign))
+                {
+                    return Err(PlanError::StrategyStep {
+                        file: file.to_string(),
+                        step: step.id.clone(),
+                        message:
+                            "a rotation never builds or signs: use the built-in `rollback` strategy"
+                                .to_string(),
+                    });
+                }
+                if source.app != spec.app || source.env != input.env {
+                    return Err(invalid(format!(
+                        "release `{}` belongs to {}/{}, not {}/{}",
+                        source.id, source.app, source.env, spec.app, input.env
+                    )));
+                }
+                if source.image.id.is_empty() || source.replicas == 0 {
+                    return Err(invalid(format!(
+                        "release `{}` has no pinned image or no replicas: it cannot be rotated",
+                        source.id
+                    )));
+                }
+                if input.current.is_some_and(|c| c.id == input.deployment_id) {
+                    return Err(invalid(format!(
+                        "release `{}` already exists: give the deployment a new id",
+                        input.deployment_id
+                    )));
+                }
+                let mut dropped = BTreeSet::from([StepKind::Adopt]);
+                if !needs_approval(&spec.environments[input.env]) {
+                    dropped.insert(StepKind::Approval);
+                }
+                Ok(Setup {
+                    kind: DeploymentKind::Rotate {
+                        from: source.id.clone(),
+                    },
+                    purpose: "rotate secrets",
+                    release_id: input.deployment_id.to_string(),
+                    replicas: source.replicas,
+                    image: ImageSource::Pinned {
+                        id: source.image.id.clone(),
+                        tag: source.image.tag.clone(),
+                    },
+                    container: source.container.clone(),
+                    check_health: source.health.clone(),
+                    record_health: source.health.clone(),
+                    adopt: Vec::new(),
+                    name_suffix: None,
+                    dropped,
+                    required: vec![
+                        StepKind::Verify,
+                        StepKind::Provision,
                         StepKind::HealthCheck,
                         StepKind::ShiftTraffic,
                         StepKind::Record,

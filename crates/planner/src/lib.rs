@@ -90,6 +90,11 @@ pub enum PlanKind<'a> {
         target: &'a Release,
         warm_instances: &'a [Instance],
     },
+    /// A new release (id: the deployment id) of `source`'s pinned image and settings, whose
+    /// container the caller re-pinned to the latest secret versions: fresh instances,
+    /// health-checked, then shifted to, like a cold rollback; nothing is built. Planned
+    /// with the rollback strategy.
+    Rotate { source: &'a Release },
     /// Roll out exactly the image of `source`, a release of another environment, as a new
     /// release of this one: no build step; scan (this environment's gate), sign, verify,
     /// then provision and shift like a deploy.

@@ -27,6 +27,10 @@ pub fn render_text(plan: &Plan) -> String {
                 "cold: start it again"
             }
         ),
+        DeploymentKind::Rotate { from } => format!(
+            "rotate the secrets of {} in {}: a new release of {from}'s image with the latest secret versions",
+            plan.app, plan.env
+        ),
         DeploymentKind::Promote {
             from_release,
             from_env,

@@ -1670,6 +1670,77 @@ fn a_plan_saved_without_the_restore_route_reads_as_unrecorded() {
     )));
 }
 
+fn rotate_plan() -> Plan {
+    let spec = spec();
+    let strategy = builtin("rollback");
+    let mut current = release("production-7", "v2");
+    current.container.secrets.insert(
+        "db".to_string(),
+        cutover_model::SecretMount {
+            source: "secret://db-password".to_string(),
+            path: "/run/secrets/db".to_string(),
+            as_env: false,
+            pin: Some(cutover_model::SecretPin {
+                name: "db-password".to_string(),
+                version: 4,
+            }),
+        },
+    );
+    plan(&PlanInput {
+        spec: &spec,
+        env: "production",
+        strategy: &strategy,
+        deployment_id: "production-9",
+        requested_by: "bob",
+        created_at_ms: 1_700_000_900_000,
+        current: Some(&current),
+        current_route: Some(&route_to(&current)),
+        kind: PlanKind::Rotate { source: &current },
+    })
+    .expect("rotation plans")
+}
+
+#[test]
+fn rotate_starts_a_new_release_of_the_pinned_image_with_its_pins_and_builds_nothing() {
+    let plan = rotate_plan();
+    assert_well_formed(&plan);
+    assert_eq!(
+        plan.kind,
+        DeploymentKind::Rotate {
+            from: "production-7".to_string()
+        }
+    );
+    assert_eq!(plan.release_id, "production-9");
+    assert!(plan
+        .steps
+        .iter()
+        .all(|s| !matches!(s.kind, StepKind::Build | StepKind::Sign | StepKind::Adopt)));
+    assert!(plan.steps.iter().any(|s| s.kind == StepKind::Verify));
+    match &plan.step("provision-0").map(|s| &s.action) {
+        Some(Action::Provision { instance }) => {
+            assert_eq!(instance.name, "cutover-hello-production-9-0");
+            assert_eq!(instance.release, "production-9");
+            assert_eq!(
+                instance.container.secrets["db"]
+                    .pin
+                    .as_ref()
+                    .map(|p| p.version),
+                Some(4)
+            );
+            assert!(matches!(instance.image, ImageSource::Pinned { .. }));
+        }
+        other => panic!("expected a provision action, got {other:?}"),
+    }
+    match &plan.step("retire").map(|s| &s.action) {
+        Some(Action::Retire { release, .. }) => {
+            assert_eq!(release.as_deref(), Some("production-7"))
+        }
+        other => panic!("expected a retire action, got {other:?}"),
+    }
+    assert!(render_text(&plan).contains("rotate the secrets of hello in production"));
+    insta::assert_json_snapshot!("rotate", plan);
+}
+
 fn image_spec() -> Spec {
     Spec {
         build: BuildSpec::Image {

@@ -55,6 +55,16 @@ pub struct DeployOptions {
     pub image: Option<String>,
     pub build_only: bool,
     pub invoked_by: Option<String>,
+    /// Values of the `env://` secret references, as the caller's environment had them
+    /// (the control plane's own environment is not the caller's). Never stored as given:
+    /// each is sealed as a new version of its secret.
+    pub caller_env: std::collections::BTreeMap<String, String>,
+    /// A rollback whose target pins a revoked secret version goes ahead with the latest
+    /// versions (as a new release of its image) instead of refusing.
+    pub use_latest_secrets: bool,
+    /// Rotate: a new release of the current release's image and settings with the latest
+    /// secret versions (`cutover rotate`); no build.
+    pub secrets_only: bool,
 }
 
 impl DeployOptions {
@@ -64,6 +74,9 @@ impl DeployOptions {
             image: req.image.clone(),
             build_only: req.build_only,
             invoked_by: req.invoked_by.clone(),
+            caller_env: req.secret_env.clone(),
+            use_latest_secrets: req.use_latest_secrets,
+            secrets_only: req.secrets_only,
         }
     }
 
@@ -258,7 +271,9 @@ async fn prepare(
             )));
         }
     }
-    if let (None, Some(preflight)) = (rollback, &cp.providers.preflight) {
+    if let (None, false, Some(preflight)) =
+        (rollback, options.secrets_only, &cp.providers.preflight)
+    {
         let mut failures = preflight.check(spec, env).await;
         if promoted.is_some() {
             // A promotion builds nothing: its build source need not exist here.
@@ -271,19 +286,58 @@ async fn prepare(
     }
     let current = cp.store.current_release(env)?;
     // Everything that can refuse the request runs before a deployment number is taken.
+    // A rotation: a new release of the current release's image with the latest secret
+    // versions; or a rollback whose target pins a revoked version, when asked.
+    let mut rotate: Option<Release> = None;
+    if options.secrets_only {
+        if promoted.is_some() || rollback.is_some() || options.build_only {
+            return Err(ServerError::BadRequest(
+                "secrets_only: a rotation is neither a rollback, a promotion nor a build; leave those out".to_string(),
+            ));
+        }
+        let mut source = current.clone().ok_or_else(|| {
+            ServerError::BadRequest(format!(
+                "environment {env} has no current release to rotate the secrets of; deploy it first"
+            ))
+        })?;
+        if source.container.secrets.is_empty() {
+            return Err(ServerError::BadRequest(format!(
+                "release {} uses no secrets: there is nothing to rotate",
+                source.id
+            )));
+        }
+        crate::secrets::repin_latest(&cp.store, env, &mut source.container.secrets)?;
+        rotate = Some(source);
+    }
     let rollback = match rollback {
         None => None,
         Some(named) => {
-            let target = rollback_target(cp, env, current.as_ref(), named.as_deref())?;
-            let warm: Vec<Instance> = cp
-                .providers
-                .compute
-                .list(&target.app, Some(env))
-                .await?
-                .into_iter()
-                .filter(|i| i.release == target.id && i.state == InstanceState::Running)
-                .collect();
-            Some((target, warm))
+            let mut target = rollback_target(cp, env, current.as_ref(), named.as_deref())?;
+            // The target's pinned secret versions come back with it, unless one was
+            // revoked since: then refuse, naming it, or (asked to) take the latest
+            // versions in a new release of the target's image.
+            let revoked = crate::secrets::revoked_pins(&cp.store, env, &target.container.secrets)?;
+            if revoked.is_empty() {
+                let warm: Vec<Instance> = cp
+                    .providers
+                    .compute
+                    .list(&target.app, Some(env))
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.release == target.id && i.state == InstanceState::Running)
+                    .collect();
+                Some((target, warm))
+            } else if options.use_latest_secrets {
+                crate::secrets::repin_latest(&cp.store, env, &mut target.container.secrets)?;
+                rotate = Some(target);
+                None
+            } else {
+                return Err(ServerError::BadRequest(format!(
+                    "release {} pins revoked secret versions ({}); roll back with --use-latest-secrets to use the latest versions, or pick another release",
+                    target.id,
+                    revoked.join(", ")
+                )));
+            }
         }
     };
     let seq = if allocate {
@@ -294,6 +348,12 @@ async fn prepare(
     let deployment_id = format!("{env}-{seq}");
     let created_at_ms = now_ms();
     let (strategy_name, kind) = match (&rollback, &promoted) {
+        (None, _) if rotate.is_some() => (
+            "rollback",
+            PlanKind::Rotate {
+                source: rotate.as_ref().expect("checked just now"),
+            },
+        ),
         (None, Some(source)) => (spec.strategy.as_str(), PlanKind::Promote { source }),
         (None, None) if options.build_only => (
             spec.strategy.as_str(),
@@ -401,6 +461,7 @@ fn authorize(who: &Principal, env: Option<&str>) -> Result<(), ServerError> {
 
 /// Authorize, check where the spec lives, read it, pick the environment and hold it to the
 /// environment's guardrails: the spec to plan, with its (canonical) source.
+#[allow(clippy::too_many_arguments)]
 fn admitted_spec(
     cp: &ControlPlane,
     who: &Principal,
@@ -409,7 +470,8 @@ fn admitted_spec(
     intent: Intent<'_>,
     starting: bool,
     image: Option<cutover_model::ImageRef>,
-) -> Result<(Spec, String, SpecSource, Option<u64>), ServerError> {
+    secrets: Option<&DeployOptions>,
+) -> Result<Admission, ServerError> {
     authorize(who, env)?;
     // A promotion reads a release of its source environment: the caller must at least
     // see that environment (and deploy to the target), checked before anything is read.
@@ -442,8 +504,54 @@ fn admitted_spec(
     }
     let env = pick_env(&spec, env)?;
     who.require(needed_role(), Some(&env))?;
-    let (spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
-    Ok((spec, env, admitted.source, guardrails))
+    let (mut spec, guardrails) = crate::guardrails::enforce(cp, who, spec, &env, starting)?;
+    let warnings = crate::plaintext::check_env_values(&spec, &env, &admitted)?;
+    // A deploy pins its secrets (a rollback or a rotation uses its release's pins).
+    if let Some(options) = secrets {
+        if !spec.container.secrets.is_empty() {
+            let text = match &admitted.text {
+                Some(text) => Some(text.clone()),
+                None => std::fs::read_to_string(&admitted.file).ok(),
+            };
+            let located = text.as_deref().map(|text| crate::secrets::SpecText {
+                text,
+                path: &admitted.file,
+            });
+            crate::secrets::pin_spec(
+                cp,
+                who,
+                &mut spec,
+                &env,
+                &options.caller_env,
+                located.as_ref(),
+                starting,
+            )?;
+        }
+    }
+    Ok(Admission {
+        spec,
+        env,
+        source: admitted.source,
+        guardrails,
+        warnings,
+    })
+}
+
+/// A spec admitted for planning: the spec (secrets pinned), its environment, its
+/// canonical source, the guardrails version in force and warnings for the caller.
+struct Admission {
+    spec: Spec,
+    env: String,
+    source: SpecSource,
+    guardrails: Option<u64>,
+    warnings: Vec<String>,
+}
+
+/// Whether this intent pins the spec's secrets: a deploy (or promotion or build) does; a
+/// rollback and a rotation use the pins of a recorded release.
+fn pins_spec<'o>(intent: Intent<'_>, options: &'o DeployOptions) -> Option<&'o DeployOptions> {
+    let pins = !matches!(intent, Intent::Rollback(_)) && !options.secrets_only;
+    pins.then_some(options)
 }
 
 /// Plan without starting anything (what `cutover plan` shows). `env_hint` is the
@@ -476,7 +584,16 @@ pub async fn plan_with(
     options: &DeployOptions,
 ) -> Result<Plan, ServerError> {
     let image = options.check(intent)?;
-    let (spec, env, _, _) = admitted_spec(cp, who, source, env, intent, false, image)?;
+    let Admission { spec, env, .. } = admitted_spec(
+        cp,
+        who,
+        source,
+        env,
+        intent,
+        false,
+        image,
+        pins_spec(intent, options),
+    )?;
     prepare(cp, &spec, &env, &who.name, intent, false, options).await
 }
 
@@ -513,7 +630,22 @@ pub async fn start_with(
     options: &DeployOptions,
 ) -> Result<Started, ServerError> {
     let image = options.check(intent)?;
-    let (spec, env, source, guardrails) = admitted_spec(cp, who, source, env, intent, true, image)?;
+    let Admission {
+        spec,
+        env,
+        source,
+        guardrails,
+        warnings,
+    } = admitted_spec(
+        cp,
+        who,
+        source,
+        env,
+        intent,
+        true,
+        image,
+        pins_spec(intent, options),
+    )?;
     let plan = prepare(cp, &spec, &env, &who.name, intent, true, options).await?;
     let lease = Lease {
         deployment_id: plan.deployment_id.clone(),
@@ -595,5 +727,6 @@ pub async fn start_with(
         plan_digest: plan.digest.clone(),
         env: plan.env.clone(),
         release_id: plan.release_id.clone(),
+        warnings,
     })
 }

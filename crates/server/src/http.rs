@@ -417,6 +417,42 @@ pub fn routes() -> Vec<RouteDef> {
             get(crate::retention::image_path),
         ),
         route(M::POST, "/api/v1/gc", Admin, post(crate::retention::run_gc)),
+        route(
+            M::GET,
+            "/api/v1/secrets",
+            Viewer,
+            get(crate::secrets::list_secrets),
+        ),
+        route(
+            M::PUT,
+            "/api/v1/secrets/{env}/{name}",
+            Admin,
+            put(crate::secrets::set_secret),
+        ),
+        route(
+            M::DELETE,
+            "/api/v1/secrets/{env}/{name}",
+            Admin,
+            delete(crate::secrets::remove_secret),
+        ),
+        route(
+            M::POST,
+            "/api/v1/secrets/{env}/{name}/rotate",
+            Admin,
+            post(crate::secrets::rotate_secret),
+        ),
+        route(
+            M::POST,
+            "/api/v1/secrets/{env}/{name}/revoke",
+            Admin,
+            post(crate::secrets::revoke_secret),
+        ),
+        route(
+            M::POST,
+            "/api/v1/secrets/rewrap",
+            Admin,
+            post(crate::secrets::rewrap_secrets),
+        ),
         route(M::POST, "/api/v1/shutdown", Admin, post(shutdown)),
         route(M::GET, "/metrics", Viewer, get(metrics)),
     ]
@@ -631,6 +667,12 @@ where
         crate::retention::get_pins,
         crate::retention::image_path,
         crate::retention::run_gc,
+        crate::secrets::list_secrets,
+        crate::secrets::set_secret,
+        crate::secrets::remove_secret,
+        crate::secrets::rotate_secret,
+        crate::secrets::revoke_secret,
+        crate::secrets::rewrap_secrets,
         shutdown,
         metrics,
     ),
@@ -644,7 +686,10 @@ where
         GuardrailViolation, ProjectRoot, ProjectPath,
         ApprovalView, RunningRelease, SettingChange, EnvVarChanges, ScanVerdictView, FindingLine,
         ExceptionLine, ProvenanceView, GuardrailsInForce, Promote, PromotedFrom, Pin, GcRequest,
-        GcReport, GcKept, GcRemoved, GcFailed, ImagePathStep
+        GcReport, GcKept, GcRemoved, GcFailed, ImagePathStep,
+        crate::api::SecretLine, crate::api::SecretVersionLine, crate::api::SetSecret,
+        crate::api::RevokeSecret, crate::api::SecretChanged, crate::api::RewrapSecrets,
+        crate::api::RewrapReport
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -1108,7 +1153,17 @@ async fn rollback(
         &who,
         key,
         &fingerprint,
-        deploy::start(&cp, &who, given, Some(&env), Some(&to)),
+        deploy::start_with(
+            &cp,
+            &who,
+            given,
+            Some(&env),
+            deploy::Intent::Rollback(&to),
+            &deploy::DeployOptions {
+                use_latest_secrets: req.use_latest_secrets,
+                ..Default::default()
+            },
+        ),
     )
     .await
 }

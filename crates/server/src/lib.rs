@@ -23,8 +23,10 @@ pub mod follow;
 pub mod guardrails;
 pub mod http;
 pub mod metrics;
+pub mod plaintext;
 pub mod projects;
 pub mod retention;
+pub mod secrets;
 pub mod ui;
 mod view;
 pub mod watch;
@@ -55,6 +57,8 @@ pub struct Options {
     pub webhooks: webhooks::Webhooks,
     /// Where proxy counters for `/metrics` come from.
     pub proxy_stats: Option<Arc<dyn metrics::ProxyStats>>,
+    /// The secrets master key (none: secret operations are refused).
+    pub secrets: Option<Arc<secrets::Keyring>>,
 }
 
 /// Shared state of a running control plane.
@@ -76,6 +80,8 @@ pub struct ControlPlane {
     pub instance_id: String,
     /// Rate limits of web logins and the bound on password hashing.
     pub login_limits: ui::limits::LoginLimits,
+    /// The master key of the secret store.
+    pub secrets: Arc<secrets::Keyring>,
 }
 
 impl ControlPlane {
@@ -106,6 +112,7 @@ impl ControlPlane {
             hub: follow::Hub::default(),
             instance_id: instance_id(),
             login_limits: ui::limits::LoginLimits::default(),
+            secrets: options.secrets.unwrap_or_default(),
         })
     }
 
@@ -232,6 +239,7 @@ pub async fn serve(
     }
     let reaper = tokio::spawn(reaper(cp.clone()));
     let sessions = tokio::spawn(purge_sessions(cp.clone()));
+    let secret_ages = tokio::spawn(secrets::watch_ages(cp.clone()));
     let watcher = cp.spawn_watcher();
     let http_task = http_listener.map(|(l, options)| {
         let cp = cp.clone();
@@ -251,6 +259,7 @@ pub async fn serve(
         .map_err(|e| ServerError::io(socket, e));
     reaper.abort();
     sessions.abort();
+    secret_ages.abort();
     watcher.abort();
     if let Some(task) = http_task {
         task.abort();

@@ -413,6 +413,22 @@ fn named_paths(text: &str) -> Vec<(String, String)> {
     if let Some(supply) = doc.get("supply").and_then(toml::Value::as_table) {
         push("supply.signing_key".into(), supply.get("signing_key"));
     }
+    // `file://` secrets are read by the control plane: authorised like every other path.
+    if let Some(secrets) = doc
+        .get("container")
+        .and_then(|c| c.get("secrets"))
+        .and_then(toml::Value::as_table)
+    {
+        for (name, entry) in secrets {
+            let source = entry
+                .as_str()
+                .or_else(|| entry.get("source").and_then(toml::Value::as_str));
+            if let Some(path) = source.and_then(|s| s.strip_prefix("file://")) {
+                let path = toml::Value::String(path.to_string());
+                push(format!("container.secrets.{name}"), Some(&path));
+            }
+        }
+    }
     if let Some(envs) = doc.get("environments").and_then(toml::Value::as_table) {
         for (name, env) in envs {
             let Some(env) = env.as_table() else { continue };
@@ -448,8 +464,6 @@ fn named_paths(text: &str) -> Vec<(String, String)> {
     named
 }
 
-/// The parsed spec's paths, symlinks resolved (those that exist: the parser required the
-/// build source and every named file to), each inside a registered root.
 /// The files a parsed spec names, by field (not its own directory or `plans/`).
 fn spec_files(spec: &Spec) -> Vec<(String, PathBuf)> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
@@ -469,6 +483,11 @@ fn spec_files(spec: &Spec) -> Vec<(String, PathBuf)> {
     }
     if let Some(key) = &spec.supply.signing_key {
         files.push(("supply.signing_key".into(), key.clone()));
+    }
+    for (name, mount) in &spec.container.secrets {
+        if let Some(path) = mount.source.strip_prefix("file://") {
+            files.push((format!("container.secrets.{name}"), PathBuf::from(path)));
+        }
     }
     for (name, env) in &spec.environments {
         for (i, key) in env.trusted_keys.iter().enumerate() {

@@ -129,6 +129,7 @@ pub async fn env_statuses(
                 })
                 .collect(),
             guardrails: crate::guardrails::current(cp, &env)?,
+            secret_warnings: crate::secrets::expired_warnings(&cp.store, &env)?,
             current,
             env,
         });

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 /// What happened, for receivers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// `failed`, `rolled_back`, `stuck`, `waiting_for_approval`, `approve`, `reject`.
+    /// `failed`, `rolled_back`, `stuck`, `waiting_for_approval`, `approve`, `reject`,
+    /// `secret_expired` (no deployment or release; the reason names the secret).
     pub event: String,
     pub deployment: String,
     pub env: String,
@@ -30,6 +31,15 @@ pub struct Event {
 impl Event {
     /// One line for people.
     pub fn text(&self) -> String {
+        if self.event == "secret_expired" {
+            return format!(
+                "cutover: in {}: {}",
+                self.env,
+                self.reason
+                    .as_deref()
+                    .unwrap_or("a secret is past its max age")
+            );
+        }
         let what = match self.event.as_str() {
             "failed" => "failed; rolling back",
             "rolled_back" => "was rolled back",

@@ -1585,7 +1585,7 @@ impl Harness {
 async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environment_only() {
     let h = Harness::new();
     h.rewrite_spec(&spec_with(
-        &format!("API_TOKEN = \"{CANARY_ONE}\", MODE = \"fast\", OLD = \"x\""),
+        &format!("GREETING = \"{CANARY_ONE}\", MODE = \"fast\", OLD = \"x\""),
         1,
         "128MiB",
     ));
@@ -1606,7 +1606,7 @@ async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environm
     assert_eq!(view["running"], Value::Null);
     assert_eq!(
         view["env_vars"]["added"],
-        json!(["API_TOKEN", "MODE", "OLD"])
+        json!(["GREETING", "MODE", "OLD"])
     );
     assert!(view["view_digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(view["scan"]["passed"], true, "{view:#}");
@@ -1628,7 +1628,7 @@ async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environm
 
     // The second: one value changed, one variable added, one removed, more replicas and memory.
     h.rewrite_spec(&spec_with(
-        &format!("API_TOKEN = \"{CANARY_TWO}\", MODE = \"fast\", NEW_FLAG = \"{CANARY_ONE}\""),
+        &format!("GREETING = \"{CANARY_TWO}\", MODE = \"fast\", NEW_FLAG = \"{CANARY_ONE}\""),
         2,
         "256MiB",
     ));
@@ -1645,7 +1645,7 @@ async fn the_approval_view_shows_what_changes_by_name_to_viewers_of_the_environm
     assert_eq!(view["running"]["release_id"], first.as_str(), "{view:#}");
     assert_eq!(view["env_vars"]["added"], json!(["NEW_FLAG"]));
     assert_eq!(view["env_vars"]["removed"], json!(["OLD"]));
-    assert_eq!(view["env_vars"]["changed"], json!(["API_TOKEN"]));
+    assert_eq!(view["env_vars"]["changed"], json!(["GREETING"]));
     assert_eq!(view["env_vars"]["unchanged"], 1);
     let change = |name: &str| {
         view["changes"]

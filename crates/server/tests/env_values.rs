@@ -37,7 +37,7 @@ app = "hello"
 cargo = {{ manifest = "app/Cargo.toml", bin = "hello" }}
 
 [container]
-env = {{ DATABASE_PASSWORD = "{canary}", LOG_LEVEL = "info" }}
+env = {{ GREETING_TEXT = "{canary}", LOG_LEVEL = "info" }}
 
 [health]
 interval = "5ms"
@@ -252,7 +252,7 @@ async fn no_route_and_no_page_shows_an_env_value_only_its_name_and_digest() {
             "record" => &step["action"]["container"],
             _ => continue,
         };
-        assert_eq!(container["env"]["DATABASE_PASSWORD"], digest.as_str());
+        assert_eq!(container["env"]["GREETING_TEXT"], digest.as_str());
         assert_eq!(
             container["env"]["LOG_LEVEL"],
             sha256_digest(b"info").as_str()
@@ -263,7 +263,7 @@ async fn no_route_and_no_page_shows_an_env_value_only_its_name_and_digest() {
     assert!(planned["text"]
         .as_str()
         .unwrap()
-        .contains(&format!("DATABASE_PASSWORD={digest}")));
+        .contains(&format!("GREETING_TEXT={digest}")));
     seen.push(("POST /api/v1/plans".into(), status, body));
 
     // Deploy staging twice (the second has a previous release to compare with) and
@@ -293,7 +293,7 @@ async fn no_route_and_no_page_shows_an_env_value_only_its_name_and_digest() {
     // The value is still what the container gets: the saved plan keeps it.
     let saved = h.cp.store.plan("staging-2").unwrap().unwrap();
     assert!(saved.steps.iter().any(|s| matches!(&s.action,
-        Action::Provision { instance } if instance.container.env["DATABASE_PASSWORD"] == canary)));
+        Action::Provision { instance } if instance.container.env["GREETING_TEXT"] == canary)));
 
     // Every GET route of the table, as an admin, for each deployment and environment.
     let mut get_routes = 0;
@@ -327,7 +327,7 @@ async fn no_route_and_no_page_shows_an_env_value_only_its_name_and_digest() {
         .await;
     let envs: Value = serde_json::from_str(&envs).unwrap();
     assert_eq!(
-        envs["current"]["container"]["env"]["DATABASE_PASSWORD"],
+        envs["current"]["container"]["env"]["GREETING_TEXT"],
         digest.as_str(),
         "{envs:#}"
     );
@@ -349,7 +349,7 @@ async fn no_route_and_no_page_shows_an_env_value_only_its_name_and_digest() {
     }
     let (_, approval_page, _) = h.page("/deployments/production-1", Some(&cookie)).await;
     assert!(
-        approval_page.contains("DATABASE_PASSWORD"),
+        approval_page.contains("GREETING_TEXT"),
         "the approval page names the variable: {approval_page}"
     );
 

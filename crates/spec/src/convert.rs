@@ -6,13 +6,13 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use cutover_model::{
-    ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec, HealthSpec, ImageRef, Spec,
-    SupplySpec,
+    check_secret_name, ApprovalSpec, BuildSpec, ContainerSpec, EnvironmentSpec, GateSpec,
+    HealthSpec, ImageRef, SecretMount, SecretSourceRef, Spec, SupplySpec, SECRETS_DIR,
 };
 
 use crate::raw::{
-    RawApprovals, RawBuild, RawContainer, RawEnvironment, RawGate, RawHealth, RawSize, RawSpec,
-    RawSupply, S,
+    RawApprovals, RawBuild, RawContainer, RawEnvironment, RawGate, RawHealth, RawSecret, RawSize,
+    RawSpec, RawSupply, S,
 };
 use crate::Errors;
 
@@ -376,7 +376,112 @@ fn convert_container(raw: RawContainer, errors: &mut Errors) -> ContainerSpec {
         }
         c.tmpfs = paths;
     }
+    if let Some(secrets) = raw.secrets {
+        convert_secrets(secrets, &mut c, errors);
+    }
     c
+}
+
+/// `[container.secrets]`: names that are file names, sources with a known scheme, absolute
+/// mount paths that do not collide, and `as_env` names that are environment names not
+/// already in `container.env`.
+fn convert_secrets(
+    secrets: crate::raw::SpannedMap<RawSecret>,
+    c: &mut ContainerSpec,
+    errors: &mut Errors,
+) {
+    let mut paths: BTreeMap<String, String> = BTreeMap::new();
+    for (name, entry) in secrets {
+        let field = format!("container.secrets.{}", name.get_ref());
+        if let Err(why) = check_secret_name(name.get_ref()) {
+            errors.at(
+                name.span(),
+                &field,
+                format!("{:?} is not a valid secret name: {why}", name.get_ref()),
+            );
+            continue;
+        }
+        let span = entry.span();
+        let (source, as_env, path) = match entry.into_inner() {
+            RawSecret::Short(source) => (Some(S::new(span.clone(), source)), None, None),
+            RawSecret::Table(t) => (t.source, t.as_env, t.path),
+        };
+        let Some(source) = source else {
+            errors.at(
+                span,
+                &field,
+                "needs a source, e.g. { source = \"secret://db-password\" }",
+            );
+            continue;
+        };
+        let source_field = match path.is_some() || as_env.is_some() {
+            true => format!("{field}.source"),
+            false => field.clone(),
+        };
+        if let Err(message) = SecretSourceRef::parse(source.get_ref()) {
+            errors.at(source.span(), &source_field, message);
+            continue;
+        }
+        let mount_path = match &path {
+            Some(p) => {
+                let text = p.get_ref();
+                if !text.starts_with('/')
+                    || text.split('/').any(|c| c == ".." || c == ".")
+                    || text.ends_with('/')
+                {
+                    errors.at(
+                        p.span(),
+                        &format!("{field}.path"),
+                        format!("must be an absolute file path without `.` or `..`, got {text:?}"),
+                    );
+                    continue;
+                }
+                text.clone()
+            }
+            None => format!("{SECRETS_DIR}/{}", name.get_ref()),
+        };
+        if let Some(other) = paths.insert(mount_path.clone(), name.get_ref().clone()) {
+            let at = path.as_ref().map(|p| p.span()).unwrap_or(span.clone());
+            errors.at(
+                at,
+                &format!("{field}.path"),
+                format!("{mount_path} is already the path of secret {other}; give each secret its own path"),
+            );
+            continue;
+        }
+        let as_env_value = as_env.as_ref().is_some_and(|a| *a.get_ref());
+        if as_env_value {
+            let at = as_env.as_ref().map(|a| a.span()).unwrap_or(span.clone());
+            if !is_env_name(name.get_ref()) {
+                errors.at(
+                    at,
+                    &format!("{field}.as_env"),
+                    format!("{:?} is not an environment variable name, so it cannot be set as one; rename the secret or drop as_env", name.get_ref()),
+                );
+                continue;
+            }
+            if c.env.contains_key(name.get_ref()) {
+                errors.at(
+                    at,
+                    &format!("{field}.as_env"),
+                    format!(
+                        "container.env sets {} too; keep one of them",
+                        name.get_ref()
+                    ),
+                );
+                continue;
+            }
+        }
+        c.secrets.insert(
+            name.into_inner(),
+            SecretMount {
+                source: source.into_inner(),
+                path: mount_path,
+                as_env: as_env_value,
+                pin: None,
+            },
+        );
+    }
 }
 
 fn convert_health(raw: RawHealth, errors: &mut Errors) -> HealthSpec {

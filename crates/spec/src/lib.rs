@@ -195,6 +195,32 @@ pub fn error_at(
 }
 
 /// `sha256:<hex>` of the spec's canonical JSON: names the exact configuration a plan used.
+/// An error about secret `name` of `[container.secrets]` found after parsing (a missing
+/// stored secret or environment variable), placed at its line in `text`.
+pub fn secret_error(text: &str, path: &Path, name: &str, message: impl Into<String>) -> SpecError {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        container: Option<Container>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Container {
+        secrets: Option<std::collections::BTreeMap<String, toml::Spanned<toml::Value>>>,
+    }
+    let span = toml::from_str::<Doc>(text)
+        .ok()
+        .and_then(|d| d.container)
+        .and_then(|c| c.secrets)
+        .and_then(|s| s.get(name).map(|v| v.span()))
+        .unwrap_or(0..0);
+    error_at(
+        text,
+        path,
+        span,
+        &format!("container.secrets.{name}"),
+        message,
+    )
+}
+
 pub fn spec_digest(spec: &Spec) -> String {
     cutover_model::json_digest(spec)
 }

@@ -58,6 +58,43 @@ pub(crate) struct RawContainer {
     pub user: Option<S<String>>,
     pub read_only: Option<S<bool>>,
     pub tmpfs: Option<S<Vec<S<String>>>>,
+    pub secrets: Option<SpannedMap<RawSecret>>,
+}
+
+/// One entry of `[container.secrets]`: `name = "secret://x"` or
+/// `name = { source = "…", as_env = true, path = "…" }`.
+#[derive(Debug)]
+pub(crate) enum RawSecret {
+    Short(String),
+    Table(RawSecretTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecretTable {
+    pub source: Option<S<String>>,
+    pub as_env: Option<S<bool>>,
+    pub path: Option<S<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSecret;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a source such as \"secret://db-password\", or a table { source = \"…\", as_env = false, path = \"/run/secrets/…\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSecret, E> {
+                Ok(RawSecret::Short(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawSecret, A::Error> {
+                RawSecretTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawSecret::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

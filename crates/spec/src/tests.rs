@@ -741,6 +741,7 @@ allow_missing_advisories = true
             user: "1000:1000".to_string(),
             read_only: false,
             tmpfs: vec!["/tmp".to_string(), "/run".to_string()],
+            secrets: Default::default(),
         }
     );
     assert_eq!(
@@ -919,6 +920,114 @@ fn readme_examples_parse() {
     }
 }
 
+const WITH_SECRETS: &str = r#"app = "hello"
+[build]
+cargo = { manifest = "app/Cargo.toml" }
+[container.secrets]
+db-password = "secret://db-password"
+API_TOKEN = { source = "env://CI_API_TOKEN", as_env = true }
+tls = { source = "file:///run/keys/tls.pem", path = "/etc/app/tls.pem" }
+[environments.production]
+listen = "127.0.0.1:8080"
+"#;
+
+#[test]
+fn container_secrets_parse_with_default_and_given_paths() {
+    let f = Fixture::new();
+    let spec = f.parse(WITH_SECRETS).expect("valid");
+    let secrets = &spec.container.secrets;
+    assert_eq!(secrets.len(), 3);
+    let db = &secrets["db-password"];
+    assert_eq!(db.source, "secret://db-password");
+    assert_eq!(db.path, "/run/secrets/db-password");
+    assert!(!db.as_env);
+    assert_eq!(db.pin, None);
+    assert!(secrets["API_TOKEN"].as_env);
+    assert_eq!(secrets["API_TOKEN"].path, "/run/secrets/API_TOKEN");
+    assert_eq!(secrets["tls"].path, "/etc/app/tls.pem");
+}
+
+#[test]
+fn bad_secret_references_name_line_column_and_field() {
+    let f = Fixture::new();
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "x = \"vault://x\"",
+            5,
+            "container.secrets.x",
+            "unknown scheme",
+        ),
+        (
+            "x = \"aws-sm://prod/db\"",
+            5,
+            "container.secrets.x",
+            "comes with the AWS provider",
+        ),
+        (
+            "x = \"secret://../etc\"",
+            5,
+            "container.secrets.x",
+            "letters, digits",
+        ),
+        (
+            "\"../x\" = \"secret://x\"",
+            1,
+            "container.secrets.../x",
+            "not a valid secret name",
+        ),
+        (
+            "x = \"env://1BAD\"",
+            5,
+            "container.secrets.x",
+            "not an environment variable name",
+        ),
+        (
+            "x = \"file://relative/path\"",
+            5,
+            "container.secrets.x",
+            "absolute path",
+        ),
+        (
+            "x = { source = \"secret://x\", path = \"run/x\" }",
+            37,
+            "container.secrets.x.path",
+            "absolute file path",
+        ),
+        (
+            "x = { path = \"/run/x\" }",
+            5,
+            "container.secrets.x",
+            "needs a source",
+        ),
+        (
+            "x = { source = \"secret://x\", mode = 1 }",
+            30,
+            "",
+            "unknown field `mode`",
+        ),
+        ("x = 3", 5, "", "a source such as"),
+        (
+            "my-key = { source = \"secret://x\", as_env = true }",
+            44,
+            "container.secrets.my-key.as_env",
+            "not an environment variable name",
+        ),
+    ];
+    for (entry, column, field, fragment) in cases {
+        let text = format!(
+            "app = \"hello\"\n[build]\ncargo = {{ manifest = \"app/Cargo.toml\" }}\n[container.secrets]\n{entry}\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n"
+        );
+        let err = f.parse(&text).expect_err(entry);
+        assert_eq!(err.line, 5, "{entry}: {err}");
+        assert_eq!(err.column, *column, "{entry}: {err}");
+        if !field.is_empty() {
+            assert_eq!(err.field, *field, "{entry}: {err}");
+        }
+        assert!(err.to_string().contains(fragment), "{entry}: {err}");
+        assert!(err.to_string().contains("deploy.toml:5:"), "{entry}: {err}");
+    }
+}
+
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 #[test]
@@ -936,6 +1045,38 @@ fn a_prebuilt_image_by_digest_is_a_build() {
         }
         other => panic!("expected an image build, got {other:?}"),
     }
+}
+
+#[test]
+fn two_secrets_on_one_path_or_a_secret_shadowing_env_are_refused() {
+    let f = Fixture::new();
+    let text = "app = \"hello\"\n[build]\ncargo = { manifest = \"app/Cargo.toml\" }\n[container.env]\nTOKEN = \"x\"\n[container.secrets]\na = { source = \"secret://a\", path = \"/run/secrets/b\" }\nb = \"secret://b\"\nTOKEN = { source = \"secret://t\", as_env = true }\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n";
+    let err = f.parse(text).expect_err("collisions");
+    let all: Vec<String> = err.all().map(ToString::to_string).collect();
+    assert!(
+        all.iter().any(|e| e.contains("container.secrets.b.path")
+            && e.contains("already the path of secret a")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.contains("container.secrets.TOKEN.as_env")
+                && e.contains("container.env sets TOKEN")),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn a_late_secret_error_points_at_its_entry() {
+    let f = Fixture::new();
+    let err = secret_error(
+        WITH_SECRETS,
+        &f.spec_path(),
+        "API_TOKEN",
+        "env://CI_API_TOKEN is not set",
+    );
+    assert_eq!((err.line, err.column), (6, 13), "{err}");
+    assert_eq!(err.field, "container.secrets.API_TOKEN");
 }
 
 #[test]
