@@ -496,7 +496,15 @@ fn admitted_spec(
         }
         _ => None,
     };
-    let source = resolve_source(cp, source, env, from_env.as_deref())?;
+    let mut source = resolve_source(cp, source, env, from_env.as_deref())?;
+    // A spec sent as text without base_dir and deployed by image: its `[build]` (a source on
+    // the sender's machine) is replaced by the image before anything looks at it, lines kept.
+    if let (Some(reference), Some(text), None) = (&image, &source.spec, &source.base_dir) {
+        source.spec = Some(cutover_spec::with_prebuilt_image(
+            text,
+            &reference.to_string(),
+        ));
+    }
     let admitted = crate::projects::admit(cp, who, &source)?;
     let mut spec = crate::projects::load(cp, who, &admitted)?;
     if let Some(reference) = image {

@@ -1884,3 +1884,44 @@ async fn a_plan_may_name_a_prebuilt_image_by_digest_or_be_build_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_spec_sent_as_text_from_ci_deploys_by_image_without_its_build_source() {
+    let h = Harness::new();
+    let deployer = h.token(Role::Deployer, None, "ci");
+    // The CI checkout's deploy.toml: its [build] names a source on the CI machine.
+    let text = std::fs::read_to_string(h.spec_path()).unwrap();
+    assert!(text.contains("[build]"), "{text}");
+    let image = format!("127.0.0.1:5000/team/hello@sha256:{}", "cd".repeat(32));
+    // Without an image, the build source would be read here: refused naming the field.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec": text, "env": "staging"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("build."),
+        "{body}"
+    );
+    // With one, the [build] is the image: pulled, not built, and nothing of it read.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/plans",
+            Some(&deployer),
+            Some(json!({"spec": text, "env": "staging", "image": image})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids[..4], ["pull", "scan", "sign", "verify"], "{ids:?}");
+}

@@ -66,6 +66,7 @@
 //! Unknown keys are errors, so typos never pass silently.
 
 mod convert;
+mod prebuilt;
 mod raw;
 
 use std::fmt;
@@ -122,6 +123,8 @@ impl fmt::Display for SpecError {
 }
 
 impl std::error::Error for SpecError {}
+
+pub use prebuilt::with_prebuilt_image;
 
 /// Read and validate the `deploy.toml` at `path`.
 pub fn load(path: &Path) -> Result<Spec, SpecError> {
