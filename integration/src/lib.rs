@@ -4,6 +4,7 @@
 //! every container, image, process and file a test made.
 
 pub mod browser;
+pub mod https;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -179,7 +180,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Run {
+    /// The outcome of a finished command.
+    pub fn of(out: Output) -> Run {
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -336,7 +338,7 @@ drain_timeout = "5s"
             .command(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run cutover {args:?}: {e}"));
-        Run::from(out)
+        Run::of(out)
     }
 
     /// Run `cutover <args> -f <spec>` with extra environment variables and wait for it.
@@ -346,7 +348,7 @@ drain_timeout = "5s"
             .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("cannot run cutover {args:?}: {e}"));
-        Run::from(out)
+        Run::of(out)
     }
 
     /// A `cutover` command for this project, not yet started.

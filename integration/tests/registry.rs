@@ -6,7 +6,9 @@
 //! (content re-pushed under the tag without attestations, attestations copied from another
 //! image, altered, removed, or signed by a key the environment does not trust) and every bad
 //! input (tag without digest, unreachable registry, wrong credentials, a manifest list
-//! without linux/amd64, a digest not in the registry) provisions nothing.
+//! without linux/amd64, a digest not in the registry) provisions nothing. Last, CI deploys
+//! the same digest over the control plane's HTTPS API with a deployer token, sending its own
+//! deploy.toml as the examples in examples/ci do.
 
 use std::path::Path;
 use std::time::Duration;
@@ -420,6 +422,79 @@ fn ci_builds_signs_and_pushes_and_the_control_plane_deploys_by_digest_trusting_o
     }) {
         eprintln!("deploy by digest: {id} took {line} ms");
     }
+
+    // ---- CI deploys over the control plane's HTTPS API with a deployer token, as the
+    // examples in examples/ci do: it sends its own deploy.toml (a context build, its signing
+    // key and trusted keys: files of the CI machine, never read here) with the image by
+    // digest; the control plane pulls, judges and signs with what it holds itself.
+    let cp_text = std::fs::read_to_string(cp.spec_path()).unwrap();
+    let ci_text = cp_text
+        .replacen(&format!("image = \"{reference}\""), "context = \"ctx\"", 1)
+        .replacen(
+            "[container]",
+            "[supply]\nsigning_key = \"keys/ci.key\"\n\n[container]",
+            1,
+        );
+    assert!(ci_text.contains("context = \"ctx\"") && ci_text.contains("ci.pub"));
+    cp.cutover(&["serve", "--stop", "--keep-proxy"])
+        .assert_code(0);
+    let (serve, tls, ca, port) = cutover_integration::https::serve_https(&cp, &cp_env);
+    let token = cp.cutover(&[
+        "token",
+        "create",
+        "--role",
+        "deployer",
+        "--env",
+        "production",
+        "--name",
+        "ci-job",
+        "--owner",
+        "ci-job",
+        "-o",
+        "json",
+    ]);
+    token.assert_code(0);
+    let token = token.json()["token"].as_str().unwrap().to_string();
+    // The CLI reads the spec where -f points; here that is the CI checkout's text.
+    std::fs::write(cp.spec_path(), &ci_text).unwrap();
+    let remote = cp
+        .command(&[
+            "deploy",
+            "--env",
+            "production",
+            "--image",
+            &reference,
+            "--output",
+            "json",
+        ])
+        .env("CUTOVER_URL", format!("https://127.0.0.1:{port}"))
+        .env("CUTOVER_CA_CERT", &ca)
+        .env("CUTOVER_TOKEN", &token)
+        .output()
+        .unwrap();
+    std::fs::write(cp.spec_path(), &cp_text).unwrap();
+    let remote = Run::of(remote);
+    remote.assert_code(0);
+    let outcome = remote.json();
+    assert_eq!(outcome["status"], "succeeded", "{}", remote.stdout);
+    assert_eq!(outcome["image_id"], image_id.as_str(), "{}", remote.stdout);
+    let remote_release = outcome["release_id"].as_str().unwrap().to_string();
+    assert_ne!(remote_release, release);
+    wait_for(
+        "the proxy to serve the release CI deployed over HTTPS",
+        Duration::from_secs(10),
+        || {
+            cp.get()
+                .is_ok_and(|(status, served, _)| status == 200 && served == remote_release)
+        },
+    );
+    drop(serve);
+    let https_log = std::fs::read_to_string(tls.path().join("serve.log")).unwrap_or_default();
+    assert!(
+        !https_log.contains(CANARY_PASSWORD) && !https_log.contains(&token),
+        "a secret is in the HTTPS control plane's log"
+    );
+    runs.push(remote);
 
     // The password went nowhere: outputs, the control plane's log, the containers.
     let refs: Vec<&Run> = runs.iter().collect();

@@ -6,39 +6,14 @@
 //! fails saying what to do; a deploy waits at its approval gate over the event stream,
 //! through a restart of the control plane, while another person approves remotely. The token never shows in any output. Needs Docker.
 
-use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use cutover_integration::https::{self_signed, serve_https, serve_on, write_private, Serve};
 use cutover_integration::{
-    alive, repo_root, require_docker, reserve_port, wait_for, AppConfig, Project, Run,
+    repo_root, require_docker, reserve_port, wait_for, AppConfig, Project, Run,
 };
-
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A self-signed certificate for 127.0.0.1 and localhost: (certificate PEM, key PEM).
-fn self_signed() -> (String, String) {
-    let made =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    (made.cert.pem(), made.key_pair.serialize_pem())
-}
-
-fn write_private(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
 
 /// A token made over the control socket (the local admin).
 fn token(p: &Project, role: &str, name: &str) -> String {
@@ -60,48 +35,11 @@ fn token(p: &Project, role: &str, name: &str) -> String {
     run.json()["token"].as_str().unwrap().to_string()
 }
 
-/// Run `cutover serve --http 127.0.0.1:PORT` over TLS with `cert.pem` and `key.pem` of
-/// `dir` (its log appended to `serve.log` there) until its listener and socket answer.
-fn serve_on(p: &Project, dir: &Path, port: u16) -> Serve {
-    let log_path = dir.join("serve.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .unwrap();
-    let serve = Serve(
-        p.command(&["serve", "--http", &format!("127.0.0.1:{port}")])
-            .env("CUTOVER_TLS_CERT", dir.join("cert.pem"))
-            .env("CUTOVER_TLS_KEY", dir.join("key.pem"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover serve"),
-    );
-    let pid = serve.0.id();
-    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    wait_for("the TLS listener and the control socket", WAIT, || {
-        assert!(alive(pid), "cutover serve exited:\n{}", log_text());
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && std::os::unix::net::UnixStream::connect(p.state_dir().join("control.sock")).is_ok()
-    });
-    serve
-}
-
 /// Start `cutover serve --http 127.0.0.1:PORT` over TLS (a self-signed certificate) for
 /// project `p`, and register the project's directories as the local admin: (the process,
 /// the directory holding certificate, key and log, the certificate, the port).
 fn start_serve(p: &Project) -> (Serve, tempfile::TempDir, PathBuf, u16) {
-    let secrets = tempfile::tempdir().unwrap();
-    let (cert_pem, key_pem) = self_signed();
-    let (cert, key) = (
-        secrets.path().join("cert.pem"),
-        secrets.path().join("key.pem"),
-    );
-    write_private(&cert, &cert_pem);
-    write_private(&key, &key_pem);
-    let port = reserve_port();
-    let serve = serve_on(p, secrets.path(), port);
+    let (serve, secrets, cert, port) = serve_https(p, &[]);
 
     // The local admin registers the project (the spec's directory and the app's source,
     // which the spec names by absolute path).
@@ -137,12 +75,7 @@ impl Remote<'_> {
                 cmd.env("CUTOVER_TOKEN", value);
             }
         }
-        let out = cmd.output().expect("run cutover");
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let run = Run::of(cmd.output().expect("run cutover"));
         self.seen
             .borrow_mut()
             .push_str(&format!("{}\n{}\n", run.stdout, run.stderr));
@@ -409,7 +342,7 @@ fn a_deploy_waits_at_its_gate_through_a_restart_and_an_approver_approves_over_ht
     // The control plane dies while the CLI follows; a new one resumes the deployment at its
     // gate, and the CLI reconnects to its event stream.
     drop(serve);
-    let serve = serve_on(&p, secrets.path(), port);
+    let serve = serve_on(&p, secrets.path(), port, &[]);
 
     // The deployer cannot approve their own deployment; the approver can, remotely.
     let own = remote.run(&["approve", &id], Token::File(&deployer_file));

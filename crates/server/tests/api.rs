@@ -1889,9 +1889,17 @@ async fn a_plan_may_name_a_prebuilt_image_by_digest_or_be_build_only() {
 async fn a_spec_sent_as_text_from_ci_deploys_by_image_without_its_build_source() {
     let h = Harness::new();
     let deployer = h.token(Role::Deployer, None, "ci");
-    // The CI checkout's deploy.toml: its [build] names a source on the CI machine.
-    let text = std::fs::read_to_string(h.spec_path()).unwrap();
-    assert!(text.contains("[build]"), "{text}");
+    // The CI checkout's deploy.toml: its [build], signing key and trusted keys name files
+    // on the CI machine.
+    let text = std::fs::read_to_string(h.spec_path()).unwrap().replacen(
+        "[environments.staging]\n",
+        "[supply]\nsigning_key = \"keys/ci.key\"\n\n[environments.staging]\ntrusted_keys = [\n  \"keys/ci.pub\",\n]\n",
+        1,
+    );
+    assert!(
+        text.contains("[build]") && text.contains("keys/ci.pub"),
+        "{text}"
+    );
     let image = format!("127.0.0.1:5000/team/hello@sha256:{}", "cd".repeat(32));
     // Without an image, the build source would be read here: refused naming the field.
     let (status, body) = h
@@ -1924,4 +1932,9 @@ async fn a_spec_sent_as_text_from_ci_deploys_by_image_without_its_build_source()
         .filter_map(|s| s["id"].as_str())
         .collect();
     assert_eq!(ids[..4], ["pull", "scan", "sign", "verify"], "{ids:?}");
+    // Signed by this control plane's own key; trusting what it holds, not the sender's files.
+    let sign = &body["plan"]["steps"][2]["action"];
+    assert!(sign["key"].is_null(), "{sign}");
+    let verify = &body["plan"]["steps"][3]["action"];
+    assert_eq!(verify["trusted_keys"], json!([]), "{verify}");
 }

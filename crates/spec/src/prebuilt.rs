@@ -1,7 +1,9 @@
-//! A spec's text with its `[build]` replaced by a prebuilt image: what a deploy by image
-//! (`cutover deploy --image`) means for a spec sent as text, so the build source it names
-//! (a manifest or context on the CI machine) is neither looked for nor read. Every other
-//! line keeps its number, so errors still point at the sender's file.
+//! A spec's text as a deploy by image (`cutover deploy --image`) sent from CI means it: its
+//! `[build]` replaced by the prebuilt image, and the files that only the sender's machine
+//! holds left out: the build source, the signing key (the control plane signs its own
+//! verdict) and the trusted keys (an environment trusts what its guardrails hold, or the
+//! control plane's own key). Nothing of them is looked for or read. Every other line keeps
+//! its number, so errors still point at the sender's file.
 
 /// The table header a line opens (`[name]` or `[[name]]`), its name with spaces trimmed.
 fn header(line: &str) -> Option<&str> {
@@ -20,6 +22,28 @@ fn header(line: &str) -> Option<&str> {
     (rest.is_empty() || rest.starts_with('#')).then(|| inner[..end].trim())
 }
 
+/// Whether `line` of table `table` sets a key naming a file on the sender's machine:
+/// `[supply] signing_key`, or an environment's `trusted_keys`.
+fn senders_file(table: &str, line: &str) -> bool {
+    let Some((key, _)) = line.split_once('=') else {
+        return false;
+    };
+    let key = key.trim();
+    let environment = table
+        .strip_prefix("environments.")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('.'));
+    (table == "supply" && key == "signing_key") || (environment && key == "trusted_keys")
+}
+
+/// Open minus closing brackets on a line (a multi-line array goes on while positive).
+fn brackets(line: &str) -> i32 {
+    line.chars().fold(0, |n, c| match c {
+        '[' => n + 1,
+        ']' => n - 1,
+        _ => n,
+    })
+}
+
 fn in_build(name: &str) -> bool {
     name == "build" || name.starts_with("build.")
 }
@@ -34,8 +58,22 @@ pub fn with_prebuilt_image(text: &str, reference: &str) -> String {
     let mut placed = false;
     // The header was seen, the image line not yet written.
     let mut pending = false;
+    // The current table's name, and the open brackets of a multi-line value being left out.
+    let mut table = String::new();
+    let mut dropping = 0i32;
     for line in text.lines() {
+        if dropping > 0 {
+            dropping += brackets(line);
+            out.push(String::new());
+            continue;
+        }
+        if header(line).is_none() && !inside && senders_file(&table, line) {
+            dropping = brackets(line).max(0);
+            out.push(String::new());
+            continue;
+        }
         if let Some(name) = header(line) {
+            table = name.to_string();
             if pending {
                 // A `[build]` without a body: one line more, after it.
                 out.push(image_line.clone());
@@ -107,6 +145,22 @@ mod tests {
         let doc: toml::Table = out.parse().expect("TOML");
         assert_eq!(doc["build"]["image"].as_str(), Some(IMAGE));
         assert_eq!(doc["container"]["port"].as_integer(), Some(1));
+    }
+
+    #[test]
+    fn the_senders_key_files_are_left_out_and_nothing_else() {
+        let text = "app = \"hello\"\n[supply]\nsigning_key = \"keys/ci.key\"\n[environments.production]\nlisten = \"127.0.0.1:80\"\ntrusted_keys = [\n  \"keys/ci.pub\",\n]\nreplicas = 2\n[environments.production.gate]\nfail_on = \"high\"\n";
+        let out = with_prebuilt_image(text, IMAGE);
+        let doc: toml::Table = out.parse().expect("TOML");
+        assert!(doc["supply"].get("signing_key").is_none(), "{out}");
+        let production = &doc["environments"]["production"];
+        assert!(production.get("trusted_keys").is_none(), "{out}");
+        assert_eq!(production["replicas"].as_integer(), Some(2));
+        assert_eq!(production["listen"].as_str(), Some("127.0.0.1:80"));
+        assert_eq!(production["gate"]["fail_on"].as_str(), Some("high"));
+        let lines: Vec<&str> = out.lines().collect();
+        // The spec's own lines keep their numbers (the [build] table is added at the end).
+        assert_eq!(lines[8], "replicas = 2");
     }
 
     #[test]
