@@ -886,7 +886,9 @@ pub fn violations(
                 format!("inside {required}"),
             );
         }
-        if !inside(&facts.base_dir) {
+        // A spec sent without base_dir has no directory here: it names no file and its
+        // strategies are the built-in ones, so there is nothing to hold inside the roots.
+        if !inside(&facts.base_dir) && !crate::projects::is_without_base(&spec.base_dir) {
             push(
                 "base_dir".into(),
                 facts.base_dir.display().to_string(),

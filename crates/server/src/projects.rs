@@ -266,6 +266,11 @@ pub fn admit(
 /// file of the control plane, and `plans/` falls back to the built-in strategies.
 const NO_BASE_FILE: &str = "/dev/null/deploy.toml";
 
+/// Whether `base_dir` is that of a spec sent without one: no directory of this machine.
+pub fn is_without_base(base_dir: &Path) -> bool {
+    Path::new(NO_BASE_FILE).parent() == Some(base_dir)
+}
+
 /// How a spec sent without `base_dir` is named in messages.
 const NO_BASE_NAME: &str = "deploy.toml (sent without base_dir)";
 

@@ -123,6 +123,32 @@ fn fewer_approvals_root_user_pinned_files_and_build_roots() {
 }
 
 #[test]
+fn a_prebuilt_image_sent_without_base_dir_has_no_directory_to_hold_in_the_build_roots() {
+    let mut rails = derive(&spec(), "production", &facts());
+    rails.build_roots = vec!["/srv/app".to_string()];
+    let mut remote = spec();
+    remote.base_dir = "/dev/null".into();
+    remote.build = BuildSpec::Image {
+        reference: cutover_model::ImageRef::parse(&format!(
+            "127.0.0.1:5000/hello@sha256:{}",
+            "ab".repeat(32)
+        ))
+        .unwrap(),
+    };
+    let mut f = facts();
+    f.base_dir = "/dev/null".into();
+    assert!(violations(&remote, "production", &rails, &f).is_empty());
+    // A real directory outside the roots still is one.
+    remote.base_dir = "/srv/other".into();
+    f.base_dir = "/srv/other".into();
+    let fields: Vec<String> = violations(&remote, "production", &rails, &f)
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["base_dir"]);
+}
+
+#[test]
 fn file_errors_name_line_column_and_field() {
     let text =
         "approvals = 1\n[gate]\nfail_on = \"sometimes\"\n[container]\nmax_memory = \"lots\"\n";
