@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,6 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use cutover_executor::fake::{FakeHealth, FakeProviders};
-use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_server::audit::AuditEntry;
 use cutover_server::auth::{self, Role};
 use cutover_server::http::routes;
@@ -55,28 +53,6 @@ struct Harness {
     app: Router,
 }
 
-fn config() -> ExecutorConfig {
-    ExecutorConfig {
-        retry: RetryPolicy {
-            max_attempts: 2,
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(20),
-        },
-        approval_poll: Duration::from_millis(10),
-        ..ExecutorConfig::default()
-    }
-}
-
-fn write_spec(dir: &Path) {
-    std::fs::create_dir_all(dir.join("app")).unwrap();
-    std::fs::write(
-        dir.join("app/Cargo.toml"),
-        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("deploy.toml"), SPEC).unwrap();
-}
-
 fn options(webhooks: Webhooks) -> Options {
     Options {
         webhooks,
@@ -91,10 +67,15 @@ impl Harness {
 
     fn with_webhooks(webhooks: Webhooks) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        write_spec(dir.path());
+        common::write_project(dir.path(), SPEC);
         let store = Store::open(&dir.path().join("db")).unwrap();
         let fake = FakeProviders::new();
-        let cp = ControlPlane::with_options(store, fake.providers(), config(), options(webhooks));
+        let cp = ControlPlane::with_options(
+            store,
+            fake.providers(),
+            common::executor_config(),
+            options(webhooks),
+        );
         // What an admin does once: register the project and set each environment's
         // guardrails (production requires an approval, as the spec does).
         let admin = auth::Principal::local("admin");
@@ -145,9 +126,7 @@ impl Harness {
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
         let (status, bytes) = self.raw(method, path, token, body, headers).await;
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, value)
+        (status, common::json(&bytes))
     }
 
     async fn raw(
@@ -158,29 +137,7 @@ impl Harness {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Vec<u8>) {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let request = match body {
-            Some(body) => request
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-            None => request.body(Body::empty()).unwrap(),
-        };
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
-            .await
-            .expect("the response body ends")
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        (status, bytes)
+        common::send(&self.app, method, path, token, None, body, headers).await
     }
 
     async fn deploy(&self, token: &str, env: &str) -> (StatusCode, Value) {
@@ -774,7 +731,7 @@ async fn a_gate_survives_a_restart_of_the_control_plane() {
     let cp = ControlPlane::with_options(
         store,
         fake.providers(),
-        config(),
+        common::executor_config(),
         options(Webhooks::default()),
     );
     assert_eq!(cp.resume_unfinished().unwrap(), vec![id.clone()]);

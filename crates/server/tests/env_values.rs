@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use cutover_executor::fake::FakeProviders;
-use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_model::{sha256_digest, Action};
 use cutover_server::auth::{self, Role};
 use cutover_server::http::routes;
@@ -81,25 +80,15 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("app")).unwrap();
-        std::fs::write(
-            dir.path().join("app/Cargo.toml"),
-            "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("deploy.toml"), spec(&canary())).unwrap();
+        common::write_project(dir.path(), &spec(&canary()));
         let store = Store::open(&dir.path().join("db")).unwrap();
         let fake = FakeProviders::new();
-        let config = ExecutorConfig {
-            retry: RetryPolicy {
-                max_attempts: 2,
-                base_delay: Duration::from_millis(5),
-                max_delay: Duration::from_millis(20),
-            },
-            approval_poll: Duration::from_millis(10),
-            ..ExecutorConfig::default()
-        };
-        let cp = ControlPlane::with_options(store, fake.providers(), config, Options::default());
+        let cp = ControlPlane::with_options(
+            store,
+            fake.providers(),
+            common::executor_config(),
+            Options::default(),
+        );
         let admin = auth::Principal::local("admin");
         projects::add(&cp, &admin, &dir.path().display().to_string(), false).unwrap();
         guardrails::set(&cp, &admin, "staging", "", "guardrails.toml").unwrap();

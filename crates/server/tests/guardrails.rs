@@ -5,19 +5,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use cutover_executor::fake::FakeProviders;
-use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_server::auth::{self, Role};
-use cutover_server::{guardrails, projects, router, ControlPlane, LocalPeer};
+use cutover_server::{guardrails, projects, router, ControlPlane};
 use cutover_signing::{Algorithm, KeyPair};
 use cutover_store::Store;
 
@@ -95,40 +90,26 @@ struct Harness {
     key_a: String,
 }
 
-fn config() -> ExecutorConfig {
-    ExecutorConfig {
-        retry: RetryPolicy {
-            max_attempts: 2,
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(20),
-        },
-        approval_poll: Duration::from_millis(10),
-        ..ExecutorConfig::default()
-    }
-}
-
 impl Harness {
     /// A project at `<tmp>/project` (registered), a directory `<tmp>/outside` (not), the
     /// keys A (trusted) and B (not) in the project. No guardrails yet.
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let project = dir.path().join("project");
-        std::fs::create_dir_all(project.join("app")).unwrap();
+        common::write_project(&project, SPEC);
         std::fs::create_dir_all(project.join("keys")).unwrap();
         std::fs::create_dir_all(dir.path().join("outside")).unwrap();
-        std::fs::write(
-            project.join("app/Cargo.toml"),
-            "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
-        )
-        .unwrap();
-        std::fs::write(project.join("deploy.toml"), SPEC).unwrap();
         let a = KeyPair::generate(Algorithm::Ed25519);
         a.save_public(&project.join("keys/a.pem")).unwrap();
         KeyPair::generate(Algorithm::Ed25519)
             .save_public(&project.join("keys/b.pem"))
             .unwrap();
         let store = Store::open(&dir.path().join("state/db")).unwrap();
-        let cp = ControlPlane::new(store, FakeProviders::new().providers(), config());
+        let cp = ControlPlane::new(
+            store,
+            FakeProviders::new().providers(),
+            common::executor_config(),
+        );
         let admin = auth::Principal::local("admin");
         projects::add(&cp, &admin, &project.display().to_string(), false).unwrap();
         let app = router(cp.clone());
@@ -180,28 +161,8 @@ impl Harness {
         peer: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let mut request = match body {
-            Some(body) => request
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-            None => request.body(Body::empty()).unwrap(),
-        };
-        if let Some(peer) = peer {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(LocalPeer::named(peer)));
-        }
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, value)
+        let (status, bytes) = common::send(&self.app, method, path, token, peer, body, &[]).await;
+        (status, common::json(&bytes))
     }
 
     async fn http(

@@ -7,17 +7,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use cutover_executor::fake::FakeProviders;
-use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_server::auth::{self, Role};
-use cutover_server::{guardrails, projects, router, ControlPlane, LocalPeer};
+use cutover_server::{guardrails, projects, router, ControlPlane};
 use cutover_store::Store;
 
 const SPEC: &str = r#"
@@ -59,24 +55,13 @@ impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let project = dir.path().join("project");
-        std::fs::create_dir_all(project.join("app")).unwrap();
-        std::fs::write(
-            project.join("app/Cargo.toml"),
-            "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
-        )
-        .unwrap();
-        std::fs::write(project.join("deploy.toml"), SPEC).unwrap();
+        common::write_project(&project, SPEC);
         let store = Store::open(&dir.path().join("state/db")).unwrap();
-        let config = ExecutorConfig {
-            retry: RetryPolicy {
-                max_attempts: 2,
-                base_delay: Duration::from_millis(5),
-                max_delay: Duration::from_millis(20),
-            },
-            approval_poll: Duration::from_millis(10),
-            ..ExecutorConfig::default()
-        };
-        let cp = ControlPlane::new(store, FakeProviders::new().providers(), config);
+        let cp = ControlPlane::new(
+            store,
+            FakeProviders::new().providers(),
+            common::executor_config(),
+        );
         let admin = auth::Principal::local("admin");
         projects::add(&cp, &admin, &project.display().to_string(), false).unwrap();
         let app = router(cp.clone());
@@ -110,28 +95,9 @@ impl Harness {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let mut request = match body {
-            Some(body) => request
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-            None => request.body(Body::empty()).unwrap(),
-        };
-        if token.is_none() {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(LocalPeer::named("admin")));
-        }
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, value)
+        let peer = token.is_none().then_some("admin");
+        let (status, bytes) = common::send(&self.app, method, path, token, peer, body, &[]).await;
+        (status, common::json(&bytes))
     }
 
     /// Start a deployment (`extra` merged into the body) and wait until it finished.

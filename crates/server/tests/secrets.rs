@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use cutover_executor::fake::FakeProviders;
-use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_model::{Action, SecretPin, SecretSource};
 use cutover_secrets::secrecy::ExposeSecret;
 use cutover_secrets::MasterKey;
@@ -66,29 +65,15 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("app")).unwrap();
-        std::fs::write(
-            dir.path().join("app/Cargo.toml"),
-            "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("deploy.toml"), SPEC).unwrap();
+        common::write_project(dir.path(), SPEC);
         let store = Store::open(&dir.path().join("db")).unwrap();
         let master = MasterKey::generate().unwrap();
         secrets::open(&store, &master).unwrap();
         let keyring = Arc::new(Keyring::new(master));
-        let config = ExecutorConfig {
-            retry: RetryPolicy {
-                max_attempts: 2,
-                base_delay: Duration::from_millis(5),
-                max_delay: Duration::from_millis(20),
-            },
-            ..ExecutorConfig::default()
-        };
         let cp = ControlPlane::with_options(
             store,
             FakeProviders::new().providers(),
-            config,
+            common::executor_config(),
             Options {
                 secrets: Some(keyring.clone()),
                 ..Options::default()

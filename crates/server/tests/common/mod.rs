@@ -1,6 +1,19 @@
-//! Helpers shared by the server's integration tests.
+//! Helpers shared by the server's integration tests (each test file uses some of them).
+#![allow(dead_code)]
 
+use std::path::Path;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use cutover_executor::{ExecutorConfig, RetryPolicy};
 use cutover_server::auth::{self, NewToken, Role};
+use cutover_server::LocalPeer;
 use cutover_store::Store;
 
 /// A new API token named `name`, owned by `owner`, with `role` in `env` (all when `None`).
@@ -18,4 +31,76 @@ pub fn token(store: &Store, role: Role, env: Option<&str>, name: &str, owner: &s
     )
     .unwrap()
     .token
+}
+
+/// The executor's settings for tests on fake providers: quick retries and approval checks.
+pub fn executor_config() -> ExecutorConfig {
+    ExecutorConfig {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        },
+        approval_poll: Duration::from_millis(10),
+        ..ExecutorConfig::default()
+    }
+}
+
+/// A project in `dir`: `deploy.toml` with `spec`, and the cargo manifest it builds.
+pub fn write_project(dir: &Path, spec: &str) {
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::write(
+        dir.join("app/Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("deploy.toml"), spec).unwrap();
+}
+
+/// A request through the router: with `token` as a bearer token, as the socket's peer
+/// `peer` when given (else through the HTTP door), JSON `body`, extra `headers`. The
+/// status and the whole body, read within 20 s.
+pub async fn send(
+    app: &Router,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    peer: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Vec<u8>) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut request = match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+        None => request.body(Body::empty()).unwrap(),
+    };
+    if let Some(peer) = peer {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(LocalPeer::named(peer)));
+    }
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
+        .await
+        .expect("the response body ends")
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, bytes)
+}
+
+/// A body as JSON, or as a JSON string when it is not JSON.
+pub fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
