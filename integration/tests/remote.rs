@@ -377,26 +377,31 @@ fn a_url_never_starts_or_looks_for_a_local_control_plane() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("deploy.toml"), "app = \"x\"\n").unwrap();
     let closed = format!("https://127.0.0.1:{}", reserve_port());
-    let out = std::process::Command::new(cutover_integration::cutover_bin())
-        .args(["status", "-o", "json"])
-        .current_dir(dir.path())
-        .env("CUTOVER_URL", &closed)
-        .env("CUTOVER_TOKEN", "canary-token-5e1f")
-        .env_remove("CUTOVER_STATE_DIR")
-        .env_remove("CUTOVER_TOKEN_FILE")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(error["error"]["code"], "unreachable", "{stdout}");
-    assert!(error["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains(&closed));
-    assert!(
-        !dir.path().join(".cutover").exists(),
-        "a state directory was made: something local was started"
-    );
-    assert!(!stdout.contains("canary-token-5e1f"));
+    for args in [
+        &["status", "-o", "json"][..],
+        &["secret", "list", "-o", "json"],
+    ] {
+        let out = std::process::Command::new(cutover_integration::cutover_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env("CUTOVER_URL", &closed)
+            .env("CUTOVER_TOKEN", "canary-token-5e1f")
+            .env_remove("CUTOVER_STATE_DIR")
+            .env_remove("CUTOVER_TOKEN_FILE")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(error["error"]["code"], "unreachable", "{args:?}: {stdout}");
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&closed));
+        assert!(
+            !dir.path().join(".cutover").exists(),
+            "{args:?}: a state directory was made: something local was started"
+        );
+        assert!(!stdout.contains("canary-token-5e1f"));
+    }
 }

@@ -390,10 +390,10 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 
 pub(crate) struct Context_ {
     spec: PathBuf,
-    state: StateDir,
+    pub(crate) state: StateDir,
     output: Output,
     /// The remote control plane's client (`--url`), when one is named.
-    remote: Option<ApiClient>,
+    pub(crate) remote: Option<ApiClient>,
     /// `--base-dir`: send the spec's text with this directory instead of its path.
     base_dir: Option<String>,
 }
@@ -500,7 +500,7 @@ async fn run(cli: Cli) -> Result<u8> {
             start_request(&ctx, &req, detach).await
         }
         Command::Secret { command } => {
-            secret_cmds::run(command, &ctx.state, ctx.output == Output::Json).await
+            secret_cmds::run(command, &ctx, ctx.output == Output::Json).await
         }
         Command::Build { env, out } => registry_cmds::build(&ctx, env, &out).await,
         Command::Push { target, build_dir } => registry_cmds::push(&ctx, &target, &build_dir).await,

@@ -16,7 +16,7 @@ use cutover_server::api::{
     RevokeSecret, RewrapReport, RewrapSecrets, SecretChanged, SecretLine, SetSecret,
 };
 
-use crate::client::{connect_or_start, StateDir};
+use crate::client::StateDir;
 
 #[derive(Subcommand)]
 pub enum SecretCommand {
@@ -109,7 +109,7 @@ fn encode(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-pub async fn run(command: SecretCommand, state: &StateDir, json: bool) -> Result<u8> {
+pub async fn run(command: SecretCommand, ctx: &crate::Context_, json: bool) -> Result<u8> {
     // Read what is read locally before anything starts.
     let value = match &command {
         SecretCommand::Set { from_file, .. } | SecretCommand::Rotate { from_file, .. } => {
@@ -117,7 +117,8 @@ pub async fn run(command: SecretCommand, state: &StateDir, json: bool) -> Result
         }
         _ => None,
     };
-    let (client, _) = connect_or_start(state).await?;
+    // The local control plane (started when needed), or the one --url names.
+    let client = crate::connect(ctx).await?;
     let show = |changed: &SecretChanged, what: &str| -> Result<u8> {
         if json {
             println!("{}", serde_json::to_string_pretty(changed)?);
@@ -172,7 +173,12 @@ pub async fn run(command: SecretCommand, state: &StateDir, json: bool) -> Result
                 .await?;
             show(&changed, "removed")
         }
-        SecretCommand::Rewrap { new_key } => rewrap(&client, state, new_key, json).await,
+        SecretCommand::Rewrap { new_key } => {
+            if ctx.remote.is_some() && new_key.is_none() {
+                bail!("with --url (CUTOVER_URL), give the new master key with --new-key FILE: the default key file belongs to a control plane on this machine");
+            }
+            rewrap(&client, &ctx.state, new_key, json).await
+        }
     }
 }
 
