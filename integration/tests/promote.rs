@@ -138,10 +138,26 @@ fn promotion_deploys_the_staging_image_only_after_its_soak() {
         ],
     );
 
-    // After the soak the promotion runs, without a build, the very same image.
-    std::thread::sleep(soaked_at.saturating_duration_since(Instant::now()));
-    let plan = p.cutover(&["promote", "staging-1", "--to", "production", "--plan"]);
-    plan.assert_code(0);
+    // After the soak the promotion runs, without a build, the very same image: it is
+    // accepted once the soak has passed (the refusal turns into a plan), and not long after.
+    let mut plan = None;
+    wait_for("the soak to pass", SOAK + Duration::from_secs(30), || {
+        let run = p.cutover(&["promote", "staging-1", "--to", "production", "--plan"]);
+        let accepted = run.code == 0;
+        if accepted {
+            plan = Some(run);
+        } else {
+            run.assert_code(2);
+        }
+        accepted
+    });
+    let plan = plan.expect("the promotion was planned");
+    // staging-1 went live before `deploy` returned, so before `soaked_at`; the control
+    // plane counts from then, never from later.
+    assert!(
+        Instant::now() + deploy_took >= soaked_at,
+        "accepted before the soak had passed"
+    );
     assert!(
         plan.stdout.contains("promoted from staging-1 (staging)"),
         "{}",

@@ -331,10 +331,20 @@ async fn roles_decide_who_sets_and_nobody_reads_a_value() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let lines = secrets::list(&h.cp.store, Some("staging")).unwrap();
+    // max_age is 1ms: wait until the store says so, within a deadline.
+    let start = Instant::now();
+    let lines = loop {
+        let lines = secrets::list(&h.cp.store, Some("staging")).unwrap();
+        if lines[0].expired {
+            break lines;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "max_age 1ms never passed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     assert_eq!(lines[0].latest, Some(2));
-    assert!(lines[0].expired, "max_age 1ms has passed");
     assert!(lines[0].versions[0].revoked_at_ms.is_some());
     let (status, _) = h
         .api(
