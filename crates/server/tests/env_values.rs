@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -198,18 +198,18 @@ impl Harness {
     }
 
     async fn wait_for(&self, token: &str, id: &str, done: impl Fn(&Value) -> bool) {
-        let start = Instant::now();
-        loop {
-            let detail = self.detail(token, id).await;
-            if done(&detail) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "deployment {id} did not get there: {detail:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::eventually(
+            &format!("deployment {id} did not get there"),
+            Duration::from_secs(10),
+            async || {
+                let detail = self.detail(token, id).await;
+                match done(&detail) {
+                    true => Ok(()),
+                    false => Err(format!("{detail:#}")),
+                }
+            },
+        )
+        .await
     }
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use axum::Router;
@@ -117,26 +117,20 @@ impl Harness {
     }
 
     async fn wait_finished(&self, id: &str) -> Value {
-        let start = Instant::now();
-        loop {
-            let (status, detail) = self
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/deployments/{id}"),
-                    None,
-                    None,
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{detail}");
-            if !detail["finished_at_ms"].is_null() {
-                return detail;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{id} did not finish: {detail:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let path = format!("/api/v1/deployments/{id}");
+        common::eventually(
+            &format!("{id} did not finish"),
+            Duration::from_secs(10),
+            async || {
+                let (status, detail) = self.call(Method::GET, &path, None, None).await;
+                assert_eq!(status, StatusCode::OK, "{detail}");
+                match detail["finished_at_ms"].is_null() {
+                    false => Ok(detail),
+                    true => Err(format!("{detail:#}")),
+                }
+            },
+        )
+        .await
     }
 
     fn image_of(&self, env: &str) -> String {
@@ -385,19 +379,20 @@ async fn gc_keeps_current_warm_recent_and_pinned_images_and_removes_the_rest() {
 
     // The reaper removes retired instances (retire_after = 0s): until only staging-4's
     // instance is left, so no instance keeps the older images.
-    let start = Instant::now();
-    loop {
-        h.cp.reap_once().await.unwrap();
-        let instances = h.cp.providers.compute.list("hello", None).await.unwrap();
-        if instances.iter().all(|i| i.release == "staging-4") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "retired instances stay"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        "retired instances stay",
+        Duration::from_secs(10),
+        async || {
+            h.cp.reap_once().await.unwrap();
+            let instances = h.cp.providers.compute.list("hello", None).await.unwrap();
+            let left: Vec<&str> = instances.iter().map(|i| i.release.as_str()).collect();
+            match left.iter().all(|r| *r == "staging-4") {
+                true => Ok(()),
+                false => Err(format!("{left:?}")),
+            }
+        },
+    )
+    .await;
     let release_image = |id: &str| h.cp.store.release("staging", id).unwrap().unwrap().image.id;
     let (status, dry) = h
         .call(

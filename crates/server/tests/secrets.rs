@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -140,26 +140,20 @@ impl Harness {
     }
 
     async fn wait_succeeded(&self, token: &str, id: &str) {
-        let start = Instant::now();
-        loop {
-            let (_, body) = self
-                .api(
-                    Method::GET,
-                    &format!("/api/v1/deployments/{id}"),
-                    token,
-                    None,
-                )
-                .await;
-            let detail: Value = serde_json::from_str(&body).unwrap();
-            if detail["status"] == "succeeded" {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "deployment {id} did not succeed: {detail:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let path = format!("/api/v1/deployments/{id}");
+        common::eventually(
+            &format!("deployment {id} did not succeed"),
+            Duration::from_secs(10),
+            async || {
+                let (_, body) = self.api(Method::GET, &path, token, None).await;
+                let detail: Value = serde_json::from_str(&body).unwrap();
+                match detail["status"] == "succeeded" {
+                    true => Ok(()),
+                    false => Err(format!("{detail:#}")),
+                }
+            },
+        )
+        .await
     }
 
     async fn page(&self, path: &str, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
@@ -332,18 +326,18 @@ async fn roles_decide_who_sets_and_nobody_reads_a_value() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // max_age is 1ms: wait until the store says so, within a deadline.
-    let start = Instant::now();
-    let lines = loop {
-        let lines = secrets::list(&h.cp.store, Some("staging")).unwrap();
-        if lines[0].expired {
-            break lines;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "max_age 1ms never passed"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+    let lines = common::eventually(
+        "max_age 1ms never passed",
+        Duration::from_secs(5),
+        async || {
+            let lines = secrets::list(&h.cp.store, Some("staging")).unwrap();
+            match lines[0].expired {
+                true => Ok(lines),
+                false => Err(format!("{:?}", lines[0].versions)),
+            }
+        },
+    )
+    .await;
     assert_eq!(lines[0].latest, Some(2));
     assert!(lines[0].versions[0].revoked_at_ms.is_some());
     let (status, _) = h
