@@ -11,7 +11,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -58,19 +57,6 @@ approval = true
     )
 }
 
-/// A body to its end, or what arrived within `patience` (an event stream of a deployment
-/// waiting at its gate stays open).
-async fn read_body(mut body: Body, patience: Duration) -> String {
-    let mut bytes = Vec::new();
-    let until = tokio::time::Instant::now() + patience;
-    while let Ok(Some(frame)) = tokio::time::timeout_at(until, body.frame()).await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            bytes.extend_from_slice(&data);
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 struct Harness {
     dir: tempfile::TempDir,
     cp: Arc<ControlPlane>,
@@ -112,11 +98,14 @@ impl Harness {
         common::token(&self.cp.store, role, None, name, name)
     }
 
-    /// Sends a request and reads its body ([`read_body`]).
+    /// Sends a request and reads its body ([`common::read_body`]).
     async fn send(&self, request: Request<Body>, patience: Duration) -> (StatusCode, String) {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
-        (status, read_body(response.into_body(), patience).await)
+        (
+            status,
+            common::read_body(response.into_body(), patience).await,
+        )
     }
 
     async fn api(
@@ -140,48 +129,12 @@ impl Harness {
     }
 
     async fn page(&self, path: &str, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
-        let mut request = Request::get(path);
-        if let Some(cookie) = cookie {
-            request = request.header(header::COOKIE, cookie);
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let set_cookie = response
-            .headers()
-            .get(header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap().to_string());
-        let status = response.status();
-        let body = read_body(response.into_body(), Duration::from_secs(2)).await;
-        (status, body, set_cookie)
+        common::page(&self.app, path, cookie).await
     }
 
-    /// A web UI session of the owner of `token` (the login form takes a token).
+    /// A web UI session of the owner of `token`.
     async fn ui_login(&self, token: &str) -> String {
-        let (status, form, cookie) = self.page("/login", None).await;
-        assert_eq!(status, StatusCode::OK, "{form}");
-        let anon = cookie.expect("the login page sets its proof cookie");
-        let marker = "name=\"csrf\" value=\"";
-        let at = form.find(marker).expect("the login form has a csrf field") + marker.len();
-        let csrf = &form[at..at + form[at..].find('"').unwrap()];
-        let body = format!("csrf={csrf}&token={token}&next=%2F");
-        let request = Request::post("/login")
-            .header(header::COOKIE, &anon)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::SEE_OTHER, "login refused");
-        response
-            .headers()
-            .get(header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap().to_string())
-            .expect("a session cookie")
+        common::ui_login(&self.app, token).await
     }
 
     async fn detail(&self, token: &str, id: &str) -> Value {

@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -118,15 +117,8 @@ impl Harness {
         };
         let response = self.app.clone().oneshot(request.unwrap()).await.unwrap();
         let status = response.status();
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        let until = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(frame)) = tokio::time::timeout_at(until, body.frame()).await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                bytes.extend_from_slice(&data);
-            }
-        }
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        let body = common::read_body(response.into_body(), Duration::from_secs(2)).await;
+        (status, body)
     }
 
     async fn set(&self, token: &str, target: &str, value: &str) -> (StatusCode, String) {
@@ -157,59 +149,12 @@ impl Harness {
     }
 
     async fn page(&self, path: &str, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
-        let mut request = Request::get(path);
-        if let Some(cookie) = cookie {
-            request = request.header(header::COOKIE, cookie);
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let set_cookie = response
-            .headers()
-            .get(header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap().to_string());
-        let status = response.status();
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        let until = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(frame)) = tokio::time::timeout_at(until, body.frame()).await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                bytes.extend_from_slice(&data);
-            }
-        }
-        (
-            status,
-            String::from_utf8_lossy(&bytes).into_owned(),
-            set_cookie,
-        )
+        common::page(&self.app, path, cookie).await
     }
 
-    /// A web UI session of the owner of `token` (the login form takes a token).
+    /// A web UI session of the owner of `token`.
     async fn ui_login(&self, token: &str) -> String {
-        let (status, form, cookie) = self.page("/login", None).await;
-        assert_eq!(status, StatusCode::OK, "{form}");
-        let anon = cookie.expect("the login page sets its proof cookie");
-        let marker = "name=\"csrf\" value=\"";
-        let at = form.find(marker).expect("the login form has a csrf field") + marker.len();
-        let csrf = &form[at..at + form[at..].find('"').unwrap()];
-        let body = format!("csrf={csrf}&token={token}&next=%2F");
-        let request = Request::post("/login")
-            .header(header::COOKIE, &anon)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::SEE_OTHER, "login refused");
-        response
-            .headers()
-            .get(header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap().to_string())
-            .expect("a session cookie")
+        common::ui_login(&self.app, token).await
     }
 
     fn audit_actions(&self) -> Vec<String> {

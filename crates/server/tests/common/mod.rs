@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -120,4 +120,65 @@ pub async fn eventually<T>(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Read a body for at most `patience` (an event stream never ends by itself), as text.
+pub async fn read_body(mut body: Body, patience: Duration) -> String {
+    let mut bytes = Vec::new();
+    let until = tokio::time::Instant::now() + patience;
+    while let Ok(Some(frame)) = tokio::time::timeout_at(until, body.frame()).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// GET a UI page with `cookie`: its status, its text (read for 2 s at most) and the cookie
+/// it sets, if any.
+pub async fn page(
+    app: &Router,
+    path: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    let mut request = Request::get(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let set_cookie = set_cookie(&response);
+    let status = response.status();
+    let body = read_body(response.into_body(), Duration::from_secs(2)).await;
+    (status, body, set_cookie)
+}
+
+fn set_cookie(response: &axum::response::Response) -> Option<String> {
+    response
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
+/// A web UI session cookie of the owner of `token` (the login form takes a token).
+pub async fn ui_login(app: &Router, token: &str) -> String {
+    let (status, form, cookie) = page(app, "/login", None).await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+    let anon = cookie.expect("the login page sets its proof cookie");
+    let marker = "name=\"csrf\" value=\"";
+    let at = form.find(marker).expect("the login form has a csrf field") + marker.len();
+    let csrf = &form[at..at + form[at..].find('"').unwrap()];
+    let body = format!("csrf={csrf}&token={token}&next=%2F");
+    let request = Request::post("/login")
+        .header(header::COOKIE, &anon)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER, "login refused");
+    set_cookie(&response).expect("a session cookie")
 }
